@@ -1,0 +1,320 @@
+//! `State::apply`: the only way the state changes. Each command is checked in full before
+//! anything is written, so a refused command leaves the state as it was.
+
+use crate::command::{Command, Effect, Outcome};
+use crate::error::{ApplyError, FieldError};
+use crate::ids::{JobId, NodeId};
+use crate::job::{Job, JobSpec, JobState, StopReason};
+use crate::limits::{validate_job, validate_node, validate_team, MAX_BATCH};
+use crate::resource::{Node, NodeSpec, NodeStatus};
+use crate::state::State;
+use crate::team::{PriorityClass, TeamSpec};
+use std::collections::{BTreeMap, BTreeSet};
+
+impl State {
+    /// Applies one command. Deterministic: the same commands give the same state on every
+    /// replica. On error nothing changed.
+    pub fn apply(&mut self, command: Command) -> Result<Outcome, ApplyError> {
+        let mut out = Outcome::default();
+        match command {
+            Command::RegisterNode { node, at_ms } => self.register_node(node, at_ms, &mut out)?,
+            Command::NodeLost { node, at_ms } => self.node_lost(&node, at_ms, &mut out)?,
+            Command::Submit { jobs, at_ms } => self.submit(jobs, at_ms, &mut out)?,
+            Command::Cancel { job, at_ms } => self.cancel(job, at_ms, &mut out)?,
+            Command::ApplyPlan { decisions, at_ms } => self.apply_plan(&decisions, at_ms, &mut out),
+            Command::JobStarted { job, at_ms } => self.job_started(job, at_ms, &mut out)?,
+            Command::JobFinished { job, at_ms } => self.job_exited(job, at_ms, None, &mut out)?,
+            Command::JobFailed { job, message, at_ms } => self.job_exited(job, at_ms, Some(message), &mut out)?,
+            Command::SetTeam { team } => self.set_team(team)?,
+            Command::SetPriorityClass { class } => self.set_priority_class(class)?,
+            Command::Cordon { node, cordoned } => self.cordon(&node, cordoned)?,
+            Command::Drain { node } => self.drain(&node, &mut out)?,
+        }
+        Ok(out)
+    }
+
+    fn register_node(&mut self, spec: NodeSpec, at_ms: u64, out: &mut Outcome) -> Result<(), ApplyError> {
+        validate_node(&spec).map_err(|e| e.within("node"))?;
+        let id = spec.id.clone();
+        let Some(old) = self.data.nodes.get(&id) else {
+            let node = Node { spec, status: NodeStatus::Ready, cordoned: false, draining: false, registered_ms: at_ms };
+            self.data.nodes.insert(id.clone(), node);
+            self.reset_alloc(&id);
+            self.add_capacity(&id, 1);
+            return Ok(());
+        };
+        let vanished: BTreeSet<JobId> = old
+            .spec
+            .devices
+            .iter()
+            .zip(&self.allocs[&id].holders)
+            .filter(|(d, _)| !spec.devices.iter().any(|n| n.id == d.id && n.flavor() == d.flavor()))
+            .filter_map(|(_, h)| *h)
+            .collect();
+        for job in vanished {
+            self.exit(job, at_ms, Some(format!("a device on node {id} disappeared")), out);
+        }
+        let old = &self.data.nodes[&id];
+        let kept: BTreeMap<_, _> =
+            old.spec.devices.iter().zip(&self.allocs[&id].holders).map(|(d, h)| (d.id.clone(), *h)).collect();
+        self.add_capacity(&id, -1);
+        let holders = spec.devices.iter().map(|d| kept.get(&d.id).copied().flatten()).collect();
+        let node = self.data.nodes.get_mut(&id).expect("checked above");
+        node.spec = spec;
+        node.status = NodeStatus::Ready;
+        node.registered_ms = at_ms;
+        self.allocs.get_mut(&id).expect("alloc exists for every node").holders = holders;
+        self.add_capacity(&id, 1);
+        Ok(())
+    }
+
+    fn jobs_on(&self, node: &NodeId) -> BTreeSet<JobId> {
+        self.allocs.get(node).map(|a| a.holders.iter().flatten().copied().collect()).unwrap_or_default()
+    }
+
+    fn node_lost(&mut self, node: &NodeId, at_ms: u64, out: &mut Outcome) -> Result<(), ApplyError> {
+        if !self.data.nodes.contains_key(node) {
+            return Err(ApplyError::UnknownNode(node.clone()));
+        }
+        self.add_capacity(node, -1);
+        self.data.nodes.get_mut(node).expect("checked above").status = NodeStatus::Lost;
+        for id in self.jobs_on(node) {
+            let job = &self.data.jobs[&id];
+            let elsewhere = job.assignment.as_ref().is_some_and(|a| a.replicas.iter().any(|r| &r.node != node));
+            if elsewhere && matches!(job.state, JobState::Starting | JobState::Running) {
+                self.order_stop(id, StopReason::NodeLost, JobState::Stopping, out);
+            } else {
+                self.exit(id, at_ms, Some(format!("node {node} was lost")), out);
+            }
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self, jobs: Vec<JobSpec>, at_ms: u64, out: &mut Outcome) -> Result<(), ApplyError> {
+        if jobs.len() > MAX_BATCH {
+            return Err(
+                FieldError::new("jobs", format!("{} jobs, more than {MAX_BATCH} in one batch", jobs.len())).into()
+            );
+        }
+        let priorities = jobs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| self.check_submission(spec, &format!("jobs[{i}]")))
+            .collect::<Result<Vec<i32>, ApplyError>>()?;
+        for (spec, priority) in jobs.into_iter().zip(priorities) {
+            self.data.next_job += 1;
+            let id = JobId(self.data.next_job);
+            let job = Job {
+                id,
+                spec,
+                priority,
+                state: JobState::Pending,
+                submitted_ms: at_ms,
+                attempt: 0,
+                assignment: None,
+                placed_ms: None,
+                started_ms: None,
+                finished_ms: None,
+                stop_reason: None,
+                preemptions: 0,
+                failures: 0,
+                message: "submitted".to_owned(),
+            };
+            self.data.jobs.insert(id, job);
+            self.enqueue(id);
+            out.submitted.push(id);
+            out.changed.push((id, JobState::Pending));
+        }
+        Ok(())
+    }
+
+    /// Checks one submitted job against the rules and the state; returns its priority.
+    fn check_submission(&self, spec: &JobSpec, field: &str) -> Result<i32, ApplyError> {
+        validate_job(spec).map_err(|e| e.within(field))?;
+        let team = self
+            .data
+            .teams
+            .get(&spec.team)
+            .ok_or_else(|| ApplyError::UnknownTeam { field: format!("{field}.team"), team: spec.team.clone() })?;
+        if team.acceptable_flavors(&spec.gang.devices).is_empty() {
+            let req = &spec.gang.devices;
+            return Err(ApplyError::NoQuotaForRequest {
+                field: format!("{field}.gang.devices"),
+                team: spec.team.clone(),
+                request: format!(
+                    "{}/{}",
+                    req.kind,
+                    if req.models.is_empty() { "*".to_owned() } else { req.models.join("|") }
+                ),
+            });
+        }
+        match &spec.priority_class {
+            None => Ok(0),
+            Some(name) => self.data.classes.get(name).map(|c| c.value).ok_or_else(|| {
+                ApplyError::UnknownPriorityClass { field: format!("{field}.priority_class"), class: name.clone() }
+            }),
+        }
+    }
+
+    fn job_mut(&mut self, id: JobId) -> Result<&mut Job, ApplyError> {
+        self.data.jobs.get_mut(&id).ok_or(ApplyError::UnknownJob(id))
+    }
+
+    fn cancel(&mut self, id: JobId, at_ms: u64, out: &mut Outcome) -> Result<(), ApplyError> {
+        let job = self.job_mut(id)?;
+        match job.state {
+            JobState::Pending => {
+                self.dequeue(id);
+                let job = self.job_mut(id)?;
+                job.state = JobState::Cancelled;
+                job.finished_ms = Some(at_ms);
+                job.message = "cancelled while pending".to_owned();
+                out.changed.push((id, JobState::Cancelled));
+            }
+            JobState::Starting | JobState::Running => {
+                self.order_stop(id, StopReason::Cancelled, JobState::Stopping, out)
+            }
+            JobState::Preempted | JobState::Stopping => {
+                job.state = JobState::Stopping;
+                job.stop_reason = Some(StopReason::Cancelled);
+                job.message = "cancelled while stopping".to_owned();
+                self.track(id);
+                out.changed.push((id, JobState::Stopping));
+            }
+            state => return Err(ApplyError::WrongState { job: id, state, action: "cancel" }),
+        }
+        Ok(())
+    }
+
+    /// Tells a job holding devices to stop, and the agents of each replica to signal it.
+    pub(crate) fn order_stop(&mut self, id: JobId, reason: StopReason, state: JobState, out: &mut Outcome) {
+        let job = self.data.jobs.get_mut(&id).expect("caller checked the job exists");
+        job.state = state;
+        job.stop_reason = Some(reason);
+        job.message = format!("told to stop: {reason:?}");
+        let nodes: BTreeSet<&NodeId> = job.assignment.iter().flat_map(|a| a.replicas.iter().map(|r| &r.node)).collect();
+        for node in nodes {
+            let (signal, grace_ms) = (job.spec.stop_signal, job.spec.grace_ms);
+            out.effects.push(Effect::Stop { job: id, node: node.clone(), signal, grace_ms, reason });
+        }
+        self.track(id);
+        out.changed.push((id, state));
+    }
+
+    fn job_started(&mut self, id: JobId, at_ms: u64, out: &mut Outcome) -> Result<(), ApplyError> {
+        let job = self.job_mut(id)?;
+        if job.state != JobState::Starting {
+            return Err(ApplyError::WrongState { job: id, state: job.state, action: "mark started" });
+        }
+        job.state = JobState::Running;
+        job.started_ms = Some(at_ms);
+        job.message = format!("running (attempt {})", job.attempt);
+        self.track(id);
+        out.changed.push((id, JobState::Running));
+        Ok(())
+    }
+
+    fn job_exited(
+        &mut self,
+        id: JobId,
+        at_ms: u64,
+        failure: Option<String>,
+        out: &mut Outcome,
+    ) -> Result<(), ApplyError> {
+        let job = self.job_mut(id)?;
+        if !job.state.holds_devices() {
+            return Err(ApplyError::WrongState { job: id, state: job.state, action: "mark exited" });
+        }
+        self.exit(id, at_ms, failure, out);
+        Ok(())
+    }
+
+    /// A job holding devices exited (or was lost): free its devices and decide what is next.
+    pub(crate) fn exit(&mut self, id: JobId, at_ms: u64, failure: Option<String>, out: &mut Outcome) {
+        self.release(id);
+        let job = self.data.jobs.get_mut(&id).expect("caller checked the job exists");
+        let next = match (job.state, job.stop_reason) {
+            (JobState::Preempted, _) | (_, Some(StopReason::Drained | StopReason::Preempted)) => JobState::Pending,
+            (_, Some(StopReason::Cancelled)) => JobState::Cancelled,
+            (_, Some(StopReason::MaxRuntime)) => JobState::Failed,
+            (_, Some(StopReason::NodeLost)) => count_failure(job),
+            (_, None) if failure.is_some() => count_failure(job),
+            (_, None) => JobState::Succeeded,
+        };
+        job.message = match (&failure, next) {
+            (Some(msg), _) => msg.clone(),
+            (None, JobState::Succeeded) => "succeeded".to_owned(),
+            (None, _) => format!("stopped ({:?})", job.stop_reason),
+        };
+        job.state = next;
+        job.assignment = None;
+        job.stop_reason = None;
+        job.placed_ms = None;
+        job.started_ms = None;
+        if next.is_terminal() {
+            job.finished_ms = Some(at_ms);
+        } else {
+            self.enqueue(id);
+        }
+        self.track(id);
+        out.changed.push((id, next));
+    }
+
+    fn set_team(&mut self, team: TeamSpec) -> Result<(), ApplyError> {
+        validate_team(&team).map_err(|e| e.within("team"))?;
+        self.data.teams.insert(team.name.clone(), team);
+        Ok(())
+    }
+
+    fn set_priority_class(&mut self, class: PriorityClass) -> Result<(), ApplyError> {
+        if class.name.trim().is_empty() {
+            return Err(FieldError::new("class.name", "must not be empty").into());
+        }
+        self.data.classes.insert(class.name.clone(), class);
+        Ok(())
+    }
+
+    fn node_mut_checked(&mut self, node: &NodeId) -> Result<(), ApplyError> {
+        if self.data.nodes.contains_key(node) {
+            Ok(())
+        } else {
+            Err(ApplyError::UnknownNode(node.clone()))
+        }
+    }
+
+    fn cordon(&mut self, node: &NodeId, cordoned: bool) -> Result<(), ApplyError> {
+        self.node_mut_checked(node)?;
+        self.add_capacity(node, -1);
+        let n = self.data.nodes.get_mut(node).expect("checked above");
+        n.cordoned = cordoned;
+        if !cordoned {
+            n.draining = false;
+        }
+        self.add_capacity(node, 1);
+        Ok(())
+    }
+
+    fn drain(&mut self, node: &NodeId, out: &mut Outcome) -> Result<(), ApplyError> {
+        self.node_mut_checked(node)?;
+        self.add_capacity(node, -1);
+        let n = self.data.nodes.get_mut(node).expect("checked above");
+        n.cordoned = true;
+        n.draining = true;
+        for id in self.jobs_on(node) {
+            if matches!(self.data.jobs[&id].state, JobState::Starting | JobState::Running) {
+                self.order_stop(id, StopReason::Drained, JobState::Stopping, out);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Counts a failure; the job requeues until it passes its retry limit.
+fn count_failure(job: &mut Job) -> JobState {
+    job.failures += 1;
+    if job.failures > job.spec.max_retries {
+        JobState::Failed
+    } else {
+        JobState::Pending
+    }
+}

@@ -1,0 +1,145 @@
+//! Commands: every change to the replicated state, and what applying one produced.
+
+use crate::ids::{DeviceId, JobId, NodeId};
+use crate::job::{JobSpec, JobState, StopReason, StopSignal};
+use crate::plan::Decisions;
+use crate::resource::NodeSpec;
+use crate::team::{PriorityClass, TeamSpec};
+use crate::verify::StaleReason;
+use serde::{Deserialize, Serialize};
+
+/// A change to the state. Time travels inside the command, so apply never reads a clock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A node registered, or re-registered with a new inventory.
+    RegisterNode {
+        /// The inventory.
+        node: NodeSpec,
+        /// When.
+        at_ms: u64,
+    },
+    /// The leader stopped hearing from a node; its jobs are requeued.
+    NodeLost {
+        /// The node.
+        node: NodeId,
+        /// When.
+        at_ms: u64,
+    },
+    /// Jobs submitted together; all are accepted or none.
+    Submit {
+        /// The jobs.
+        jobs: Vec<JobSpec>,
+        /// When.
+        at_ms: u64,
+    },
+    /// A user cancels a job.
+    Cancel {
+        /// The job.
+        job: JobId,
+        /// When.
+        at_ms: u64,
+    },
+    /// The decisions of a scheduling cycle, re-verified on apply.
+    ApplyPlan {
+        /// The decisions.
+        decisions: Decisions,
+        /// When.
+        at_ms: u64,
+    },
+    /// Agents confirmed every replica started.
+    JobStarted {
+        /// The job.
+        job: JobId,
+        /// When.
+        at_ms: u64,
+    },
+    /// The job exited 0 (or, when told to stop, exited at all).
+    JobFinished {
+        /// The job.
+        job: JobId,
+        /// When.
+        at_ms: u64,
+    },
+    /// The job failed (non-zero exit, failed to start, lost a device).
+    JobFailed {
+        /// The job.
+        job: JobId,
+        /// What the agent said.
+        message: String,
+        /// When.
+        at_ms: u64,
+    },
+    /// Create or replace a team and its quotas.
+    SetTeam {
+        /// The team.
+        team: TeamSpec,
+    },
+    /// Create or replace a priority class.
+    SetPriorityClass {
+        /// The class.
+        class: PriorityClass,
+    },
+    /// Cordon or uncordon a node.
+    Cordon {
+        /// The node.
+        node: NodeId,
+        /// True to cordon, false to uncordon (which also ends a drain).
+        cordoned: bool,
+    },
+    /// Cordon a node and stop its jobs; they are requeued without losing an attempt.
+    Drain {
+        /// The node.
+        node: NodeId,
+    },
+}
+
+/// An order for an agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Effect {
+    /// Start one replica.
+    Start {
+        /// The job.
+        job: JobId,
+        /// The replica index.
+        replica: u32,
+        /// The node.
+        node: NodeId,
+        /// The devices to expose.
+        devices: Vec<DeviceId>,
+    },
+    /// Signal a job's processes on a node, then kill them after the grace period.
+    Stop {
+        /// The job.
+        job: JobId,
+        /// The node.
+        node: NodeId,
+        /// The signal.
+        signal: StopSignal,
+        /// Time until the kill.
+        grace_ms: u64,
+        /// Why.
+        reason: StopReason,
+    },
+}
+
+/// A placement or preemption that `apply` refused because the state moved on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    /// The job the decision was about.
+    pub job: JobId,
+    /// Why.
+    pub reason: StaleReason,
+}
+
+/// What applying a command produced.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Ids given to submitted jobs, in order.
+    pub submitted: Vec<JobId>,
+    /// Orders for agents.
+    pub effects: Vec<Effect>,
+    /// Jobs whose state changed, with the new state (for `Watch`).
+    pub changed: Vec<(JobId, JobState)>,
+    /// Plan decisions refused as stale.
+    pub rejected: Vec<Rejection>,
+}

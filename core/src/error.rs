@@ -1,0 +1,80 @@
+//! The one error type of `core`: why a command was refused. A refused command changes nothing.
+
+use crate::ids::{JobId, NodeId, TeamId};
+use crate::job::JobState;
+use thiserror::Error;
+
+/// Input that breaks a rule, naming the field and the reason.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[error("{field}: {reason}")]
+pub struct FieldError {
+    /// Dotted path of the field, e.g. `jobs[3].gang.replicas`.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl FieldError {
+    /// A field error.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self { field: field.into(), reason: reason.into() }
+    }
+
+    /// The same error under a parent field, e.g. `jobs[2]`.
+    pub fn within(self, parent: &str) -> Self {
+        Self { field: format!("{parent}.{}", self.field), reason: self.reason }
+    }
+}
+
+/// Why `State::apply` refused a command.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum ApplyError {
+    /// The command's content breaks a rule.
+    #[error("invalid {0}")]
+    Invalid(#[from] FieldError),
+    /// The job names a team that does not exist.
+    #[error("{field}: unknown team {team:?}")]
+    UnknownTeam {
+        /// The field that names it.
+        field: String,
+        /// The team.
+        team: TeamId,
+    },
+    /// The job names a priority class that does not exist.
+    #[error("{field}: unknown priority class {class:?}")]
+    UnknownPriorityClass {
+        /// The field that names it.
+        field: String,
+        /// The class.
+        class: String,
+    },
+    /// The team has no quota for any flavor the job accepts.
+    #[error("{field}: team {team:?} has no quota for any flavor the job accepts ({request})")]
+    NoQuotaForRequest {
+        /// The field that names the request.
+        field: String,
+        /// The team.
+        team: TeamId,
+        /// The request, as `kind/model|model`.
+        request: String,
+    },
+    /// No such job.
+    #[error("unknown job {0}")]
+    UnknownJob(JobId),
+    /// No such node.
+    #[error("unknown node {0:?}")]
+    UnknownNode(NodeId),
+    /// The job's state does not allow this.
+    #[error("job {job} is {}: cannot {action}", .state.as_str())]
+    WrongState {
+        /// The job.
+        job: JobId,
+        /// Its state.
+        state: JobState,
+        /// What was asked.
+        action: &'static str,
+    },
+    /// The plan was computed for another moment than the command's.
+    #[error("plan decisions repeat job {0}")]
+    DuplicateInPlan(JobId),
+}

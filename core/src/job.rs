@@ -1,0 +1,200 @@
+//! Jobs: what a user asks for (a gang of replicas) and where the job is in its life.
+
+use crate::ids::{DeviceId, JobId, NodeId, TeamId};
+use crate::resource::{AcceleratorKind, Flavor};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Which devices one replica needs.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DeviceRequest {
+    /// The kind of accelerator.
+    pub kind: AcceleratorKind,
+    /// Acceptable models, most preferred first; empty means any model of `kind` the team has
+    /// quota for, in flavor order.
+    pub models: Vec<String>,
+    /// Devices per replica, at least 1.
+    pub count: u32,
+}
+
+/// A gang: `replicas` identical replicas placed all or nothing.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct GangSpec {
+    /// Number of replicas, at least 1.
+    pub replicas: u32,
+    /// Devices per replica.
+    pub devices: DeviceRequest,
+    /// Host CPU per replica, in thousandths of a core.
+    pub cpu_millis: u64,
+    /// Host memory per replica.
+    pub mem_mib: u64,
+}
+
+impl GangSpec {
+    /// Devices the whole gang holds.
+    pub fn total_devices(&self) -> u32 {
+        self.replicas.saturating_mul(self.devices.count)
+    }
+}
+
+/// The signal a job receives when it must stop; the agent kills it after the grace period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StopSignal {
+    /// SIGTERM (the default).
+    Term,
+    /// SIGINT.
+    Int,
+    /// SIGUSR1, often used to ask for a checkpoint.
+    Usr1,
+    /// SIGUSR2.
+    Usr2,
+}
+
+/// What a user submits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// A human name; need not be unique.
+    pub name: String,
+    /// The team that pays for it.
+    pub team: TeamId,
+    /// Priority class name; `None` means priority 0.
+    pub priority_class: Option<String>,
+    /// The gang.
+    pub gang: GangSpec,
+    /// Command and arguments the agent runs for each replica.
+    pub command: Vec<String>,
+    /// Environment for the command.
+    pub env: BTreeMap<String, String>,
+    /// Stop the job once it has run this long.
+    pub max_runtime_ms: Option<u64>,
+    /// Whether the scheduler may preempt it.
+    pub preemptible: bool,
+    /// Signal sent on preemption, cancel or drain.
+    pub stop_signal: StopSignal,
+    /// Time between the signal and the kill.
+    pub grace_ms: u64,
+    /// How many times a failed or lost job is requeued.
+    pub max_retries: u32,
+}
+
+/// Where a job is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum JobState {
+    /// Waiting for devices.
+    Pending,
+    /// Placed; start orders sent, the agents have not confirmed yet. Holds its devices.
+    Starting,
+    /// Running on its devices.
+    Running,
+    /// Told to stop because it was preempted; holds its devices until it exits, then requeues.
+    Preempted,
+    /// Told to stop (cancel, drain, maximum runtime); holds its devices until it exits.
+    Stopping,
+    /// Exited 0.
+    Succeeded,
+    /// Failed past its retry limit, or ran past its maximum runtime.
+    Failed,
+    /// Cancelled by a user.
+    Cancelled,
+}
+
+impl JobState {
+    /// Whether the job holds devices in this state.
+    pub fn holds_devices(self) -> bool {
+        matches!(self, Self::Starting | Self::Running | Self::Preempted | Self::Stopping)
+    }
+
+    /// Whether the job is over.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+
+    /// The lower-case name used by the API and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Preempted => "preempted",
+            Self::Stopping => "stopping",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Why a job was told to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StopReason {
+    /// Preempted; requeued once it exits.
+    Preempted,
+    /// Cancelled by a user.
+    Cancelled,
+    /// Its node is draining; requeued once it exits, without counting an attempt.
+    Drained,
+    /// Ran past `max_runtime_ms`; fails once it exits.
+    MaxRuntime,
+    /// Another replica's node was lost; requeued (counting a failure) once it exits.
+    NodeLost,
+}
+
+/// The devices of one replica.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ReplicaAssignment {
+    /// The node.
+    pub node: NodeId,
+    /// The devices on it, `count` of them.
+    pub devices: Vec<DeviceId>,
+}
+
+/// Where a job runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The flavor chosen among the acceptable ones.
+    pub flavor: Flavor,
+    /// One entry per replica.
+    pub replicas: Vec<ReplicaAssignment>,
+}
+
+/// A job as the state machine knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// Its id.
+    pub id: JobId,
+    /// What was submitted.
+    pub spec: JobSpec,
+    /// The priority value resolved from the class at submission.
+    pub priority: i32,
+    /// Its state.
+    pub state: JobState,
+    /// When it was submitted.
+    pub submitted_ms: u64,
+    /// Attempts started so far (0 before the first start).
+    pub attempt: u32,
+    /// Where it runs, while it holds devices.
+    pub assignment: Option<Assignment>,
+    /// When the current attempt was placed.
+    pub placed_ms: Option<u64>,
+    /// When the current attempt was confirmed running.
+    pub started_ms: Option<u64>,
+    /// When it reached a terminal state.
+    pub finished_ms: Option<u64>,
+    /// Why it is stopping, while `Preempted` or `Stopping`.
+    pub stop_reason: Option<StopReason>,
+    /// Times it was preempted.
+    pub preemptions: u32,
+    /// Failures so far (non-zero exits, lost nodes); past `max_retries` the job fails.
+    pub failures: u32,
+    /// The last thing that happened to it, for `qm job`.
+    pub message: String,
+}
+
+impl Job {
+    /// Whether it may be chosen as a victim now: running, preemptible, past the minimum run time.
+    pub fn preemptible_at(&self, now_ms: u64, min_runtime_ms: u64) -> bool {
+        self.state == JobState::Running
+            && self.spec.preemptible
+            && self.started_ms.is_some_and(|s| s.saturating_add(min_runtime_ms) <= now_ms)
+    }
+}

@@ -1,0 +1,137 @@
+//! Limits on everything a user or an agent sends: the validation rules, in one place, shared
+//! by the API (`proto` conversions), the simulator's readers and `State::apply`.
+
+use crate::error::FieldError;
+use crate::job::JobSpec;
+use crate::resource::{NodeSpec, MAX_DEVICES_PER_NODE};
+use crate::team::TeamSpec;
+use std::collections::BTreeSet;
+
+/// Most replicas in one gang.
+pub const MAX_REPLICAS: u32 = 4096;
+/// Most devices per replica (one node's worth).
+pub const MAX_DEVICES_PER_REPLICA: u32 = MAX_DEVICES_PER_NODE as u32;
+/// Longest grace period between the stop signal and the kill: one hour.
+pub const MAX_GRACE_MS: u64 = 3_600_000;
+/// Most bytes in a job's command and arguments together.
+pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
+/// Most bytes in a job's environment (names and values).
+pub const MAX_ENV_BYTES: usize = 64 * 1024;
+/// Longest name (job, team, node, device, label, model).
+pub const MAX_NAME_BYTES: usize = 253;
+/// Most retries of a job.
+pub const MAX_RETRIES: u32 = 100;
+/// Most acceptable models in one request.
+pub const MAX_MODELS: usize = 16;
+/// Most jobs in one submission batch.
+pub const MAX_BATCH: usize = 10_000;
+
+fn name(field: &str, value: &str) -> Result<(), FieldError> {
+    if value.trim().is_empty() {
+        return Err(FieldError::new(field, "must not be empty"));
+    }
+    if value.len() > MAX_NAME_BYTES {
+        return Err(FieldError::new(field, format!("longer than {MAX_NAME_BYTES} bytes")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(FieldError::new(field, "contains control characters"));
+    }
+    Ok(())
+}
+
+/// Checks a job spec on its own (the state machine checks team and class exist).
+pub fn validate_job(spec: &JobSpec) -> Result<(), FieldError> {
+    name("name", &spec.name)?;
+    name("team", spec.team.as_str())?;
+    if let Some(class) = &spec.priority_class {
+        name("priority_class", class)?;
+    }
+    let gang = &spec.gang;
+    if gang.replicas == 0 || gang.replicas > MAX_REPLICAS {
+        return Err(FieldError::new("gang.replicas", format!("must be 1..={MAX_REPLICAS}, got {}", gang.replicas)));
+    }
+    let count = gang.devices.count;
+    if count == 0 || count > MAX_DEVICES_PER_REPLICA {
+        return Err(FieldError::new(
+            "gang.devices.count",
+            format!("must be 1..={MAX_DEVICES_PER_REPLICA} devices per replica, got {count}"),
+        ));
+    }
+    if gang.devices.models.len() > MAX_MODELS {
+        return Err(FieldError::new("gang.devices.models", format!("more than {MAX_MODELS} models")));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, m) in gang.devices.models.iter().enumerate() {
+        name(&format!("gang.devices.models[{i}]"), m)?;
+        if !seen.insert(m) {
+            return Err(FieldError::new(format!("gang.devices.models[{i}]"), format!("model {m:?} listed twice")));
+        }
+    }
+    if spec.grace_ms > MAX_GRACE_MS {
+        return Err(FieldError::new("grace_ms", format!("must be at most {MAX_GRACE_MS} ms, got {}", spec.grace_ms)));
+    }
+    if spec.max_runtime_ms == Some(0) {
+        return Err(FieldError::new("max_runtime_ms", "must be positive when set"));
+    }
+    if spec.max_retries > MAX_RETRIES {
+        return Err(FieldError::new("max_retries", format!("must be at most {MAX_RETRIES}")));
+    }
+    let command_bytes: usize = spec.command.iter().map(String::len).sum();
+    if command_bytes > MAX_COMMAND_BYTES {
+        return Err(FieldError::new("command", format!("{command_bytes} bytes, more than {MAX_COMMAND_BYTES}")));
+    }
+    let env_bytes: usize = spec.env.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if env_bytes > MAX_ENV_BYTES {
+        return Err(FieldError::new("env", format!("{env_bytes} bytes, more than {MAX_ENV_BYTES}")));
+    }
+    if let Some(k) = spec.env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
+        return Err(FieldError::new("env", format!("invalid variable name {k:?}")));
+    }
+    Ok(())
+}
+
+/// Checks a node's inventory.
+pub fn validate_node(spec: &NodeSpec) -> Result<(), FieldError> {
+    name("id", spec.id.as_str())?;
+    if spec.devices.len() > MAX_DEVICES_PER_NODE {
+        return Err(FieldError::new(
+            "devices",
+            format!("{} devices, more than {MAX_DEVICES_PER_NODE}", spec.devices.len()),
+        ));
+    }
+    let mut ids = BTreeSet::new();
+    for (i, d) in spec.devices.iter().enumerate() {
+        name(&format!("devices[{i}].id"), d.id.as_str())?;
+        name(&format!("devices[{i}].model"), &d.model)?;
+        if d.model.contains('/') {
+            return Err(FieldError::new(format!("devices[{i}].model"), "must not contain '/'"));
+        }
+        if !ids.insert(&d.id) {
+            return Err(FieldError::new(format!("devices[{i}].id"), format!("device {} reported twice", d.id)));
+        }
+    }
+    for (k, v) in &spec.labels {
+        name("labels", k)?;
+        name(&format!("labels.{k}"), v)?;
+    }
+    Ok(())
+}
+
+/// Checks a team's quotas.
+pub fn validate_team(spec: &TeamSpec) -> Result<(), FieldError> {
+    name("name", spec.name.as_str())?;
+    if spec.weight_milli == 0 {
+        return Err(FieldError::new("weight", "must be positive"));
+    }
+    for (flavor, q) in &spec.quotas {
+        if let Some(l) = q.lending_limit {
+            if l > q.nominal {
+                return Err(FieldError::new(
+                    format!("quotas.{flavor}.lending_limit"),
+                    format!("{l} is more than nominal {}", q.nominal),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

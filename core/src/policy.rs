@@ -1,0 +1,75 @@
+//! The operator's knobs. Defaults are what a shared GPU cluster usually wants: reclaim and
+//! within-team preemption on, borrowing on, bin-packing, bounded work per cycle.
+
+use serde::{Deserialize, Serialize};
+
+/// How replicas are spread over nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlacementStrategy {
+    /// Fill the fullest node that fits, keeping whole nodes free for large gangs.
+    #[default]
+    BinPack,
+    /// Use the emptiest node, spreading load and heat.
+    Spread,
+}
+
+/// What a team's queue does when its first job cannot be placed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueueingStrategy {
+    /// Later jobs of the team that fit go ahead (Kueue's BestEffortFIFO).
+    #[default]
+    BestEffortFifo,
+    /// Nothing behind a stuck job is placed for its team (Kueue's StrictFIFO).
+    StrictFifo,
+}
+
+/// Policy configuration; every field has a default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// A job within its team's nominal may preempt other teams' borrowed work.
+    pub reclaim: bool,
+    /// A job may preempt lower-priority jobs of its own team.
+    pub within_team_preemption: bool,
+    /// Teams may go above nominal on idle capacity.
+    pub borrowing: bool,
+    /// Bin-pack or spread.
+    pub placement: PlacementStrategy,
+    /// Best-effort or strict FIFO per team.
+    pub queueing: QueueingStrategy,
+    /// Jobs that ran less than this are not preempted (avoids thrashing).
+    pub min_runtime_ms: u64,
+    /// Most victims one cycle may choose.
+    pub max_victims_per_cycle: u32,
+    /// Most preemption searches one cycle runs.
+    pub max_preemption_attempts_per_cycle: u32,
+    /// Most candidates one preemption search looks at.
+    pub max_preemption_candidates: u32,
+    /// Most pending jobs one cycle looks at.
+    pub max_jobs_per_cycle: u32,
+    /// Most placements one cycle makes.
+    pub max_placements_per_cycle: u32,
+    /// Feasible nodes collected (beyond what the gang needs) before scoring picks among them.
+    pub candidate_nodes: u32,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            reclaim: true,
+            within_team_preemption: true,
+            borrowing: true,
+            placement: PlacementStrategy::BinPack,
+            queueing: QueueingStrategy::BestEffortFifo,
+            min_runtime_ms: 5 * 60 * 1000,
+            max_victims_per_cycle: 64,
+            max_preemption_attempts_per_cycle: 32,
+            max_preemption_candidates: 256,
+            max_jobs_per_cycle: 10_000,
+            max_placements_per_cycle: 2_000,
+            candidate_nodes: 8,
+        }
+    }
+}

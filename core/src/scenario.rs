@@ -1,0 +1,395 @@
+//! Scenario files: a cluster, its teams and a queue, described in TOML (parsed by the caller)
+//! and turned into a `State` ready for one scheduling cycle. `qm plan` and the golden tests
+//! read them; `examples/` has worked ones and `docs/concepts.md` explains them.
+//!
+//! Jobs marked `state = "running"` are submitted first and placed by the scheduler itself at
+//! time 0 (so a scenario cannot describe an impossible placement); the others are submitted at
+//! `submit_s` and the cycle runs at `now_s`.
+
+use crate::command::Command;
+use crate::error::{ApplyError, FieldError};
+use crate::ids::{DeviceId, NodeId, TeamId};
+use crate::job::{DeviceRequest, GangSpec, JobSpec, StopSignal};
+use crate::policy::PolicyConfig;
+use crate::resource::{AcceleratorKind, Device, Flavor, Health, NodeSpec, RACK_LABEL};
+use crate::schedule::schedule;
+use crate::state::State;
+use crate::team::{FlavorQuota, PriorityClass, TeamSpec};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// `--cluster FILE`: node pools.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// Pools of identical nodes.
+    #[serde(rename = "pool")]
+    pub pools: Vec<PoolFile>,
+}
+
+/// Identical nodes named `{name}-{i}`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolFile {
+    /// Name prefix.
+    pub name: String,
+    /// How many nodes.
+    pub count: u32,
+    /// Accelerator kind.
+    pub kind: String,
+    /// Accelerator model.
+    pub model: String,
+    /// Accelerators per node.
+    pub devices: u32,
+    /// Device memory.
+    #[serde(default)]
+    pub memory_mib: u64,
+    /// Interconnect groups per node; devices are split evenly among them.
+    #[serde(default = "one")]
+    pub nvlink_groups: u32,
+    /// Node CPU in millicores.
+    #[serde(default = "default_cpu")]
+    pub cpu_millis: u64,
+    /// Node memory.
+    #[serde(default = "default_mem")]
+    pub mem_mib: u64,
+    /// Racks, assigned round-robin to the pool's nodes.
+    #[serde(default)]
+    pub racks: Vec<String>,
+    /// Device indexes reported unhealthy on the first node of the pool.
+    #[serde(default)]
+    pub unhealthy_devices: Vec<u32>,
+    /// Cordon the first `cordoned` nodes of the pool.
+    #[serde(default)]
+    pub cordoned: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_cpu() -> u64 {
+    128_000
+}
+fn default_mem() -> u64 {
+    1_048_576
+}
+fn default_weight() -> f64 {
+    1.0
+}
+fn default_grace() -> u64 {
+    30
+}
+fn yes() -> bool {
+    true
+}
+
+/// `--teams FILE`: priority classes, teams and quotas, and the policy.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamsFile {
+    /// Priority classes.
+    #[serde(default, rename = "priority_class")]
+    pub priority_classes: Vec<PriorityClassFile>,
+    /// Teams.
+    #[serde(rename = "team")]
+    pub teams: Vec<TeamFile>,
+    /// Policy knobs; defaults when absent.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+}
+
+/// A priority class.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriorityClassFile {
+    /// Name.
+    pub name: String,
+    /// Value; higher first.
+    pub value: i32,
+}
+
+/// A team.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamFile {
+    /// Name.
+    pub name: String,
+    /// Fair-share weight.
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+    /// Quotas per flavor.
+    #[serde(default, rename = "quota")]
+    pub quotas: Vec<QuotaFile>,
+}
+
+/// One flavor's quota.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaFile {
+    /// `kind/model`.
+    pub flavor: String,
+    /// Guaranteed devices.
+    pub nominal: u32,
+    /// Most devices above nominal; absent is unlimited.
+    pub borrowing_limit: Option<u32>,
+    /// Most idle nominal lent; absent is all.
+    pub lending_limit: Option<u32>,
+}
+
+/// `--jobs FILE`: the queue, and jobs already running.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsFile {
+    /// When the cycle runs, in seconds.
+    pub now_s: u64,
+    /// The jobs, in submission order.
+    #[serde(rename = "job")]
+    pub jobs: Vec<JobFile>,
+}
+
+/// A job.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobFile {
+    /// Name.
+    pub name: String,
+    /// Team.
+    pub team: String,
+    /// Priority class.
+    pub priority_class: Option<String>,
+    /// Replicas.
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// Accelerator kind.
+    #[serde(default = "gpu")]
+    pub kind: String,
+    /// Acceptable models, preferred first; empty is any the team has quota for.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Devices per replica.
+    pub devices: u32,
+    /// CPU per replica.
+    #[serde(default)]
+    pub cpu_millis: u64,
+    /// Memory per replica.
+    #[serde(default)]
+    pub mem_mib: u64,
+    /// Preemptible.
+    #[serde(default = "yes")]
+    pub preemptible: bool,
+    /// Grace period in seconds.
+    #[serde(default = "default_grace")]
+    pub grace_s: u64,
+    /// `running` (placed at time 0) or `pending` (the default).
+    #[serde(default)]
+    pub state: ScenarioJobState,
+    /// Submission time of a pending job, in seconds; default `now_s`.
+    pub submit_s: Option<u64>,
+}
+
+fn gpu() -> String {
+    "gpu".to_owned()
+}
+
+/// Whether a scenario job is already running.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScenarioJobState {
+    /// In the queue.
+    #[default]
+    Pending,
+    /// Placed and started at time 0.
+    Running,
+}
+
+/// A scenario ready for a cycle.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// The state with nodes, teams, running and pending jobs.
+    pub state: State,
+    /// The policy.
+    pub policy: PolicyConfig,
+    /// When the cycle runs.
+    pub now_ms: u64,
+}
+
+fn field(prefix: &str, e: FieldError) -> ApplyError {
+    ApplyError::Invalid(e.within(prefix))
+}
+
+impl ClusterFile {
+    /// The nodes of every pool.
+    pub fn nodes(&self) -> Result<Vec<(NodeSpec, bool)>, FieldError> {
+        let mut out = Vec::new();
+        for (p, pool) in self.pools.iter().enumerate() {
+            let at = |f: &str| format!("pool[{p}].{f}");
+            let kind: AcceleratorKind = pool.kind.parse().map_err(|e| FieldError::new(at("kind"), e))?;
+            if pool.devices == 0 || pool.devices as usize > crate::resource::MAX_DEVICES_PER_NODE {
+                return Err(FieldError::new(at("devices"), "must be 1..=64"));
+            }
+            if pool.nvlink_groups == 0 || pool.nvlink_groups > pool.devices {
+                return Err(FieldError::new(at("nvlink_groups"), "must be 1..=devices"));
+            }
+            if let Some(bad) = pool.unhealthy_devices.iter().find(|&&d| d >= pool.devices) {
+                return Err(FieldError::new(at("unhealthy_devices"), format!("device {bad} is not on the node")));
+            }
+            let per_group = pool.devices.div_ceil(pool.nvlink_groups);
+            for i in 0..pool.count {
+                let name = format!("{}-{i}", pool.name);
+                let devices = (0..pool.devices)
+                    .map(|d| Device {
+                        id: DeviceId(format!("{name}-{kind}{d}")),
+                        kind,
+                        vendor: "scenario".to_owned(),
+                        model: pool.model.clone(),
+                        memory_mib: pool.memory_mib,
+                        health: if i == 0 && pool.unhealthy_devices.contains(&d) {
+                            Health::Unhealthy
+                        } else {
+                            Health::Healthy
+                        },
+                        numa_node: Some(d / per_group),
+                        pci_bus_id: None,
+                        interconnect_group: Some(format!("nvlink{}", d / per_group)),
+                    })
+                    .collect();
+                let mut labels = BTreeMap::new();
+                if !pool.racks.is_empty() {
+                    labels.insert(RACK_LABEL.to_owned(), pool.racks[i as usize % pool.racks.len()].clone());
+                }
+                let spec =
+                    NodeSpec { id: NodeId(name), labels, devices, cpu_millis: pool.cpu_millis, mem_mib: pool.mem_mib };
+                out.push((spec, i < pool.cordoned));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl TeamsFile {
+    /// The teams as core specs.
+    pub fn teams(&self) -> Result<Vec<TeamSpec>, FieldError> {
+        self.teams
+            .iter()
+            .enumerate()
+            .map(|(t, team)| {
+                if !(team.weight.is_finite() && team.weight > 0.0 && team.weight <= 1000.0) {
+                    return Err(FieldError::new(format!("team[{t}].weight"), "must be in (0, 1000]"));
+                }
+                let mut quotas = BTreeMap::new();
+                for (i, q) in team.quotas.iter().enumerate() {
+                    let flavor: Flavor =
+                        q.flavor.parse().map_err(|e| FieldError::new(format!("team[{t}].quota[{i}].flavor"), e))?;
+                    let quota = FlavorQuota {
+                        nominal: q.nominal,
+                        borrowing_limit: q.borrowing_limit,
+                        lending_limit: q.lending_limit,
+                    };
+                    if quotas.insert(flavor, quota).is_some() {
+                        return Err(FieldError::new(format!("team[{t}].quota[{i}].flavor"), "listed twice"));
+                    }
+                }
+                let weight_milli = (team.weight * 1000.0).round() as u32;
+                Ok(TeamSpec { name: TeamId(team.name.clone()), weight_milli: weight_milli.max(1), quotas })
+            })
+            .collect()
+    }
+}
+
+impl JobFile {
+    /// The job as a core spec.
+    pub fn spec(&self) -> Result<JobSpec, FieldError> {
+        let kind = self.kind.parse().map_err(|e| FieldError::new("kind", e))?;
+        Ok(JobSpec {
+            name: self.name.clone(),
+            team: TeamId(self.team.clone()),
+            priority_class: self.priority_class.clone(),
+            gang: GangSpec {
+                replicas: self.replicas,
+                devices: DeviceRequest { kind, models: self.models.clone(), count: self.devices },
+                cpu_millis: self.cpu_millis,
+                mem_mib: self.mem_mib,
+            },
+            command: vec!["sleep".to_owned(), "infinity".to_owned()],
+            env: BTreeMap::new(),
+            max_runtime_ms: None,
+            preemptible: self.preemptible,
+            stop_signal: StopSignal::Term,
+            grace_ms: self.grace_s.saturating_mul(1000),
+            max_retries: 3,
+        })
+    }
+}
+
+impl Scenario {
+    /// Builds the state: classes, teams and nodes; running jobs placed at time 0; pending jobs.
+    pub fn build(cluster: &ClusterFile, teams: &TeamsFile, jobs: &JobsFile) -> Result<Self, ApplyError> {
+        let mut state = State::new();
+        for c in &teams.priority_classes {
+            state.apply(Command::SetPriorityClass { class: PriorityClass { name: c.name.clone(), value: c.value } })?;
+        }
+        for team in teams.teams().map_err(|e| field("teams", e))? {
+            state.apply(Command::SetTeam { team })?;
+        }
+        for (node, cordoned) in cluster.nodes().map_err(|e| field("cluster", e))? {
+            let id = node.id.clone();
+            state.apply(Command::RegisterNode { node, at_ms: 0 })?;
+            if cordoned {
+                state.apply(Command::Cordon { node: id, cordoned: true })?;
+            }
+        }
+        let now_ms = jobs.now_s.saturating_mul(1000);
+        let specs = |want: ScenarioJobState| -> Result<Vec<(usize, JobSpec)>, ApplyError> {
+            let mut out = Vec::new();
+            for (i, j) in jobs.jobs.iter().enumerate().filter(|(_, j)| j.state == want) {
+                out.push((i, j.spec().map_err(|e| field(&format!("jobs.job[{i}]"), e))?));
+            }
+            Ok(out)
+        };
+        Self::start_running(&mut state, specs(ScenarioJobState::Running)?, &teams.policy)?;
+        for (i, spec) in specs(ScenarioJobState::Pending)? {
+            let at_ms = jobs.jobs[i].submit_s.map_or(now_ms, |s| s.saturating_mul(1000));
+            state.apply(Command::Submit { jobs: vec![spec], at_ms }).map_err(|e| in_job(e, i))?;
+        }
+        Ok(Self { state, policy: teams.policy.clone(), now_ms })
+    }
+
+    fn start_running(
+        state: &mut State,
+        running: Vec<(usize, JobSpec)>,
+        policy: &PolicyConfig,
+    ) -> Result<(), ApplyError> {
+        let mut ids = Vec::new();
+        for (i, spec) in running {
+            let out = state.apply(Command::Submit { jobs: vec![spec], at_ms: 0 }).map_err(|e| in_job(e, i))?;
+            ids.push((i, out.submitted[0]));
+        }
+        let plan = schedule(state, policy, 0);
+        state.apply(Command::ApplyPlan { decisions: plan.decisions, at_ms: 0 })?;
+        for (i, id) in ids {
+            state.apply(Command::JobStarted { job: id, at_ms: 0 }).map_err(|_| {
+                ApplyError::Invalid(FieldError::new(
+                    format!("jobs.job[{i}].state"),
+                    "running, but it does not fit the cluster at time 0",
+                ))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Renames `jobs[0]` (a one-job batch) to the job's place in the file.
+fn in_job(e: ApplyError, i: usize) -> ApplyError {
+    let at = |f: String| f.replacen("jobs[0]", &format!("jobs.job[{i}]"), 1);
+    match e {
+        ApplyError::Invalid(f) => ApplyError::Invalid(FieldError::new(at(f.field), f.reason)),
+        ApplyError::UnknownTeam { field, team } => ApplyError::UnknownTeam { field: at(field), team },
+        ApplyError::UnknownPriorityClass { field, class } => {
+            ApplyError::UnknownPriorityClass { field: at(field), class }
+        }
+        ApplyError::NoQuotaForRequest { field, team, request } => {
+            ApplyError::NoQuotaForRequest { field: at(field), team, request }
+        }
+        other => other,
+    }
+}

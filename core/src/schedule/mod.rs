@@ -1,0 +1,219 @@
+//! `schedule`: one scheduling cycle, a pure function of a state snapshot, the policy and the
+//! time. The leader, the simulator and the benchmarks all call it.
+//!
+//! A cycle: build a scratch view (`view.rs`); walk the pending jobs in queue order (`queue.rs`);
+//! for each, try its acceptable flavors in preference order: quota admission (`quota.rs`), then
+//! placement on free devices (`place.rs`); if none fits, wait for devices that stopping jobs
+//! are releasing, or search for victims (`preempt.rs`). Jobs of a shape that failed are answered
+//! from a per-cycle cache: capacity only shrinks within a cycle, so the answer stands.
+
+mod place;
+mod preempt;
+mod queue;
+mod view;
+
+use crate::ids::{JobId, TeamId};
+use crate::job::{Assignment, DeviceRequest, Job, ReplicaAssignment};
+use crate::plan::{AttemptOutcome, FlavorAttempt, PendingReason, Placement, PlacementReport, Plan, QuotaDenial};
+use crate::policy::PolicyConfig;
+use crate::resource::Flavor;
+use crate::state::State;
+use place::{Pick, Shape};
+use std::collections::{BTreeMap, BTreeSet};
+use view::View;
+
+/// Runs one scheduling cycle at `now_ms`: what to start, whom to preempt, which jobs ran past
+/// their maximum runtime, and why each job looked at stays pending.
+pub fn schedule(state: &State, policy: &PolicyConfig, now_ms: u64) -> Plan {
+    let mut cycle = Cycle {
+        view: View::build(state),
+        policy,
+        now_ms,
+        plan: Plan { at_ms: now_ms, ..Plan::default() },
+        failed: BTreeMap::new(),
+        victims: BTreeSet::new(),
+        victim_devices: BTreeMap::new(),
+        running: None,
+        preemption_attempts: 0,
+    };
+    cycle.plan.decisions.expired = state.expired(now_ms).collect();
+    cycle.run();
+    cycle.plan
+}
+
+/// Jobs alike in everything placement looks at.
+type ShapeKey<'s> = (&'s TeamId, &'s DeviceRequest, u32, u64, u64, i32);
+
+/// What a failed shape got, reused for the jobs of the same shape.
+#[derive(Clone)]
+struct Failure {
+    attempts: Vec<FlavorAttempt>,
+    preemption: Option<String>,
+}
+
+/// What happened to one job in this cycle.
+enum Verdict {
+    Placed,
+    Preempting(u32),
+    Waiting,
+    Unschedulable(Failure),
+}
+
+pub(crate) struct Cycle<'s> {
+    view: View<'s>,
+    policy: &'s PolicyConfig,
+    now_ms: u64,
+    plan: Plan,
+    failed: BTreeMap<ShapeKey<'s>, Failure>,
+    victims: BTreeSet<JobId>,
+    /// Devices per (team, flavor) that this cycle's victims will give back.
+    victim_devices: BTreeMap<(TeamId, Flavor), u32>,
+    running: Option<BTreeMap<Flavor, Vec<JobId>>>,
+    preemption_attempts: u32,
+}
+
+impl<'s> Cycle<'s> {
+    fn key(job: &'s Job) -> ShapeKey<'s> {
+        let g = &job.spec.gang;
+        (&job.spec.team, &g.devices, g.replicas, g.cpu_millis, g.mem_mib, job.priority)
+    }
+
+    fn shape(&self, job: &Job, flavor: &Flavor) -> Option<Shape> {
+        let g = &job.spec.gang;
+        let fx = self.view.flavor_ix(flavor)?;
+        Some(Shape { flavor: fx, replicas: g.replicas, count: g.devices.count, cpu: g.cpu_millis, mem: g.mem_mib })
+    }
+
+    /// Looks at one job: place it, or find it room, or say why not.
+    fn try_job(&mut self, job: &'s Job) -> Verdict {
+        let key = Self::key(job);
+        if let Some(f) = self.failed.get(&key) {
+            self.plan.stats.cache_hits += 1;
+            return Verdict::Unschedulable(f.clone());
+        }
+        let flavors = self.view.team(&job.spec.team).acceptable_flavors(&job.spec.gang.devices);
+        let mut attempts = Vec::with_capacity(flavors.len());
+        for flavor in &flavors {
+            match self.try_flavor(job, flavor) {
+                Ok(()) => return Verdict::Placed,
+                Err(outcome) => attempts.push(FlavorAttempt { flavor: flavor.clone(), outcome }),
+            }
+        }
+        let mut preemption = None;
+        for flavor in &flavors {
+            match self.make_room(job, flavor) {
+                Ok(v) => return v,
+                Err(why) => preemption = preemption.or(why),
+            }
+        }
+        let failure = Failure { attempts, preemption };
+        self.failed.insert(key, failure.clone());
+        Verdict::Unschedulable(failure)
+    }
+
+    /// Quota, then placement on free devices, for one flavor.
+    fn try_flavor(&mut self, job: &Job, flavor: &Flavor) -> Result<(), AttemptOutcome> {
+        let team = &job.spec.team;
+        let q = self.view.team(team).quotas[flavor];
+        let total = job.spec.gang.total_devices();
+        let ledger = self.view.ledgers.get(flavor).copied().unwrap_or_default();
+        ledger.admit(&q, self.view.usage(team, flavor), total, self.policy.borrowing).map_err(AttemptOutcome::Quota)?;
+        let Some(shape) = self.shape(job, flavor) else {
+            return Err(AttemptOutcome::NeverFits(Default::default()));
+        };
+        let candidates = self.view.fast_candidates(&shape, self.policy.placement, self.policy.candidate_nodes);
+        let picks = self.view.assign(&shape, &candidates, self.policy.placement, |_, n| n.free);
+        let Some(picks) = picks else {
+            let (counts, never) = self.view.filter_counts(&shape);
+            return Err(if never { AttemptOutcome::NeverFits(counts) } else { AttemptOutcome::NoFit(counts) });
+        };
+        self.view.commit(&shape, &picks);
+        self.view.charge(team, flavor, total);
+        let assignment = self.assignment(flavor, &picks);
+        self.plan.decisions.placements.push(Placement { job: job.id, assignment });
+        Ok(())
+    }
+
+    fn assignment(&self, flavor: &Flavor, picks: &[Pick]) -> Assignment {
+        let replicas = picks
+            .iter()
+            .map(|p| {
+                let id = self.view.node_ids[p.node as usize];
+                let node = &self.view.state.nodes()[id];
+                let devices =
+                    (0..64).filter(|i| p.mask & (1u64 << i) != 0).map(|i| node.spec.devices[i].id.clone()).collect();
+                ReplicaAssignment { node: id.clone(), devices }
+            })
+            .collect();
+        Assignment { flavor: flavor.clone(), replicas }
+    }
+
+    /// Nodes with any free device of the shape's flavor, and nodes with releasing devices.
+    fn partial_nodes(&self, shape: &Shape) -> Vec<u32> {
+        let buckets = &self.view.index[shape.flavor as usize].buckets;
+        let mut nodes: Vec<u32> = buckets.iter().skip(1).flatten().copied().collect();
+        nodes.extend(&self.view.releasing_nodes);
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
+    }
+
+    /// When free devices are not enough: wait for devices being released, or preempt.
+    /// `Err(Some(why))` says why preemption could not help.
+    fn make_room(&mut self, job: &Job, flavor: &Flavor) -> Result<Verdict, Option<String>> {
+        let Some(shape) = self.shape(job, flavor) else { return Err(None) };
+        let team = &job.spec.team;
+        let total = job.spec.gang.total_devices();
+        let q = self.view.team(team).quotas[flavor];
+        let ledger = self.view.ledgers.get(flavor).copied().unwrap_or_default();
+        let admitted = ledger.admit(&q, self.view.usage(team, flavor), total, self.policy.borrowing).is_ok();
+        let base = self.partial_nodes(&shape);
+        if admitted && !self.view.releasing_nodes.is_empty() {
+            let picks = self.view.assign(&shape, &base, self.policy.placement, |_, n| n.free | n.releasing);
+            if let Some(picks) = picks {
+                self.reserve(job, flavor, &shape, &picks);
+                return Ok(Verdict::Waiting);
+            }
+        }
+        if !(self.policy.reclaim || self.policy.within_team_preemption) {
+            return Err(None);
+        }
+        if self.preemption_attempts >= self.policy.max_preemption_attempts_per_cycle {
+            return Err(Some("the cycle's preemption search budget is spent".to_owned()));
+        }
+        self.preemption_attempts += 1;
+        let found = self.preempt(job, flavor, &shape, &base).map_err(Some)?;
+        let n = found.victims.len() as u32;
+        self.plan.stats.victims += n;
+        self.plan.decisions.preemptions.extend(found.victims);
+        self.reserve(job, flavor, &shape, &found.picks);
+        Ok(Verdict::Preempting(n))
+    }
+
+    /// Holds devices for a job that will start once others exit, so that no one else takes them
+    /// in this cycle.
+    fn reserve(&mut self, job: &Job, flavor: &Flavor, shape: &Shape, picks: &[Pick]) {
+        self.view.commit(shape, picks);
+        self.view.charge(&job.spec.team, flavor, job.spec.gang.total_devices());
+    }
+
+    fn report(&mut self, job: &Job, position: u32, reason: PendingReason, failure: Option<Failure>) {
+        let (attempts, preemption) = failure.map(|f| (f.attempts, f.preemption)).unwrap_or_default();
+        let attempts = if attempts.is_empty() && matches!(reason, PendingReason::Unschedulable) {
+            vec![FlavorAttempt {
+                flavor: Flavor::new(job.spec.gang.devices.kind, "*"),
+                outcome: AttemptOutcome::Quota(QuotaDenial::NoQuota),
+            }]
+        } else {
+            attempts
+        };
+        self.plan.reports.push(PlacementReport {
+            job: job.id,
+            team: job.spec.team.clone(),
+            position,
+            reason,
+            attempts,
+            preemption,
+        });
+    }
+}

@@ -1,0 +1,239 @@
+//! Placement: filters and scorers, assembled here in one place.
+//!
+//! Filters (a node is a candidate for one replica only if all pass): the node is ready and not
+//! cordoned or draining; it has devices of the flavor; enough of them are healthy and free; it
+//! has the CPU and memory one replica asks. Scorers (applied in this order to the candidates):
+//! 1. the rack (label `rack`) that can hold the most of the gang comes first;
+//! 2. nodes that can hold a replica inside one NVLink/NUMA group come first;
+//! 3. bin-packing (fewest free devices first) or spreading (most free first);
+//! 4. scan order, which is deterministic.
+//!
+//! Model preference is the flavor order tried by the cycle (see `mod.rs`).
+
+use super::view::{FlavorIx, NodeView, View};
+use crate::plan::NodeFilterCounts;
+use crate::policy::PlacementStrategy;
+use crate::resource::NodeStatus;
+use std::collections::BTreeMap;
+
+/// What one gang needs, with the flavor fixed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Shape {
+    pub flavor: FlavorIx,
+    pub replicas: u32,
+    pub count: u32,
+    pub cpu: u64,
+    pub mem: u64,
+}
+
+/// One replica's devices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Pick {
+    pub node: u32,
+    pub mask: u64,
+}
+
+fn per(resource: u64, need: u64) -> u64 {
+    resource.checked_div(need).unwrap_or(u64::MAX)
+}
+
+/// Replicas of `shape` that fit in `devices` free devices and the given CPU and memory.
+fn replicas_fit(shape: &Shape, devices: u32, cpu: u64, mem: u64) -> u32 {
+    let by_devices = u64::from(devices / shape.count);
+    by_devices.min(per(cpu, shape.cpu)).min(per(mem, shape.mem)) as u32
+}
+
+/// The lowest `k` set bits of `mask`.
+fn lowest_bits(mut mask: u64, k: u32) -> u64 {
+    let mut out = 0;
+    for _ in 0..k {
+        let bit = mask & mask.wrapping_neg();
+        out |= bit;
+        mask ^= bit;
+    }
+    out
+}
+
+/// Chooses `count` devices out of `avail`: inside the tightest locality group that holds them
+/// all, else from the fullest groups first.
+fn pick_devices(avail: u64, groups: &[u64], count: u32) -> Option<u64> {
+    if avail.count_ones() < count {
+        return None;
+    }
+    let tight = groups.iter().map(|g| avail & g).filter(|m| m.count_ones() >= count).min_by_key(|m| m.count_ones());
+    if let Some(m) = tight {
+        return Some(lowest_bits(m, count));
+    }
+    let mut by_size: Vec<u64> = groups.iter().map(|g| avail & g).filter(|m| *m != 0).collect();
+    by_size.sort_by_key(|m| std::cmp::Reverse(m.count_ones()));
+    let mut out = 0u64;
+    for m in by_size {
+        let left = count - out.count_ones();
+        out |= lowest_bits(m, left.min(m.count_ones()));
+        if out.count_ones() == count {
+            break;
+        }
+    }
+    (out.count_ones() == count).then_some(out)
+}
+
+fn fits_one_group(avail: u64, groups: &[u64], count: u32) -> bool {
+    groups.iter().any(|g| (avail & g).count_ones() >= count)
+}
+
+impl View<'_> {
+    /// Candidate nodes from the free-device index: scanned in bin-pack (or spread) order until
+    /// they can hold the gang and at least `extra` nodes were seen.
+    pub fn fast_candidates(&self, shape: &Shape, strategy: PlacementStrategy, extra: u32) -> Vec<u32> {
+        let buckets = &self.index[shape.flavor as usize].buckets;
+        let ks: Vec<usize> = match strategy {
+            PlacementStrategy::BinPack => (shape.count as usize..buckets.len()).collect(),
+            PlacementStrategy::Spread => (shape.count as usize..buckets.len()).rev().collect(),
+        };
+        let (mut out, mut total) = (Vec::new(), 0u32);
+        for k in ks {
+            for &n in &buckets[k] {
+                let node = &self.nodes[n as usize];
+                let fits = replicas_fit(shape, k as u32, node.cpu_free, node.mem_free);
+                if fits > 0 {
+                    out.push(n);
+                    total = total.saturating_add(fits);
+                    if total >= shape.replicas && out.len() as u32 >= extra {
+                        return out;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Assigns every replica of the gang on `candidates`, where `avail` gives each node's usable
+    /// devices; `None` if the gang does not fit. Changes nothing.
+    pub fn assign(
+        &self,
+        shape: &Shape,
+        candidates: &[u32],
+        strategy: PlacementStrategy,
+        avail: impl Fn(u32, &NodeView) -> u64,
+    ) -> Option<Vec<Pick>> {
+        struct Cand {
+            node: u32,
+            avail: u64,
+            fits: u32,
+        }
+        let mut cands: Vec<Cand> = Vec::with_capacity(candidates.len());
+        let mut racks: BTreeMap<Option<u32>, (u32, usize)> = BTreeMap::new();
+        for &n in candidates {
+            let node = &self.nodes[n as usize];
+            let a = avail(n, node) & node.mask_of(shape.flavor);
+            let fits = replicas_fit(shape, a.count_ones(), node.cpu_free, node.mem_free);
+            if fits > 0 {
+                let seen = racks.len();
+                let r = racks.entry(node.rack).or_insert((0, seen));
+                r.0 = r.0.saturating_add(fits);
+                cands.push(Cand { node: n, avail: a, fits });
+            }
+        }
+        let best_rack = racks
+            .iter()
+            .max_by_key(|(_, (cap, order))| ((*cap).min(shape.replicas), std::cmp::Reverse(*order)))
+            .map(|(r, _)| *r);
+        cands.sort_by_key(|c| {
+            let node = &self.nodes[c.node as usize];
+            let packing = match strategy {
+                PlacementStrategy::BinPack => c.avail.count_ones(),
+                PlacementStrategy::Spread => 64 - c.avail.count_ones(),
+            };
+            (Some(node.rack) != best_rack, !fits_one_group(c.avail, &node.groups, shape.count), packing)
+        });
+        let mut picks = Vec::with_capacity(shape.replicas as usize);
+        for c in cands {
+            let node = &self.nodes[c.node as usize];
+            let mut left = c.avail;
+            for _ in 0..c.fits {
+                if picks.len() as u32 == shape.replicas {
+                    return Some(picks);
+                }
+                let mask = pick_devices(left, &node.groups, shape.count)?;
+                left &= !mask;
+                picks.push(Pick { node: c.node, mask });
+            }
+        }
+        (picks.len() as u32 == shape.replicas).then_some(picks)
+    }
+
+    /// Takes the picked devices and host resources.
+    pub fn commit(&mut self, shape: &Shape, picks: &[Pick]) {
+        for p in picks {
+            self.take(p.node, p.mask, shape.cpu, shape.mem);
+        }
+    }
+
+    /// Counts, over every node, why it cannot take a replica; and whether the gang could fit
+    /// at all on this cluster with every device free.
+    pub fn filter_counts(&self, shape: &Shape) -> (NodeFilterCounts, bool) {
+        let mut c = NodeFilterCounts::default();
+        let mut replicas_empty = 0u32;
+        for (n, node) in self.nodes.iter().enumerate() {
+            c.nodes += 1;
+            let status = &self.state.nodes()[self.node_ids[n]];
+            let mask = node.mask_of(shape.flavor);
+            let healthy = (mask & node.healthy).count_ones();
+            let free = (mask & node.free).count_ones();
+            if status.status == NodeStatus::Lost {
+                c.not_ready += 1;
+                continue;
+            }
+            if !node.schedulable {
+                c.cordoned += 1;
+                continue;
+            }
+            replicas_empty =
+                replicas_empty.saturating_add(replicas_fit(shape, healthy, node.cpu_total, node.mem_total));
+            if mask == 0 {
+                c.no_flavor += 1;
+            } else if healthy < shape.count {
+                c.unhealthy += 1;
+            } else if free < shape.count {
+                c.busy += 1;
+            } else if node.cpu_free < shape.cpu {
+                c.cpu += 1;
+            } else if node.mem_free < shape.mem {
+                c.memory += 1;
+            } else {
+                c.fit += 1;
+                c.replicas_fit = c.replicas_fit.saturating_add(replicas_fit(shape, free, node.cpu_free, node.mem_free));
+            }
+        }
+        (c, replicas_empty < shape.replicas)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_inside_the_tightest_group() {
+        let groups = [0b0000_1111, 0b1111_0000];
+        let avail = 0b0110_0111;
+        assert_eq!(pick_devices(avail, &groups, 2), Some(0b0110_0000));
+        assert_eq!(pick_devices(avail, &groups, 3), Some(0b0000_0111));
+    }
+
+    #[test]
+    fn spans_groups_only_when_no_group_holds_the_replica() {
+        let groups = [0b0000_1111, 0b1111_0000];
+        let avail = 0b0011_0111;
+        let m = pick_devices(avail, &groups, 5).expect("five are free");
+        assert_eq!(m, avail);
+        assert_eq!(pick_devices(avail, &groups, 6), None);
+    }
+
+    #[test]
+    fn replicas_fit_is_bounded_by_every_resource() {
+        let s = Shape { flavor: 0, replicas: 4, count: 2, cpu: 1000, mem: 0 };
+        assert_eq!(replicas_fit(&s, 8, 3000, 10), 3);
+        assert_eq!(replicas_fit(&s, 3, 9000, 10), 1);
+    }
+}

@@ -1,0 +1,117 @@
+//! Queue order. Within a team: priority, then submission time (the state keeps each team's
+//! queue sorted). Across teams, the next job is the team head with the smallest key:
+//! 1. demand that fits the team's nominal before demand that must borrow;
+//! 2. among borrowers, the lowest weighted dominant share (borrowed devices over capacity, per
+//!    flavor, the largest, divided by the team's weight);
+//! 3. then age, then job id.
+//!
+//! A team's key is recomputed after each of its jobs, since only its own usage moved.
+
+use super::{Cycle, Verdict};
+use crate::ids::{JobId, TeamId};
+use crate::job::Job;
+use crate::plan::PendingReason;
+use crate::policy::QueueingStrategy;
+use crate::quota::borrowed;
+use crate::state::QueueKey;
+use std::cmp::Reverse;
+use std::collections::btree_set;
+use std::collections::BinaryHeap;
+
+/// Order key of a team's head job: (borrowing?, weighted share, submitted, id, team slot).
+type HeadKey = (bool, u64, u64, JobId, usize);
+
+struct TeamCursor<'s> {
+    team: &'s TeamId,
+    jobs: btree_set::Iter<'s, QueueKey>,
+    blocked_by: Option<JobId>,
+}
+
+impl<'s> Cycle<'s> {
+    /// Weighted dominant share of a team's borrowing, in millionths.
+    fn share(&self, team: &TeamId) -> u64 {
+        let spec = self.view.team(team);
+        let dominant = spec
+            .quotas
+            .iter()
+            .map(|(f, q)| {
+                let capacity = self.view.ledgers.get(f).map_or(0, |l| l.capacity).max(1);
+                borrowed(q, self.view.usage(team, f)) * 1_000_000 / capacity
+            })
+            .max()
+            .unwrap_or(0);
+        dominant * 1000 / u64::from(spec.weight_milli.max(1))
+    }
+
+    /// Whether the job fits its team's nominal for some acceptable flavor.
+    fn within_nominal(&self, job: &Job) -> bool {
+        let spec = self.view.team(&job.spec.team);
+        let total = job.spec.gang.total_devices();
+        spec.acceptable_flavors(&job.spec.gang.devices).iter().any(|f| {
+            let nominal = spec.quotas[f].nominal;
+            u64::from(self.view.usage(&job.spec.team, f)) + u64::from(total) <= u64::from(nominal)
+        })
+    }
+
+    fn head_key(&self, cursor: &mut TeamCursor<'s>, slot: usize) -> Option<HeadKey> {
+        let &(_, submitted, id) = cursor.jobs.next()?;
+        let job = &self.view.state.jobs()[&id];
+        let borrowing = !self.within_nominal(job);
+        let share = if borrowing { self.share(cursor.team) } else { 0 };
+        Some((borrowing, share, submitted, id, slot))
+    }
+
+    /// Walks the pending jobs in queue order within the cycle's bounds.
+    pub(crate) fn run(&mut self) {
+        let state = self.view.state;
+        self.plan.stats.pending = state.pending_count() as u32;
+        let mut cursors: Vec<TeamCursor<'s>> = state
+            .queues()
+            .iter()
+            .filter(|(team, q)| !q.is_empty() && state.teams().contains_key(*team))
+            .map(|(team, q)| TeamCursor { team, jobs: q.iter(), blocked_by: None })
+            .collect();
+        let mut heap = BinaryHeap::with_capacity(cursors.len());
+        for (slot, cursor) in cursors.iter_mut().enumerate() {
+            if let Some(k) = self.head_key(cursor, slot) {
+                heap.push(Reverse(k));
+            }
+        }
+        let mut position = 0u32;
+        while let Some(Reverse((_, _, _, id, slot))) = heap.pop() {
+            if self.plan.stats.considered >= self.policy.max_jobs_per_cycle
+                || self.plan.stats.placed >= self.policy.max_placements_per_cycle
+            {
+                break;
+            }
+            let job = &state.jobs()[&id];
+            self.plan.stats.considered += 1;
+            self.consider(job, &mut cursors[slot], position);
+            position += 1;
+            if let Some(k) = self.head_key(&mut cursors[slot], slot) {
+                heap.push(Reverse(k));
+            }
+        }
+    }
+
+    fn consider(&mut self, job: &'s Job, cursor: &mut TeamCursor<'s>, position: u32) {
+        if let Some(blocker) = cursor.blocked_by {
+            self.report(job, position, PendingReason::BlockedByEarlierJob(blocker), None);
+            return;
+        }
+        let verdict = self.try_job(job);
+        let strict = self.policy.queueing == QueueingStrategy::StrictFifo;
+        match verdict {
+            Verdict::Placed => {
+                self.plan.stats.placed += 1;
+                return;
+            }
+            Verdict::Preempting(victims) => self.report(job, position, PendingReason::Preempting { victims }, None),
+            Verdict::Waiting => self.report(job, position, PendingReason::WaitingForRelease, None),
+            Verdict::Unschedulable(f) => self.report(job, position, PendingReason::Unschedulable, Some(f)),
+        }
+        if strict {
+            cursor.blocked_by = Some(job.id);
+        }
+    }
+}

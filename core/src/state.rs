@@ -1,0 +1,293 @@
+//! The replicated state: what every replica holds, built only by `apply` (see `apply.rs`).
+//! Indexes derived from the persistent part (device holders, usage, queues, capacity) are
+//! rebuilt on load, so a snapshot carries each fact once.
+
+use crate::ids::{JobId, NodeId, TeamId};
+use crate::job::{Job, JobState};
+use crate::quota::Ledger;
+use crate::resource::{Flavor, Health, Node};
+use crate::team::{PriorityClass, TeamSpec};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+use thiserror::Error;
+
+/// Snapshot format version; bump on any change of `Persistent`'s encoding.
+pub const SNAPSHOT_VERSION: u16 = 1;
+const SNAPSHOT_MAGIC: &[u8; 4] = b"QMSS";
+
+/// Order of pending jobs within a team: priority (high first), then age, then id.
+pub type QueueKey = (Reverse<i32>, u64, JobId);
+
+/// The part of the state that snapshots carry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Persistent {
+    pub nodes: BTreeMap<NodeId, Node>,
+    pub jobs: BTreeMap<JobId, Job>,
+    pub teams: BTreeMap<TeamId, TeamSpec>,
+    pub classes: BTreeMap<String, PriorityClass>,
+    pub next_job: u64,
+}
+
+/// Which job holds each device of a node, and the host resources in use.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeAlloc {
+    /// One entry per device, in inventory order.
+    pub holders: Vec<Option<JobId>>,
+    /// CPU held by replicas.
+    pub cpu_used: u64,
+    /// Host memory held by replicas.
+    pub mem_used: u64,
+}
+
+/// The whole scheduler state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct State {
+    pub(crate) data: Persistent,
+    pub(crate) allocs: BTreeMap<NodeId, NodeAlloc>,
+    pub(crate) usage: BTreeMap<TeamId, BTreeMap<Flavor, u32>>,
+    pub(crate) queues: BTreeMap<TeamId, BTreeSet<QueueKey>>,
+    pub(crate) capacity: BTreeMap<Flavor, u64>,
+    /// Jobs told to stop that still hold devices (`Preempted`, `Stopping`).
+    pub(crate) stopping: BTreeSet<JobId>,
+    /// Running jobs with a maximum runtime, by the time it runs out.
+    pub(crate) deadlines: BTreeSet<(u64, JobId)>,
+    deadline_of: BTreeMap<JobId, u64>,
+}
+
+/// Why a snapshot could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum SnapshotError {
+    /// Not a Quartermaster snapshot.
+    #[error("not a state snapshot (bad magic)")]
+    BadMagic,
+    /// Written by a version this build does not know.
+    #[error("snapshot format version {found} is not supported (this build reads {SNAPSHOT_VERSION})")]
+    UnsupportedVersion {
+        /// The version found.
+        found: u16,
+    },
+    /// The body does not decode.
+    #[error("corrupt snapshot: {0}")]
+    Corrupt(String),
+}
+
+impl State {
+    /// An empty state.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Nodes by name.
+    pub fn nodes(&self) -> &BTreeMap<NodeId, Node> {
+        &self.data.nodes
+    }
+
+    /// Device holders and host usage of a node.
+    pub fn alloc(&self, node: &NodeId) -> Option<&NodeAlloc> {
+        self.allocs.get(node)
+    }
+
+    /// Jobs by id, terminal ones included.
+    pub fn jobs(&self) -> &BTreeMap<JobId, Job> {
+        &self.data.jobs
+    }
+
+    /// One job.
+    pub fn job(&self, id: JobId) -> Option<&Job> {
+        self.data.jobs.get(&id)
+    }
+
+    /// Teams by name.
+    pub fn teams(&self) -> &BTreeMap<TeamId, TeamSpec> {
+        &self.data.teams
+    }
+
+    /// Priority classes by name.
+    pub fn priority_classes(&self) -> &BTreeMap<String, PriorityClass> {
+        &self.data.classes
+    }
+
+    /// Devices of `flavor` that jobs of `team` hold.
+    pub fn usage(&self, team: &TeamId, flavor: &Flavor) -> u32 {
+        self.usage.get(team).and_then(|m| m.get(flavor)).copied().unwrap_or(0)
+    }
+
+    /// A team's pending jobs in queue order.
+    pub fn queue(&self, team: &TeamId) -> impl Iterator<Item = JobId> + '_ {
+        self.queues.get(team).into_iter().flat_map(|q| q.iter().map(|k| k.2))
+    }
+
+    /// Per-team queues in team order.
+    pub fn queues(&self) -> &BTreeMap<TeamId, BTreeSet<QueueKey>> {
+        &self.queues
+    }
+
+    /// Number of pending jobs.
+    pub fn pending_count(&self) -> usize {
+        self.queues.values().map(BTreeSet::len).sum()
+    }
+
+    /// Schedulable healthy devices per flavor.
+    pub fn capacity(&self) -> &BTreeMap<Flavor, u64> {
+        &self.capacity
+    }
+
+    /// Quota totals per flavor over all teams, at the current usage.
+    pub fn ledgers(&self) -> BTreeMap<Flavor, Ledger> {
+        let mut out: BTreeMap<Flavor, Ledger> =
+            self.capacity.iter().map(|(f, c)| (f.clone(), Ledger { capacity: *c, ..Ledger::default() })).collect();
+        for (team, spec) in &self.data.teams {
+            for (flavor, q) in &spec.quotas {
+                out.entry(flavor.clone()).or_default().add_team(q, self.usage(team, flavor));
+            }
+        }
+        out
+    }
+
+    /// Encodes the persistent state: magic, format version, then the body.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 * 1024);
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        postcard::to_extend(&self.data, out).expect("encoding to a Vec cannot fail")
+    }
+
+    /// Decodes a snapshot and rebuilds the indexes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, SnapshotError> {
+        if bytes.len() < 6 || &bytes[..4] != SNAPSHOT_MAGIC {
+            return Err(SnapshotError::BadMagic);
+        }
+        let found = u16::from_le_bytes([bytes[4], bytes[5]]);
+        if found != SNAPSHOT_VERSION {
+            return Err(SnapshotError::UnsupportedVersion { found });
+        }
+        let data: Persistent = postcard::from_bytes(&bytes[6..]).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+        Ok(Self::rebuild(data))
+    }
+
+    /// SHA-256 of the snapshot bytes: equal on replicas that applied the same commands.
+    pub fn hash(&self) -> [u8; 32] {
+        Sha256::digest(self.to_bytes()).into()
+    }
+
+    fn rebuild(data: Persistent) -> Self {
+        let mut state = Self { data, ..Self::default() };
+        let ids: Vec<NodeId> = state.data.nodes.keys().cloned().collect();
+        for id in &ids {
+            state.reset_alloc(id);
+            state.add_capacity(id, 1);
+        }
+        let jobs: Vec<JobId> = state.data.jobs.keys().copied().collect();
+        for id in jobs {
+            let job = &state.data.jobs[&id];
+            match job.state {
+                s if s.holds_devices() => {
+                    state.hold(id);
+                    state.track(id);
+                }
+                JobState::Pending => state.enqueue(id),
+                _ => {}
+            }
+        }
+        state
+    }
+
+    pub(crate) fn reset_alloc(&mut self, id: &NodeId) {
+        let n = self.data.nodes[id].spec.devices.len();
+        self.allocs.insert(id.clone(), NodeAlloc { holders: vec![None; n], cpu_used: 0, mem_used: 0 });
+    }
+
+    /// Adds (`sign` = 1) or removes (-1) a node's schedulable healthy devices from capacity.
+    pub(crate) fn add_capacity(&mut self, id: &NodeId, sign: i64) {
+        let node = &self.data.nodes[id];
+        if !node.schedulable() {
+            return;
+        }
+        for d in node.spec.devices.iter().filter(|d| d.health == Health::Healthy) {
+            let c = self.capacity.entry(d.flavor()).or_insert(0);
+            *c = c.saturating_add_signed(sign);
+        }
+    }
+
+    /// Jobs told to stop that still hold devices.
+    pub fn stopping(&self) -> &BTreeSet<JobId> {
+        &self.stopping
+    }
+
+    /// Running jobs whose maximum runtime has run out at `now_ms`.
+    pub fn expired(&self, now_ms: u64) -> impl Iterator<Item = JobId> + '_ {
+        self.deadlines.range(..=(now_ms, JobId(u64::MAX))).map(|(_, id)| *id)
+    }
+
+    /// Refreshes the `stopping` and `deadlines` indexes for a job after its state changed.
+    pub(crate) fn track(&mut self, id: JobId) {
+        let job = &self.data.jobs[&id];
+        if matches!(job.state, JobState::Preempted | JobState::Stopping) {
+            self.stopping.insert(id);
+        } else {
+            self.stopping.remove(&id);
+        }
+        let deadline = match (job.state, job.started_ms, job.spec.max_runtime_ms) {
+            (JobState::Running, Some(start), Some(max)) => Some(start.saturating_add(max)),
+            _ => None,
+        };
+        if let Some(old) = self.deadline_of.remove(&id) {
+            self.deadlines.remove(&(old, id));
+        }
+        if let Some(d) = deadline {
+            self.deadlines.insert((d, id));
+            self.deadline_of.insert(id, d);
+        }
+    }
+
+    pub(crate) fn enqueue(&mut self, id: JobId) {
+        let job = &self.data.jobs[&id];
+        let key = (Reverse(job.priority), job.submitted_ms, id);
+        self.queues.entry(job.spec.team.clone()).or_default().insert(key);
+    }
+
+    pub(crate) fn dequeue(&mut self, id: JobId) {
+        let job = &self.data.jobs[&id];
+        let key = (Reverse(job.priority), job.submitted_ms, id);
+        if let Some(q) = self.queues.get_mut(&job.spec.team) {
+            q.remove(&key);
+        }
+    }
+
+    /// Marks the devices of a job's assignment as held and charges its team.
+    pub(crate) fn hold(&mut self, id: JobId) {
+        self.charge(id, true);
+    }
+
+    /// Frees a job's devices and credits its team.
+    pub(crate) fn release(&mut self, id: JobId) {
+        self.charge(id, false);
+    }
+
+    fn charge(&mut self, id: JobId, take: bool) {
+        let job = &self.data.jobs[&id];
+        let Some(a) = &job.assignment else { return };
+        let (cpu, mem) = (job.spec.gang.cpu_millis, job.spec.gang.mem_mib);
+        let total = job.spec.gang.total_devices();
+        for r in &a.replicas {
+            let node = &self.data.nodes[&r.node];
+            let alloc = self.allocs.get_mut(&r.node).expect("alloc exists for every node");
+            for d in &r.devices {
+                if let Some(i) = node.device_index(d) {
+                    alloc.holders[i] = take.then_some(id);
+                }
+            }
+            if take {
+                alloc.cpu_used += cpu;
+                alloc.mem_used += mem;
+            } else {
+                alloc.cpu_used = alloc.cpu_used.saturating_sub(cpu);
+                alloc.mem_used = alloc.mem_used.saturating_sub(mem);
+            }
+        }
+        let used = self.usage.entry(job.spec.team.clone()).or_default().entry(a.flavor.clone()).or_insert(0);
+        *used = if take { *used + total } else { used.saturating_sub(total) };
+    }
+}

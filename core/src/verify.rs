@@ -1,0 +1,271 @@
+//! Plan, then apply: `apply` re-checks every decision of a plan against the state it lands on
+//! and refuses the stale ones with a typed reason (as Nomad's plan applier does). The leader
+//! plans on a snapshot; by the time the plan commits, jobs may have been cancelled, nodes lost,
+//! quotas changed.
+
+use crate::command::{Effect, Outcome, Rejection};
+use crate::ids::{DeviceId, JobId, NodeId};
+use crate::job::{JobState, StopReason};
+use crate::plan::{Decisions, Placement, Preemption, PreemptionRule, QuotaDenial};
+use crate::quota::Ledger;
+use crate::resource::{Flavor, Health};
+use crate::state::State;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use thiserror::Error;
+
+/// Why a decision of a plan no longer holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Error)]
+pub enum StaleReason {
+    /// No such job.
+    #[error("job does not exist")]
+    UnknownJob,
+    /// The plan names the job twice.
+    #[error("the plan names this job twice")]
+    Duplicate,
+    /// The job is not in the state the decision needs.
+    #[error("job is {0:?}")]
+    WrongState(JobState),
+    /// The job's team does not accept this flavor (any more).
+    #[error("flavor {0} is not acceptable for the job's team and request")]
+    FlavorNotAcceptable(Flavor),
+    /// The assignment has the wrong number of replicas or devices.
+    #[error("assignment shape does not match the gang: {0}")]
+    WrongShape(String),
+    /// No such node.
+    #[error("node {0} does not exist")]
+    UnknownNode(NodeId),
+    /// The node is lost, cordoned or draining.
+    #[error("node {0} is not schedulable")]
+    NodeNotSchedulable(NodeId),
+    /// The device is not on the node, or not of the flavor.
+    #[error("device {1} on node {0} is missing or of another flavor")]
+    WrongDevice(NodeId, DeviceId),
+    /// The device is unhealthy.
+    #[error("device {1} on node {0} is unhealthy")]
+    DeviceUnhealthy(NodeId, DeviceId),
+    /// Another job holds the device, or the assignment uses it twice.
+    #[error("device {1} on node {0} is taken")]
+    DeviceTaken(NodeId, DeviceId),
+    /// The node lacks CPU or memory.
+    #[error("node {0} lacks CPU or memory for the replicas")]
+    HostResources(NodeId),
+    /// Quota no longer admits it.
+    #[error("quota: {0:?}")]
+    Quota(QuotaDenial),
+    /// The victim may not be preempted by this rule.
+    #[error("preemption not allowed: {0}")]
+    PreemptionNotAllowed(String),
+    /// The job has not run past its maximum runtime.
+    #[error("job has not reached its maximum runtime")]
+    NotExpired,
+}
+
+/// Re-checks a plan's decisions against `state`, as `apply` would, without changing it.
+pub fn verify(decisions: &Decisions, state: &State, at_ms: u64) -> Vec<Rejection> {
+    let mut scratch = state.clone();
+    let mut out = Outcome::default();
+    scratch.apply_plan(decisions, at_ms, &mut out);
+    out.rejected
+}
+
+impl State {
+    pub(crate) fn apply_plan(&mut self, decisions: &Decisions, at_ms: u64, out: &mut Outcome) {
+        let mut seen = BTreeSet::new();
+        let mut reject = |job: JobId, out: &mut Outcome| {
+            let fresh = seen.insert(job);
+            if !fresh {
+                out.rejected.push(Rejection { job, reason: StaleReason::Duplicate });
+            }
+            !fresh
+        };
+        for &id in &decisions.expired {
+            if reject(id, out) {
+                continue;
+            }
+            match self.check_expired(id, at_ms) {
+                Ok(()) => self.order_stop(id, StopReason::MaxRuntime, JobState::Stopping, out),
+                Err(reason) => out.rejected.push(Rejection { job: id, reason }),
+            }
+        }
+        for p in &decisions.preemptions {
+            if reject(p.victim, out) {
+                continue;
+            }
+            match self.check_preemption(p) {
+                Ok(()) => {
+                    self.order_stop(p.victim, StopReason::Preempted, JobState::Preempted, out);
+                    let victim = self.data.jobs.get_mut(&p.victim).expect("checked");
+                    victim.preemptions += 1;
+                    victim.message = format!("preempted ({:?}) for job {}", p.rule, p.preemptor);
+                }
+                Err(reason) => out.rejected.push(Rejection { job: p.victim, reason }),
+            }
+        }
+        let mut ledgers = self.ledgers();
+        for p in &decisions.placements {
+            if reject(p.job, out) {
+                continue;
+            }
+            match self.check_placement(p, &ledgers) {
+                Ok(()) => self.commit_placement(p, at_ms, &mut ledgers, out),
+                Err(reason) => out.rejected.push(Rejection { job: p.job, reason }),
+            }
+        }
+    }
+
+    fn check_expired(&self, id: JobId, at_ms: u64) -> Result<(), StaleReason> {
+        let job = self.job(id).ok_or(StaleReason::UnknownJob)?;
+        if job.state != JobState::Running {
+            return Err(StaleReason::WrongState(job.state));
+        }
+        match (job.started_ms, job.spec.max_runtime_ms) {
+            (Some(s), Some(max)) if s.saturating_add(max) <= at_ms => Ok(()),
+            _ => Err(StaleReason::NotExpired),
+        }
+    }
+
+    fn check_preemption(&self, p: &Preemption) -> Result<(), StaleReason> {
+        let victim = self.job(p.victim).ok_or(StaleReason::UnknownJob)?;
+        let preemptor = self.job(p.preemptor).ok_or(StaleReason::UnknownJob)?;
+        let deny = |why: &str| Err(StaleReason::PreemptionNotAllowed(why.to_owned()));
+        if victim.state != JobState::Running {
+            return Err(StaleReason::WrongState(victim.state));
+        }
+        if preemptor.state != JobState::Pending {
+            return deny("the preemptor is no longer pending");
+        }
+        if !victim.spec.preemptible {
+            return deny("the victim is not preemptible");
+        }
+        let same_team = victim.spec.team == preemptor.spec.team;
+        match p.rule {
+            PreemptionRule::WithinTeam if !same_team => deny("within-team preemption across teams"),
+            PreemptionRule::WithinTeam if victim.priority >= preemptor.priority => {
+                deny("the victim's priority is not lower")
+            }
+            PreemptionRule::Reclaim if same_team => deny("reclaim within one team"),
+            PreemptionRule::Reclaim => {
+                let a = victim.assignment.as_ref().expect("running jobs have an assignment");
+                let nominal = self
+                    .data
+                    .teams
+                    .get(&victim.spec.team)
+                    .and_then(|t| t.quotas.get(&a.flavor))
+                    .map_or(0, |q| q.nominal);
+                if self.usage(&victim.spec.team, &a.flavor) <= nominal {
+                    return deny("the victim's team is within its nominal quota");
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn check_placement(&self, p: &Placement, ledgers: &BTreeMap<Flavor, Ledger>) -> Result<(), StaleReason> {
+        let job = self.job(p.job).ok_or(StaleReason::UnknownJob)?;
+        if job.state != JobState::Pending {
+            return Err(StaleReason::WrongState(job.state));
+        }
+        let a = &p.assignment;
+        let team = &self.data.teams[&job.spec.team];
+        if !team.acceptable_flavors(&job.spec.gang.devices).contains(&a.flavor) {
+            return Err(StaleReason::FlavorNotAcceptable(a.flavor.clone()));
+        }
+        let gang = &job.spec.gang;
+        if a.replicas.len() != gang.replicas as usize {
+            return Err(StaleReason::WrongShape(format!(
+                "{} replicas, the gang has {}",
+                a.replicas.len(),
+                gang.replicas
+            )));
+        }
+        let mut used = BTreeSet::new();
+        let mut host: BTreeMap<&NodeId, (u64, u64)> = BTreeMap::new();
+        for r in &a.replicas {
+            if r.devices.len() != gang.devices.count as usize {
+                return Err(StaleReason::WrongShape(format!(
+                    "{} devices in a replica, the gang asks {}",
+                    r.devices.len(),
+                    gang.devices.count
+                )));
+            }
+            self.check_replica_devices(&r.node, &r.devices, &a.flavor, &mut used)?;
+            let e = host.entry(&r.node).or_default();
+            e.0 += gang.cpu_millis;
+            e.1 += gang.mem_mib;
+        }
+        for (node, (cpu, mem)) in host {
+            let (spec, alloc) = (&self.data.nodes[node].spec, &self.allocs[node]);
+            if alloc.cpu_used + cpu > spec.cpu_millis || alloc.mem_used + mem > spec.mem_mib {
+                return Err(StaleReason::HostResources(node.clone()));
+            }
+        }
+        let q = &team.quotas[&a.flavor];
+        let ledger = ledgers.get(&a.flavor).copied().unwrap_or_default();
+        ledger
+            .admit(q, self.usage(&job.spec.team, &a.flavor), gang.total_devices(), true)
+            .map(|_| ())
+            .map_err(StaleReason::Quota)
+    }
+
+    fn check_replica_devices(
+        &self,
+        node_id: &NodeId,
+        devices: &[DeviceId],
+        flavor: &Flavor,
+        used: &mut BTreeSet<(NodeId, usize)>,
+    ) -> Result<(), StaleReason> {
+        let node = self.data.nodes.get(node_id).ok_or_else(|| StaleReason::UnknownNode(node_id.clone()))?;
+        if !node.schedulable() {
+            return Err(StaleReason::NodeNotSchedulable(node_id.clone()));
+        }
+        let alloc = &self.allocs[node_id];
+        for d in devices {
+            let i = node.device_index(d).ok_or_else(|| StaleReason::WrongDevice(node_id.clone(), d.clone()))?;
+            let dev = &node.spec.devices[i];
+            if !dev.is_flavor(flavor) {
+                return Err(StaleReason::WrongDevice(node_id.clone(), d.clone()));
+            }
+            if dev.health != Health::Healthy {
+                return Err(StaleReason::DeviceUnhealthy(node_id.clone(), d.clone()));
+            }
+            if alloc.holders[i].is_some() || !used.insert((node_id.clone(), i)) {
+                return Err(StaleReason::DeviceTaken(node_id.clone(), d.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    fn commit_placement(
+        &mut self,
+        p: &Placement,
+        at_ms: u64,
+        ledgers: &mut BTreeMap<Flavor, Ledger>,
+        out: &mut Outcome,
+    ) {
+        let id = p.job;
+        self.dequeue(id);
+        let job = self.data.jobs.get_mut(&id).expect("checked");
+        job.state = JobState::Starting;
+        job.assignment = Some(p.assignment.clone());
+        job.placed_ms = Some(at_ms);
+        job.attempt += 1;
+        job.message = format!("placed on {} node(s), starting", p.assignment.replicas.len());
+        let team = job.spec.team.clone();
+        let flavor = p.assignment.flavor.clone();
+        let before = self.usage(&team, &flavor);
+        self.hold(id);
+        let q = self.data.teams[&team].quotas[&flavor];
+        ledgers.entry(flavor.clone()).or_default().update(&q, before, self.usage(&team, &flavor));
+        for (i, r) in p.assignment.replicas.iter().enumerate() {
+            out.effects.push(Effect::Start {
+                job: id,
+                replica: i as u32,
+                node: r.node.clone(),
+                devices: r.devices.clone(),
+            });
+        }
+        out.changed.push((id, JobState::Starting));
+    }
+}
