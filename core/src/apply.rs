@@ -83,6 +83,7 @@ impl State {
             let elsewhere = job.assignment.as_ref().is_some_and(|a| a.replicas.iter().any(|r| &r.node != node));
             if elsewhere && matches!(job.state, JobState::Starting | JobState::Running) {
                 self.order_stop(id, StopReason::NodeLost, JobState::Stopping, out);
+                out.effects.retain(|e| !matches!(e, Effect::Stop { node: n, .. } if n == node));
             } else {
                 self.exit(id, at_ms, Some(format!("node {node} was lost")), out);
             }
@@ -318,3 +319,7 @@ fn count_failure(job: &mut Job) -> JobState {
         JobState::Pending
     }
 }
+
+#[cfg(test)]
+#[path = "apply_tests.rs"]
+mod tests;

@@ -37,6 +37,8 @@ pub mod team;
 pub mod verify;
 
 mod apply;
+#[cfg(test)]
+mod testkit;
 
 pub use command::{Command, Effect, Outcome, Rejection};
 pub use error::{ApplyError, FieldError};

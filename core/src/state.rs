@@ -208,6 +208,9 @@ impl State {
         for d in node.spec.devices.iter().filter(|d| d.health == Health::Healthy) {
             let c = self.capacity.entry(d.flavor()).or_insert(0);
             *c = c.saturating_add_signed(sign);
+            if *c == 0 {
+                self.capacity.remove(&d.flavor());
+            }
         }
     }
 
@@ -253,6 +256,9 @@ impl State {
         let key = (Reverse(job.priority), job.submitted_ms, id);
         if let Some(q) = self.queues.get_mut(&job.spec.team) {
             q.remove(&key);
+            if q.is_empty() {
+                self.queues.remove(&job.spec.team);
+            }
         }
     }
 
@@ -287,7 +293,16 @@ impl State {
                 alloc.mem_used = alloc.mem_used.saturating_sub(mem);
             }
         }
-        let used = self.usage.entry(job.spec.team.clone()).or_default().entry(a.flavor.clone()).or_insert(0);
-        *used = if take { *used + total } else { used.saturating_sub(total) };
+        let team = self.usage.entry(job.spec.team.clone()).or_default();
+        let used = team.get(&a.flavor).copied().unwrap_or(0);
+        let next = if take { used + total } else { used.saturating_sub(total) };
+        if next == 0 {
+            team.remove(&a.flavor);
+            if team.is_empty() {
+                self.usage.remove(&job.spec.team);
+            }
+        } else {
+            team.insert(a.flavor.clone(), next);
+        }
     }
 }

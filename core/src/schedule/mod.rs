@@ -217,3 +217,8 @@ impl<'s> Cycle<'s> {
         });
     }
 }
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;

@@ -93,12 +93,14 @@ impl<'s> Cycle<'s> {
         self.view.assign(shape, &nodes, self.policy.placement, avail)
     }
 
-    /// Whether victim `c` of another team may be taken: its team is above nominal, counting
-    /// what it will hold once the victims chosen so far exit.
+    /// Whether victim `c` of another team may be taken: its team holds more than its nominal,
+    /// counting what it will hold once the victims chosen so far exit. Usage is the committed
+    /// one: work placed in this very cycle is not running yet and cannot be a victim, so it
+    /// must not make an older job look borrowed.
     fn reclaimable(&self, c: &Job, flavor: &Flavor, trial: &Trial<'_>) -> bool {
         let t = &c.spec.team;
         let nominal = self.view.team(t).quotas.get(flavor).map_or(0, |q| q.nominal);
-        self.view.usage(t, flavor).saturating_sub(self.removed(trial, t, flavor)) > nominal
+        self.view.state.usage(t, flavor).saturating_sub(self.removed(trial, t, flavor)) > nominal
     }
 
     /// Searches a minimal set of whole gangs whose preemption makes room for `job` on `flavor`.

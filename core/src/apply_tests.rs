@@ -1,0 +1,240 @@
+use crate::command::{Command, Effect};
+use crate::error::ApplyError;
+use crate::ids::{JobId, NodeId, TeamId};
+use crate::job::{JobState, StopReason};
+use crate::plan::{Decisions, Placement};
+use crate::policy::PolicyConfig;
+use crate::state::State;
+use crate::testkit::*;
+use crate::verify::StaleReason;
+
+fn one_node() -> State {
+    cluster(1, &[("vision", 8, None)])
+}
+
+#[test]
+fn submit_numbers_jobs_in_order_and_queues_them() {
+    let mut s = one_node();
+    let out = s.apply(Command::Submit { jobs: vec![job("vision", 1, 1), job("vision", 1, 2)], at_ms: 5 }).unwrap();
+    assert_eq!(out.submitted, vec![JobId(1), JobId(2)]);
+    assert_eq!(s.queue(&TeamId("vision".into())).collect::<Vec<_>>(), vec![JobId(1), JobId(2)]);
+}
+
+#[test]
+fn a_bad_job_refuses_the_whole_batch_and_names_the_field() {
+    let mut s = one_node();
+    let mut bad = job("vision", 1, 1);
+    bad.gang.replicas = 0;
+    let before = s.hash();
+    let err = s.apply(Command::Submit { jobs: vec![job("vision", 1, 1), bad], at_ms: 0 }).unwrap_err();
+    match err {
+        ApplyError::Invalid(f) => assert_eq!(f.field, "jobs[1].gang.replicas"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(s.hash(), before, "nothing of a refused batch is kept");
+    assert_eq!(
+        s.apply(Command::Submit { jobs: vec![job("vision", 1, 1)], at_ms: 0 }).unwrap().submitted,
+        vec![JobId(1)]
+    );
+}
+
+#[test]
+fn unknown_team_class_and_flavor_are_refused() {
+    let mut s = one_node();
+    let err = s.apply(Command::Submit { jobs: vec![job("nobody", 1, 1)], at_ms: 0 }).unwrap_err();
+    assert!(matches!(err, ApplyError::UnknownTeam { ref field, .. } if field == "jobs[0].team"), "{err}");
+    let mut j = job("vision", 1, 1);
+    j.priority_class = Some("vip".into());
+    let err = s.apply(Command::Submit { jobs: vec![j], at_ms: 0 }).unwrap_err();
+    assert!(matches!(err, ApplyError::UnknownPriorityClass { .. }), "{err}");
+    let mut j = job("vision", 1, 1);
+    j.gang.devices.models = vec!["amd-mi300x".into()];
+    let err = s.apply(Command::Submit { jobs: vec![j], at_ms: 0 }).unwrap_err();
+    assert!(matches!(err, ApplyError::NoQuotaForRequest { .. }), "{err}");
+    let mut j = job("vision", 1, 1);
+    j.grace_ms = 7_200_000;
+    let err = s.apply(Command::Submit { jobs: vec![j], at_ms: 0 }).unwrap_err();
+    assert!(err.to_string().contains("jobs[0].grace_ms"), "{err}");
+}
+
+#[test]
+fn a_job_runs_to_success_and_gives_its_devices_back() {
+    let mut s = one_node();
+    let id = submit(&mut s, job("vision", 2, 2), 0);
+    let plan = cycle(&mut s, &PolicyConfig::default(), 10);
+    assert_eq!(plan.decisions.placements.len(), 1);
+    assert_eq!(state_of(&s, id), JobState::Running);
+    assert_eq!(s.usage(&TeamId("vision".into()), &h100()), 4);
+    let out = s.apply(Command::JobFinished { job: id, at_ms: 99 }).unwrap();
+    assert_eq!(out.changed, vec![(id, JobState::Succeeded)]);
+    assert_eq!(s.usage(&TeamId("vision".into()), &h100()), 0);
+    assert!(s.alloc(&NodeId("n0".into())).unwrap().holders.iter().all(Option::is_none));
+    assert_eq!(s.job(id).unwrap().finished_ms, Some(99));
+}
+
+#[test]
+fn a_failed_job_retries_until_its_limit() {
+    let mut s = one_node();
+    let id = submit(&mut s, job("vision", 1, 1), 0);
+    for attempt in 1..=3 {
+        cycle(&mut s, &PolicyConfig::default(), attempt);
+        assert_eq!(s.job(id).unwrap().attempt, attempt as u32);
+        s.apply(Command::JobFailed { job: id, message: "exit 1".into(), at_ms: attempt }).unwrap();
+    }
+    assert_eq!(state_of(&s, id), JobState::Failed, "max_retries = 2: the third failure is final");
+    assert_eq!(s.job(id).unwrap().message, "exit 1");
+}
+
+#[test]
+fn cancel_of_a_running_job_waits_for_its_exit() {
+    let mut s = one_node();
+    let id = submit(&mut s, job("vision", 1, 8), 0);
+    cycle(&mut s, &PolicyConfig::default(), 0);
+    let out = s.apply(Command::Cancel { job: id, at_ms: 5 }).unwrap();
+    assert!(matches!(out.effects[..], [Effect::Stop { reason: StopReason::Cancelled, grace_ms: 30_000, .. }]));
+    assert_eq!(state_of(&s, id), JobState::Stopping);
+    assert_eq!(s.usage(&TeamId("vision".into()), &h100()), 8, "devices stay held until the process exits");
+    s.apply(Command::JobFailed { job: id, message: "SIGTERM".into(), at_ms: 6 }).unwrap();
+    assert_eq!(state_of(&s, id), JobState::Cancelled);
+    let err = s.apply(Command::Cancel { job: id, at_ms: 7 }).unwrap_err();
+    assert!(matches!(err, ApplyError::WrongState { .. }));
+}
+
+#[test]
+fn cancel_of_a_pending_job_removes_it_from_the_queue() {
+    let mut s = one_node();
+    let id = submit(&mut s, job("vision", 1, 1), 0);
+    s.apply(Command::Cancel { job: id, at_ms: 1 }).unwrap();
+    assert_eq!(state_of(&s, id), JobState::Cancelled);
+    assert_eq!(s.pending_count(), 0);
+}
+
+#[test]
+fn a_lost_node_requeues_its_jobs_and_stops_their_other_replicas() {
+    let mut s = cluster(2, &[("vision", 16, None)]);
+    let gang = submit(&mut s, job("vision", 2, 8), 0);
+    cycle(&mut s, &PolicyConfig::default(), 0);
+    let out = s.apply(Command::NodeLost { node: NodeId("n0".into()), at_ms: 50 }).unwrap();
+    assert_eq!(state_of(&s, gang), JobState::Stopping);
+    assert!(
+        matches!(&out.effects[..], [Effect::Stop { node, reason: StopReason::NodeLost, .. }] if node.as_str() == "n1")
+    );
+    s.apply(Command::JobFailed { job: gang, message: "killed".into(), at_ms: 60 }).unwrap();
+    assert_eq!(state_of(&s, gang), JobState::Pending);
+    assert_eq!(s.job(gang).unwrap().failures, 1);
+    assert_eq!(s.capacity()[&h100()], 8, "the lost node's devices leave the capacity");
+}
+
+#[test]
+fn a_job_on_a_single_lost_node_is_requeued_at_once() {
+    let mut s = one_node();
+    let id = submit(&mut s, job("vision", 1, 4), 0);
+    cycle(&mut s, &PolicyConfig::default(), 0);
+    s.apply(Command::NodeLost { node: NodeId("n0".into()), at_ms: 50 }).unwrap();
+    assert_eq!(state_of(&s, id), JobState::Pending);
+    assert_eq!(s.usage(&TeamId("vision".into()), &h100()), 0);
+}
+
+#[test]
+fn drain_stops_jobs_and_requeues_them_without_a_failure() {
+    let mut s = one_node();
+    let id = submit(&mut s, job("vision", 1, 4), 0);
+    cycle(&mut s, &PolicyConfig::default(), 0);
+    s.apply(Command::Drain { node: NodeId("n0".into()) }).unwrap();
+    assert_eq!(state_of(&s, id), JobState::Stopping);
+    s.apply(Command::JobFinished { job: id, at_ms: 9 }).unwrap();
+    assert_eq!(state_of(&s, id), JobState::Pending);
+    assert_eq!(s.job(id).unwrap().failures, 0);
+    assert!(s.capacity().get(&h100()).copied().unwrap_or(0) == 0, "a draining node offers nothing");
+    s.apply(Command::Cordon { node: NodeId("n0".into()), cordoned: false }).unwrap();
+    assert_eq!(s.capacity()[&h100()], 8);
+}
+
+#[test]
+fn a_device_that_disappears_requeues_its_job() {
+    let mut s = one_node();
+    let id = submit(&mut s, job("vision", 1, 8), 0);
+    cycle(&mut s, &PolicyConfig::default(), 0);
+    let mut smaller = node("n0", 8, None);
+    smaller.devices.pop();
+    s.apply(Command::RegisterNode { node: smaller, at_ms: 20 }).unwrap();
+    assert_eq!(state_of(&s, id), JobState::Pending);
+    assert_eq!(s.job(id).unwrap().failures, 1);
+    assert_eq!(s.capacity()[&h100()], 7);
+}
+
+#[test]
+fn re_registering_keeps_the_holders_of_devices_that_remain() {
+    let mut s = one_node();
+    let id = submit(&mut s, job("vision", 1, 2), 0);
+    cycle(&mut s, &PolicyConfig::default(), 0);
+    let before = s.alloc(&NodeId("n0".into())).unwrap().clone();
+    s.apply(Command::RegisterNode { node: node("n0", 8, Some("r9")), at_ms: 20 }).unwrap();
+    assert_eq!(state_of(&s, id), JobState::Running);
+    assert_eq!(s.alloc(&NodeId("n0".into())).unwrap(), &before);
+}
+
+#[test]
+fn a_job_past_its_maximum_runtime_is_stopped_and_fails() {
+    let mut s = one_node();
+    let mut spec = job("vision", 1, 1);
+    spec.max_runtime_ms = Some(1000);
+    let id = submit(&mut s, spec, 0);
+    cycle(&mut s, &PolicyConfig::default(), 0);
+    assert!(cycle(&mut s, &PolicyConfig::default(), 999).decisions.expired.is_empty());
+    let plan = cycle(&mut s, &PolicyConfig::default(), 1000);
+    assert_eq!(plan.decisions.expired, vec![id]);
+    assert_eq!(state_of(&s, id), JobState::Stopping);
+    s.apply(Command::JobFailed { job: id, message: "SIGKILL".into(), at_ms: 1100 }).unwrap();
+    assert_eq!(state_of(&s, id), JobState::Failed);
+}
+
+#[test]
+fn stale_placements_are_rejected_with_a_reason() {
+    let mut s = one_node();
+    let a = submit(&mut s, job("vision", 1, 8), 0);
+    let b = submit(&mut s, job("vision", 1, 8), 0);
+    let plan_a = crate::schedule(&s, &PolicyConfig::default(), 0);
+    let stolen = Placement { job: b, assignment: plan_a.decisions.placements[0].assignment.clone() };
+    s.apply(Command::ApplyPlan { decisions: plan_a.decisions.clone(), at_ms: 0 }).unwrap();
+    let out = s
+        .apply(Command::ApplyPlan {
+            decisions: Decisions { placements: vec![stolen], ..Decisions::default() },
+            at_ms: 1,
+        })
+        .unwrap();
+    assert!(matches!(out.rejected[0].reason, StaleReason::DeviceTaken(..)), "{:?}", out.rejected);
+    let out = s.apply(Command::ApplyPlan { decisions: plan_a.decisions, at_ms: 2 }).unwrap();
+    assert_eq!(out.rejected[0].job, a);
+    assert!(matches!(out.rejected[0].reason, StaleReason::WrongState(JobState::Starting)));
+    assert_eq!(state_of(&s, b), JobState::Pending);
+}
+
+#[test]
+fn a_plan_for_a_cancelled_job_is_rejected() {
+    let mut s = one_node();
+    let a = submit(&mut s, job("vision", 1, 8), 0);
+    let plan = crate::schedule(&s, &PolicyConfig::default(), 0);
+    s.apply(Command::Cancel { job: a, at_ms: 1 }).unwrap();
+    let out = s.apply(Command::ApplyPlan { decisions: plan.decisions, at_ms: 2 }).unwrap();
+    assert_eq!(out.rejected.len(), 1);
+    assert_eq!(s.usage(&TeamId("vision".into()), &h100()), 0);
+}
+
+#[test]
+fn snapshots_round_trip_and_refuse_garbage() {
+    let mut s = cluster(2, &[("vision", 8, None), ("nlp", 8, None)]);
+    submit(&mut s, job("vision", 1, 8), 0);
+    submit(&mut s, job("nlp", 2, 4), 0);
+    submit(&mut s, job("nlp", 1, 4), 0);
+    cycle(&mut s, &PolicyConfig::default(), 0);
+    let bytes = s.to_bytes();
+    let back = State::from_bytes(&bytes).unwrap();
+    assert!(back == s, "decoding gives back the same state, indexes included");
+    assert_eq!(back.hash(), s.hash());
+    assert_eq!(State::from_bytes(b"nope"), Err(crate::state::SnapshotError::BadMagic));
+    let mut future = bytes.clone();
+    future[4] = 99;
+    assert!(matches!(State::from_bytes(&future), Err(crate::state::SnapshotError::UnsupportedVersion { found: 99 })));
+    assert!(matches!(State::from_bytes(&bytes[..bytes.len() / 2]), Err(crate::state::SnapshotError::Corrupt(_))));
+}

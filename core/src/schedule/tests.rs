@@ -1,0 +1,192 @@
+use crate::command::Command;
+use crate::ids::{NodeId, TeamId};
+use crate::job::JobState;
+use crate::plan::{PendingReason, PreemptionRule};
+use crate::policy::{PlacementStrategy, PolicyConfig, QueueingStrategy};
+use crate::schedule;
+use crate::testkit::*;
+
+const HOUR: u64 = 3_600_000;
+
+fn high(team: &str, replicas: u32, count: u32) -> crate::job::JobSpec {
+    let mut j = job(team, replicas, count);
+    j.priority_class = Some("high".into());
+    j
+}
+
+#[test]
+fn the_minimum_run_time_protects_young_jobs() {
+    let mut s = cluster(1, &[("vision", 8, None)]);
+    submit(&mut s, job("vision", 1, 8), 0);
+    cycle(&mut s, &PolicyConfig::default(), 0);
+    submit(&mut s, high("vision", 1, 8), 1);
+    let policy = PolicyConfig::default();
+    assert!(schedule(&s, &policy, policy.min_runtime_ms - 1).decisions.preemptions.is_empty());
+    let plan = schedule(&s, &policy, policy.min_runtime_ms);
+    assert_eq!(plan.decisions.preemptions.len(), 1);
+    assert_eq!(plan.decisions.preemptions[0].rule, PreemptionRule::WithinTeam);
+}
+
+#[test]
+fn non_preemptible_jobs_are_never_victims() {
+    let mut s = cluster(1, &[("vision", 8, None)]);
+    let mut pinned = job("vision", 1, 8);
+    pinned.preemptible = false;
+    submit(&mut s, pinned, 0);
+    cycle(&mut s, &PolicyConfig::default(), 0);
+    submit(&mut s, high("vision", 1, 8), 1);
+    let plan = schedule(&s, &PolicyConfig::default(), HOUR);
+    assert!(plan.decisions.preemptions.is_empty());
+    assert!(plan.reports[0].preemption.as_deref().unwrap().contains("no running job"));
+}
+
+#[test]
+fn the_preemptor_waits_for_its_victims_and_no_more_are_taken() {
+    let mut s = cluster(1, &[("vision", 8, None), ("nlp", 0, None)]);
+    let borrowed = submit(&mut s, job("nlp", 1, 8), 0);
+    cycle(&mut s, &PolicyConfig::default(), 0);
+    let vision = submit(&mut s, job("vision", 1, 8), HOUR);
+    let plan = cycle(&mut s, &PolicyConfig::default(), HOUR);
+    assert_eq!(plan.decisions.preemptions[0].victim, borrowed);
+    assert_eq!(state_of(&s, borrowed), JobState::Preempted);
+    let plan = cycle(&mut s, &PolicyConfig::default(), HOUR + 1);
+    assert!(plan.decisions.preemptions.is_empty());
+    assert_eq!(plan.reports[0].reason, PendingReason::WaitingForRelease);
+    s.apply(Command::JobFailed { job: borrowed, message: "SIGTERM".into(), at_ms: HOUR + 2 }).unwrap();
+    assert_eq!(state_of(&s, borrowed), JobState::Pending);
+    assert_eq!(s.job(borrowed).unwrap().failures, 0, "a preemption is not a failure");
+    cycle(&mut s, &PolicyConfig::default(), HOUR + 3);
+    assert_eq!(state_of(&s, vision), JobState::Running);
+}
+
+#[test]
+fn reclaim_leaves_a_team_at_its_nominal() {
+    let mut s = cluster(0, &[("vision", 8, None), ("nlp", 8, None)]);
+    for i in 0..3 {
+        s.apply(Command::RegisterNode { node: node(&format!("n{i}"), 4, None), at_ms: 0 }).unwrap();
+    }
+    let nlp: Vec<_> = (0..3).map(|_| submit(&mut s, job("nlp", 1, 4), 0)).collect();
+    cycle(&mut s, &PolicyConfig::default(), 0);
+    assert!(nlp.iter().all(|j| state_of(&s, *j) == JobState::Running));
+    submit(&mut s, job("vision", 1, 4), HOUR);
+    submit(&mut s, job("vision", 1, 4), HOUR);
+    let plan = schedule(&s, &PolicyConfig::default(), HOUR);
+    assert_eq!(plan.decisions.preemptions.len(), 1, "nlp holds 12 on a nominal of 8: one victim brings it to 8");
+    assert!(plan.reports[1].preemption.is_some());
+}
+
+#[test]
+fn a_team_within_nominal_is_not_preempted_by_another() {
+    let mut s = cluster(1, &[("vision", 8, None), ("nlp", 8, None)]);
+    submit(&mut s, job("nlp", 1, 8), 0);
+    cycle(&mut s, &PolicyConfig::default(), 0);
+    submit(&mut s, job("vision", 1, 8), HOUR);
+    let plan = schedule(&s, &PolicyConfig::default(), HOUR);
+    assert!(plan.decisions.preemptions.is_empty(), "the cluster is oversubscribed, nlp is within its nominal");
+}
+
+#[test]
+fn nobody_preempts_in_order_to_borrow() {
+    let mut s = cluster(1, &[("vision", 4, None), ("nlp", 4, None)]);
+    submit(&mut s, job("nlp", 1, 8), 0);
+    cycle(&mut s, &PolicyConfig::default(), 0);
+    submit(&mut s, high("vision", 1, 8), HOUR);
+    let plan = schedule(&s, &PolicyConfig::default(), HOUR);
+    assert!(plan.decisions.preemptions.is_empty());
+}
+
+#[test]
+fn disabled_rules_preempt_nothing() {
+    let mut s = cluster(1, &[("vision", 8, None), ("nlp", 0, None)]);
+    submit(&mut s, job("nlp", 1, 8), 0);
+    cycle(&mut s, &PolicyConfig::default(), 0);
+    submit(&mut s, job("vision", 1, 8), HOUR);
+    let policy = PolicyConfig { reclaim: false, ..PolicyConfig::default() };
+    assert!(schedule(&s, &policy, HOUR).decisions.preemptions.is_empty());
+    assert_eq!(schedule(&s, &PolicyConfig::default(), HOUR).decisions.preemptions.len(), 1);
+}
+
+#[test]
+fn strict_fifo_blocks_the_rest_of_the_team() {
+    let mut s = cluster(1, &[("vision", 16, None)]);
+    submit(&mut s, job("vision", 2, 8), 0);
+    submit(&mut s, job("vision", 1, 1), 1);
+    let strict = PolicyConfig { queueing: QueueingStrategy::StrictFifo, ..PolicyConfig::default() };
+    let plan = schedule(&s, &strict, 10);
+    assert!(plan.decisions.placements.is_empty());
+    assert!(matches!(plan.reports[1].reason, PendingReason::BlockedByEarlierJob(_)));
+    assert_eq!(schedule(&s, &PolicyConfig::default(), 10).decisions.placements.len(), 1);
+}
+
+#[test]
+fn within_nominal_demand_goes_before_older_borrowing_demand() {
+    let mut s = cluster(1, &[("vision", 4, None), ("nlp", 4, None)]);
+    submit(&mut s, job("nlp", 1, 4), 0);
+    cycle(&mut s, &PolicyConfig::default(), 0);
+    let borrow = submit(&mut s, job("nlp", 1, 4), 1);
+    let within = submit(&mut s, job("vision", 1, 4), 2);
+    let plan = schedule(&s, &PolicyConfig { max_placements_per_cycle: 1, ..PolicyConfig::default() }, 3);
+    assert_eq!(plan.decisions.placements[0].job, within);
+    assert_ne!(plan.decisions.placements[0].job, borrow);
+    assert_eq!(plan.stats.placed, 1, "the cycle stops at its placement bound");
+}
+
+#[test]
+fn bin_packing_fills_the_fullest_node_and_spread_the_emptiest() {
+    let mut s = cluster(2, &[("vision", 16, None)]);
+    submit(&mut s, job("vision", 1, 4), 0);
+    cycle(&mut s, &PolicyConfig::default(), 0);
+    let busy = s.jobs().values().next().unwrap().assignment.as_ref().unwrap().replicas[0].node.clone();
+    submit(&mut s, job("vision", 1, 2), 1);
+    let packed = schedule(&s, &PolicyConfig::default(), 2);
+    assert_eq!(packed.decisions.placements[0].assignment.replicas[0].node, busy);
+    let spread = schedule(&s, &PolicyConfig { placement: PlacementStrategy::Spread, ..PolicyConfig::default() }, 2);
+    assert_ne!(spread.decisions.placements[0].assignment.replicas[0].node, busy);
+}
+
+#[test]
+fn a_replica_stays_inside_one_nvlink_group_when_it_can() {
+    let mut s = cluster(1, &[("vision", 8, None)]);
+    submit(&mut s, job("vision", 1, 1), 0);
+    submit(&mut s, job("vision", 1, 4), 0);
+    let plan = cycle(&mut s, &PolicyConfig::default(), 0);
+    let four = &plan.decisions.placements[1].assignment.replicas[0].devices;
+    let names: Vec<&str> = four.iter().map(|d| d.as_str()).collect();
+    assert_eq!(names, ["n0-gpu4", "n0-gpu5", "n0-gpu6", "n0-gpu7"]);
+}
+
+#[test]
+fn replicas_of_a_gang_prefer_one_rack() {
+    let mut s = cluster(0, &[("llm", 64, None)]);
+    for (name, rack) in [("a0", "ra"), ("b0", "rb"), ("a1", "ra"), ("b1", "rb"), ("b2", "rb")] {
+        s.apply(Command::RegisterNode { node: node(name, 8, Some(rack)), at_ms: 0 }).unwrap();
+    }
+    submit(&mut s, job("llm", 3, 8), 0);
+    let plan = schedule(&s, &PolicyConfig { candidate_nodes: 16, ..PolicyConfig::default() }, 0);
+    let nodes: Vec<&str> = plan.decisions.placements[0].assignment.replicas.iter().map(|r| r.node.as_str()).collect();
+    assert_eq!(nodes, ["b0", "b1", "b2"]);
+}
+
+#[test]
+fn identical_failing_jobs_are_answered_from_the_cycle_cache() {
+    let mut s = cluster(1, &[("vision", 64, None)]);
+    for _ in 0..5 {
+        submit(&mut s, job("vision", 2, 8), 0);
+    }
+    let plan = schedule(&s, &PolicyConfig::default(), 0);
+    assert_eq!(plan.stats.cache_hits, 4);
+    assert_eq!(plan.reports.len(), 5);
+    assert!(plan.reports.windows(2).all(|w| w[0].attempts == w[1].attempts));
+}
+
+#[test]
+fn cordoned_and_lost_nodes_take_no_work() {
+    let mut s = cluster(2, &[("vision", 16, None)]);
+    s.apply(Command::Cordon { node: NodeId("n0".into()), cordoned: true }).unwrap();
+    s.apply(Command::NodeLost { node: NodeId("n1".into()), at_ms: 0 }).unwrap();
+    submit(&mut s, job("vision", 1, 1), 0);
+    let plan = schedule(&s, &PolicyConfig::default(), 0);
+    assert!(plan.decisions.placements.is_empty());
+    let team = TeamId("vision".into());
+    assert_eq!(plan.reports[0].team, team);
+}
