@@ -1,0 +1,15 @@
+//! Quartermaster's gRPC contract, package `quartermaster.v1`, and its conversions.
+//!
+//! Module map:
+//! - [`v1`]: the code generated from `proto/quartermaster/v1/*.proto` (messages, clients,
+//!   servers for `JobService`, `AdminService`, `AgentService` and `RaftService`).
+//! - [`convert`]: proto to core (validating: bad input becomes a `ConvertError` naming the
+//!   field and the reason) and core to proto.
+
+pub mod convert;
+
+/// Generated code of package `quartermaster.v1`.
+#[allow(missing_docs, missing_debug_implementations, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("quartermaster.v1");
+}
