@@ -1,0 +1,55 @@
+//! `qm`: Quartermaster's single binary. Parses flags, sets up tracing, and calls the libraries.
+//!
+//! Module map:
+//! - `plan`: `qm plan`, a dry run of one scheduling cycle on TOML files.
+
+mod plan;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Quartermaster: a scheduler for shared accelerator fleets (GPU, TPU, FPGA, IPU).
+#[derive(Debug, Parser)]
+#[command(name = "qm", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Prints the version of qm, of the API and of the stored formats.
+    Version,
+    /// Dry-runs one scheduling cycle on files: prints placements, preemptions and, for each job
+    /// left pending, why.
+    Plan(plan::PlanArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("QM_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("qm: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Version => {
+            println!(
+                "qm {} (api quartermaster.v1, snapshot format {})",
+                env!("CARGO_PKG_VERSION"),
+                qm_core::state::SNAPSHOT_VERSION
+            );
+            Ok(())
+        }
+        Command::Plan(args) => plan::run(&args),
+    }
+}

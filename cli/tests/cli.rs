@@ -1,0 +1,90 @@
+//! The `qm` binary, run as a user runs it.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn qm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qm")).args(args).current_dir(root()).output().expect("qm runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+const EXAMPLE: [&str; 7] =
+    ["plan", "--cluster", "examples/cluster.toml", "--teams", "examples/teams.toml", "--jobs", "examples/jobs.toml"];
+
+#[test]
+fn help_and_version() {
+    let help = qm(&["--help"]);
+    assert!(help.status.success());
+    assert!(text(&help.stdout).contains("plan"));
+    let version = qm(&["version"]);
+    assert!(text(&version.stdout).starts_with(concat!("qm ", env!("CARGO_PKG_VERSION"))));
+}
+
+#[test]
+fn the_example_plan_shows_a_reclaim_and_a_within_team_preemption_with_reasons() {
+    let out = qm(&EXAMPLE);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("\"research-ablation\" (team research, priority 0) for job 4: Reclaim"), "{stdout}");
+    assert!(stdout.contains("\"product-sweep\" (team product, priority 0) for job 4: WithinTeam"), "{stdout}");
+    assert!(stdout.contains("\"product-eval\" (team product, priority 1000) on gpu/nvidia-a100-sxm4-80gb"), "{stdout}");
+    assert!(
+        stdout.contains("over quota: 0 held or reserved + 8 requested > nominal 0 + borrowing limit 4"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn json_output_is_the_plan() {
+    let mut args = EXAMPLE.to_vec();
+    args.push("--json");
+    let out = qm(&args);
+    assert!(out.status.success());
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    assert_eq!(plan["decisions"]["preemptions"].as_array().unwrap().len(), 2);
+    assert_eq!(plan["decisions"]["placements"].as_array().unwrap().len(), 2);
+    assert_eq!(plan["at_ms"], 3_600_000);
+}
+
+#[test]
+fn bad_input_names_the_file_and_the_field() {
+    let dir = std::env::temp_dir().join(format!("qm-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let jobs = dir.join("jobs.toml");
+    std::fs::write(&jobs, "now_s = 10\n[[job]]\nname = \"x\"\nteam = \"research\"\ndevices = 0\n").unwrap();
+    let out = qm(&[
+        "plan",
+        "--cluster",
+        "examples/cluster.toml",
+        "--teams",
+        "examples/teams.toml",
+        "--jobs",
+        jobs.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("jobs.job[0].gang.devices.count"), "{err}");
+    std::fs::write(&jobs, "now_s = 10\n[[job]]\nname = \"x\"\nteam = \"research\"\ndevices = 1\ncolour = 3\n").unwrap();
+    let out = qm(&[
+        "plan",
+        "--cluster",
+        "examples/cluster.toml",
+        "--teams",
+        "examples/teams.toml",
+        "--jobs",
+        jobs.to_str().unwrap(),
+    ]);
+    let err = text(&out.stderr);
+    assert!(err.contains("parsing") && err.contains("colour"), "{err}");
+    let out =
+        qm(&["plan", "--cluster", "nope.toml", "--teams", "examples/teams.toml", "--jobs", jobs.to_str().unwrap()]);
+    assert!(text(&out.stderr).contains("reading nope.toml"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
