@@ -7,7 +7,7 @@ use crate::ids::{JobId, NodeId};
 use crate::job::{Job, JobSpec, JobState, StopReason};
 use crate::limits::{validate_job, validate_node, validate_team, MAX_BATCH};
 use crate::resource::{Node, NodeSpec, NodeStatus};
-use crate::state::State;
+use crate::state::{NodeLayout, State};
 use crate::team::{PriorityClass, TeamSpec};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -58,12 +58,15 @@ impl State {
         let kept: BTreeMap<_, _> =
             old.spec.devices.iter().zip(&self.allocs[&id].holders).map(|(d, h)| (d.id.clone(), *h)).collect();
         self.add_capacity(&id, -1);
-        let holders = spec.devices.iter().map(|d| kept.get(&d.id).copied().flatten()).collect();
+        let holders: Vec<Option<JobId>> = spec.devices.iter().map(|d| kept.get(&d.id).copied().flatten()).collect();
+        let alloc = self.allocs.get_mut(&id).expect("alloc exists for every node");
+        alloc.held = holders.iter().enumerate().filter(|(_, h)| h.is_some()).fold(0, |m, (i, _)| m | 1 << i);
+        alloc.holders = holders;
+        alloc.layout = NodeLayout::of(&spec);
         let node = self.data.nodes.get_mut(&id).expect("checked above");
         node.spec = spec;
         node.status = NodeStatus::Ready;
         node.registered_ms = at_ms;
-        self.allocs.get_mut(&id).expect("alloc exists for every node").holders = holders;
         self.add_capacity(&id, 1);
         Ok(())
     }

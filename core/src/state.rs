@@ -5,7 +5,7 @@
 use crate::ids::{JobId, NodeId, TeamId};
 use crate::job::{Job, JobState};
 use crate::quota::Ledger;
-use crate::resource::{Flavor, Health, Node};
+use crate::resource::{Flavor, Health, Node, NodeSpec};
 use crate::team::{PriorityClass, TeamSpec};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -30,15 +30,59 @@ pub(crate) struct Persistent {
     pub next_job: u64,
 }
 
+/// A node's devices as bit masks, computed once per registration for the scheduler.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeLayout {
+    /// Devices of each flavor, in order of first appearance.
+    pub slots: Vec<(Flavor, u64)>,
+    /// Devices of each locality group (NVLink domain and NUMA node).
+    pub groups: Vec<u64>,
+    /// Healthy devices.
+    pub healthy: u64,
+    /// The `rack` label.
+    pub rack: Option<String>,
+}
+
+impl NodeLayout {
+    /// The layout of an inventory.
+    pub fn of(spec: &NodeSpec) -> Self {
+        let mut layout = Self { rack: spec.rack().map(str::to_owned), ..Self::default() };
+        let mut keys: Vec<(Option<&str>, Option<u32>)> = Vec::new();
+        for (i, d) in spec.devices.iter().enumerate() {
+            let bit = 1u64 << i;
+            match layout.slots.iter_mut().find(|(f, _)| d.is_flavor(f)) {
+                Some((_, m)) => *m |= bit,
+                None => layout.slots.push((d.flavor(), bit)),
+            }
+            let key = (d.interconnect_group.as_deref(), d.numa_node);
+            match keys.iter().position(|k| *k == key) {
+                Some(g) => layout.groups[g] |= bit,
+                None => {
+                    keys.push(key);
+                    layout.groups.push(bit);
+                }
+            }
+            if d.health == Health::Healthy {
+                layout.healthy |= bit;
+            }
+        }
+        layout
+    }
+}
+
 /// Which job holds each device of a node, and the host resources in use.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeAlloc {
     /// One entry per device, in inventory order.
     pub holders: Vec<Option<JobId>>,
+    /// The devices some job holds, as a mask.
+    pub held: u64,
     /// CPU held by replicas.
     pub cpu_used: u64,
     /// Host memory held by replicas.
     pub mem_used: u64,
+    /// The node's devices as masks.
+    pub layout: NodeLayout,
 }
 
 /// The whole scheduler state.
@@ -195,8 +239,9 @@ impl State {
     }
 
     pub(crate) fn reset_alloc(&mut self, id: &NodeId) {
-        let n = self.data.nodes[id].spec.devices.len();
-        self.allocs.insert(id.clone(), NodeAlloc { holders: vec![None; n], cpu_used: 0, mem_used: 0 });
+        let spec = &self.data.nodes[id].spec;
+        let alloc = NodeAlloc { holders: vec![None; spec.devices.len()], layout: NodeLayout::of(spec), ..NodeAlloc::default() };
+        self.allocs.insert(id.clone(), alloc);
     }
 
     /// Adds (`sign` = 1) or removes (-1) a node's schedulable healthy devices from capacity.
@@ -283,6 +328,11 @@ impl State {
             for d in &r.devices {
                 if let Some(i) = node.device_index(d) {
                     alloc.holders[i] = take.then_some(id);
+                    if take {
+                        alloc.held |= 1 << i;
+                    } else {
+                        alloc.held &= !(1 << i);
+                    }
                 }
             }
             if take {

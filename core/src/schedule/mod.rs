@@ -20,7 +20,8 @@ use crate::resource::Flavor;
 use crate::state::State;
 use place::{Pick, Shape};
 use std::collections::{BTreeMap, BTreeSet};
-use view::View;
+use crate::quota::Admission;
+use view::{FlavorIx, View};
 
 /// Runs one scheduling cycle at `now_ms`: what to start, whom to preempt, which jobs ran past
 /// their maximum runtime, and why each job looked at stays pending.
@@ -31,6 +32,7 @@ pub fn schedule(state: &State, policy: &PolicyConfig, now_ms: u64) -> Plan {
         now_ms,
         plan: Plan { at_ms: now_ms, ..Plan::default() },
         failed: BTreeMap::new(),
+        unfit: BTreeMap::new(),
         victims: BTreeSet::new(),
         victim_devices: BTreeMap::new(),
         running: None,
@@ -65,9 +67,11 @@ pub(crate) struct Cycle<'s> {
     now_ms: u64,
     plan: Plan,
     failed: BTreeMap<ShapeKey<'s>, Failure>,
+    /// Shapes that did not fit the free devices: whoever asks, they will not fit this cycle.
+    unfit: BTreeMap<Shape, AttemptOutcome>,
     victims: BTreeSet<JobId>,
-    /// Devices per (team, flavor) that this cycle's victims will give back.
-    victim_devices: BTreeMap<(TeamId, Flavor), u32>,
+    /// Devices per (team row, flavor) that this cycle's victims will give back.
+    victim_devices: BTreeMap<(usize, FlavorIx), u32>,
     running: Option<BTreeMap<Flavor, Vec<JobId>>>,
     preemption_attempts: u32,
 }
@@ -78,30 +82,29 @@ impl<'s> Cycle<'s> {
         (&job.spec.team, &g.devices, g.replicas, g.cpu_millis, g.mem_mib, job.priority)
     }
 
-    fn shape(&self, job: &Job, flavor: &Flavor) -> Option<Shape> {
+    fn shape(job: &Job, f: FlavorIx) -> Shape {
         let g = &job.spec.gang;
-        let fx = self.view.flavor_ix(flavor)?;
-        Some(Shape { flavor: fx, replicas: g.replicas, count: g.devices.count, cpu: g.cpu_millis, mem: g.mem_mib })
+        Shape { flavor: f, replicas: g.replicas, count: g.devices.count, cpu: g.cpu_millis, mem: g.mem_mib }
     }
 
-    /// Looks at one job: place it, or find it room, or say why not.
-    fn try_job(&mut self, job: &'s Job) -> Verdict {
+    /// Looks at one job of team row `t`: place it, or find it room, or say why not.
+    fn try_job(&mut self, job: &'s Job, t: usize) -> Verdict {
         let key = Self::key(job);
         if let Some(f) = self.failed.get(&key) {
             self.plan.stats.cache_hits += 1;
             return Verdict::Unschedulable(f.clone());
         }
-        let flavors = self.view.team(&job.spec.team).acceptable_flavors(&job.spec.gang.devices);
+        let flavors = self.view.acceptable(t, &job.spec.gang.devices);
         let mut attempts = Vec::with_capacity(flavors.len());
-        for flavor in &flavors {
-            match self.try_flavor(job, flavor) {
+        for &f in &flavors {
+            match self.try_flavor(job, t, f) {
                 Ok(()) => return Verdict::Placed,
-                Err(outcome) => attempts.push(FlavorAttempt { flavor: flavor.clone(), outcome }),
+                Err(outcome) => attempts.push(FlavorAttempt { flavor: self.view.flavors[f as usize].clone(), outcome }),
             }
         }
         let mut preemption = None;
-        for flavor in &flavors {
-            match self.make_room(job, flavor) {
+        for &f in &flavors {
+            match self.make_room(job, t, f) {
                 Ok(v) => return v,
                 Err(why) => preemption = preemption.or(why),
             }
@@ -111,30 +114,37 @@ impl<'s> Cycle<'s> {
         Verdict::Unschedulable(failure)
     }
 
-    /// Quota, then placement on free devices, for one flavor.
-    fn try_flavor(&mut self, job: &Job, flavor: &Flavor) -> Result<(), AttemptOutcome> {
-        let team = &job.spec.team;
-        let q = self.view.team(team).quotas[flavor];
+    /// Whether quota admits the job on flavor `f` now.
+    fn admit(&self, job: &Job, t: usize, f: FlavorIx) -> Result<Admission, QuotaDenial> {
+        let row = &self.view.teams[t];
+        let q = row.quota[f as usize].expect("acceptable flavors have quota");
         let total = job.spec.gang.total_devices();
-        let ledger = self.view.ledgers.get(flavor).copied().unwrap_or_default();
-        ledger.admit(&q, self.view.usage(team, flavor), total, self.policy.borrowing).map_err(AttemptOutcome::Quota)?;
-        let Some(shape) = self.shape(job, flavor) else {
-            return Err(AttemptOutcome::NeverFits(Default::default()));
-        };
+        self.view.ledgers[f as usize].admit(&q, row.usage[f as usize], total, self.policy.borrowing)
+    }
+
+    /// Quota, then placement on free devices, for one flavor.
+    fn try_flavor(&mut self, job: &Job, t: usize, f: FlavorIx) -> Result<(), AttemptOutcome> {
+        self.admit(job, t, f).map_err(AttemptOutcome::Quota)?;
+        let shape = Self::shape(job, f);
+        if let Some(outcome) = self.unfit.get(&shape) {
+            return Err(outcome.clone());
+        }
         let candidates = self.view.fast_candidates(&shape, self.policy.placement, self.policy.candidate_nodes);
         let picks = self.view.assign(&shape, &candidates, self.policy.placement, |_, n| n.free);
         let Some(picks) = picks else {
             let (counts, never) = self.view.filter_counts(&shape);
-            return Err(if never { AttemptOutcome::NeverFits(counts) } else { AttemptOutcome::NoFit(counts) });
+            let outcome = if never { AttemptOutcome::NeverFits(counts) } else { AttemptOutcome::NoFit(counts) };
+            self.unfit.insert(shape, outcome.clone());
+            return Err(outcome);
         };
         self.view.commit(&shape, &picks);
-        self.view.charge(team, flavor, total);
-        let assignment = self.assignment(flavor, &picks);
+        self.view.charge(t, f, job.spec.gang.total_devices());
+        let assignment = self.assignment(f, &picks);
         self.plan.decisions.placements.push(Placement { job: job.id, assignment });
         Ok(())
     }
 
-    fn assignment(&self, flavor: &Flavor, picks: &[Pick]) -> Assignment {
+    fn assignment(&self, f: FlavorIx, picks: &[Pick]) -> Assignment {
         let replicas = picks
             .iter()
             .map(|p| {
@@ -145,11 +155,11 @@ impl<'s> Cycle<'s> {
                 ReplicaAssignment { node: id.clone(), devices }
             })
             .collect();
-        Assignment { flavor: flavor.clone(), replicas }
+        Assignment { flavor: self.view.flavors[f as usize].clone(), replicas }
     }
 
     /// Nodes with any free device of the shape's flavor, and nodes with releasing devices.
-    fn partial_nodes(&self, shape: &Shape) -> Vec<u32> {
+    pub(crate) fn partial_nodes(&self, shape: &Shape) -> Vec<u32> {
         let buckets = &self.view.index[shape.flavor as usize].buckets;
         let mut nodes: Vec<u32> = buckets.iter().skip(1).flatten().copied().collect();
         nodes.extend(&self.view.releasing_nodes);
@@ -160,41 +170,32 @@ impl<'s> Cycle<'s> {
 
     /// When free devices are not enough: wait for devices being released, or preempt.
     /// `Err(Some(why))` says why preemption could not help.
-    fn make_room(&mut self, job: &Job, flavor: &Flavor) -> Result<Verdict, Option<String>> {
-        let Some(shape) = self.shape(job, flavor) else { return Err(None) };
-        let team = &job.spec.team;
-        let total = job.spec.gang.total_devices();
-        let q = self.view.team(team).quotas[flavor];
-        let ledger = self.view.ledgers.get(flavor).copied().unwrap_or_default();
-        let admitted = ledger.admit(&q, self.view.usage(team, flavor), total, self.policy.borrowing).is_ok();
-        let base = self.partial_nodes(&shape);
-        if admitted && !self.view.releasing_nodes.is_empty() {
+    fn make_room(&mut self, job: &Job, t: usize, f: FlavorIx) -> Result<Verdict, Option<String>> {
+        let shape = Self::shape(job, f);
+        if self.admit(job, t, f).is_ok() && !self.view.releasing_nodes.is_empty() {
+            let base = self.partial_nodes(&shape);
             let picks = self.view.assign(&shape, &base, self.policy.placement, |_, n| n.free | n.releasing);
             if let Some(picks) = picks {
-                self.reserve(job, flavor, &shape, &picks);
+                self.reserve(job, t, &shape, &picks);
                 return Ok(Verdict::Waiting);
             }
         }
         if !(self.policy.reclaim || self.policy.within_team_preemption) {
             return Err(None);
         }
-        if self.preemption_attempts >= self.policy.max_preemption_attempts_per_cycle {
-            return Err(Some("the cycle's preemption search budget is spent".to_owned()));
-        }
-        self.preemption_attempts += 1;
-        let found = self.preempt(job, flavor, &shape, &base).map_err(Some)?;
+        let found = self.preempt(job, t, &shape).map_err(Some)?;
         let n = found.victims.len() as u32;
         self.plan.stats.victims += n;
         self.plan.decisions.preemptions.extend(found.victims);
-        self.reserve(job, flavor, &shape, &found.picks);
+        self.reserve(job, t, &shape, &found.picks);
         Ok(Verdict::Preempting(n))
     }
 
     /// Holds devices for a job that will start once others exit, so that no one else takes them
     /// in this cycle.
-    fn reserve(&mut self, job: &Job, flavor: &Flavor, shape: &Shape, picks: &[Pick]) {
+    fn reserve(&mut self, job: &Job, t: usize, shape: &Shape, picks: &[Pick]) {
         self.view.commit(shape, picks);
-        self.view.charge(&job.spec.team, flavor, job.spec.gang.total_devices());
+        self.view.charge(t, shape.flavor, job.spec.gang.total_devices());
     }
 
     fn report(&mut self, job: &Job, position: u32, reason: PendingReason, failure: Option<Failure>) {

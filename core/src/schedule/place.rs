@@ -13,11 +13,10 @@
 use super::view::{FlavorIx, NodeView, View};
 use crate::plan::NodeFilterCounts;
 use crate::policy::PlacementStrategy;
-use crate::resource::NodeStatus;
 use std::collections::BTreeMap;
 
 /// What one gang needs, with the flavor fixed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Shape {
     pub flavor: FlavorIx,
     pub replicas: u32,
@@ -125,7 +124,7 @@ impl View<'_> {
         let mut racks: BTreeMap<Option<u32>, (u32, usize)> = BTreeMap::new();
         for &n in candidates {
             let node = &self.nodes[n as usize];
-            let a = avail(n, node) & node.mask_of(shape.flavor);
+            let a = avail(n, node) & self.mask_of(n, shape.flavor);
             let fits = replicas_fit(shape, a.count_ones(), node.cpu_free, node.mem_free);
             if fits > 0 {
                 let seen = racks.len();
@@ -144,7 +143,7 @@ impl View<'_> {
                 PlacementStrategy::BinPack => c.avail.count_ones(),
                 PlacementStrategy::Spread => 64 - c.avail.count_ones(),
             };
-            (Some(node.rack) != best_rack, !fits_one_group(c.avail, &node.groups, shape.count), packing)
+            (Some(node.rack) != best_rack, !fits_one_group(c.avail, node.groups, shape.count), packing)
         });
         let mut picks = Vec::with_capacity(shape.replicas as usize);
         for c in cands {
@@ -154,7 +153,7 @@ impl View<'_> {
                 if picks.len() as u32 == shape.replicas {
                     return Some(picks);
                 }
-                let mask = pick_devices(left, &node.groups, shape.count)?;
+                let mask = pick_devices(left, node.groups, shape.count)?;
                 left &= !mask;
                 picks.push(Pick { node: c.node, mask });
             }
@@ -176,11 +175,10 @@ impl View<'_> {
         let mut replicas_empty = 0u32;
         for (n, node) in self.nodes.iter().enumerate() {
             c.nodes += 1;
-            let status = &self.state.nodes()[self.node_ids[n]];
-            let mask = node.mask_of(shape.flavor);
+            let mask = self.mask_of(n as u32, shape.flavor);
             let healthy = (mask & node.healthy).count_ones();
             let free = (mask & node.free).count_ones();
-            if status.status == NodeStatus::Lost {
+            if node.lost {
                 c.not_ready += 1;
                 continue;
             }

@@ -4,8 +4,9 @@
 //! quota: nobody preempts in order to borrow.
 
 use super::place::{Pick, Shape};
+use super::view::{FlavorIx, NodeView};
 use super::Cycle;
-use crate::ids::{JobId, TeamId};
+use crate::ids::JobId;
 use crate::job::{Job, JobState};
 use crate::plan::{Preemption, PreemptionRule};
 use crate::resource::Flavor;
@@ -18,14 +19,22 @@ pub(crate) struct Found {
     pub picks: Vec<Pick>,
 }
 
+/// A possible victim and its team row.
+#[derive(Clone, Copy)]
+struct Candidate<'s> {
+    job: &'s Job,
+    team: usize,
+}
+
 /// The victims taken so far in one search.
+#[derive(Default)]
 struct Trial<'s> {
-    chosen: Vec<&'s Job>,
+    chosen: Vec<Candidate<'s>>,
 }
 
 impl<'s> Cycle<'s> {
-    /// Running jobs of `flavor` that may be victims of `job`, cheapest first.
-    fn candidates(&mut self, job: &Job, flavor: &Flavor) -> Vec<&'s Job> {
+    /// Running jobs of flavor `f` that may be victims of `job` (of team row `t`), cheapest first.
+    fn candidates(&mut self, job: &Job, t: usize, f: FlavorIx) -> Vec<Candidate<'s>> {
         let state = self.view.state;
         let (policy, now) = (self.policy, self.now_ms);
         let running = self.running.get_or_insert_with(|| {
@@ -37,59 +46,62 @@ impl<'s> Cycle<'s> {
             }
             by_flavor
         });
-        let mut out: Vec<&'s Job> = running
-            .get(flavor)
+        let mut out: Vec<Candidate<'s>> = running
+            .get(&self.view.flavors[f as usize])
             .into_iter()
             .flatten()
             .map(|id| &state.jobs()[id])
             .filter(|c| !self.victims.contains(&c.id) && c.preemptible_at(now, policy.min_runtime_ms))
+            .filter_map(|c| Some(Candidate { job: c, team: self.view.team_ix(&c.spec.team)? }))
             .filter(|c| {
-                if c.spec.team == job.spec.team {
-                    policy.within_team_preemption && c.priority < job.priority
+                if c.team == t {
+                    policy.within_team_preemption && c.job.priority < job.priority
                 } else {
                     policy.reclaim
                 }
             })
             .collect();
-        out.sort_by_key(|c| (c.priority, Reverse(c.started_ms), c.id));
+        out.sort_by_key(|c| (c.job.priority, Reverse(c.job.started_ms), c.job.id));
         out.truncate(self.policy.max_preemption_candidates as usize);
         out
     }
 
-    /// Devices of `shape`'s flavor that the trial's victims hold, per node.
+    /// Devices the trial's victims hold, per node.
     fn freed(&self, trial: &Trial<'_>) -> BTreeMap<u32, u64> {
         let mut extra: BTreeMap<u32, u64> = BTreeMap::new();
         for v in &trial.chosen {
-            for (n, m) in self.view.job_masks(v) {
+            for (n, m) in self.view.job_masks(v.job) {
                 *extra.entry(n).or_default() |= m;
             }
         }
         extra
     }
 
-    /// Devices of `team` freed by the trial's victims and by victims chosen earlier this cycle.
-    fn removed(&self, trial: &Trial<'_>, team: &TeamId, flavor: &Flavor) -> u32 {
-        let earlier = self.victim_devices.get(&(team.clone(), flavor.clone())).copied().unwrap_or(0);
-        earlier + trial.chosen.iter().filter(|v| &v.spec.team == team).map(|v| v.spec.gang.total_devices()).sum::<u32>()
+    /// Devices of team row `t` freed by the trial's victims and by victims chosen earlier.
+    fn removed(&self, trial: &Trial<'_>, t: usize, f: FlavorIx) -> u32 {
+        let earlier = self.victim_devices.get(&(t, f)).copied().unwrap_or(0);
+        earlier + trial.chosen.iter().filter(|v| v.team == t).map(|v| v.job.spec.gang.total_devices()).sum::<u32>()
+    }
+
+    fn nominal(&self, t: usize, f: FlavorIx) -> u32 {
+        self.view.teams[t].quota[f as usize].map_or(0, |q| q.nominal)
     }
 
     /// Where the preemptor would go if the trial's victims exited; `None` if it would not fit,
     /// or would not be within its nominal quota.
-    fn fits(&self, job: &Job, flavor: &Flavor, shape: &Shape, base: &[u32], trial: &Trial<'_>) -> Option<Vec<Pick>> {
-        let team = &job.spec.team;
-        let nominal = self.view.team(team).quotas.get(flavor).map_or(0, |q| q.nominal);
-        let kept = self.view.usage(team, flavor).saturating_sub(self.removed(trial, team, flavor));
+    fn fits(&self, t: usize, shape: &Shape, base: &[u32], trial: &Trial<'_>) -> Option<Vec<Pick>> {
+        let f = shape.flavor;
+        let kept = self.view.teams[t].usage[f as usize].saturating_sub(self.removed(trial, t, f));
         let after = u64::from(kept) + u64::from(shape.replicas) * u64::from(shape.count);
-        if after > u64::from(nominal) {
+        if after > u64::from(self.nominal(t, f)) {
             return None;
         }
         let extra = self.freed(trial);
         let mut nodes: Vec<u32> = base.iter().copied().chain(extra.keys().copied()).collect();
         nodes.sort_unstable();
         nodes.dedup();
-        let avail = |n: u32, nv: &super::view::NodeView| {
-            nv.free | nv.releasing | (extra.get(&n).copied().unwrap_or(0) & nv.healthy)
-        };
+        let avail =
+            |n: u32, nv: &NodeView<'_>| nv.free | nv.releasing | (extra.get(&n).copied().unwrap_or(0) & nv.healthy);
         self.view.assign(shape, &nodes, self.policy.placement, avail)
     }
 
@@ -97,49 +109,67 @@ impl<'s> Cycle<'s> {
     /// counting what it will hold once the victims chosen so far exit. Usage is the committed
     /// one: work placed in this very cycle is not running yet and cannot be a victim, so it
     /// must not make an older job look borrowed.
-    fn reclaimable(&self, c: &Job, flavor: &Flavor, trial: &Trial<'_>) -> bool {
-        let t = &c.spec.team;
-        let nominal = self.view.team(t).quotas.get(flavor).map_or(0, |q| q.nominal);
-        self.view.state.usage(t, flavor).saturating_sub(self.removed(trial, t, flavor)) > nominal
+    fn reclaimable(&self, c: &Candidate<'_>, f: FlavorIx, trial: &Trial<'_>) -> bool {
+        let committed = self.view.state.usage(&c.job.spec.team, &self.view.flavors[f as usize]);
+        committed.saturating_sub(self.removed(trial, c.team, f)) > self.nominal(c.team, f)
     }
 
-    /// Searches a minimal set of whole gangs whose preemption makes room for `job` on `flavor`.
-    pub(crate) fn preempt(&mut self, job: &Job, flavor: &Flavor, shape: &Shape, base: &[u32]) -> Result<Found, String> {
+    /// Searches a minimal set of whole gangs whose preemption makes room for `job` (of team row
+    /// `t`) on the shape's flavor.
+    pub(crate) fn preempt(&mut self, job: &Job, t: usize, shape: &Shape) -> Result<Found, String> {
+        let f = shape.flavor;
         let budget = self.policy.max_victims_per_cycle as usize;
         if self.victims.len() >= budget {
             return Err(format!("the cycle's victim budget ({budget}) is spent"));
         }
-        let candidates = self.candidates(job, flavor);
+        let candidates = self.candidates(job, t, f);
         if candidates.is_empty() {
-            return Err(format!("no running job of {flavor} may be preempted for it"));
+            return Err(format!("no running job of {} may be preempted for it", self.view.flavors[f as usize]));
         }
-        let team = &job.spec.team;
-        let own: u32 = candidates.iter().filter(|c| &c.spec.team == team).map(|c| c.spec.gang.total_devices()).sum();
-        let empty = Trial { chosen: Vec::new() };
-        let nominal = self.view.team(team).quotas.get(flavor).map_or(0, |q| q.nominal);
-        let best = self.view.usage(team, flavor).saturating_sub(self.removed(&empty, team, flavor)).saturating_sub(own);
+        let own: u32 = candidates.iter().filter(|c| c.team == t).map(|c| c.job.spec.gang.total_devices()).sum();
+        let nominal = self.nominal(t, f);
+        let best = self.view.teams[t].usage[f as usize].saturating_sub(self.removed(&Trial::default(), t, f) + own);
         if u64::from(best) + u64::from(job.spec.gang.total_devices()) > u64::from(nominal) {
             return Err(format!(
                 "it would not fit the team's nominal of {nominal} even after preempting the team's own \
                  lower-priority jobs; nobody preempts in order to borrow"
             ));
         }
-        let mut trial = empty;
+        if self.preemption_attempts >= self.policy.max_preemption_attempts_per_cycle {
+            return Err("the cycle's preemption search budget is spent".to_owned());
+        }
+        self.preemption_attempts += 1;
+        let base = self.partial_nodes(shape);
+        let (trial, picks) = self.search(t, shape, &base, &candidates, budget)?;
+        Ok(self.take_victims(job, t, f, trial, picks))
+    }
+
+    /// Adds the cheapest candidates until the preemptor fits, then gives back the unneeded.
+    fn search(
+        &self,
+        t: usize,
+        shape: &Shape,
+        base: &[u32],
+        candidates: &[Candidate<'s>],
+        budget: usize,
+    ) -> Result<(Trial<'s>, Vec<Pick>), String> {
+        let mut trial = Trial::default();
         let mut picks = None;
-        for c in &candidates {
+        for c in candidates {
             if self.victims.len() + trial.chosen.len() >= budget {
                 break;
             }
-            if c.spec.team != job.spec.team && !self.reclaimable(c, flavor, &trial) {
+            if c.team != t && !self.reclaimable(c, shape.flavor, &trial) {
                 continue;
             }
-            trial.chosen.push(c);
-            picks = self.fits(job, flavor, shape, base, &trial);
+            trial.chosen.push(*c);
+            picks = self.fits(t, shape, base, &trial);
             if picks.is_some() {
                 break;
             }
         }
         let Some(mut picks) = picks else {
+            let flavor = &self.view.flavors[shape.flavor as usize];
             return Err(format!(
                 "preempting all {} eligible job(s) of {flavor} would not make room within the team's nominal",
                 trial.chosen.len()
@@ -147,26 +177,29 @@ impl<'s> Cycle<'s> {
         };
         for i in (0..trial.chosen.len()).rev() {
             let v = trial.chosen.remove(i);
-            match self.fits(job, flavor, shape, base, &trial) {
+            match self.fits(t, shape, base, &trial) {
                 Some(p) => picks = p,
                 None => trial.chosen.insert(i, v),
             }
         }
+        Ok((trial, picks))
+    }
+
+    fn take_victims(&mut self, job: &Job, t: usize, f: FlavorIx, trial: Trial<'s>, picks: Vec<Pick>) -> Found {
         let victims = trial
             .chosen
             .iter()
             .map(|v| Preemption {
-                victim: v.id,
+                victim: v.job.id,
                 preemptor: job.id,
-                rule: if v.spec.team == job.spec.team { PreemptionRule::WithinTeam } else { PreemptionRule::Reclaim },
+                rule: if v.team == t { PreemptionRule::WithinTeam } else { PreemptionRule::Reclaim },
             })
             .collect();
         for v in &trial.chosen {
-            let key = (v.spec.team.clone(), flavor.clone());
-            *self.victim_devices.entry(key).or_default() += v.spec.gang.total_devices();
-            self.victims.insert(v.id);
-            self.view.add_releasing(v);
+            *self.victim_devices.entry((v.team, f)).or_default() += v.job.spec.gang.total_devices();
+            self.victims.insert(v.job.id);
+            self.view.add_releasing(v.job);
         }
-        Ok(Found { victims, picks })
+        Found { victims, picks }
     }
 }

@@ -8,7 +8,7 @@
 //! A team's key is recomputed after each of its jobs, since only its own usage moved.
 
 use super::{Cycle, Verdict};
-use crate::ids::{JobId, TeamId};
+use crate::ids::JobId;
 use crate::job::Job;
 use crate::plan::PendingReason;
 use crate::policy::QueueingStrategy;
@@ -22,42 +22,41 @@ use std::collections::BinaryHeap;
 type HeadKey = (bool, u64, u64, JobId, usize);
 
 struct TeamCursor<'s> {
-    team: &'s TeamId,
+    row: usize,
     jobs: btree_set::Iter<'s, QueueKey>,
     blocked_by: Option<JobId>,
 }
 
 impl<'s> Cycle<'s> {
     /// Weighted dominant share of a team's borrowing, in millionths.
-    fn share(&self, team: &TeamId) -> u64 {
-        let spec = self.view.team(team);
-        let dominant = spec
-            .quotas
+    fn share(&self, t: usize) -> u64 {
+        let row = &self.view.teams[t];
+        let dominant = row
+            .quota
             .iter()
-            .map(|(f, q)| {
-                let capacity = self.view.ledgers.get(f).map_or(0, |l| l.capacity).max(1);
-                borrowed(q, self.view.usage(team, f)) * 1_000_000 / capacity
-            })
+            .zip(&row.usage)
+            .zip(&self.view.ledgers)
+            .filter_map(|((q, used), ledger)| q.map(|q| borrowed(&q, *used) * 1_000_000 / ledger.capacity.max(1)))
             .max()
             .unwrap_or(0);
-        dominant * 1000 / u64::from(spec.weight_milli.max(1))
+        dominant * 1000 / u64::from(row.spec.weight_milli.max(1))
     }
 
     /// Whether the job fits its team's nominal for some acceptable flavor.
-    fn within_nominal(&self, job: &Job) -> bool {
-        let spec = self.view.team(&job.spec.team);
-        let total = job.spec.gang.total_devices();
-        spec.acceptable_flavors(&job.spec.gang.devices).iter().any(|f| {
-            let nominal = spec.quotas[f].nominal;
-            u64::from(self.view.usage(&job.spec.team, f)) + u64::from(total) <= u64::from(nominal)
+    fn within_nominal(&self, job: &Job, t: usize) -> bool {
+        let row = &self.view.teams[t];
+        let total = u64::from(job.spec.gang.total_devices());
+        self.view.acceptable(t, &job.spec.gang.devices).iter().any(|&f| {
+            let nominal = row.quota[f as usize].map_or(0, |q| q.nominal);
+            u64::from(row.usage[f as usize]) + total <= u64::from(nominal)
         })
     }
 
     fn head_key(&self, cursor: &mut TeamCursor<'s>, slot: usize) -> Option<HeadKey> {
         let &(_, submitted, id) = cursor.jobs.next()?;
         let job = &self.view.state.jobs()[&id];
-        let borrowing = !self.within_nominal(job);
-        let share = if borrowing { self.share(cursor.team) } else { 0 };
+        let borrowing = !self.within_nominal(job, cursor.row);
+        let share = if borrowing { self.share(cursor.row) } else { 0 };
         Some((borrowing, share, submitted, id, slot))
     }
 
@@ -68,8 +67,7 @@ impl<'s> Cycle<'s> {
         let mut cursors: Vec<TeamCursor<'s>> = state
             .queues()
             .iter()
-            .filter(|(team, q)| !q.is_empty() && state.teams().contains_key(*team))
-            .map(|(team, q)| TeamCursor { team, jobs: q.iter(), blocked_by: None })
+            .filter_map(|(team, q)| Some(TeamCursor { row: self.view.team_ix(team)?, jobs: q.iter(), blocked_by: None }))
             .collect();
         let mut heap = BinaryHeap::with_capacity(cursors.len());
         for (slot, cursor) in cursors.iter_mut().enumerate() {
@@ -99,7 +97,7 @@ impl<'s> Cycle<'s> {
             self.report(job, position, PendingReason::BlockedByEarlierJob(blocker), None);
             return;
         }
-        let verdict = self.try_job(job);
+        let verdict = self.try_job(job, cursor.row);
         let strict = self.policy.queueing == QueueingStrategy::StrictFifo;
         match verdict {
             Verdict::Placed => {

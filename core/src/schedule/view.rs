@@ -1,20 +1,21 @@
 //! The scheduler's scratch view of a `State`: per-node device masks, an index of nodes by free
 //! devices per flavor, and per-team usage, all updated as the cycle places jobs. Building it is
-//! O(nodes); every lookup during the cycle is O(1) or O(log n).
+//! O(nodes) with no allocation per node (the masks come precomputed in `NodeLayout`); every
+//! lookup during the cycle is O(1) or O(log n).
 
 use crate::ids::{JobId, NodeId, TeamId};
-use crate::job::Job;
+use crate::job::{DeviceRequest, Job};
 use crate::quota::Ledger;
-use crate::resource::{Flavor, Health, Node};
-use crate::state::{NodeAlloc, State};
-use crate::team::TeamSpec;
+use crate::resource::{Flavor, NodeStatus};
+use crate::state::State;
+use crate::team::{FlavorQuota, TeamSpec};
 use std::collections::BTreeMap;
 
 /// Interned flavor.
 pub(crate) type FlavorIx = u16;
 
 /// The devices of one flavor on a node.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct FlavorSlot {
     pub flavor: FlavorIx,
     pub mask: u64,
@@ -24,8 +25,9 @@ pub(crate) struct FlavorSlot {
 
 /// A node as the cycle sees it.
 #[derive(Clone, Debug)]
-pub(crate) struct NodeView {
+pub(crate) struct NodeView<'s> {
     pub schedulable: bool,
+    pub lost: bool,
     pub rack: Option<u32>,
     pub healthy: u64,
     /// Healthy devices nobody holds or reserved.
@@ -36,15 +38,10 @@ pub(crate) struct NodeView {
     pub mem_total: u64,
     pub cpu_free: u64,
     pub mem_free: u64,
-    pub slots: Vec<FlavorSlot>,
-    /// Locality groups (NVLink domain, else NUMA node) as device masks.
-    pub groups: Vec<u64>,
-}
-
-impl NodeView {
-    pub fn mask_of(&self, f: FlavorIx) -> u64 {
-        self.slots.iter().find(|s| s.flavor == f).map_or(0, |s| s.mask)
-    }
+    /// This node's range in `View::slots`.
+    pub slots: (u32, u8),
+    /// Locality groups (NVLink domain, NUMA node) as device masks.
+    pub groups: &'s [u64],
 }
 
 /// Nodes bucketed by how many free devices of one flavor they have.
@@ -53,41 +50,78 @@ pub(crate) struct FlavorIndex {
     pub buckets: Vec<Vec<u32>>,
 }
 
+/// A team as the cycle sees it, with usage and quota indexed by interned flavor.
+#[derive(Clone, Debug)]
+pub(crate) struct TeamRow<'s> {
+    pub spec: &'s TeamSpec,
+    pub usage: Vec<u32>,
+    pub quota: Vec<Option<FlavorQuota>>,
+}
+
 /// The per-cycle scratch view.
 #[derive(Debug)]
 pub(crate) struct View<'s> {
     pub state: &'s State,
     pub node_ids: Vec<&'s NodeId>,
-    pub nodes: Vec<NodeView>,
+    pub nodes: Vec<NodeView<'s>>,
+    pub slots: Vec<FlavorSlot>,
     pub flavors: Vec<Flavor>,
     pub index: Vec<FlavorIndex>,
-    pub usage: BTreeMap<TeamId, BTreeMap<Flavor, u32>>,
-    pub ledgers: BTreeMap<Flavor, Ledger>,
+    pub teams: Vec<TeamRow<'s>>,
+    pub ledgers: Vec<Ledger>,
     /// Nodes that hold releasing devices.
     pub releasing_nodes: Vec<u32>,
 }
 
 impl<'s> View<'s> {
     pub fn build(state: &'s State) -> Self {
+        let n = state.nodes().len();
         let mut view = View {
             state,
-            node_ids: Vec::with_capacity(state.nodes().len()),
-            nodes: Vec::with_capacity(state.nodes().len()),
+            node_ids: Vec::with_capacity(n),
+            nodes: Vec::with_capacity(n),
+            slots: Vec::with_capacity(n),
             flavors: Vec::new(),
             index: Vec::new(),
-            usage: state.usage.clone(),
-            ledgers: state.ledgers(),
+            teams: Vec::new(),
+            ledgers: Vec::new(),
             releasing_nodes: Vec::new(),
         };
         let mut racks: BTreeMap<&str, u32> = BTreeMap::new();
-        for (id, node) in state.nodes() {
-            let alloc = state.alloc(id).expect("alloc exists for every node");
-            let next = racks.len() as u32;
-            let rack = node.spec.rack().map(|r| *racks.entry(r).or_insert(next));
-            let nv = view.node_view(node, alloc, rack);
+        let mut last_rack: Option<(&str, u32)> = None;
+        for ((id, node), alloc) in state.nodes().iter().zip(state.allocs.values()) {
+            let layout = &alloc.layout;
+            let rack = layout.rack.as_deref().map(|r| match last_rack {
+                Some((name, ix)) if name == r => ix,
+                _ => {
+                    let next = racks.len() as u32;
+                    let ix = *racks.entry(r).or_insert(next);
+                    last_rack = Some((r, ix));
+                    ix
+                }
+            });
+            let start = view.slots.len() as u32;
+            for (flavor, mask) in &layout.slots {
+                let f = view.intern(flavor);
+                view.slots.push(FlavorSlot { flavor: f, mask: *mask, pos: u32::MAX });
+            }
             view.node_ids.push(id);
-            view.nodes.push(nv);
+            view.nodes.push(NodeView {
+                schedulable: node.schedulable(),
+                lost: node.status == NodeStatus::Lost,
+                rack,
+                healthy: layout.healthy,
+                free: layout.healthy & !alloc.held,
+                releasing: 0,
+                cpu_total: node.spec.cpu_millis,
+                mem_total: node.spec.mem_mib,
+                cpu_free: node.spec.cpu_millis.saturating_sub(alloc.cpu_used),
+                mem_free: node.spec.mem_mib.saturating_sub(alloc.mem_used),
+                slots: (start, layout.slots.len() as u8),
+                groups: &layout.groups,
+            });
         }
+        view.build_teams();
         view.mark_releasing();
         for n in 0..view.nodes.len() {
             view.index_node(n as u32);
@@ -95,59 +129,72 @@ impl<'s> View<'s> {
         view
     }
 
-    fn intern(&mut self, node: &Node, device: usize) -> FlavorIx {
-        let d = &node.spec.devices[device];
-        if let Some(i) = self.flavors.iter().position(|f| d.is_flavor(f)) {
+    /// Interns every flavor teams have quota for, then fills the team rows and ledgers.
+    fn build_teams(&mut self) {
+        for spec in self.state.teams().values() {
+            for f in spec.quotas.keys() {
+                self.intern(f);
+            }
+        }
+        let ledgers = self.state.ledgers();
+        self.ledgers = self.flavors.iter().map(|f| ledgers.get(f).copied().unwrap_or_default()).collect();
+        let flavors = &self.flavors;
+        self.teams = self
+            .state
+            .teams()
+            .iter()
+            .map(|(id, spec)| TeamRow {
+                spec,
+                usage: flavors.iter().map(|f| self.state.usage(id, f)).collect(),
+                quota: flavors.iter().map(|f| spec.quotas.get(f).copied()).collect(),
+            })
+            .collect();
+    }
+
+    /// The row of a team, by position in team order.
+    pub fn team_ix(&self, id: &TeamId) -> Option<usize> {
+        self.teams.binary_search_by(|t| t.spec.name.cmp(id)).ok()
+    }
+
+    /// The flavors `team` may use for `request`, most preferred first (see
+    /// `TeamSpec::acceptable_flavors`), interned.
+    pub fn acceptable(&self, team: usize, request: &DeviceRequest) -> Vec<FlavorIx> {
+        let row = &self.teams[team];
+        let has_quota = |f: &FlavorIx| row.quota[*f as usize].is_some();
+        if request.models.is_empty() {
+            let mut out: Vec<FlavorIx> =
+                (0..self.flavors.len() as FlavorIx).filter(|f| self.flavors[*f as usize].kind == request.kind).collect();
+            out.retain(has_quota);
+            out.sort_by(|a, b| self.flavors[*a as usize].cmp(&self.flavors[*b as usize]));
+            return out;
+        }
+        request
+            .models
+            .iter()
+            .filter_map(|m| self.flavors.iter().position(|f| f.kind == request.kind && &f.model == m))
+            .map(|i| i as FlavorIx)
+            .filter(has_quota)
+            .collect()
+    }
+
+    fn intern(&mut self, flavor: &Flavor) -> FlavorIx {
+        if let Some(i) = self.flavors.iter().position(|f| f == flavor) {
             return i as FlavorIx;
         }
-        self.flavors.push(d.flavor());
+        self.flavors.push(flavor.clone());
         self.index.push(FlavorIndex::default());
         (self.flavors.len() - 1) as FlavorIx
     }
 
-    fn node_view(&mut self, node: &Node, alloc: &NodeAlloc, rack: Option<u32>) -> NodeView {
-        let mut slots: Vec<FlavorSlot> = Vec::new();
-        let (mut healthy, mut free) = (0u64, 0u64);
-        let mut group_keys: Vec<(Option<&str>, Option<u32>)> = Vec::new();
-        let mut groups: Vec<u64> = Vec::new();
-        for (i, d) in node.spec.devices.iter().enumerate() {
-            let bit = 1u64 << i;
-            let f = match slots.last() {
-                Some(s) if d.is_flavor(&self.flavors[s.flavor as usize]) => s.flavor,
-                _ => self.intern(node, i),
-            };
-            match slots.iter_mut().find(|s| s.flavor == f) {
-                Some(s) => s.mask |= bit,
-                None => slots.push(FlavorSlot { flavor: f, mask: bit, pos: u32::MAX }),
-            }
-            if d.health == Health::Healthy {
-                healthy |= bit;
-                if alloc.holders[i].is_none() {
-                    free |= bit;
-                }
-            }
-            let key = (d.interconnect_group.as_deref(), d.numa_node);
-            match group_keys.iter().position(|k| *k == key) {
-                Some(g) => groups[g] |= bit,
-                None => {
-                    group_keys.push(key);
-                    groups.push(bit);
-                }
-            }
-        }
-        NodeView {
-            schedulable: node.schedulable(),
-            rack,
-            healthy,
-            free,
-            releasing: 0,
-            cpu_total: node.spec.cpu_millis,
-            mem_total: node.spec.mem_mib,
-            cpu_free: node.spec.cpu_millis.saturating_sub(alloc.cpu_used),
-            mem_free: node.spec.mem_mib.saturating_sub(alloc.mem_used),
-            slots,
-            groups,
-        }
+    /// The flavor slots of node `n`.
+    pub fn slots_of(&self, n: u32) -> &[FlavorSlot] {
+        let (start, len) = self.nodes[n as usize].slots;
+        &self.slots[start as usize..start as usize + len as usize]
+    }
+
+    /// Node `n`'s devices of flavor `f`.
+    pub fn mask_of(&self, n: u32, f: FlavorIx) -> u64 {
+        self.slots_of(n).iter().find(|s| s.flavor == f).map_or(0, |s| s.mask)
     }
 
     fn mark_releasing(&mut self) {
@@ -185,26 +232,13 @@ impl<'s> View<'s> {
         out
     }
 
-    pub fn flavor_ix(&self, f: &Flavor) -> Option<FlavorIx> {
-        self.flavors.iter().position(|x| x == f).map(|i| i as FlavorIx)
-    }
-
-    pub fn team(&self, id: &TeamId) -> &'s TeamSpec {
-        &self.state.teams()[id]
-    }
-
-    pub fn usage(&self, team: &TeamId, f: &Flavor) -> u32 {
-        self.usage.get(team).and_then(|m| m.get(f)).copied().unwrap_or(0)
-    }
-
-    /// Charges `devices` more of `f` to `team`.
-    pub fn charge(&mut self, team: &TeamId, f: &Flavor, devices: u32) {
-        let q = self.team(team).quotas[f];
-        let used = self.usage.entry(team.clone()).or_default().entry(f.clone()).or_insert(0);
-        let before = *used;
-        *used += devices;
-        let after = *used;
-        self.ledgers.entry(f.clone()).or_default().update(&q, before, after);
+    /// Charges `devices` more of flavor `f` to team `t`.
+    pub fn charge(&mut self, t: usize, f: FlavorIx, devices: u32) {
+        let row = &mut self.teams[t];
+        let q = row.quota[f as usize].expect("charged flavors have quota");
+        let before = row.usage[f as usize];
+        row.usage[f as usize] += devices;
+        self.ledgers[f as usize].update(&q, before, before + devices);
     }
 
     fn index_node(&mut self, n: u32) {
@@ -212,17 +246,17 @@ impl<'s> View<'s> {
         if !node.schedulable {
             return;
         }
-        for s in 0..node.slots.len() {
-            let node = &self.nodes[n as usize];
-            let slot = &node.slots[s];
-            let count = (slot.mask & node.free).count_ones() as usize;
+        let (start, len) = node.slots;
+        let free = node.free;
+        for s in start as usize..start as usize + len as usize {
+            let slot = self.slots[s];
+            let count = (slot.mask & free).count_ones() as usize;
             let buckets = &mut self.index[slot.flavor as usize].buckets;
             if buckets.len() <= count {
                 buckets.resize_with(count + 1, Vec::new);
             }
             buckets[count].push(n);
-            let pos = (buckets[count].len() - 1) as u32;
-            self.nodes[n as usize].slots[s].pos = pos;
+            self.slots[s].pos = (buckets[count].len() - 1) as u32;
         }
     }
 
@@ -231,15 +265,20 @@ impl<'s> View<'s> {
         if !node.schedulable {
             return;
         }
-        for s in 0..node.slots.len() {
-            let slot = &self.nodes[n as usize].slots[s];
-            let count = (slot.mask & self.nodes[n as usize].free).count_ones() as usize;
+        let (start, len) = node.slots;
+        let free = node.free;
+        for s in start as usize..start as usize + len as usize {
+            let slot = self.slots[s];
+            let count = (slot.mask & free).count_ones() as usize;
             let (f, pos) = (slot.flavor as usize, slot.pos as usize);
             let bucket = &mut self.index[f].buckets[count];
             bucket.swap_remove(pos);
             if let Some(&moved) = bucket.get(pos) {
-                let ms = self.nodes[moved as usize].slots.iter_mut().find(|x| x.flavor as usize == f);
-                ms.expect("indexed node has the flavor").pos = pos as u32;
+                let (ms, ml) = self.nodes[moved as usize].slots;
+                let i = (ms as usize..ms as usize + ml as usize)
+                    .find(|&i| self.slots[i].flavor as usize == f)
+                    .expect("indexed node has the flavor");
+                self.slots[i].pos = pos as u32;
             }
         }
     }

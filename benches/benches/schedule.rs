@@ -1,0 +1,43 @@
+//! `schedule` on the fleet: 10,000 nodes x 8 GPUs of four models, 20 teams, 100,000
+//! pending jobs of mixed gang sizes. Three cases:
+//! - `cycle_1000`: one cycle bounded to 1,000 placements (the leader's normal cycle);
+//! - `drain`: one unbounded cycle that places everything that fits (placements per second);
+//! - `apply_1000`: applying the 1,000 placements on a replica (verify + commit).
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use qm_benches::{apply, build, Fleet};
+use qm_core::{schedule, PolicyConfig};
+use std::hint::black_box;
+use std::time::Instant;
+
+fn bench(c: &mut Criterion) {
+    let state = build(Fleet::LARGE);
+    let bounded = PolicyConfig { max_placements_per_cycle: 1_000, ..PolicyConfig::default() };
+    let drain = PolicyConfig { max_placements_per_cycle: u32::MAX, max_jobs_per_cycle: u32::MAX, ..PolicyConfig::default() };
+
+    let started = Instant::now();
+    let full = schedule(&state, &drain, 1);
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "drain: {} placed of {} pending ({} considered, {} cache hits) in {:.1} ms: {:.0} placements/s",
+        full.stats.placed,
+        full.stats.pending,
+        full.stats.considered,
+        full.stats.cache_hits,
+        secs * 1e3,
+        f64::from(full.stats.placed) / secs
+    );
+
+    let mut g = c.benchmark_group("schedule_10k_nodes_100k_pending");
+    g.sample_size(10);
+    g.bench_function("cycle_1000", |b| b.iter(|| black_box(schedule(&state, &bounded, 1))));
+    g.bench_function("drain", |b| b.iter(|| black_box(schedule(&state, &drain, 1))));
+    let plan = schedule(&state, &bounded, 1);
+    g.bench_function("apply_1000", |b| {
+        b.iter_batched_ref(|| (state.clone(), plan.decisions.clone()), |(s, d)| apply(s, std::mem::take(d), 1), BatchSize::LargeInput)
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
