@@ -29,7 +29,7 @@ fn bench(c: &mut Criterion) {
     );
 
     let mut g = c.benchmark_group("schedule_10k_nodes_100k_pending");
-    g.sample_size(10);
+    g.sample_size(20);
     g.bench_function("cycle_1000", |b| b.iter(|| black_box(schedule(&state, &bounded, 1))));
     g.bench_function("drain", |b| b.iter(|| black_box(schedule(&state, &drain, 1))));
     let plan = schedule(&state, &bounded, 1);

@@ -36,7 +36,7 @@ impl Fleet {
 fn node(name: String, model: &str, rack: usize) -> NodeSpec {
     let devices = (0..8)
         .map(|i| Device {
-            id: DeviceId(format!("{name}-gpu{i}")),
+            id: DeviceId::from(format!("{name}-gpu{i}")),
             kind: AcceleratorKind::Gpu,
             vendor: "nvidia".to_owned(),
             model: model.to_owned(),
@@ -48,7 +48,7 @@ fn node(name: String, model: &str, rack: usize) -> NodeSpec {
         })
         .collect();
     let labels = BTreeMap::from([("rack".to_owned(), format!("rack-{rack}"))]);
-    NodeSpec { id: NodeId(name), labels, devices, cpu_millis: 192_000, mem_mib: 2_000_000 }
+    NodeSpec { id: NodeId::from(name), labels, devices, cpu_millis: 192_000, mem_mib: 2_000_000 }
 }
 
 fn model_of(i: usize, nodes: usize) -> &'static str {
@@ -75,7 +75,7 @@ fn job(rng: &mut StdRng, teams: usize) -> JobSpec {
     models.dedup();
     JobSpec {
         name: format!("job-{}", rng.random::<u32>()),
-        team: TeamId(format!("team-{:02}", rng.random_range(0..teams))),
+        team: TeamId::from(format!("team-{:02}", rng.random_range(0..teams))),
         priority_class: Some(["batch", "default", "production"][rng.random_range(0..3)].to_owned()),
         gang: GangSpec {
             replicas,
@@ -113,7 +113,7 @@ pub fn build(f: Fleet) -> State {
                 (Flavor::new(AcceleratorKind::Gpu, m), q)
             })
             .collect();
-        let team = TeamSpec { name: TeamId(format!("team-{t:02}")), weight_milli: 1000, quotas };
+        let team = TeamSpec { name: TeamId::from(format!("team-{t:02}")), weight_milli: 1000, quotas };
         s.apply(Command::SetTeam { team }).expect("team");
     }
     let mut rng = StdRng::seed_from_u64(f.seed);

@@ -1,15 +1,17 @@
-//! Identifiers. Names are user-chosen strings; job ids are assigned by the state machine in
-//! submission order, so every replica assigns the same id to the same job.
+//! Identifiers. Names are user-chosen strings, shared (`Arc<str>`) because plans and
+//! assignments copy them by the thousand per cycle; job ids are assigned by the state machine
+//! in submission order, so every replica assigns the same id to the same job.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 macro_rules! name_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(transparent)]
-        pub struct $name(pub String);
+        pub struct $name(pub Arc<str>);
 
         impl $name {
             /// The name as a string slice.
@@ -26,7 +28,13 @@ macro_rules! name_id {
 
         impl From<&str> for $name {
             fn from(s: &str) -> Self {
-                Self(s.to_owned())
+                Self(s.into())
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                Self(s.into())
             }
         }
     };

@@ -11,6 +11,7 @@
 //! - [`error`]: the error type of `apply`.
 //! - [`command`]: `Command`, and the `Outcome` (agent orders, state changes) of applying one.
 //! - [`state`]: `State`, its indexes, snapshots to and from bytes, the state hash.
+//! - [`table`]: the job table, indexed by the dense job ids.
 //! - `apply` (private): `State::apply` for every command.
 //! - [`quota`]: admission arithmetic (nominal, borrowing, lending).
 //! - [`plan`]: what a cycle decides and why jobs stay pending.
@@ -33,6 +34,7 @@ pub mod resource;
 pub mod scenario;
 pub mod schedule;
 pub mod state;
+pub mod table;
 pub mod team;
 pub mod verify;
 

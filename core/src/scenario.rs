@@ -238,7 +238,7 @@ impl ClusterFile {
                 let name = format!("{}-{i}", pool.name);
                 let devices = (0..pool.devices)
                     .map(|d| Device {
-                        id: DeviceId(format!("{name}-{kind}{d}")),
+                        id: DeviceId::from(format!("{name}-{kind}{d}")),
                         kind,
                         vendor: "scenario".to_owned(),
                         model: pool.model.clone(),
@@ -258,7 +258,7 @@ impl ClusterFile {
                     labels.insert(RACK_LABEL.to_owned(), pool.racks[i as usize % pool.racks.len()].clone());
                 }
                 let spec =
-                    NodeSpec { id: NodeId(name), labels, devices, cpu_millis: pool.cpu_millis, mem_mib: pool.mem_mib };
+                    NodeSpec { id: NodeId::from(name), labels, devices, cpu_millis: pool.cpu_millis, mem_mib: pool.mem_mib };
                 out.push((spec, i < pool.cordoned));
             }
         }
@@ -290,7 +290,7 @@ impl TeamsFile {
                     }
                 }
                 let weight_milli = (team.weight * 1000.0).round() as u32;
-                Ok(TeamSpec { name: TeamId(team.name.clone()), weight_milli: weight_milli.max(1), quotas })
+                Ok(TeamSpec { name: TeamId::from(team.name.as_str()), weight_milli: weight_milli.max(1), quotas })
             })
             .collect()
     }
@@ -302,7 +302,7 @@ impl JobFile {
         let kind = self.kind.parse().map_err(|e| FieldError::new("kind", e))?;
         Ok(JobSpec {
             name: self.name.clone(),
-            team: TeamId(self.team.clone()),
+            team: TeamId::from(self.team.as_str()),
             priority_class: self.priority_class.clone(),
             gang: GangSpec {
                 replicas: self.replicas,

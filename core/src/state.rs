@@ -4,6 +4,7 @@
 
 use crate::ids::{JobId, NodeId, TeamId};
 use crate::job::{Job, JobState};
+use crate::table::JobTable;
 use crate::quota::Ledger;
 use crate::resource::{Flavor, Health, Node, NodeSpec};
 use crate::team::{PriorityClass, TeamSpec};
@@ -24,7 +25,7 @@ pub type QueueKey = (Reverse<i32>, u64, JobId);
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Persistent {
     pub nodes: BTreeMap<NodeId, Node>,
-    pub jobs: BTreeMap<JobId, Job>,
+    pub jobs: JobTable,
     pub teams: BTreeMap<TeamId, TeamSpec>,
     pub classes: BTreeMap<String, PriorityClass>,
     pub next_job: u64,
@@ -134,7 +135,7 @@ impl State {
     }
 
     /// Jobs by id, terminal ones included.
-    pub fn jobs(&self) -> &BTreeMap<JobId, Job> {
+    pub fn jobs(&self) -> &JobTable {
         &self.data.jobs
     }
 
@@ -223,7 +224,7 @@ impl State {
             state.reset_alloc(id);
             state.add_capacity(id, 1);
         }
-        let jobs: Vec<JobId> = state.data.jobs.keys().copied().collect();
+        let jobs: Vec<JobId> = state.data.jobs.keys().collect();
         for id in jobs {
             let job = &state.data.jobs[&id];
             match job.state {

@@ -21,7 +21,7 @@ pub fn h100() -> Flavor {
 pub fn node(name: &str, gpus: u32, rack: Option<&str>) -> NodeSpec {
     let devices = (0..gpus)
         .map(|i| Device {
-            id: DeviceId(format!("{name}-gpu{i}")),
+            id: DeviceId::from(format!("{name}-gpu{i}")),
             kind: AcceleratorKind::Gpu,
             vendor: "nvidia".into(),
             model: H100.into(),

@@ -116,7 +116,7 @@ pub fn job_spec_from(p: &v1::JobSpec) -> Result<JobSpec> {
     let devices = gang.devices.as_ref().ok_or_else(|| ConvertError::new("gang.devices", "required"))?;
     let spec = JobSpec {
         name: p.name.clone(),
-        team: TeamId(p.team.clone()),
+        team: TeamId::from(p.team.as_str()),
         priority_class: p.priority_class.clone(),
         gang: GangSpec {
             replicas: gang.replicas,
@@ -159,7 +159,7 @@ pub fn job_spec_to(s: &JobSpec) -> v1::JobSpec {
     let g = &s.gang;
     v1::JobSpec {
         name: s.name.clone(),
-        team: s.team.0.clone(),
+        team: s.team.0.to_string(),
         priority_class: s.priority_class.clone(),
         gang: Some(v1::GangSpec {
             replicas: g.replicas,
@@ -218,8 +218,8 @@ fn assignment_to(a: &Assignment) -> v1::Assignment {
             .replicas
             .iter()
             .map(|r| v1::ReplicaAssignment {
-                node: r.node.0.clone(),
-                devices: r.devices.iter().map(|d| d.0.clone()).collect(),
+                node: r.node.0.to_string(),
+                devices: r.devices.iter().map(|d| d.0.to_string()).collect(),
             })
             .collect(),
     }
@@ -246,7 +246,7 @@ pub fn job_to(j: &Job) -> v1::Job {
 
 fn device_from(d: &v1::Device, field: &str) -> Result<Device> {
     Ok(Device {
-        id: DeviceId(d.id.clone()),
+        id: DeviceId::from(d.id.as_str()),
         kind: kind_from(d.kind, &format!("{field}.kind"))?,
         vendor: d.vendor.clone(),
         model: d.model.clone(),
@@ -267,7 +267,7 @@ pub fn inventory_from(p: &v1::NodeInventory) -> Result<NodeSpec> {
         .map(|(i, d)| device_from(d, &format!("devices[{i}]")))
         .collect::<Result<Vec<_>>>()?;
     let spec = NodeSpec {
-        id: NodeId(p.name.clone()),
+        id: NodeId::from(p.name.as_str()),
         labels: p.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         devices,
         cpu_millis: p.cpu_millis,
@@ -289,7 +289,7 @@ pub fn node_to(n: &Node, alloc: Option<&NodeAlloc>) -> v1::Node {
         .iter()
         .enumerate()
         .map(|(i, d)| v1::Device {
-            id: d.id.0.clone(),
+            id: d.id.0.to_string(),
             kind: kind_to(d.kind) as i32,
             vendor: d.vendor.clone(),
             model: d.model.clone(),
@@ -303,7 +303,7 @@ pub fn node_to(n: &Node, alloc: Option<&NodeAlloc>) -> v1::Node {
         .collect();
     v1::Node {
         inventory: Some(v1::NodeInventory {
-            name: n.spec.id.0.clone(),
+            name: n.spec.id.0.to_string(),
             labels: n.spec.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             devices,
             cpu_millis: n.spec.cpu_millis,
@@ -339,7 +339,7 @@ pub fn team_from(p: &v1::Team) -> Result<TeamSpec> {
             return Err(ConvertError::new(format!("{field}.flavor"), format!("{flavor} is listed twice")));
         }
     }
-    let spec = TeamSpec { name: TeamId(p.name.clone()), weight_milli: (weight * 1000.0).round() as u32, quotas };
+    let spec = TeamSpec { name: TeamId::from(p.name.as_str()), weight_milli: (weight * 1000.0).round() as u32, quotas };
     validate_team(&spec)?;
     Ok(spec)
 }
@@ -347,7 +347,7 @@ pub fn team_from(p: &v1::Team) -> Result<TeamSpec> {
 /// The wire form of a team.
 pub fn team_to(t: &TeamSpec) -> v1::Team {
     v1::Team {
-        name: t.name.0.clone(),
+        name: t.name.0.to_string(),
         weight: f64::from(t.weight_milli) / 1000.0,
         quotas: t
             .quotas

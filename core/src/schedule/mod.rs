@@ -12,8 +12,8 @@ mod preempt;
 mod queue;
 mod view;
 
-use crate::ids::{JobId, TeamId};
-use crate::job::{Assignment, DeviceRequest, Job, ReplicaAssignment};
+use crate::ids::JobId;
+use crate::job::{Assignment, Job, ReplicaAssignment};
 use crate::plan::{AttemptOutcome, FlavorAttempt, PendingReason, Placement, PlacementReport, Plan, QuotaDenial};
 use crate::policy::PolicyConfig;
 use crate::resource::Flavor;
@@ -44,7 +44,7 @@ pub fn schedule(state: &State, policy: &PolicyConfig, now_ms: u64) -> Plan {
 }
 
 /// Jobs alike in everything placement looks at.
-type ShapeKey<'s> = (&'s TeamId, &'s DeviceRequest, u32, u64, u64, i32);
+type ShapeKey = (usize, Vec<FlavorIx>, u32, u32, u64, u64, i32);
 
 /// What a failed shape got, reused for the jobs of the same shape.
 #[derive(Clone)]
@@ -66,7 +66,7 @@ pub(crate) struct Cycle<'s> {
     policy: &'s PolicyConfig,
     now_ms: u64,
     plan: Plan,
-    failed: BTreeMap<ShapeKey<'s>, Failure>,
+    failed: BTreeMap<ShapeKey, Failure>,
     /// Shapes that did not fit the free devices: whoever asks, they will not fit this cycle.
     unfit: BTreeMap<Shape, AttemptOutcome>,
     victims: BTreeSet<JobId>,
@@ -77,9 +77,9 @@ pub(crate) struct Cycle<'s> {
 }
 
 impl<'s> Cycle<'s> {
-    fn key(job: &'s Job) -> ShapeKey<'s> {
+    fn key(job: &Job, t: usize, flavors: &[FlavorIx]) -> ShapeKey {
         let g = &job.spec.gang;
-        (&job.spec.team, &g.devices, g.replicas, g.cpu_millis, g.mem_mib, job.priority)
+        (t, flavors.to_vec(), g.replicas, g.devices.count, g.cpu_millis, g.mem_mib, job.priority)
     }
 
     fn shape(job: &Job, f: FlavorIx) -> Shape {
@@ -87,23 +87,23 @@ impl<'s> Cycle<'s> {
         Shape { flavor: f, replicas: g.replicas, count: g.devices.count, cpu: g.cpu_millis, mem: g.mem_mib }
     }
 
-    /// Looks at one job of team row `t`: place it, or find it room, or say why not.
-    fn try_job(&mut self, job: &'s Job, t: usize) -> Verdict {
-        let key = Self::key(job);
+    /// Looks at one job of team row `t`, which accepts `flavors`: place it, or find it room, or
+    /// say why not.
+    fn try_job(&mut self, job: &'s Job, t: usize, flavors: &[FlavorIx]) -> Verdict {
+        let key = Self::key(job, t, flavors);
         if let Some(f) = self.failed.get(&key) {
             self.plan.stats.cache_hits += 1;
             return Verdict::Unschedulable(f.clone());
         }
-        let flavors = self.view.acceptable(t, &job.spec.gang.devices);
         let mut attempts = Vec::with_capacity(flavors.len());
-        for &f in &flavors {
+        for &f in flavors {
             match self.try_flavor(job, t, f) {
                 Ok(()) => return Verdict::Placed,
                 Err(outcome) => attempts.push(FlavorAttempt { flavor: self.view.flavors[f as usize].clone(), outcome }),
             }
         }
         let mut preemption = None;
-        for &f in &flavors {
+        for &f in flavors {
             match self.make_room(job, t, f) {
                 Ok(v) => return v,
                 Err(why) => preemption = preemption.or(why),

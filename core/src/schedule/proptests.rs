@@ -81,7 +81,7 @@ fn pick(s: &State, i: usize, want: impl Fn(JobState) -> bool) -> Option<JobId> {
 }
 
 fn node_id(w: &World, i: usize) -> NodeId {
-    NodeId(format!("n{}", i % w.nodes.len()))
+    NodeId::from(format!("n{}", i % w.nodes.len()))
 }
 
 /// Runs the ops; calls `check` after each command with the plan of the cycle, if any.

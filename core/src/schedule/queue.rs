@@ -7,6 +7,7 @@
 //!
 //! A team's key is recomputed after each of its jobs, since only its own usage moved.
 
+use super::view::FlavorIx;
 use super::{Cycle, Verdict};
 use crate::ids::JobId;
 use crate::job::Job;
@@ -23,6 +24,8 @@ type HeadKey = (bool, u64, u64, JobId, usize);
 
 struct TeamCursor<'s> {
     row: usize,
+    /// The job at the head of the queue and the flavors it accepts.
+    head: Option<(&'s Job, Vec<FlavorIx>)>,
     jobs: btree_set::Iter<'s, QueueKey>,
     blocked_by: Option<JobId>,
 }
@@ -43,10 +46,10 @@ impl<'s> Cycle<'s> {
     }
 
     /// Whether the job fits its team's nominal for some acceptable flavor.
-    fn within_nominal(&self, job: &Job, t: usize) -> bool {
+    fn within_nominal(&self, job: &Job, t: usize, flavors: &[FlavorIx]) -> bool {
         let row = &self.view.teams[t];
         let total = u64::from(job.spec.gang.total_devices());
-        self.view.acceptable(t, &job.spec.gang.devices).iter().any(|&f| {
+        flavors.iter().any(|&f| {
             let nominal = row.quota[f as usize].map_or(0, |q| q.nominal);
             u64::from(row.usage[f as usize]) + total <= u64::from(nominal)
         })
@@ -55,7 +58,9 @@ impl<'s> Cycle<'s> {
     fn head_key(&self, cursor: &mut TeamCursor<'s>, slot: usize) -> Option<HeadKey> {
         let &(_, submitted, id) = cursor.jobs.next()?;
         let job = &self.view.state.jobs()[&id];
-        let borrowing = !self.within_nominal(job, cursor.row);
+        cursor.head = Some((job, self.view.acceptable(cursor.row, &job.spec.gang.devices)));
+        let flavors = &cursor.head.as_ref().expect("just set").1;
+        let borrowing = !self.within_nominal(job, cursor.row, flavors);
         let share = if borrowing { self.share(cursor.row) } else { 0 };
         Some((borrowing, share, submitted, id, slot))
     }
@@ -67,7 +72,7 @@ impl<'s> Cycle<'s> {
         let mut cursors: Vec<TeamCursor<'s>> = state
             .queues()
             .iter()
-            .filter_map(|(team, q)| Some(TeamCursor { row: self.view.team_ix(team)?, jobs: q.iter(), blocked_by: None }))
+            .filter_map(|(team, q)| Some(TeamCursor { row: self.view.team_ix(team)?, head: None, jobs: q.iter(), blocked_by: None }))
             .collect();
         let mut heap = BinaryHeap::with_capacity(cursors.len());
         for (slot, cursor) in cursors.iter_mut().enumerate() {
@@ -82,9 +87,10 @@ impl<'s> Cycle<'s> {
             {
                 break;
             }
-            let job = &state.jobs()[&id];
+            let (job, flavors) = cursors[slot].head.take().expect("a queued team has a head");
+            debug_assert_eq!(job.id, id);
             self.plan.stats.considered += 1;
-            self.consider(job, &mut cursors[slot], position);
+            self.consider(job, &flavors, &mut cursors[slot], position);
             position += 1;
             if let Some(k) = self.head_key(&mut cursors[slot], slot) {
                 heap.push(Reverse(k));
@@ -92,12 +98,12 @@ impl<'s> Cycle<'s> {
         }
     }
 
-    fn consider(&mut self, job: &'s Job, cursor: &mut TeamCursor<'s>, position: u32) {
+    fn consider(&mut self, job: &'s Job, flavors: &[FlavorIx], cursor: &mut TeamCursor<'s>, position: u32) {
         if let Some(blocker) = cursor.blocked_by {
             self.report(job, position, PendingReason::BlockedByEarlierJob(blocker), None);
             return;
         }
-        let verdict = self.try_job(job, cursor.row);
+        let verdict = self.try_job(job, cursor.row, flavors);
         let strict = self.policy.queueing == QueueingStrategy::StrictFifo;
         match verdict {
             Verdict::Placed => {
