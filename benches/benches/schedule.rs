@@ -13,7 +13,8 @@ use std::time::Instant;
 fn bench(c: &mut Criterion) {
     let state = build(Fleet::LARGE);
     let bounded = PolicyConfig { max_placements_per_cycle: 1_000, ..PolicyConfig::default() };
-    let drain = PolicyConfig { max_placements_per_cycle: u32::MAX, max_jobs_per_cycle: u32::MAX, ..PolicyConfig::default() };
+    let drain =
+        PolicyConfig { max_placements_per_cycle: u32::MAX, max_jobs_per_cycle: u32::MAX, ..PolicyConfig::default() };
 
     let started = Instant::now();
     let full = schedule(&state, &drain, 1);
@@ -34,7 +35,11 @@ fn bench(c: &mut Criterion) {
     g.bench_function("drain", |b| b.iter(|| black_box(schedule(&state, &drain, 1))));
     let plan = schedule(&state, &bounded, 1);
     g.bench_function("apply_1000", |b| {
-        b.iter_batched_ref(|| (state.clone(), plan.decisions.clone()), |(s, d)| apply(s, std::mem::take(d), 1), BatchSize::LargeInput)
+        b.iter_batched_ref(
+            || (state.clone(), plan.decisions.clone()),
+            |(s, d)| apply(s, std::mem::take(d), 1),
+            BatchSize::LargeInput,
+        )
     });
     g.finish();
 }

@@ -4,8 +4,8 @@
 //! (a driver that prints bytes per pending job) use it.
 
 use qm_core::{
-    AcceleratorKind, Command, Decisions, Device, DeviceId, DeviceRequest, Flavor, FlavorQuota, GangSpec, Health, JobSpec,
-    NodeId, NodeSpec, PriorityClass, State, StopSignal, TeamId, TeamSpec,
+    AcceleratorKind, Command, Decisions, Device, DeviceId, DeviceRequest, Flavor, FlavorQuota, GangSpec, Health,
+    JobSpec, NodeId, NodeSpec, PriorityClass, State, StopSignal, TeamId, TeamSpec,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -257,8 +257,13 @@ impl ClusterFile {
                 if !pool.racks.is_empty() {
                     labels.insert(RACK_LABEL.to_owned(), pool.racks[i as usize % pool.racks.len()].clone());
                 }
-                let spec =
-                    NodeSpec { id: NodeId::from(name), labels, devices, cpu_millis: pool.cpu_millis, mem_mib: pool.mem_mib };
+                let spec = NodeSpec {
+                    id: NodeId::from(name),
+                    labels,
+                    devices,
+                    cpu_millis: pool.cpu_millis,
+                    mem_mib: pool.mem_mib,
+                };
                 out.push((spec, i < pool.cordoned));
             }
         }

@@ -4,9 +4,9 @@
 
 use crate::ids::{JobId, NodeId, TeamId};
 use crate::job::{Job, JobState};
-use crate::table::JobTable;
 use crate::quota::Ledger;
 use crate::resource::{Flavor, Health, Node, NodeSpec};
+use crate::table::JobTable;
 use crate::team::{PriorityClass, TeamSpec};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -241,7 +241,8 @@ impl State {
 
     pub(crate) fn reset_alloc(&mut self, id: &NodeId) {
         let spec = &self.data.nodes[id].spec;
-        let alloc = NodeAlloc { holders: vec![None; spec.devices.len()], layout: NodeLayout::of(spec), ..NodeAlloc::default() };
+        let alloc =
+            NodeAlloc { holders: vec![None; spec.devices.len()], layout: NodeLayout::of(spec), ..NodeAlloc::default() };
         self.allocs.insert(id.clone(), alloc);
     }
 

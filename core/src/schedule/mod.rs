@@ -16,11 +16,11 @@ use crate::ids::JobId;
 use crate::job::{Assignment, Job, ReplicaAssignment};
 use crate::plan::{AttemptOutcome, FlavorAttempt, PendingReason, Placement, PlacementReport, Plan, QuotaDenial};
 use crate::policy::PolicyConfig;
+use crate::quota::Admission;
 use crate::resource::Flavor;
 use crate::state::State;
 use place::{Pick, Shape};
 use std::collections::{BTreeMap, BTreeSet};
-use crate::quota::Admission;
 use view::{FlavorIx, View};
 
 /// Runs one scheduling cycle at `now_ms`: what to start, whom to preempt, which jobs ran past

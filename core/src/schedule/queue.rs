@@ -72,7 +72,9 @@ impl<'s> Cycle<'s> {
         let mut cursors: Vec<TeamCursor<'s>> = state
             .queues()
             .iter()
-            .filter_map(|(team, q)| Some(TeamCursor { row: self.view.team_ix(team)?, head: None, jobs: q.iter(), blocked_by: None }))
+            .filter_map(|(team, q)| {
+                Some(TeamCursor { row: self.view.team_ix(team)?, head: None, jobs: q.iter(), blocked_by: None })
+            })
             .collect();
         let mut heap = BinaryHeap::with_capacity(cursors.len());
         for (slot, cursor) in cursors.iter_mut().enumerate() {

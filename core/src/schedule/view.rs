@@ -162,8 +162,9 @@ impl<'s> View<'s> {
         let row = &self.teams[team];
         let has_quota = |f: &FlavorIx| row.quota[*f as usize].is_some();
         if request.models.is_empty() {
-            let mut out: Vec<FlavorIx> =
-                (0..self.flavors.len() as FlavorIx).filter(|f| self.flavors[*f as usize].kind == request.kind).collect();
+            let mut out: Vec<FlavorIx> = (0..self.flavors.len() as FlavorIx)
+                .filter(|f| self.flavors[*f as usize].kind == request.kind)
+                .collect();
             out.retain(has_quota);
             out.sort_by(|a, b| self.flavors[*a as usize].cmp(&self.flavors[*b as usize]));
             return out;
