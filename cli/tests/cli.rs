@@ -53,38 +53,27 @@ fn json_output_is_the_plan() {
     assert_eq!(plan["at_ms"], 3_600_000);
 }
 
+/// `qm plan` on the example cluster and teams with this jobs file.
+fn plan_with_jobs(dir: &std::path::Path, jobs_toml: &str) -> String {
+    let jobs = dir.join("jobs.toml");
+    std::fs::write(&jobs, jobs_toml).unwrap();
+    let args = ["--cluster", "examples/cluster.toml", "--teams", "examples/teams.toml", "--jobs"];
+    let out = qm(&[&["plan"], &args[..], &[jobs.to_str().unwrap()]].concat());
+    assert!(!out.status.success());
+    text(&out.stderr)
+}
+
 #[test]
 fn bad_input_names_the_file_and_the_field() {
     let dir = std::env::temp_dir().join(format!("qm-cli-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let jobs = dir.join("jobs.toml");
-    std::fs::write(&jobs, "now_s = 10\n[[job]]\nname = \"x\"\nteam = \"research\"\ndevices = 0\n").unwrap();
-    let out = qm(&[
-        "plan",
-        "--cluster",
-        "examples/cluster.toml",
-        "--teams",
-        "examples/teams.toml",
-        "--jobs",
-        jobs.to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    let err = text(&out.stderr);
+    let err = plan_with_jobs(&dir, "now_s = 10\n[[job]]\nname = \"x\"\nteam = \"research\"\ndevices = 0\n");
     assert!(err.contains("jobs.job[0].gang.devices.count"), "{err}");
-    std::fs::write(&jobs, "now_s = 10\n[[job]]\nname = \"x\"\nteam = \"research\"\ndevices = 1\ncolour = 3\n").unwrap();
-    let out = qm(&[
-        "plan",
-        "--cluster",
-        "examples/cluster.toml",
-        "--teams",
-        "examples/teams.toml",
-        "--jobs",
-        jobs.to_str().unwrap(),
-    ]);
-    let err = text(&out.stderr);
+    let err = plan_with_jobs(&dir, "now_s = 10\n[[job]]\nname = \"x\"\nteam = \"research\"\ndevices = 1\ncolour = 3\n");
     assert!(err.contains("parsing") && err.contains("colour"), "{err}");
-    let out =
-        qm(&["plan", "--cluster", "nope.toml", "--teams", "examples/teams.toml", "--jobs", jobs.to_str().unwrap()]);
+    let err = plan_with_jobs(&dir, "now_s = 10\n[[job]]\nname = \"x\"\nteam = \"nobody\"\ndevices = 1\n");
+    assert!(err.contains("jobs.job[0].team: unknown team \"nobody\""), "{err}");
+    let out = qm(&["plan", "--cluster", "nope.toml", "--teams", "examples/teams.toml", "--jobs", "examples/jobs.toml"]);
     assert!(text(&out.stderr).contains("reading nope.toml"));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -33,7 +33,7 @@ pub enum ApplyError {
     #[error("invalid {0}")]
     Invalid(#[from] FieldError),
     /// The job names a team that does not exist.
-    #[error("{field}: unknown team {team:?}")]
+    #[error("{field}: unknown team \"{team}\"")]
     UnknownTeam {
         /// The field that names it.
         field: String,
@@ -49,7 +49,7 @@ pub enum ApplyError {
         class: String,
     },
     /// The team has no quota for any flavor the job accepts.
-    #[error("{field}: team {team:?} has no quota for any flavor the job accepts ({request})")]
+    #[error("{field}: team \"{team}\" has no quota for any flavor the job accepts ({request})")]
     NoQuotaForRequest {
         /// The field that names the request.
         field: String,
@@ -62,7 +62,7 @@ pub enum ApplyError {
     #[error("unknown job {0}")]
     UnknownJob(JobId),
     /// No such node.
-    #[error("unknown node {0:?}")]
+    #[error("unknown node \"{0}\"")]
     UnknownNode(NodeId),
     /// The job's state does not allow this.
     #[error("job {job} is {}: cannot {action}", .state.as_str())]
@@ -74,7 +74,4 @@ pub enum ApplyError {
         /// What was asked.
         action: &'static str,
     },
-    /// The plan was computed for another moment than the command's.
-    #[error("plan decisions repeat job {0}")]
-    DuplicateInPlan(JobId),
 }

@@ -242,17 +242,22 @@ impl<'s> View<'s> {
         self.ledgers[f as usize].update(&q, before, before + devices);
     }
 
-    fn index_node(&mut self, n: u32) {
+    /// The slot positions of node `n` with their free-device counts; empty when the node is
+    /// not schedulable (it is not indexed).
+    fn indexed_slots(&self, n: u32) -> Vec<(usize, usize)> {
         let node = &self.nodes[n as usize];
         if !node.schedulable {
-            return;
+            return Vec::new();
         }
         let (start, len) = node.slots;
-        let free = node.free;
-        for s in start as usize..start as usize + len as usize {
-            let slot = self.slots[s];
-            let count = (slot.mask & free).count_ones() as usize;
-            let buckets = &mut self.index[slot.flavor as usize].buckets;
+        (start as usize..start as usize + len as usize)
+            .map(|s| (s, (self.slots[s].mask & node.free).count_ones() as usize))
+            .collect()
+    }
+
+    fn index_node(&mut self, n: u32) {
+        for (s, count) in self.indexed_slots(n) {
+            let buckets = &mut self.index[self.slots[s].flavor as usize].buckets;
             if buckets.len() <= count {
                 buckets.resize_with(count + 1, Vec::new);
             }
@@ -262,16 +267,8 @@ impl<'s> View<'s> {
     }
 
     fn unindex_node(&mut self, n: u32) {
-        let node = &self.nodes[n as usize];
-        if !node.schedulable {
-            return;
-        }
-        let (start, len) = node.slots;
-        let free = node.free;
-        for s in start as usize..start as usize + len as usize {
-            let slot = self.slots[s];
-            let count = (slot.mask & free).count_ones() as usize;
-            let (f, pos) = (slot.flavor as usize, slot.pos as usize);
+        for (s, count) in self.indexed_slots(n) {
+            let (f, pos) = (self.slots[s].flavor as usize, self.slots[s].pos as usize);
             let bucket = &mut self.index[f].buckets[count];
             bucket.swap_remove(pos);
             if let Some(&moved) = bucket.get(pos) {
