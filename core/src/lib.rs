@@ -2,6 +2,60 @@
 //! deterministic code. No I/O, no clock reads (time arrives in commands and as `now_ms`), no
 //! unseeded randomness; the scheduler replicas, the simulator and the benchmarks all run it.
 //!
+//! One cycle, end to end: a node, a team, a job; `schedule` plans, `apply` commits.
+//!
+//! ```
+//! use qm_core::*;
+//! use std::collections::BTreeMap;
+//!
+//! let mut state = State::new();
+//! let h100 = Flavor::new(AcceleratorKind::Gpu, "nvidia-h100-80gb-hbm3");
+//! let quota = FlavorQuota { nominal: 8, borrowing_limit: None, lending_limit: None };
+//! let team = TeamSpec { name: "vision".into(), weight_milli: 1000, quotas: BTreeMap::from([(h100, quota)]) };
+//! state.apply(Command::SetTeam { team }).unwrap();
+//! let devices = (0..8)
+//!     .map(|i| Device {
+//!         id: format!("GPU-{i}").into(),
+//!         kind: AcceleratorKind::Gpu,
+//!         vendor: "nvidia".into(),
+//!         model: "nvidia-h100-80gb-hbm3".into(),
+//!         memory_mib: 81_559,
+//!         health: Health::Healthy,
+//!         numa_node: Some(0),
+//!         pci_bus_id: None,
+//!         interconnect_group: Some("nvlink0".into()),
+//!     })
+//!     .collect();
+//! let node = NodeSpec { id: "node-1".into(), labels: BTreeMap::new(), devices, cpu_millis: 64_000, mem_mib: 512_000 };
+//! state.apply(Command::RegisterNode { node, at_ms: 0 }).unwrap();
+//! let job = JobSpec {
+//!     name: "train".into(),
+//!     team: "vision".into(),
+//!     priority_class: None,
+//!     gang: GangSpec {
+//!         replicas: 2,
+//!         devices: DeviceRequest { kind: AcceleratorKind::Gpu, models: vec![], count: 4 },
+//!         cpu_millis: 8_000,
+//!         mem_mib: 65_536,
+//!     },
+//!     command: vec!["python".into(), "train.py".into()],
+//!     env: BTreeMap::new(),
+//!     max_runtime_ms: None,
+//!     preemptible: true,
+//!     stop_signal: StopSignal::Term,
+//!     grace_ms: 30_000,
+//!     max_retries: 3,
+//! };
+//! let id = state.apply(Command::Submit { jobs: vec![job], at_ms: 1_000 }).unwrap().submitted[0];
+//!
+//! let plan = schedule(&state, &PolicyConfig::default(), 2_000);
+//! assert_eq!(plan.decisions.placements.len(), 1);
+//! let out = state.apply(Command::ApplyPlan { decisions: plan.decisions, at_ms: 2_000 }).unwrap();
+//! assert!(out.rejected.is_empty());
+//! assert_eq!(out.effects.len(), 2, "one start order per replica");
+//! assert_eq!(state.job(id).unwrap().state, JobState::Starting);
+//! ```
+//!
 //! Module map:
 //! - [`ids`]: node, team, device and job identifiers.
 //! - [`resource`]: accelerator kinds, flavors, devices, node inventory.
