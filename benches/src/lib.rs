@@ -90,6 +90,7 @@ fn job(rng: &mut StdRng, teams: usize) -> JobSpec {
         stop_signal: StopSignal::Term,
         grace_ms: 30_000,
         max_retries: 3,
+        runtime_estimate_ms: None,
     }
 }
 

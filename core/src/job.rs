@@ -75,6 +75,8 @@ pub struct JobSpec {
     pub grace_ms: u64,
     /// How many times a failed or lost job is requeued.
     pub max_retries: u32,
+    /// The user's estimate of the run time, if given; shortest-first orders by it.
+    pub runtime_estimate_ms: Option<u64>,
 }
 
 /// Where a job is in its life.

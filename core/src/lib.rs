@@ -45,6 +45,7 @@
 //!     stop_signal: StopSignal::Term,
 //!     grace_ms: 30_000,
 //!     max_retries: 3,
+//!     runtime_estimate_ms: None,
 //! };
 //! let id = state.apply(Command::Submit { jobs: vec![job], at_ms: 1_000 }).unwrap().submitted[0];
 //!
@@ -101,7 +102,7 @@ pub use error::{ApplyError, FieldError};
 pub use ids::{DeviceId, JobId, NodeId, TeamId};
 pub use job::{Assignment, DeviceRequest, GangSpec, Job, JobSpec, JobState, ReplicaAssignment, StopReason, StopSignal};
 pub use plan::{Decisions, Placement, PlacementReport, Plan, Preemption, PreemptionRule};
-pub use policy::{PlacementStrategy, PolicyConfig, QueueingStrategy};
+pub use policy::{PlacementStrategy, PolicyConfig, QueueOrder, QueueingStrategy};
 pub use resource::{AcceleratorKind, Device, Flavor, Health, Node, NodeSpec, NodeStatus};
 pub use schedule::schedule;
 pub use state::State;

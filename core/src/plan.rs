@@ -144,10 +144,6 @@ pub enum PendingReason {
     },
     /// Jobs preempted earlier are still stopping; their devices are reserved for it.
     WaitingForRelease,
-    /// Its team's queue is strict FIFO and an earlier job is stuck.
-    BlockedByEarlierJob(JobId),
-    /// The cycle's work bound was reached before it was looked at.
-    NotReached,
 }
 
 /// Why a pending job was not placed: what `qm why` shows.
@@ -180,6 +176,8 @@ pub struct CycleStats {
     pub victims: u32,
     /// Jobs answered from the cycle's cache of failed shapes.
     pub cache_hits: u32,
+    /// Jobs not looked at because strict FIFO blocked their queue behind a stuck job.
+    pub blocked: u32,
 }
 
 /// The result of one scheduling cycle.

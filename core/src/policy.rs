@@ -25,6 +25,21 @@ pub enum QueueingStrategy {
     StrictFifo,
 }
 
+/// The order pending jobs are looked at in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueueOrder {
+    /// DESIGN's order: within a team by priority then age; across teams, demand within nominal
+    /// first, then borrowers by weighted dominant share, then age.
+    #[default]
+    FairShare,
+    /// One global queue by submission time, whatever the team or priority (the FIFO baselines).
+    Fifo,
+    /// One global queue by the jobs' runtime estimates, shortest first; jobs without an
+    /// estimate last, by submission time.
+    ShortestFirst,
+}
+
 /// Policy configuration; every field has a default.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -37,8 +52,10 @@ pub struct PolicyConfig {
     pub borrowing: bool,
     /// Bin-pack or spread.
     pub placement: PlacementStrategy,
-    /// Best-effort or strict FIFO per team.
+    /// Best-effort or strict FIFO: per team with `FairShare`, for the one global queue otherwise.
     pub queueing: QueueingStrategy,
+    /// The order of the queue.
+    pub order: QueueOrder,
     /// Jobs that ran less than this are not preempted (avoids thrashing).
     pub min_runtime_ms: u64,
     /// Most victims one cycle may choose.
@@ -63,6 +80,7 @@ impl Default for PolicyConfig {
             borrowing: true,
             placement: PlacementStrategy::BinPack,
             queueing: QueueingStrategy::BestEffortFifo,
+            order: QueueOrder::FairShare,
             min_runtime_ms: 5 * 60 * 1000,
             max_victims_per_cycle: 64,
             max_preemption_attempts_per_cycle: 32,

@@ -55,8 +55,6 @@ pub fn report(state: &State, r: &PlacementReport) -> String {
         PendingReason::Unschedulable => "unschedulable".to_owned(),
         PendingReason::Preempting { victims } => format!("preempting {victims} job(s); starts once they exit"),
         PendingReason::WaitingForRelease => "waiting for preempted jobs to release devices reserved for it".to_owned(),
-        PendingReason::BlockedByEarlierJob(j) => format!("blocked behind job {j} (strict FIFO)"),
-        PendingReason::NotReached => "not reached within the cycle's bounds".to_owned(),
     };
     let _ = writeln!(out, "  {} [queue position {}]: {reason}", job_label(state, r.job), r.position);
     for a in &r.attempts {

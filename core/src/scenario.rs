@@ -322,6 +322,7 @@ impl JobFile {
             stop_signal: StopSignal::Term,
             grace_ms: self.grace_s.saturating_mul(1000),
             max_retries: 3,
+            runtime_estimate_ms: None,
         })
     }
 }

@@ -59,6 +59,7 @@ pub fn job(team: &str, replicas: u32, count: u32) -> JobSpec {
         stop_signal: StopSignal::Term,
         grace_ms: 30_000,
         max_retries: 2,
+        runtime_estimate_ms: None,
     }
 }
 

@@ -135,6 +135,7 @@ pub fn job_spec_from(p: &v1::JobSpec) -> Result<JobSpec> {
         stop_signal: signal_from(p.stop_signal)?,
         grace_ms: p.grace_ms.unwrap_or(DEFAULT_GRACE_MS),
         max_retries: p.max_retries,
+        runtime_estimate_ms: p.runtime_estimate_ms,
     };
     validate_job(&spec)?;
     Ok(spec)
@@ -178,6 +179,7 @@ pub fn job_spec_to(s: &JobSpec) -> v1::JobSpec {
         stop_signal: signal_to(s.stop_signal) as i32,
         grace_ms: Some(s.grace_ms),
         max_retries: s.max_retries,
+        runtime_estimate_ms: s.runtime_estimate_ms,
     }
 }
 
@@ -422,11 +424,6 @@ pub fn report_to(r: &PlacementReport) -> v1::PlacementReport {
             v1::PendingReason::Preempting
         }
         PendingReason::WaitingForRelease => v1::PendingReason::WaitingForRelease,
-        PendingReason::BlockedByEarlierJob(j) => {
-            out.blocked_by = j.0;
-            v1::PendingReason::Blocked
-        }
-        PendingReason::NotReached => v1::PendingReason::NotReached,
     } as i32;
     out.attempts = r
         .attempts

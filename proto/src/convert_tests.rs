@@ -22,6 +22,7 @@ fn good_job() -> v1::JobSpec {
         stop_signal: v1::StopSignal::Unspecified as i32,
         grace_ms: None,
         max_retries: 1,
+        runtime_estimate_ms: None,
     }
 }
 

@@ -1,18 +1,23 @@
-//! Queue order. Within a team: priority, then submission time (the state keeps each team's
-//! queue sorted). Across teams, the next job is the team head with the smallest key:
+//! Queue order. With `QueueOrder::FairShare` (the default, DESIGN's order): within a team,
+//! priority, then submission time (the state keeps each team's queue sorted); across teams, the
+//! next job is the team head with the smallest key:
 //! 1. demand that fits the team's nominal before demand that must borrow;
 //! 2. among borrowers, the lowest weighted dominant share (borrowed devices over capacity, per
 //!    flavor, the largest, divided by the team's weight);
 //! 3. then age, then job id.
 //!
-//! A team's key is recomputed after each of its jobs, since only its own usage moved.
+//! A team's key is recomputed after each of its jobs, since only its own usage moved. The other
+//! orders (the simulator's baselines) put every pending job in one global queue.
+//!
+//! Strict FIFO stops a queue (a team's, or the global one) at its first job that is not placed;
+//! the jobs behind it are counted as blocked and get no report of their own.
 
 use super::view::FlavorIx;
 use super::{Cycle, Verdict};
 use crate::ids::JobId;
 use crate::job::Job;
 use crate::plan::PendingReason;
-use crate::policy::QueueingStrategy;
+use crate::policy::{QueueOrder, QueueingStrategy};
 use crate::quota::borrowed;
 use crate::state::QueueKey;
 use std::cmp::Reverse;
@@ -27,7 +32,6 @@ struct TeamCursor<'s> {
     /// The job at the head of the queue and the flavors it accepts.
     head: Option<(&'s Job, Vec<FlavorIx>)>,
     jobs: btree_set::Iter<'s, QueueKey>,
-    blocked_by: Option<JobId>,
 }
 
 impl<'s> Cycle<'s> {
@@ -65,16 +69,26 @@ impl<'s> Cycle<'s> {
         Some((borrowing, share, submitted, id, slot))
     }
 
+    fn bounded(&self) -> bool {
+        self.plan.stats.considered >= self.policy.max_jobs_per_cycle
+            || self.plan.stats.placed >= self.policy.max_placements_per_cycle
+    }
+
     /// Walks the pending jobs in queue order within the cycle's bounds.
     pub(crate) fn run(&mut self) {
+        self.plan.stats.pending = self.view.state.pending_count() as u32;
+        match self.policy.order {
+            QueueOrder::FairShare => self.run_fair(),
+            order => self.run_global(order),
+        }
+    }
+
+    fn run_fair(&mut self) {
         let state = self.view.state;
-        self.plan.stats.pending = state.pending_count() as u32;
         let mut cursors: Vec<TeamCursor<'s>> = state
             .queues()
             .iter()
-            .filter_map(|(team, q)| {
-                Some(TeamCursor { row: self.view.team_ix(team)?, head: None, jobs: q.iter(), blocked_by: None })
-            })
+            .filter_map(|(team, q)| Some(TeamCursor { row: self.view.team_ix(team)?, head: None, jobs: q.iter() }))
             .collect();
         let mut heap = BinaryHeap::with_capacity(cursors.len());
         for (slot, cursor) in cursors.iter_mut().enumerate() {
@@ -83,16 +97,16 @@ impl<'s> Cycle<'s> {
             }
         }
         let mut position = 0u32;
-        while let Some(Reverse((_, _, _, id, slot))) = heap.pop() {
-            if self.plan.stats.considered >= self.policy.max_jobs_per_cycle
-                || self.plan.stats.placed >= self.policy.max_placements_per_cycle
-            {
+        while let Some(Reverse((_, _, _, _, slot))) = heap.pop() {
+            if self.bounded() {
                 break;
             }
-            let (job, flavors) = cursors[slot].head.take().expect("a queued team has a head");
-            debug_assert_eq!(job.id, id);
-            self.plan.stats.considered += 1;
-            self.consider(job, &flavors, &mut cursors[slot], position);
+            let cursor = &mut cursors[slot];
+            let (job, flavors) = cursor.head.take().expect("a queued team has a head");
+            if !self.consider(job, cursor.row, &flavors, position) {
+                self.plan.stats.blocked += cursor.jobs.len() as u32;
+                continue;
+            }
             position += 1;
             if let Some(k) = self.head_key(&mut cursors[slot], slot) {
                 heap.push(Reverse(k));
@@ -100,24 +114,47 @@ impl<'s> Cycle<'s> {
         }
     }
 
-    fn consider(&mut self, job: &'s Job, flavors: &[FlavorIx], cursor: &mut TeamCursor<'s>, position: u32) {
-        if let Some(blocker) = cursor.blocked_by {
-            self.report(job, position, PendingReason::BlockedByEarlierJob(blocker), None);
-            return;
+    fn run_global(&mut self, order: QueueOrder) {
+        let state = self.view.state;
+        let mut all: Vec<((u64, u64, JobId), &'s Job, usize)> = Vec::with_capacity(state.pending_count());
+        for (team, q) in state.queues() {
+            let Some(row) = self.view.team_ix(team) else { continue };
+            for &(_, submitted, id) in q {
+                let job = &state.jobs()[&id];
+                let first = match order {
+                    QueueOrder::ShortestFirst => job.spec.runtime_estimate_ms.unwrap_or(u64::MAX),
+                    _ => 0,
+                };
+                all.push(((first, submitted, id), job, row));
+            }
         }
-        let verdict = self.try_job(job, cursor.row, flavors);
-        let strict = self.policy.queueing == QueueingStrategy::StrictFifo;
-        match verdict {
+        all.sort_unstable_by_key(|(k, _, _)| *k);
+        let total = all.len();
+        for (position, (_, job, row)) in all.into_iter().enumerate() {
+            if self.bounded() {
+                break;
+            }
+            let flavors = self.view.acceptable(row, &job.spec.gang.devices);
+            if !self.consider(job, row, &flavors, position as u32) {
+                self.plan.stats.blocked += (total - position - 1) as u32;
+                break;
+            }
+        }
+    }
+
+    /// Looks at one job and reports it if it stays pending. Returns false when strict FIFO
+    /// stops its queue here.
+    fn consider(&mut self, job: &'s Job, row: usize, flavors: &[FlavorIx], position: u32) -> bool {
+        self.plan.stats.considered += 1;
+        match self.try_job(job, row, flavors) {
             Verdict::Placed => {
                 self.plan.stats.placed += 1;
-                return;
+                return true;
             }
             Verdict::Preempting(victims) => self.report(job, position, PendingReason::Preempting { victims }, None),
             Verdict::Waiting => self.report(job, position, PendingReason::WaitingForRelease, None),
             Verdict::Unschedulable(f) => self.report(job, position, PendingReason::Unschedulable, Some(f)),
         }
-        if strict {
-            cursor.blocked_by = Some(job.id);
-        }
+        self.policy.queueing != QueueingStrategy::StrictFifo
     }
 }

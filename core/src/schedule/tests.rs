@@ -114,7 +114,7 @@ fn strict_fifo_blocks_the_rest_of_the_team() {
     let strict = PolicyConfig { queueing: QueueingStrategy::StrictFifo, ..PolicyConfig::default() };
     let plan = schedule(&s, &strict, 10);
     assert!(plan.decisions.placements.is_empty());
-    assert!(matches!(plan.reports[1].reason, PendingReason::BlockedByEarlierJob(_)));
+    assert_eq!((plan.reports.len(), plan.stats.blocked), (1, 1), "the job behind the stuck one is blocked");
     assert_eq!(schedule(&s, &PolicyConfig::default(), 10).decisions.placements.len(), 1);
 }
 
@@ -189,4 +189,47 @@ fn cordoned_and_lost_nodes_take_no_work() {
     assert!(plan.decisions.placements.is_empty());
     let team = TeamId("vision".into());
     assert_eq!(plan.reports[0].team, team);
+}
+
+fn one_slot_two_teams() -> crate::state::State {
+    cluster(1, &[("vision", 8, None), ("nlp", 8, None)])
+}
+
+#[test]
+fn the_global_fifo_ignores_teams_and_priorities() {
+    let mut s = one_slot_two_teams();
+    let old = submit(&mut s, job("nlp", 1, 8), 1);
+    submit(&mut s, high("vision", 1, 8), 2);
+    let fifo = PolicyConfig { order: crate::policy::QueueOrder::Fifo, ..PolicyConfig::default() };
+    assert_eq!(schedule(&s, &fifo, 3).decisions.placements[0].job, old);
+}
+
+#[test]
+fn shortest_first_orders_by_the_runtime_estimate() {
+    let mut s = one_slot_two_teams();
+    let mut long = job("nlp", 1, 8);
+    long.runtime_estimate_ms = Some(10 * HOUR);
+    let mut short = job("vision", 1, 8);
+    short.runtime_estimate_ms = Some(HOUR);
+    submit(&mut s, long, 1);
+    let short = submit(&mut s, short, 2);
+    let sjf = PolicyConfig { order: crate::policy::QueueOrder::ShortestFirst, ..PolicyConfig::default() };
+    assert_eq!(schedule(&s, &sjf, 3).decisions.placements[0].job, short);
+}
+
+#[test]
+fn a_strict_global_queue_blocks_every_team_behind_its_head() {
+    let mut s = one_slot_two_teams();
+    submit(&mut s, job("nlp", 2, 8), 1);
+    submit(&mut s, job("vision", 1, 1), 2);
+    let strict = PolicyConfig {
+        order: crate::policy::QueueOrder::Fifo,
+        queueing: QueueingStrategy::StrictFifo,
+        ..PolicyConfig::default()
+    };
+    let plan = schedule(&s, &strict, 3);
+    assert!(plan.decisions.placements.is_empty());
+    assert_eq!(plan.stats.blocked, 1);
+    let backfill = PolicyConfig { order: crate::policy::QueueOrder::Fifo, ..PolicyConfig::default() };
+    assert_eq!(schedule(&s, &backfill, 3).decisions.placements.len(), 1, "best effort backfills the small job");
 }
