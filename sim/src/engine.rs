@@ -1,0 +1,438 @@
+//! The event loop. Events live in a heap ordered by (virtual time, sequence); after all events
+//! of one instant are handled, one scheduling cycle runs if anything changed, exactly as the
+//! leader does: `schedule` on the state, then `apply(ApplyPlan)`. Agents are modelled as
+//! obedient: a placed job starts at once, runs for its remaining duration, and a job told to stop
+//! exits when its grace period ends (it checkpoints at the signal, so its work so far is kept;
+//! the grace period is lost). A lost node loses the work of the jobs on it since they started.
+
+use crate::check;
+use crate::cluster::Cluster;
+use crate::metrics::{JobRecord, Sample};
+use crate::policy::{Placement, Policy};
+use crate::trace::synthetic::subseed;
+use crate::trace::TraceJob;
+use crate::SimError;
+use qm_core::{
+    AcceleratorKind, Command, DeviceRequest, Effect, GangSpec, JobId, JobSpec, JobState, NodeId, Outcome, PolicyConfig,
+    PriorityClass, State, StopReason, StopSignal, TeamId,
+};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rand_distr::{Distribution, Exp};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
+
+/// Node failures: each node fails after an exponential time with this mean, and comes back
+/// after `repair_s`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FailureModel {
+    /// Mean time between failures of one node.
+    pub mtbf_s: f64,
+    /// Time to repair.
+    pub repair_s: f64,
+}
+
+/// How to run a simulation.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// The policy.
+    pub policy: Policy,
+    /// Node boundaries or a pool.
+    pub placement: Placement,
+    /// Seed of every random draw.
+    pub seed: u64,
+    /// A cycle also runs this often while jobs wait.
+    pub interval_ms: u64,
+    /// Grace period of every job.
+    pub grace_ms: u64,
+    /// Check the invariants after every event.
+    pub check: bool,
+    /// Node failures, if any.
+    pub failures: Option<FailureModel>,
+    /// Time between two samples of the time series.
+    pub sample_ms: u64,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            policy: Policy::Default,
+            placement: Placement::Nodes,
+            seed: 1,
+            interval_ms: 60_000,
+            grace_ms: 30_000,
+            check: false,
+            failures: None,
+            sample_ms: 3_600_000,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    Arrive(usize),
+    Finish(JobId, u32),
+    Exit(JobId, u32),
+    Tick,
+    Fail(usize),
+    Repair(usize),
+}
+
+/// A job's progress as the simulated agents see it.
+#[derive(Clone, Debug, Default)]
+struct Progress {
+    remaining_ms: u64,
+    started_ms: Option<u64>,
+    signalled_ms: Option<u64>,
+}
+
+/// What a run produced.
+#[derive(Clone, Debug, Default)]
+pub struct RunOutput {
+    /// One record per simulated job, in trace order.
+    pub records: Vec<JobRecord>,
+    /// Time series for the plots.
+    pub samples: Vec<Sample>,
+    /// The teams, in the order of `Sample::team_busy`.
+    pub teams: Vec<String>,
+    /// Each team's nominal share of the cluster's devices.
+    pub nominal_share: Vec<f64>,
+    /// Devices in the cluster.
+    pub devices: u64,
+    /// Events handled.
+    pub events: u64,
+    /// Scheduling cycles run.
+    pub cycles: u64,
+}
+
+pub(crate) struct Sim<'a> {
+    pub state: State,
+    policy: PolicyConfig,
+    config: &'a RunConfig,
+    cluster: &'a Cluster,
+    jobs: &'a [TraceJob],
+    heap: BinaryHeap<Reverse<(u64, u64, Event)>>,
+    seq: u64,
+    pub now: u64,
+    dirty: bool,
+    tick_pending: bool,
+    /// Trace index of each job id (ids are handed out in arrival order).
+    pub trace_of: Vec<usize>,
+    progress: Vec<Progress>,
+    pub out: RunOutput,
+    failures: Option<(StdRng, Exp<f64>)>,
+    next_sample: u64,
+}
+
+impl<'a> Sim<'a> {
+    pub fn new(
+        cluster: &'a Cluster,
+        jobs: &'a [TraceJob],
+        teams: Vec<qm_core::TeamSpec>,
+        config: &'a RunConfig,
+    ) -> Result<Self, SimError> {
+        let mut state = State::new();
+        state.apply(Command::SetPriorityClass { class: PriorityClass { name: "default".into(), value: 0 } })?;
+        let devices: u64 = cluster.capacity().values().map(|&c| u64::from(c)).sum();
+        let nominal_share = teams
+            .iter()
+            .map(|t| t.quotas.values().map(|q| f64::from(q.nominal)).sum::<f64>() / devices.max(1) as f64)
+            .collect();
+        let names = teams.iter().map(|t| t.name.to_string()).collect();
+        for team in teams {
+            state.apply(Command::SetTeam { team })?;
+        }
+        for (node, cordoned) in &cluster.nodes {
+            state.apply(Command::RegisterNode { node: node.clone(), at_ms: 0 })?;
+            if *cordoned {
+                state.apply(Command::Cordon { node: node.id.clone(), cordoned: true })?;
+            }
+        }
+        let failures = match config.failures {
+            Some(f) => Some((
+                StdRng::seed_from_u64(subseed(config.seed, 10)),
+                Exp::new(1.0 / f.mtbf_s).map_err(|e| SimError::Config(format!("--mtbf-s: {e}")))?,
+            )),
+            None => None,
+        };
+        let mut sim = Self {
+            state,
+            policy: config.policy.config(&cluster.policy),
+            config,
+            cluster,
+            jobs,
+            heap: BinaryHeap::new(),
+            seq: 0,
+            now: 0,
+            dirty: false,
+            tick_pending: false,
+            trace_of: Vec::with_capacity(jobs.len()),
+            progress: Vec::with_capacity(jobs.len()),
+            out: RunOutput { teams: names, nominal_share, devices, ..RunOutput::default() },
+            failures,
+            next_sample: 0,
+        };
+        sim.out.records = jobs.iter().map(JobRecord::new).collect();
+        for (i, j) in jobs.iter().enumerate() {
+            sim.push(j.submit_ms, Event::Arrive(i));
+        }
+        for n in 0..cluster.nodes.len() {
+            sim.schedule_failure(n);
+        }
+        Ok(sim)
+    }
+
+    fn push(&mut self, at: u64, e: Event) {
+        self.seq += 1;
+        self.heap.push(Reverse((at, self.seq, e)));
+    }
+
+    fn schedule_failure(&mut self, node: usize) {
+        if let Some((rng, exp)) = &mut self.failures {
+            let after = (exp.sample(rng) * 1000.0) as u64;
+            let at = self.now + after.max(1);
+            self.push(at, Event::Fail(node));
+        }
+    }
+
+    /// Runs to the end; `progress` is told the share of events handled.
+    pub fn run(mut self, mut progress: impl FnMut(u64, u64)) -> Result<RunOutput, SimError> {
+        let total = self.jobs.len() as u64;
+        while let Some(Reverse((at, _, event))) = self.heap.pop() {
+            self.now = at;
+            self.sample_until(at);
+            self.handle(event)?;
+            self.out.events += 1;
+            let instant_done = self.heap.peek().is_none_or(|Reverse((next, _, _))| *next != at);
+            if instant_done && self.dirty {
+                self.cycle()?;
+            }
+            if self.config.check {
+                check::invariants(&self).map_err(|reason| SimError::Invariant {
+                    reason,
+                    at_ms: at,
+                    seed: self.config.seed,
+                })?;
+            }
+            if self.out.events % 4096 == 0 {
+                progress(self.out.records.iter().filter(|r| r.end_ms.is_some()).count() as u64, total);
+            }
+        }
+        self.sample(self.now);
+        Ok(self.out)
+    }
+
+    fn handle(&mut self, event: Event) -> Result<(), SimError> {
+        match event {
+            Event::Arrive(i) => self.arrive(i)?,
+            Event::Finish(job, attempt) => self.finish(job, attempt)?,
+            Event::Exit(job, attempt) => self.exit(job, attempt)?,
+            Event::Tick => {
+                self.tick_pending = false;
+                self.dirty = true;
+            }
+            Event::Fail(n) => self.fail(n)?,
+            Event::Repair(n) => self.repair(n)?,
+        }
+        Ok(())
+    }
+
+    fn spec(&self, j: &TraceJob) -> JobSpec {
+        let (replicas, count) = self.config.placement.gang(j.gpus, self.cluster.max_devices_per_node());
+        let estimate = if self.config.policy == Policy::Sjf { Some(j.duration_ms) } else { j.estimate_ms };
+        JobSpec {
+            name: format!("line-{}", j.line),
+            team: TeamId::from(j.team.as_str()),
+            priority_class: None,
+            gang: GangSpec {
+                replicas,
+                devices: DeviceRequest { kind: AcceleratorKind::Gpu, models: vec![], count },
+                cpu_millis: 0,
+                mem_mib: 0,
+            },
+            command: vec![],
+            env: Default::default(),
+            max_runtime_ms: None,
+            preemptible: true,
+            stop_signal: StopSignal::Term,
+            grace_ms: self.config.grace_ms,
+            max_retries: qm_core::limits::MAX_RETRIES,
+            runtime_estimate_ms: estimate,
+        }
+    }
+
+    fn arrive(&mut self, i: usize) -> Result<(), SimError> {
+        let spec = self.spec(&self.jobs[i]);
+        let out = self.state.apply(Command::Submit { jobs: vec![spec], at_ms: self.now })?;
+        debug_assert_eq!(out.submitted[0].0 as usize, self.trace_of.len() + 1);
+        self.trace_of.push(i);
+        self.progress.push(Progress { remaining_ms: self.jobs[i].duration_ms, ..Progress::default() });
+        self.dirty = true;
+        Ok(())
+    }
+
+    fn slot(job: JobId) -> usize {
+        job.0 as usize - 1
+    }
+
+    fn finish(&mut self, job: JobId, attempt: u32) -> Result<(), SimError> {
+        let j = self.state.job(job).expect("simulated jobs exist");
+        if j.attempt != attempt || j.state != JobState::Running {
+            return Ok(());
+        }
+        let out = self.state.apply(Command::JobFinished { job, at_ms: self.now })?;
+        self.absorb(&out);
+        Ok(())
+    }
+
+    fn exit(&mut self, job: JobId, attempt: u32) -> Result<(), SimError> {
+        let j = self.state.job(job).expect("simulated jobs exist");
+        if j.attempt != attempt || !matches!(j.state, JobState::Preempted | JobState::Stopping) {
+            return Ok(());
+        }
+        let out = self.state.apply(Command::JobFinished { job, at_ms: self.now })?;
+        self.absorb(&out);
+        Ok(())
+    }
+
+    fn fail(&mut self, n: usize) -> Result<(), SimError> {
+        let node = self.cluster.nodes[n].0.id.clone();
+        let out = self.state.apply(Command::NodeLost { node, at_ms: self.now })?;
+        self.absorb(&out);
+        let repair = (self.config.failures.map_or(0.0, |f| f.repair_s) * 1000.0) as u64;
+        self.push(self.now + repair.max(1), Event::Repair(n));
+        Ok(())
+    }
+
+    fn repair(&mut self, n: usize) -> Result<(), SimError> {
+        let node = self.cluster.nodes[n].0.clone();
+        self.state.apply(Command::RegisterNode { node, at_ms: self.now })?;
+        self.dirty = true;
+        self.schedule_failure(n);
+        Ok(())
+    }
+
+    fn cycle(&mut self) -> Result<(), SimError> {
+        self.dirty = false;
+        self.out.cycles += 1;
+        let plan = qm_core::schedule(&self.state, &self.policy, self.now);
+        if !plan.decisions.is_empty() {
+            let out = self.state.apply(Command::ApplyPlan { decisions: plan.decisions, at_ms: self.now })?;
+            if let Some(r) = out.rejected.first() {
+                return Err(SimError::Invariant {
+                    reason: format!("a fresh plan was rejected: job {}: {}", r.job, r.reason),
+                    at_ms: self.now,
+                    seed: self.config.seed,
+                });
+            }
+            self.absorb(&out);
+        }
+        if self.state.pending_count() > 0 && !self.tick_pending {
+            self.tick_pending = true;
+            self.push(self.now + self.config.interval_ms, Event::Tick);
+        }
+        Ok(())
+    }
+
+    /// Follows up on what a command did: start the placed jobs, time the exits of the stopped
+    /// ones, and account the work of jobs that went back to the queue or ended.
+    fn absorb(&mut self, out: &Outcome) {
+        let mut stopped = BTreeSet::new();
+        for e in &out.effects {
+            match e {
+                Effect::Start { job, replica: 0, .. } => self.start(*job),
+                Effect::Stop { job, grace_ms, reason, .. } if stopped.insert(*job) => {
+                    self.stop(*job, *grace_ms, *reason)
+                }
+                _ => {}
+            }
+        }
+        for &(job, state) in &out.changed {
+            match state {
+                JobState::Pending => self.requeued(job),
+                s if s.is_terminal() => self.ended(job, s),
+                _ => {}
+            }
+        }
+    }
+
+    fn start(&mut self, job: JobId) {
+        let out = self.state.apply(Command::JobStarted { job, at_ms: self.now }).expect("a placed job can start");
+        debug_assert!(out.effects.is_empty());
+        let p = &mut self.progress[Self::slot(job)];
+        p.started_ms = Some(self.now);
+        p.signalled_ms = None;
+        let end = self.now + p.remaining_ms.max(1);
+        let record = &mut self.out.records[self.trace_of[Self::slot(job)]];
+        record.start_ms.get_or_insert(self.now);
+        let attempt = self.state.job(job).expect("exists").attempt;
+        self.push(end, Event::Finish(job, attempt));
+    }
+
+    fn stop(&mut self, job: JobId, grace_ms: u64, reason: StopReason) {
+        let slot = Self::slot(job);
+        self.progress[slot].signalled_ms = Some(self.now);
+        if reason == StopReason::Preempted {
+            self.out.records[self.trace_of[slot]].preemptions += 1;
+        }
+        let attempt = self.state.job(job).expect("exists").attempt;
+        self.push(self.now + grace_ms, Event::Exit(job, attempt));
+    }
+
+    fn requeued(&mut self, job: JobId) {
+        let slot = Self::slot(job);
+        let gpus = u64::from(self.jobs[self.trace_of[slot]].gpus);
+        let p = &mut self.progress[slot];
+        let Some(started) = p.started_ms.take() else { return };
+        let record = &mut self.out.records[self.trace_of[slot]];
+        match p.signalled_ms.take() {
+            Some(signal) => {
+                p.remaining_ms = p.remaining_ms.saturating_sub(signal - started).max(1000);
+                record.lost_to_preemption_gpu_ms += (self.now - signal) * gpus;
+            }
+            None => record.lost_to_failures_gpu_ms += (self.now - started) * gpus,
+        }
+        self.dirty = true;
+    }
+
+    fn ended(&mut self, job: JobId, state: JobState) {
+        let slot = Self::slot(job);
+        let record = &mut self.out.records[self.trace_of[slot]];
+        record.end_ms = Some(self.now);
+        record.completed = state == JobState::Succeeded;
+        self.progress[slot].started_ms = None;
+        self.dirty = true;
+    }
+
+    fn sample_until(&mut self, at: u64) {
+        while self.next_sample <= at {
+            let t = self.next_sample;
+            self.sample(t);
+            self.next_sample += self.config.sample_ms.max(1);
+        }
+    }
+
+    fn sample(&mut self, t: u64) {
+        let team_busy: Vec<u32> = self
+            .out
+            .teams
+            .iter()
+            .map(|name| {
+                let id = TeamId::from(name.as_str());
+                self.state.teams()[&id].quotas.keys().map(|f| self.state.usage(&id, f)).sum()
+            })
+            .collect();
+        let busy = team_busy.iter().map(|&b| u64::from(b)).sum();
+        self.out.samples.push(Sample { t_ms: t, busy, queued: self.state.pending_count() as u64, team_busy });
+    }
+
+    /// Node ids of the cluster, for the checks.
+    pub fn node_ids(&self) -> impl Iterator<Item = &NodeId> {
+        self.cluster.nodes.iter().map(|(n, _)| &n.id)
+    }
+
+    /// Jobs that have arrived.
+    pub fn arrived(&self) -> usize {
+        self.trace_of.len()
+    }
+}

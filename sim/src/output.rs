@@ -1,0 +1,130 @@
+//! Writing a run: `jobs.csv` (one row per job), `summary.json`, and the summary as a table.
+
+use crate::metrics::Summary;
+use crate::{Report, SimError};
+use std::fmt::Write as _;
+use std::path::Path;
+
+fn write(path: &Path, text: &str) -> Result<(), SimError> {
+    std::fs::write(path, text).map_err(|source| SimError::Io { path: path.display().to_string(), source })
+}
+
+fn opt_s(ms: Option<u64>) -> String {
+    ms.map_or_else(String::new, |v| format!("{:.3}", v as f64 / 1000.0))
+}
+
+/// The per-job CSV.
+pub fn jobs_csv(report: &Report) -> String {
+    let mut out = String::from("line,team,gpus,submit_s,start_s,end_s,wait_s,jct_s,completed,preemptions\n");
+    for r in &report.output.records {
+        let wait = r.wait_s().map_or_else(String::new, |w| format!("{w:.3}"));
+        let jct = r.jct_s().map_or_else(String::new, |j| format!("{j:.3}"));
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{},{wait},{jct},{},{}",
+            r.line,
+            r.team,
+            r.gpus,
+            opt_s(Some(r.submit_ms)),
+            opt_s(r.start_ms),
+            opt_s(r.end_ms),
+            r.completed,
+            r.preemptions
+        );
+    }
+    for u in &report.unfit {
+        let _ =
+            writeln!(out, "{},{},{},{},,,,,false,0", u.job.line, u.job.team, u.job.gpus, opt_s(Some(u.job.submit_ms)));
+    }
+    out
+}
+
+/// The summary as the table `qm sim run` prints.
+pub fn table(s: &Summary) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "policy {} | placement {} | seed {}", s.policy, s.placement, s.seed);
+    let _ = writeln!(out, "teams: {}", s.teams_from);
+    let rows: [(&str, String); 14] = [
+        ("jobs", s.jobs.to_string()),
+        ("jobs completed", s.jobs_completed.to_string()),
+        ("jobs that never fit (left out)", s.jobs_unfit.to_string()),
+        ("malformed lines skipped", s.lines_skipped.to_string()),
+        ("average JCT", hours(s.avg_jct_s)),
+        ("p50 / p95 / p99 JCT", format!("{} / {} / {}", hours(s.p50_jct_s), hours(s.p95_jct_s), hours(s.p99_jct_s))),
+        ("average wait", hours(s.avg_wait_s)),
+        ("p95 wait", hours(s.p95_wait_s)),
+        ("makespan", hours(s.makespan_s)),
+        ("GPU utilization", format!("{:.3}", s.gpu_utilization)),
+        ("preemptions", s.preemptions.to_string()),
+        ("GPU-hours lost to preemption", format!("{:.1}", s.gpu_hours_lost_to_preemption)),
+        ("GPU-hours lost to failures", format!("{:.1}", s.gpu_hours_lost_to_failures)),
+        ("Jain's fairness (teams)", format!("{:.3}", s.jain_fairness)),
+    ];
+    for (k, v) in rows {
+        let _ = writeln!(out, "  {k:<32} {v}");
+    }
+    let _ = writeln!(
+        out,
+        "  {:<16} {:>7} {:>11} {:>7} {:>8} {:>10}",
+        "team", "jobs", "GPU-hours", "share", "nominal", "avg wait"
+    );
+    for t in &s.teams {
+        let _ = writeln!(
+            out,
+            "  {:<16} {:>7} {:>11.1} {:>7.3} {:>8.3} {:>10}",
+            t.team,
+            t.jobs,
+            t.gpu_hours,
+            t.share,
+            t.nominal_share,
+            hours(t.avg_wait_s)
+        );
+    }
+    out
+}
+
+/// Seconds, and hours when large.
+pub fn hours(s: f64) -> String {
+    if s >= 3600.0 {
+        format!("{s:.0} s ({:.1} h)", s / 3600.0)
+    } else {
+        format!("{s:.1} s")
+    }
+}
+
+/// Several runs side by side, one column per policy.
+pub fn comparison(summaries: &[Summary]) -> String {
+    let mut out = format!("{:<22}", "");
+    for s in summaries {
+        let _ = write!(out, "{:>16}", s.policy);
+    }
+    out.push('\n');
+    type Metric = (&'static str, fn(&Summary) -> String);
+    let metrics: [Metric; 9] = [
+        ("jobs completed", |s| s.jobs_completed.to_string()),
+        ("avg JCT (h)", |s| format!("{:.2}", s.avg_jct_s / 3600.0)),
+        ("p95 JCT (h)", |s| format!("{:.2}", s.p95_jct_s / 3600.0)),
+        ("avg wait (h)", |s| format!("{:.2}", s.avg_wait_s / 3600.0)),
+        ("p95 wait (h)", |s| format!("{:.2}", s.p95_wait_s / 3600.0)),
+        ("makespan (h)", |s| format!("{:.1}", s.makespan_s / 3600.0)),
+        ("GPU utilization", |s| format!("{:.3}", s.gpu_utilization)),
+        ("preemptions", |s| s.preemptions.to_string()),
+        ("Jain's fairness", |s| format!("{:.3}", s.jain_fairness)),
+    ];
+    for (name, f) in metrics {
+        let _ = write!(out, "{name:<22}");
+        for s in summaries {
+            let _ = write!(out, "{:>16}", f(s));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Writes `summary.json` and `jobs.csv` into `dir`.
+pub fn write_run(dir: &Path, report: &Report) -> Result<(), SimError> {
+    std::fs::create_dir_all(dir).map_err(|source| SimError::Io { path: dir.display().to_string(), source })?;
+    let json = serde_json::to_string_pretty(&report.summary).expect("a summary serializes");
+    write(&dir.join("summary.json"), &(json + "\n"))?;
+    write(&dir.join("jobs.csv"), &jobs_csv(report))
+}
