@@ -2,8 +2,10 @@
 //!
 //! Module map:
 //! - `plan`: `qm plan`, a dry run of one scheduling cycle on TOML files.
+//! - `sim`: `qm sim run | compare | sweep`, the simulator.
 
 mod plan;
+mod sim;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -24,6 +26,9 @@ enum Command {
     /// Dry-runs one scheduling cycle on files: prints placements, preemptions and, for each job
     /// left pending, why.
     Plan(plan::PlanArgs),
+    /// Replays a workload through the production policy and baselines, in virtual time.
+    #[command(subcommand)]
+    Sim(sim::SimCommand),
 }
 
 fn main() -> ExitCode {
@@ -51,5 +56,6 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Plan(args) => plan::run(&args),
+        Command::Sim(cmd) => sim::run(&cmd),
     }
 }

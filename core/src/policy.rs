@@ -70,6 +70,9 @@ pub struct PolicyConfig {
     pub max_placements_per_cycle: u32,
     /// Feasible nodes collected (beyond what the gang needs) before scoring picks among them.
     pub candidate_nodes: u32,
+    /// Write a placement report for every job left pending (what `qm why` shows). The
+    /// simulator, which never reads them, turns this off.
+    pub explain: bool,
 }
 
 impl Default for PolicyConfig {
@@ -88,6 +91,7 @@ impl Default for PolicyConfig {
             max_jobs_per_cycle: 10_000,
             max_placements_per_cycle: 2_000,
             candidate_nodes: 8,
+            explain: true,
         }
     }
 }

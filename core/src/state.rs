@@ -21,6 +21,9 @@ const SNAPSHOT_MAGIC: &[u8; 4] = b"QMSS";
 /// Order of pending jobs within a team: priority (high first), then age, then id.
 pub type QueueKey = (Reverse<i32>, u64, JobId);
 
+/// Order of pending jobs in a global queue: (a leading key, age, id).
+pub type GlobalKey = (u64, u64, JobId);
+
 /// The part of the state that snapshots carry.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Persistent {
@@ -93,9 +96,15 @@ pub struct State {
     pub(crate) allocs: BTreeMap<NodeId, NodeAlloc>,
     pub(crate) usage: BTreeMap<TeamId, BTreeMap<Flavor, u32>>,
     pub(crate) queues: BTreeMap<TeamId, BTreeSet<QueueKey>>,
+    /// Every pending job by submission time, for the global FIFO orders.
+    fifo: BTreeSet<GlobalKey>,
+    /// Every pending job by runtime estimate, for shortest-first.
+    shortest: BTreeSet<GlobalKey>,
     pub(crate) capacity: BTreeMap<Flavor, u64>,
     /// Jobs told to stop that still hold devices (`Preempted`, `Stopping`).
     pub(crate) stopping: BTreeSet<JobId>,
+    /// Jobs in state `Running`.
+    running: BTreeSet<JobId>,
     /// Running jobs with a maximum runtime, by the time it runs out.
     pub(crate) deadlines: BTreeSet<(u64, JobId)>,
     deadline_of: BTreeMap<JobId, u64>,
@@ -266,18 +275,28 @@ impl State {
         &self.stopping
     }
 
+    /// Jobs in state `Running`.
+    pub fn running(&self) -> &BTreeSet<JobId> {
+        &self.running
+    }
+
     /// Running jobs whose maximum runtime has run out at `now_ms`.
     pub fn expired(&self, now_ms: u64) -> impl Iterator<Item = JobId> + '_ {
         self.deadlines.range(..=(now_ms, JobId(u64::MAX))).map(|(_, id)| *id)
     }
 
-    /// Refreshes the `stopping` and `deadlines` indexes for a job after its state changed.
+    /// Refreshes the `stopping`, `running` and `deadlines` indexes after a job changed state.
     pub(crate) fn track(&mut self, id: JobId) {
         let job = &self.data.jobs[&id];
         if matches!(job.state, JobState::Preempted | JobState::Stopping) {
             self.stopping.insert(id);
         } else {
             self.stopping.remove(&id);
+        }
+        if job.state == JobState::Running {
+            self.running.insert(id);
+        } else {
+            self.running.remove(&id);
         }
         let deadline = match (job.state, job.started_ms, job.spec.max_runtime_ms) {
             (JobState::Running, Some(start), Some(max)) => Some(start.saturating_add(max)),
@@ -295,18 +314,39 @@ impl State {
     pub(crate) fn enqueue(&mut self, id: JobId) {
         let job = &self.data.jobs[&id];
         let key = (Reverse(job.priority), job.submitted_ms, id);
+        let (fifo, shortest) = Self::global_keys(job);
         self.queues.entry(job.spec.team.clone()).or_default().insert(key);
+        self.fifo.insert(fifo);
+        self.shortest.insert(shortest);
     }
 
     pub(crate) fn dequeue(&mut self, id: JobId) {
         let job = &self.data.jobs[&id];
         let key = (Reverse(job.priority), job.submitted_ms, id);
+        let (fifo, shortest) = Self::global_keys(job);
+        self.fifo.remove(&fifo);
+        self.shortest.remove(&shortest);
         if let Some(q) = self.queues.get_mut(&job.spec.team) {
             q.remove(&key);
             if q.is_empty() {
                 self.queues.remove(&job.spec.team);
             }
         }
+    }
+
+    fn global_keys(job: &Job) -> (GlobalKey, GlobalKey) {
+        let estimate = job.spec.runtime_estimate_ms.unwrap_or(u64::MAX);
+        ((0, job.submitted_ms, job.id), (estimate, job.submitted_ms, job.id))
+    }
+
+    /// All pending jobs by submission time (the global FIFO).
+    pub fn fifo(&self) -> &BTreeSet<GlobalKey> {
+        &self.fifo
+    }
+
+    /// All pending jobs by runtime estimate (unknown last), then submission time.
+    pub fn shortest(&self) -> &BTreeSet<GlobalKey> {
+        &self.shortest
     }
 
     /// Marks the devices of a job's assignment as held and charges its team.

@@ -57,6 +57,8 @@ pub struct Cluster {
     pub teams: Vec<TeamSpec>,
     /// Knobs of the production policy.
     pub policy: PolicyConfig,
+    /// The file it was built from, for sweeps.
+    pub source: ClusterFile,
 }
 
 impl Cluster {
@@ -100,11 +102,39 @@ impl Cluster {
     }
 
     fn from_file(file: ClusterFile) -> Result<Self, String> {
-        let nodes = Pools { pools: file.pools }.nodes().map_err(|e| format!("cluster.{e}"))?;
-        let teams =
-            TeamsFile { priority_classes: file.priority_classes, teams: file.teams, policy: file.policy.clone() };
+        let nodes = Pools { pools: file.pools.clone() }.nodes().map_err(|e| format!("cluster.{e}"))?;
+        let teams = TeamsFile {
+            priority_classes: file.priority_classes.clone(),
+            teams: file.teams.clone(),
+            policy: file.policy.clone(),
+        };
         let teams = teams.teams().map_err(|e| e.to_string())?;
-        Ok(Self { nodes, teams, policy: file.policy })
+        Ok(Self { nodes, teams, policy: file.policy.clone(), source: file })
+    }
+
+    /// The same cluster with `count` nodes in pool `name` (the pool of an `NxG` cluster is
+    /// `node`).
+    pub fn with_pool_size(&self, name: &str, count: u32) -> Result<Self, String> {
+        let mut file = self.source.clone();
+        let pool = file.pools.iter_mut().find(|p| p.name == name).ok_or_else(|| format!("no pool named {name:?}"))?;
+        pool.count = count;
+        let mut out = Self::from_file(file)?;
+        out.teams = self.teams.clone();
+        Ok(out)
+    }
+
+    /// The same cluster with `team`'s nominal set to `nominal` for every flavor it has, after
+    /// fixing equal shares for `names` if the cluster has no teams of its own.
+    pub fn with_nominal(&self, names: &[String], team: &str, nominal: u32) -> Result<Self, String> {
+        let mut out = self.clone();
+        out.teams = self.teams_for(names);
+        let t =
+            out.teams.iter_mut().find(|t| t.name.as_str() == team).ok_or_else(|| format!("no team named {team:?}"))?;
+        for q in t.quotas.values_mut() {
+            q.nominal = nominal;
+            q.lending_limit = q.lending_limit.map(|l| l.min(nominal));
+        }
+        Ok(out)
     }
 
     /// Healthy devices per flavor.

@@ -14,7 +14,7 @@ use crate::trace::TraceJob;
 use crate::SimError;
 use qm_core::{
     AcceleratorKind, Command, DeviceRequest, Effect, GangSpec, JobId, JobSpec, JobState, NodeId, Outcome, PolicyConfig,
-    PriorityClass, State, StopReason, StopSignal, TeamId,
+    PriorityClass, QueueOrder, QueueingStrategy, State, StopReason, StopSignal, TeamId,
 };
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -122,6 +122,9 @@ pub(crate) struct Sim<'a> {
     pub out: RunOutput,
     failures: Option<(StdRng, Exp<f64>)>,
     next_sample: u64,
+    /// Jobs that reached a terminal state; the run ends when all have (node failures and ticks
+    /// would go on forever).
+    ended: usize,
 }
 
 impl<'a> Sim<'a> {
@@ -171,6 +174,7 @@ impl<'a> Sim<'a> {
             out: RunOutput { teams: names, nominal_share, devices, ..RunOutput::default() },
             failures,
             next_sample: 0,
+            ended: 0,
         };
         sim.out.records = jobs.iter().map(JobRecord::new).collect();
         for (i, j) in jobs.iter().enumerate() {
@@ -198,7 +202,8 @@ impl<'a> Sim<'a> {
     /// Runs to the end; `progress` is told the share of events handled.
     pub fn run(mut self, mut progress: impl FnMut(u64, u64)) -> Result<RunOutput, SimError> {
         let total = self.jobs.len() as u64;
-        while let Some(Reverse((at, _, event))) = self.heap.pop() {
+        while self.ended < self.jobs.len() {
+            let Some(Reverse((at, _, event))) = self.heap.pop() else { break };
             self.now = at;
             self.sample_until(at);
             self.handle(event)?;
@@ -215,7 +220,7 @@ impl<'a> Sim<'a> {
                 })?;
             }
             if self.out.events % 4096 == 0 {
-                progress(self.out.records.iter().filter(|r| r.end_ms.is_some()).count() as u64, total);
+                progress(self.ended as u64, total);
             }
         }
         self.sample(self.now);
@@ -261,13 +266,21 @@ impl<'a> Sim<'a> {
         }
     }
 
+    /// Whether a cycle can place a job that just arrived: not behind a stuck head of the one
+    /// global strict FIFO queue (nothing but a freed device moves that queue).
+    fn arrival_matters(&self) -> bool {
+        let strict_global =
+            self.policy.queueing == QueueingStrategy::StrictFifo && self.policy.order != QueueOrder::FairShare;
+        !strict_global || self.state.pending_count() == 1
+    }
+
     fn arrive(&mut self, i: usize) -> Result<(), SimError> {
         let spec = self.spec(&self.jobs[i]);
         let out = self.state.apply(Command::Submit { jobs: vec![spec], at_ms: self.now })?;
         debug_assert_eq!(out.submitted[0].0 as usize, self.trace_of.len() + 1);
         self.trace_of.push(i);
         self.progress.push(Progress { remaining_ms: self.jobs[i].duration_ms, ..Progress::default() });
-        self.dirty = true;
+        self.dirty |= self.arrival_matters();
         Ok(())
     }
 
@@ -327,7 +340,8 @@ impl<'a> Sim<'a> {
             }
             self.absorb(&out);
         }
-        if self.state.pending_count() > 0 && !self.tick_pending {
+        let preempts = self.policy.reclaim || self.policy.within_team_preemption;
+        if preempts && self.state.pending_count() > 0 && !self.tick_pending {
             self.tick_pending = true;
             self.push(self.now + self.config.interval_ms, Event::Tick);
         }
@@ -400,6 +414,7 @@ impl<'a> Sim<'a> {
         let record = &mut self.out.records[self.trace_of[slot]];
         record.end_ms = Some(self.now);
         record.completed = state == JobState::Succeeded;
+        self.ended += 1;
         self.progress[slot].started_ms = None;
         self.dirty = true;
     }

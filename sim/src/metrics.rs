@@ -90,6 +90,8 @@ pub struct TeamSummary {
     pub avg_wait_s: f64,
     /// 95th percentile wait, s.
     pub p95_wait_s: f64,
+    /// Mean of duration / JCT over its completed jobs (1 = no waiting).
+    pub speed: f64,
 }
 
 /// The summary of a run.
@@ -133,7 +135,8 @@ pub struct Summary {
     pub gpu_hours_lost_to_preemption: f64,
     /// GPU-hours of work lost with failed nodes.
     pub gpu_hours_lost_to_failures: f64,
-    /// Jain's index over teams of (share of GPU-hours / nominal share); 1 is perfectly fair.
+    /// Jain's index over teams of their mean speed (duration / JCT of completed jobs, 1 when
+    /// nobody waits): 1 when every team's jobs are slowed down alike.
     pub jain_fairness: f64,
     /// Per team.
     pub teams: Vec<TeamSummary>,
@@ -180,7 +183,10 @@ fn team_summary(out: &RunOutput, i: usize, total_gpu_ms: f64) -> TeamSummary {
     let mine: Vec<&JobRecord> = out.records.iter().filter(|r| &r.team == name).collect();
     let work: f64 = mine.iter().filter(|r| r.completed).map(|r| r.duration_ms as f64 * f64::from(r.gpus)).sum();
     let waits = sorted(mine.iter().filter_map(|r| r.wait_s()).collect());
+    let speeds: Vec<f64> =
+        mine.iter().filter_map(|r| r.jct_s().map(|jct| (r.duration_ms as f64 / 1000.0) / jct.max(1e-9))).collect();
     TeamSummary {
+        speed: mean(&speeds),
         team: name.clone(),
         jobs: mine.len(),
         gpu_hours: work / 3_600_000.0,
@@ -202,8 +208,7 @@ pub fn summarize(out: &RunOutput, header: Summary) -> Summary {
     let makespan_s = (last - first) as f64 / 1000.0;
     let work_ms: f64 = records.iter().filter(|r| r.completed).map(|r| r.duration_ms as f64 * f64::from(r.gpus)).sum();
     let teams: Vec<TeamSummary> = (0..out.teams.len()).map(|i| team_summary(out, i, work_ms)).collect();
-    let normalized: Vec<f64> =
-        teams.iter().filter(|t| t.nominal_share > 0.0).map(|t| t.share / t.nominal_share).collect();
+    let speeds: Vec<f64> = teams.iter().filter(|t| t.jobs > 0).map(|t| t.speed).collect();
     Summary {
         jobs: records.len(),
         jobs_completed: records.iter().filter(|r| r.completed).count(),
@@ -219,7 +224,7 @@ pub fn summarize(out: &RunOutput, header: Summary) -> Summary {
         gpu_hours_lost_to_preemption: records.iter().map(|r| r.lost_to_preemption_gpu_ms as f64).sum::<f64>()
             / 3_600_000.0,
         gpu_hours_lost_to_failures: records.iter().map(|r| r.lost_to_failures_gpu_ms as f64).sum::<f64>() / 3_600_000.0,
-        jain_fairness: jain(&normalized),
+        jain_fairness: jain(&speeds),
         teams,
         events: out.events,
         cycles: out.cycles,

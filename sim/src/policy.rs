@@ -24,8 +24,7 @@ impl Policy {
 
     /// The core configuration of this policy, on top of the cluster's production knobs.
     pub fn config(self, production: &PolicyConfig) -> PolicyConfig {
-        let base =
-            PolicyConfig { max_jobs_per_cycle: u32::MAX, max_placements_per_cycle: u32::MAX, ..production.clone() };
+        let base = PolicyConfig { explain: false, ..production.clone() };
         let baseline = |order, queueing| PolicyConfig {
             order,
             queueing,

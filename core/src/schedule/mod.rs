@@ -21,11 +21,17 @@ use crate::resource::Flavor;
 use crate::state::State;
 use place::{Pick, Shape};
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 use view::{FlavorIx, View};
 
 /// Runs one scheduling cycle at `now_ms`: what to start, whom to preempt, which jobs ran past
 /// their maximum runtime, and why each job looked at stays pending.
 pub fn schedule(state: &State, policy: &PolicyConfig, now_ms: u64) -> Plan {
+    if state.pending_count() == 0 {
+        let mut plan = Plan { at_ms: now_ms, ..Plan::default() };
+        plan.decisions.expired = state.expired(now_ms).collect();
+        return plan;
+    }
     let mut cycle = Cycle {
         view: View::build(state),
         policy,
@@ -47,7 +53,6 @@ pub fn schedule(state: &State, policy: &PolicyConfig, now_ms: u64) -> Plan {
 type ShapeKey = (usize, Vec<FlavorIx>, u32, u32, u64, u64, i32);
 
 /// What a failed shape got, reused for the jobs of the same shape.
-#[derive(Clone)]
 struct Failure {
     attempts: Vec<FlavorAttempt>,
     preemption: Option<String>,
@@ -58,7 +63,7 @@ enum Verdict {
     Placed,
     Preempting(u32),
     Waiting,
-    Unschedulable(Failure),
+    Unschedulable(Rc<Failure>),
 }
 
 pub(crate) struct Cycle<'s> {
@@ -66,13 +71,13 @@ pub(crate) struct Cycle<'s> {
     policy: &'s PolicyConfig,
     now_ms: u64,
     plan: Plan,
-    failed: BTreeMap<ShapeKey, Failure>,
+    failed: BTreeMap<ShapeKey, Rc<Failure>>,
     /// Shapes that did not fit the free devices: whoever asks, they will not fit this cycle.
     unfit: BTreeMap<Shape, AttemptOutcome>,
     victims: BTreeSet<JobId>,
     /// Devices per (team row, flavor) that this cycle's victims will give back.
     victim_devices: BTreeMap<(usize, FlavorIx), u32>,
-    running: Option<BTreeMap<Flavor, Vec<JobId>>>,
+    running: Option<BTreeMap<FlavorIx, Vec<preempt::Candidate<'s>>>>,
     preemption_attempts: u32,
 }
 
@@ -93,7 +98,7 @@ impl<'s> Cycle<'s> {
         let key = Self::key(job, t, flavors);
         if let Some(f) = self.failed.get(&key) {
             self.plan.stats.cache_hits += 1;
-            return Verdict::Unschedulable(f.clone());
+            return Verdict::Unschedulable(Rc::clone(f));
         }
         let mut attempts = Vec::with_capacity(flavors.len());
         for &f in flavors {
@@ -109,8 +114,8 @@ impl<'s> Cycle<'s> {
                 Err(why) => preemption = preemption.or(why),
             }
         }
-        let failure = Failure { attempts, preemption };
-        self.failed.insert(key, failure.clone());
+        let failure = Rc::new(Failure { attempts, preemption });
+        self.failed.insert(key, Rc::clone(&failure));
         Verdict::Unschedulable(failure)
     }
 
@@ -198,8 +203,11 @@ impl<'s> Cycle<'s> {
         self.view.charge(t, shape.flavor, job.spec.gang.total_devices());
     }
 
-    fn report(&mut self, job: &Job, position: u32, reason: PendingReason, failure: Option<Failure>) {
-        let (attempts, preemption) = failure.map(|f| (f.attempts, f.preemption)).unwrap_or_default();
+    fn report(&mut self, job: &Job, position: u32, reason: PendingReason, failure: Option<Rc<Failure>>) {
+        if !self.policy.explain {
+            return;
+        }
+        let (attempts, preemption) = failure.map(|f| (f.attempts.clone(), f.preemption.clone())).unwrap_or_default();
         let attempts = if attempts.is_empty() && matches!(reason, PendingReason::Unschedulable) {
             vec![FlavorAttempt {
                 flavor: Flavor::new(job.spec.gang.devices.kind, "*"),

@@ -6,12 +6,11 @@
 use super::place::{Pick, Shape};
 use super::view::{FlavorIx, NodeView};
 use super::Cycle;
-use crate::ids::JobId;
-use crate::job::{Job, JobState};
+use crate::job::Job;
 use crate::plan::{Preemption, PreemptionRule};
-use crate::resource::Flavor;
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 /// A chosen victim set and the devices the preemptor will take once they exit.
 pub(crate) struct Found {
@@ -19,11 +18,12 @@ pub(crate) struct Found {
     pub picks: Vec<Pick>,
 }
 
-/// A possible victim and its team row.
-#[derive(Clone, Copy)]
-struct Candidate<'s> {
+/// A possible victim, its team row and the devices it holds (node index, mask).
+#[derive(Clone)]
+pub(crate) struct Candidate<'s> {
     job: &'s Job,
     team: usize,
+    masks: Rc<[(u32, u64)]>,
 }
 
 /// The victims taken so far in one search.
@@ -33,26 +33,42 @@ struct Trial<'s> {
 }
 
 impl<'s> Cycle<'s> {
-    /// Running jobs of flavor `f` that may be victims of `job` (of team row `t`), cheapest first.
-    fn candidates(&mut self, job: &Job, t: usize, f: FlavorIx) -> Vec<Candidate<'s>> {
+    /// Every running job that may be preempted now, per flavor, cheapest first; built once per
+    /// cycle, the first time a search needs it.
+    fn preemptible(&mut self) -> &BTreeMap<FlavorIx, Vec<Candidate<'s>>> {
         let state = self.view.state;
         let (policy, now) = (self.policy, self.now_ms);
-        let running = self.running.get_or_insert_with(|| {
-            let mut by_flavor: BTreeMap<Flavor, Vec<JobId>> = BTreeMap::new();
-            for j in state.jobs().values().filter(|j| j.state == JobState::Running) {
-                if let Some(a) = &j.assignment {
-                    by_flavor.entry(a.flavor.clone()).or_default().push(j.id);
-                }
+        if self.running.is_none() {
+            let mut by_flavor: BTreeMap<FlavorIx, Vec<Candidate<'s>>> = BTreeMap::new();
+            let running = state.running().iter().map(|id| &state.jobs()[id]);
+            for j in running.filter(|j| j.preemptible_at(now, policy.min_runtime_ms)) {
+                let (Some(a), Some(team)) = (&j.assignment, self.view.team_ix(&j.spec.team)) else { continue };
+                let Some(f) = self.view.flavors.iter().position(|x| x == &a.flavor) else { continue };
+                by_flavor.entry(f as FlavorIx).or_default().push(Candidate {
+                    job: j,
+                    team,
+                    masks: self.view.job_masks(j).into(),
+                });
             }
-            by_flavor
-        });
-        let mut out: Vec<Candidate<'s>> = running
-            .get(&self.view.flavors[f as usize])
+            for list in by_flavor.values_mut() {
+                list.sort_by_key(|c| (c.job.priority, Reverse(c.job.started_ms), c.job.id));
+            }
+            self.running = Some(by_flavor);
+        }
+        self.running.as_ref().expect("just built")
+    }
+
+    /// Running jobs of flavor `f` that may be victims of `job` (of team row `t`), cheapest first.
+    fn candidates(&mut self, job: &Job, t: usize, f: FlavorIx) -> Vec<Candidate<'s>> {
+        let policy = self.policy;
+        let limit = policy.max_preemption_candidates as usize;
+        let victims = std::mem::take(&mut self.victims);
+        let out = self
+            .preemptible()
+            .get(&f)
             .into_iter()
             .flatten()
-            .map(|id| &state.jobs()[id])
-            .filter(|c| !self.victims.contains(&c.id) && c.preemptible_at(now, policy.min_runtime_ms))
-            .filter_map(|c| Some(Candidate { job: c, team: self.view.team_ix(&c.spec.team)? }))
+            .filter(|c| !victims.contains(&c.job.id))
             .filter(|c| {
                 if c.team == t {
                     policy.within_team_preemption && c.job.priority < job.priority
@@ -60,9 +76,10 @@ impl<'s> Cycle<'s> {
                     policy.reclaim
                 }
             })
+            .take(limit)
+            .cloned()
             .collect();
-        out.sort_by_key(|c| (c.job.priority, Reverse(c.job.started_ms), c.job.id));
-        out.truncate(self.policy.max_preemption_candidates as usize);
+        self.victims = victims;
         out
     }
 
@@ -70,7 +87,7 @@ impl<'s> Cycle<'s> {
     fn freed(&self, trial: &Trial<'_>) -> BTreeMap<u32, u64> {
         let mut extra: BTreeMap<u32, u64> = BTreeMap::new();
         for v in &trial.chosen {
-            for (n, m) in self.view.job_masks(v.job) {
+            for &(n, m) in v.masks.iter() {
                 *extra.entry(n).or_default() |= m;
             }
         }
@@ -162,7 +179,7 @@ impl<'s> Cycle<'s> {
             if c.team != t && !self.reclaimable(c, shape.flavor, &trial) {
                 continue;
             }
-            trial.chosen.push(*c);
+            trial.chosen.push(c.clone());
             picks = self.fits(t, shape, base, &trial);
             if picks.is_some() {
                 break;

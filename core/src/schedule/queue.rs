@@ -114,26 +114,17 @@ impl<'s> Cycle<'s> {
         }
     }
 
+    /// Walks one global queue (kept sorted by the state) lazily.
     fn run_global(&mut self, order: QueueOrder) {
         let state = self.view.state;
-        let mut all: Vec<((u64, u64, JobId), &'s Job, usize)> = Vec::with_capacity(state.pending_count());
-        for (team, q) in state.queues() {
-            let Some(row) = self.view.team_ix(team) else { continue };
-            for &(_, submitted, id) in q {
-                let job = &state.jobs()[&id];
-                let first = match order {
-                    QueueOrder::ShortestFirst => job.spec.runtime_estimate_ms.unwrap_or(u64::MAX),
-                    _ => 0,
-                };
-                all.push(((first, submitted, id), job, row));
-            }
-        }
-        all.sort_unstable_by_key(|(k, _, _)| *k);
-        let total = all.len();
-        for (position, (_, job, row)) in all.into_iter().enumerate() {
+        let queue = if order == QueueOrder::ShortestFirst { state.shortest() } else { state.fifo() };
+        let total = queue.len();
+        for (position, &(_, _, id)) in queue.iter().enumerate() {
             if self.bounded() {
                 break;
             }
+            let job = &state.jobs()[&id];
+            let Some(row) = self.view.team_ix(&job.spec.team) else { continue };
             let flavors = self.view.acceptable(row, &job.spec.gang.devices);
             if !self.consider(job, row, &flavors, position as u32) {
                 self.plan.stats.blocked += (total - position - 1) as u32;

@@ -1,0 +1,286 @@
+//! `qm sim run | compare | sweep`: replay a workload through the production policy and the
+//! baselines, and write tables, `summary.json`, `jobs.csv` and SVG plots.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use qm_sim::cluster::Cluster;
+use qm_sim::engine::{FailureModel, RunConfig};
+use qm_sim::policy::{Placement, Policy};
+use qm_sim::trace::synthetic::Synthetic;
+use qm_sim::trace::{self, Format, TraceJob};
+use qm_sim::{output, plots, Report};
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The simulator's commands.
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// One policy on one cluster and one workload.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// default (the production policy), strict-fifo, backfill or sjf.
+        #[arg(long, default_value = "default")]
+        policy: String,
+    },
+    /// Several policies on the same workload: one table side by side and shared plots.
+    Compare {
+        #[command(flatten)]
+        common: Common,
+        /// Policies to compare (repeat the flag); all of them when absent.
+        #[arg(long)]
+        policy: Vec<String>,
+    },
+    /// Vary a node pool's size or a team's nominal quota over a range; report p95 wait and
+    /// utilization per step, and plot them.
+    Sweep {
+        #[command(flatten)]
+        common: Common,
+        /// The policy.
+        #[arg(long, default_value = "default")]
+        policy: String,
+        /// `pool:NAME=FROM..TO[:STEP]` (an `NxG` cluster's pool is `node`) or
+        /// `quota:TEAM=FROM..TO[:STEP]`.
+        #[arg(long)]
+        vary: String,
+    },
+}
+
+/// What every simulator command takes.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// `NxG` (N nodes of G GPUs) or a cluster file (TOML: pools, optional teams and policy).
+    #[arg(long)]
+    cluster: String,
+    /// The workload: a trace file, or a synthetic spec (TOML) with `--format synthetic`.
+    #[arg(long)]
+    trace: PathBuf,
+    /// philly, tiresias, gavel, swf or synthetic.
+    #[arg(long)]
+    format: String,
+    /// Replay only these teams' jobs (repeat the flag).
+    #[arg(long)]
+    team: Vec<String>,
+    /// nodes (real node boundaries) or pool (free GPUs counted cluster-wide).
+    #[arg(long, default_value = "nodes")]
+    placement: String,
+    /// Seed of every random draw.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Folder for summary.json, jobs.csv and the plots.
+    #[arg(long)]
+    out: PathBuf,
+    /// Skip malformed trace lines (they are counted) instead of stopping.
+    #[arg(long)]
+    skip_bad: bool,
+    /// A scheduling cycle also runs this often while jobs wait, in seconds.
+    #[arg(long, default_value_t = 60)]
+    interval_s: u64,
+    /// Grace period of preempted jobs, in seconds.
+    #[arg(long, default_value_t = 30)]
+    grace_s: u64,
+    /// Mean time between failures of one node, in seconds; no failures when absent.
+    #[arg(long)]
+    mtbf_s: Option<f64>,
+    /// Time to repair a failed node, in seconds.
+    #[arg(long, default_value_t = 3600.0)]
+    repair_s: f64,
+    /// Check the invariants after every event (slower).
+    #[arg(long)]
+    check: bool,
+}
+
+struct Loaded {
+    cluster: Cluster,
+    jobs: Vec<TraceJob>,
+    skipped: usize,
+    placement: Placement,
+}
+
+fn load(c: &Common) -> Result<Loaded> {
+    let cluster = Cluster::load(&c.cluster).map_err(anyhow::Error::msg).context("--cluster")?;
+    let placement: Placement = c.placement.parse().map_err(anyhow::Error::msg).context("--placement")?;
+    let (mut jobs, skipped) = if c.format == "synthetic" {
+        let text = std::fs::read_to_string(&c.trace).with_context(|| format!("reading {}", c.trace.display()))?;
+        let spec: Synthetic = toml::from_str(&text).with_context(|| format!("parsing {}", c.trace.display()))?;
+        (spec.generate(c.seed).map_err(anyhow::Error::msg).with_context(|| c.trace.display().to_string())?, 0)
+    } else {
+        let format: Format = c.format.parse().map_err(anyhow::Error::msg).context("--format")?;
+        let t = trace::read(&c.trace, format, c.skip_bad)?;
+        for bad in t.skipped.iter().take(5) {
+            eprintln!("qm: skipped {bad}");
+        }
+        (t.jobs, t.skipped.len())
+    };
+    if !c.team.is_empty() {
+        let known: BTreeSet<&str> = jobs.iter().map(|j| j.team.as_str()).collect();
+        if let Some(missing) = c.team.iter().find(|t| !known.contains(t.as_str())) {
+            bail!("--team {missing}: no job of that team in {}", c.trace.display());
+        }
+        jobs.retain(|j| c.team.contains(&j.team));
+        jobs = trace::rebase(jobs);
+    }
+    if jobs.is_empty() {
+        bail!("{}: no jobs to simulate", c.trace.display());
+    }
+    Ok(Loaded { cluster, jobs, skipped, placement })
+}
+
+fn config(c: &Common, policy: Policy, placement: Placement) -> RunConfig {
+    RunConfig {
+        policy,
+        placement,
+        seed: c.seed,
+        interval_ms: c.interval_s.max(1) * 1000,
+        grace_ms: c.grace_s * 1000,
+        check: c.check,
+        failures: c.mtbf_s.map(|mtbf_s| FailureModel { mtbf_s, repair_s: c.repair_s }),
+        ..RunConfig::default()
+    }
+}
+
+/// A progress bar that appears only on a terminal, and only once a run has taken a second.
+fn progress(label: &str) -> impl FnMut(u64, u64) {
+    let started = Instant::now();
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
+    let terminal = std::io::stderr().is_terminal();
+    let label = label.to_owned();
+    move |done, total| {
+        if terminal && bar.is_hidden() && started.elapsed() > Duration::from_secs(1) {
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} jobs ended").expect("valid template"),
+            );
+            bar.set_message(label.clone());
+        }
+        bar.set_length(total);
+        bar.set_position(done);
+    }
+}
+
+fn simulate(l: &Loaded, cluster: &Cluster, config: &RunConfig) -> Result<Report> {
+    let report = qm_sim::simulate(cluster, l.jobs.clone(), l.skipped, config, progress(config.policy.name()));
+    report.map_err(|e| match e {
+        qm_sim::SimError::Invariant { .. } => {
+            let args: Vec<String> = std::env::args().collect();
+            anyhow::anyhow!("{e}\nreproduce with: {} --check --seed {}", args.join(" "), config.seed)
+        }
+        e => e.into(),
+    })
+}
+
+/// Runs `qm sim ...`.
+pub fn run(cmd: &SimCommand) -> Result<()> {
+    match cmd {
+        SimCommand::Run { common, policy } => {
+            let l = load(common)?;
+            let policy: Policy = policy.parse().map_err(anyhow::Error::msg).context("--policy")?;
+            let report = simulate(&l, &l.cluster, &config(common, policy, l.placement))?;
+            write_one(&common.out, &report)?;
+            print!("{}", output::table(&report.summary));
+            print_unfit(&report);
+            println!("wrote {}", common.out.display());
+            Ok(())
+        }
+        SimCommand::Compare { common, policy } => compare(common, policy),
+        SimCommand::Sweep { common, policy, vary } => sweep(common, policy, vary),
+    }
+}
+
+fn write_one(dir: &Path, report: &Report) -> Result<()> {
+    output::write_run(dir, report)?;
+    plots::run_plots(dir, report)?;
+    Ok(())
+}
+
+fn print_unfit(report: &Report) {
+    for u in report.unfit.iter().take(5) {
+        println!("never fits, left out: trace line {} (team {}): {}", u.job.line, u.job.team, u.reason);
+    }
+    if report.unfit.len() > 5 {
+        println!("... and {} more (see jobs.csv)", report.unfit.len() - 5);
+    }
+}
+
+fn compare(common: &Common, names: &[String]) -> Result<()> {
+    let l = load(common)?;
+    let policies: Vec<Policy> = if names.is_empty() {
+        Policy::ALL.to_vec()
+    } else {
+        names.iter().map(|p| p.parse().map_err(anyhow::Error::msg).context("--policy")).collect::<Result<_>>()?
+    };
+    let mut reports = Vec::new();
+    for p in policies {
+        let report = simulate(&l, &l.cluster, &config(common, p, l.placement))?;
+        write_one(&common.out.join(p.name()), &report)?;
+        reports.push(report);
+    }
+    let refs: Vec<&Report> = reports.iter().collect();
+    plots::jct_plot(&common.out.join("jct_cdf.svg"), &refs)?;
+    let summaries: Vec<_> = reports.iter().map(|r| r.summary.clone()).collect();
+    let table = output::comparison(&summaries);
+    std::fs::write(common.out.join("comparison.txt"), &table).context("writing comparison.txt")?;
+    print!("{table}");
+    println!("wrote {}", common.out.display());
+    Ok(())
+}
+
+/// A parsed `--vary`.
+struct Vary {
+    kind: String,
+    name: String,
+    steps: Vec<u32>,
+}
+
+fn parse_vary(spec: &str) -> Result<Vary> {
+    let bad = || anyhow::anyhow!("--vary {spec:?}: expected pool:NAME=FROM..TO[:STEP] or quota:TEAM=FROM..TO[:STEP]");
+    let (kind, rest) = spec.split_once(':').ok_or_else(bad)?;
+    let (name, range) = rest.split_once('=').ok_or_else(bad)?;
+    let (range, step) = range.split_once(':').unwrap_or((range, "1"));
+    let (from, to) = range.split_once("..").ok_or_else(bad)?;
+    let (from, to, step): (u32, u32, u32) =
+        (from.parse().map_err(|_| bad())?, to.parse().map_err(|_| bad())?, step.parse().map_err(|_| bad())?);
+    if !matches!(kind, "pool" | "quota") || step == 0 || from > to || (to - from) / step >= 100 {
+        bail!("--vary {spec:?}: kind pool or quota, FROM <= TO, STEP >= 1, at most 100 steps");
+    }
+    Ok(Vary { kind: kind.to_owned(), name: name.to_owned(), steps: (from..=to).step_by(step as usize).collect() })
+}
+
+fn sweep(common: &Common, policy: &str, vary: &str) -> Result<()> {
+    let l = load(common)?;
+    let policy: Policy = policy.parse().map_err(anyhow::Error::msg).context("--policy")?;
+    let v = parse_vary(vary)?;
+    let teams: Vec<String> = l.jobs.iter().map(|j| j.team.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    let mut rows = Vec::new();
+    let mut table =
+        format!("{:>8} {:>10} {:>14} {:>12} {:>10}\n", v.kind, "completed", "p95 wait (h)", "avg JCT (h)", "util");
+    for &step in &v.steps {
+        let cluster = match v.kind.as_str() {
+            "pool" => l.cluster.with_pool_size(&v.name, step),
+            _ => l.cluster.with_nominal(&teams, &v.name, step),
+        }
+        .map_err(anyhow::Error::msg)
+        .context("--vary")?;
+        let report = simulate(&l, &cluster, &config(common, policy, l.placement))?;
+        let s = &report.summary;
+        table += &format!(
+            "{step:>8} {:>10} {:>14.2} {:>12.2} {:>10.3}\n",
+            s.jobs_completed,
+            s.p95_wait_s / 3600.0,
+            s.avg_jct_s / 3600.0,
+            s.gpu_utilization
+        );
+        output::write_run(&common.out.join(format!("{}-{step}", v.kind)), &report)?;
+        rows.push((f64::from(step), s.p95_wait_s, s.gpu_utilization));
+    }
+    std::fs::create_dir_all(&common.out)?;
+    let what = format!("{} {}", v.kind, v.name);
+    plots::sweep_plot(&common.out.join("sweep.svg"), &what, &rows)?;
+    std::fs::write(common.out.join("sweep.txt"), &table)?;
+    print!("{table}");
+    println!("wrote {}", common.out.display());
+    Ok(())
+}
