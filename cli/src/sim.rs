@@ -176,8 +176,8 @@ fn simulate(l: &Loaded, cluster: &Cluster, config: &RunConfig) -> Result<Report>
 pub fn run(cmd: &SimCommand) -> Result<()> {
     match cmd {
         SimCommand::Run { common, policy } => {
-            let l = load(common)?;
             let policy: Policy = policy.parse().map_err(anyhow::Error::msg).context("--policy")?;
+            let l = load(common)?;
             let report = simulate(&l, &l.cluster, &config(common, policy, l.placement))?;
             write_one(&common.out, &report)?;
             print!("{}", output::table(&report.summary));
@@ -206,12 +206,12 @@ fn print_unfit(report: &Report) {
 }
 
 fn compare(common: &Common, names: &[String]) -> Result<()> {
-    let l = load(common)?;
     let policies: Vec<Policy> = if names.is_empty() {
         Policy::ALL.to_vec()
     } else {
         names.iter().map(|p| p.parse().map_err(anyhow::Error::msg).context("--policy")).collect::<Result<_>>()?
     };
+    let l = load(common)?;
     let mut reports = Vec::new();
     for p in policies {
         let report = simulate(&l, &l.cluster, &config(common, p, l.placement))?;
@@ -250,9 +250,9 @@ fn parse_vary(spec: &str) -> Result<Vary> {
 }
 
 fn sweep(common: &Common, policy: &str, vary: &str) -> Result<()> {
-    let l = load(common)?;
     let policy: Policy = policy.parse().map_err(anyhow::Error::msg).context("--policy")?;
     let v = parse_vary(vary)?;
+    let l = load(common)?;
     let teams: Vec<String> = l.jobs.iter().map(|j| j.team.clone()).collect::<BTreeSet<_>>().into_iter().collect();
     let mut rows = Vec::new();
     let mut table =

@@ -77,3 +77,90 @@ fn bad_input_names_the_file_and_the_field() {
     assert!(text(&out.stderr).contains("reading nope.toml"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn sim_run_writes_the_summary_the_jobs_and_the_plots() {
+    let out = std::env::temp_dir().join(format!("qm-sim-cli-{}", std::process::id()));
+    let trace = "../shared/traces/tiresias/60_job.csv";
+    let o = out.to_str().unwrap();
+    let run = qm(&["sim", "run", "--cluster", "4x4", "--trace", trace, "--format", "tiresias", "--out", o]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let stdout = text(&run.stdout);
+    assert!(stdout.contains("jobs completed                   60"), "{stdout}");
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    for key in
+        ["jobs", "jobs_completed", "avg_jct_s", "p50_jct_s", "p95_jct_s", "p99_jct_s", "avg_wait_s", "p95_wait_s"]
+    {
+        assert!(summary[key].is_number(), "{key} in summary.json");
+    }
+    for key in ["makespan_s", "gpu_utilization", "preemptions", "gpu_hours_lost_to_preemption", "jain_fairness"] {
+        assert!(summary[key].is_number(), "{key} in summary.json");
+    }
+    assert_eq!(std::fs::read_to_string(out.join("jobs.csv")).unwrap().lines().count(), 61);
+    for plot in ["utilization.svg", "queue.svg", "team_share.svg", "jct_cdf.svg"] {
+        assert!(std::fs::read_to_string(out.join(plot)).unwrap().starts_with("<svg"), "{plot}");
+    }
+    let cmp = qm(&[
+        "sim",
+        "compare",
+        "--cluster",
+        "4x4",
+        "--trace",
+        trace,
+        "--format",
+        "tiresias",
+        "--policy",
+        "strict-fifo",
+        "--policy",
+        "backfill",
+        "--out",
+        o,
+    ]);
+    assert!(cmp.status.success(), "{}", text(&cmp.stderr));
+    assert!(text(&cmp.stdout).contains("strict-fifo") && out.join("backfill/summary.json").exists());
+    let sweep = qm(&[
+        "sim",
+        "sweep",
+        "--cluster",
+        "4x4",
+        "--trace",
+        trace,
+        "--format",
+        "tiresias",
+        "--vary",
+        "pool:node=2..4",
+        "--out",
+        o,
+    ]);
+    assert!(sweep.status.success(), "{}", text(&sweep.stderr));
+    assert_eq!(text(&sweep.stdout).lines().filter(|l| l.trim_start().starts_with(char::is_numeric)).count(), 3);
+    assert!(out.join("sweep.svg").exists());
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn sim_bad_input_names_file_line_and_field() {
+    let dir = std::env::temp_dir().join(format!("qm-sim-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("t.csv");
+    std::fs::write(
+        &trace,
+        "job_id,num_gpu,submit_time,iterations,model_name,duration,interval\n0,1,0,1,m,10,1\n1,two,5,1,m,10,1\n",
+    )
+    .unwrap();
+    let args = |extra: &[&str]| {
+        let mut a = vec!["sim", "run", "--cluster", "2x4", "--trace", trace.to_str().unwrap(), "--format", "tiresias"];
+        a.extend_from_slice(&["--out", dir.to_str().unwrap()]);
+        a.extend_from_slice(extra);
+        qm(&a.iter().map(|s| &**s).collect::<Vec<&str>>())
+    };
+    let out = args(&[]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("t.csv:3: num_gpu:"), "{}", text(&out.stderr));
+    let out = args(&["--skip-bad"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("malformed lines skipped          1"));
+    let out = args(&["--policy", "random"]);
+    assert!(text(&out.stderr).contains("unknown policy"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
