@@ -78,12 +78,16 @@ fn bad_input_names_the_file_and_the_field() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `qm sim CMD` on the Tiresias sample trace and a 4 x 4 cluster, writing into `out`.
+fn sim(cmd: &str, out: &std::path::Path, extra: &[&str]) -> Output {
+    let common = ["--cluster", "4x4", "--trace", "../shared/traces/tiresias/60_job.csv", "--format", "tiresias"];
+    qm(&[&["sim", cmd], &common[..], &["--out", out.to_str().unwrap()], extra].concat())
+}
+
 #[test]
 fn sim_run_writes_the_summary_the_jobs_and_the_plots() {
     let out = std::env::temp_dir().join(format!("qm-sim-cli-{}", std::process::id()));
-    let trace = "../shared/traces/tiresias/60_job.csv";
-    let o = out.to_str().unwrap();
-    let run = qm(&["sim", "run", "--cluster", "4x4", "--trace", trace, "--format", "tiresias", "--out", o]);
+    let run = sim("run", &out, &[]);
     assert!(run.status.success(), "{}", text(&run.stderr));
     let stdout = text(&run.stdout);
     assert!(stdout.contains("jobs completed                   60"), "{stdout}");
@@ -100,38 +104,10 @@ fn sim_run_writes_the_summary_the_jobs_and_the_plots() {
     for plot in ["utilization.svg", "queue.svg", "team_share.svg", "jct_cdf.svg"] {
         assert!(std::fs::read_to_string(out.join(plot)).unwrap().starts_with("<svg"), "{plot}");
     }
-    let cmp = qm(&[
-        "sim",
-        "compare",
-        "--cluster",
-        "4x4",
-        "--trace",
-        trace,
-        "--format",
-        "tiresias",
-        "--policy",
-        "strict-fifo",
-        "--policy",
-        "backfill",
-        "--out",
-        o,
-    ]);
+    let cmp = sim("compare", &out, &["--policy", "strict-fifo", "--policy", "backfill"]);
     assert!(cmp.status.success(), "{}", text(&cmp.stderr));
     assert!(text(&cmp.stdout).contains("strict-fifo") && out.join("backfill/summary.json").exists());
-    let sweep = qm(&[
-        "sim",
-        "sweep",
-        "--cluster",
-        "4x4",
-        "--trace",
-        trace,
-        "--format",
-        "tiresias",
-        "--vary",
-        "pool:node=2..4",
-        "--out",
-        o,
-    ]);
+    let sweep = sim("sweep", &out, &["--vary", "pool:node=2..4"]);
     assert!(sweep.status.success(), "{}", text(&sweep.stderr));
     assert_eq!(text(&sweep.stdout).lines().filter(|l| l.trim_start().starts_with(char::is_numeric)).count(), 3);
     assert!(out.join("sweep.svg").exists());
