@@ -22,7 +22,7 @@ pub enum SimCommand {
     Run {
         #[command(flatten)]
         common: Common,
-        /// default (the production policy), strict-fifo, backfill or sjf.
+        /// default (the production policy), strict-fifo, backfill, sjf or las.
         #[arg(long, default_value = "default")]
         policy: String,
     },

@@ -122,6 +122,7 @@ impl State {
                 stop_reason: None,
                 preemptions: 0,
                 failures: 0,
+                attained_device_ms: 0,
                 message: "submitted".to_owned(),
             };
             self.data.jobs.insert(id, job);
@@ -237,6 +238,7 @@ impl State {
     pub(crate) fn exit(&mut self, id: JobId, at_ms: u64, failure: Option<String>, out: &mut Outcome) {
         self.release(id);
         let job = self.data.jobs.get_mut(&id).expect("caller checked the job exists");
+        job.attained_device_ms = job.attained_at(at_ms);
         let next = match (job.state, job.stop_reason) {
             (JobState::Preempted, _) | (_, Some(StopReason::Drained | StopReason::Preempted)) => JobState::Pending,
             (_, Some(StopReason::Cancelled)) => JobState::Cancelled,

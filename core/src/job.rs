@@ -188,11 +188,22 @@ pub struct Job {
     pub preemptions: u32,
     /// Failures so far (non-zero exits, lost nodes); past `max_retries` the job fails.
     pub failures: u32,
+    /// Service received by attempts that ended: devices x ms (least-attained-service uses it).
+    pub attained_device_ms: u64,
     /// The last thing that happened to it, for `qm job`.
     pub message: String,
 }
 
 impl Job {
+    /// Service received so far, the current attempt included: devices x ms.
+    pub fn attained_at(&self, now_ms: u64) -> u64 {
+        let running = match (self.state, self.started_ms) {
+            (JobState::Running | JobState::Preempted | JobState::Stopping, Some(s)) => now_ms.saturating_sub(s),
+            _ => 0,
+        };
+        self.attained_device_ms + running * u64::from(self.spec.gang.total_devices())
+    }
+
     /// Whether it may be chosen as a victim now: running, preemptible, past the minimum run time.
     pub fn preemptible_at(&self, now_ms: u64, min_runtime_ms: u64) -> bool {
         self.state == JobState::Running

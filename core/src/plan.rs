@@ -22,6 +22,8 @@ pub enum PreemptionRule {
     Reclaim,
     /// Same team, the victim has a lower priority.
     WithinTeam,
+    /// Least attained service: the victim has received more service (a baseline's rule).
+    LeastAttained,
 }
 
 /// Stop a running job so that another one fits.

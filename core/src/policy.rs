@@ -38,6 +38,10 @@ pub enum QueueOrder {
     /// One global queue by the jobs' runtime estimates, shortest first; jobs without an
     /// estimate last, by submission time.
     ShortestFirst,
+    /// Least attained service, discretized (Tiresias' 2D-LAS): one global queue by service
+    /// level (how many of `las_thresholds_device_s` the job's attained devices x seconds has
+    /// passed), then submission time.
+    LeastAttained,
 }
 
 /// Policy configuration; every field has a default.
@@ -73,6 +77,18 @@ pub struct PolicyConfig {
     /// Write a placement report for every job left pending (what `qm why` shows). The
     /// simulator, which never reads them, turns this off.
     pub explain: bool,
+    /// Service levels of `LeastAttained`, in devices x seconds, ascending.
+    pub las_thresholds_device_s: Vec<u64>,
+    /// With `LeastAttained`: a job may preempt running jobs of a higher service level, whatever
+    /// the teams' quotas (a baseline, not the production policy).
+    pub las_preemption: bool,
+}
+
+impl PolicyConfig {
+    /// The service level of `attained` devices x ms.
+    pub fn las_level(&self, attained_device_ms: u64) -> usize {
+        self.las_thresholds_device_s.iter().filter(|&&t| attained_device_ms >= t.saturating_mul(1000)).count()
+    }
 }
 
 impl Default for PolicyConfig {
@@ -92,6 +108,8 @@ impl Default for PolicyConfig {
             max_placements_per_cycle: 2_000,
             candidate_nodes: 8,
             explain: true,
+            las_thresholds_device_s: vec![3_600, 36_000],
+            las_preemption: false,
         }
     }
 }

@@ -340,7 +340,7 @@ impl<'a> Sim<'a> {
             }
             self.absorb(&out);
         }
-        let preempts = self.policy.reclaim || self.policy.within_team_preemption;
+        let preempts = self.policy.reclaim || self.policy.within_team_preemption || self.policy.las_preemption;
         if preempts && self.state.pending_count() > 0 && !self.tick_pending {
             self.tick_pending = true;
             self.push(self.now + self.config.interval_ms, Event::Tick);

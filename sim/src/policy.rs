@@ -16,11 +16,14 @@ pub enum Policy {
     Backfill,
     /// Shortest job first by the known duration (an oracle), with backfill; no preemption.
     Sjf,
+    /// Discretized least attained service (Tiresias' 2D-LAS): service levels at 1 and 10
+    /// GPU-hours, FIFO within a level, with backfill; a job preempts jobs of a higher level.
+    Las,
 }
 
 impl Policy {
     /// Every policy, for `qm sim compare` without `--policy`.
-    pub const ALL: [Policy; 4] = [Self::Default, Self::StrictFifo, Self::Backfill, Self::Sjf];
+    pub const ALL: [Policy; 5] = [Self::Default, Self::StrictFifo, Self::Backfill, Self::Sjf, Self::Las];
 
     /// The core configuration of this policy, on top of the cluster's production knobs.
     pub fn config(self, production: &PolicyConfig) -> PolicyConfig {
@@ -37,6 +40,11 @@ impl Policy {
             Self::StrictFifo => baseline(QueueOrder::Fifo, QueueingStrategy::StrictFifo),
             Self::Backfill => baseline(QueueOrder::Fifo, QueueingStrategy::BestEffortFifo),
             Self::Sjf => baseline(QueueOrder::ShortestFirst, QueueingStrategy::BestEffortFifo),
+            Self::Las => PolicyConfig {
+                las_preemption: true,
+                las_thresholds_device_s: vec![3_600, 36_000],
+                ..baseline(QueueOrder::LeastAttained, QueueingStrategy::BestEffortFifo)
+            },
         }
     }
 
@@ -47,6 +55,7 @@ impl Policy {
             Self::StrictFifo => "strict-fifo",
             Self::Backfill => "backfill",
             Self::Sjf => "sjf",
+            Self::Las => "las",
         }
     }
 }
@@ -63,7 +72,7 @@ impl FromStr for Policy {
         Self::ALL
             .into_iter()
             .find(|p| p.name() == s)
-            .ok_or_else(|| format!("unknown policy {s:?} (expected default, strict-fifo, backfill or sjf)"))
+            .ok_or_else(|| format!("unknown policy {s:?} (expected default, strict-fifo, backfill, sjf or las)"))
     }
 }
 

@@ -118,6 +118,14 @@ fn baselines_never_preempt_and_strict_fifo_waits_longest() {
 }
 
 #[test]
+fn least_attained_service_preempts_long_runners_for_new_jobs() {
+    let report =
+        run(&contended(), workload(2), &RunConfig { policy: Policy::Las, check: true, ..RunConfig::default() });
+    assert_eq!(report.summary.jobs_completed, report.summary.jobs);
+    assert!(report.summary.preemptions > 0);
+}
+
+#[test]
 fn node_failures_requeue_work_and_lose_it() {
     let config = RunConfig { failures: Some(FailureModel { mtbf_s: 86_400.0, repair_s: 3600.0 }), ..checked(9) };
     let report = run(&contended(), workload(3), &config);

@@ -87,6 +87,11 @@ impl<'s> Cycle<'s> {
         (t, flavors.to_vec(), g.replicas, g.devices.count, g.cpu_millis, g.mem_mib, job.priority)
     }
 
+    /// Whether the least-attained-service preemption rule is on.
+    fn las(&self) -> bool {
+        self.policy.las_preemption && self.policy.order == crate::policy::QueueOrder::LeastAttained
+    }
+
     fn shape(job: &Job, f: FlavorIx) -> Shape {
         let g = &job.spec.gang;
         Shape { flavor: f, replicas: g.replicas, count: g.devices.count, cpu: g.cpu_millis, mem: g.mem_mib }
@@ -185,7 +190,7 @@ impl<'s> Cycle<'s> {
                 return Ok(Verdict::Waiting);
             }
         }
-        if !(self.policy.reclaim || self.policy.within_team_preemption) {
+        if !(self.policy.reclaim || self.policy.within_team_preemption || self.las()) {
             return Err(None);
         }
         let found = self.preempt(job, t, &shape).map_err(Some)?;

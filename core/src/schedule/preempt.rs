@@ -62,6 +62,8 @@ impl<'s> Cycle<'s> {
     fn candidates(&mut self, job: &Job, t: usize, f: FlavorIx) -> Vec<Candidate<'s>> {
         let policy = self.policy;
         let limit = policy.max_preemption_candidates as usize;
+        let (las, now) = (self.las(), self.now_ms);
+        let level = policy.las_level(job.attained_at(now));
         let victims = std::mem::take(&mut self.victims);
         let out = self
             .preemptible()
@@ -70,7 +72,9 @@ impl<'s> Cycle<'s> {
             .flatten()
             .filter(|c| !victims.contains(&c.job.id))
             .filter(|c| {
-                if c.team == t {
+                if las {
+                    policy.las_level(c.job.attained_at(now)) > level
+                } else if c.team == t {
                     policy.within_team_preemption && c.job.priority < job.priority
                 } else {
                     policy.reclaim
@@ -110,7 +114,7 @@ impl<'s> Cycle<'s> {
         let f = shape.flavor;
         let kept = self.view.teams[t].usage[f as usize].saturating_sub(self.removed(trial, t, f));
         let after = u64::from(kept) + u64::from(shape.replicas) * u64::from(shape.count);
-        if after > u64::from(self.nominal(t, f)) {
+        if !self.las() && after > u64::from(self.nominal(t, f)) {
             return None;
         }
         let extra = self.freed(trial);
@@ -146,7 +150,7 @@ impl<'s> Cycle<'s> {
         let own: u32 = candidates.iter().filter(|c| c.team == t).map(|c| c.job.spec.gang.total_devices()).sum();
         let nominal = self.nominal(t, f);
         let best = self.view.teams[t].usage[f as usize].saturating_sub(self.removed(&Trial::default(), t, f) + own);
-        if u64::from(best) + u64::from(job.spec.gang.total_devices()) > u64::from(nominal) {
+        if !self.las() && u64::from(best) + u64::from(job.spec.gang.total_devices()) > u64::from(nominal) {
             return Err(format!(
                 "it would not fit the team's nominal of {nominal} even after preempting the team's own \
                  lower-priority jobs; nobody preempts in order to borrow"
@@ -176,7 +180,7 @@ impl<'s> Cycle<'s> {
             if self.victims.len() + trial.chosen.len() >= budget {
                 break;
             }
-            if c.team != t && !self.reclaimable(c, shape.flavor, &trial) {
+            if !self.las() && c.team != t && !self.reclaimable(c, shape.flavor, &trial) {
                 continue;
             }
             trial.chosen.push(c.clone());
@@ -209,7 +213,11 @@ impl<'s> Cycle<'s> {
             .map(|v| Preemption {
                 victim: v.job.id,
                 preemptor: job.id,
-                rule: if v.team == t { PreemptionRule::WithinTeam } else { PreemptionRule::Reclaim },
+                rule: match (self.las(), v.team == t) {
+                    (true, _) => PreemptionRule::LeastAttained,
+                    (false, true) => PreemptionRule::WithinTeam,
+                    (false, false) => PreemptionRule::Reclaim,
+                },
             })
             .collect();
         for v in &trial.chosen {

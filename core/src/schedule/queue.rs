@@ -114,12 +114,17 @@ impl<'s> Cycle<'s> {
         }
     }
 
-    /// Walks one global queue (kept sorted by the state) lazily.
+    /// Walks one global queue (kept sorted by the state) lazily; least-attained-service sorts
+    /// the FIFO by service level first (stable, so FIFO within a level).
     fn run_global(&mut self, order: QueueOrder) {
         let state = self.view.state;
         let queue = if order == QueueOrder::ShortestFirst { state.shortest() } else { state.fifo() };
-        let total = queue.len();
-        for (position, &(_, _, id)) in queue.iter().enumerate() {
+        let mut ids: Vec<JobId> = queue.iter().map(|k| k.2).collect();
+        if order == QueueOrder::LeastAttained {
+            ids.sort_by_key(|id| self.policy.las_level(state.jobs()[id].attained_device_ms));
+        }
+        let total = ids.len();
+        for (position, id) in ids.into_iter().enumerate() {
             if self.bounded() {
                 break;
             }

@@ -233,3 +233,35 @@ fn a_strict_global_queue_blocks_every_team_behind_its_head() {
     let backfill = PolicyConfig { order: crate::policy::QueueOrder::Fifo, ..PolicyConfig::default() };
     assert_eq!(schedule(&s, &backfill, 3).decisions.placements.len(), 1, "best effort backfills the small job");
 }
+
+fn las() -> PolicyConfig {
+    PolicyConfig { order: crate::policy::QueueOrder::LeastAttained, las_preemption: true, ..PolicyConfig::default() }
+}
+
+#[test]
+fn least_attained_service_preempts_the_job_that_had_the_most() {
+    let mut s = one_slot_two_teams();
+    let old = submit(&mut s, job("nlp", 1, 8), 0);
+    cycle(&mut s, &las(), 0);
+    let fresh = submit(&mut s, job("nlp", 1, 8), 2 * HOUR);
+    let plan = schedule(&s, &las(), 2 * HOUR);
+    assert_eq!(plan.decisions.preemptions.len(), 1, "16 GPU-hours of service is level 2, the new job level 0");
+    assert_eq!(plan.decisions.preemptions[0].victim, old);
+    assert_eq!(plan.decisions.preemptions[0].preemptor, fresh);
+    assert_eq!(plan.decisions.preemptions[0].rule, PreemptionRule::LeastAttained);
+    let without = PolicyConfig { las_preemption: false, ..las() };
+    assert!(schedule(&s, &without, 2 * HOUR).decisions.preemptions.is_empty());
+}
+
+#[test]
+fn least_attained_service_serves_the_lowest_level_first() {
+    let mut s = one_slot_two_teams();
+    let served = submit(&mut s, job("nlp", 1, 8), 0);
+    cycle(&mut s, &las(), 0);
+    s.apply(Command::JobFailed { job: served, message: "exit 1".into(), at_ms: HOUR }).unwrap();
+    assert_eq!(s.job(served).unwrap().attained_device_ms, 8 * HOUR);
+    let fresh = submit(&mut s, job("vision", 1, 8), HOUR + 1);
+    assert_eq!(schedule(&s, &las(), HOUR + 2).decisions.placements[0].job, fresh);
+    let fifo = PolicyConfig { order: crate::policy::QueueOrder::Fifo, ..PolicyConfig::default() };
+    assert_eq!(schedule(&s, &fifo, HOUR + 2).decisions.placements[0].job, served);
+}
