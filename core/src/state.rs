@@ -101,6 +101,8 @@ pub struct State {
     /// Every pending job by runtime estimate, for shortest-first.
     shortest: BTreeSet<GlobalKey>,
     pub(crate) capacity: BTreeMap<Flavor, u64>,
+    /// Healthy devices nobody holds on schedulable nodes, per flavor.
+    free: BTreeMap<Flavor, u64>,
     /// Jobs told to stop that still hold devices (`Preempted`, `Stopping`).
     pub(crate) stopping: BTreeSet<JobId>,
     /// Jobs in state `Running`.
@@ -261,13 +263,18 @@ impl State {
         if !node.schedulable() {
             return;
         }
-        for d in node.spec.devices.iter().filter(|d| d.health == Health::Healthy) {
-            let c = self.capacity.entry(d.flavor()).or_insert(0);
-            *c = c.saturating_add_signed(sign);
-            if *c == 0 {
-                self.capacity.remove(&d.flavor());
+        let held = self.allocs.get(id).map_or(0, |a| a.held);
+        for (i, d) in node.spec.devices.iter().enumerate().filter(|(_, d)| d.health == Health::Healthy) {
+            bump(&mut self.capacity, &d.flavor(), sign);
+            if held & (1 << i) == 0 {
+                bump(&mut self.free, &d.flavor(), sign);
             }
         }
+    }
+
+    /// Healthy devices nobody holds on schedulable nodes, per flavor.
+    pub fn free(&self) -> &BTreeMap<Flavor, u64> {
+        &self.free
     }
 
     /// Jobs told to stop that still hold devices.
@@ -369,6 +376,9 @@ impl State {
             let alloc = self.allocs.get_mut(&r.node).expect("alloc exists for every node");
             for d in &r.devices {
                 if let Some(i) = node.device_index(d) {
+                    if node.schedulable() && node.spec.devices[i].health == Health::Healthy {
+                        bump(&mut self.free, &a.flavor, if take { -1 } else { 1 });
+                    }
                     alloc.holders[i] = take.then_some(id);
                     if take {
                         alloc.held |= 1 << i;
@@ -396,5 +406,14 @@ impl State {
         } else {
             team.insert(a.flavor.clone(), next);
         }
+    }
+}
+
+/// Adds `sign` to a per-flavor count, dropping it at zero (so a rebuilt state compares equal).
+fn bump(counts: &mut BTreeMap<Flavor, u64>, flavor: &Flavor, sign: i64) {
+    let c = counts.entry(flavor.clone()).or_insert(0);
+    *c = c.saturating_add_signed(sign);
+    if *c == 0 {
+        counts.remove(flavor);
     }
 }

@@ -15,7 +15,7 @@ mod view;
 use crate::ids::JobId;
 use crate::job::{Assignment, Job, ReplicaAssignment};
 use crate::plan::{AttemptOutcome, FlavorAttempt, PendingReason, Placement, PlacementReport, Plan, QuotaDenial};
-use crate::policy::PolicyConfig;
+use crate::policy::{PolicyConfig, QueueOrder, QueueingStrategy};
 use crate::quota::Admission;
 use crate::resource::Flavor;
 use crate::state::State;
@@ -27,9 +27,11 @@ use view::{FlavorIx, View};
 /// Runs one scheduling cycle at `now_ms`: what to start, whom to preempt, which jobs ran past
 /// their maximum runtime, and why each job looked at stays pending.
 pub fn schedule(state: &State, policy: &PolicyConfig, now_ms: u64) -> Plan {
-    if state.pending_count() == 0 {
+    if let Some(blocked) = nothing_to_do(state, policy) {
         let mut plan = Plan { at_ms: now_ms, ..Plan::default() };
         plan.decisions.expired = state.expired(now_ms).collect();
+        plan.stats.pending = blocked;
+        plan.stats.blocked = blocked;
         return plan;
     }
     let mut cycle = Cycle {
@@ -47,6 +49,33 @@ pub fn schedule(state: &State, policy: &PolicyConfig, now_ms: u64) -> Plan {
     cycle.plan.decisions.expired = state.expired(now_ms).collect();
     cycle.run();
     cycle.plan
+}
+
+/// Whether a cycle provably can place nothing, checked before the view is built (what makes
+/// cycles cheap for a leader or a simulator whose cluster is full): no pending job; or no
+/// preemption and no free device; or no preemption and a strict global queue whose head needs
+/// more devices than are free in its flavors. Returns the number of pending jobs then.
+fn nothing_to_do(state: &State, policy: &PolicyConfig) -> Option<u32> {
+    let pending = state.pending_count() as u32;
+    if pending == 0 {
+        return Some(0);
+    }
+    let las = policy.las_preemption && policy.order == QueueOrder::LeastAttained;
+    if policy.reclaim || policy.within_team_preemption || las {
+        return None;
+    }
+    if state.free().is_empty() {
+        return Some(pending);
+    }
+    let head = match (policy.queueing, policy.order) {
+        (QueueingStrategy::StrictFifo, QueueOrder::Fifo) => state.fifo().first(),
+        (QueueingStrategy::StrictFifo, QueueOrder::ShortestFirst) => state.shortest().first(),
+        _ => None,
+    }?;
+    let job = &state.jobs()[&head.2];
+    let team = state.teams().get(&job.spec.team)?;
+    let free: u64 = team.acceptable_flavors(&job.spec.gang.devices).iter().filter_map(|f| state.free().get(f)).sum();
+    (u64::from(job.spec.gang.total_devices()) > free).then_some(pending)
 }
 
 /// Jobs alike in everything placement looks at.

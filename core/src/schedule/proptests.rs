@@ -151,6 +151,16 @@ fn check_devices(s: &State) -> Result<(), TestCaseError> {
     }
     let total: usize = s.nodes().keys().map(|n| s.alloc(n).unwrap().holders.iter().flatten().count()).sum();
     prop_assert_eq!(total, held.len(), "holders match assignments");
+    let mut free: BTreeMap<Flavor, u64> = BTreeMap::new();
+    for (id, node) in s.nodes().iter().filter(|(_, n)| n.schedulable()) {
+        let holders = &s.alloc(id).unwrap().holders;
+        for (d, h) in node.spec.devices.iter().zip(holders) {
+            if h.is_none() && d.health == crate::resource::Health::Healthy {
+                *free.entry(d.flavor()).or_default() += 1;
+            }
+        }
+    }
+    prop_assert_eq!(&free, s.free(), "free-device counters match the nodes");
     Ok(())
 }
 
