@@ -30,11 +30,13 @@ fn plot_err(path: &Path, e: impl std::fmt::Display) -> SimError {
 /// Draws lines into an SVG file.
 fn lines(path: &Path, title: &str, x: &str, y: &str, series: &[Series]) -> Result<(), SimError> {
     let all = series.iter().flat_map(|s| s.points.iter());
-    let (mut x1, mut y1) = (1e-9f64, 1e-9f64);
+    let (mut x0, mut x1, mut y1) = (f64::INFINITY, 1e-9f64, 1e-9f64);
     for &(px, py) in all {
+        x0 = x0.min(px);
         x1 = x1.max(px);
         y1 = y1.max(py);
     }
+    let x0 = if x0.is_finite() && x0 < x1 { x0 } else { 0.0 };
     let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
     let mut chart = ChartBuilder::on(&root)
@@ -42,7 +44,7 @@ fn lines(path: &Path, title: &str, x: &str, y: &str, series: &[Series]) -> Resul
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..x1 * 1.02, 0.0..y1 * 1.05)
+        .build_cartesian_2d(x0..x1 + (x1 - x0) * 0.02, 0.0..y1 * 1.05)
         .map_err(|e| plot_err(path, e))?;
     chart.configure_mesh().x_desc(x).y_desc(y).draw().map_err(|e| plot_err(path, e))?;
     for (i, s) in series.iter().enumerate() {
