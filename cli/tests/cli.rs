@@ -140,3 +140,25 @@ fn sim_bad_input_names_file_line_and_field() {
     assert!(text(&out.stderr).contains("unknown policy"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn sim_runs_the_shipped_synthetic_workload() {
+    let out = std::env::temp_dir().join(format!("qm-sim-synth-{}", std::process::id()));
+    let o = out.to_str().unwrap();
+    let args = [
+        "sim",
+        "run",
+        "--cluster",
+        "8x8",
+        "--trace",
+        "examples/synthetic.toml",
+        "--format",
+        "synthetic",
+        "--seed",
+        "3",
+    ];
+    let run = qm(&[&args[..], &["--policy", "las", "--out", o]].concat());
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert!(text(&run.stdout).contains("jobs completed                   2000"), "{}", text(&run.stdout));
+    std::fs::remove_dir_all(&out).unwrap();
+}
