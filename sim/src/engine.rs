@@ -125,6 +125,8 @@ pub(crate) struct Sim<'a> {
     /// Jobs that reached a terminal state; the run ends when all have (node failures and ticks
     /// would go on forever).
     ended: usize,
+    /// The most devices of one node, for mapping jobs to gangs.
+    per_node: u32,
 }
 
 impl<'a> Sim<'a> {
@@ -175,6 +177,7 @@ impl<'a> Sim<'a> {
             failures,
             next_sample: 0,
             ended: 0,
+            per_node: cluster.max_devices_per_node(),
         };
         sim.out.records = jobs.iter().map(JobRecord::new).collect();
         for (i, j) in jobs.iter().enumerate() {
@@ -243,7 +246,7 @@ impl<'a> Sim<'a> {
     }
 
     fn spec(&self, j: &TraceJob) -> JobSpec {
-        let (replicas, count) = self.config.placement.gang(j.gpus, self.cluster.max_devices_per_node());
+        let (replicas, count) = self.config.placement.gang(j.gpus, self.per_node);
         let estimate = if self.config.policy == Policy::Sjf { Some(j.duration_ms) } else { j.estimate_ms };
         JobSpec {
             name: format!("line-{}", j.line),

@@ -89,10 +89,17 @@ pub struct Report {
     pub unfit: Vec<Unfit>,
 }
 
-/// Why a job can never run on this cluster, if it cannot.
-fn unfit_reason(job: &TraceJob, cluster: &Cluster, config: &RunConfig, teams: &[qm_core::TeamSpec]) -> Option<String> {
-    let (replicas, count) = config.placement.gang(job.gpus, cluster.max_devices_per_node());
-    let room: u64 = cluster.nodes.iter().map(|(n, _)| n.devices.len() as u64 / u64::from(count)).sum();
+/// Why a job can never run on this cluster, if it cannot. `room[c]` is how many replicas of `c`
+/// devices the whole cluster holds (computed once per run, not once per job).
+fn unfit_reason(
+    job: &TraceJob,
+    room: &[u64],
+    per_node: u32,
+    config: &RunConfig,
+    teams: &[qm_core::TeamSpec],
+) -> Option<String> {
+    let (replicas, count) = config.placement.gang(job.gpus, per_node);
+    let room = room.get(count as usize).copied().unwrap_or(0);
     if u64::from(replicas) > room {
         return Some(format!(
             "{} GPUs as {replicas} x {count}: the cluster holds at most {room} such replicas",
@@ -121,12 +128,17 @@ pub fn simulate(
         }
     }
     let teams = cluster.teams_for(&names);
-    let (fit, unfit): (Vec<TraceJob>, Vec<TraceJob>) =
-        jobs.into_iter().partition(|j| unfit_reason(j, cluster, config, &teams).is_none());
-    let unfit: Vec<Unfit> = unfit
-        .into_iter()
-        .map(|j| Unfit { reason: unfit_reason(&j, cluster, config, &teams).unwrap_or_default(), job: j })
+    let per_node = cluster.max_devices_per_node();
+    let room: Vec<u64> = (0..=u64::from(per_node))
+        .map(|c| if c == 0 { 0 } else { cluster.nodes.iter().map(|(n, _)| n.devices.len() as u64 / c).sum() })
         .collect();
+    let (mut fit, mut unfit) = (Vec::with_capacity(jobs.len()), Vec::new());
+    for job in jobs {
+        match unfit_reason(&job, &room, per_node, config, &teams) {
+            None => fit.push(job),
+            Some(reason) => unfit.push(Unfit { job, reason }),
+        }
+    }
     let output = Sim::new(cluster, &fit, teams, config)?.run(progress)?;
     let teams_from = if cluster.teams.is_empty() {
         format!(
