@@ -1,0 +1,79 @@
+//! Durable Raft storage behind a trait: log entries (each with a checksum), hard state, conf
+//! state, the latest snapshot and the applied index. `sled.rs` implements it on `sled`.
+
+mod sled_store;
+
+pub use sled_store::SledStore;
+
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+
+/// What one Ready asks to make durable, written in one batch and flushed before the Ready's
+/// persisted messages are sent.
+#[derive(Debug, Default)]
+pub struct Persist<'a> {
+    /// New entries; any stored entry at or after the first one's index is replaced.
+    pub entries: &'a [Entry],
+    /// The new hard state, if it changed.
+    pub hard_state: Option<&'a HardState>,
+    /// The new commit index, when only it changed.
+    pub commit: Option<u64>,
+}
+
+/// Storage of one replica. Reads come through `raft::Storage`; writes are durable when the
+/// call returns.
+pub trait LogStore: raft::Storage + Send + Sync + 'static {
+    /// Appends entries and hard state in one flushed batch.
+    fn persist(&self, batch: Persist<'_>) -> Result<(), StorageError>;
+    /// Replaces everything up to the snapshot's index with it (a follower catching up).
+    fn apply_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError>;
+    /// Stores a snapshot this replica made of its own state at `index`, and drops the log
+    /// before `compact_to` (entries at and after it stay for lagging followers).
+    fn save_snapshot(&self, snapshot: &Snapshot, compact_to: u64) -> Result<(), StorageError>;
+    /// Sets the conf state (after a membership change is applied).
+    fn set_conf_state(&self, conf: &ConfState) -> Result<(), StorageError>;
+    /// Records the applied index.
+    fn set_applied(&self, index: u64) -> Result<(), StorageError>;
+    /// The applied index recorded last.
+    fn applied(&self) -> Result<u64, StorageError>;
+    /// The latest snapshot, if any.
+    fn latest_snapshot(&self) -> Result<Option<Snapshot>, StorageError>;
+    /// Reads and checks every stored entry; a replica calls it at start so that a corrupt log
+    /// stops it with a clear error instead of being applied.
+    fn verify(&self) -> Result<u64, StorageError>;
+}
+
+/// Why storage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The disk or sled failed.
+    #[error("storage: {0}")]
+    Io(#[from] sled::Error),
+    /// A stored record does not match its checksum.
+    #[error("storage: {what} is corrupt (checksum mismatch); restore this replica from a snapshot or remove its data directory so it rejoins empty")]
+    Corrupt {
+        /// Which record.
+        what: String,
+    },
+    /// A stored record does not decode.
+    #[error("storage: {what} does not decode: {reason}")]
+    Decode {
+        /// Which record.
+        what: String,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// The data directory was written by a newer format.
+    #[error("storage: format version {found} is not known to this release (it knows {known}); upgrade qm")]
+    Version {
+        /// Found on disk.
+        found: u32,
+        /// What this release writes.
+        known: u32,
+    },
+}
+
+impl From<StorageError> for raft::Error {
+    fn from(e: StorageError) -> Self {
+        raft::Error::Store(raft::StorageError::Other(Box::new(e)))
+    }
+}

@@ -1,0 +1,332 @@
+//! `LogStore` on `sled`: one tree, keys `e` + big-endian index for entries and one-letter keys
+//! for the rest. Every value starts with the CRC-32 of what follows. The bounds of the log and
+//! the small records are cached in memory; entries are read from sled.
+
+use super::{LogStore, Persist, StorageError};
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, Storage};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+/// The on-disk format this release writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+const VERSION: &[u8] = b"v";
+const HARD: &[u8] = b"h";
+const CONF: &[u8] = b"c";
+const SNAP: &[u8] = b"s";
+const APPLIED: &[u8] = b"a";
+
+fn entry_key(index: u64) -> [u8; 9] {
+    let mut k = [b'e'; 9];
+    k[1..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn seal(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+fn open_sealed<'v>(what: &dyn Fn() -> String, value: &'v [u8]) -> Result<&'v [u8], StorageError> {
+    if value.len() < 4 {
+        return Err(StorageError::Corrupt { what: what() });
+    }
+    let (sum, body) = value.split_at(4);
+    if crc32fast::hash(body).to_le_bytes() != sum {
+        return Err(StorageError::Corrupt { what: what() });
+    }
+    Ok(body)
+}
+
+fn encode<M: PbMessage>(m: &M) -> Vec<u8> {
+    seal(&m.write_to_bytes().expect("encoding a raft message into a Vec cannot fail"))
+}
+
+fn decode<M: PbMessage>(what: &dyn Fn() -> String, value: &[u8]) -> Result<M, StorageError> {
+    let body = open_sealed(what, value)?;
+    M::parse_from_bytes(body).map_err(|e| StorageError::Decode { what: what(), reason: e.to_string() })
+}
+
+/// What is cached of the store.
+#[derive(Debug, Default)]
+struct Meta {
+    hard: HardState,
+    conf: ConfState,
+    /// Index and term of the latest snapshot (0, 0 when none).
+    snap: SnapshotMetadata,
+    /// Last stored entry's index; `snap.index` when the log is empty.
+    last: u64,
+    /// First stored entry's index; `last + 1` when the log is empty.
+    first: u64,
+}
+
+/// Raft storage on a sled database.
+#[derive(Debug)]
+pub struct SledStore {
+    tree: sled::Db,
+    meta: Mutex<Meta>,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        Self::from_db(sled::Config::new().path(dir).open()?)
+    }
+
+    /// A store that lives in a temporary directory and disappears when dropped.
+    pub fn temporary() -> Result<Self, StorageError> {
+        Self::from_db(sled::Config::new().temporary(true).open()?)
+    }
+
+    fn from_db(tree: sled::Db) -> Result<Self, StorageError> {
+        match tree.get(VERSION)? {
+            Some(v) => {
+                let found = v.as_ref().try_into().map(u32::from_le_bytes).unwrap_or(u32::MAX);
+                if found != FORMAT_VERSION {
+                    return Err(StorageError::Version { found, known: FORMAT_VERSION });
+                }
+            }
+            None => {
+                tree.insert(VERSION, &FORMAT_VERSION.to_le_bytes())?;
+            }
+        }
+        let mut meta = Meta::default();
+        if let Some(v) = tree.get(HARD)? {
+            meta.hard = decode(&|| "hard state".into(), &v)?;
+        }
+        if let Some(v) = tree.get(CONF)? {
+            meta.conf = decode(&|| "conf state".into(), &v)?;
+        }
+        if let Some(v) = tree.get(SNAP)? {
+            let snap: Snapshot = decode(&|| "snapshot".into(), &v)?;
+            meta.snap = snap.get_metadata().clone();
+        }
+        let index_of = |kv: Option<sled::Result<(sled::IVec, sled::IVec)>>| -> Result<Option<u64>, StorageError> {
+            Ok(kv.transpose()?.map(|(k, _)| u64::from_be_bytes(k[1..9].try_into().expect("entry keys are 9 bytes"))))
+        };
+        let first = index_of(tree.scan_prefix(b"e").next())?;
+        let last = index_of(tree.scan_prefix(b"e").next_back())?;
+        meta.last = last.unwrap_or(meta.snap.index).max(meta.snap.index);
+        meta.first = first.unwrap_or(meta.last + 1);
+        Ok(Self { tree, meta: Mutex::new(meta) })
+    }
+
+    fn meta(&self) -> MutexGuard<'_, Meta> {
+        self.meta.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn read_entry(&self, index: u64) -> Result<Entry, StorageError> {
+        let what = || format!("log entry {index}");
+        let value = self.tree.get(entry_key(index))?.ok_or_else(|| StorageError::Corrupt { what: what() })?;
+        decode(&what, &value)
+    }
+
+    /// Bytes on disk, for status and benchmarks.
+    pub fn size_on_disk(&self) -> u64 {
+        self.tree.size_on_disk().unwrap_or(0)
+    }
+}
+
+impl Storage for SledStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let m = self.meta();
+        Ok(RaftState::new(m.hard.clone(), m.conf.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let (first, last) = {
+            let m = self.meta();
+            (m.first, m.last)
+        };
+        if low < first {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if high > last + 1 {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        let max = max_size.into();
+        let mut out = Vec::with_capacity((high - low).min(1024) as usize);
+        let mut size = 0u64;
+        for kv in self.tree.range(entry_key(low)..entry_key(high)) {
+            let (k, v) = kv.map_err(StorageError::from)?;
+            let index = u64::from_be_bytes(k[1..9].try_into().expect("entry keys are 9 bytes"));
+            let entry: Entry = decode(&|| format!("log entry {index}"), &v)?;
+            size += u64::from(entry.compute_size());
+            if !out.is_empty() && max.is_some_and(|m| size > m) {
+                break;
+            }
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let (snap, first, last) = {
+            let m = self.meta();
+            (m.snap.clone(), m.first, m.last)
+        };
+        if idx == snap.index {
+            return Ok(snap.term);
+        }
+        if idx < first {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if idx > last {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        Ok(self.read_entry(idx)?.term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.meta().first)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.meta().last)
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        match self.latest_snapshot()? {
+            Some(s) if s.get_metadata().index >= request_index => Ok(s),
+            _ => Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable)),
+        }
+    }
+}
+
+impl LogStore for SledStore {
+    fn persist(&self, p: Persist<'_>) -> Result<(), StorageError> {
+        let mut m = self.meta();
+        let mut batch = sled::Batch::default();
+        if let Some(first) = p.entries.first() {
+            for stale in first.index.max(m.first)..=m.last {
+                batch.remove(&entry_key(stale));
+            }
+            for e in p.entries {
+                batch.insert(&entry_key(e.index), encode(e));
+            }
+        }
+        let mut hard = p.hard_state.cloned().unwrap_or_else(|| m.hard.clone());
+        if let Some(commit) = p.commit {
+            hard.commit = commit;
+        }
+        let hard_changed = hard != m.hard;
+        if hard_changed {
+            batch.insert(HARD, encode(&hard));
+        }
+        self.tree.apply_batch(batch)?;
+        self.tree.flush()?;
+        if let (Some(first), Some(last)) = (p.entries.first(), p.entries.last()) {
+            m.last = last.index;
+            if m.first > first.index {
+                m.first = first.index;
+            }
+        }
+        m.hard = hard;
+        Ok(())
+    }
+
+    fn apply_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        let mut m = self.meta();
+        let md = snapshot.get_metadata();
+        let mut batch = sled::Batch::default();
+        for stale in m.first..=m.last {
+            batch.remove(&entry_key(stale));
+        }
+        let mut hard = m.hard.clone();
+        hard.commit = hard.commit.max(md.index);
+        hard.term = hard.term.max(md.term);
+        batch.insert(SNAP, encode(snapshot));
+        batch.insert(HARD, encode(&hard));
+        batch.insert(CONF, encode(md.get_conf_state()));
+        batch.insert(APPLIED, &md.index.to_le_bytes());
+        self.tree.apply_batch(batch)?;
+        self.tree.flush()?;
+        m.hard = hard;
+        m.conf = md.get_conf_state().clone();
+        m.snap = md.clone();
+        m.last = md.index;
+        m.first = md.index + 1;
+        Ok(())
+    }
+
+    fn save_snapshot(&self, snapshot: &Snapshot, compact_to: u64) -> Result<(), StorageError> {
+        let mut m = self.meta();
+        let md = snapshot.get_metadata();
+        let compact_to = compact_to.min(md.index + 1).min(m.last + 1);
+        let mut batch = sled::Batch::default();
+        for stale in m.first..compact_to {
+            batch.remove(&entry_key(stale));
+        }
+        batch.insert(SNAP, encode(snapshot));
+        self.tree.apply_batch(batch)?;
+        self.tree.flush()?;
+        m.snap = md.clone();
+        m.first = m.first.max(compact_to);
+        Ok(())
+    }
+
+    fn set_conf_state(&self, conf: &ConfState) -> Result<(), StorageError> {
+        self.tree.insert(CONF, encode(conf))?;
+        self.tree.flush()?;
+        self.meta().conf = conf.clone();
+        Ok(())
+    }
+
+    fn set_applied(&self, index: u64) -> Result<(), StorageError> {
+        self.tree.insert(APPLIED, &index.to_le_bytes())?;
+        Ok(())
+    }
+
+    fn applied(&self) -> Result<u64, StorageError> {
+        Ok(match self.tree.get(APPLIED)? {
+            Some(v) => u64::from_le_bytes(
+                v.as_ref().try_into().map_err(|_| StorageError::Corrupt { what: "applied index".into() })?,
+            ),
+            None => 0,
+        })
+    }
+
+    fn latest_snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
+        match self.tree.get(SNAP)? {
+            Some(v) => Ok(Some(decode(&|| "snapshot".into(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn verify(&self) -> Result<u64, StorageError> {
+        let (first, last) = {
+            let m = self.meta();
+            (m.first, m.last)
+        };
+        let mut expected = first;
+        for kv in self.tree.range(entry_key(first)..=entry_key(last)) {
+            let (k, v) = kv?;
+            let index = u64::from_be_bytes(k[1..9].try_into().expect("entry keys are 9 bytes"));
+            if index != expected {
+                return Err(StorageError::Corrupt { what: format!("log (entry {expected} is missing)") });
+            }
+            let entry: Entry = decode(&|| format!("log entry {index}"), &v)?;
+            if entry.index != index {
+                return Err(StorageError::Corrupt {
+                    what: format!("log entry {index} (it says index {})", entry.index),
+                });
+            }
+            expected += 1;
+        }
+        Ok(expected - first)
+    }
+}
+
+#[cfg(test)]
+#[path = "sled_tests.rs"]
+mod tests;

@@ -1,0 +1,138 @@
+use super::*;
+
+fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
+    let mut e = Entry::default();
+    e.index = index;
+    e.term = term;
+    e.data = data.to_vec().into();
+    e
+}
+
+fn entries(store: &SledStore, low: u64, high: u64) -> Vec<(u64, u64)> {
+    store.entries(low, high, None, GetEntriesContext::empty(false)).unwrap().iter().map(|e| (e.index, e.term)).collect()
+}
+
+fn snapshot(index: u64, term: u64, voters: Vec<u64>) -> Snapshot {
+    let mut s = Snapshot::default();
+    s.mut_metadata().index = index;
+    s.mut_metadata().term = term;
+    s.mut_metadata().mut_conf_state().voters = voters;
+    s.data = b"state".to_vec().into();
+    s
+}
+
+#[test]
+fn entries_and_hard_state_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut hs = HardState::default();
+        hs.term = 2;
+        hs.vote = 3;
+        hs.commit = 2;
+        let ents = [entry(1, 1, b"a"), entry(2, 2, b"b"), entry(3, 2, b"c")];
+        store.persist(Persist { entries: &ents, hard_state: Some(&hs), commit: None }).unwrap();
+        store.set_applied(2).unwrap();
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    let state = store.initial_state().unwrap();
+    assert_eq!((state.hard_state.term, state.hard_state.vote, state.hard_state.commit), (2, 3, 2));
+    assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (1, 3));
+    assert_eq!(entries(&store, 1, 4), vec![(1, 1), (2, 2), (3, 2)]);
+    assert_eq!(store.entries(2, 3, None, GetEntriesContext::empty(false)).unwrap()[0].data.as_ref(), b"b");
+    assert_eq!(store.term(3).unwrap(), 2);
+    assert_eq!(store.applied().unwrap(), 2);
+    assert_eq!(store.verify().unwrap(), 3);
+}
+
+#[test]
+fn a_conflicting_append_replaces_the_tail() {
+    let store = SledStore::temporary().unwrap();
+    let ents = [entry(1, 1, b""), entry(2, 1, b""), entry(3, 1, b""), entry(4, 1, b"")];
+    store.persist(Persist { entries: &ents, ..Persist::default() }).unwrap();
+    store.persist(Persist { entries: &[entry(3, 2, b"")], ..Persist::default() }).unwrap();
+    assert_eq!(store.last_index().unwrap(), 3);
+    assert_eq!(entries(&store, 1, 4), vec![(1, 1), (2, 1), (3, 2)]);
+    assert!(matches!(store.term(4), Err(raft::Error::Store(raft::StorageError::Unavailable))));
+}
+
+#[test]
+fn max_size_returns_at_least_one_entry() {
+    let store = SledStore::temporary().unwrap();
+    let ents: Vec<Entry> = (1..=5).map(|i| entry(i, 1, &[0; 100])).collect();
+    store.persist(Persist { entries: &ents, ..Persist::default() }).unwrap();
+    assert_eq!(store.entries(1, 6, 1, GetEntriesContext::empty(false)).unwrap().len(), 1);
+    assert_eq!(store.entries(1, 6, 250, GetEntriesContext::empty(false)).unwrap().len(), 2);
+}
+
+#[test]
+fn saving_a_snapshot_compacts_the_log_and_keeps_the_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 1, b"")).collect();
+        store.persist(Persist { entries: &ents, ..Persist::default() }).unwrap();
+        store.save_snapshot(&snapshot(8, 1, vec![1, 2, 3]), 6).unwrap();
+        assert_eq!(store.first_index().unwrap(), 6);
+        assert!(matches!(store.term(4), Err(raft::Error::Store(raft::StorageError::Compacted))));
+        assert!(matches!(
+            store.entries(5, 7, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(raft::StorageError::Compacted))
+        ));
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (6, 10));
+    assert_eq!(store.term(8).unwrap(), 1);
+    assert_eq!(store.snapshot(8, 2).unwrap().get_metadata().index, 8);
+    assert!(store.snapshot(9, 2).is_err(), "a snapshot older than requested is not offered");
+}
+
+#[test]
+fn applying_a_snapshot_replaces_the_log() {
+    let store = SledStore::temporary().unwrap();
+    let ents: Vec<Entry> = (1..=3).map(|i| entry(i, 1, b"")).collect();
+    store.persist(Persist { entries: &ents, ..Persist::default() }).unwrap();
+    store.apply_snapshot(&snapshot(20, 4, vec![1, 2, 3])).unwrap();
+    assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (21, 20));
+    assert_eq!(store.term(20).unwrap(), 4);
+    let state = store.initial_state().unwrap();
+    assert_eq!(state.hard_state.commit, 20);
+    assert_eq!(state.conf_state.voters, vec![1, 2, 3]);
+    store.persist(Persist { entries: &[entry(21, 4, b"")], ..Persist::default() }).unwrap();
+    assert_eq!(entries(&store, 21, 22), vec![(21, 4)]);
+}
+
+#[test]
+fn a_corrupt_entry_is_refused_with_its_index() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        let ents: Vec<Entry> = (1..=3).map(|i| entry(i, 1, b"payload")).collect();
+        store.persist(Persist { entries: &ents, ..Persist::default() }).unwrap();
+    }
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let mut value = db.get(entry_key(2)).unwrap().unwrap().to_vec();
+        let last = value.len() - 1;
+        value[last] ^= 0xff;
+        db.insert(entry_key(2), value).unwrap();
+        db.flush().unwrap();
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    let err = store.verify().unwrap_err().to_string();
+    assert!(err.contains("log entry 2 is corrupt"), "{err}");
+    assert!(store.entries(1, 4, None, GetEntriesContext::empty(false)).is_err());
+    assert_eq!(entries(&store, 1, 2), vec![(1, 1)], "entries before the corrupt one still read");
+}
+
+#[test]
+fn an_unknown_format_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.insert(VERSION, &99u32.to_le_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    let err = SledStore::open(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("format version 99"), "{err}");
+}
