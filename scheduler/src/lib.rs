@@ -5,4 +5,11 @@
 //! - `storage`: the `LogStore` trait (log with checksums, hard/conf state, snapshots) and its
 //!   sled implementation.
 
+pub mod codec;
+pub mod fsm;
+pub mod logging;
+pub mod node;
 pub mod storage;
+#[cfg(test)]
+mod testing;
+pub mod transport;

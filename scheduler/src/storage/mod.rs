@@ -15,7 +15,8 @@ pub struct Persist<'a> {
     pub entries: &'a [Entry],
     /// The new hard state, if it changed.
     pub hard_state: Option<&'a HardState>,
-    /// The new commit index, when only it changed.
+    /// The new commit index, when only it changed (written, not flushed: a lost commit index is
+    /// learnt again from the leader).
     pub commit: Option<u64>,
 }
 

@@ -224,7 +224,9 @@ impl LogStore for SledStore {
             batch.insert(HARD, encode(&hard));
         }
         self.tree.apply_batch(batch)?;
-        self.tree.flush()?;
+        if !p.entries.is_empty() || p.hard_state.is_some() {
+            self.tree.flush()?;
+        }
         if let (Some(first), Some(last)) = (p.entries.first(), p.entries.last()) {
             m.last = last.index;
             if m.first > first.index {

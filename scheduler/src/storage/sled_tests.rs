@@ -1,11 +1,7 @@
 use super::*;
 
 fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
-    let mut e = Entry::default();
-    e.index = index;
-    e.term = term;
-    e.data = data.to_vec().into();
-    e
+    Entry { index, term, data: data.to_vec().into(), ..Entry::default() }
 }
 
 fn entries(store: &SledStore, low: u64, high: u64) -> Vec<(u64, u64)> {
@@ -26,10 +22,7 @@ fn entries_and_hard_state_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = SledStore::open(dir.path()).unwrap();
-        let mut hs = HardState::default();
-        hs.term = 2;
-        hs.vote = 3;
-        hs.commit = 2;
+        let hs = HardState { term: 2, vote: 3, commit: 2, ..HardState::default() };
         let ents = [entry(1, 1, b"a"), entry(2, 2, b"b"), entry(3, 2, b"c")];
         store.persist(Persist { entries: &ents, hard_state: Some(&hs), commit: None }).unwrap();
         store.set_applied(2).unwrap();

@@ -1,0 +1,181 @@
+//! What travels inside Raft: a log entry's data is a batch of proposals (format version byte,
+//! then postcard), and a snapshot's data is the replica's state machine (magic, version, then
+//! postcard of the core state's own snapshot and the request-id table).
+
+use qm_core::{Command, JobId};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+
+/// Version of the entry format this release writes and reads.
+pub const ENTRY_VERSION: u8 = 1;
+/// Magic of a state-machine snapshot.
+pub const SNAPSHOT_MAGIC: &[u8; 4] = b"QMRS";
+/// Version of the state-machine snapshot format.
+pub const SNAPSHOT_VERSION: u16 = 1;
+
+/// One client command in a log entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The replica that proposed it; only it answers the client.
+    pub origin: u64,
+    /// The proposer's sequence number, to find the waiting client.
+    pub seq: u64,
+    /// The client's token for retries of a submission.
+    pub request_id: Option<String>,
+    /// The command.
+    pub command: Command,
+}
+
+/// Why entry or snapshot data does not decode.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// A format this release does not know.
+    #[error("{what}: format version {found} is not known to this release (it knows {known})")]
+    Version {
+        /// Entry or snapshot.
+        what: &'static str,
+        /// Found.
+        found: u32,
+        /// Known.
+        known: u32,
+    },
+    /// Bytes that do not decode.
+    #[error("{what} does not decode: {reason}")]
+    Decode {
+        /// Entry or snapshot.
+        what: &'static str,
+        /// The decoder's message.
+        reason: String,
+    },
+}
+
+/// Encodes a batch of proposals as entry data.
+pub fn encode_batch(batch: &[Proposal]) -> Vec<u8> {
+    let out = vec![ENTRY_VERSION];
+    postcard::to_extend(batch, out).expect("encoding to a Vec cannot fail")
+}
+
+/// Decodes entry data.
+pub fn decode_batch(data: &[u8]) -> Result<Vec<Proposal>, CodecError> {
+    match data.split_first() {
+        Some((&ENTRY_VERSION, body)) => {
+            postcard::from_bytes(body).map_err(|e| CodecError::Decode { what: "log entry", reason: e.to_string() })
+        }
+        Some((&v, _)) => {
+            Err(CodecError::Version { what: "log entry", found: u32::from(v), known: u32::from(ENTRY_VERSION) })
+        }
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Request ids seen, with the jobs they created, so that a retried submission is answered with
+/// the first answer instead of creating the jobs twice. Bounded: the oldest ids are forgotten.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dedup {
+    jobs: BTreeMap<String, Vec<JobId>>,
+    order: VecDeque<String>,
+}
+
+impl Dedup {
+    /// Ids remembered at most.
+    pub const CAPACITY: usize = 100_000;
+
+    /// The jobs a request id created, if seen.
+    pub fn get(&self, request_id: &str) -> Option<&[JobId]> {
+        self.jobs.get(request_id).map(Vec::as_slice)
+    }
+
+    /// Remembers the jobs of a request id.
+    pub fn insert(&mut self, request_id: String, jobs: Vec<JobId>) {
+        if self.jobs.insert(request_id.clone(), jobs).is_none() {
+            self.order.push_back(request_id);
+        }
+        while self.order.len() > Self::CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.jobs.remove(&old);
+            }
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    state: Vec<u8>,
+    dedup: Dedup,
+    members: Members,
+}
+
+/// Voters and their replication addresses, replicated so that a restarted replica knows them.
+pub type Members = BTreeMap<u64, String>;
+
+/// Encodes a state-machine snapshot.
+pub fn encode_snapshot(state: &qm_core::State, dedup: &Dedup, members: &Members) -> Vec<u8> {
+    let mut out = SNAPSHOT_MAGIC.to_vec();
+    out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    let body = SnapshotBody { state: state.to_bytes(), dedup: dedup.clone(), members: members.clone() };
+    postcard::to_extend(&body, out).expect("encoding to a Vec cannot fail")
+}
+
+/// Decodes a state-machine snapshot.
+pub fn decode_snapshot(data: &[u8]) -> Result<(qm_core::State, Dedup, Members), CodecError> {
+    let bad = |reason: String| CodecError::Decode { what: "snapshot", reason };
+    if data.len() < 6 || &data[..4] != SNAPSHOT_MAGIC {
+        return Err(bad("it does not start with QMRS".into()));
+    }
+    let found = u16::from_le_bytes([data[4], data[5]]);
+    if found != SNAPSHOT_VERSION {
+        return Err(CodecError::Version { what: "snapshot", found: found.into(), known: SNAPSHOT_VERSION.into() });
+    }
+    let body: SnapshotBody = postcard::from_bytes(&data[6..]).map_err(|e| bad(e.to_string()))?;
+    let state = qm_core::State::from_bytes(&body.state).map_err(|e| bad(e.to_string()))?;
+    Ok((state, body.dedup, body.members))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_round_trip_and_unknown_versions_are_refused() {
+        let batch = vec![Proposal {
+            origin: 2,
+            seq: 7,
+            request_id: Some("r1".into()),
+            command: Command::Cancel { job: JobId(3), at_ms: 9 },
+        }];
+        let data = encode_batch(&batch);
+        assert_eq!(decode_batch(&data).unwrap(), batch);
+        let mut future = data.clone();
+        future[0] = 9;
+        assert!(decode_batch(&future).unwrap_err().to_string().contains("format version 9"));
+        assert!(decode_batch(&data[..data.len() - 1]).is_err());
+        assert!(decode_batch(&[]).unwrap().is_empty(), "raft's empty entries carry no proposals");
+    }
+
+    #[test]
+    fn snapshots_round_trip_and_bad_ones_are_refused() {
+        let mut dedup = Dedup::default();
+        dedup.insert("r".into(), vec![JobId(1)]);
+        let state = qm_core::State::new();
+        let members = Members::from([(1, "127.0.0.1:7000".to_owned())]);
+        let data = encode_snapshot(&state, &dedup, &members);
+        let (back, d, m) = decode_snapshot(&data).unwrap();
+        assert_eq!(back.hash(), state.hash());
+        assert_eq!((d, m), (dedup, members));
+        assert!(decode_snapshot(b"nope").is_err());
+        let mut newer = data.clone();
+        newer[4] = 2;
+        assert!(decode_snapshot(&newer).unwrap_err().to_string().contains("format version 2"));
+    }
+
+    #[test]
+    fn dedup_forgets_the_oldest_ids_beyond_its_capacity() {
+        let mut d = Dedup::default();
+        for i in 0..=Dedup::CAPACITY {
+            d.insert(i.to_string(), vec![JobId(i as u64 + 1)]);
+        }
+        assert!(d.get("0").is_none());
+        assert_eq!(d.get("1"), Some(&[JobId(2)][..]));
+        assert_eq!(d.get(&Dedup::CAPACITY.to_string()).map(<[JobId]>::len), Some(1));
+    }
+}

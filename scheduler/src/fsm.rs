@@ -1,0 +1,134 @@
+//! The replicated state machine: committed proposals applied to `qm_core::State`, in log order,
+//! on every replica alike. A retried submission (same request id) gets the first answer.
+
+use crate::codec::{decode_snapshot, encode_snapshot, CodecError, Dedup, Members, Proposal};
+use qm_core::{ApplyError, Command, Outcome, State};
+
+/// What applying one proposal gave, for the replica that proposed it.
+#[derive(Debug)]
+pub struct Applied {
+    /// The proposing replica.
+    pub origin: u64,
+    /// Its sequence number.
+    pub seq: u64,
+    /// The command's outcome, or why the state refused it.
+    pub result: Result<Outcome, ApplyError>,
+}
+
+/// The state machine of one replica.
+#[derive(Debug, Default)]
+pub struct Fsm {
+    /// The scheduler's state.
+    pub state: State,
+    /// Request ids of submissions seen.
+    pub dedup: Dedup,
+    /// The last log index applied.
+    pub applied: u64,
+    /// Voters and their addresses.
+    pub members: Members,
+}
+
+impl Fsm {
+    /// The state machine a snapshot holds, as of log index `index`.
+    pub fn restore(data: &[u8], index: u64) -> Result<Self, CodecError> {
+        let (state, dedup, members) = decode_snapshot(data)?;
+        Ok(Self { state, dedup, applied: index, members })
+    }
+
+    /// Encodes the state machine for a snapshot.
+    pub fn snapshot(&self) -> Vec<u8> {
+        encode_snapshot(&self.state, &self.dedup, &self.members)
+    }
+
+    /// Applies the proposals of the entry at `index`.
+    pub fn apply(&mut self, index: u64, proposals: Vec<Proposal>) -> Vec<Applied> {
+        self.applied = index;
+        proposals.into_iter().map(|p| self.apply_one(p)).collect()
+    }
+
+    fn apply_one(&mut self, p: Proposal) -> Applied {
+        let seen = match (&p.request_id, &p.command) {
+            (Some(id), Command::Submit { .. }) => self.dedup.get(id),
+            _ => None,
+        };
+        let result = match seen {
+            Some(jobs) => Ok(Outcome { submitted: jobs.to_vec(), ..Outcome::default() }),
+            None => {
+                let result = self.state.apply(p.command);
+                if let (Some(id), Ok(out)) = (p.request_id, &result) {
+                    if !out.submitted.is_empty() {
+                        self.dedup.insert(id, out.submitted.clone());
+                    }
+                }
+                result
+            }
+        };
+        Applied { origin: p.origin, seq: p.seq, result }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qm_core::JobId;
+
+    fn submit(seq: u64, request_id: Option<&str>) -> Proposal {
+        let mut spec = crate::testing::job_spec("t");
+        spec.name = format!("j{seq}");
+        Proposal {
+            origin: 1,
+            seq,
+            request_id: request_id.map(str::to_owned),
+            command: Command::Submit { jobs: vec![spec], at_ms: seq },
+        }
+    }
+
+    fn fsm() -> Fsm {
+        let mut f = Fsm::default();
+        for c in crate::testing::setup("t", 8) {
+            f.state.apply(c).unwrap();
+        }
+        f
+    }
+
+    #[test]
+    fn a_retried_submission_gets_the_first_answer_and_creates_nothing() {
+        let mut f = fsm();
+        let first = f.apply(1, vec![submit(1, Some("r"))]);
+        let again = f.apply(2, vec![submit(2, Some("r")), submit(3, None)]);
+        let ids = |a: &Applied| a.result.as_ref().unwrap().submitted.clone();
+        assert_eq!(ids(&first[0]), vec![JobId(1)]);
+        assert_eq!(ids(&again[0]), vec![JobId(1)]);
+        assert_eq!(ids(&again[1]), vec![JobId(2)]);
+        assert_eq!(f.state.jobs().len(), 2);
+        assert_eq!(f.applied, 2);
+    }
+
+    #[test]
+    fn a_refused_command_is_answered_and_changes_nothing() {
+        let mut f = fsm();
+        let before = f.state.hash();
+        let out = f.apply(
+            1,
+            vec![Proposal {
+                origin: 3,
+                seq: 9,
+                request_id: None,
+                command: Command::Cancel { job: JobId(42), at_ms: 1 },
+            }],
+        );
+        assert_eq!((out[0].origin, out[0].seq), (3, 9));
+        assert!(out[0].result.is_err());
+        assert_eq!(f.state.hash(), before);
+    }
+
+    #[test]
+    fn a_snapshot_restores_state_and_request_ids() {
+        let mut f = fsm();
+        f.apply(1, vec![submit(1, Some("r"))]);
+        let mut back = Fsm::restore(&f.snapshot(), 1).unwrap();
+        assert_eq!(back.state.hash(), f.state.hash());
+        let again = back.apply(2, vec![submit(2, Some("r"))]);
+        assert_eq!(again[0].result.as_ref().unwrap().submitted, vec![JobId(1)]);
+    }
+}

@@ -1,0 +1,274 @@
+//! The Raft node of one replica: raft-rs `RawNode` on a `LogStore`, driven by a dedicated
+//! thread (`ready.rs`) that ticks, batches proposals into log entries, handles each `Ready` in
+//! the documented order and applies committed entries to the state machine. `Handle` is how the
+//! services talk to it: propose and wait until applied, linearizable read barriers, status.
+
+mod ready;
+mod waiters;
+
+use crate::fsm::Fsm;
+use crate::storage::{LogStore, StorageError};
+use crate::transport::Transport;
+use qm_core::{ApplyError, Command, JobId, JobState, Outcome};
+use raft::eraftpb::Message;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::Duration;
+use tokio::sync::{broadcast, oneshot, Notify};
+
+/// How a node runs.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This replica's Raft id (not 0).
+    pub id: u64,
+    /// The voters of a new cluster (ignored when the store already holds a configuration).
+    pub initial_voters: Vec<u64>,
+    /// Addresses of the initial voters, by id.
+    pub peers: Vec<(u64, String)>,
+    /// Time between two Raft ticks.
+    pub tick: Duration,
+    /// Ticks without a leader before an election.
+    pub election_ticks: usize,
+    /// Ticks between heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Entries applied between two snapshots.
+    pub snapshot_every: u64,
+    /// Entries kept before a snapshot's index, for followers a little behind.
+    pub keep_entries: u64,
+    /// Proposals grouped into one log entry at most.
+    pub max_batch: usize,
+    /// How long a proposal or read may wait before it fails with `Unavailable`.
+    pub deadline: Duration,
+}
+
+impl NodeConfig {
+    /// Defaults for replica `id` of a cluster of `voters`.
+    pub fn new(id: u64, voters: Vec<u64>) -> Self {
+        Self {
+            id,
+            initial_voters: voters,
+            peers: Vec::new(),
+            tick: Duration::from_millis(50),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            snapshot_every: 10_000,
+            keep_entries: 1_000,
+            max_batch: 4_096,
+            deadline: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Why a proposal or read did not go through.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NodeError {
+    /// No quorum, no leader, or the deadline passed; the outcome of a proposal is unknown.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The state machine refused the command.
+    #[error(transparent)]
+    Rejected(#[from] ApplyError),
+    /// The node stopped, possibly on a storage error.
+    #[error("replica stopped: {0}")]
+    Stopped(String),
+}
+
+/// A membership change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Membership {
+    /// Add a voter at an address.
+    Add {
+        /// Its Raft id.
+        id: u64,
+        /// Its replication address.
+        address: String,
+    },
+    /// Remove a voter.
+    Remove {
+        /// Its Raft id.
+        id: u64,
+    },
+}
+
+/// What the node's thread is told.
+#[derive(Debug)]
+pub enum Input {
+    /// A command to replicate.
+    Propose {
+        /// The command.
+        command: Command,
+        /// A client's retry token.
+        request_id: Option<String>,
+        /// Answered once applied.
+        reply: oneshot::Sender<Result<Outcome, NodeError>>,
+    },
+    /// A linearizable read barrier: answered when this replica has applied everything
+    /// committed when it was asked.
+    Read {
+        /// Answered when safe to read.
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    /// A membership change.
+    Change {
+        /// The change.
+        change: Membership,
+        /// Answered once applied.
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    /// A message from a peer.
+    Raft(Box<Message>),
+    /// A peer could not be reached.
+    Unreachable(u64),
+    /// Stop the thread.
+    Stop,
+}
+
+/// The sending side of a node's inbox.
+pub type Inbox = mpsc::Sender<Input>;
+
+/// A job's state changed (for `Watch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobChange {
+    /// Log index of the change.
+    pub index: u64,
+    /// The job.
+    pub job: JobId,
+    /// Its new state.
+    pub state: JobState,
+}
+
+/// What a replica says about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    /// This replica.
+    pub id: u64,
+    /// The leader, 0 when unknown.
+    pub leader: u64,
+    /// Current term.
+    pub term: u64,
+    /// Commit index.
+    pub commit: u64,
+    /// Applied index.
+    pub applied: u64,
+    /// Voters, with their addresses when known.
+    pub members: Vec<(u64, String)>,
+    /// Index of the latest snapshot.
+    pub snapshot_index: u64,
+    /// Why the node stopped, if it did.
+    pub fatal: Option<String>,
+}
+
+/// State shared between the node's thread and the services.
+#[derive(Debug)]
+pub struct Shared {
+    fsm: RwLock<Fsm>,
+    status: Mutex<Status>,
+    events: broadcast::Sender<JobChange>,
+    /// Woken when applied entries may have changed work or capacity.
+    pub work: Notify,
+}
+
+/// The services' handle on a node.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    inbox: Inbox,
+    shared: Arc<Shared>,
+    deadline: Duration,
+}
+
+impl Handle {
+    /// Replicates a command and waits until it is applied here.
+    pub async fn propose(&self, command: Command, request_id: Option<String>) -> Result<Outcome, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Input::Propose { command, request_id, reply })?;
+        self.wait(rx).await?
+    }
+
+    /// Waits until reads here see every write committed before the call.
+    pub async fn read_barrier(&self) -> Result<(), NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Input::Read { reply })?;
+        self.wait(rx).await?
+    }
+
+    /// Adds or removes a voter.
+    pub async fn change(&self, change: Membership) -> Result<(), NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Input::Change { change, reply })?;
+        self.wait(rx).await?
+    }
+
+    fn send(&self, input: Input) -> Result<(), NodeError> {
+        self.inbox.send(input).map_err(|_| self.stopped())
+    }
+
+    async fn wait<T>(&self, rx: oneshot::Receiver<T>) -> Result<T, NodeError> {
+        match tokio::time::timeout(self.deadline + Duration::from_millis(500), rx).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(_)) => Err(self.stopped()),
+            Err(_) => Err(NodeError::Unavailable("no answer within the deadline".into())),
+        }
+    }
+
+    fn stopped(&self) -> NodeError {
+        NodeError::Stopped(self.status().fatal.unwrap_or_else(|| "shut down".into()))
+    }
+
+    /// The state machine, for reading.
+    pub fn fsm(&self) -> RwLockReadGuard<'_, Fsm> {
+        self.shared.fsm.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The replica's status.
+    pub fn status(&self) -> Status {
+        self.shared.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Job state changes as they are applied.
+    pub fn subscribe(&self) -> broadcast::Receiver<JobChange> {
+        self.shared.events.subscribe()
+    }
+
+    /// Shared state (the leader loop waits on `work`).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The inbox, for the Raft service to deliver peers' messages.
+    pub fn inbox(&self) -> &Inbox {
+        &self.inbox
+    }
+
+    /// Stops the node's thread.
+    pub fn stop(&self) {
+        let _ = self.inbox.send(Input::Stop);
+    }
+}
+
+/// Starts a node on `store`; `transport` is built with the node's inbox (to report unreachable
+/// peers). Returns the handle and the thread, which ends on `Handle::stop`.
+pub fn spawn<S: LogStore, T: Transport>(
+    config: NodeConfig,
+    store: S,
+    transport: impl FnOnce(Inbox) -> T,
+) -> Result<(Handle, std::thread::JoinHandle<()>), StorageError> {
+    let (inbox, rx) = mpsc::channel();
+    let transport = transport(inbox.clone());
+    let (events, _) = broadcast::channel(65_536);
+    let shared = Arc::new(Shared {
+        fsm: RwLock::new(Fsm::default()),
+        status: Mutex::new(Status { id: config.id, ..Status::default() }),
+        events,
+        work: Notify::new(),
+    });
+    let deadline = config.deadline;
+    let node = ready::Node::new(config, store, transport, rx, Arc::clone(&shared))?;
+    let thread = std::thread::Builder::new()
+        .name(format!("raft-{}", node.id()))
+        .spawn(move || node.run())
+        .expect("the OS can start a thread");
+    Ok((Handle { inbox, shared, deadline }, thread))
+}
+
+#[cfg(test)]
+mod tests;

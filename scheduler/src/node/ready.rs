@@ -1,0 +1,447 @@
+//! The node's thread: inputs, ticks, and each `Ready` handled in raft-rs' documented order:
+//! send messages; apply a snapshot; apply committed entries; persist entries and hard state in
+//! one flushed batch; send the persisted messages; advance, and repeat for what the advance
+//! released.
+
+use super::waiters::Waiters;
+use super::{Input, JobChange, Membership, NodeConfig, NodeError, Shared, Status};
+use crate::codec::{decode_batch, encode_batch, Proposal};
+use crate::fsm::Fsm;
+use crate::logging::raft_logger;
+use crate::storage::{LogStore, Persist, StorageError};
+use crate::transport::Transport;
+use protobuf::Message as PbMessage;
+use qm_core::Outcome;
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Snapshot};
+use raft::{Config, RawNode, ReadOnlyOption};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Inputs handled before the next Ready, at most (the rest wait one round).
+const MAX_INPUTS_PER_ROUND: usize = 16_384;
+
+/// Why the node stops.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Fatal {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("log entry {index}: {reason}")]
+    Entry { index: u64, reason: String },
+}
+
+pub(super) struct Node<S: LogStore, T: Transport> {
+    raw: RawNode<S>,
+    config: NodeConfig,
+    transport: T,
+    rx: Receiver<Input>,
+    shared: Arc<Shared>,
+    proposals: Waiters<Outcome>,
+    reads: Waiters<()>,
+    changes: Waiters<()>,
+    batch: Vec<Proposal>,
+    /// Read barriers the leader confirmed: (index to reach, waiter).
+    confirmed_reads: Vec<(u64, u64)>,
+    applied_term: u64,
+    snapshot_index: u64,
+}
+
+impl<S: LogStore, T: Transport> Node<S, T> {
+    pub fn new(
+        config: NodeConfig,
+        store: S,
+        mut transport: T,
+        rx: Receiver<Input>,
+        shared: Arc<Shared>,
+    ) -> Result<Self, StorageError> {
+        store.verify()?;
+        let initial =
+            store.initial_state().map_err(|e| StorageError::Decode { what: "state".into(), reason: e.to_string() })?;
+        if !initial.initialized() && initial.conf_state.voters.is_empty() && !config.initial_voters.is_empty() {
+            store.set_conf_state(&ConfState { voters: config.initial_voters.clone(), ..ConfState::default() })?;
+        }
+        let mut fsm = match store.latest_snapshot()? {
+            Some(snap) => Fsm::restore(&snap.data, snap.get_metadata().index)
+                .map_err(|e| StorageError::Decode { what: "snapshot".into(), reason: e.to_string() })?,
+            None => Fsm::default(),
+        };
+        for (id, address) in &config.peers {
+            fsm.members.entry(*id).or_insert_with(|| address.clone());
+        }
+        for (id, address) in &fsm.members {
+            if *id != config.id {
+                transport.set_peer(*id, address);
+            }
+        }
+        let snapshot_index = fsm.applied;
+        let applied_term = store.term(snapshot_index).unwrap_or(0);
+        let raft_config = Config {
+            id: config.id,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
+            applied: fsm.applied,
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            read_only_option: ReadOnlyOption::Safe,
+            ..Config::default()
+        };
+        let logger = raft_logger(config.id);
+        let raw = RawNode::new(&raft_config, store, &logger)
+            .map_err(|e| StorageError::Decode { what: "raft configuration".into(), reason: e.to_string() })?;
+        *shared.fsm.write().unwrap_or_else(|p| p.into_inner()) = fsm;
+        Ok(Self {
+            raw,
+            config,
+            transport,
+            rx,
+            shared,
+            proposals: Waiters::default(),
+            reads: Waiters::default(),
+            changes: Waiters::default(),
+            batch: Vec::new(),
+            confirmed_reads: Vec::new(),
+            applied_term,
+            snapshot_index,
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.config.id
+    }
+
+    /// Runs until told to stop or until storage fails.
+    pub fn run(mut self) {
+        let mut next_tick = Instant::now() + self.config.tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let first = match self.rx.recv_timeout(wait) {
+                Ok(input) => Some(input),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            if !self.take_inputs(first) {
+                break;
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.raw.tick();
+                next_tick = now + self.config.tick;
+                self.expire(now);
+            }
+            if let Err(e) = self.round() {
+                self.stop_on(e);
+                return;
+            }
+        }
+        self.proposals.fail_all(&NodeError::Stopped("shut down".into()));
+    }
+
+    /// Handles `first` and whatever else is queued; false when told to stop.
+    fn take_inputs(&mut self, first: Option<Input>) -> bool {
+        let Some(first) = first else { return true };
+        if !self.handle(first) {
+            return false;
+        }
+        for _ in 0..MAX_INPUTS_PER_ROUND {
+            match self.rx.try_recv() {
+                Ok(input) => {
+                    if !self.handle(input) {
+                        return false;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        true
+    }
+
+    fn round(&mut self) -> Result<(), Fatal> {
+        self.flush_batch();
+        while self.raw.has_ready() {
+            self.on_ready()?;
+        }
+        self.answer_reads();
+        self.publish();
+        Ok(())
+    }
+
+    fn stop_on(&mut self, e: Fatal) {
+        let why = e.to_string();
+        tracing::error!(replica = self.config.id, "replica stopped: {why}");
+        self.shared.status.lock().unwrap_or_else(|p| p.into_inner()).fatal = Some(why.clone());
+        let err = NodeError::Stopped(why);
+        self.proposals.fail_all(&err);
+        self.reads.fail_all(&err);
+        self.changes.fail_all(&err);
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let why =
+            "not committed within the deadline (no quorum?); the outcome is unknown, retry with the same request id";
+        self.proposals.expire(now, why);
+        self.reads.expire(now, "the leader did not confirm the read within the deadline (no quorum?)");
+        self.changes.expire(now, why);
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.config.deadline
+    }
+
+    fn no_leader(&self) -> Option<NodeError> {
+        (self.raw.raft.leader_id == raft::INVALID_ID).then(|| {
+            NodeError::Unavailable("no leader is known (an election is under way or there is no quorum)".into())
+        })
+    }
+
+    fn handle(&mut self, input: Input) -> bool {
+        match input {
+            Input::Propose { command, request_id, reply } => {
+                if let Some(e) = self.no_leader() {
+                    let _ = reply.send(Err(e));
+                    return true;
+                }
+                let seq = self.proposals.add(reply, self.deadline());
+                self.batch.push(Proposal { origin: self.config.id, seq, request_id, command });
+                if self.batch.len() >= self.config.max_batch {
+                    self.flush_batch();
+                }
+            }
+            Input::Read { reply } => {
+                if let Some(e) = self.no_leader() {
+                    let _ = reply.send(Err(e));
+                    return true;
+                }
+                let seq = self.reads.add(reply, self.deadline());
+                self.raw.read_index(seq.to_le_bytes().to_vec());
+            }
+            Input::Change { change, reply } => self.propose_change(change, reply),
+            Input::Raft(m) => {
+                if let Err(e) = self.raw.step(*m) {
+                    tracing::debug!(replica = self.config.id, "dropped a raft message: {e}");
+                }
+            }
+            Input::Unreachable(id) => self.raw.report_unreachable(id),
+            Input::Stop => return false,
+        }
+        true
+    }
+
+    fn flush_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        if let Err(e) = self.raw.propose(vec![], encode_batch(&batch)) {
+            let err = NodeError::Unavailable(format!("the proposal was dropped: {e}"));
+            for p in batch {
+                self.proposals.answer(p.seq, Err(err.clone()));
+            }
+        }
+    }
+
+    fn propose_change(&mut self, change: Membership, reply: tokio::sync::oneshot::Sender<Result<(), NodeError>>) {
+        if let Some(e) = self.no_leader() {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let seq = self.changes.add(reply, self.deadline());
+        let mut cc = ConfChange::default();
+        let address = match change {
+            Membership::Add { id, address } => {
+                cc.set_change_type(ConfChangeType::AddNode);
+                cc.node_id = id;
+                address
+            }
+            Membership::Remove { id } => {
+                cc.set_change_type(ConfChangeType::RemoveNode);
+                cc.node_id = id;
+                String::new()
+            }
+        };
+        cc.context = postcard::to_allocvec(&(self.config.id, seq, address)).expect("encoding cannot fail").into();
+        if let Err(e) = self.raw.propose_conf_change(vec![], cc) {
+            self.changes.answer(seq, Err(NodeError::Unavailable(format!("the change was refused: {e}"))));
+        }
+    }
+
+    fn on_ready(&mut self) -> Result<(), Fatal> {
+        let mut ready = self.raw.ready();
+        self.transport.send(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            self.install_snapshot(ready.snapshot())?;
+        }
+        self.apply_entries(ready.take_committed_entries())?;
+        if !ready.entries().is_empty() || ready.hs().is_some() {
+            let batch = Persist { entries: ready.entries(), hard_state: ready.hs(), commit: None };
+            self.raw.store().persist(batch)?;
+        }
+        self.transport.send(ready.take_persisted_messages());
+        for rs in ready.take_read_states() {
+            if let Ok(bytes) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) {
+                self.confirmed_reads.push((rs.index, u64::from_le_bytes(bytes)));
+            }
+        }
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.raw.store().persist(Persist { commit: Some(commit), ..Persist::default() })?;
+        }
+        self.transport.send(light.take_messages());
+        self.apply_entries(light.take_committed_entries())?;
+        self.raw.advance_apply();
+        self.maybe_snapshot()
+    }
+
+    fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), Fatal> {
+        let md = snap.get_metadata();
+        let fsm = Fsm::restore(&snap.data, md.index)
+            .map_err(|e| Fatal::Entry { index: md.index, reason: format!("snapshot: {e}") })?;
+        self.raw.store().apply_snapshot(snap)?;
+        for (id, address) in &fsm.members {
+            if *id != self.config.id {
+                self.transport.set_peer(*id, address);
+            }
+        }
+        *self.shared.fsm.write().unwrap_or_else(|p| p.into_inner()) = fsm;
+        self.snapshot_index = md.index;
+        self.applied_term = md.term;
+        self.shared.work.notify_one();
+        tracing::info!(replica = self.config.id, index = md.index, "installed a snapshot from the leader");
+        Ok(())
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), Fatal> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut changes = Vec::new();
+        let mut touched = false;
+        for e in entries {
+            match e.get_entry_type() {
+                EntryType::EntryNormal => touched |= self.apply_normal(&e, &mut changes)?,
+                EntryType::EntryConfChange => self.apply_conf_change(&e)?,
+                EntryType::EntryConfChangeV2 => {
+                    return Err(Fatal::Entry { index: e.index, reason: "joint membership changes are not used".into() })
+                }
+            }
+            self.applied_term = e.term;
+        }
+        let applied = self.shared.fsm.read().unwrap_or_else(|p| p.into_inner()).applied;
+        self.raw.store().set_applied(applied)?;
+        for c in changes {
+            let _ = self.shared.events.send(c);
+        }
+        if touched {
+            self.shared.work.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Applies one normal entry; true when it carried proposals.
+    fn apply_normal(&mut self, e: &Entry, changes: &mut Vec<JobChange>) -> Result<bool, Fatal> {
+        let proposals =
+            decode_batch(&e.data).map_err(|err| Fatal::Entry { index: e.index, reason: err.to_string() })?;
+        let any = !proposals.is_empty();
+        let results = self.shared.fsm.write().unwrap_or_else(|p| p.into_inner()).apply(e.index, proposals);
+        for r in results {
+            if let Ok(out) = &r.result {
+                changes.extend(out.changed.iter().map(|&(job, state)| JobChange { index: e.index, job, state }));
+            }
+            if r.origin == self.config.id {
+                self.proposals.answer(r.seq, r.result.map_err(NodeError::Rejected));
+            }
+        }
+        Ok(any)
+    }
+
+    fn apply_conf_change(&mut self, e: &Entry) -> Result<(), Fatal> {
+        let bad = |reason: String| Fatal::Entry { index: e.index, reason };
+        let cc = ConfChange::parse_from_bytes(&e.data).map_err(|err| bad(err.to_string()))?;
+        let (origin, seq, address): (u64, u64, String) =
+            postcard::from_bytes(&cc.context).map_err(|err| bad(err.to_string()))?;
+        let result = self.raw.apply_conf_change(&cc);
+        let mut fsm = self.shared.fsm.write().unwrap_or_else(|p| p.into_inner());
+        fsm.applied = e.index;
+        let answer = match result {
+            Ok(cs) => {
+                self.raw.store().set_conf_state(&cs)?;
+                match cc.get_change_type() {
+                    ConfChangeType::RemoveNode => {
+                        fsm.members.remove(&cc.node_id);
+                        self.transport.remove_peer(cc.node_id);
+                    }
+                    _ => {
+                        fsm.members.insert(cc.node_id, address.clone());
+                        if cc.node_id != self.config.id {
+                            self.transport.set_peer(cc.node_id, &address);
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Err(err) => Err(NodeError::Unavailable(format!("the membership change failed: {err}"))),
+        };
+        drop(fsm);
+        if origin == self.config.id {
+            self.changes.answer(seq, answer);
+        }
+        Ok(())
+    }
+
+    fn maybe_snapshot(&mut self) -> Result<(), Fatal> {
+        let (applied, data) = {
+            let fsm = self.shared.fsm.read().unwrap_or_else(|p| p.into_inner());
+            if fsm.applied < self.snapshot_index + self.config.snapshot_every {
+                return Ok(());
+            }
+            (fsm.applied, fsm.snapshot())
+        };
+        let mut snap = Snapshot { data: data.into(), ..Snapshot::default() };
+        let md = snap.mut_metadata();
+        md.index = applied;
+        md.term = self.applied_term;
+        md.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
+        self.raw.store().save_snapshot(&snap, applied.saturating_sub(self.config.keep_entries))?;
+        self.snapshot_index = applied;
+        tracing::info!(replica = self.config.id, index = applied, "took a snapshot and compacted the log");
+        Ok(())
+    }
+
+    fn answer_reads(&mut self) {
+        if self.confirmed_reads.is_empty() {
+            return;
+        }
+        let applied = self.shared.fsm.read().unwrap_or_else(|p| p.into_inner()).applied;
+        let reads = &mut self.reads;
+        self.confirmed_reads.retain(|&(index, seq)| {
+            let done = index <= applied;
+            if done {
+                reads.answer(seq, Ok(()));
+            }
+            !done
+        });
+    }
+
+    fn publish(&mut self) {
+        let fsm = self.shared.fsm.read().unwrap_or_else(|p| p.into_inner());
+        let voters = self.raw.raft.prs().conf().voters().ids();
+        let mut members: Vec<(u64, String)> =
+            voters.iter().map(|id| (id, fsm.members.get(&id).cloned().unwrap_or_default())).collect();
+        members.sort();
+        let status = Status {
+            id: self.config.id,
+            leader: self.raw.raft.leader_id,
+            term: self.raw.raft.term,
+            commit: self.raw.raft.raft_log.committed,
+            applied: fsm.applied,
+            members,
+            snapshot_index: self.snapshot_index,
+            fatal: None,
+        };
+        drop(fsm);
+        *self.shared.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
+    }
+}

@@ -1,0 +1,236 @@
+//! Three replicas in one process over a `MemNet` that can partition, drop and delay.
+
+use super::*;
+use crate::storage::SledStore;
+use crate::testing::{job_spec, setup};
+use crate::transport::mem::MemNet;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+struct Cluster {
+    net: MemNet,
+    dir: tempfile::TempDir,
+    nodes: BTreeMap<u64, (Handle, std::thread::JoinHandle<()>)>,
+    tune: fn(&mut NodeConfig),
+}
+
+impl Cluster {
+    fn new(tune: fn(&mut NodeConfig)) -> Self {
+        let mut c = Self { net: MemNet::new(7), dir: tempfile::tempdir().unwrap(), nodes: BTreeMap::new(), tune };
+        for id in 1..=3 {
+            c.start(id);
+        }
+        c
+    }
+
+    fn path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(id.to_string())
+    }
+
+    fn start(&mut self, id: u64) {
+        let mut config = NodeConfig::new(id, vec![1, 2, 3]);
+        config.tick = Duration::from_millis(10);
+        config.deadline = Duration::from_millis(1500);
+        (self.tune)(&mut config);
+        let store = SledStore::open(&self.path(id)).unwrap();
+        let net = self.net.clone();
+        let (handle, thread) = spawn(config, store, |inbox| {
+            net.attach(id, inbox);
+            net.transport(id)
+        })
+        .unwrap();
+        self.nodes.insert(id, (handle, thread));
+    }
+
+    fn stop(&mut self, id: u64) {
+        let (handle, thread) = self.nodes.remove(&id).unwrap();
+        handle.stop();
+        thread.join().unwrap();
+    }
+
+    fn handle(&self, id: u64) -> &Handle {
+        &self.nodes[&id].0
+    }
+
+    /// Waits until the replicas in `ids` agree on a leader among them.
+    async fn leader_of(&self, ids: &[u64]) -> u64 {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let leaders: Vec<u64> = ids.iter().map(|id| self.handle(*id).status().leader).collect();
+            if leaders[0] != 0 && ids.contains(&leaders[0]) && leaders.iter().all(|l| *l == leaders[0]) {
+                return leaders[0];
+            }
+            assert!(Instant::now() < until, "no leader agreed among {ids:?}: {leaders:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until every running replica has applied the same index and holds the same state
+    /// (fails after 10 s).
+    async fn converged(&self) {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let applied: Vec<u64> = self.nodes.values().map(|(h, _)| h.fsm().applied).collect();
+            let hashes: Vec<[u8; 32]> = self.nodes.values().map(|(h, _)| h.fsm().state.hash()).collect();
+            if applied.windows(2).all(|w| w[0] == w[1]) && hashes.windows(2).all(|w| w[0] == w[1]) {
+                return;
+            }
+            assert!(Instant::now() < until, "replicas did not converge: applied {applied:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn set_up(&self) {
+        let leader = self.leader_of(&[1, 2, 3]).await;
+        for c in setup("t", 8) {
+            self.handle(leader).propose(c, None).await.unwrap();
+        }
+    }
+}
+
+fn defaults(_: &mut NodeConfig) {}
+
+fn submit(name: String) -> Command {
+    let mut spec = job_spec("t");
+    spec.name = name;
+    Command::Submit { jobs: vec![spec], at_ms: 1 }
+}
+
+fn names(h: &Handle) -> Vec<String> {
+    let mut out: Vec<String> = h.fsm().state.jobs().values().map(|j| j.spec.name.clone()).collect();
+    out.sort();
+    out
+}
+
+/// Proposes until acknowledged (elections may refuse a few), with one request id.
+async fn submit_acked(h: &Handle, name: String) -> JobId {
+    for _ in 0..50 {
+        match h.propose(submit(name.clone()), Some(name.clone())).await {
+            Ok(out) => return out.submitted[0],
+            Err(NodeError::Unavailable(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("{name} was never acknowledged")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submissions_to_every_replica_are_applied_once_everywhere() {
+    let c = Cluster::new(defaults);
+    c.set_up().await;
+    let mut tasks = Vec::new();
+    for client in 0..6u64 {
+        let h = c.handle(client % 3 + 1).clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..40 {
+                submit_acked(&h, format!("c{client}-{i:02}")).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    c.converged().await;
+    let all = names(c.handle(1));
+    assert_eq!(all.len(), 240);
+    let mut unique = all.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), 240, "a job was applied twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_commit_through_drops_and_delays() {
+    let c = Cluster::new(defaults);
+    c.set_up().await;
+    c.net.set_drop_rate(0.2);
+    c.net.set_delay(Duration::from_millis(3));
+    for i in 0..20 {
+        submit_acked(c.handle(i % 3 + 1), format!("j{i:02}")).await;
+    }
+    c.net.set_drop_rate(0.0);
+    c.converged().await;
+    assert_eq!(names(c.handle(2)).len(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_in_a_minority_commits_nothing() {
+    let c = Cluster::new(defaults);
+    c.set_up().await;
+    let old = c.leader_of(&[1, 2, 3]).await;
+    let rest: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    c.net.partition(&[&[old], &rest]);
+    let started = Instant::now();
+    let lost = c.handle(old).propose(submit("minority".into()), None).await;
+    assert!(matches!(lost, Err(NodeError::Unavailable(_))), "{lost:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "the refusal took {:?}", started.elapsed());
+    let new = c.leader_of(&rest).await;
+    assert_ne!(new, old);
+    submit_acked(c.handle(new), "majority".into()).await;
+    assert!(c.handle(old).read_barrier().await.is_err(), "a cut-off replica cannot serve linearizable reads");
+    c.net.heal();
+    c.converged().await;
+    for id in 1..=3 {
+        assert_eq!(names(c.handle(id)), vec!["majority".to_owned()], "replica {id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_barrier_on_a_follower_sees_the_latest_write() {
+    let c = Cluster::new(defaults);
+    c.set_up().await;
+    let leader = c.leader_of(&[1, 2, 3]).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    c.net.set_delay(Duration::from_millis(5));
+    let id = submit_acked(c.handle(leader), "fresh".into()).await;
+    c.handle(follower).read_barrier().await.unwrap();
+    assert!(c.handle(follower).fsm().state.job(id).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_replica_catches_up_by_log() {
+    let mut c = Cluster::new(defaults);
+    c.set_up().await;
+    let leader = c.leader_of(&[1, 2, 3]).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    submit_acked(c.handle(leader), "before".into()).await;
+    c.stop(follower);
+    for i in 0..10 {
+        submit_acked(c.handle(leader), format!("while-down-{i}")).await;
+    }
+    c.start(follower);
+    c.converged().await;
+    assert_eq!(names(c.handle(follower)).len(), 11);
+    assert_eq!(c.handle(follower).status().snapshot_index, 0, "caught up by log, not by snapshot");
+}
+
+fn small_snapshots(config: &mut NodeConfig) {
+    config.snapshot_every = 10;
+    config.keep_entries = 2;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_replica_catches_up_by_snapshot_and_everyone_recovers_from_one() {
+    let mut c = Cluster::new(small_snapshots);
+    c.set_up().await;
+    let leader = c.leader_of(&[1, 2, 3]).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    c.stop(follower);
+    for i in 0..40 {
+        submit_acked(c.handle(leader), format!("j{i:02}")).await;
+    }
+    assert!(c.handle(leader).status().snapshot_index >= 30);
+    c.start(follower);
+    c.converged().await;
+    assert!(c.handle(follower).status().snapshot_index > 0, "the follower installed the leader's snapshot");
+    assert_eq!(names(c.handle(follower)).len(), 40);
+    for id in 1..=3 {
+        c.stop(id);
+    }
+    for id in 1..=3 {
+        c.start(id);
+    }
+    c.leader_of(&[1, 2, 3]).await;
+    c.converged().await;
+    assert_eq!(names(c.handle(1)).len(), 40, "restored from snapshot + log after a full restart");
+}
