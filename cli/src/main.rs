@@ -3,8 +3,12 @@
 //! Module map:
 //! - `plan`: `qm plan`, a dry run of one scheduling cycle on TOML files.
 //! - `sim`: `qm sim run | compare | sweep`, the simulator.
+//! - `server`: `qm server` (one replica) and `qm dev` (a one-replica scheduler in a temp dir).
+//! - `client`: the gRPC client commands (`qm submit`, `qm jobs`, `qm status`, ...).
 
+mod client;
 mod plan;
+mod server;
 mod sim;
 
 use anyhow::Result;
@@ -17,6 +21,8 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    target: client::Target,
 }
 
 #[derive(Debug, Subcommand)]
@@ -29,6 +35,12 @@ enum Command {
     /// Replays a workload through the production policy and baselines, in virtual time.
     #[command(subcommand)]
     Sim(sim::SimCommand),
+    /// Runs one scheduler replica.
+    Server(server::ServerArgs),
+    /// Runs a one-replica scheduler with its data in a temporary directory.
+    Dev(server::DevArgs),
+    #[command(flatten)]
+    Client(client::ClientCommand),
 }
 
 fn main() -> ExitCode {
@@ -57,5 +69,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Plan(args) => plan::run(&args),
         Command::Sim(cmd) => sim::run(&cmd),
+        Command::Server(args) => server::serve(&args),
+        Command::Dev(args) => server::dev(&args),
+        Command::Client(cmd) => client::run(&cli.target, &cmd),
     }
 }

@@ -7,8 +7,11 @@
 
 pub mod codec;
 pub mod fsm;
+pub mod leader;
 pub mod logging;
 pub mod node;
+pub mod server;
+pub mod service;
 pub mod storage;
 #[cfg(test)]
 mod testing;

@@ -425,7 +425,24 @@ impl<S: LogStore, T: Transport> Node<S, T> {
         });
     }
 
+    /// Proposals waiting on a leader that lost its place may never commit: fail them now, so
+    /// that clients retry (with their request id) on the new leader instead of waiting out the
+    /// deadline.
+    fn on_leader_change(&mut self, before: u64) {
+        let now = self.raw.raft.leader_id;
+        if before != now && before != raft::INVALID_ID {
+            let err = NodeError::Unavailable(format!(
+                "the leader changed ({before} -> {now}); retry with the same request id"
+            ));
+            self.proposals.fail_all(&err);
+            self.reads.fail_all(&err);
+            self.confirmed_reads.clear();
+        }
+    }
+
     fn publish(&mut self) {
+        let before = self.shared.status.lock().unwrap_or_else(|p| p.into_inner()).leader;
+        self.on_leader_change(before);
         let fsm = self.shared.fsm.read().unwrap_or_else(|p| p.into_inner());
         let voters = self.raw.raft.prs().conf().voters().ids();
         let mut members: Vec<(u64, String)> =

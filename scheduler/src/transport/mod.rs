@@ -1,6 +1,7 @@
 //! How Raft messages leave a replica. `grpc.rs` streams them to peers over `RaftService`;
 //! `mem.rs` is an in-process network for tests that can drop, delay and partition.
 
+pub mod grpc;
 pub mod mem;
 
 use raft::eraftpb::Message;

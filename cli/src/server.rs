@@ -1,0 +1,121 @@
+//! `qm server` (one replica of a cluster) and `qm dev` (a one-replica scheduler with its data in
+//! a temporary directory).
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use qm_scheduler::leader::LeaderConfig;
+use qm_scheduler::node::NodeConfig;
+use qm_scheduler::server::{run, ServerConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Flags of `qm server`.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// This replica's Raft id (1, 2, ...).
+    #[arg(long)]
+    id: u64,
+    /// Address for clients and peers.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// An initial member, as ID=HOST:PORT; repeat for each (this replica included).
+    #[arg(long = "peer", value_name = "ID=HOST:PORT")]
+    peers: Vec<String>,
+    /// Data directory.
+    #[arg(long)]
+    data: PathBuf,
+    /// Cluster id; replicas refuse Raft traffic of another cluster.
+    #[arg(long, default_value_t = 1)]
+    cluster_id: u64,
+    /// Raft tick in milliseconds (elections after 10 ticks without a leader).
+    #[arg(long, default_value_t = 50)]
+    tick_ms: u64,
+    /// Entries applied between two snapshots.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_every: u64,
+    /// Largest client request, in bytes.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    max_message_bytes: usize,
+}
+
+fn parse_peer(s: &str) -> Result<(u64, String)> {
+    let (id, addr) = s.split_once('=').with_context(|| format!("--peer {s:?}: expected ID=HOST:PORT"))?;
+    let id: u64 = id.parse().with_context(|| format!("--peer {s:?}: the id is not a number"))?;
+    if id == 0 {
+        bail!("--peer {s:?}: ids start at 1");
+    }
+    addr.parse::<SocketAddr>().with_context(|| format!("--peer {s:?}: {addr:?} is not HOST:PORT"))?;
+    Ok((id, addr.to_owned()))
+}
+
+fn config(args: &ServerArgs) -> Result<ServerConfig> {
+    if args.id == 0 {
+        bail!("--id: ids start at 1");
+    }
+    let mut peers = args.peers.iter().map(|p| parse_peer(p)).collect::<Result<Vec<_>>>()?;
+    if peers.is_empty() {
+        peers.push((args.id, args.listen.to_string()));
+    }
+    if !peers.iter().any(|(id, _)| *id == args.id) {
+        bail!("--peer: this replica (--id {}) must be one of the peers", args.id);
+    }
+    let mut node = NodeConfig::new(args.id, peers.iter().map(|(id, _)| *id).collect());
+    node.peers = peers;
+    node.tick = Duration::from_millis(args.tick_ms.max(1));
+    node.snapshot_every = args.snapshot_every.max(1);
+    Ok(ServerConfig {
+        node,
+        cluster_id: args.cluster_id,
+        listen: args.listen,
+        data_dir: args.data.clone(),
+        leader: LeaderConfig::default(),
+        max_message_bytes: args.max_message_bytes,
+    })
+}
+
+async fn ctrl_c() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Runs `qm server`.
+pub fn serve(args: &ServerArgs) -> Result<()> {
+    let config = config(args)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(run(config, ctrl_c()))?;
+    Ok(())
+}
+
+/// Flags of `qm dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Address for clients.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+}
+
+/// Runs `qm dev`.
+pub fn dev(args: &DevArgs) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = ServerArgs {
+        id: 1,
+        listen: args.listen,
+        peers: vec![],
+        data: dir.path().to_owned(),
+        cluster_id: 1,
+        tick_ms: 10,
+        snapshot_every: 10_000,
+        max_message_bytes: 16 * 1024 * 1024,
+    };
+    let config = config(&server)?;
+    let addr = args.listen;
+    println!("qm dev: one replica on {addr}, data in {} (removed on exit). Try:", dir.path().display());
+    println!("  qm quota set --server {addr} --team research --flavor gpu/nvidia-h100-80gb-hbm3 --nominal 8");
+    println!("  qm submit --server {addr} --team research --gpus 1 --name hello -- python train.py");
+    println!("  qm jobs --server {addr}");
+    println!("  qm why --server {addr} 1");
+    println!("Jobs stay pending until a node agent registers accelerators. Ctrl-C stops.");
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(run(config, ctrl_c()))?;
+    Ok(())
+}

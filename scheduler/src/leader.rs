@@ -1,0 +1,65 @@
+//! The leader's scheduling loop: when applied entries may have changed work or capacity (or
+//! once a second), the leader runs `qm_core::schedule` on its state and proposes the plan as
+//! `ApplyPlan`; `apply` re-verifies it on every replica. Cycles are at least `min_gap` apart,
+//! so a burst of submissions costs one cycle, not one per job.
+
+use crate::node::Handle;
+use crate::service::now_ms;
+use qm_core::{Command, PolicyConfig};
+use std::time::Duration;
+
+/// How the loop runs.
+#[derive(Debug, Clone)]
+pub struct LeaderConfig {
+    /// The policy.
+    pub policy: PolicyConfig,
+    /// Least time between two cycles.
+    pub min_gap: Duration,
+    /// A cycle runs at least this often while leading.
+    pub max_gap: Duration,
+}
+
+impl Default for LeaderConfig {
+    fn default() -> Self {
+        Self {
+            policy: PolicyConfig { explain: false, ..PolicyConfig::default() },
+            min_gap: Duration::from_millis(10),
+            max_gap: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Runs until the node stops.
+pub async fn run(node: Handle, config: LeaderConfig) {
+    loop {
+        tokio::select! {
+            _ = node.shared().work.notified() => {}
+            _ = tokio::time::sleep(config.max_gap) => {}
+        }
+        let status = node.status();
+        if status.fatal.is_some() {
+            return;
+        }
+        if status.leader == status.id {
+            cycle(&node, &config.policy).await;
+        }
+        tokio::time::sleep(config.min_gap).await;
+    }
+}
+
+/// One cycle: plan on the current state, propose what changed.
+async fn cycle(node: &Handle, policy: &PolicyConfig) {
+    let now = now_ms();
+    let decisions = {
+        let fsm = node.fsm();
+        qm_core::schedule(&fsm.state, policy, now).decisions
+    };
+    if decisions.is_empty() {
+        return;
+    }
+    let placed = decisions.placements.len();
+    match node.propose(Command::ApplyPlan { decisions, at_ms: now }, None).await {
+        Ok(out) => tracing::debug!(placed, rejected = out.rejected.len(), "applied a plan"),
+        Err(e) => tracing::warn!("a plan was not applied: {e}"),
+    }
+}

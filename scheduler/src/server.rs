@@ -1,0 +1,109 @@
+//! A replica as a process: sled storage in a data directory, the Raft node with the gRPC
+//! transport, the leader loop, and one tonic server for `JobService`, `AdminService` and
+//! `RaftService`. `run` returns when `shutdown` completes or the node stops on an error.
+
+use crate::leader::{self, LeaderConfig};
+use crate::node::{self, NodeConfig};
+use crate::service::admin::AdminServer;
+use crate::service::jobs::JobServer;
+use crate::service::raft::RaftServer;
+use crate::storage::{SledStore, StorageError};
+use crate::transport::grpc::GrpcTransport;
+use qm_proto::v1::admin_service_server::AdminServiceServer;
+use qm_proto::v1::job_service_server::JobServiceServer;
+use qm_proto::v1::raft_service_server::RaftServiceServer;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything a replica needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Raft settings (id, initial voters and their addresses, timing).
+    pub node: NodeConfig,
+    /// A replica refuses Raft traffic of another cluster.
+    pub cluster_id: u64,
+    /// Where clients and peers connect.
+    pub listen: SocketAddr,
+    /// Data directory (sled).
+    pub data_dir: PathBuf,
+    /// The leader loop.
+    pub leader: LeaderConfig,
+    /// Largest request accepted, in bytes.
+    pub max_message_bytes: usize,
+}
+
+/// Why a replica stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Storage could not be opened or is corrupt.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The listener failed.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("serve: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    /// The Raft node stopped on an error.
+    #[error("{0}")]
+    Node(String),
+}
+
+/// Runs a replica until `shutdown` completes.
+pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| StorageError::Io(e.into()))?;
+    let store = SledStore::open(&config.data_dir)?;
+    let runtime = tokio::runtime::Handle::current();
+    let (id, cluster_id) = (config.node.id, config.cluster_id);
+    let (handle, thread) =
+        node::spawn(config.node.clone(), store, |inbox| GrpcTransport::new(id, cluster_id, inbox, runtime))?;
+    tracing::info!(replica = id, listen = %config.listen, data = %config.data_dir.display(), "replica started");
+    let leader = tokio::spawn(leader::run(handle.clone(), config.leader.clone()));
+    let max = config.max_message_bytes;
+    let jobs = JobServiceServer::new(JobServer::new(handle.clone(), config.leader.policy.clone()))
+        .max_decoding_message_size(max);
+    let admin = AdminServiceServer::new(AdminServer::new(handle.clone())).max_decoding_message_size(max);
+    let raft = RaftServiceServer::new(RaftServer::new(id, cluster_id, handle.inbox().clone()))
+        .max_decoding_message_size(64 * 1024 * 1024);
+    let watched = handle.clone();
+    let fatal = async move {
+        loop {
+            if let Some(why) = watched.status().fatal {
+                return why;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(jobs)
+        .add_service(admin)
+        .add_service(raft)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+            let _ = stop_rx.await;
+        });
+    let serving = tokio::spawn(serve);
+    let result = tokio::select! {
+        _ = shutdown => Ok(()),
+        why = fatal => Err(ServerError::Node(why)),
+    };
+    let _ = stop_tx.send(());
+    leader.abort();
+    handle.stop();
+    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    if let Ok(Err(e)) = serving.await {
+        return Err(ServerError::Serve(e));
+    }
+    result
+}

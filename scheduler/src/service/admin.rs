@@ -1,0 +1,184 @@
+//! `AdminService`: teams and quotas, priority classes, nodes, cluster status and membership.
+
+use super::{before_read, status_of};
+use crate::node::{Handle, Membership, Status as NodeStatus};
+use qm_core::{Command, JobState, NodeId};
+use qm_proto::convert::{flavor_to, node_to, priority_class_from, team_from, team_to};
+use qm_proto::v1::admin_service_server::AdminService;
+use qm_proto::v1::*;
+use tonic::{Request, Response, Status};
+
+/// The admin service of one replica.
+#[derive(Debug, Clone)]
+pub struct AdminServer {
+    node: Handle,
+}
+
+impl AdminServer {
+    /// Serves `node`.
+    pub fn new(node: Handle) -> Self {
+        Self { node }
+    }
+
+    async fn write(&self, command: Command) -> Result<(), Status> {
+        self.node.propose(command, None).await.map(|_| ()).map_err(status_of)
+    }
+
+    fn node_response(&self, name: &str) -> Result<Response<NodeResponse>, Status> {
+        let fsm = self.node.fsm();
+        let id = NodeId::from(name);
+        let node = fsm.state.nodes().get(&id).ok_or_else(|| Status::not_found(format!("node: no node \"{name}\"")))?;
+        Ok(Response::new(NodeResponse { node: Some(node_to(node, fsm.state.alloc(&id))) }))
+    }
+
+    async fn node_command(&self, name: String, command: Command) -> Result<Response<NodeResponse>, Status> {
+        if name.is_empty() {
+            return Err(Status::invalid_argument("node: required"));
+        }
+        self.write(command).await?;
+        self.node_response(&name)
+    }
+
+    fn members(status: &NodeStatus) -> Vec<Member> {
+        status
+            .members
+            .iter()
+            .map(|(id, address)| {
+                let role = if *id == status.leader { MemberRole::Leader } else { MemberRole::Follower };
+                Member { id: *id, address: address.clone(), role: role as i32, match_index: 0 }
+            })
+            .collect()
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminServer {
+    async fn set_team(&self, request: Request<SetTeamRequest>) -> Result<Response<SetTeamResponse>, Status> {
+        let team = request.into_inner().team.ok_or_else(|| Status::invalid_argument("team: required"))?;
+        let team = team_from(&team).map_err(|e| Status::invalid_argument(format!("team.{e}")))?;
+        self.write(Command::SetTeam { team }).await?;
+        Ok(Response::new(SetTeamResponse {}))
+    }
+
+    async fn list_teams(&self, request: Request<ListTeamsRequest>) -> Result<Response<ListTeamsResponse>, Status> {
+        before_read(&self.node, request.into_inner().consistency).await?;
+        let fsm = self.node.fsm();
+        let s = &fsm.state;
+        let teams = s
+            .teams()
+            .iter()
+            .map(|(id, spec)| TeamStatus {
+                team: Some(team_to(spec)),
+                usage: spec
+                    .quotas
+                    .keys()
+                    .map(|f| FlavorUsage { flavor: Some(flavor_to(f)), used: s.usage(id, f) })
+                    .collect(),
+                pending_jobs: s.jobs().values().filter(|j| &j.spec.team == id && j.state == JobState::Pending).count()
+                    as u32,
+            })
+            .collect();
+        Ok(Response::new(ListTeamsResponse { teams }))
+    }
+
+    async fn set_priority_class(
+        &self,
+        request: Request<SetPriorityClassRequest>,
+    ) -> Result<Response<SetPriorityClassResponse>, Status> {
+        let class = priority_class_from(request.into_inner().class.as_ref())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.write(Command::SetPriorityClass { class }).await?;
+        Ok(Response::new(SetPriorityClassResponse {}))
+    }
+
+    async fn list_priority_classes(
+        &self,
+        _request: Request<ListPriorityClassesRequest>,
+    ) -> Result<Response<ListPriorityClassesResponse>, Status> {
+        self.node.read_barrier().await.map_err(status_of)?;
+        let fsm = self.node.fsm();
+        let classes = fsm
+            .state
+            .priority_classes()
+            .values()
+            .map(|c| PriorityClass { name: c.name.clone(), value: c.value })
+            .collect();
+        Ok(Response::new(ListPriorityClassesResponse { classes }))
+    }
+
+    async fn list_nodes(&self, request: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
+        before_read(&self.node, request.into_inner().consistency).await?;
+        let fsm = self.node.fsm();
+        let nodes = fsm.state.nodes().iter().map(|(id, n)| node_to(n, fsm.state.alloc(id))).collect();
+        Ok(Response::new(ListNodesResponse { nodes }))
+    }
+
+    async fn cordon(&self, request: Request<NodeRequest>) -> Result<Response<NodeResponse>, Status> {
+        let name = request.into_inner().node;
+        self.node_command(name.clone(), Command::Cordon { node: NodeId::from(name), cordoned: true }).await
+    }
+
+    async fn uncordon(&self, request: Request<NodeRequest>) -> Result<Response<NodeResponse>, Status> {
+        let name = request.into_inner().node;
+        self.node_command(name.clone(), Command::Cordon { node: NodeId::from(name), cordoned: false }).await
+    }
+
+    async fn drain(&self, request: Request<NodeRequest>) -> Result<Response<NodeResponse>, Status> {
+        let name = request.into_inner().node;
+        self.node_command(name.clone(), Command::Drain { node: NodeId::from(name) }).await
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        let status = self.node.status();
+        let fsm = self.node.fsm();
+        let s = &fsm.state;
+        let capacity = s
+            .capacity()
+            .iter()
+            .map(|(f, total)| FlavorCapacity {
+                flavor: Some(flavor_to(f)),
+                total: *total,
+                used: total.saturating_sub(s.free().get(f).copied().unwrap_or(0)),
+            })
+            .collect();
+        Ok(Response::new(ClusterStatusResponse {
+            replica_id: status.id,
+            leader_id: status.leader,
+            term: status.term,
+            commit_index: status.commit,
+            applied_index: fsm.applied,
+            members: Self::members(&status),
+            capacity,
+            pending_jobs: s.pending_count() as u64,
+            running_jobs: s.running().len() as u64,
+            state_hash: s.hash().to_vec(),
+        }))
+    }
+
+    async fn add_member(&self, request: Request<AddMemberRequest>) -> Result<Response<MembersResponse>, Status> {
+        let req = request.into_inner();
+        if req.id == 0 {
+            return Err(Status::invalid_argument("id: must not be 0"));
+        }
+        if req.address.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Status::invalid_argument(format!("address: {:?} is not host:port", req.address)));
+        }
+        if req.learner {
+            return Err(Status::unimplemented("learner: learners are not supported; add a voter"));
+        }
+        self.node.change(Membership::Add { id: req.id, address: req.address }).await.map_err(status_of)?;
+        Ok(Response::new(MembersResponse { members: Self::members(&self.node.status()) }))
+    }
+
+    async fn remove_member(&self, request: Request<RemoveMemberRequest>) -> Result<Response<MembersResponse>, Status> {
+        let id = request.into_inner().id;
+        if !self.node.status().members.iter().any(|(m, _)| *m == id) {
+            return Err(Status::not_found(format!("id: {id} is not a member")));
+        }
+        self.node.change(Membership::Remove { id }).await.map_err(status_of)?;
+        Ok(Response::new(MembersResponse { members: Self::members(&self.node.status()) }))
+    }
+}

@@ -1,0 +1,42 @@
+//! The gRPC services of a replica: `JobService` and `AdminService` (any replica serves them:
+//! writes are proposed through Raft, which forwards them to the leader; reads are linearizable
+//! unless the request asks for a stale one), and `RaftService` for peers.
+
+pub mod admin;
+pub mod jobs;
+pub mod raft;
+
+use crate::node::{Handle, NodeError};
+use qm_core::ApplyError;
+use qm_proto::v1::ReadConsistency;
+use tonic::Status;
+
+/// The wall clock in milliseconds: the time that travels inside commands.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A node error as a gRPC status.
+pub fn status_of(e: NodeError) -> Status {
+    match e {
+        NodeError::Unavailable(m) => Status::unavailable(m),
+        NodeError::Stopped(m) => Status::unavailable(format!("replica stopped: {m}")),
+        NodeError::Rejected(e) => match e {
+            ApplyError::Invalid(_)
+            | ApplyError::UnknownTeam { .. }
+            | ApplyError::UnknownPriorityClass { .. }
+            | ApplyError::NoQuotaForRequest { .. } => Status::invalid_argument(e.to_string()),
+            ApplyError::UnknownJob(_) | ApplyError::UnknownNode(_) => Status::not_found(e.to_string()),
+            _ => Status::failed_precondition(e.to_string()),
+        },
+    }
+}
+
+/// Waits for a read barrier unless the request asked for a stale read.
+pub async fn before_read(node: &Handle, consistency: i32) -> Result<(), Status> {
+    match ReadConsistency::try_from(consistency) {
+        Ok(ReadConsistency::Stale) => Ok(()),
+        Ok(_) => node.read_barrier().await.map_err(status_of),
+        Err(_) => Err(Status::invalid_argument(format!("consistency: unknown value {consistency}"))),
+    }
+}
