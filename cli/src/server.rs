@@ -37,6 +37,9 @@ pub struct ServerArgs {
     /// Largest client request, in bytes.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     max_message_bytes: usize,
+    /// A node whose agent is silent this long is lost and its jobs are requeued.
+    #[arg(long, default_value_t = 10_000)]
+    node_lease_ms: u64,
 }
 
 fn parse_peer(s: &str) -> Result<(u64, String)> {
@@ -71,6 +74,8 @@ fn config(args: &ServerArgs) -> Result<ServerConfig> {
         data_dir: args.data.clone(),
         leader: LeaderConfig::default(),
         max_message_bytes: args.max_message_bytes,
+        heartbeat: Duration::from_secs(1),
+        node_lease: Duration::from_millis(args.node_lease_ms.max(1)),
     })
 }
 
@@ -106,6 +111,7 @@ pub fn dev(args: &DevArgs) -> Result<()> {
         tick_ms: 10,
         snapshot_every: 10_000,
         max_message_bytes: 16 * 1024 * 1024,
+        node_lease_ms: 10_000,
     };
     let config = config(&server)?;
     let addr = args.listen;

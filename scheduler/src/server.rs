@@ -1,15 +1,17 @@
 //! A replica as a process: sled storage in a data directory, the Raft node with the gRPC
-//! transport, the leader loop, and one tonic server for `JobService`, `AdminService` and
-//! `RaftService`. `run` returns when `shutdown` completes or the node stops on an error.
+//! transport, the leader loop, node liveness, and one tonic server for `JobService`,
+//! `AdminService`, `AgentService` and `RaftService`. `run` returns when `shutdown` completes or the node stops on an error.
 
 use crate::leader::{self, LeaderConfig};
 use crate::node::{self, NodeConfig};
 use crate::service::admin::AdminServer;
+use crate::service::agent::AgentServer;
 use crate::service::jobs::JobServer;
 use crate::service::raft::RaftServer;
 use crate::storage::{SledStore, StorageError};
 use crate::transport::grpc::GrpcTransport;
 use qm_proto::v1::admin_service_server::AdminServiceServer;
+use qm_proto::v1::agent_service_server::AgentServiceServer;
 use qm_proto::v1::job_service_server::JobServiceServer;
 use qm_proto::v1::raft_service_server::RaftServiceServer;
 use std::future::Future;
@@ -32,6 +34,10 @@ pub struct ServerConfig {
     pub leader: LeaderConfig,
     /// Largest request accepted, in bytes.
     pub max_message_bytes: usize,
+    /// How often agents heartbeat.
+    pub heartbeat: Duration,
+    /// A node not heard from this long is lost and its jobs requeued.
+    pub node_lease: Duration,
 }
 
 /// Why a replica stopped.
@@ -73,6 +79,9 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
     let jobs = JobServiceServer::new(JobServer::new(handle.clone(), config.leader.policy.clone()))
         .max_decoding_message_size(max);
     let admin = AdminServiceServer::new(AdminServer::new(handle.clone())).max_decoding_message_size(max);
+    let agents = AgentServer::new(handle.clone(), config.heartbeat);
+    let liveness = tokio::spawn(agents.clone().liveness(config.node_lease));
+    let agents = AgentServiceServer::new(agents).max_decoding_message_size(max);
     let raft = RaftServiceServer::new(RaftServer::new(id, cluster_id, handle.inbox().clone()))
         .max_decoding_message_size(64 * 1024 * 1024);
     let watched = handle.clone();
@@ -89,6 +98,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         .tcp_nodelay(true)
         .add_service(jobs)
         .add_service(admin)
+        .add_service(agents)
         .add_service(raft)
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
             let _ = stop_rx.await;
@@ -100,6 +110,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
     };
     let _ = stop_tx.send(());
     leader.abort();
+    liveness.abort();
     handle.stop();
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     if let Ok(Err(e)) = serving.await {

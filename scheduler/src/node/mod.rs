@@ -9,7 +9,7 @@ mod waiters;
 use crate::fsm::Fsm;
 use crate::storage::{LogStore, StorageError};
 use crate::transport::Transport;
-use qm_core::{ApplyError, Command, JobId, JobState, Outcome};
+use qm_core::{ApplyError, Command, Effect, JobId, JobState, Outcome};
 use raft::eraftpb::Message;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
@@ -164,6 +164,7 @@ pub struct Shared {
     fsm: RwLock<Fsm>,
     status: Mutex<Status>,
     events: broadcast::Sender<JobChange>,
+    effects: broadcast::Sender<Effect>,
     /// Woken when applied entries may have changed work or capacity.
     pub work: Notify,
 }
@@ -229,6 +230,11 @@ impl Handle {
         self.shared.events.subscribe()
     }
 
+    /// Orders for agents as they are applied (the leader's agent sessions forward them).
+    pub fn subscribe_effects(&self) -> broadcast::Receiver<Effect> {
+        self.shared.effects.subscribe()
+    }
+
     /// Shared state (the leader loop waits on `work`).
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
@@ -255,10 +261,12 @@ pub fn spawn<S: LogStore, T: Transport>(
     let (inbox, rx) = mpsc::channel();
     let transport = transport(inbox.clone());
     let (events, _) = broadcast::channel(65_536);
+    let (effects, _) = broadcast::channel(65_536);
     let shared = Arc::new(Shared {
         fsm: RwLock::new(Fsm::default()),
         status: Mutex::new(Status { id: config.id, ..Status::default() }),
         events,
+        effects,
         work: Notify::new(),
     });
     let deadline = config.deadline;

@@ -349,6 +349,9 @@ impl<S: LogStore, T: Transport> Node<S, T> {
         for r in results {
             if let Ok(out) = &r.result {
                 changes.extend(out.changed.iter().map(|&(job, state)| JobChange { index: e.index, job, state }));
+                for effect in &out.effects {
+                    let _ = self.shared.effects.send(effect.clone());
+                }
             }
             if r.origin == self.config.id {
                 self.proposals.answer(r.seq, r.result.map_err(NodeError::Rejected));

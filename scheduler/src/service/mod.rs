@@ -1,8 +1,10 @@
 //! The gRPC services of a replica: `JobService` and `AdminService` (any replica serves them:
 //! writes are proposed through Raft, which forwards them to the leader; reads are linearizable
-//! unless the request asks for a stale one), and `RaftService` for peers.
+//! unless the request asks for a stale one), `AgentService` for node agents (leader only), and
+//! `RaftService` for peers.
 
 pub mod admin;
+pub mod agent;
 pub mod jobs;
 pub mod raft;
 

@@ -1,0 +1,348 @@
+//! `AgentService.Session`: one stream per node agent, served by the leader only (a follower
+//! answers `NotLeader` with the leader's address). Up: the agent registers its inventory
+//! (proposed as `RegisterNode`), heartbeats (kept in memory, never logged) and reports replica
+//! phases (proposed as `JobStarted` once every replica of the attempt started, `JobFinished` or
+//! `JobFailed` on exit). Down: the `Start` and `Stop` effects of applied commands for this node,
+//! and on registration whatever the agent missed (reconciliation). A liveness task proposes
+//! `NodeLost` for nodes silent longer than the lease.
+
+use super::{now_ms, status_of};
+use crate::node::Handle;
+use qm_core::{Command, Effect, JobId, JobState, NodeId, NodeStatus};
+use qm_proto::convert::{inventory_from, stop_reason_to, stop_signal_to};
+use qm_proto::v1::agent_message::Body as Up;
+use qm_proto::v1::agent_service_server::AgentService;
+use qm_proto::v1::scheduler_message::Body as Down;
+use qm_proto::v1::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Leader-local memory of the agents: when each node was last heard, and which replicas of
+/// each attempt reported started.
+#[derive(Debug, Default)]
+struct Agents {
+    last_seen: BTreeMap<NodeId, Instant>,
+    started: BTreeMap<(JobId, u32), BTreeSet<u32>>,
+}
+
+/// The agent service of one replica.
+#[derive(Debug, Clone)]
+pub struct AgentServer {
+    node: Handle,
+    agents: Arc<Mutex<Agents>>,
+    heartbeat: Duration,
+}
+
+type Orders = mpsc::Sender<Result<SchedulerMessage, Status>>;
+type OrderStream = Pin<Box<dyn Stream<Item = Result<SchedulerMessage, Status>> + Send>>;
+
+fn down(body: Down) -> Result<SchedulerMessage, Status> {
+    Ok(SchedulerMessage { body: Some(body) })
+}
+
+impl AgentServer {
+    /// Serves `node`; agents heartbeat every `heartbeat`.
+    pub fn new(node: Handle, heartbeat: Duration) -> Self {
+        Self { node, agents: Arc::default(), heartbeat }
+    }
+
+    fn agents(&self) -> std::sync::MutexGuard<'_, Agents> {
+        self.agents.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn leading(&self) -> bool {
+        let s = self.node.status();
+        s.leader == s.id
+    }
+
+    fn leader_address(&self) -> String {
+        let s = self.node.status();
+        s.members.iter().find(|(id, _)| *id == s.leader).map(|(_, a)| a.clone()).unwrap_or_default()
+    }
+
+    /// Proposes `NodeLost` for every ready node not heard from within `lease` (counting from
+    /// when this replica took the lead, so agents have time to reconnect to it). Runs until
+    /// the node stops.
+    pub async fn liveness(self, lease: Duration) {
+        let mut leading_since: Option<Instant> = None;
+        loop {
+            tokio::time::sleep(lease / 4).await;
+            if self.node.status().fatal.is_some() {
+                return;
+            }
+            if !self.leading() {
+                leading_since = None;
+                continue;
+            }
+            let since = *leading_since.get_or_insert_with(Instant::now);
+            let silent: Vec<NodeId> = {
+                let fsm = self.node.fsm();
+                let agents = self.agents();
+                let fresh = |id: &NodeId| agents.last_seen.get(id).map_or(since, |t| (*t).max(since)).elapsed() < lease;
+                fsm.state
+                    .nodes()
+                    .iter()
+                    .filter(|(id, n)| n.status == NodeStatus::Ready && !fresh(id))
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            };
+            for node in silent {
+                tracing::warn!(node = %node, "no heartbeat within the lease; the node is lost");
+                if let Err(e) = self.node.propose(Command::NodeLost { node, at_ms: now_ms() }, None).await {
+                    tracing::warn!("could not mark a node lost: {e}");
+                }
+            }
+        }
+    }
+
+    async fn register(&self, r: Register, orders: &Orders) -> Result<NodeId, Status> {
+        let inventory = r.inventory.as_ref().ok_or_else(|| Status::invalid_argument("register.inventory: required"))?;
+        let spec =
+            inventory_from(inventory).map_err(|e| Status::invalid_argument(format!("register.inventory.{e}")))?;
+        let id = spec.id.clone();
+        self.node.propose(Command::RegisterNode { node: spec, at_ms: now_ms() }, None).await.map_err(status_of)?;
+        self.agents().last_seen.insert(id.clone(), Instant::now());
+        let interval = self.heartbeat.as_millis() as u64;
+        let _ = orders.send(down(Down::Registered(Registered { heartbeat_interval_ms: interval }))).await;
+        self.reconcile(&id, &r.running, orders).await;
+        Ok(id)
+    }
+
+    /// Sends what the agent missed: starts of placed replicas it does not run, stops of jobs
+    /// told to stop, and stops for replicas it runs that the state does not place there.
+    async fn reconcile(&self, node: &NodeId, running: &[RunningReplica], orders: &Orders) {
+        let mut out = Vec::new();
+        let mut lost = Vec::new();
+        {
+            let fsm = self.node.fsm();
+            let runs = |job: JobId, replica: u32, attempt: u32| {
+                running.iter().any(|r| r.job_id == job.0 && r.replica == replica && r.attempt == attempt)
+            };
+            for job in fsm.state.jobs().values() {
+                let Some(a) = &job.assignment else { continue };
+                for (i, r) in a.replicas.iter().enumerate().filter(|(_, r)| &r.node == node) {
+                    let i = i as u32;
+                    match job.state {
+                        JobState::Starting if !runs(job.id, i, job.attempt) => {
+                            out.extend(self.start_order(job.id, i, r.devices.clone()));
+                        }
+                        JobState::Running if !runs(job.id, i, job.attempt) => lost.push(job.id),
+                        JobState::Stopping | JobState::Preempted => {
+                            out.extend(self.stop_order(
+                                job.id,
+                                job.spec.stop_signal,
+                                job.spec.grace_ms,
+                                job.stop_reason,
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            for r in running {
+                let placed = fsm.state.job(JobId(r.job_id)).is_some_and(|j| {
+                    j.attempt == r.attempt
+                        && j.assignment
+                            .as_ref()
+                            .is_some_and(|a| a.replicas.get(r.replica as usize).is_some_and(|x| &x.node == node))
+                });
+                if !placed {
+                    out.push(down(Down::Stop(StopJob {
+                        job_id: r.job_id,
+                        attempt: r.attempt,
+                        signal: StopSignal::Term as i32,
+                        grace_ms: 0,
+                        reason: qm_proto::v1::StopReason::Cancelled as i32,
+                    })));
+                }
+            }
+        }
+        for order in out {
+            let _ = orders.send(order).await;
+        }
+        for job in lost {
+            let message = "a replica was lost when its agent restarted".to_owned();
+            let _ = self.node.propose(Command::JobFailed { job, message, at_ms: now_ms() }, None).await;
+        }
+    }
+
+    fn start_order(
+        &self,
+        job: JobId,
+        replica: u32,
+        devices: Vec<qm_core::DeviceId>,
+    ) -> Option<Result<SchedulerMessage, Status>> {
+        let fsm = self.node.fsm();
+        let j = fsm.state.job(job)?;
+        Some(down(Down::Start(StartReplica {
+            job_id: job.0,
+            replica,
+            attempt: j.attempt,
+            devices: devices.iter().map(|d| d.0.to_string()).collect(),
+            command: j.spec.command.clone(),
+            env: j.spec.env.clone().into_iter().collect(),
+            cpu_millis: j.spec.gang.cpu_millis,
+            mem_mib: j.spec.gang.mem_mib,
+        })))
+    }
+
+    fn stop_order(
+        &self,
+        job: JobId,
+        signal: qm_core::StopSignal,
+        grace_ms: u64,
+        reason: Option<qm_core::StopReason>,
+    ) -> Option<Result<SchedulerMessage, Status>> {
+        let attempt = self.node.fsm().state.job(job)?.attempt;
+        Some(down(Down::Stop(StopJob {
+            job_id: job.0,
+            attempt,
+            signal: stop_signal_to(signal) as i32,
+            grace_ms,
+            reason: reason.map_or(0, |r| stop_reason_to(r) as i32),
+        })))
+    }
+
+    fn order_for(&self, node: &NodeId, effect: Effect) -> Option<Result<SchedulerMessage, Status>> {
+        match effect {
+            Effect::Start { job, replica, node: n, devices } if &n == node => self.start_order(job, replica, devices),
+            Effect::Stop { job, node: n, signal, grace_ms, reason } if &n == node => {
+                self.stop_order(job, signal, grace_ms, Some(reason))
+            }
+            _ => None,
+        }
+    }
+
+    /// Turns a replica's phase into a command, if it calls for one.
+    fn phase_command(&self, node: &NodeId, s: &ReplicaStatus) -> Option<Command> {
+        let fsm = self.node.fsm();
+        let job = fsm.state.job(JobId(s.job_id))?;
+        let here = job.assignment.as_ref()?.replicas.get(s.replica as usize).is_some_and(|r| &r.node == node);
+        if job.attempt != s.attempt || !here {
+            return None;
+        }
+        let at_ms = now_ms();
+        let id = job.id;
+        match ReplicaPhase::try_from(s.phase).ok()? {
+            ReplicaPhase::Started if job.state == JobState::Starting => {
+                let replicas = job.spec.gang.replicas;
+                let mut agents = self.agents();
+                let set = agents.started.entry((id, s.attempt)).or_default();
+                set.insert(s.replica);
+                (set.len() as u32 >= replicas).then(|| {
+                    agents.started.remove(&(id, s.attempt));
+                    Command::JobStarted { job: id, at_ms }
+                })
+            }
+            ReplicaPhase::Exited
+                if s.exit_code == 0 || matches!(job.state, JobState::Stopping | JobState::Preempted) =>
+            {
+                Some(Command::JobFinished { job: id, at_ms })
+            }
+            ReplicaPhase::Exited | ReplicaPhase::FailedToStart => {
+                let message = match (s.signal, s.message.is_empty()) {
+                    (Some(sig), _) => format!("replica {} killed by signal {sig}", s.replica),
+                    (None, false) => format!("replica {}: {}", s.replica, s.message),
+                    (None, true) => format!("replica {} exited with code {}", s.replica, s.exit_code),
+                };
+                Some(Command::JobFailed { job: id, message, at_ms })
+            }
+            _ => None,
+        }
+    }
+
+    /// Serves one registered agent until it hangs up or this replica stops leading.
+    async fn serve(
+        self,
+        node: NodeId,
+        mut inbound: Streaming<AgentMessage>,
+        mut effects: tokio::sync::broadcast::Receiver<Effect>,
+        orders: Orders,
+    ) {
+        let mut check = tokio::time::interval(self.heartbeat);
+        loop {
+            tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(m)) => self.on_message(&node, m, &orders).await,
+                    _ => return,
+                },
+                effect = effects.recv() => match effect {
+                    Ok(e) => if let Some(order) = self.order_for(&node, e) {
+                        if orders.send(order).await.is_err() { return; }
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.reconcile(&node, &[], &orders).await,
+                    Err(_) => return,
+                },
+                _ = check.tick() => if !self.leading() {
+                    let _ = orders.send(down(Down::NotLeader(NotLeader { leader_address: self.leader_address() }))).await;
+                    return;
+                },
+            }
+        }
+    }
+
+    async fn on_message(&self, node: &NodeId, m: AgentMessage, orders: &Orders) {
+        self.agents().last_seen.insert(node.clone(), Instant::now());
+        match m.body {
+            Some(Up::Heartbeat(_)) | None => {}
+            Some(Up::Register(r)) => {
+                if let Err(e) = self.register(r, orders).await {
+                    let _ = orders.send(Err(e)).await;
+                }
+            }
+            Some(Up::Inventory(inv)) => match inventory_from(&inv) {
+                Ok(spec) if &spec.id == node => {
+                    let _ = self.node.propose(Command::RegisterNode { node: spec, at_ms: now_ms() }, None).await;
+                }
+                Ok(_) => {
+                    let _ =
+                        orders.send(Err(Status::invalid_argument("inventory.name: a session serves one node"))).await;
+                }
+                Err(e) => {
+                    let _ = orders.send(Err(Status::invalid_argument(format!("inventory.{e}")))).await;
+                }
+            },
+            Some(Up::Status(s)) => {
+                if let Some(command) = self.phase_command(node, &s) {
+                    if let Err(e) = self.node.propose(command, None).await {
+                        tracing::warn!(job = s.job_id, "could not record a replica's phase: {e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentServer {
+    type SessionStream = OrderStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let (orders, rx) = mpsc::channel(1024);
+        if !self.leading() {
+            let _ = orders.send(down(Down::NotLeader(NotLeader { leader_address: self.leader_address() }))).await;
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+        }
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("body: the stream ended before register"))?;
+        let Some(Up::Register(r)) = first.body else {
+            return Err(Status::invalid_argument("body: the first message must be register"));
+        };
+        let effects = self.node.subscribe_effects();
+        let node = self.register(r, &orders).await?;
+        tokio::spawn(self.clone().serve(node, inbound, effects, orders));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,275 @@
+//! One replica over real gRPC on loopback: a fake agent that speaks `AgentService` receives the
+//! leader's orders and reports back; bad requests are refused with the field named; a replica
+//! without a quorum answers `Unavailable` instead of hanging.
+
+use qm_proto::v1::admin_service_client::AdminServiceClient;
+use qm_proto::v1::agent_message::Body as Up;
+use qm_proto::v1::agent_service_client::AgentServiceClient;
+use qm_proto::v1::job_service_client::JobServiceClient;
+use qm_proto::v1::scheduler_message::Body as Down;
+use qm_proto::v1::*;
+use qm_scheduler::leader::LeaderConfig;
+use qm_scheduler::node::NodeConfig;
+use qm_scheduler::server::{run, ServerConfig};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+const MODEL: &str = "nvidia-h100-80gb-hbm3";
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+struct Replica {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Replica {
+    /// Replica 1 of a cluster of `voters` (the others are not started).
+    fn start(voters: &[u64], max_message_bytes: usize) -> Self {
+        let addr = free_addr();
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = NodeConfig::new(1, voters.to_vec());
+        node.peers = voters.iter().map(|id| (*id, if *id == 1 { addr } else { free_addr() }.to_string())).collect();
+        node.tick = Duration::from_millis(10);
+        node.deadline = Duration::from_millis(800);
+        let config = ServerConfig {
+            node,
+            cluster_id: 1,
+            listen: addr,
+            data_dir: dir.path().to_owned(),
+            leader: LeaderConfig::default(),
+            max_message_bytes,
+            heartbeat: Duration::from_millis(100),
+            node_lease: Duration::from_millis(600),
+        };
+        let (stop, rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            run(config, async move {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self { addr, stop: Some(stop), task, _dir: dir }
+    }
+
+    async fn channel(&self) -> Channel {
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(c) = Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await {
+                return c;
+            }
+            assert!(Instant::now() < until, "the replica did not listen");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap();
+    }
+}
+
+fn h100() -> Flavor {
+    Flavor { kind: AcceleratorKind::Gpu as i32, model: MODEL.into() }
+}
+
+fn job(name: &str, gpus: u32) -> JobSpec {
+    JobSpec {
+        name: name.into(),
+        team: "research".into(),
+        gang: Some(GangSpec {
+            replicas: 1,
+            devices: Some(DeviceRequest { kind: AcceleratorKind::Gpu as i32, models: vec![], count: gpus }),
+            cpu_millis: 0,
+            mem_mib: 0,
+        }),
+        command: vec!["python".into(), "train.py".into()],
+        ..JobSpec::default()
+    }
+}
+
+fn inventory(name: &str, gpus: u32) -> NodeInventory {
+    NodeInventory {
+        name: name.into(),
+        devices: (0..gpus)
+            .map(|i| Device {
+                id: format!("{name}-gpu{i}"),
+                kind: AcceleratorKind::Gpu as i32,
+                vendor: "nvidia".into(),
+                model: MODEL.into(),
+                memory_mib: 81_559,
+                health: Health::Healthy as i32,
+                ..Device::default()
+            })
+            .collect(),
+        cpu_millis: 64_000,
+        mem_mib: 512_000,
+        ..NodeInventory::default()
+    }
+}
+
+async fn wait_leader(admin: &mut AdminServiceClient<Channel>) {
+    let until = Instant::now() + Duration::from_secs(5);
+    while admin.cluster_status(ClusterStatusRequest {}).await.unwrap().into_inner().leader_id != 1 {
+        assert!(Instant::now() < until, "no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn set_team(admin: &mut AdminServiceClient<Channel>) {
+    let quota = FlavorQuota { flavor: Some(h100()), nominal: 8, borrowing_limit: None, lending_limit: None };
+    let team = Team { name: "research".into(), weight: 1.0, quotas: vec![quota] };
+    admin.set_team(SetTeamRequest { team: Some(team) }).await.unwrap();
+}
+
+async fn state_of(jobs: &mut JobServiceClient<Channel>, id: u64) -> JobState {
+    let job = jobs.get(GetJobRequest { job_id: id, consistency: 0 }).await.unwrap().into_inner().job.unwrap();
+    JobState::try_from(job.state).unwrap()
+}
+
+async fn wait_state(jobs: &mut JobServiceClient<Channel>, id: u64, want: JobState) {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = state_of(jobs, id).await;
+        if s == want {
+            return;
+        }
+        assert!(Instant::now() < until, "job {id} is {s:?}, not {want:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+struct FakeAgent {
+    up: mpsc::Sender<AgentMessage>,
+    down: tonic::Streaming<SchedulerMessage>,
+}
+
+impl FakeAgent {
+    async fn connect(channel: Channel, inv: NodeInventory) -> Self {
+        let (up, rx) = mpsc::channel(16);
+        up.send(AgentMessage { body: Some(Up::Register(Register { inventory: Some(inv), ..Register::default() })) })
+            .await
+            .unwrap();
+        let down = AgentServiceClient::new(channel).session(ReceiverStream::new(rx)).await.unwrap().into_inner();
+        let mut agent = Self { up, down };
+        assert!(matches!(agent.next().await, Down::Registered(_)));
+        agent
+    }
+
+    async fn next(&mut self) -> Down {
+        let m = tokio::time::timeout(Duration::from_secs(5), self.down.message()).await.expect("an order in time");
+        m.unwrap().unwrap().body.unwrap()
+    }
+
+    async fn report(&self, job_id: u64, phase: ReplicaPhase, exit_code: i32) {
+        let status = ReplicaStatus {
+            job_id,
+            replica: 0,
+            attempt: 1,
+            phase: phase as i32,
+            exit_code,
+            ..ReplicaStatus::default()
+        };
+        self.up.send(AgentMessage { body: Some(Up::Status(status)) }).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_orders_a_fake_agent_and_records_what_it_reports() {
+    let replica = Replica::start(&[1], 4 * 1024 * 1024);
+    let channel = replica.channel().await;
+    let mut admin = AdminServiceClient::new(channel.clone());
+    let mut jobs = JobServiceClient::new(channel.clone());
+    wait_leader(&mut admin).await;
+    set_team(&mut admin).await;
+    let mut agent = FakeAgent::connect(channel.clone(), inventory("node-a", 8)).await;
+
+    let id = jobs.submit(SubmitRequest { jobs: vec![job("train", 2)], request_id: "r1".into() }).await.unwrap();
+    let id = id.into_inner().job_ids[0];
+    let Down::Start(start) = agent.next().await else { panic!("expected a start order") };
+    assert_eq!((start.job_id, start.attempt, start.devices.len()), (id, 1, 2));
+    assert_eq!(start.command, vec!["python", "train.py"]);
+    assert_eq!(state_of(&mut jobs, id).await, JobState::Starting);
+    agent.report(id, ReplicaPhase::Started, 0).await;
+    wait_state(&mut jobs, id, JobState::Running).await;
+    agent.report(id, ReplicaPhase::Exited, 0).await;
+    wait_state(&mut jobs, id, JobState::Succeeded).await;
+
+    let second = jobs.submit(SubmitRequest { jobs: vec![job("sweep", 1)], request_id: String::new() }).await.unwrap();
+    let second = second.into_inner().job_ids[0];
+    assert!(matches!(agent.next().await, Down::Start(s) if s.job_id == second));
+    agent.report(second, ReplicaPhase::Started, 0).await;
+    wait_state(&mut jobs, second, JobState::Running).await;
+    jobs.cancel(CancelJobRequest { job_id: second }).await.unwrap();
+    let Down::Stop(stop) = agent.next().await else { panic!("expected a stop order") };
+    assert_eq!((stop.job_id, stop.reason), (second, StopReason::Cancelled as i32));
+    agent.report(second, ReplicaPhase::Exited, 143).await;
+    wait_state(&mut jobs, second, JobState::Cancelled).await;
+
+    drop(agent);
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let nodes = admin.list_nodes(ListNodesRequest { consistency: 0 }).await.unwrap().into_inner().nodes;
+        if nodes[0].status == NodeStatus::Lost as i32 {
+            break;
+        }
+        assert!(Instant::now() < until, "a silent node was never marked lost");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    replica.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_and_oversize_requests_are_refused_naming_the_field() {
+    let replica = Replica::start(&[1], 64 * 1024);
+    let channel = replica.channel().await;
+    let mut admin = AdminServiceClient::new(channel.clone());
+    let mut jobs = JobServiceClient::new(channel);
+    wait_leader(&mut admin).await;
+    set_team(&mut admin).await;
+    let mut bad = job("bad", 1);
+    bad.gang.as_mut().unwrap().replicas = 0;
+    let err =
+        jobs.submit(SubmitRequest { jobs: vec![job("ok", 1), bad], request_id: String::new() }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("jobs[1].gang.replicas"), "{}", err.message());
+    let mut unknown = job("nobody", 1);
+    unknown.team = "nobody".into();
+    let err = jobs.submit(SubmitRequest { jobs: vec![unknown], request_id: String::new() }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("jobs[0].team"), "{}", err.message());
+    let mut huge = job("huge", 1);
+    huge.command = vec!["x".repeat(100 * 1024)];
+    let err = jobs.submit(SubmitRequest { jobs: vec![huge], request_id: String::new() }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
+    let listed = jobs.list(ListJobsRequest::default()).await.unwrap().into_inner().jobs;
+    assert!(listed.is_empty(), "nothing of a refused batch was accepted");
+    let err =
+        admin.add_member(AddMemberRequest { id: 4, address: "nowhere".into(), learner: false }).await.unwrap_err();
+    assert!(err.message().starts_with("address:"), "{}", err.message());
+    replica.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_without_quorum_answers_unavailable_within_its_deadline() {
+    let replica = Replica::start(&[1, 2, 3], 4 * 1024 * 1024);
+    let channel = replica.channel().await;
+    let mut jobs = JobServiceClient::new(channel.clone());
+    let started = Instant::now();
+    let err = jobs.submit(SubmitRequest { jobs: vec![job("lonely", 1)], request_id: String::new() }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    let err = jobs.get(GetJobRequest { job_id: 1, consistency: 0 }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    let stale = jobs.list(ListJobsRequest { consistency: ReadConsistency::Stale as i32, ..ListJobsRequest::default() });
+    assert!(stale.await.is_ok(), "a stale read needs no quorum");
+    replica.stop().await;
+}
