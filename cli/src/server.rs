@@ -34,6 +34,9 @@ pub struct ServerArgs {
     /// Entries applied between two snapshots.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
+    /// Entries kept before a snapshot for followers a little behind (older ones get the snapshot).
+    #[arg(long, default_value_t = 1_000)]
+    keep_entries: u64,
     /// Largest client request, in bytes.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     max_message_bytes: usize,
@@ -67,6 +70,7 @@ fn config(args: &ServerArgs) -> Result<ServerConfig> {
     node.peers = peers;
     node.tick = Duration::from_millis(args.tick_ms.max(1));
     node.snapshot_every = args.snapshot_every.max(1);
+    node.keep_entries = args.keep_entries;
     Ok(ServerConfig {
         node,
         cluster_id: args.cluster_id,
@@ -110,6 +114,7 @@ pub fn dev(args: &DevArgs) -> Result<()> {
         cluster_id: 1,
         tick_ms: 10,
         snapshot_every: 10_000,
+        keep_entries: 1_000,
         max_message_bytes: 16 * 1024 * 1024,
         node_lease_ms: 10_000,
     };

@@ -1,0 +1,268 @@
+//! Three `qm server` processes on loopback. Several clients submit 1,000 jobs concurrently, the
+//! leader is killed with SIGKILL mid-stream and restarted. Every acknowledged job must be on
+//! every replica exactly once, the replicas must converge to one state hash, a new leader must
+//! accept writes, and no device may be held by two jobs.
+
+use qm_proto::v1::admin_service_client::AdminServiceClient;
+use qm_proto::v1::agent_message::Body as Up;
+use qm_proto::v1::agent_service_client::AgentServiceClient;
+use qm_proto::v1::job_service_client::JobServiceClient;
+use qm_proto::v1::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+const JOBS: usize = 1_000;
+const CLIENTS: usize = 8;
+const MODEL: &str = "nvidia-h100-80gb-hbm3";
+
+struct Cluster {
+    addrs: Vec<SocketAddr>,
+    dir: tempfile::TempDir,
+    procs: BTreeMap<u64, Child>,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        let addrs = (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()).collect();
+        let mut c = Self { addrs, dir: tempfile::tempdir().unwrap(), procs: BTreeMap::new() };
+        for id in 1..=3 {
+            c.start(id);
+        }
+        c
+    }
+
+    fn start(&mut self, id: u64) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_qm"));
+        cmd.args(["server", "--id", &id.to_string(), "--listen", &self.addrs[id as usize - 1].to_string()]);
+        for (i, a) in self.addrs.iter().enumerate() {
+            cmd.args(["--peer", &format!("{}={a}", i + 1)]);
+        }
+        let data = self.dir.path().join(id.to_string());
+        cmd.args([
+            "--data",
+            data.to_str().unwrap(),
+            "--tick-ms",
+            "20",
+            "--snapshot-every",
+            "200",
+            "--keep-entries",
+            "20",
+        ]);
+        cmd.args(["--node-lease-ms", "600000"]);
+        let log = std::fs::File::create(self.dir.path().join(format!("{id}.log"))).unwrap();
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("qm server starts");
+        self.procs.insert(id, child);
+    }
+
+    fn kill(&mut self, id: u64) {
+        let mut child = self.procs.remove(&id).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    fn endpoint(&self, id: u64) -> String {
+        format!("http://{}", self.addrs[id as usize - 1])
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.procs.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn connect(endpoint: &str) -> Option<Channel> {
+    Channel::from_shared(endpoint.to_owned()).ok()?.connect_timeout(Duration::from_millis(300)).connect().await.ok()
+}
+
+async fn status(endpoint: &str) -> Option<ClusterStatusResponse> {
+    let mut admin = AdminServiceClient::new(connect(endpoint).await?);
+    admin.cluster_status(ClusterStatusRequest {}).await.ok().map(|r| r.into_inner())
+}
+
+async fn leader(c: &Cluster) -> u64 {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        for id in c.procs.keys() {
+            if let Some(s) = status(&c.endpoint(*id)).await {
+                if s.leader_id != 0 && c.procs.contains_key(&s.leader_id) {
+                    return s.leader_id;
+                }
+            }
+        }
+        assert!(Instant::now() < until, "no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn job(name: String) -> JobSpec {
+    JobSpec {
+        name,
+        team: "research".into(),
+        gang: Some(GangSpec {
+            replicas: 1,
+            devices: Some(DeviceRequest { kind: AcceleratorKind::Gpu as i32, models: vec![], count: 1 }),
+            cpu_millis: 0,
+            mem_mib: 0,
+        }),
+        command: vec!["train".into()],
+        ..JobSpec::default()
+    }
+}
+
+/// Submits until acknowledged, rotating over the replicas; the request id makes retries safe.
+async fn submit(endpoints: &[String], name: String, start: usize) -> u64 {
+    let req = SubmitRequest { jobs: vec![job(name.clone())], request_id: name.clone() };
+    for attempt in 0..400 {
+        let endpoint = &endpoints[(start + attempt) % endpoints.len()];
+        if let Some(channel) = connect(endpoint).await {
+            match JobServiceClient::new(channel).submit(req.clone()).await {
+                Ok(r) => return r.into_inner().job_ids[0],
+                Err(s) if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown => {}
+                Err(s) => panic!("{name}: {s:?}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{name} was never acknowledged")
+}
+
+async fn register_node(endpoint: &str, name: &str) {
+    let inventory = NodeInventory {
+        name: name.into(),
+        devices: (0..8)
+            .map(|i| Device {
+                id: format!("{name}-gpu{i}"),
+                kind: AcceleratorKind::Gpu as i32,
+                vendor: "nvidia".into(),
+                model: MODEL.into(),
+                memory_mib: 81_559,
+                health: Health::Healthy as i32,
+                ..Device::default()
+            })
+            .collect(),
+        cpu_millis: 64_000,
+        mem_mib: 512_000,
+        ..NodeInventory::default()
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(AgentMessage { body: Some(Up::Register(Register { inventory: Some(inventory), ..Register::default() })) })
+        .await
+        .unwrap();
+    let mut agent = AgentServiceClient::new(connect(endpoint).await.unwrap());
+    let mut down = agent.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    assert!(down.message().await.unwrap().is_some(), "registered");
+}
+
+async fn all_jobs(endpoint: &str) -> Vec<Job> {
+    let mut jobs = JobServiceClient::new(connect(endpoint).await.unwrap());
+    let (mut out, mut token) = (Vec::new(), String::new());
+    loop {
+        let req = ListJobsRequest {
+            page_size: 1000,
+            page_token: token.clone(),
+            consistency: ReadConsistency::Stale as i32,
+            ..ListJobsRequest::default()
+        };
+        let r = jobs.list(req).await.unwrap().into_inner();
+        out.extend(r.jobs);
+        if r.next_page_token.is_empty() {
+            return out;
+        }
+        token = r.next_page_token;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_processes_survive_a_leader_killed_mid_stream() {
+    let mut c = Cluster::new();
+    let first = leader(&c).await;
+    let lead = c.endpoint(first);
+    let mut admin = AdminServiceClient::new(connect(&lead).await.unwrap());
+    let quota = FlavorQuota {
+        flavor: Some(Flavor { kind: AcceleratorKind::Gpu as i32, model: MODEL.into() }),
+        nominal: 16,
+        borrowing_limit: None,
+        lending_limit: None,
+    };
+    admin
+        .set_team(SetTeamRequest { team: Some(Team { name: "research".into(), weight: 1.0, quotas: vec![quota] }) })
+        .await
+        .unwrap();
+    register_node(&lead, "node-a").await;
+    register_node(&lead, "node-b").await;
+
+    let endpoints: Vec<String> = (1..=3).map(|id| c.endpoint(id)).collect();
+    let acked = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
+    let count = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for client in 0..CLIENTS {
+        let (endpoints, acked, count) = (endpoints.clone(), acked.clone(), count.clone());
+        clients.push(tokio::spawn(async move {
+            for i in 0..JOBS / CLIENTS {
+                let name = format!("c{client}-{i:04}");
+                let id = submit(&endpoints, name.clone(), client).await;
+                acked.lock().unwrap().insert(name, id);
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    while count.load(Ordering::Relaxed) < (JOBS / 3) as u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    c.kill(first);
+    let at_kill = count.load(Ordering::Relaxed);
+    let second = leader(&c).await;
+    assert_ne!(second, first);
+    for client in clients {
+        client.await.unwrap();
+    }
+    assert!(count.load(Ordering::Relaxed) > at_kill, "the new leader accepted writes");
+    c.start(first);
+
+    let until = Instant::now() + Duration::from_secs(30);
+    let statuses = loop {
+        let mut s = Vec::new();
+        for id in 1..=3 {
+            s.extend(status(&c.endpoint(id)).await);
+        }
+        let same = s.len() == 3
+            && s.windows(2).all(|w| w[0].applied_index == w[1].applied_index && w[0].state_hash == w[1].state_hash);
+        if same {
+            break s;
+        }
+        assert!(Instant::now() < until, "replicas did not converge");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(statuses.iter().all(|s| s.leader_id == statuses[0].leader_id && s.leader_id != 0));
+
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), JOBS);
+    for id in 1..=3 {
+        let jobs = all_jobs(&c.endpoint(id)).await;
+        let mut by_name: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for j in &jobs {
+            by_name.entry(j.spec.clone().unwrap().name).or_default().push(j.id);
+        }
+        for (name, job_id) in &acked {
+            assert_eq!(by_name.get(name), Some(&vec![*job_id]), "replica {id}: {name} must be present exactly once");
+        }
+        let mut held = BTreeSet::new();
+        for j in &jobs {
+            for r in j.assignment.iter().flat_map(|a| &a.replicas) {
+                for d in &r.devices {
+                    assert!(held.insert((r.node.clone(), d.clone())), "replica {id}: device {d} held twice");
+                }
+            }
+        }
+        assert_eq!(held.len(), 16, "replica {id}: the two nodes' 16 GPUs are all in use");
+    }
+}
