@@ -52,13 +52,14 @@ pub fn schedule(state: &State, policy: &PolicyConfig, now_ms: u64) -> Plan {
 }
 
 /// Whether a cycle provably can place nothing, checked before the view is built (what makes
-/// cycles cheap for a leader or a simulator whose cluster is full): no pending job; or no
-/// preemption and no free device; or no preemption and a strict global queue whose head needs
-/// more devices than are free in its flavors. Returns the number of pending jobs then.
+/// cycles cheap for a leader or a simulator whose cluster is full): no pending job; or, when
+/// no explanations are asked for, no device at all (no node registered yet); or no preemption and no free device; or no
+/// preemption and a strict global queue whose head needs more devices than are free in its
+/// flavors. Returns the number of pending jobs then.
 fn nothing_to_do(state: &State, policy: &PolicyConfig) -> Option<u32> {
     let pending = state.pending_count() as u32;
-    if pending == 0 {
-        return Some(0);
+    if pending == 0 || (!policy.explain && state.capacity().values().all(|&c| c == 0)) {
+        return Some(pending);
     }
     let las = policy.las_preemption && policy.order == QueueOrder::LeastAttained;
     if policy.reclaim || policy.within_team_preemption || las {

@@ -265,3 +265,14 @@ fn least_attained_service_serves_the_lowest_level_first() {
     let fifo = PolicyConfig { order: crate::policy::QueueOrder::Fifo, ..PolicyConfig::default() };
     assert_eq!(schedule(&s, &fifo, HOUR + 2).decisions.placements[0].job, served);
 }
+
+#[test]
+fn without_devices_a_quiet_cycle_returns_early_and_an_explaining_one_says_why() {
+    let mut s = cluster(0, &[("vision", 16, None)]);
+    submit(&mut s, job("vision", 1, 1), 0);
+    let quiet = schedule(&s, &PolicyConfig { explain: false, ..PolicyConfig::default() }, 0);
+    assert_eq!((quiet.stats.pending, quiet.stats.blocked), (1, 1));
+    assert!(quiet.decisions.is_empty() && quiet.reports.is_empty());
+    let explained = schedule(&s, &PolicyConfig::default(), 0);
+    assert_eq!(explained.reports.len(), 1);
+}
