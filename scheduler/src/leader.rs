@@ -1,7 +1,9 @@
 //! The leader's scheduling loop: when applied entries may have changed work or capacity (or
 //! once a second), the leader runs `qm_core::schedule` on its state and proposes the plan as
 //! `ApplyPlan`; `apply` re-verifies it on every replica. Cycles are at least `min_gap` apart,
-//! so a burst of submissions costs one cycle, not one per job.
+//! so a burst of submissions costs one cycle, not one per job, and at least three times the
+//! last cycle's duration apart, so that scheduling (which reads the state under its lock) takes
+//! at most a quarter of the leader's time and never starves the Raft loop's applies.
 
 use crate::node::Handle;
 use crate::service::now_ms;
@@ -40,10 +42,13 @@ pub async fn run(node: Handle, config: LeaderConfig) {
         if status.fatal.is_some() {
             return;
         }
+        let mut gap = config.min_gap;
         if status.leader == status.id {
+            let started = std::time::Instant::now();
             cycle(&node, &config.policy).await;
+            gap = gap.max(started.elapsed() * 3);
         }
-        tokio::time::sleep(config.min_gap).await;
+        tokio::time::sleep(gap).await;
     }
 }
 

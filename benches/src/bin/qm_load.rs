@@ -1,0 +1,400 @@
+//! `qm_load`: a load driver for a 3-replica `qm server` cluster on loopback, the counterpart of
+//! `../shared/peers/etcd/etcd_bench.sh` (same shapes: one sequential client, 64 concurrent
+//! clients over 64 connections, the leader killed with SIGKILL). It starts the replicas itself
+//! (from `--qm`, a release build), measures, stops them, and prints `qm_*=` lines:
+//! - sequential submissions, one job per request: rate, p50 and p99 latency;
+//! - 64 clients, one job per request: acknowledged durable submissions per second, p50, p99,
+//!   over all replicas and on the leader only;
+//! - 64 clients, 100 jobs per request (reported separately: jobs per second);
+//! - time from SIGKILL of the leader to the next acknowledged write;
+//! - submission to placement decision at a fixed rate (p50, p99), with fake nodes registered;
+//! - resident memory of the leader holding 100,000 jobs.
+
+use qm_proto::v1::admin_service_client::AdminServiceClient;
+use qm_proto::v1::agent_message::Body as Up;
+use qm_proto::v1::agent_service_client::AgentServiceClient;
+use qm_proto::v1::job_service_client::JobServiceClient;
+use qm_proto::v1::*;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+
+const MODEL: &str = "nvidia-h100-80gb-hbm3";
+
+struct Args {
+    qm: String,
+    seconds: u64,
+    clients: usize,
+    rate: u64,
+    base_port: u16,
+}
+
+fn args() -> Args {
+    let mut a = Args { qm: "target/release/qm".into(), seconds: 10, clients: 64, rate: 1000, base_port: 7301 };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_else(|| panic!("{flag}: a value is required"));
+        let bad = |e: &dyn std::fmt::Display| -> ! { panic!("{flag} {value}: {e}") };
+        match flag.as_str() {
+            "--qm" => a.qm = value,
+            "--seconds" => a.seconds = value.parse().unwrap_or_else(|e| bad(&e)),
+            "--clients" => a.clients = value.parse().unwrap_or_else(|e| bad(&e)),
+            "--rate" => a.rate = value.parse().unwrap_or_else(|e| bad(&e)),
+            "--base-port" => a.base_port = value.parse().unwrap_or_else(|e| bad(&e)),
+            _ => panic!("unknown flag {flag} (known: --qm --seconds --clients --rate --base-port)"),
+        }
+    }
+    a
+}
+
+struct Cluster {
+    qm: String,
+    addrs: Vec<SocketAddr>,
+    dir: tempfile::TempDir,
+    procs: BTreeMap<u64, Child>,
+}
+
+impl Cluster {
+    fn start(qm: &str, base_port: u16) -> Self {
+        let addrs = (0..3).map(|i| SocketAddr::from(([127, 0, 0, 1], base_port + i))).collect();
+        let mut c =
+            Self { qm: qm.into(), addrs, dir: tempfile::tempdir().expect("a temp dir"), procs: BTreeMap::new() };
+        for id in 1..=3 {
+            c.spawn(id);
+        }
+        c
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let mut cmd = Command::new(&self.qm);
+        cmd.args(["server", "--id", &id.to_string(), "--listen", &self.addrs[id as usize - 1].to_string()]);
+        for (i, a) in self.addrs.iter().enumerate() {
+            cmd.args(["--peer", &format!("{}={a}", i + 1)]);
+        }
+        let data = self.dir.path().join(id.to_string());
+        cmd.args(["--data", data.to_str().expect("utf-8 temp path"), "--node-lease-ms", "3600000"]);
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("qm server starts (build it with --release)");
+        self.procs.insert(id, child);
+    }
+
+    fn endpoint(&self, id: u64) -> String {
+        format!("http://{}", self.addrs[id as usize - 1])
+    }
+
+    fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.procs.remove(&id) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn rss_kib(&self, id: u64) -> u64 {
+        let pid = self.procs[&id].id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    async fn leader(&self) -> u64 {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            for id in self.procs.keys() {
+                if let Some(s) = status(&self.endpoint(*id)).await {
+                    if s.leader_id != 0 && self.procs.contains_key(&s.leader_id) {
+                        return s.leader_id;
+                    }
+                }
+            }
+            assert!(Instant::now() < until, "no leader within 30 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in self.procs.values_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+async fn connect(endpoint: &str) -> Option<Channel> {
+    Channel::from_shared(endpoint.to_owned())
+        .ok()?
+        .connect_timeout(Duration::from_millis(300))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .ok()
+}
+
+async fn status(endpoint: &str) -> Option<ClusterStatusResponse> {
+    AdminServiceClient::new(connect(endpoint).await?)
+        .cluster_status(ClusterStatusRequest {})
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+fn job(name: String) -> JobSpec {
+    JobSpec {
+        name,
+        team: "bench".into(),
+        gang: Some(GangSpec {
+            replicas: 1,
+            devices: Some(DeviceRequest { kind: AcceleratorKind::Gpu as i32, models: vec![], count: 1 }),
+            cpu_millis: 0,
+            mem_mib: 0,
+        }),
+        command: vec!["train".into()],
+        ..JobSpec::default()
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// Submits batches of `per_request` jobs from `clients` connections for `seconds`, to every
+/// replica in turn; returns the latencies of acknowledged requests and the wall time.
+async fn load(c: &Cluster, clients: usize, per_request: usize, seconds: u64, tag: &str) -> (Vec<Duration>, f64) {
+    let endpoints: Vec<String> = c.procs.keys().map(|id| c.endpoint(*id)).collect();
+    load_on(endpoints, clients, per_request, seconds, tag).await
+}
+
+/// `load` on the given replicas only.
+async fn load_on(
+    endpoints: Vec<String>,
+    clients: usize,
+    per_request: usize,
+    seconds: u64,
+    tag: &str,
+) -> (Vec<Duration>, f64) {
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let start = Instant::now();
+    let until = start + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let endpoint = endpoints[client % endpoints.len()].clone();
+        let latencies = latencies.clone();
+        let tag = tag.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut jobs = JobServiceClient::new(connect(&endpoint).await.expect("a replica answers"));
+            let mut mine = Vec::new();
+            let mut n = 0u64;
+            while Instant::now() < until {
+                let batch = (0..per_request).map(|i| job(format!("{tag}-{client}-{n}-{i}"))).collect();
+                let req = SubmitRequest { jobs: batch, request_id: format!("{tag}-{client}-{n}") };
+                let t = Instant::now();
+                if jobs.submit(req).await.is_ok() {
+                    mine.push(t.elapsed());
+                }
+                n += 1;
+            }
+            latencies.lock().await.extend(mine);
+        }));
+    }
+    for t in tasks {
+        t.await.expect("a client task");
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let mut l = std::mem::take(&mut *latencies.lock().await);
+    l.sort();
+    (l, wall)
+}
+
+async fn set_team(endpoint: &str, nominal: u32) {
+    let quota = FlavorQuota {
+        flavor: Some(Flavor { kind: AcceleratorKind::Gpu as i32, model: MODEL.into() }),
+        nominal,
+        borrowing_limit: None,
+        lending_limit: None,
+    };
+    let team = Team { name: "bench".into(), weight: 1.0, quotas: vec![quota] };
+    let mut admin = AdminServiceClient::new(connect(endpoint).await.expect("leader answers"));
+    admin.set_team(SetTeamRequest { team: Some(team) }).await.expect("set team");
+}
+
+async fn register_nodes(endpoint: &str, nodes: usize) {
+    let mut agent = AgentServiceClient::new(connect(endpoint).await.expect("leader answers"));
+    for n in 0..nodes {
+        let name = format!("node-{n:05}");
+        let devices = (0..8)
+            .map(|i| Device {
+                id: format!("{name}-gpu{i}"),
+                kind: AcceleratorKind::Gpu as i32,
+                vendor: "nvidia".into(),
+                model: MODEL.into(),
+                memory_mib: 81_559,
+                health: Health::Healthy as i32,
+                ..Device::default()
+            })
+            .collect();
+        let inventory =
+            NodeInventory { name, devices, cpu_millis: 64_000, mem_mib: 512_000, ..NodeInventory::default() };
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let _ = tx
+            .send(AgentMessage {
+                body: Some(Up::Register(Register { inventory: Some(inventory), ..Register::default() })),
+            })
+            .await;
+        let mut down =
+            agent.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("session").into_inner();
+        let _ = down.message().await;
+    }
+}
+
+/// Submits at `rate` per second for `seconds` and measures, from the Watch stream, the time
+/// from sending each submission to its placement (state `Starting`).
+async fn placement_latency(endpoint: &str, rate: u64, seconds: u64) -> Vec<Duration> {
+    let channel = connect(endpoint).await.expect("leader answers");
+    let mut watch =
+        JobServiceClient::new(channel.clone()).watch(WatchJobsRequest::default()).await.expect("watch").into_inner();
+    let sent: Arc<Mutex<BTreeMap<u64, Instant>>> = Arc::default();
+    let placed: Arc<Mutex<BTreeMap<u64, Instant>>> = Arc::default();
+    let watcher = {
+        let placed = placed.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(e)) = watch.message().await {
+                if e.state == JobState::Starting as i32 {
+                    placed.lock().await.insert(e.job_id, Instant::now());
+                }
+            }
+        })
+    };
+    let total = rate * seconds;
+    let gap = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..total {
+        let due = start + gap * i as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let (mut jobs, sent) = (JobServiceClient::new(channel.clone()), sent.clone());
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            if let Ok(r) =
+                jobs.submit(SubmitRequest { jobs: vec![job(format!("p{i}"))], request_id: String::new() }).await
+            {
+                sent.lock().await.insert(r.into_inner().job_ids[0], t);
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    watcher.abort();
+    let (sent, placed) = (sent.lock().await, placed.lock().await);
+    let mut l: Vec<Duration> =
+        sent.iter().filter_map(|(id, t)| placed.get(id).map(|p| p.saturating_duration_since(*t))).collect();
+    println!("qm_placement_jobs={} qm_placement_placed={}", sent.len(), l.len());
+    l.sort();
+    l
+}
+
+async fn failover(c: &mut Cluster) -> f64 {
+    let leader = c.leader().await;
+    let endpoints: Vec<String> = c.procs.keys().filter(|id| **id != leader).map(|id| c.endpoint(*id)).collect();
+    c.kill(leader);
+    let killed = Instant::now();
+    let mut n = 0;
+    loop {
+        for e in &endpoints {
+            if let Some(ch) = connect(e).await {
+                let req =
+                    SubmitRequest { jobs: vec![job(format!("failover-{n}"))], request_id: format!("failover-{n}") };
+                if JobServiceClient::new(ch).submit(req).await.is_ok() {
+                    return killed.elapsed().as_secs_f64();
+                }
+            }
+            n += 1;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(30), "no write accepted within 30 s of the kill");
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let mut c = Cluster::start(&a.qm, a.base_port);
+    let leader = c.leader().await;
+    set_team(&c.endpoint(leader), 1_000_000).await;
+
+    let (seq, wall) = load(&c, 1, 1, a.seconds, "seq").await;
+    println!(
+        "qm_seq_puts_per_s={:.0} qm_seq_p50_ms={:.2} qm_seq_p99_ms={:.2}",
+        seq.len() as f64 / wall,
+        percentile(&seq, 0.5),
+        percentile(&seq, 0.99)
+    );
+    let (conc, wall) = load(&c, a.clients, 1, a.seconds, "conc").await;
+    println!(
+        "qm_conc_clients={} qm_conc_puts_per_s={:.0} qm_conc_p50_ms={:.2} qm_conc_p99_ms={:.2}",
+        a.clients,
+        conc.len() as f64 / wall,
+        percentile(&conc, 0.5),
+        percentile(&conc, 0.99)
+    );
+    let leader_only = vec![c.endpoint(c.leader().await)];
+    let (lead, wall) = load_on(leader_only, a.clients, 1, a.seconds, "lead").await;
+    println!(
+        "qm_leader_only_puts_per_s={:.0} qm_leader_only_p50_ms={:.2} qm_leader_only_p99_ms={:.2}",
+        lead.len() as f64 / wall,
+        percentile(&lead, 0.5),
+        percentile(&lead, 0.99)
+    );
+    let (batched, wall) = load(&c, a.clients, 100, a.seconds, "batch").await;
+    println!(
+        "qm_batched_jobs_per_request=100 qm_batched_jobs_per_s={:.0} qm_batched_p50_ms={:.2}",
+        batched.len() as f64 * 100.0 / wall,
+        percentile(&batched, 0.5)
+    );
+
+    let secs = failover(&mut c).await;
+    println!("qm_failover_s={secs:.3}");
+    drop(c);
+
+    let c = Cluster::start(&a.qm, a.base_port + 10);
+    let leader = c.leader().await;
+    let endpoint = c.endpoint(leader);
+    let need = (a.rate * a.seconds) as usize;
+    set_team(&endpoint, need as u32 + 8).await;
+    register_nodes(&endpoint, need.div_ceil(8)).await;
+    let l = placement_latency(&endpoint, a.rate, a.seconds).await;
+    println!(
+        "qm_placement_rate={} qm_placement_p50_ms={:.2} qm_placement_p99_ms={:.2}",
+        a.rate,
+        percentile(&l, 0.5),
+        percentile(&l, 0.99)
+    );
+    drop(c);
+
+    let c = Cluster::start(&a.qm, a.base_port + 20);
+    let leader = c.leader().await;
+    let endpoint = c.endpoint(leader);
+    set_team(&endpoint, 1_000_000).await;
+    let mut jobs = JobServiceClient::new(connect(&endpoint).await.expect("leader answers"));
+    for b in 0..100 {
+        let batch = (0..1000).map(|i| job(format!("m{b}-{i}"))).collect();
+        jobs.submit(SubmitRequest { jobs: batch, request_id: format!("m{b}") }).await.expect("a batch of 1,000");
+    }
+    let held = status(&endpoint).await.map_or(0, |s| s.pending_jobs);
+    println!("qm_memory_jobs={held} qm_leader_rss_mib={:.0}", c.rss_kib(leader) as f64 / 1024.0);
+}
