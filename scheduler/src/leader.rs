@@ -44,27 +44,29 @@ pub async fn run(node: Handle, config: LeaderConfig) {
         }
         let mut gap = config.min_gap;
         if status.leader == status.id {
-            let started = std::time::Instant::now();
-            cycle(&node, &config.policy).await;
-            gap = gap.max(started.elapsed() * 3);
+            gap = gap.max(cycle(&node, &config.policy).await * 3);
         }
         tokio::time::sleep(gap).await;
     }
 }
 
-/// One cycle: plan on the current state, propose what changed.
-async fn cycle(node: &Handle, policy: &PolicyConfig) {
+/// One cycle: plan on the current state, propose what changed. Returns how long planning held
+/// the state (not the wait for the plan to commit).
+async fn cycle(node: &Handle, policy: &PolicyConfig) -> Duration {
     let now = now_ms();
+    let started = std::time::Instant::now();
     let decisions = {
         let fsm = node.fsm();
         qm_core::schedule(&fsm.state, policy, now).decisions
     };
+    let planning = started.elapsed();
     if decisions.is_empty() {
-        return;
+        return planning;
     }
     let placed = decisions.placements.len();
     match node.propose(Command::ApplyPlan { decisions, at_ms: now }, None).await {
         Ok(out) => tracing::debug!(placed, rejected = out.rejected.len(), "applied a plan"),
         Err(e) => tracing::warn!("a plan was not applied: {e}"),
     }
+    planning
 }

@@ -81,6 +81,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
     let admin = AdminServiceServer::new(AdminServer::new(handle.clone())).max_decoding_message_size(max);
     let agents = AgentServer::new(handle.clone(), config.heartbeat);
     let liveness = tokio::spawn(agents.clone().liveness(config.node_lease));
+    let dispatch = tokio::spawn(agents.clone().dispatch());
     let agents = AgentServiceServer::new(agents).max_decoding_message_size(max);
     let raft = RaftServiceServer::new(RaftServer::new(id, cluster_id, handle.inbox().clone()))
         .max_decoding_message_size(64 * 1024 * 1024);
@@ -111,6 +112,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
     let _ = stop_tx.send(());
     leader.abort();
     liveness.abort();
+    dispatch.abort();
     handle.stop();
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     if let Ok(Err(e)) = serving.await {

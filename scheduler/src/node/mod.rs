@@ -119,6 +119,8 @@ pub enum Input {
     Raft(Box<Message>),
     /// A peer could not be reached.
     Unreachable(u64),
+    /// The background save of the snapshot at this index ended (with the error, if any).
+    Snapshotted(u64, Option<String>),
     /// Stop the thread.
     Stop,
 }
@@ -270,7 +272,7 @@ pub fn spawn<S: LogStore, T: Transport>(
         work: Notify::new(),
     });
     let deadline = config.deadline;
-    let node = ready::Node::new(config, store, transport, rx, Arc::clone(&shared))?;
+    let node = ready::Node::new(config, store, transport, (inbox.clone(), rx), Arc::clone(&shared))?;
     let thread = std::thread::Builder::new()
         .name(format!("raft-{}", node.id()))
         .spawn(move || node.run())

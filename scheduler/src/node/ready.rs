@@ -4,7 +4,7 @@
 //! released.
 
 use super::waiters::Waiters;
-use super::{Input, JobChange, Membership, NodeConfig, NodeError, Shared, Status};
+use super::{Inbox, Input, JobChange, Membership, NodeConfig, NodeError, Shared, Status};
 use crate::codec::{decode_batch, encode_batch, Proposal};
 use crate::fsm::Fsm;
 use crate::logging::raft_logger;
@@ -30,6 +30,8 @@ pub(super) enum Fatal {
     Raft(#[from] raft::Error),
     #[error("log entry {index}: {reason}")]
     Entry { index: u64, reason: String },
+    #[error("saving the snapshot at {index}: {reason}")]
+    Snapshot { index: u64, reason: String },
 }
 
 pub(super) struct Node<S: LogStore, T: Transport> {
@@ -37,6 +39,12 @@ pub(super) struct Node<S: LogStore, T: Transport> {
     config: NodeConfig,
     transport: T,
     rx: Receiver<Input>,
+    /// The node's own inbox, for its background snapshot saves to report back.
+    inbox: Inbox,
+    /// A snapshot is being saved in the background.
+    saving: bool,
+    /// An error a background job reported, to stop on.
+    failed: Option<Fatal>,
     shared: Arc<Shared>,
     proposals: Waiters<Outcome>,
     reads: Waiters<()>,
@@ -46,6 +54,8 @@ pub(super) struct Node<S: LogStore, T: Transport> {
     confirmed_reads: Vec<(u64, u64)>,
     applied_term: u64,
     snapshot_index: u64,
+    /// Applied index not yet written to storage (it rides with the next batch).
+    unsaved_applied: Option<u64>,
 }
 
 impl<S: LogStore, T: Transport> Node<S, T> {
@@ -53,7 +63,7 @@ impl<S: LogStore, T: Transport> Node<S, T> {
         config: NodeConfig,
         store: S,
         mut transport: T,
-        rx: Receiver<Input>,
+        (inbox, rx): (Inbox, Receiver<Input>),
         shared: Arc<Shared>,
     ) -> Result<Self, StorageError> {
         store.verify()?;
@@ -98,6 +108,9 @@ impl<S: LogStore, T: Transport> Node<S, T> {
             config,
             transport,
             rx,
+            inbox,
+            saving: false,
+            failed: None,
             shared,
             proposals: Waiters::default(),
             reads: Waiters::default(),
@@ -106,6 +119,7 @@ impl<S: LogStore, T: Transport> Node<S, T> {
             confirmed_reads: Vec::new(),
             applied_term,
             snapshot_index,
+            unsaved_applied: None,
         })
     }
 
@@ -134,10 +148,23 @@ impl<S: LogStore, T: Transport> Node<S, T> {
             }
             if let Err(e) = self.round() {
                 self.stop_on(e);
+                self.await_saving();
                 return;
             }
         }
         self.proposals.fail_all(&NodeError::Stopped("shut down".into()));
+        self.await_saving();
+    }
+
+    /// Waits (bounded) for a background snapshot save, so that the storage is closed when the
+    /// thread ends and the replica can be reopened at once.
+    fn await_saving(&mut self) {
+        let until = Instant::now() + std::time::Duration::from_secs(30);
+        while self.saving && Instant::now() < until {
+            if let Ok(Input::Snapshotted(..)) = self.rx.recv_timeout(until - Instant::now()) {
+                self.saving = false;
+            }
+        }
     }
 
     /// Handles `first` and whatever else is queued; false when told to stop.
@@ -160,6 +187,9 @@ impl<S: LogStore, T: Transport> Node<S, T> {
     }
 
     fn round(&mut self) -> Result<(), Fatal> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
         self.flush_batch();
         while self.raw.has_ready() {
             self.on_ready()?;
@@ -225,6 +255,13 @@ impl<S: LogStore, T: Transport> Node<S, T> {
                 }
             }
             Input::Unreachable(id) => self.raw.report_unreachable(id),
+            Input::Snapshotted(index, error) => {
+                self.saving = false;
+                match error {
+                    Some(reason) => self.failed = Some(Fatal::Snapshot { index, reason }),
+                    None => tracing::info!(replica = self.config.id, index, "took a snapshot and compacted the log"),
+                }
+            }
             Input::Stop => return false,
         }
         true
@@ -276,7 +313,8 @@ impl<S: LogStore, T: Transport> Node<S, T> {
         }
         self.apply_entries(ready.take_committed_entries())?;
         if !ready.entries().is_empty() || ready.hs().is_some() {
-            let batch = Persist { entries: ready.entries(), hard_state: ready.hs(), commit: None };
+            let applied = self.unsaved_applied.take();
+            let batch = Persist { entries: ready.entries(), hard_state: ready.hs(), commit: None, applied };
             self.raw.store().persist(batch)?;
         }
         self.transport.send(ready.take_persisted_messages());
@@ -287,7 +325,8 @@ impl<S: LogStore, T: Transport> Node<S, T> {
         }
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
-            self.raw.store().persist(Persist { commit: Some(commit), ..Persist::default() })?;
+            let applied = self.unsaved_applied.take();
+            self.raw.store().persist(Persist { commit: Some(commit), applied, ..Persist::default() })?;
         }
         self.transport.send(light.take_messages());
         self.apply_entries(light.take_committed_entries())?;
@@ -329,8 +368,7 @@ impl<S: LogStore, T: Transport> Node<S, T> {
             }
             self.applied_term = e.term;
         }
-        let applied = self.shared.fsm.read().unwrap_or_else(|p| p.into_inner()).applied;
-        self.raw.store().set_applied(applied)?;
+        self.unsaved_applied = Some(self.shared.fsm.read().unwrap_or_else(|p| p.into_inner()).applied);
         for c in changes {
             let _ = self.shared.events.send(c);
         }
@@ -394,7 +432,14 @@ impl<S: LogStore, T: Transport> Node<S, T> {
         Ok(())
     }
 
+    /// Every `snapshot_every` applied entries: encodes the state here (a consistent cut), and
+    /// saves it and compacts the log on a background thread, so that the loop goes on
+    /// replicating meanwhile.
     fn maybe_snapshot(&mut self) -> Result<(), Fatal> {
+        if self.saving {
+            return Ok(());
+        }
+        let started = Instant::now();
         let (applied, data) = {
             let fsm = self.shared.fsm.read().unwrap_or_else(|p| p.into_inner());
             if fsm.applied < self.snapshot_index + self.config.snapshot_every {
@@ -402,14 +447,32 @@ impl<S: LogStore, T: Transport> Node<S, T> {
             }
             (fsm.applied, fsm.snapshot())
         };
+        let encoded_ms = started.elapsed().as_millis() as u64;
+        let bytes = data.len();
         let mut snap = Snapshot { data: data.into(), ..Snapshot::default() };
         let md = snap.mut_metadata();
         md.index = applied;
         md.term = self.applied_term;
         md.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
-        self.raw.store().save_snapshot(&snap, applied.saturating_sub(self.config.keep_entries))?;
+        let (store, inbox) = (self.raw.store().clone(), self.inbox.clone());
+        let compact_to = applied.saturating_sub(self.config.keep_entries);
+        self.saving = true;
         self.snapshot_index = applied;
-        tracing::info!(replica = self.config.id, index = applied, "took a snapshot and compacted the log");
+        std::thread::Builder::new()
+            .name(format!("snapshot-{}", self.config.id))
+            .spawn(move || {
+                let started = Instant::now();
+                let error = store.save_snapshot(&snap, compact_to).err().map(|e| e.to_string());
+                tracing::info!(
+                    index = applied,
+                    bytes,
+                    encoded_ms,
+                    saved_ms = started.elapsed().as_millis() as u64,
+                    "snapshot"
+                );
+                let _ = inbox.send(Input::Snapshotted(applied, error));
+            })
+            .map_err(|e| Fatal::Snapshot { index: applied, reason: e.to_string() })?;
         Ok(())
     }
 

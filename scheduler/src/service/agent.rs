@@ -23,12 +23,23 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-/// Leader-local memory of the agents: when each node was last heard, and which replicas of
-/// each attempt reported started.
+/// Leader-local memory of the agents: when each node was last heard, which replicas of each
+/// attempt reported started, and the open session of each node (to route its orders).
 #[derive(Debug, Default)]
 struct Agents {
     last_seen: BTreeMap<NodeId, Instant>,
     started: BTreeMap<(JobId, u32), BTreeSet<u32>>,
+    sessions: BTreeMap<NodeId, (u64, mpsc::UnboundedSender<Routed>)>,
+    next_session: u64,
+}
+
+/// What the dispatcher hands a session.
+#[derive(Debug)]
+enum Routed {
+    /// An effect for the session's node.
+    Effect(Effect),
+    /// Effects were missed: resend what the node should be doing.
+    Reconcile,
 }
 
 /// The agent service of one replica.
@@ -101,10 +112,56 @@ impl AgentServer {
         }
     }
 
-    async fn register(&self, r: Register, orders: &Orders) -> Result<NodeId, Status> {
+    /// Routes each applied effect to the session of its node: one task for all sessions, so
+    /// that an effect costs one lookup, not a wake-up of every session. Runs until the node
+    /// stops.
+    pub async fn dispatch(self) {
+        let mut effects = self.node.subscribe_effects();
+        loop {
+            match effects.recv().await {
+                Ok(effect) => {
+                    let node = match &effect {
+                        Effect::Start { node, .. } | Effect::Stop { node, .. } => node.clone(),
+                    };
+                    if let Some((_, tx)) = self.agents().sessions.get(&node) {
+                        let _ = tx.send(Routed::Effect(effect));
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    for (_, tx) in self.agents().sessions.values() {
+                        let _ = tx.send(Routed::Reconcile);
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Opens the routing of a node's orders; returns the session's number and its receiver.
+    fn open_session(&self, node: &NodeId) -> (u64, mpsc::UnboundedReceiver<Routed>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut agents = self.agents();
+        agents.next_session += 1;
+        let id = agents.next_session;
+        agents.sessions.insert(node.clone(), (id, tx));
+        (id, rx)
+    }
+
+    fn close_session(&self, node: &NodeId, session: u64) {
+        let mut agents = self.agents();
+        if agents.sessions.get(node).is_some_and(|(id, _)| *id == session) {
+            agents.sessions.remove(node);
+        }
+    }
+
+    /// Validates a registration's inventory.
+    fn registering(r: &Register) -> Result<qm_core::NodeSpec, Status> {
         let inventory = r.inventory.as_ref().ok_or_else(|| Status::invalid_argument("register.inventory: required"))?;
-        let spec =
-            inventory_from(inventory).map_err(|e| Status::invalid_argument(format!("register.inventory.{e}")))?;
+        inventory_from(inventory).map_err(|e| Status::invalid_argument(format!("register.inventory.{e}")))
+    }
+
+    async fn register(&self, r: Register, orders: &Orders) -> Result<NodeId, Status> {
+        let spec = Self::registering(&r)?;
         let id = spec.id.clone();
         self.node.propose(Command::RegisterNode { node: spec, at_ms: now_ms() }, None).await.map_err(status_of)?;
         self.agents().last_seen.insert(id.clone(), Instant::now());
@@ -261,8 +318,9 @@ impl AgentServer {
     async fn serve(
         self,
         node: NodeId,
+        session: u64,
         mut inbound: Streaming<AgentMessage>,
-        mut effects: tokio::sync::broadcast::Receiver<Effect>,
+        mut routed: mpsc::UnboundedReceiver<Routed>,
         orders: Orders,
     ) {
         let mut check = tokio::time::interval(self.heartbeat);
@@ -270,21 +328,22 @@ impl AgentServer {
             tokio::select! {
                 msg = inbound.message() => match msg {
                     Ok(Some(m)) => self.on_message(&node, m, &orders).await,
-                    _ => return,
+                    _ => break,
                 },
-                effect = effects.recv() => match effect {
-                    Ok(e) => if let Some(order) = self.order_for(&node, e) {
-                        if orders.send(order).await.is_err() { return; }
+                r = routed.recv() => match r {
+                    Some(Routed::Effect(e)) => if let Some(order) = self.order_for(&node, e) {
+                        if orders.send(order).await.is_err() { break; }
                     },
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.reconcile(&node, &[], &orders).await,
-                    Err(_) => return,
+                    Some(Routed::Reconcile) => self.reconcile(&node, &[], &orders).await,
+                    None => break,
                 },
                 _ = check.tick() => if !self.leading() {
                     let _ = orders.send(down(Down::NotLeader(NotLeader { leader_address: self.leader_address() }))).await;
-                    return;
+                    break;
                 },
             }
         }
+        self.close_session(&node, session);
     }
 
     async fn on_message(&self, node: &NodeId, m: AgentMessage, orders: &Orders) {
@@ -340,9 +399,15 @@ impl AgentService for AgentServer {
         let Some(Up::Register(r)) = first.body else {
             return Err(Status::invalid_argument("body: the first message must be register"));
         };
-        let effects = self.node.subscribe_effects();
-        let node = self.register(r, &orders).await?;
-        tokio::spawn(self.clone().serve(node, inbound, effects, orders));
+        let (session, routed) = self.open_session(&Self::registering(&r)?.id);
+        let node = match self.register(r, &orders).await {
+            Ok(node) => node,
+            Err(e) => {
+                self.agents().sessions.retain(|_, (id, _)| *id != session);
+                return Err(e);
+            }
+        };
+        tokio::spawn(self.clone().serve(node, session, inbound, routed, orders));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

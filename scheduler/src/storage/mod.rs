@@ -18,22 +18,26 @@ pub struct Persist<'a> {
     /// The new commit index, when only it changed (written, not flushed: a lost commit index is
     /// learnt again from the leader).
     pub commit: Option<u64>,
+    /// The applied index, written with the batch (not flushed on its own: after a crash the
+    /// replica re-applies from its snapshot anyway).
+    pub applied: Option<u64>,
 }
 
 /// Storage of one replica. Reads come through `raft::Storage`; writes are durable when the
-/// call returns.
-pub trait LogStore: raft::Storage + Send + Sync + 'static {
+/// call returns. Clones share the storage (a snapshot is saved from another thread while the
+/// Raft loop goes on).
+pub trait LogStore: raft::Storage + Clone + Send + Sync + 'static {
     /// Appends entries and hard state in one flushed batch.
     fn persist(&self, batch: Persist<'_>) -> Result<(), StorageError>;
     /// Replaces everything up to the snapshot's index with it (a follower catching up).
     fn apply_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError>;
-    /// Stores a snapshot this replica made of its own state at `index`, and drops the log
-    /// before `compact_to` (entries at and after it stay for lagging followers).
+    /// Stores a snapshot this replica made of its own state, durably, then drops the log before
+    /// `compact_to` (entries at and after it stay for lagging followers). Safe to call while
+    /// the Raft loop appends: reads of dropped entries answer `Compacted` from the moment the
+    /// snapshot is durable.
     fn save_snapshot(&self, snapshot: &Snapshot, compact_to: u64) -> Result<(), StorageError>;
     /// Sets the conf state (after a membership change is applied).
     fn set_conf_state(&self, conf: &ConfState) -> Result<(), StorageError>;
-    /// Records the applied index.
-    fn set_applied(&self, index: u64) -> Result<(), StorageError>;
     /// The applied index recorded last.
     fn applied(&self) -> Result<u64, StorageError>;
     /// The latest snapshot, if any.

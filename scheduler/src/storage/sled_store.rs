@@ -7,7 +7,7 @@ use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage};
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The on-disk format this release writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -64,11 +64,12 @@ struct Meta {
     first: u64,
 }
 
-/// Raft storage on a sled database.
-#[derive(Debug)]
+/// Raft storage on a sled database. Clones share the database (a snapshot is saved from a
+/// background thread).
+#[derive(Debug, Clone)]
 pub struct SledStore {
     tree: sled::Db,
-    meta: Mutex<Meta>,
+    meta: Arc<Mutex<Meta>>,
 }
 
 impl SledStore {
@@ -112,7 +113,7 @@ impl SledStore {
         let last = index_of(tree.scan_prefix(b"e").next_back())?;
         meta.last = last.unwrap_or(meta.snap.index).max(meta.snap.index);
         meta.first = first.unwrap_or(meta.last + 1);
-        Ok(Self { tree, meta: Mutex::new(meta) })
+        Ok(Self { tree, meta: Arc::new(Mutex::new(meta)) })
     }
 
     fn meta(&self) -> MutexGuard<'_, Meta> {
@@ -219,6 +220,9 @@ impl LogStore for SledStore {
         if let Some(commit) = p.commit {
             hard.commit = commit;
         }
+        if let Some(applied) = p.applied {
+            batch.insert(APPLIED, &applied.to_le_bytes());
+        }
         let hard_changed = hard != m.hard;
         if hard_changed {
             batch.insert(HARD, encode(&hard));
@@ -262,18 +266,22 @@ impl LogStore for SledStore {
     }
 
     fn save_snapshot(&self, snapshot: &Snapshot, compact_to: u64) -> Result<(), StorageError> {
-        let mut m = self.meta();
-        let md = snapshot.get_metadata();
-        let compact_to = compact_to.min(md.index + 1).min(m.last + 1);
-        let mut batch = sled::Batch::default();
-        for stale in m.first..compact_to {
-            batch.remove(&entry_key(stale));
-        }
-        batch.insert(SNAP, encode(snapshot));
-        self.tree.apply_batch(batch)?;
+        self.tree.insert(SNAP, encode(snapshot))?;
         self.tree.flush()?;
-        m.snap = md.clone();
-        m.first = m.first.max(compact_to);
+        let md = snapshot.get_metadata();
+        let stale = {
+            let mut m = self.meta();
+            let compact_to = compact_to.min(md.index + 1).min(m.last + 1).max(m.first);
+            let stale = m.first..compact_to;
+            m.snap = md.clone();
+            m.first = compact_to;
+            stale
+        };
+        let mut batch = sled::Batch::default();
+        for index in stale {
+            batch.remove(&entry_key(index));
+        }
+        self.tree.apply_batch(batch)?;
         Ok(())
     }
 
@@ -281,11 +289,6 @@ impl LogStore for SledStore {
         self.tree.insert(CONF, encode(conf))?;
         self.tree.flush()?;
         self.meta().conf = conf.clone();
-        Ok(())
-    }
-
-    fn set_applied(&self, index: u64) -> Result<(), StorageError> {
-        self.tree.insert(APPLIED, &index.to_le_bytes())?;
         Ok(())
     }
 

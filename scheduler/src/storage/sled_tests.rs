@@ -24,8 +24,7 @@ fn entries_and_hard_state_survive_a_reopen() {
         let store = SledStore::open(dir.path()).unwrap();
         let hs = HardState { term: 2, vote: 3, commit: 2, ..HardState::default() };
         let ents = [entry(1, 1, b"a"), entry(2, 2, b"b"), entry(3, 2, b"c")];
-        store.persist(Persist { entries: &ents, hard_state: Some(&hs), commit: None }).unwrap();
-        store.set_applied(2).unwrap();
+        store.persist(Persist { entries: &ents, hard_state: Some(&hs), commit: None, applied: Some(2) }).unwrap();
     }
     let store = SledStore::open(dir.path()).unwrap();
     let state = store.initial_state().unwrap();
