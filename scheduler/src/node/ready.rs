@@ -12,7 +12,7 @@ use crate::storage::{LogStore, Persist, StorageError};
 use crate::transport::Transport;
 use protobuf::Message as PbMessage;
 use qm_core::Outcome;
-use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Snapshot};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, MessageType, Snapshot};
 use raft::{Config, RawNode, ReadOnlyOption};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -43,6 +43,9 @@ pub(super) struct Node<S: LogStore, T: Transport> {
     inbox: Inbox,
     /// A snapshot is being saved in the background.
     saving: bool,
+    /// Take a snapshot at the next chance (the membership changed: a new member can only
+    /// install a snapshot whose configuration names it).
+    snapshot_due: bool,
     /// An error a background job reported, to stop on.
     failed: Option<Fatal>,
     shared: Arc<Shared>,
@@ -110,6 +113,7 @@ impl<S: LogStore, T: Transport> Node<S, T> {
             rx,
             inbox,
             saving: false,
+            snapshot_due: false,
             failed: None,
             shared,
             proposals: Waiters::default(),
@@ -307,7 +311,7 @@ impl<S: LogStore, T: Transport> Node<S, T> {
 
     fn on_ready(&mut self) -> Result<(), Fatal> {
         let mut ready = self.raw.ready();
-        self.transport.send(ready.take_messages());
+        self.send(ready.take_messages());
         if !ready.snapshot().is_empty() {
             self.install_snapshot(ready.snapshot())?;
         }
@@ -317,7 +321,7 @@ impl<S: LogStore, T: Transport> Node<S, T> {
             let batch = Persist { entries: ready.entries(), hard_state: ready.hs(), commit: None, applied };
             self.raw.store().persist(batch)?;
         }
-        self.transport.send(ready.take_persisted_messages());
+        self.send(ready.take_persisted_messages());
         for rs in ready.take_read_states() {
             if let Ok(bytes) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) {
                 self.confirmed_reads.push((rs.index, u64::from_le_bytes(bytes)));
@@ -328,10 +332,22 @@ impl<S: LogStore, T: Transport> Node<S, T> {
             let applied = self.unsaved_applied.take();
             self.raw.store().persist(Persist { commit: Some(commit), applied, ..Persist::default() })?;
         }
-        self.transport.send(light.take_messages());
+        self.send(light.take_messages());
         self.apply_entries(light.take_committed_entries())?;
         self.raw.advance_apply();
         self.maybe_snapshot()
+    }
+
+    /// Hands messages to the transport. A snapshot sent is reported finished at once: the
+    /// leader then probes the follower, which either accepted it or makes the leader send a
+    /// newer one, instead of waiting forever for a report.
+    fn send(&mut self, messages: Vec<raft::eraftpb::Message>) {
+        let snapshots: Vec<u64> =
+            messages.iter().filter(|m| m.get_msg_type() == MessageType::MsgSnapshot).map(|m| m.to).collect();
+        self.transport.send(messages);
+        for to in snapshots {
+            self.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
+        }
     }
 
     fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), Fatal> {
@@ -409,6 +425,7 @@ impl<S: LogStore, T: Transport> Node<S, T> {
         let answer = match result {
             Ok(cs) => {
                 self.raw.store().set_conf_state(&cs)?;
+                self.snapshot_due = true;
                 match cc.get_change_type() {
                     ConfChangeType::RemoveNode => {
                         fsm.members.remove(&cc.node_id);
@@ -442,7 +459,7 @@ impl<S: LogStore, T: Transport> Node<S, T> {
         let started = Instant::now();
         let (applied, data) = {
             let fsm = self.shared.fsm.read().unwrap_or_else(|p| p.into_inner());
-            if fsm.applied < self.snapshot_index + self.config.snapshot_every {
+            if !self.snapshot_due && fsm.applied < self.snapshot_index + self.config.snapshot_every {
                 return Ok(());
             }
             (fsm.applied, fsm.snapshot())
@@ -457,6 +474,7 @@ impl<S: LogStore, T: Transport> Node<S, T> {
         let (store, inbox) = (self.raw.store().clone(), self.inbox.clone());
         let compact_to = applied.saturating_sub(self.config.keep_entries);
         self.saving = true;
+        self.snapshot_due = false;
         self.snapshot_index = applied;
         std::thread::Builder::new()
             .name(format!("snapshot-{}", self.config.id))

@@ -29,7 +29,11 @@ impl Cluster {
     }
 
     fn start(&mut self, id: u64) {
-        let mut config = NodeConfig::new(id, vec![1, 2, 3]);
+        self.start_with(id, vec![1, 2, 3]);
+    }
+
+    fn start_with(&mut self, id: u64, voters: Vec<u64>) {
+        let mut config = NodeConfig::new(id, voters);
         config.tick = Duration::from_millis(10);
         config.deadline = Duration::from_millis(1500);
         (self.tune)(&mut config);
@@ -233,4 +237,35 @@ async fn a_restarted_replica_catches_up_by_snapshot_and_everyone_recovers_from_o
     c.leader_of(&[1, 2, 3]).await;
     c.converged().await;
     assert_eq!(names(c.handle(1)).len(), 40, "restored from snapshot + log after a full restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_added_and_removed_through_raft() {
+    let mut c = Cluster::new(small_snapshots);
+    c.set_up().await;
+    let leader = c.leader_of(&[1, 2, 3]).await;
+    for i in 0..15 {
+        submit_acked(c.handle(leader), format!("before-{i:02}")).await;
+    }
+    c.start_with(4, vec![]);
+    c.handle(leader).change(Membership::Add { id: 4, address: "127.0.0.1:7004".into() }).await.unwrap();
+    c.converged().await;
+    assert_eq!(names(c.handle(4)).len(), 15, "the new member caught up");
+    let members: Vec<u64> = c.handle(leader).status().members.iter().map(|(id, _)| *id).collect();
+    assert_eq!(members, vec![1, 2, 3, 4]);
+    assert_eq!(c.handle(4).fsm().members.get(&4).map(String::as_str), Some("127.0.0.1:7004"));
+
+    let gone = (1..=3).find(|id| *id != leader).unwrap();
+    c.handle(leader).change(Membership::Remove { id: gone }).await.unwrap();
+    c.stop(gone);
+    c.stop((1..=3).find(|id| *id != leader && *id != gone).unwrap());
+    submit_acked(c.handle(leader), "after".into()).await;
+    assert!(
+        names(c.handle(4)).contains(&"after".to_owned()) || {
+            c.handle(4).read_barrier().await.unwrap();
+            names(c.handle(4)).contains(&"after".to_owned())
+        }
+    );
+    let members: Vec<u64> = c.handle(leader).status().members.iter().map(|(id, _)| *id).collect();
+    assert_eq!(members.len(), 3, "three voters left: {members:?}");
 }
