@@ -64,6 +64,52 @@ pub enum ClientCommand {
     Quota(QuotaCommand),
     /// Members, leader, term, commit and applied index.
     Status,
+    /// Cluster administration: members and nodes.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+/// `qm admin`.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Adds or removes a scheduler replica (a Raft configuration change).
+    #[command(subcommand)]
+    Members(MembersCommand),
+    /// Stops placing new work on a node.
+    Cordon {
+        /// The node.
+        node: String,
+    },
+    /// Places work on a node again (also ends a drain).
+    Uncordon {
+        /// The node.
+        node: String,
+    },
+    /// Cordons a node and stops its jobs; they are requeued without losing an attempt.
+    Drain {
+        /// The node.
+        node: String,
+    },
+}
+
+/// `qm admin members`.
+#[derive(Debug, Subcommand)]
+pub enum MembersCommand {
+    /// Adds a voter; start it first with `qm server --join`.
+    Add {
+        /// Its Raft id.
+        #[arg(long)]
+        id: u64,
+        /// Its address, HOST:PORT.
+        #[arg(long)]
+        address: String,
+    },
+    /// Removes a voter.
+    Remove {
+        /// Its Raft id.
+        #[arg(long)]
+        id: u64,
+    },
 }
 
 /// `qm quota`.
@@ -157,7 +203,52 @@ async fn dispatch(t: &Target, command: &ClientCommand) -> Result<()> {
             quota_set(t, team, q).await
         }
         ClientCommand::Status => status(t).await,
+        ClientCommand::Admin(cmd) => admin(t, cmd).await,
     }
+}
+
+async fn admin(t: &Target, cmd: &AdminCommand) -> Result<()> {
+    let members = match cmd {
+        AdminCommand::Members(MembersCommand::Add { id, address }) => {
+            let req = AddMemberRequest { id: *id, address: address.clone(), learner: false };
+            call(t, |c| {
+                let req = req.clone();
+                async move { admin_client(c).add_member(req).await }
+            })
+            .await?
+            .members
+        }
+        AdminCommand::Members(MembersCommand::Remove { id }) => {
+            call(t, |c| async move { admin_client(c).remove_member(RemoveMemberRequest { id: *id }).await })
+                .await?
+                .members
+        }
+        AdminCommand::Cordon { node } | AdminCommand::Uncordon { node } | AdminCommand::Drain { node } => {
+            let req = NodeRequest { node: node.clone() };
+            let r = call(t, |c| {
+                let (req, cmd) = (req.clone(), cmd);
+                async move {
+                    let mut a = admin_client(c);
+                    match cmd {
+                        AdminCommand::Cordon { .. } => a.cordon(req).await,
+                        AdminCommand::Uncordon { .. } => a.uncordon(req).await,
+                        _ => a.drain(req).await,
+                    }
+                }
+            })
+            .await?;
+            let n = r.node.unwrap_or_default();
+            print_or_json(t, json!({ "node": node, "cordoned": n.cordoned, "draining": n.draining }), || {
+                format!("node {node}: cordoned {}, draining {}", n.cordoned, n.draining)
+            });
+            return Ok(());
+        }
+    };
+    let rows: Vec<serde_json::Value> = members.iter().map(|m| json!({ "id": m.id, "address": m.address })).collect();
+    print_or_json(t, json!(rows), || {
+        members.iter().map(|m| format!("member {} {}", m.id, m.address)).collect::<Vec<_>>().join("\n")
+    });
+    Ok(())
 }
 
 fn jobs_client(c: Channel) -> JobServiceClient<Channel> {

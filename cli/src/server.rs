@@ -25,6 +25,10 @@ pub struct ServerArgs {
     /// Data directory.
     #[arg(long)]
     data: PathBuf,
+    /// Join a running cluster instead of forming one: start with no configuration and wait
+    /// for `qm admin members add` (the peers give the other members' addresses).
+    #[arg(long)]
+    join: bool,
     /// Cluster id; replicas refuse Raft traffic of another cluster.
     #[arg(long, default_value_t = 1)]
     cluster_id: u64,
@@ -63,10 +67,11 @@ fn config(args: &ServerArgs) -> Result<ServerConfig> {
     if peers.is_empty() {
         peers.push((args.id, args.listen.to_string()));
     }
-    if !peers.iter().any(|(id, _)| *id == args.id) {
-        bail!("--peer: this replica (--id {}) must be one of the peers", args.id);
+    if !args.join && !peers.iter().any(|(id, _)| *id == args.id) {
+        bail!("--peer: this replica (--id {}) must be one of the peers (or use --join)", args.id);
     }
-    let mut node = NodeConfig::new(args.id, peers.iter().map(|(id, _)| *id).collect());
+    let voters = if args.join { vec![] } else { peers.iter().map(|(id, _)| *id).collect() };
+    let mut node = NodeConfig::new(args.id, voters);
     node.peers = peers;
     node.tick = Duration::from_millis(args.tick_ms.max(1));
     node.snapshot_every = args.snapshot_every.max(1);
@@ -110,6 +115,7 @@ pub fn dev(args: &DevArgs) -> Result<()> {
         id: 1,
         listen: args.listen,
         peers: vec![],
+        join: false,
         data: dir.path().to_owned(),
         cluster_id: 1,
         tick_ms: 10,

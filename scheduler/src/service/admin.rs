@@ -39,6 +39,13 @@ impl AdminServer {
         self.node_response(&name)
     }
 
+    /// The members as of the last applied change (the status is published a moment later).
+    fn applied_members(&self) -> Vec<Member> {
+        let status = self.node.status();
+        let members = self.node.fsm().members.clone().into_iter().collect();
+        Self::members(&NodeStatus { members, ..status })
+    }
+
     fn members(status: &NodeStatus) -> Vec<Member> {
         status
             .members
@@ -170,7 +177,7 @@ impl AdminService for AdminServer {
             return Err(Status::unimplemented("learner: learners are not supported; add a voter"));
         }
         self.node.change(Membership::Add { id: req.id, address: req.address }).await.map_err(status_of)?;
-        Ok(Response::new(MembersResponse { members: Self::members(&self.node.status()) }))
+        Ok(Response::new(MembersResponse { members: self.applied_members() }))
     }
 
     async fn remove_member(&self, request: Request<RemoveMemberRequest>) -> Result<Response<MembersResponse>, Status> {
@@ -179,6 +186,6 @@ impl AdminService for AdminServer {
             return Err(Status::not_found(format!("id: {id} is not a member")));
         }
         self.node.change(Membership::Remove { id }).await.map_err(status_of)?;
-        Ok(Response::new(MembersResponse { members: Self::members(&self.node.status()) }))
+        Ok(Response::new(MembersResponse { members: self.applied_members() }))
     }
 }
