@@ -90,6 +90,20 @@ pub enum AdminCommand {
         /// The node.
         node: String,
     },
+    /// Backups of the replicated state.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+/// `qm admin snapshot`.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Writes a snapshot of the replicated state to a file (`qm server --restore` reads it).
+    Save {
+        /// The file to write.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 /// `qm admin members`.
@@ -207,8 +221,29 @@ async fn dispatch(t: &Target, command: &ClientCommand) -> Result<()> {
     }
 }
 
+async fn save_snapshot(t: &Target, out: &std::path::Path) -> Result<()> {
+    let (index, data) = call(t, |c| async move {
+        let mut stream = admin_client(c).save_snapshot(SaveSnapshotRequest {}).await?.into_inner();
+        let (mut index, mut data) = (0, Vec::new());
+        while let Some(chunk) = stream.message().await? {
+            index = chunk.index;
+            data.extend(chunk.data);
+        }
+        Ok(tonic::Response::new((index, data)))
+    })
+    .await?;
+    let partial = out.with_extension("partial");
+    std::fs::write(&partial, &data).with_context(|| format!("{}", partial.display()))?;
+    std::fs::rename(&partial, out).with_context(|| format!("{}", out.display()))?;
+    print_or_json(t, json!({ "index": index, "bytes": data.len(), "file": out }), || {
+        format!("snapshot at index {index}: {} bytes written to {}", data.len(), out.display())
+    });
+    Ok(())
+}
+
 async fn admin(t: &Target, cmd: &AdminCommand) -> Result<()> {
     let members = match cmd {
+        AdminCommand::Snapshot(SnapshotCommand::Save { out }) => return save_snapshot(t, out).await,
         AdminCommand::Members(MembersCommand::Add { id, address }) => {
             let req = AddMemberRequest { id: *id, address: address.clone(), learner: false };
             call(t, |c| {

@@ -29,6 +29,10 @@ pub struct ServerArgs {
     /// for `qm admin members add` (the peers give the other members' addresses).
     #[arg(long)]
     join: bool,
+    /// Start a new cluster from a backup (`qm admin snapshot save`); the data directory must
+    /// be empty. Give every replica of the new cluster the same file.
+    #[arg(long, value_name = "FILE", conflicts_with = "join")]
+    restore: Option<PathBuf>,
     /// Cluster id; replicas refuse Raft traffic of another cluster.
     #[arg(long, default_value_t = 1)]
     cluster_id: u64,
@@ -85,6 +89,10 @@ fn config(args: &ServerArgs) -> Result<ServerConfig> {
         max_message_bytes: args.max_message_bytes,
         heartbeat: Duration::from_secs(1),
         node_lease: Duration::from_millis(args.node_lease_ms.max(1)),
+        restore: match &args.restore {
+            Some(path) => Some(std::fs::read(path).with_context(|| format!("--restore {}", path.display()))?),
+            None => None,
+        },
     })
 }
 
@@ -116,6 +124,7 @@ pub fn dev(args: &DevArgs) -> Result<()> {
         listen: args.listen,
         peers: vec![],
         join: false,
+        restore: None,
         data: dir.path().to_owned(),
         cluster_id: 1,
         tick_ms: 10,

@@ -10,6 +10,7 @@ pub mod fsm;
 pub mod leader;
 pub mod logging;
 pub mod node;
+pub mod restore;
 pub mod server;
 pub mod service;
 pub mod storage;

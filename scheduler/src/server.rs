@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub heartbeat: Duration,
     /// A node not heard from this long is lost and its jobs requeued.
     pub node_lease: Duration,
+    /// A backup to start a new cluster from (the data directory must be empty).
+    pub restore: Option<Vec<u8>>,
 }
 
 /// Why a replica stopped.
@@ -60,6 +62,9 @@ pub enum ServerError {
     /// The Raft node stopped on an error.
     #[error("{0}")]
     Node(String),
+    /// The backup could not be restored.
+    #[error(transparent)]
+    Restore(#[from] crate::restore::RestoreError),
 }
 
 /// Runs a replica until `shutdown` completes.
@@ -69,6 +74,10 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| StorageError::Io(e.into()))?;
     let store = SledStore::open(&config.data_dir)?;
+    if let Some(backup) = &config.restore {
+        let index = crate::restore::seed(&store, backup, &config.node.peers)?;
+        tracing::info!(index, "restored a backup");
+    }
     let runtime = tokio::runtime::Handle::current();
     let (id, cluster_id) = (config.node.id, config.cluster_id);
     let (handle, thread) =

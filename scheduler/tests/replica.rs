@@ -33,6 +33,11 @@ struct Replica {
 impl Replica {
     /// Replica 1 of a cluster of `voters` (the others are not started).
     fn start(voters: &[u64], max_message_bytes: usize) -> Self {
+        Self::start_from(voters, max_message_bytes, None)
+    }
+
+    /// Replica 1, restored from a backup when one is given.
+    fn start_from(voters: &[u64], max_message_bytes: usize, restore: Option<Vec<u8>>) -> Self {
         let addr = free_addr();
         let dir = tempfile::tempdir().unwrap();
         let mut node = NodeConfig::new(1, voters.to_vec());
@@ -48,6 +53,7 @@ impl Replica {
             max_message_bytes,
             heartbeat: Duration::from_millis(100),
             node_lease: Duration::from_millis(600),
+            restore,
         };
         let (stop, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
@@ -272,4 +278,38 @@ async fn a_replica_without_quorum_answers_unavailable_within_its_deadline() {
     let stale = jobs.list(ListJobsRequest { consistency: ReadConsistency::Stale as i32, ..ListJobsRequest::default() });
     assert!(stale.await.is_ok(), "a stale read needs no quorum");
     replica.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_starts_a_new_cluster_with_the_same_state() {
+    let old = Replica::start(&[1], 4 * 1024 * 1024);
+    let channel = old.channel().await;
+    let mut admin = AdminServiceClient::new(channel.clone());
+    let mut jobs = JobServiceClient::new(channel);
+    wait_leader(&mut admin).await;
+    set_team(&mut admin).await;
+    let batch = (0..50).map(|i| job(&format!("j{i}"), 1)).collect();
+    jobs.submit(SubmitRequest { jobs: batch, request_id: "b".into() }).await.unwrap();
+    let mut stream = admin.save_snapshot(SaveSnapshotRequest {}).await.unwrap().into_inner();
+    let mut backup = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        backup.extend(chunk.data);
+    }
+    let old_hash = admin.cluster_status(ClusterStatusRequest {}).await.unwrap().into_inner().state_hash;
+    old.stop().await;
+
+    let new = Replica::start_from(&[1], 4 * 1024 * 1024, Some(backup));
+    let channel = new.channel().await;
+    let mut admin = AdminServiceClient::new(channel.clone());
+    wait_leader(&mut admin).await;
+    let status = admin.cluster_status(ClusterStatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(status.state_hash, old_hash);
+    let listed = JobServiceClient::new(channel).list(ListJobsRequest::default()).await.unwrap().into_inner().jobs;
+    assert_eq!(listed.len(), 50);
+    let again = JobServiceClient::new(new.channel().await)
+        .submit(SubmitRequest { jobs: vec![job("retry", 1)], request_id: "b".into() })
+        .await
+        .unwrap();
+    assert_eq!(again.into_inner().job_ids.len(), 50, "request ids survive the backup");
+    new.stop().await;
 }

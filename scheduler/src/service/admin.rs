@@ -58,8 +58,29 @@ impl AdminServer {
     }
 }
 
+type ChunkStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SnapshotChunk, Status>> + Send>>;
+
+/// Bytes per snapshot chunk.
+const CHUNK_BYTES: usize = 1024 * 1024;
+
 #[tonic::async_trait]
 impl AdminService for AdminServer {
+    type SaveSnapshotStream = ChunkStream;
+
+    async fn save_snapshot(
+        &self,
+        _request: Request<SaveSnapshotRequest>,
+    ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
+        self.node.read_barrier().await.map_err(status_of)?;
+        let (index, data) = {
+            let fsm = self.node.fsm();
+            (fsm.applied, fsm.snapshot())
+        };
+        let chunks: Vec<Result<SnapshotChunk, Status>> =
+            data.chunks(CHUNK_BYTES).map(|c| Ok(SnapshotChunk { index, data: c.to_vec() })).collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
     async fn set_team(&self, request: Request<SetTeamRequest>) -> Result<Response<SetTeamResponse>, Status> {
         let team = request.into_inner().team.ok_or_else(|| Status::invalid_argument("team: required"))?;
         let team = team_from(&team).map_err(|e| Status::invalid_argument(format!("team.{e}")))?;

@@ -51,7 +51,7 @@ pub trait LogStore: raft::Storage + Clone + Send + Sync + 'static {
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     /// The disk or sled failed.
-    #[error("storage: {0}")]
+    #[error("storage failed")]
     Io(#[from] sled::Error),
     /// A stored record does not match its checksum.
     #[error("storage: {what} is corrupt (checksum mismatch); restore this replica from a snapshot or remove its data directory so it rejoins empty")]

@@ -1,0 +1,85 @@
+//! Starting a new cluster from a backup: a snapshot file (from `AdminService.SaveSnapshot`)
+//! seeds the empty storage of each new replica, with the new members, at the backup's index.
+//! Every replica of the new cluster restores the same file, so their logs agree from the start.
+
+use crate::codec::CodecError;
+use crate::fsm::Fsm;
+use crate::storage::{LogStore, StorageError};
+use raft::eraftpb::{ConfState, Snapshot, SnapshotMetadata};
+
+/// Why a restore was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The data directory already holds a replica.
+    #[error("--restore: the data directory already holds a replica (log or snapshot); restore into an empty one")]
+    NotEmpty,
+    /// The file is not a snapshot this release reads.
+    #[error("--restore: {0}")]
+    Snapshot(#[from] CodecError),
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Seeds an empty `store` with the snapshot `data`; `members` become the voters. Returns the
+/// index the cluster starts at.
+pub fn seed(store: &impl LogStore, data: &[u8], members: &[(u64, String)]) -> Result<u64, RestoreError> {
+    let state =
+        store.initial_state().map_err(|e| StorageError::Decode { what: "state".into(), reason: e.to_string() })?;
+    let empty = state.hard_state.term == 0
+        && state.conf_state.voters.is_empty()
+        && store.latest_snapshot()?.is_none()
+        && store.last_index().unwrap_or(0) == 0;
+    if !empty {
+        return Err(RestoreError::NotEmpty);
+    }
+    let mut fsm = Fsm::restore(data, 0)?;
+    fsm.members = members.iter().cloned().collect();
+    let index = fsm.applied.max(1);
+    let mut snapshot = Snapshot { data: fsm.snapshot().into(), ..Snapshot::default() };
+    let conf = ConfState { voters: members.iter().map(|(id, _)| *id).collect(), ..ConfState::default() };
+    snapshot.set_metadata(SnapshotMetadata { index, term: 1, ..SnapshotMetadata::default() });
+    snapshot.mut_metadata().set_conf_state(conf);
+    store.apply_snapshot(&snapshot)?;
+    Ok(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{Persist, SledStore};
+    use qm_core::Command;
+
+    fn backup() -> Vec<u8> {
+        let mut fsm = Fsm::default();
+        for c in crate::testing::setup("t", 8) {
+            fsm.state.apply(c).unwrap();
+        }
+        fsm.state.apply(Command::Submit { jobs: vec![crate::testing::job_spec("t")], at_ms: 1 }).unwrap();
+        fsm.snapshot()
+    }
+
+    #[test]
+    fn a_backup_seeds_an_empty_store_with_the_new_members() {
+        let store = SledStore::temporary().unwrap();
+        let members = vec![(1, "10.0.0.1:7070".to_owned()), (2, "10.0.0.2:7070".to_owned())];
+        let index = seed(&store, &backup(), &members).unwrap();
+        let snap = store.latest_snapshot().unwrap().unwrap();
+        assert_eq!(snap.get_metadata().index, index);
+        assert_eq!(snap.get_metadata().get_conf_state().voters, vec![1, 2]);
+        let fsm = Fsm::restore(&snap.data, index).unwrap();
+        assert_eq!(fsm.state.jobs().len(), 1);
+        assert_eq!(fsm.members.into_iter().collect::<Vec<_>>(), members);
+    }
+
+    #[test]
+    fn a_store_in_use_or_a_bad_file_is_refused() {
+        let store = SledStore::temporary().unwrap();
+        let e = raft::eraftpb::Entry { index: 1, term: 1, ..Default::default() };
+        store.persist(Persist { entries: &[e], ..Persist::default() }).unwrap();
+        assert!(matches!(seed(&store, &backup(), &[(1, "a:1".into())]), Err(RestoreError::NotEmpty)));
+        let fresh = SledStore::temporary().unwrap();
+        let err = seed(&fresh, b"not a snapshot", &[(1, "a:1".into())]).unwrap_err();
+        assert!(err.to_string().starts_with("--restore: snapshot does not decode"), "{err}");
+    }
+}
