@@ -104,6 +104,16 @@ pub enum SnapshotCommand {
         #[arg(long)]
         out: std::path::PathBuf,
     },
+    /// Writes the committed state of a stopped replica's data directory to a file, offline
+    /// (when no quorum is left to answer `save`).
+    Export {
+        /// The replica's data directory (the replica must be stopped).
+        #[arg(long)]
+        data: std::path::PathBuf,
+        /// The file to write.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 /// `qm admin members`.
@@ -221,6 +231,16 @@ async fn dispatch(t: &Target, command: &ClientCommand) -> Result<()> {
     }
 }
 
+fn write_backup(t: &Target, out: &std::path::Path, index: u64, data: &[u8]) -> Result<()> {
+    let partial = out.with_extension("partial");
+    std::fs::write(&partial, data).with_context(|| format!("{}", partial.display()))?;
+    std::fs::rename(&partial, out).with_context(|| format!("{}", out.display()))?;
+    print_or_json(t, json!({ "index": index, "bytes": data.len(), "file": out }), || {
+        format!("snapshot at index {index}: {} bytes written to {}", data.len(), out.display())
+    });
+    Ok(())
+}
+
 async fn save_snapshot(t: &Target, out: &std::path::Path) -> Result<()> {
     let (index, data) = call(t, |c| async move {
         let mut stream = admin_client(c).save_snapshot(SaveSnapshotRequest {}).await?.into_inner();
@@ -232,18 +252,16 @@ async fn save_snapshot(t: &Target, out: &std::path::Path) -> Result<()> {
         Ok(tonic::Response::new((index, data)))
     })
     .await?;
-    let partial = out.with_extension("partial");
-    std::fs::write(&partial, &data).with_context(|| format!("{}", partial.display()))?;
-    std::fs::rename(&partial, out).with_context(|| format!("{}", out.display()))?;
-    print_or_json(t, json!({ "index": index, "bytes": data.len(), "file": out }), || {
-        format!("snapshot at index {index}: {} bytes written to {}", data.len(), out.display())
-    });
-    Ok(())
+    write_backup(t, out, index, &data)
 }
 
 async fn admin(t: &Target, cmd: &AdminCommand) -> Result<()> {
     let members = match cmd {
         AdminCommand::Snapshot(SnapshotCommand::Save { out }) => return save_snapshot(t, out).await,
+        AdminCommand::Snapshot(SnapshotCommand::Export { data, out }) => {
+            let (index, bytes) = qm_scheduler::restore::export(data)?;
+            return write_backup(t, out, index, &bytes);
+        }
         AdminCommand::Members(MembersCommand::Add { id, address }) => {
             let req = AddMemberRequest { id: *id, address: address.clone(), learner: false };
             call(t, |c| {

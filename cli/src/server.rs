@@ -96,8 +96,20 @@ fn config(args: &ServerArgs) -> Result<ServerConfig> {
     })
 }
 
+/// Completes on Ctrl-C or SIGTERM, for a clean stop (the storage is flushed and closed).
 async fn ctrl_c() {
-    let _ = tokio::signal::ctrl_c().await;
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }
 
 /// Runs `qm server`.

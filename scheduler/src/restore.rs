@@ -1,11 +1,18 @@
-//! Starting a new cluster from a backup: a snapshot file (from `AdminService.SaveSnapshot`)
-//! seeds the empty storage of each new replica, with the new members, at the backup's index.
-//! Every replica of the new cluster restores the same file, so their logs agree from the start.
+//! Backups. `seed` starts a new cluster from a snapshot file (from `AdminService.SaveSnapshot`
+//! or `export`): it seeds the empty storage of each new replica, with the new members, at the
+//! backup's index; every replica restores the same file, so their logs agree from the start.
+//! `export` reads a stopped replica's data directory offline (the way out when a majority is
+//! lost): its snapshot, then its committed log.
 
+use crate::codec::decode_batch;
 use crate::codec::CodecError;
 use crate::fsm::Fsm;
+use crate::storage::SledStore;
 use crate::storage::{LogStore, StorageError};
-use raft::eraftpb::{ConfState, Snapshot, SnapshotMetadata};
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, EntryType, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, Storage};
+use std::path::Path;
 
 /// Why a restore was refused.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +26,44 @@ pub enum RestoreError {
     /// Storage failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The stored log could not be read back.
+    #[error("export: {0}")]
+    Log(String),
+}
+
+/// The committed state of a stopped replica's data directory, as a snapshot file's bytes, and
+/// the index it was taken at.
+pub fn export(dir: &Path) -> Result<(u64, Vec<u8>), RestoreError> {
+    let store = SledStore::open(dir)?;
+    store.verify()?;
+    let mut fsm = match store.latest_snapshot()? {
+        Some(s) => Fsm::restore(&s.data, s.get_metadata().index)?,
+        None => Fsm::default(),
+    };
+    let commit = store.initial_state().map_err(|e| RestoreError::Log(e.to_string()))?.hard_state.commit;
+    let log = |e: raft::Error| RestoreError::Log(e.to_string());
+    let first = store.first_index().map_err(log)?.max(fsm.applied + 1);
+    let last = commit.min(store.last_index().map_err(log)?);
+    if first <= last {
+        for e in store.entries(first, last + 1, None, GetEntriesContext::empty(false)).map_err(log)? {
+            match e.get_entry_type() {
+                EntryType::EntryNormal => {
+                    fsm.apply(e.index, decode_batch(&e.data)?);
+                }
+                _ => {
+                    let cc = ConfChange::parse_from_bytes(&e.data).map_err(|err| RestoreError::Log(err.to_string()))?;
+                    let (_, _, address): (u64, u64, String) =
+                        postcard::from_bytes(&cc.context).map_err(|err| RestoreError::Log(err.to_string()))?;
+                    match cc.get_change_type() {
+                        ConfChangeType::RemoveNode => fsm.members.remove(&cc.node_id),
+                        _ => fsm.members.insert(cc.node_id, address),
+                    };
+                    fsm.applied = e.index;
+                }
+            }
+        }
+    }
+    Ok((fsm.applied, fsm.snapshot()))
 }
 
 /// Seeds an empty `store` with the snapshot `data`; `members` become the voters. Returns the
@@ -70,6 +115,31 @@ mod tests {
         let fsm = Fsm::restore(&snap.data, index).unwrap();
         assert_eq!(fsm.state.jobs().len(), 1);
         assert_eq!(fsm.members.into_iter().collect::<Vec<_>>(), members);
+    }
+
+    #[test]
+    fn export_reads_the_snapshot_and_the_committed_log_of_a_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            let members = vec![(1, "a:1".to_owned())];
+            seed(&store, &backup(), &members).unwrap();
+            let more = crate::codec::encode_batch(&[crate::codec::Proposal {
+                origin: 1,
+                seq: 1,
+                request_id: None,
+                command: Command::Submit { jobs: vec![crate::testing::job_spec("t")], at_ms: 2 },
+            }]);
+            let entry =
+                |index| raft::eraftpb::Entry { index, term: 1, data: more.clone().into(), ..Default::default() };
+            let hs = raft::eraftpb::HardState { term: 1, commit: 2, ..Default::default() };
+            store
+                .persist(Persist { entries: &[entry(2), entry(3)], hard_state: Some(&hs), ..Persist::default() })
+                .unwrap();
+        }
+        let (index, data) = export(dir.path()).unwrap();
+        assert_eq!(index, 2, "the uncommitted entry 3 is left out");
+        assert_eq!(Fsm::restore(&data, index).unwrap().state.jobs().len(), 2);
     }
 
     #[test]
