@@ -3,6 +3,7 @@
 //! every replica exactly once, the replicas must converge to one state hash, a new leader must
 //! accept writes, and no device may be held by two jobs.
 
+use qm_proto::build::{gpu_inventory, gpu_job, gpu_team};
 use qm_proto::v1::admin_service_client::AdminServiceClient;
 use qm_proto::v1::agent_message::Body as Up;
 use qm_proto::v1::agent_service_client::AgentServiceClient;
@@ -103,24 +104,9 @@ async fn leader(c: &Cluster) -> u64 {
     }
 }
 
-fn job(name: String) -> JobSpec {
-    JobSpec {
-        name,
-        team: "research".into(),
-        gang: Some(GangSpec {
-            replicas: 1,
-            devices: Some(DeviceRequest { kind: AcceleratorKind::Gpu as i32, models: vec![], count: 1 }),
-            cpu_millis: 0,
-            mem_mib: 0,
-        }),
-        command: vec!["train".into()],
-        ..JobSpec::default()
-    }
-}
-
 /// Submits until acknowledged, rotating over the replicas; the request id makes retries safe.
 async fn submit(endpoints: &[String], name: String, start: usize) -> u64 {
-    let req = SubmitRequest { jobs: vec![job(name.clone())], request_id: name.clone() };
+    let req = SubmitRequest { jobs: vec![gpu_job(&name, "research", 1, &["train"])], request_id: name.clone() };
     for attempt in 0..400 {
         let endpoint = &endpoints[(start + attempt) % endpoints.len()];
         if let Some(channel) = connect(endpoint).await {
@@ -136,23 +122,7 @@ async fn submit(endpoints: &[String], name: String, start: usize) -> u64 {
 }
 
 async fn register_node(endpoint: &str, name: &str) {
-    let inventory = NodeInventory {
-        name: name.into(),
-        devices: (0..8)
-            .map(|i| Device {
-                id: format!("{name}-gpu{i}"),
-                kind: AcceleratorKind::Gpu as i32,
-                vendor: "nvidia".into(),
-                model: MODEL.into(),
-                memory_mib: 81_559,
-                health: Health::Healthy as i32,
-                ..Device::default()
-            })
-            .collect(),
-        cpu_millis: 64_000,
-        mem_mib: 512_000,
-        ..NodeInventory::default()
-    };
+    let inventory = gpu_inventory(name, 8, MODEL);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(AgentMessage { body: Some(Up::Register(Register { inventory: Some(inventory), ..Register::default() })) })
         .await
@@ -187,16 +157,7 @@ async fn three_processes_survive_a_leader_killed_mid_stream() {
     let first = leader(&c).await;
     let lead = c.endpoint(first);
     let mut admin = AdminServiceClient::new(connect(&lead).await.unwrap());
-    let quota = FlavorQuota {
-        flavor: Some(Flavor { kind: AcceleratorKind::Gpu as i32, model: MODEL.into() }),
-        nominal: 16,
-        borrowing_limit: None,
-        lending_limit: None,
-    };
-    admin
-        .set_team(SetTeamRequest { team: Some(Team { name: "research".into(), weight: 1.0, quotas: vec![quota] }) })
-        .await
-        .unwrap();
+    admin.set_team(SetTeamRequest { team: Some(gpu_team("research", MODEL, 16)) }).await.unwrap();
     register_node(&lead, "node-a").await;
     register_node(&lead, "node-b").await;
 

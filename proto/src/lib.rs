@@ -5,7 +5,9 @@
 //!   servers for `JobService`, `AdminService`, `AgentService` and `RaftService`).
 //! - [`convert`]: proto to core (validating: bad input becomes a `ConvertError` naming the
 //!   field and the reason) and core to proto.
+//! - [`build`]: builders of common messages (a GPU job, a node inventory, a team).
 
+pub mod build;
 pub mod convert;
 
 /// Generated code of package `quartermaster.v1`.

@@ -2,6 +2,7 @@
 //! leader's orders and reports back; bad requests are refused with the field named; a replica
 //! without a quorum answers `Unavailable` instead of hanging.
 
+use qm_proto::build::{gpu_inventory, gpu_job, gpu_team};
 use qm_proto::v1::admin_service_client::AdminServiceClient;
 use qm_proto::v1::agent_message::Body as Up;
 use qm_proto::v1::agent_service_client::AgentServiceClient;
@@ -83,43 +84,12 @@ impl Replica {
     }
 }
 
-fn h100() -> Flavor {
-    Flavor { kind: AcceleratorKind::Gpu as i32, model: MODEL.into() }
-}
-
 fn job(name: &str, gpus: u32) -> JobSpec {
-    JobSpec {
-        name: name.into(),
-        team: "research".into(),
-        gang: Some(GangSpec {
-            replicas: 1,
-            devices: Some(DeviceRequest { kind: AcceleratorKind::Gpu as i32, models: vec![], count: gpus }),
-            cpu_millis: 0,
-            mem_mib: 0,
-        }),
-        command: vec!["python".into(), "train.py".into()],
-        ..JobSpec::default()
-    }
+    gpu_job(name, "research", gpus, &["python", "train.py"])
 }
 
 fn inventory(name: &str, gpus: u32) -> NodeInventory {
-    NodeInventory {
-        name: name.into(),
-        devices: (0..gpus)
-            .map(|i| Device {
-                id: format!("{name}-gpu{i}"),
-                kind: AcceleratorKind::Gpu as i32,
-                vendor: "nvidia".into(),
-                model: MODEL.into(),
-                memory_mib: 81_559,
-                health: Health::Healthy as i32,
-                ..Device::default()
-            })
-            .collect(),
-        cpu_millis: 64_000,
-        mem_mib: 512_000,
-        ..NodeInventory::default()
-    }
+    gpu_inventory(name, gpus, MODEL)
 }
 
 async fn wait_leader(admin: &mut AdminServiceClient<Channel>) {
@@ -131,9 +101,7 @@ async fn wait_leader(admin: &mut AdminServiceClient<Channel>) {
 }
 
 async fn set_team(admin: &mut AdminServiceClient<Channel>) {
-    let quota = FlavorQuota { flavor: Some(h100()), nominal: 8, borrowing_limit: None, lending_limit: None };
-    let team = Team { name: "research".into(), weight: 1.0, quotas: vec![quota] };
-    admin.set_team(SetTeamRequest { team: Some(team) }).await.unwrap();
+    admin.set_team(SetTeamRequest { team: Some(gpu_team("research", MODEL, 8)) }).await.unwrap();
 }
 
 async fn state_of(jobs: &mut JobServiceClient<Channel>, id: u64) -> JobState {

@@ -10,6 +10,7 @@
 //! - submission to placement decision at a fixed rate (p50, p99), with fake nodes registered;
 //! - resident memory of the leader holding 100,000 jobs.
 
+use qm_proto::build::{gpu_inventory, gpu_job, gpu_team};
 use qm_proto::v1::admin_service_client::AdminServiceClient;
 use qm_proto::v1::agent_message::Body as Up;
 use qm_proto::v1::agent_service_client::AgentServiceClient;
@@ -150,18 +151,14 @@ async fn status(endpoint: &str) -> Option<ClusterStatusResponse> {
 }
 
 fn job(name: String) -> JobSpec {
-    JobSpec {
-        name,
-        team: "bench".into(),
-        gang: Some(GangSpec {
-            replicas: 1,
-            devices: Some(DeviceRequest { kind: AcceleratorKind::Gpu as i32, models: vec![], count: 1 }),
-            cpu_millis: 0,
-            mem_mib: 0,
-        }),
-        command: vec!["train".into()],
-        ..JobSpec::default()
-    }
+    gpu_job(&name, "bench", 1, &["train"])
+}
+
+/// Prints the rate (jobs per second) and the request latency percentiles of a phase.
+fn report(name: &str, latencies: &[Duration], wall: f64, jobs_per_request: usize) {
+    let rate = (latencies.len() * jobs_per_request) as f64 / wall;
+    let (p50, p99) = (percentile(latencies, 0.5), percentile(latencies, 0.99));
+    println!("qm_{name}_jobs_per_s={rate:.0} qm_{name}_p50_ms={p50:.2} qm_{name}_p99_ms={p99:.2}");
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -221,13 +218,7 @@ async fn load_on(
 }
 
 async fn set_team(endpoint: &str, nominal: u32) {
-    let quota = FlavorQuota {
-        flavor: Some(Flavor { kind: AcceleratorKind::Gpu as i32, model: MODEL.into() }),
-        nominal,
-        borrowing_limit: None,
-        lending_limit: None,
-    };
-    let team = Team { name: "bench".into(), weight: 1.0, quotas: vec![quota] };
+    let team = gpu_team("bench", MODEL, nominal);
     let mut admin = AdminServiceClient::new(connect(endpoint).await.expect("leader answers"));
     admin.set_team(SetTeamRequest { team: Some(team) }).await.expect("set team");
 }
@@ -235,20 +226,7 @@ async fn set_team(endpoint: &str, nominal: u32) {
 async fn register_nodes(endpoint: &str, nodes: usize) {
     let mut agent = AgentServiceClient::new(connect(endpoint).await.expect("leader answers"));
     for n in 0..nodes {
-        let name = format!("node-{n:05}");
-        let devices = (0..8)
-            .map(|i| Device {
-                id: format!("{name}-gpu{i}"),
-                kind: AcceleratorKind::Gpu as i32,
-                vendor: "nvidia".into(),
-                model: MODEL.into(),
-                memory_mib: 81_559,
-                health: Health::Healthy as i32,
-                ..Device::default()
-            })
-            .collect();
-        let inventory =
-            NodeInventory { name, devices, cpu_millis: 64_000, mem_mib: 512_000, ..NodeInventory::default() };
+        let inventory = gpu_inventory(&format!("node-{n:05}"), 8, MODEL);
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let _ = tx
             .send(AgentMessage {
@@ -338,35 +316,15 @@ async fn main() {
     set_team(&c.endpoint(leader), 1_000_000).await;
 
     let (seq, wall) = load(&c, 1, 1, a.seconds, "seq").await;
-    println!(
-        "qm_seq_puts_per_s={:.0} qm_seq_p50_ms={:.2} qm_seq_p99_ms={:.2}",
-        seq.len() as f64 / wall,
-        percentile(&seq, 0.5),
-        percentile(&seq, 0.99)
-    );
+    report("seq", &seq, wall, 1);
     let (conc, wall) = load(&c, a.clients, 1, a.seconds, "conc").await;
-    println!(
-        "qm_conc_clients={} qm_conc_puts_per_s={:.0} qm_conc_p50_ms={:.2} qm_conc_p99_ms={:.2}",
-        a.clients,
-        conc.len() as f64 / wall,
-        percentile(&conc, 0.5),
-        percentile(&conc, 0.99)
-    );
+    println!("qm_conc_clients={}", a.clients);
+    report("conc", &conc, wall, 1);
     let leader_only = vec![c.endpoint(c.leader().await)];
     let (lead, wall) = load_on(leader_only, a.clients, 1, a.seconds, "lead").await;
-    println!(
-        "qm_leader_only_puts_per_s={:.0} qm_leader_only_p50_ms={:.2} qm_leader_only_p99_ms={:.2}",
-        lead.len() as f64 / wall,
-        percentile(&lead, 0.5),
-        percentile(&lead, 0.99)
-    );
+    report("leader_only", &lead, wall, 1);
     let (batched, wall) = load(&c, a.clients, 100, a.seconds, "batch").await;
-    println!(
-        "qm_batched_jobs_per_request=100 qm_batched_jobs_per_s={:.0} qm_batched_p50_ms={:.2}",
-        batched.len() as f64 * 100.0 / wall,
-        percentile(&batched, 0.5)
-    );
-
+    report("batched_100_jobs", &batched, wall, 100);
     let secs = failover(&mut c).await;
     println!("qm_failover_s={secs:.3}");
     drop(c);
