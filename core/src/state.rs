@@ -34,24 +34,6 @@ pub(crate) struct Persistent {
     pub next_job: u64,
 }
 
-/// A copy of a state's persistent part (see `State::freeze`).
-#[derive(Clone, Debug)]
-pub struct Frozen(Persistent);
-
-impl Frozen {
-    /// The same bytes as `State::to_bytes` of the state it was taken from.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        encode(&self.0)
-    }
-}
-
-fn encode(data: &Persistent) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 * 1024);
-    out.extend_from_slice(SNAPSHOT_MAGIC);
-    out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-    postcard::to_extend(data, out).expect("encoding to a Vec cannot fail")
-}
-
 /// A node's devices as bit masks, computed once per registration for the scheduler.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeLayout {
@@ -222,13 +204,10 @@ impl State {
 
     /// Encodes the persistent state: magic, format version, then the body.
     pub fn to_bytes(&self) -> Vec<u8> {
-        encode(&self.data)
-    }
-
-    /// A copy of the persistent state, to encode later or elsewhere (a replica copies under its
-    /// lock and encodes on another thread): `freeze().to_bytes() == to_bytes()`.
-    pub fn freeze(&self) -> Frozen {
-        Frozen(self.data.clone())
+        let mut out = Vec::with_capacity(64 * 1024);
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        postcard::to_extend(&self.data, out).expect("encoding to a Vec cannot fail")
     }
 
     /// Decodes a snapshot and rebuilds the indexes.

@@ -108,8 +108,8 @@ struct SnapshotBody {
 /// Voters and their replication addresses, replicated so that a restarted replica knows them.
 pub type Members = BTreeMap<u64, String>;
 
-/// Encodes a state-machine snapshot from a copy of the state (`State::freeze`).
-pub fn encode_snapshot(state: &qm_core::state::Frozen, dedup: &Dedup, members: &Members) -> Vec<u8> {
+/// Encodes a state-machine snapshot.
+pub fn encode_snapshot(state: &qm_core::State, dedup: &Dedup, members: &Members) -> Vec<u8> {
     let mut out = SNAPSHOT_MAGIC.to_vec();
     out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
     let body = SnapshotBody { state: state.to_bytes(), dedup: dedup.clone(), members: members.clone() };
@@ -158,7 +158,7 @@ mod tests {
         dedup.insert("r".into(), vec![JobId(1)]);
         let state = qm_core::State::new();
         let members = Members::from([(1, "127.0.0.1:7000".to_owned())]);
-        let data = encode_snapshot(&state.freeze(), &dedup, &members);
+        let data = encode_snapshot(&state, &dedup, &members);
         let (back, d, m) = decode_snapshot(&data).unwrap();
         assert_eq!(back.hash(), state.hash());
         assert_eq!((d, m), (dedup, members));

@@ -37,12 +37,7 @@ impl Fsm {
 
     /// Encodes the state machine for a snapshot.
     pub fn snapshot(&self) -> Vec<u8> {
-        self.freeze().encode()
-    }
-
-    /// A copy to encode later, off the lock (copying is several times cheaper than encoding).
-    pub fn freeze(&self) -> FrozenFsm {
-        FrozenFsm { state: self.state.freeze(), dedup: self.dedup.clone(), members: self.members.clone() }
+        encode_snapshot(&self.state, &self.dedup, &self.members)
     }
 
     /// Applies the proposals of the entry at `index`.
@@ -69,21 +64,6 @@ impl Fsm {
             }
         };
         Applied { origin: p.origin, seq: p.seq, result }
-    }
-}
-
-/// A copy of the state machine taken at one applied index (see `Fsm::freeze`).
-#[derive(Debug, Clone)]
-pub struct FrozenFsm {
-    state: qm_core::state::Frozen,
-    dedup: Dedup,
-    members: Members,
-}
-
-impl FrozenFsm {
-    /// The snapshot bytes.
-    pub fn encode(&self) -> Vec<u8> {
-        encode_snapshot(&self.state, &self.dedup, &self.members)
     }
 }
 

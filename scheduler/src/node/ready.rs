@@ -449,23 +449,24 @@ impl<S: LogStore, T: Transport> Node<S, T> {
         Ok(())
     }
 
-    /// Every `snapshot_every` applied entries: copies the state here (a consistent cut), then
-    /// encodes and saves it and compacts the log on a background thread, so that the loop goes
-    /// on replicating meanwhile.
+    /// Every `snapshot_every` applied entries: encodes the state here (a consistent cut), and
+    /// saves it and compacts the log on a background thread, so that the loop goes on
+    /// replicating meanwhile.
     fn maybe_snapshot(&mut self) -> Result<(), Fatal> {
         if self.saving {
             return Ok(());
         }
         let started = Instant::now();
-        let (applied, frozen) = {
+        let (applied, data) = {
             let fsm = self.shared.fsm.read().unwrap_or_else(|p| p.into_inner());
             if !self.snapshot_due && fsm.applied < self.snapshot_index + self.config.snapshot_every {
                 return Ok(());
             }
-            (fsm.applied, fsm.freeze())
+            (fsm.applied, fsm.snapshot())
         };
-        let copied_ms = started.elapsed().as_millis() as u64;
-        let mut snap = Snapshot::default();
+        let encoded_ms = started.elapsed().as_millis() as u64;
+        let bytes = data.len();
+        let mut snap = Snapshot { data: data.into(), ..Snapshot::default() };
         let md = snap.mut_metadata();
         md.index = applied;
         md.term = self.applied_term;
@@ -479,11 +480,14 @@ impl<S: LogStore, T: Transport> Node<S, T> {
             .name(format!("snapshot-{}", self.config.id))
             .spawn(move || {
                 let started = Instant::now();
-                snap.data = frozen.encode().into();
-                let (bytes, encoded_ms) = (snap.data.len(), started.elapsed().as_millis() as u64);
                 let error = store.save_snapshot(&snap, compact_to).err().map(|e| e.to_string());
-                let saved_ms = started.elapsed().as_millis() as u64 - encoded_ms;
-                tracing::info!(index = applied, bytes, copied_ms, encoded_ms, saved_ms, "snapshot");
+                tracing::info!(
+                    index = applied,
+                    bytes,
+                    encoded_ms,
+                    saved_ms = started.elapsed().as_millis() as u64,
+                    "snapshot"
+                );
                 let _ = inbox.send(Input::Snapshotted(applied, error));
             })
             .map_err(|e| Fatal::Snapshot { index: applied, reason: e.to_string() })?;
