@@ -162,3 +162,42 @@ fn sim_runs_the_shipped_synthetic_workload() {
     assert!(text(&run.stdout).contains("jobs completed                   2000"), "{}", text(&run.stdout));
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+/// `qm dev`, then the client commands against it, as a newcomer would type them.
+#[test]
+fn dev_serves_the_client_commands() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut dev = Command::new(env!("CARGO_BIN_EXE_qm"))
+        .args(["dev", "--listen", &addr])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("qm dev starts");
+    let server = format!("--server={addr}");
+    let quota =
+        ["quota", "set", &server, "--team", "research", "--flavor", "gpu/nvidia-h100-80gb-hbm3", "--nominal", "8"];
+    let set = qm(&quota);
+    assert!(set.status.success(), "{}", text(&set.stderr));
+    let submitted =
+        qm(&["submit", &server, "--team", "research", "--gpus", "2", "--name", "hello", "--", "python", "t.py"]);
+    assert_eq!(text(&submitted.stdout).trim(), "submitted job 1", "{}", text(&submitted.stderr));
+    let from_file = qm(&["submit", &server, "--file", "examples/jobs.toml"]);
+    assert!(!from_file.status.success(), "examples/jobs.toml names priority classes this cluster lacks");
+    let err = text(&from_file.stderr);
+    assert!(err.contains("jobs[0].priority_class: unknown priority class \"production\""), "{err}");
+    let bad = qm(&["submit", &server, "--team", "research", "--gpus", "0"]);
+    assert!(text(&bad.stderr).contains("jobs[0].gang.devices.count"), "{}", text(&bad.stderr));
+    let jobs = qm(&["jobs", &server, "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&jobs.stdout).expect("JSON");
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    assert_eq!(listed[0]["devices"], 2);
+    assert_eq!(listed[0]["state"], "pending");
+    let why = qm(&["why", &server, "1"]);
+    assert!(text(&why.stdout).contains("can never fit this cluster"), "{}", text(&why.stdout));
+    let status = qm(&["status", &server, "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
+    assert_eq!((status["leader"].as_u64(), status["pending_jobs"].as_u64()), (Some(1), Some(1)));
+    dev.kill().unwrap();
+    dev.wait().unwrap();
+}
