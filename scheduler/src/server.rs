@@ -19,6 +19,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// How long a stopping replica lets open streams (watches, agent sessions) finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// Everything a replica needs to start.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -124,8 +127,10 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
     dispatch.abort();
     handle.stop();
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-    if let Ok(Err(e)) = serving.await {
-        return Err(ServerError::Serve(e));
+    match tokio::time::timeout(SHUTDOWN_GRACE, serving).await {
+        Ok(Ok(Err(e))) => return Err(ServerError::Serve(e)),
+        Ok(_) => {}
+        Err(_) => tracing::info!("streams still open after the shutdown grace period were cut"),
     }
     result
 }

@@ -165,6 +165,8 @@ async fn the_leader_orders_a_fake_agent_and_records_what_it_reports() {
     wait_leader(&mut admin).await;
     set_team(&mut admin).await;
     let mut agent = FakeAgent::connect(channel.clone(), inventory("node-a", 8)).await;
+    let watch = jobs.watch(WatchJobsRequest { team: "research".into(), job_ids: vec![] });
+    let mut watch = watch.await.unwrap().into_inner();
 
     let id = jobs.submit(SubmitRequest { jobs: vec![job("train", 2)], request_id: "r1".into() }).await.unwrap();
     let id = id.into_inner().job_ids[0];
@@ -176,6 +178,13 @@ async fn the_leader_orders_a_fake_agent_and_records_what_it_reports() {
     wait_state(&mut jobs, id, JobState::Running).await;
     agent.report(id, ReplicaPhase::Exited, 0).await;
     wait_state(&mut jobs, id, JobState::Succeeded).await;
+    let mut seen = Vec::new();
+    while seen.last() != Some(&JobState::Succeeded) {
+        let e = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.unwrap().unwrap().unwrap();
+        assert_eq!(e.job_id, id);
+        seen.push(JobState::try_from(e.state).unwrap());
+    }
+    assert_eq!(seen, [JobState::Pending, JobState::Starting, JobState::Running, JobState::Succeeded]);
 
     let second = jobs.submit(SubmitRequest { jobs: vec![job("sweep", 1)], request_id: String::new() }).await.unwrap();
     let second = second.into_inner().job_ids[0];
