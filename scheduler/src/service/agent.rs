@@ -8,7 +8,7 @@
 
 use super::{now_ms, status_of};
 use crate::node::Handle;
-use qm_core::{Command, Effect, JobId, JobState, NodeId, NodeStatus};
+use qm_core::{Command, Effect, Job, JobId, JobState, NodeId, NodeStatus};
 use qm_proto::convert::{inventory_from, stop_reason_to, stop_signal_to};
 use qm_proto::v1::agent_message::Body as Up;
 use qm_proto::v1::agent_service_server::AgentService;
@@ -187,16 +187,11 @@ impl AgentServer {
                     let i = i as u32;
                     match job.state {
                         JobState::Starting if !runs(job.id, i, job.attempt) => {
-                            out.extend(self.start_order(job.id, i, r.devices.clone()));
+                            out.push(Self::start_order(job, i, &r.devices));
                         }
                         JobState::Running if !runs(job.id, i, job.attempt) => lost.push(job.id),
                         JobState::Stopping | JobState::Preempted => {
-                            out.extend(self.stop_order(
-                                job.id,
-                                job.spec.stop_signal,
-                                job.spec.grace_ms,
-                                job.stop_reason,
-                            ));
+                            out.push(Self::stop_order(job, job.spec.stop_signal, job.spec.grace_ms, job.stop_reason));
                         }
                         _ => {}
                     }
@@ -229,48 +224,45 @@ impl AgentServer {
         }
     }
 
-    fn start_order(
-        &self,
-        job: JobId,
-        replica: u32,
-        devices: Vec<qm_core::DeviceId>,
-    ) -> Option<Result<SchedulerMessage, Status>> {
-        let fsm = self.node.fsm();
-        let j = fsm.state.job(job)?;
-        Some(down(Down::Start(StartReplica {
-            job_id: job.0,
+    /// The order to start replica `replica` of `job` on `devices` (pure: callers hold the
+    /// state's lock once, never twice, which could deadlock behind a waiting writer).
+    fn start_order(job: &Job, replica: u32, devices: &[qm_core::DeviceId]) -> Result<SchedulerMessage, Status> {
+        down(Down::Start(StartReplica {
+            job_id: job.id.0,
             replica,
-            attempt: j.attempt,
+            attempt: job.attempt,
             devices: devices.iter().map(|d| d.0.to_string()).collect(),
-            command: j.spec.command.clone(),
-            env: j.spec.env.clone().into_iter().collect(),
-            cpu_millis: j.spec.gang.cpu_millis,
-            mem_mib: j.spec.gang.mem_mib,
-        })))
+            command: job.spec.command.clone(),
+            env: job.spec.env.clone().into_iter().collect(),
+            cpu_millis: job.spec.gang.cpu_millis,
+            mem_mib: job.spec.gang.mem_mib,
+        }))
     }
 
+    /// The order to stop `job`'s current attempt.
     fn stop_order(
-        &self,
-        job: JobId,
+        job: &Job,
         signal: qm_core::StopSignal,
         grace_ms: u64,
         reason: Option<qm_core::StopReason>,
-    ) -> Option<Result<SchedulerMessage, Status>> {
-        let attempt = self.node.fsm().state.job(job)?.attempt;
-        Some(down(Down::Stop(StopJob {
-            job_id: job.0,
-            attempt,
+    ) -> Result<SchedulerMessage, Status> {
+        down(Down::Stop(StopJob {
+            job_id: job.id.0,
+            attempt: job.attempt,
             signal: stop_signal_to(signal) as i32,
             grace_ms,
             reason: reason.map_or(0, |r| stop_reason_to(r) as i32),
-        })))
+        }))
     }
 
     fn order_for(&self, node: &NodeId, effect: Effect) -> Option<Result<SchedulerMessage, Status>> {
+        let fsm = self.node.fsm();
         match effect {
-            Effect::Start { job, replica, node: n, devices } if &n == node => self.start_order(job, replica, devices),
+            Effect::Start { job, replica, node: n, devices } if &n == node => {
+                Some(Self::start_order(fsm.state.job(job)?, replica, &devices))
+            }
             Effect::Stop { job, node: n, signal, grace_ms, reason } if &n == node => {
-                self.stop_order(job, signal, grace_ms, Some(reason))
+                Some(Self::stop_order(fsm.state.job(job)?, signal, grace_ms, Some(reason)))
             }
             _ => None,
         }
