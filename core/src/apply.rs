@@ -22,9 +22,18 @@ impl State {
             Command::Submit { jobs, at_ms } => self.submit(jobs, at_ms, &mut out)?,
             Command::Cancel { job, at_ms } => self.cancel(job, at_ms, &mut out)?,
             Command::ApplyPlan { decisions, at_ms } => self.apply_plan(&decisions, at_ms, &mut out),
-            Command::JobStarted { job, at_ms } => self.job_started(job, at_ms, &mut out)?,
-            Command::JobFinished { job, at_ms } => self.job_exited(job, at_ms, None, &mut out)?,
-            Command::JobFailed { job, message, at_ms } => self.job_exited(job, at_ms, Some(message), &mut out)?,
+            Command::JobStarted { job, attempt, at_ms } => {
+                self.check_attempt(job, attempt)?;
+                self.job_started(job, at_ms, &mut out)?
+            }
+            Command::JobFinished { job, attempt, at_ms } => {
+                self.check_attempt(job, attempt)?;
+                self.job_exited(job, at_ms, None, &mut out)?
+            }
+            Command::JobFailed { job, attempt, message, at_ms } => {
+                self.check_attempt(job, attempt)?;
+                self.job_exited(job, at_ms, Some(message), &mut out)?
+            }
             Command::SetTeam { team } => self.set_team(team)?,
             Command::SetPriorityClass { class } => self.set_priority_class(class)?,
             Command::Cordon { node, cordoned } => self.cordon(&node, cordoned)?,
@@ -217,6 +226,16 @@ impl State {
         self.track(id);
         out.changed.push((id, JobState::Running));
         Ok(())
+    }
+
+    /// Refuses a report about an attempt other than the job's current one (a late exit of a
+    /// preempted attempt must not end the attempt that replaced it).
+    fn check_attempt(&mut self, id: JobId, attempt: Option<u32>) -> Result<(), ApplyError> {
+        let current = self.job_mut(id)?.attempt;
+        match attempt {
+            Some(a) if a != current => Err(ApplyError::StaleAttempt { job: id, attempt: a, current }),
+            _ => Ok(()),
+        }
     }
 
     fn job_exited(

@@ -65,7 +65,7 @@ fn a_job_runs_to_success_and_gives_its_devices_back() {
     assert_eq!(plan.decisions.placements.len(), 1);
     assert_eq!(state_of(&s, id), JobState::Running);
     assert_eq!(s.usage(&TeamId("vision".into()), &h100()), 4);
-    let out = s.apply(Command::JobFinished { job: id, at_ms: 99 }).unwrap();
+    let out = s.apply(Command::JobFinished { job: id, attempt: None, at_ms: 99 }).unwrap();
     assert_eq!(out.changed, vec![(id, JobState::Succeeded)]);
     assert_eq!(s.usage(&TeamId("vision".into()), &h100()), 0);
     assert!(s.alloc(&NodeId("n0".into())).unwrap().holders.iter().all(Option::is_none));
@@ -79,7 +79,7 @@ fn a_failed_job_retries_until_its_limit() {
     for attempt in 1..=3 {
         cycle(&mut s, &PolicyConfig::default(), attempt);
         assert_eq!(s.job(id).unwrap().attempt, attempt as u32);
-        s.apply(Command::JobFailed { job: id, message: "exit 1".into(), at_ms: attempt }).unwrap();
+        s.apply(Command::JobFailed { job: id, attempt: None, message: "exit 1".into(), at_ms: attempt }).unwrap();
     }
     assert_eq!(state_of(&s, id), JobState::Failed, "max_retries = 2: the third failure is final");
     assert_eq!(s.job(id).unwrap().message, "exit 1");
@@ -94,7 +94,7 @@ fn cancel_of_a_running_job_waits_for_its_exit() {
     assert!(matches!(out.effects[..], [Effect::Stop { reason: StopReason::Cancelled, grace_ms: 30_000, .. }]));
     assert_eq!(state_of(&s, id), JobState::Stopping);
     assert_eq!(s.usage(&TeamId("vision".into()), &h100()), 8, "devices stay held until the process exits");
-    s.apply(Command::JobFailed { job: id, message: "SIGTERM".into(), at_ms: 6 }).unwrap();
+    s.apply(Command::JobFailed { job: id, attempt: None, message: "SIGTERM".into(), at_ms: 6 }).unwrap();
     assert_eq!(state_of(&s, id), JobState::Cancelled);
     let err = s.apply(Command::Cancel { job: id, at_ms: 7 }).unwrap_err();
     assert!(matches!(err, ApplyError::WrongState { .. }));
@@ -119,7 +119,7 @@ fn a_lost_node_requeues_its_jobs_and_stops_their_other_replicas() {
     assert!(
         matches!(&out.effects[..], [Effect::Stop { node, reason: StopReason::NodeLost, .. }] if node.as_str() == "n1")
     );
-    s.apply(Command::JobFailed { job: gang, message: "killed".into(), at_ms: 60 }).unwrap();
+    s.apply(Command::JobFailed { job: gang, attempt: None, message: "killed".into(), at_ms: 60 }).unwrap();
     assert_eq!(state_of(&s, gang), JobState::Pending);
     assert_eq!(s.job(gang).unwrap().failures, 1);
     assert_eq!(s.capacity()[&h100()], 8, "the lost node's devices leave the capacity");
@@ -142,7 +142,7 @@ fn drain_stops_jobs_and_requeues_them_without_a_failure() {
     cycle(&mut s, &PolicyConfig::default(), 0);
     s.apply(Command::Drain { node: NodeId("n0".into()) }).unwrap();
     assert_eq!(state_of(&s, id), JobState::Stopping);
-    s.apply(Command::JobFinished { job: id, at_ms: 9 }).unwrap();
+    s.apply(Command::JobFinished { job: id, attempt: None, at_ms: 9 }).unwrap();
     assert_eq!(state_of(&s, id), JobState::Pending);
     assert_eq!(s.job(id).unwrap().failures, 0);
     assert!(s.capacity().get(&h100()).copied().unwrap_or(0) == 0, "a draining node offers nothing");
@@ -187,7 +187,7 @@ fn a_job_past_its_maximum_runtime_is_stopped_and_fails() {
     let plan = cycle(&mut s, &PolicyConfig::default(), 1000);
     assert_eq!(plan.decisions.expired, vec![id]);
     assert_eq!(state_of(&s, id), JobState::Stopping);
-    s.apply(Command::JobFailed { job: id, message: "SIGKILL".into(), at_ms: 1100 }).unwrap();
+    s.apply(Command::JobFailed { job: id, attempt: None, message: "SIGKILL".into(), at_ms: 1100 }).unwrap();
     assert_eq!(state_of(&s, id), JobState::Failed);
 }
 
@@ -239,4 +239,21 @@ fn snapshots_round_trip_and_refuse_garbage() {
     future[4] = 99;
     assert!(matches!(State::from_bytes(&future), Err(crate::state::SnapshotError::UnsupportedVersion { found: 99 })));
     assert!(matches!(State::from_bytes(&bytes[..bytes.len() / 2]), Err(crate::state::SnapshotError::Corrupt(_))));
+}
+
+#[test]
+fn a_report_about_an_old_attempt_is_refused_and_changes_nothing() {
+    let mut s = cluster(1, &[("vision", 8, None)]);
+    let id = submit(&mut s, job("vision", 1, 8), 0);
+    cycle(&mut s, &PolicyConfig::default(), 0);
+    s.apply(Command::Drain { node: NodeId("n0".into()) }).unwrap();
+    s.apply(Command::JobFinished { job: id, attempt: Some(1), at_ms: 5 }).unwrap();
+    s.apply(Command::Cordon { node: NodeId("n0".into()), cordoned: false }).unwrap();
+    cycle(&mut s, &PolicyConfig::default(), 6);
+    assert_eq!(s.job(id).unwrap().attempt, 2);
+    let before = s.hash();
+    let late = s.apply(Command::JobFinished { job: id, attempt: Some(1), at_ms: 7 });
+    assert!(matches!(late, Err(ApplyError::StaleAttempt { attempt: 1, current: 2, .. })), "{late:?}");
+    assert_eq!(s.hash(), before);
+    assert_eq!(state_of(&s, id), JobState::Running);
 }

@@ -50,6 +50,9 @@ pub enum Command {
     JobStarted {
         /// The job.
         job: JobId,
+        /// The attempt the report is about; a report about another attempt is refused as stale.
+        /// `None` (in-process drivers: the simulator, tests) means the current one.
+        attempt: Option<u32>,
         /// When.
         at_ms: u64,
     },
@@ -57,6 +60,9 @@ pub enum Command {
     JobFinished {
         /// The job.
         job: JobId,
+        /// The attempt the report is about; a report about another attempt is refused as stale.
+        /// `None` (in-process drivers: the simulator, tests) means the current one.
+        attempt: Option<u32>,
         /// When.
         at_ms: u64,
     },
@@ -64,6 +70,9 @@ pub enum Command {
     JobFailed {
         /// The job.
         job: JobId,
+        /// The attempt the report is about; a report about another attempt is refused as stale.
+        /// `None` (in-process drivers: the simulator, tests) means the current one.
+        attempt: Option<u32>,
         /// What the agent said.
         message: String,
         /// When.

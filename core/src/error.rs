@@ -74,4 +74,14 @@ pub enum ApplyError {
         /// What was asked.
         action: &'static str,
     },
+    /// An agent's report about an attempt that is no longer the job's current one.
+    #[error("job {job}: the report is about attempt {attempt}, the job is on attempt {current}")]
+    StaleAttempt {
+        /// The job.
+        job: JobId,
+        /// The attempt reported.
+        attempt: u32,
+        /// The job's current attempt.
+        current: u32,
+    },
 }

@@ -373,7 +373,7 @@ impl Scenario {
         let plan = schedule(state, policy, 0);
         state.apply(Command::ApplyPlan { decisions: plan.decisions, at_ms: 0 })?;
         for (i, id) in ids {
-            state.apply(Command::JobStarted { job: id, at_ms: 0 }).map_err(|_| {
+            state.apply(Command::JobStarted { job: id, attempt: None, at_ms: 0 }).map_err(|_| {
                 ApplyError::Invalid(FieldError::new(
                     format!("jobs.job[{i}].state"),
                     "running, but it does not fit the cluster at time 0",

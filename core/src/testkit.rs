@@ -88,7 +88,7 @@ pub fn cycle(s: &mut State, policy: &PolicyConfig, now_ms: u64) -> Plan {
     let out = s.apply(Command::ApplyPlan { decisions: plan.decisions.clone(), at_ms: now_ms }).unwrap();
     assert!(out.rejected.is_empty(), "fresh plan rejected: {:?}", out.rejected);
     for p in &plan.decisions.placements {
-        s.apply(Command::JobStarted { job: p.job, at_ms: now_ms }).unwrap();
+        s.apply(Command::JobStarted { job: p.job, attempt: None, at_ms: now_ms }).unwrap();
     }
     plan
 }

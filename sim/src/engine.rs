@@ -296,7 +296,7 @@ impl<'a> Sim<'a> {
         if j.attempt != attempt || j.state != JobState::Running {
             return Ok(());
         }
-        let out = self.state.apply(Command::JobFinished { job, at_ms: self.now })?;
+        let out = self.state.apply(Command::JobFinished { job, attempt: None, at_ms: self.now })?;
         self.absorb(&out);
         Ok(())
     }
@@ -306,7 +306,7 @@ impl<'a> Sim<'a> {
         if j.attempt != attempt || !matches!(j.state, JobState::Preempted | JobState::Stopping) {
             return Ok(());
         }
-        let out = self.state.apply(Command::JobFinished { job, at_ms: self.now })?;
+        let out = self.state.apply(Command::JobFinished { job, attempt: None, at_ms: self.now })?;
         self.absorb(&out);
         Ok(())
     }
@@ -374,7 +374,10 @@ impl<'a> Sim<'a> {
     }
 
     fn start(&mut self, job: JobId) {
-        let out = self.state.apply(Command::JobStarted { job, at_ms: self.now }).expect("a placed job can start");
+        let out = self
+            .state
+            .apply(Command::JobStarted { job, attempt: None, at_ms: self.now })
+            .expect("a placed job can start");
         debug_assert!(out.effects.is_empty());
         let p = &mut self.progress[Self::slot(job)];
         p.started_ms = Some(self.now);

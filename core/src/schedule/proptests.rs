@@ -106,9 +106,12 @@ fn run(w: &World, mut check: impl FnMut(&State, &State, Option<&Plan>)) -> State
                 plan = Some(p);
                 Some(cmd)
             }
-            Op::Finish(i) => pick(&s, *i, JobState::holds_devices).map(|job| Command::JobFinished { job, at_ms: now }),
+            Op::Finish(i) => {
+                pick(&s, *i, JobState::holds_devices).map(|job| Command::JobFinished { job, attempt: None, at_ms: now })
+            }
             Op::Fail(i) => pick(&s, *i, JobState::holds_devices).map(|job| Command::JobFailed {
                 job,
+                attempt: None,
                 message: "x".into(),
                 at_ms: now,
             }),
@@ -128,7 +131,7 @@ fn run(w: &World, mut check: impl FnMut(&State, &State, Option<&Plan>)) -> State
             let starting: Vec<JobId> =
                 s.jobs().values().filter(|j| j.state == JobState::Starting).map(|j| j.id).collect();
             for job in starting {
-                s.apply(Command::JobStarted { job, at_ms: now }).unwrap();
+                s.apply(Command::JobStarted { job, attempt: None, at_ms: now }).unwrap();
             }
         }
         check(&before, &s, plan.as_ref());

@@ -52,7 +52,7 @@ fn the_preemptor_waits_for_its_victims_and_no_more_are_taken() {
     let plan = cycle(&mut s, &PolicyConfig::default(), HOUR + 1);
     assert!(plan.decisions.preemptions.is_empty());
     assert_eq!(plan.reports[0].reason, PendingReason::WaitingForRelease);
-    s.apply(Command::JobFailed { job: borrowed, message: "SIGTERM".into(), at_ms: HOUR + 2 }).unwrap();
+    s.apply(Command::JobFailed { job: borrowed, attempt: None, message: "SIGTERM".into(), at_ms: HOUR + 2 }).unwrap();
     assert_eq!(state_of(&s, borrowed), JobState::Pending);
     assert_eq!(s.job(borrowed).unwrap().failures, 0, "a preemption is not a failure");
     cycle(&mut s, &PolicyConfig::default(), HOUR + 3);
@@ -258,7 +258,7 @@ fn least_attained_service_serves_the_lowest_level_first() {
     let mut s = one_slot_two_teams();
     let served = submit(&mut s, job("nlp", 1, 8), 0);
     cycle(&mut s, &las(), 0);
-    s.apply(Command::JobFailed { job: served, message: "exit 1".into(), at_ms: HOUR }).unwrap();
+    s.apply(Command::JobFailed { job: served, attempt: None, message: "exit 1".into(), at_ms: HOUR }).unwrap();
     assert_eq!(s.job(served).unwrap().attained_device_ms, 8 * HOUR);
     let fresh = submit(&mut s, job("vision", 1, 8), HOUR + 1);
     assert_eq!(schedule(&s, &las(), HOUR + 2).decisions.placements[0].job, fresh);

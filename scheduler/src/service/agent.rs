@@ -189,7 +189,7 @@ impl AgentServer {
                         JobState::Starting if !runs(job.id, i, job.attempt) => {
                             out.push(Self::start_order(job, i, &r.devices));
                         }
-                        JobState::Running if !runs(job.id, i, job.attempt) => lost.push(job.id),
+                        JobState::Running if !runs(job.id, i, job.attempt) => lost.push((job.id, job.attempt)),
                         JobState::Stopping | JobState::Preempted => {
                             out.push(Self::stop_order(job, job.spec.stop_signal, job.spec.grace_ms, job.stop_reason));
                         }
@@ -218,9 +218,12 @@ impl AgentServer {
         for order in out {
             let _ = orders.send(order).await;
         }
-        for job in lost {
+        for (job, attempt) in lost {
             let message = "a replica was lost when its agent restarted".to_owned();
-            let _ = self.node.propose(Command::JobFailed { job, message, at_ms: now_ms() }, None).await;
+            let _ = self
+                .node
+                .propose(Command::JobFailed { job, attempt: Some(attempt), message, at_ms: now_ms() }, None)
+                .await;
         }
     }
 
@@ -286,13 +289,13 @@ impl AgentServer {
                 set.insert(s.replica);
                 (set.len() as u32 >= replicas).then(|| {
                     agents.started.remove(&(id, s.attempt));
-                    Command::JobStarted { job: id, at_ms }
+                    Command::JobStarted { job: id, attempt: Some(s.attempt), at_ms }
                 })
             }
             ReplicaPhase::Exited
                 if s.exit_code == 0 || matches!(job.state, JobState::Stopping | JobState::Preempted) =>
             {
-                Some(Command::JobFinished { job: id, at_ms })
+                Some(Command::JobFinished { job: id, attempt: Some(s.attempt), at_ms })
             }
             ReplicaPhase::Exited | ReplicaPhase::FailedToStart => {
                 let message = match (s.signal, s.message.is_empty()) {
@@ -300,7 +303,7 @@ impl AgentServer {
                     (None, false) => format!("replica {}: {}", s.replica, s.message),
                     (None, true) => format!("replica {} exited with code {}", s.replica, s.exit_code),
                 };
-                Some(Command::JobFailed { job: id, message, at_ms })
+                Some(Command::JobFailed { job: id, attempt: Some(s.attempt), message, at_ms })
             }
             _ => None,
         }
