@@ -1,9 +1,20 @@
 //! The scheduler replica (`qm server`): Raft node and transport, sled storage, the state
-//! machine around `qm_core::State`, the leader's scheduling loop and the gRPC services.
+//! machine around `qm_core::State`, the leader's loops and the gRPC services.
 //!
 //! Module map:
+//! - `server`: a replica as a process: storage, node, transport, loops and one tonic server.
+//! - `node`: the raft-rs `RawNode` on its own thread (the Ready loop, batching, read barriers,
+//!   snapshots, membership) and `Handle`, through which everything else talks to it.
 //! - `storage`: the `LogStore` trait (log with checksums, hard/conf state, snapshots) and its
 //!   sled implementation.
+//! - `transport`: how Raft messages leave: gRPC streams per peer, or an in-process network for
+//!   tests that drops, delays and partitions.
+//! - `fsm`: the replicated state machine (core state, retry tokens, members); `codec`: what log
+//!   entries and snapshots hold, versioned.
+//! - `leader`: the scheduling loop; `service`: `JobService`, `AdminService`, `AgentService`
+//!   (sessions, orders, node liveness) and `RaftService`.
+//! - `restore`: backups: seeding a new cluster, exporting a stopped replica.
+//! - `logging`: raft-rs's slog records into `tracing`.
 
 pub mod codec;
 pub mod fsm;
