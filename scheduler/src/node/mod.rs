@@ -3,6 +3,7 @@
 //! the documented order and applies committed entries to the state machine. `Handle` is how the
 //! services talk to it: propose and wait until applied, linearizable read barriers, status.
 
+mod apply;
 mod ready;
 mod waiters;
 

@@ -1,18 +1,18 @@
-//! The node's thread: inputs, ticks, and each `Ready` handled in raft-rs' documented order:
+//! The node's thread: inputs, ticks, and each `Ready` handled in raft-rs' documented order
+//! (applying what it commits is in `apply.rs`):
 //! send messages; apply a snapshot; apply committed entries; persist entries and hard state in
 //! one flushed batch; send the persisted messages; advance, and repeat for what the advance
 //! released.
 
 use super::waiters::Waiters;
-use super::{Inbox, Input, JobChange, Membership, NodeConfig, NodeError, Shared, Status};
-use crate::codec::{decode_batch, encode_batch, Proposal};
+use super::{Inbox, Input, Membership, NodeConfig, NodeError, Shared, Status};
+use crate::codec::{encode_batch, Proposal};
 use crate::fsm::Fsm;
 use crate::logging::raft_logger;
 use crate::storage::{LogStore, Persist, StorageError};
 use crate::transport::Transport;
-use protobuf::Message as PbMessage;
 use qm_core::Outcome;
-use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, MessageType, Snapshot};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, MessageType};
 use raft::{Config, RawNode, ReadOnlyOption};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -35,30 +35,30 @@ pub(super) enum Fatal {
 }
 
 pub(super) struct Node<S: LogStore, T: Transport> {
-    raw: RawNode<S>,
-    config: NodeConfig,
-    transport: T,
-    rx: Receiver<Input>,
+    pub(super) raw: RawNode<S>,
+    pub(super) config: NodeConfig,
+    pub(super) transport: T,
+    pub(super) rx: Receiver<Input>,
     /// The node's own inbox, for its background snapshot saves to report back.
-    inbox: Inbox,
+    pub(super) inbox: Inbox,
     /// A snapshot is being saved in the background.
-    saving: bool,
+    pub(super) saving: bool,
     /// Take a snapshot at the next chance (the membership changed: a new member can only
     /// install a snapshot whose configuration names it).
-    snapshot_due: bool,
+    pub(super) snapshot_due: bool,
     /// An error a background job reported, to stop on.
-    failed: Option<Fatal>,
-    shared: Arc<Shared>,
-    proposals: Waiters<Outcome>,
-    reads: Waiters<()>,
-    changes: Waiters<()>,
-    batch: Vec<Proposal>,
+    pub(super) failed: Option<Fatal>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) proposals: Waiters<Outcome>,
+    pub(super) reads: Waiters<()>,
+    pub(super) changes: Waiters<()>,
+    pub(super) batch: Vec<Proposal>,
     /// Read barriers the leader confirmed: (index to reach, waiter).
-    confirmed_reads: Vec<(u64, u64)>,
-    applied_term: u64,
-    snapshot_index: u64,
+    pub(super) confirmed_reads: Vec<(u64, u64)>,
+    pub(super) applied_term: u64,
+    pub(super) snapshot_index: u64,
     /// Applied index not yet written to storage (it rides with the next batch).
-    unsaved_applied: Option<u64>,
+    pub(super) unsaved_applied: Option<u64>,
 }
 
 impl<S: LogStore, T: Transport> Node<S, T> {
@@ -348,150 +348,6 @@ impl<S: LogStore, T: Transport> Node<S, T> {
         for to in snapshots {
             self.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
         }
-    }
-
-    fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), Fatal> {
-        let md = snap.get_metadata();
-        let fsm = Fsm::restore(&snap.data, md.index)
-            .map_err(|e| Fatal::Entry { index: md.index, reason: format!("snapshot: {e}") })?;
-        self.raw.store().apply_snapshot(snap)?;
-        for (id, address) in &fsm.members {
-            if *id != self.config.id {
-                self.transport.set_peer(*id, address);
-            }
-        }
-        *self.shared.fsm.write().unwrap_or_else(|p| p.into_inner()) = fsm;
-        self.snapshot_index = md.index;
-        self.applied_term = md.term;
-        self.shared.work.notify_one();
-        tracing::info!(replica = self.config.id, index = md.index, "installed a snapshot from the leader");
-        Ok(())
-    }
-
-    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), Fatal> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let mut changes = Vec::new();
-        let mut touched = false;
-        for e in entries {
-            match e.get_entry_type() {
-                EntryType::EntryNormal => touched |= self.apply_normal(&e, &mut changes)?,
-                EntryType::EntryConfChange => self.apply_conf_change(&e)?,
-                EntryType::EntryConfChangeV2 => {
-                    return Err(Fatal::Entry { index: e.index, reason: "joint membership changes are not used".into() })
-                }
-            }
-            self.applied_term = e.term;
-        }
-        self.unsaved_applied = Some(self.shared.fsm.read().unwrap_or_else(|p| p.into_inner()).applied);
-        for c in changes {
-            let _ = self.shared.events.send(c);
-        }
-        if touched {
-            self.shared.work.notify_one();
-        }
-        Ok(())
-    }
-
-    /// Applies one normal entry; true when it carried proposals.
-    fn apply_normal(&mut self, e: &Entry, changes: &mut Vec<JobChange>) -> Result<bool, Fatal> {
-        let proposals =
-            decode_batch(&e.data).map_err(|err| Fatal::Entry { index: e.index, reason: err.to_string() })?;
-        let any = !proposals.is_empty();
-        let results = self.shared.fsm.write().unwrap_or_else(|p| p.into_inner()).apply(e.index, proposals);
-        for r in results {
-            if let Ok(out) = &r.result {
-                changes.extend(out.changed.iter().map(|&(job, state)| JobChange { index: e.index, job, state }));
-                for effect in &out.effects {
-                    let _ = self.shared.effects.send(effect.clone());
-                }
-            }
-            if r.origin == self.config.id {
-                self.proposals.answer(r.seq, r.result.map_err(NodeError::Rejected));
-            }
-        }
-        Ok(any)
-    }
-
-    fn apply_conf_change(&mut self, e: &Entry) -> Result<(), Fatal> {
-        let bad = |reason: String| Fatal::Entry { index: e.index, reason };
-        let cc = ConfChange::parse_from_bytes(&e.data).map_err(|err| bad(err.to_string()))?;
-        let (origin, seq, address): (u64, u64, String) =
-            postcard::from_bytes(&cc.context).map_err(|err| bad(err.to_string()))?;
-        let result = self.raw.apply_conf_change(&cc);
-        let mut fsm = self.shared.fsm.write().unwrap_or_else(|p| p.into_inner());
-        fsm.applied = e.index;
-        let answer = match result {
-            Ok(cs) => {
-                self.raw.store().set_conf_state(&cs)?;
-                self.snapshot_due = true;
-                match cc.get_change_type() {
-                    ConfChangeType::RemoveNode => {
-                        fsm.members.remove(&cc.node_id);
-                        self.transport.remove_peer(cc.node_id);
-                    }
-                    _ => {
-                        fsm.members.insert(cc.node_id, address.clone());
-                        if cc.node_id != self.config.id {
-                            self.transport.set_peer(cc.node_id, &address);
-                        }
-                    }
-                }
-                Ok(())
-            }
-            Err(err) => Err(NodeError::Unavailable(format!("the membership change failed: {err}"))),
-        };
-        drop(fsm);
-        if origin == self.config.id {
-            self.changes.answer(seq, answer);
-        }
-        Ok(())
-    }
-
-    /// Every `snapshot_every` applied entries: encodes the state here (a consistent cut), and
-    /// saves it and compacts the log on a background thread, so that the loop goes on
-    /// replicating meanwhile.
-    fn maybe_snapshot(&mut self) -> Result<(), Fatal> {
-        if self.saving {
-            return Ok(());
-        }
-        let started = Instant::now();
-        let (applied, data) = {
-            let fsm = self.shared.fsm.read().unwrap_or_else(|p| p.into_inner());
-            if !self.snapshot_due && fsm.applied < self.snapshot_index + self.config.snapshot_every {
-                return Ok(());
-            }
-            (fsm.applied, fsm.snapshot())
-        };
-        let encoded_ms = started.elapsed().as_millis() as u64;
-        let bytes = data.len();
-        let mut snap = Snapshot { data: data.into(), ..Snapshot::default() };
-        let md = snap.mut_metadata();
-        md.index = applied;
-        md.term = self.applied_term;
-        md.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
-        let (store, inbox) = (self.raw.store().clone(), self.inbox.clone());
-        let compact_to = applied.saturating_sub(self.config.keep_entries);
-        self.saving = true;
-        self.snapshot_due = false;
-        self.snapshot_index = applied;
-        std::thread::Builder::new()
-            .name(format!("snapshot-{}", self.config.id))
-            .spawn(move || {
-                let started = Instant::now();
-                let error = store.save_snapshot(&snap, compact_to).err().map(|e| e.to_string());
-                tracing::info!(
-                    index = applied,
-                    bytes,
-                    encoded_ms,
-                    saved_ms = started.elapsed().as_millis() as u64,
-                    "snapshot"
-                );
-                let _ = inbox.send(Input::Snapshotted(applied, error));
-            })
-            .map_err(|e| Fatal::Snapshot { index: applied, reason: e.to_string() })?;
-        Ok(())
     }
 
     fn answer_reads(&mut self) {
