@@ -137,7 +137,7 @@ async fn all_jobs(endpoint: &str) -> Vec<Job> {
     let (mut out, mut token) = (Vec::new(), String::new());
     loop {
         let req = ListJobsRequest {
-            page_size: 1000,
+            page_size: 300,
             page_token: token.clone(),
             consistency: ReadConsistency::Stale as i32,
             ..ListJobsRequest::default()

@@ -257,3 +257,15 @@ fn a_report_about_an_old_attempt_is_refused_and_changes_nothing() {
     assert_eq!(s.hash(), before);
     assert_eq!(state_of(&s, id), JobState::Running);
 }
+
+#[test]
+fn the_job_table_lists_the_jobs_after_an_id() {
+    let mut s = cluster(0, &[("vision", 8, None)]);
+    for t in 0..3 {
+        submit(&mut s, job("vision", 1, 1), t);
+    }
+    let ids = |after: u64| s.jobs().after(JobId(after)).map(|j| j.id.0).collect::<Vec<_>>();
+    assert_eq!(ids(0), vec![1, 2, 3]);
+    assert_eq!(ids(2), vec![3]);
+    assert!(ids(3).is_empty() && ids(u64::MAX).is_empty());
+}

@@ -44,6 +44,13 @@ impl JobTable {
         self.0.iter()
     }
 
+    /// Jobs with an id above `id`, in id order (a page of a listing starts here without
+    /// walking the jobs before it).
+    pub fn after(&self, id: JobId) -> std::slice::Iter<'_, Job> {
+        let start = usize::try_from(id.0).map_or(self.0.len(), |i| i.min(self.0.len()));
+        self.0[start..].iter()
+    }
+
     /// Ids in order.
     pub fn keys(&self) -> impl Iterator<Item = JobId> + '_ {
         self.0.iter().map(|j| j.id)

@@ -71,8 +71,7 @@ impl JobService for JobServer {
         let mut jobs: Vec<Job> = fsm
             .state
             .jobs()
-            .values()
-            .filter(|j| j.id.0 > after)
+            .after(JobId(after))
             .filter(|j| req.team.is_empty() || j.spec.team.0.as_ref() == req.team)
             .filter(|j| states.is_empty() || states.contains(&j.state))
             .take(page + 1)
