@@ -68,6 +68,30 @@ pub fn decode_batch(data: &[u8]) -> Result<Vec<Proposal>, CodecError> {
     }
 }
 
+/// What a membership-change entry carries besides the change: who proposed it (to answer
+/// them) and the new member's address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeContext {
+    /// The proposing replica.
+    pub origin: u64,
+    /// Its sequence number.
+    pub seq: u64,
+    /// The added member's replication address (empty for a removal).
+    pub address: String,
+}
+
+impl ChangeContext {
+    /// Encodes it for `ConfChange::context`.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("encoding to a Vec cannot fail")
+    }
+
+    /// Decodes a `ConfChange::context`.
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        postcard::from_bytes(bytes).map_err(|e| CodecError::Decode { what: "membership change", reason: e.to_string() })
+    }
+}
+
 /// Request ids seen, with the jobs they created, so that a retried submission is answered with
 /// the first answer instead of creating the jobs twice. Bounded: the oldest ids are forgotten.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -40,6 +40,17 @@ impl Fsm {
         encode_snapshot(&self.state, &self.dedup, &self.members)
     }
 
+    /// Records a membership change applied at `index`: the member's address is added or
+    /// dropped.
+    pub fn record_change(&mut self, index: u64, removed: bool, id: u64, address: String) {
+        self.applied = index;
+        if removed {
+            self.members.remove(&id);
+        } else {
+            self.members.insert(id, address);
+        }
+    }
+
     /// Applies the proposals of the entry at `index`.
     pub fn apply(&mut self, index: u64, proposals: Vec<Proposal>) -> Vec<Applied> {
         self.applied = index;

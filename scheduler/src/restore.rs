@@ -4,8 +4,8 @@
 //! `export` reads a stopped replica's data directory offline (the way out when a majority is
 //! lost): its snapshot, then its committed log.
 
-use crate::codec::decode_batch;
 use crate::codec::CodecError;
+use crate::codec::{decode_batch, ChangeContext};
 use crate::fsm::Fsm;
 use crate::storage::SledStore;
 use crate::storage::{LogStore, StorageError};
@@ -52,13 +52,9 @@ pub fn export(dir: &Path) -> Result<(u64, Vec<u8>), RestoreError> {
                 }
                 _ => {
                     let cc = ConfChange::parse_from_bytes(&e.data).map_err(|err| RestoreError::Log(err.to_string()))?;
-                    let (_, _, address): (u64, u64, String) =
-                        postcard::from_bytes(&cc.context).map_err(|err| RestoreError::Log(err.to_string()))?;
-                    match cc.get_change_type() {
-                        ConfChangeType::RemoveNode => fsm.members.remove(&cc.node_id),
-                        _ => fsm.members.insert(cc.node_id, address),
-                    };
-                    fsm.applied = e.index;
+                    let address = ChangeContext::decode(&cc.context)?.address;
+                    let removed = cc.get_change_type() == ConfChangeType::RemoveNode;
+                    fsm.record_change(e.index, removed, cc.node_id, address);
                 }
             }
         }

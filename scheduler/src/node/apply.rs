@@ -3,7 +3,7 @@
 
 use super::ready::{Fatal, Node};
 use super::{Input, JobChange, NodeError};
-use crate::codec::decode_batch;
+use crate::codec::{decode_batch, ChangeContext};
 use crate::fsm::Fsm;
 use crate::storage::LogStore;
 use crate::transport::Transport;
@@ -79,32 +79,28 @@ impl<S: LogStore, T: Transport> Node<S, T> {
     fn apply_conf_change(&mut self, e: &Entry) -> Result<(), Fatal> {
         let bad = |reason: String| Fatal::Entry { index: e.index, reason };
         let cc = ConfChange::parse_from_bytes(&e.data).map_err(|err| bad(err.to_string()))?;
-        let (origin, seq, address): (u64, u64, String) =
-            postcard::from_bytes(&cc.context).map_err(|err| bad(err.to_string()))?;
+        let ChangeContext { origin, seq, address } =
+            ChangeContext::decode(&cc.context).map_err(|err| bad(err.to_string()))?;
         let result = self.raw.apply_conf_change(&cc);
-        let mut fsm = self.shared.fsm.write().unwrap_or_else(|p| p.into_inner());
-        fsm.applied = e.index;
         let answer = match result {
             Ok(cs) => {
                 self.raw.store().set_conf_state(&cs)?;
                 self.snapshot_due = true;
-                match cc.get_change_type() {
-                    ConfChangeType::RemoveNode => {
-                        fsm.members.remove(&cc.node_id);
-                        self.transport.remove_peer(cc.node_id);
-                    }
-                    _ => {
-                        fsm.members.insert(cc.node_id, address.clone());
-                        if cc.node_id != self.config.id {
-                            self.transport.set_peer(cc.node_id, &address);
-                        }
-                    }
+                let removed = cc.get_change_type() == ConfChangeType::RemoveNode;
+                if removed {
+                    self.transport.remove_peer(cc.node_id);
+                } else if cc.node_id != self.config.id {
+                    self.transport.set_peer(cc.node_id, &address);
                 }
+                let mut fsm = self.shared.fsm.write().unwrap_or_else(|p| p.into_inner());
+                fsm.record_change(e.index, removed, cc.node_id, address);
                 Ok(())
             }
-            Err(err) => Err(NodeError::Unavailable(format!("the membership change failed: {err}"))),
+            Err(err) => {
+                self.shared.fsm.write().unwrap_or_else(|p| p.into_inner()).applied = e.index;
+                Err(NodeError::Unavailable(format!("the membership change failed: {err}")))
+            }
         };
-        drop(fsm);
         if origin == self.config.id {
             self.changes.answer(seq, answer);
         }

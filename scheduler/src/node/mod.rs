@@ -153,8 +153,6 @@ pub struct Status {
     pub commit: u64,
     /// Applied index.
     pub applied: u64,
-    /// Voters, with their addresses when known.
-    pub members: Vec<(u64, String)>,
     /// Index of the latest snapshot.
     pub snapshot_index: u64,
     /// Why the node stopped, if it did.

@@ -6,7 +6,7 @@
 
 use super::waiters::Waiters;
 use super::{Inbox, Input, Membership, NodeConfig, NodeError, Shared, Status};
-use crate::codec::{encode_batch, Proposal};
+use crate::codec::{encode_batch, ChangeContext, Proposal};
 use crate::fsm::Fsm;
 use crate::logging::raft_logger;
 use crate::storage::{LogStore, Persist, StorageError};
@@ -72,19 +72,22 @@ impl<S: LogStore, T: Transport> Node<S, T> {
         store.verify()?;
         let initial =
             store.initial_state().map_err(|e| StorageError::Decode { what: "state".into(), reason: e.to_string() })?;
-        if !initial.initialized() && initial.conf_state.voters.is_empty() && !config.initial_voters.is_empty() {
-            store.set_conf_state(&ConfState { voters: config.initial_voters.clone(), ..ConfState::default() })?;
+        let mut voters = initial.conf_state.voters.clone();
+        if !initial.initialized() && voters.is_empty() && !config.initial_voters.is_empty() {
+            voters.clone_from(&config.initial_voters);
+            store.set_conf_state(&ConfState { voters: voters.clone(), ..ConfState::default() })?;
         }
-        let mut fsm = match store.latest_snapshot()? {
+        let fsm = match store.latest_snapshot()? {
             Some(snap) => Fsm::restore(&snap.data, snap.get_metadata().index)
                 .map_err(|e| StorageError::Decode { what: "snapshot".into(), reason: e.to_string() })?,
-            None => Fsm::default(),
+            None => {
+                let address = |id: u64| config.peers.iter().find(|(p, _)| *p == id).map(|(_, a)| a.clone());
+                let members = voters.iter().map(|id| (*id, address(*id).unwrap_or_default())).collect();
+                Fsm { members, ..Fsm::default() }
+            }
         };
-        for (id, address) in &config.peers {
-            fsm.members.entry(*id).or_insert_with(|| address.clone());
-        }
-        for (id, address) in &fsm.members {
-            if *id != config.id {
+        for (id, address) in config.peers.iter().map(|(i, a)| (i, a)).chain(&fsm.members) {
+            if *id != config.id && !address.is_empty() {
                 transport.set_peer(*id, address);
             }
         }
@@ -303,7 +306,7 @@ impl<S: LogStore, T: Transport> Node<S, T> {
                 String::new()
             }
         };
-        cc.context = postcard::to_allocvec(&(self.config.id, seq, address)).expect("encoding cannot fail").into();
+        cc.context = ChangeContext { origin: self.config.id, seq, address }.encode().into();
         if let Err(e) = self.raw.propose_conf_change(vec![], cc) {
             self.changes.answer(seq, Err(NodeError::Unavailable(format!("the change was refused: {e}"))));
         }
@@ -383,22 +386,16 @@ impl<S: LogStore, T: Transport> Node<S, T> {
     fn publish(&mut self) {
         let before = self.shared.status.lock().unwrap_or_else(|p| p.into_inner()).leader;
         self.on_leader_change(before);
-        let fsm = self.shared.fsm.read().unwrap_or_else(|p| p.into_inner());
-        let voters = self.raw.raft.prs().conf().voters().ids();
-        let mut members: Vec<(u64, String)> =
-            voters.iter().map(|id| (id, fsm.members.get(&id).cloned().unwrap_or_default())).collect();
-        members.sort();
+        let applied = self.shared.fsm.read().unwrap_or_else(|p| p.into_inner()).applied;
         let status = Status {
             id: self.config.id,
             leader: self.raw.raft.leader_id,
             term: self.raw.raft.term,
             commit: self.raw.raft.raft_log.committed,
-            applied: fsm.applied,
-            members,
+            applied,
             snapshot_index: self.snapshot_index,
             fatal: None,
         };
-        drop(fsm);
         *self.shared.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
     }
 }

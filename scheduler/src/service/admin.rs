@@ -1,7 +1,7 @@
 //! `AdminService`: teams and quotas, priority classes, nodes, cluster status and membership.
 
 use super::{before_read, status_of};
-use crate::node::{Handle, Membership, Status as NodeStatus};
+use crate::node::{Handle, Membership};
 use qm_core::{Command, JobState, NodeId};
 use qm_proto::convert::{flavor_to, node_to, priority_class_from, team_from, team_to};
 use qm_proto::v1::admin_service_server::AdminService;
@@ -39,19 +39,16 @@ impl AdminServer {
         self.node_response(&name)
     }
 
-    /// The members as of the last applied change (the status is published a moment later).
-    fn applied_members(&self) -> Vec<Member> {
-        let status = self.node.status();
-        let members = self.node.fsm().members.clone().into_iter().collect();
-        Self::members(&NodeStatus { members, ..status })
-    }
-
-    fn members(status: &NodeStatus) -> Vec<Member> {
-        status
+    /// The members as replicated (as of the last applied change), with this replica's view of
+    /// who leads.
+    fn members(&self) -> Vec<Member> {
+        let leader = self.node.status().leader;
+        self.node
+            .fsm()
             .members
             .iter()
             .map(|(id, address)| {
-                let role = if *id == status.leader { MemberRole::Leader } else { MemberRole::Follower };
+                let role = if *id == leader { MemberRole::Leader } else { MemberRole::Follower };
                 Member { id: *id, address: address.clone(), role: role as i32, match_index: 0 }
             })
             .collect()
@@ -178,7 +175,7 @@ impl AdminService for AdminServer {
             term: status.term,
             commit_index: status.commit,
             applied_index: fsm.applied,
-            members: Self::members(&status),
+            members: self.members(),
             capacity,
             pending_jobs: s.pending_count() as u64,
             running_jobs: s.running().len() as u64,
@@ -198,15 +195,15 @@ impl AdminService for AdminServer {
             return Err(Status::unimplemented("learner: learners are not supported; add a voter"));
         }
         self.node.change(Membership::Add { id: req.id, address: req.address }).await.map_err(status_of)?;
-        Ok(Response::new(MembersResponse { members: self.applied_members() }))
+        Ok(Response::new(MembersResponse { members: self.members() }))
     }
 
     async fn remove_member(&self, request: Request<RemoveMemberRequest>) -> Result<Response<MembersResponse>, Status> {
         let id = request.into_inner().id;
-        if !self.node.status().members.iter().any(|(m, _)| *m == id) {
+        if !self.node.fsm().members.contains_key(&id) {
             return Err(Status::not_found(format!("id: {id} is not a member")));
         }
         self.node.change(Membership::Remove { id }).await.map_err(status_of)?;
-        Ok(Response::new(MembersResponse { members: self.applied_members() }))
+        Ok(Response::new(MembersResponse { members: self.members() }))
     }
 }

@@ -73,8 +73,8 @@ impl AgentServer {
     }
 
     fn leader_address(&self) -> String {
-        let s = self.node.status();
-        s.members.iter().find(|(id, _)| *id == s.leader).map(|(_, a)| a.clone()).unwrap_or_default()
+        let leader = self.node.status().leader;
+        self.node.fsm().members.get(&leader).cloned().unwrap_or_default()
     }
 
     /// Proposes `NodeLost` for every ready node not heard from within `lease` (counting from
