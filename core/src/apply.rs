@@ -47,7 +47,7 @@ impl State {
         let id = spec.id.clone();
         let Some(old) = self.data.nodes.get(&id) else {
             let node = Node { spec, status: NodeStatus::Ready, cordoned: false, draining: false, registered_ms: at_ms };
-            self.data.nodes.insert(id.clone(), node);
+            self.data.nodes_mut().insert(id.clone(), node);
             self.reset_alloc(&id);
             self.add_capacity(&id, 1);
             return Ok(());
@@ -72,7 +72,7 @@ impl State {
         alloc.held = holders.iter().enumerate().filter(|(_, h)| h.is_some()).fold(0, |m, (i, _)| m | 1 << i);
         alloc.holders = holders;
         alloc.layout = NodeLayout::of(&spec);
-        let node = self.data.nodes.get_mut(&id).expect("checked above");
+        let node = self.data.nodes_mut().get_mut(&id).expect("checked above");
         node.spec = spec;
         node.status = NodeStatus::Ready;
         node.registered_ms = at_ms;
@@ -89,7 +89,7 @@ impl State {
             return Err(ApplyError::UnknownNode(node.clone()));
         }
         self.add_capacity(node, -1);
-        self.data.nodes.get_mut(node).expect("checked above").status = NodeStatus::Lost;
+        self.data.nodes_mut().get_mut(node).expect("checked above").status = NodeStatus::Lost;
         for id in self.jobs_on(node) {
             let job = &self.data.jobs[&id];
             let elsewhere = job.assignment.as_ref().is_some_and(|a| a.replicas.iter().any(|r| &r.node != node));
@@ -117,23 +117,7 @@ impl State {
         for (spec, priority) in jobs.into_iter().zip(priorities) {
             self.data.next_job += 1;
             let id = JobId(self.data.next_job);
-            let job = Job {
-                id,
-                spec,
-                priority,
-                state: JobState::Pending,
-                submitted_ms: at_ms,
-                attempt: 0,
-                assignment: None,
-                placed_ms: None,
-                started_ms: None,
-                finished_ms: None,
-                stop_reason: None,
-                preemptions: 0,
-                failures: 0,
-                attained_device_ms: 0,
-                message: "submitted".to_owned(),
-            };
+            let job = Job::submitted(id, spec, priority, at_ms);
             self.data.jobs.insert(id, job);
             self.enqueue(id);
             out.submitted.push(id);
@@ -310,7 +294,7 @@ impl State {
     fn cordon(&mut self, node: &NodeId, cordoned: bool) -> Result<(), ApplyError> {
         self.node_mut_checked(node)?;
         self.add_capacity(node, -1);
-        let n = self.data.nodes.get_mut(node).expect("checked above");
+        let n = self.data.nodes_mut().get_mut(node).expect("checked above");
         n.cordoned = cordoned;
         if !cordoned {
             n.draining = false;
@@ -322,7 +306,7 @@ impl State {
     fn drain(&mut self, node: &NodeId, out: &mut Outcome) -> Result<(), ApplyError> {
         self.node_mut_checked(node)?;
         self.add_capacity(node, -1);
-        let n = self.data.nodes.get_mut(node).expect("checked above");
+        let n = self.data.nodes_mut().get_mut(node).expect("checked above");
         n.cordoned = true;
         n.draining = true;
         for id in self.jobs_on(node) {

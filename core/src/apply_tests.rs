@@ -242,6 +242,20 @@ fn snapshots_round_trip_and_refuse_garbage() {
 }
 
 #[test]
+fn a_cut_encodes_the_state_as_it_was_when_taken() {
+    let mut s = cluster(2, &[("vision", 8, None)]);
+    submit(&mut s, job("vision", 1, 8), 0);
+    let before = s.to_bytes();
+    let cut = s.cut();
+    cycle(&mut s, &PolicyConfig::default(), 1);
+    submit(&mut s, job("vision", 1, 4), 2);
+    s.apply(Command::Cordon { node: NodeId::from("n1"), cordoned: true }).unwrap();
+    assert_ne!(s.to_bytes(), before, "the state moved on");
+    assert_eq!(cut.to_bytes(), before);
+    assert!(State::from_bytes(&cut.to_bytes()).unwrap().job(JobId(2)).is_none());
+}
+
+#[test]
 fn a_report_about_an_old_attempt_is_refused_and_changes_nothing() {
     let mut s = cluster(1, &[("vision", 8, None)]);
     let id = submit(&mut s, job("vision", 1, 8), 0);

@@ -195,6 +195,27 @@ pub struct Job {
 }
 
 impl Job {
+    /// A job as submitted at `at_ms`: pending, never started.
+    pub fn submitted(id: JobId, spec: JobSpec, priority: i32, at_ms: u64) -> Self {
+        Self {
+            id,
+            spec,
+            priority,
+            state: JobState::Pending,
+            submitted_ms: at_ms,
+            attempt: 0,
+            assignment: None,
+            placed_ms: None,
+            started_ms: None,
+            finished_ms: None,
+            stop_reason: None,
+            preemptions: 0,
+            failures: 0,
+            attained_device_ms: 0,
+            message: "submitted".to_owned(),
+        }
+    }
+
     /// Service received so far, the current attempt included: devices x ms.
     pub fn attained_at(&self, now_ms: u64) -> u64 {
         let running = match (self.state, self.started_ms) {

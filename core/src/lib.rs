@@ -105,6 +105,6 @@ pub use plan::{Decisions, Placement, PlacementReport, Plan, Preemption, Preempti
 pub use policy::{PlacementStrategy, PolicyConfig, QueueOrder, QueueingStrategy};
 pub use resource::{AcceleratorKind, Device, Flavor, Health, Node, NodeSpec, NodeStatus};
 pub use schedule::schedule;
-pub use state::State;
+pub use state::{State, StateCut};
 pub use team::{FlavorQuota, PriorityClass, TeamSpec};
 pub use verify::{verify, StaleReason};

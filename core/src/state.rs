@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use thiserror::Error;
 
 /// Snapshot format version; bump on any change of `Persistent`'s encoding.
@@ -24,14 +25,41 @@ pub type QueueKey = (Reverse<i32>, u64, JobId);
 /// Order of pending jobs in a global queue: (a leading key, age, id).
 pub type GlobalKey = (u64, u64, JobId);
 
-/// The part of the state that snapshots carry.
+/// The part of the state that snapshots carry. Cloning it is cheap (the nodes and the job
+/// chunks are shared, and copied on write), which is what makes a snapshot's cut cheap.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Persistent {
-    pub nodes: BTreeMap<NodeId, Node>,
+    pub nodes: Arc<BTreeMap<NodeId, Node>>,
     pub jobs: JobTable,
     pub teams: BTreeMap<TeamId, TeamSpec>,
     pub classes: BTreeMap<String, PriorityClass>,
     pub next_job: u64,
+}
+
+impl Persistent {
+    /// The nodes, to change (copied first if a cut shares them).
+    pub fn nodes_mut(&mut self) -> &mut BTreeMap<NodeId, Node> {
+        Arc::make_mut(&mut self.nodes)
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 * 1024);
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        postcard::to_extend(self, out).expect("encoding to a Vec cannot fail")
+    }
+}
+
+/// A consistent copy of what a snapshot carries, taken in microseconds (it shares unchanged
+/// nodes and jobs with the live state), to be encoded elsewhere while the state moves on.
+#[derive(Clone, Debug)]
+pub struct StateCut(Persistent);
+
+impl StateCut {
+    /// The snapshot bytes, the same as `State::to_bytes` gave when the cut was taken.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.0.to_bytes()
+    }
 }
 
 /// A node's devices as bit masks, computed once per registration for the scheduler.
@@ -204,10 +232,12 @@ impl State {
 
     /// Encodes the persistent state: magic, format version, then the body.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 * 1024);
-        out.extend_from_slice(SNAPSHOT_MAGIC);
-        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-        postcard::to_extend(&self.data, out).expect("encoding to a Vec cannot fail")
+        self.data.to_bytes()
+    }
+
+    /// A cheap consistent copy of the persistent state, to encode off the caller's thread.
+    pub fn cut(&self) -> StateCut {
+        StateCut(self.data.clone())
     }
 
     /// Decodes a snapshot and rebuilds the indexes.
