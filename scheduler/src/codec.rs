@@ -4,7 +4,7 @@
 
 use qm_core::{Command, JobId};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 /// Version of the entry format this release writes and reads.
 pub const ENTRY_VERSION: u8 = 1;
@@ -94,10 +94,12 @@ impl ChangeContext {
 
 /// Request ids seen, with the jobs they created, so that a retried submission is answered with
 /// the first answer instead of creating the jobs twice. Bounded: the oldest ids are forgotten.
+/// Kept in persistent collections (`imbl`), so that a snapshot's copy costs O(1) instead of
+/// 100,000 strings; they encode as the ordered map and sequence they replaced.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dedup {
-    jobs: BTreeMap<String, Vec<JobId>>,
-    order: VecDeque<String>,
+    jobs: imbl::OrdMap<String, Vec<JobId>>,
+    order: imbl::Vector<String>,
 }
 
 impl Dedup {
@@ -122,21 +124,37 @@ impl Dedup {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct SnapshotBody {
-    state: Vec<u8>,
+/// A snapshot's body as written: the core state's own snapshot as bytes, borrowed.
+#[derive(Serialize)]
+struct SnapshotBodyRef<'a> {
+    #[serde(serialize_with = "as_bytes")]
+    state: &'a [u8],
+    dedup: &'a Dedup,
+    members: &'a Members,
+}
+
+/// A snapshot's body as read.
+#[derive(Deserialize)]
+struct SnapshotBody<'a> {
+    #[serde(borrow)]
+    state: &'a [u8],
     dedup: Dedup,
     members: Members,
+}
+
+/// Bytes as one length and a copy (postcard writes a `Vec<u8>` the same way, byte by byte).
+fn as_bytes<S: serde::Serializer>(bytes: &&[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_bytes(bytes)
 }
 
 /// Voters and their replication addresses, replicated so that a restarted replica knows them.
 pub type Members = BTreeMap<u64, String>;
 
-/// Encodes a state-machine snapshot.
-pub fn encode_snapshot(state: &qm_core::State, dedup: &Dedup, members: &Members) -> Vec<u8> {
+/// Encodes a state-machine snapshot from a cut of the core state.
+pub fn encode_snapshot(state: &qm_core::StateCut, dedup: &Dedup, members: &Members) -> Vec<u8> {
     let mut out = SNAPSHOT_MAGIC.to_vec();
     out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-    let body = SnapshotBody { state: state.to_bytes(), dedup: dedup.clone(), members: members.clone() };
+    let body = SnapshotBodyRef { state: &state.to_bytes(), dedup, members };
     postcard::to_extend(&body, out).expect("encoding to a Vec cannot fail")
 }
 
@@ -151,7 +169,7 @@ pub fn decode_snapshot(data: &[u8]) -> Result<(qm_core::State, Dedup, Members), 
         return Err(CodecError::Version { what: "snapshot", found: found.into(), known: SNAPSHOT_VERSION.into() });
     }
     let body: SnapshotBody = postcard::from_bytes(&data[6..]).map_err(|e| bad(e.to_string()))?;
-    let state = qm_core::State::from_bytes(&body.state).map_err(|e| bad(e.to_string()))?;
+    let state = qm_core::State::from_bytes(body.state).map_err(|e| bad(e.to_string()))?;
     Ok((state, body.dedup, body.members))
 }
 
@@ -177,12 +195,45 @@ mod tests {
     }
 
     #[test]
+    fn snapshots_are_written_as_the_first_format_wrote_them() {
+        #[derive(Serialize)]
+        struct FirstDedup {
+            jobs: BTreeMap<String, Vec<JobId>>,
+            order: std::collections::VecDeque<String>,
+        }
+        #[derive(Serialize)]
+        struct FirstBody {
+            state: Vec<u8>,
+            dedup: FirstDedup,
+            members: Members,
+        }
+        let mut dedup = Dedup::default();
+        for (id, job) in [("b", 1), ("a", 2), ("c", 3)] {
+            dedup.insert(id.into(), vec![JobId(job)]);
+        }
+        let state = qm_core::State::new();
+        let members = Members::from([(1, "127.0.0.1:7000".to_owned()), (2, "127.0.0.1:7001".to_owned())]);
+        let first = FirstBody {
+            state: state.to_bytes(),
+            dedup: FirstDedup {
+                jobs: [("a", 2), ("b", 1), ("c", 3)].map(|(k, j)| (k.to_owned(), vec![JobId(j)])).into(),
+                order: ["b", "a", "c"].map(str::to_owned).into(),
+            },
+            members: members.clone(),
+        };
+        let mut expected = SNAPSHOT_MAGIC.to_vec();
+        expected.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        let expected = postcard::to_extend(&first, expected).unwrap();
+        assert_eq!(encode_snapshot(&state.cut(), &dedup, &members), expected);
+    }
+
+    #[test]
     fn snapshots_round_trip_and_bad_ones_are_refused() {
         let mut dedup = Dedup::default();
         dedup.insert("r".into(), vec![JobId(1)]);
         let state = qm_core::State::new();
         let members = Members::from([(1, "127.0.0.1:7000".to_owned())]);
-        let data = encode_snapshot(&state, &dedup, &members);
+        let data = encode_snapshot(&state.cut(), &dedup, &members);
         let (back, d, m) = decode_snapshot(&data).unwrap();
         assert_eq!(back.hash(), state.hash());
         assert_eq!((d, m), (dedup, members));

@@ -28,6 +28,21 @@ pub struct Fsm {
     pub members: Members,
 }
 
+/// What a snapshot holds, as of the moment `Fsm::cut` was called.
+#[derive(Clone, Debug)]
+pub struct FsmCut {
+    state: qm_core::StateCut,
+    dedup: Dedup,
+    members: Members,
+}
+
+impl FsmCut {
+    /// The snapshot bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        encode_snapshot(&self.state, &self.dedup, &self.members)
+    }
+}
+
 impl Fsm {
     /// The state machine a snapshot holds, as of log index `index`.
     pub fn restore(data: &[u8], index: u64) -> Result<Self, CodecError> {
@@ -37,7 +52,13 @@ impl Fsm {
 
     /// Encodes the state machine for a snapshot.
     pub fn snapshot(&self) -> Vec<u8> {
-        encode_snapshot(&self.state, &self.dedup, &self.members)
+        self.cut().encode()
+    }
+
+    /// A consistent copy of what a snapshot holds, cheap to take (it shares jobs, nodes and
+    /// request ids with the live state), to encode without holding the state's lock.
+    pub fn cut(&self) -> FsmCut {
+        FsmCut { state: self.state.cut(), dedup: self.dedup.clone(), members: self.members.clone() }
     }
 
     /// Records a membership change applied at `index`: the member's address is added or

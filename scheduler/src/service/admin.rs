@@ -69,10 +69,13 @@ impl AdminService for AdminServer {
         _request: Request<SaveSnapshotRequest>,
     ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
         self.node.read_barrier().await.map_err(status_of)?;
-        let (index, data) = {
+        let (index, cut) = {
             let fsm = self.node.fsm();
-            (fsm.applied, fsm.snapshot())
+            (fsm.applied, fsm.cut())
         };
+        let data = tokio::task::spawn_blocking(move || cut.encode())
+            .await
+            .map_err(|e| Status::internal(format!("encoding the snapshot: {e}")))?;
         let chunks: Vec<Result<SnapshotChunk, Status>> =
             data.chunks(CHUNK_BYTES).map(|c| Ok(SnapshotChunk { index, data: c.to_vec() })).collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
