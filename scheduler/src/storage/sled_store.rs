@@ -1,16 +1,28 @@
-//! `LogStore` on `sled`: one tree, keys `e` + big-endian index for entries and one-letter keys
-//! for the rest. Every value starts with the CRC-32 of what follows. The bounds of the log and
-//! the small records are cached in memory; entries are read from sled.
+//! `LogStore` on `sled`: the default tree holds the log (keys `e` + big-endian index) and the
+//! small records (one-letter keys); the snapshot lives alone in the tree `snapshot`. Every
+//! value starts with the CRC-32 of what follows. The bounds of the log and the small records
+//! are cached in memory; entries are read from sled.
+//!
+//! Why the snapshot has a tree of its own (format 2): sled keeps values inside the tree's leaf
+//! pages, and rewrites a whole leaf when one of its keys changes. In format 1 the snapshot
+//! shared a leaf with the hard state, which changes on nearly every Raft round, so each flush
+//! rewrote the whole snapshot: megabytes per round, growing with the number of jobs.
 
 use super::{LogStore, Persist, StorageError};
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use std::convert::Infallible;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The on-disk format this release writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// The format before the snapshot moved to its own tree; opened and migrated.
+const FORMAT_ONE: u32 = 1;
+/// The tree of the snapshot.
+const SNAPSHOT_TREE: &str = "snapshot";
 
 const VERSION: &[u8] = b"v";
 const HARD: &[u8] = b"h";
@@ -69,6 +81,7 @@ struct Meta {
 #[derive(Debug, Clone)]
 pub struct SledStore {
     tree: sled::Db,
+    snaps: sled::Tree,
     meta: Arc<Mutex<Meta>>,
 }
 
@@ -84,11 +97,14 @@ impl SledStore {
     }
 
     fn from_db(tree: sled::Db) -> Result<Self, StorageError> {
+        let snaps = tree.open_tree(SNAPSHOT_TREE)?;
         match tree.get(VERSION)? {
             Some(v) => {
                 let found = v.as_ref().try_into().map(u32::from_le_bytes).unwrap_or(u32::MAX);
-                if found != FORMAT_VERSION {
-                    return Err(StorageError::Version { found, known: FORMAT_VERSION });
+                match found {
+                    FORMAT_VERSION => {}
+                    FORMAT_ONE => Self::migrate_from_one(&tree, &snaps)?,
+                    _ => return Err(StorageError::Version { found, known: FORMAT_VERSION }),
                 }
             }
             None => {
@@ -102,7 +118,7 @@ impl SledStore {
         if let Some(v) = tree.get(CONF)? {
             meta.conf = decode(&|| "conf state".into(), &v)?;
         }
-        if let Some(v) = tree.get(SNAP)? {
+        if let Some(v) = snaps.get(SNAP)? {
             let snap: Snapshot = decode(&|| "snapshot".into(), &v)?;
             meta.snap = snap.get_metadata().clone();
         }
@@ -113,7 +129,24 @@ impl SledStore {
         let last = index_of(tree.scan_prefix(b"e").next_back())?;
         meta.last = last.unwrap_or(meta.snap.index).max(meta.snap.index);
         meta.first = first.unwrap_or(meta.last + 1);
-        Ok(Self { tree, meta: Arc::new(Mutex::new(meta)) })
+        Ok(Self { tree, snaps, meta: Arc::new(Mutex::new(meta)) })
+    }
+
+    /// Format 1 to 2: the snapshot moves to its own tree. Copied and flushed before the old
+    /// copy is removed and the version bumped, so a crash halfway leaves format 1 with the
+    /// snapshot in both places, and the next start migrates again.
+    fn migrate_from_one(tree: &sled::Db, snaps: &sled::Tree) -> Result<(), StorageError> {
+        if let Some(v) = tree.get(SNAP)? {
+            snaps.insert(SNAP, v)?;
+            tree.flush()?;
+        }
+        let mut batch = sled::Batch::default();
+        batch.remove(SNAP);
+        batch.insert(VERSION, &FORMAT_VERSION.to_le_bytes());
+        tree.apply_batch(batch)?;
+        tree.flush()?;
+        tracing::info!("storage migrated from format 1 to 2 (the snapshot has a tree of its own)");
+        Ok(())
     }
 
     fn meta(&self) -> MutexGuard<'_, Meta> {
@@ -251,11 +284,20 @@ impl LogStore for SledStore {
         let mut hard = m.hard.clone();
         hard.commit = hard.commit.max(md.index);
         hard.term = hard.term.max(md.term);
-        batch.insert(SNAP, encode(snapshot));
         batch.insert(HARD, encode(&hard));
         batch.insert(CONF, encode(md.get_conf_state()));
         batch.insert(APPLIED, &md.index.to_le_bytes());
-        self.tree.apply_batch(batch)?;
+        let value = encode(snapshot);
+        (&*self.tree, &self.snaps)
+            .transaction(|(log, snaps)| {
+                log.apply_batch(&batch)?;
+                snaps.insert(SNAP, value.as_slice())?;
+                Ok::<(), ConflictableTransactionError<Infallible>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => StorageError::from(e),
+                TransactionError::Abort(never) => match never {},
+            })?;
         self.tree.flush()?;
         m.hard = hard;
         m.conf = md.get_conf_state().clone();
@@ -266,7 +308,7 @@ impl LogStore for SledStore {
     }
 
     fn save_snapshot(&self, snapshot: &Snapshot, compact_to: u64) -> Result<(), StorageError> {
-        self.tree.insert(SNAP, encode(snapshot))?;
+        self.snaps.insert(SNAP, encode(snapshot))?;
         self.tree.flush()?;
         let md = snapshot.get_metadata();
         let stale = {
@@ -302,7 +344,7 @@ impl LogStore for SledStore {
     }
 
     fn latest_snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
-        match self.tree.get(SNAP)? {
+        match self.snaps.get(SNAP)? {
             Some(v) => Ok(Some(decode(&|| "snapshot".into(), &v)?)),
             None => Ok(None),
         }

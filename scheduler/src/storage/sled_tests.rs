@@ -128,3 +128,27 @@ fn an_unknown_format_version_is_refused() {
     let err = SledStore::open(dir.path()).unwrap_err().to_string();
     assert!(err.contains("format version 99"), "{err}");
 }
+
+#[test]
+fn a_format_one_store_is_migrated_and_keeps_its_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.insert(VERSION, &1u32.to_le_bytes()).unwrap();
+        db.insert(SNAP, encode(&snapshot(5, 2, vec![1, 2, 3]))).unwrap();
+        for e in (6..=8).map(|i| entry(i, 2, b"x")) {
+            db.insert(entry_key(e.index), encode(&e)).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.latest_snapshot().unwrap().unwrap().get_metadata().index, 5);
+        assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (6, 8));
+        assert_eq!(store.verify().unwrap(), 3);
+    }
+    let db = sled::open(dir.path()).unwrap();
+    assert_eq!(db.get(VERSION).unwrap().unwrap().as_ref(), &FORMAT_VERSION.to_le_bytes());
+    assert!(db.get(SNAP).unwrap().is_none(), "the old copy is gone");
+    assert!(db.open_tree(SNAPSHOT_TREE).unwrap().get(SNAP).unwrap().is_some());
+}
