@@ -26,44 +26,56 @@ use tonic::transport::Channel;
 
 const MODEL: &str = "nvidia-h100-80gb-hbm3";
 
+/// Drives a 3-replica `qm server` cluster on loopback and prints `qm_*=` lines.
+#[derive(clap::Parser, Debug)]
 struct Args {
+    /// The `qm` binary to start (a release build).
+    #[arg(long, default_value = "target/release/qm")]
     qm: String,
+    /// Seconds per measured phase.
+    #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Concurrent clients of the concurrent phases.
+    #[arg(long, default_value_t = 64)]
     clients: usize,
+    /// Submissions per second of the placement phase.
+    #[arg(long, default_value_t = 1000)]
     rate: u64,
+    /// First of the loopback ports the replicas listen on (each cluster takes 3, 10 apart).
+    #[arg(long, default_value_t = 7301)]
     base_port: u16,
+    /// Which phases to run.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "throughput,placement,memory")]
+    phases: Vec<Phase>,
+    /// Keep each replica's log (stderr) in this directory, as `PORT.log`; discarded otherwise.
+    #[arg(long)]
+    logs: Option<std::path::PathBuf>,
 }
 
-fn args() -> Args {
-    let mut a = Args { qm: "target/release/qm".into(), seconds: 10, clients: 64, rate: 1000, base_port: 7301 };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().unwrap_or_else(|| panic!("{flag}: a value is required"));
-        let bad = |e: &dyn std::fmt::Display| -> ! { panic!("{flag} {value}: {e}") };
-        match flag.as_str() {
-            "--qm" => a.qm = value,
-            "--seconds" => a.seconds = value.parse().unwrap_or_else(|e| bad(&e)),
-            "--clients" => a.clients = value.parse().unwrap_or_else(|e| bad(&e)),
-            "--rate" => a.rate = value.parse().unwrap_or_else(|e| bad(&e)),
-            "--base-port" => a.base_port = value.parse().unwrap_or_else(|e| bad(&e)),
-            _ => panic!("unknown flag {flag} (known: --qm --seconds --clients --rate --base-port)"),
-        }
-    }
-    a
+/// A group of measurements, each on its own fresh cluster.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Sequential, 64 clients (all replicas, leader only), batched, then the failover.
+    Throughput,
+    /// Submission to placement at `--rate` with fake nodes registered.
+    Placement,
+    /// The leader's resident memory with 100,000 jobs.
+    Memory,
 }
 
 struct Cluster {
     qm: String,
+    logs: Option<std::path::PathBuf>,
     addrs: Vec<SocketAddr>,
     dir: tempfile::TempDir,
     procs: BTreeMap<u64, Child>,
 }
 
 impl Cluster {
-    fn start(qm: &str, base_port: u16) -> Self {
+    fn start(a: &Args, base_port: u16) -> Self {
         let addrs = (0..3).map(|i| SocketAddr::from(([127, 0, 0, 1], base_port + i))).collect();
-        let mut c =
-            Self { qm: qm.into(), addrs, dir: tempfile::tempdir().expect("a temp dir"), procs: BTreeMap::new() };
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut c = Self { qm: a.qm.clone(), logs: a.logs.clone(), addrs, dir, procs: BTreeMap::new() };
         for id in 1..=3 {
             c.spawn(id);
         }
@@ -78,11 +90,16 @@ impl Cluster {
         }
         let data = self.dir.path().join(id.to_string());
         cmd.args(["--data", data.to_str().expect("utf-8 temp path"), "--node-lease-ms", "3600000"]);
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("qm server starts (build it with --release)");
+        let stderr = match &self.logs {
+            Some(dir) => {
+                let path = dir.join(format!("{}.log", self.addrs[id as usize - 1].port()));
+                let file = std::fs::OpenOptions::new().create(true).append(true).open(&path);
+                Stdio::from(file.unwrap_or_else(|e| panic!("--logs: cannot open {}: {e}", path.display())))
+            }
+            None => Stdio::null(),
+        };
+        let child =
+            cmd.stdout(Stdio::null()).stderr(stderr).spawn().expect("qm server starts (build it with --release)");
         self.procs.insert(id, child);
     }
 
@@ -310,8 +327,20 @@ async fn failover(c: &mut Cluster) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let a = args();
-    let mut c = Cluster::start(&a.qm, a.base_port);
+    let a = <Args as clap::Parser>::parse();
+    if a.phases.contains(&Phase::Throughput) {
+        throughput(&a).await;
+    }
+    if a.phases.contains(&Phase::Placement) {
+        placement(&a).await;
+    }
+    if a.phases.contains(&Phase::Memory) {
+        memory(&a).await;
+    }
+}
+
+async fn throughput(a: &Args) {
+    let mut c = Cluster::start(a, a.base_port);
     let leader = c.leader().await;
     set_team(&c.endpoint(leader), 1_000_000).await;
 
@@ -327,9 +356,10 @@ async fn main() {
     report("batched_100_jobs", &batched, wall, 100);
     let secs = failover(&mut c).await;
     println!("qm_failover_s={secs:.3}");
-    drop(c);
+}
 
-    let c = Cluster::start(&a.qm, a.base_port + 10);
+async fn placement(a: &Args) {
+    let c = Cluster::start(a, a.base_port + 10);
     let leader = c.leader().await;
     let endpoint = c.endpoint(leader);
     let need = (a.rate * a.seconds) as usize;
@@ -342,9 +372,10 @@ async fn main() {
         percentile(&l, 0.5),
         percentile(&l, 0.99)
     );
-    drop(c);
+}
 
-    let c = Cluster::start(&a.qm, a.base_port + 20);
+async fn memory(a: &Args) {
+    let c = Cluster::start(a, a.base_port + 20);
     let leader = c.leader().await;
     let endpoint = c.endpoint(leader);
     set_team(&endpoint, 1_000_000).await;
