@@ -242,21 +242,21 @@ impl<'s> View<'s> {
         self.ledgers[f as usize].update(&q, before, before + devices);
     }
 
-    /// The slot positions of node `n` with their free-device counts; empty when the node is
-    /// not schedulable (it is not indexed).
-    fn indexed_slots(&self, n: u32) -> Vec<(usize, usize)> {
+    /// The slot range of node `n` and its free devices; an empty range when the node is not
+    /// schedulable (it is not indexed).
+    fn indexed_range(&self, n: u32) -> (std::ops::Range<usize>, u64) {
         let node = &self.nodes[n as usize];
         if !node.schedulable {
-            return Vec::new();
+            return (0..0, 0);
         }
         let (start, len) = node.slots;
-        (start as usize..start as usize + len as usize)
-            .map(|s| (s, (self.slots[s].mask & node.free).count_ones() as usize))
-            .collect()
+        (start as usize..start as usize + len as usize, node.free)
     }
 
     fn index_node(&mut self, n: u32) {
-        for (s, count) in self.indexed_slots(n) {
+        let (range, free) = self.indexed_range(n);
+        for s in range {
+            let count = (self.slots[s].mask & free).count_ones() as usize;
             let buckets = &mut self.index[self.slots[s].flavor as usize].buckets;
             if buckets.len() <= count {
                 buckets.resize_with(count + 1, Vec::new);
@@ -267,7 +267,9 @@ impl<'s> View<'s> {
     }
 
     fn unindex_node(&mut self, n: u32) {
-        for (s, count) in self.indexed_slots(n) {
+        let (range, free) = self.indexed_range(n);
+        for s in range {
+            let count = (self.slots[s].mask & free).count_ones() as usize;
             let (f, pos) = (self.slots[s].flavor as usize, self.slots[s].pos as usize);
             let bucket = &mut self.index[f].buckets[count];
             bucket.swap_remove(pos);
