@@ -17,8 +17,10 @@ impl State {
     pub fn apply(&mut self, command: Command) -> Result<Outcome, ApplyError> {
         let mut out = Outcome::default();
         match command {
-            Command::RegisterNode { node, at_ms } => self.register_node(node, at_ms, &mut out)?,
-            Command::NodeLost { node, at_ms } => self.node_lost(&node, at_ms, &mut out)?,
+            Command::RegisterNode { node, at_ms } => {
+                self.with_node_change(|s| s.register_node(node, at_ms, &mut out))?
+            }
+            Command::NodeLost { node, at_ms } => self.with_node_change(|s| s.node_lost(&node, at_ms, &mut out))?,
             Command::Submit { jobs, at_ms } => self.submit(jobs, at_ms, &mut out)?,
             Command::Cancel { job, at_ms } => self.cancel(job, at_ms, &mut out)?,
             Command::ApplyPlan { decisions, at_ms } => self.apply_plan(&decisions, at_ms, &mut out),
@@ -36,8 +38,8 @@ impl State {
             }
             Command::SetTeam { team } => self.set_team(team)?,
             Command::SetPriorityClass { class } => self.set_priority_class(class)?,
-            Command::Cordon { node, cordoned } => self.cordon(&node, cordoned)?,
-            Command::Drain { node } => self.drain(&node, &mut out)?,
+            Command::Cordon { node, cordoned } => self.with_node_change(|s| s.cordon(&node, cordoned))?,
+            Command::Drain { node } => self.with_node_change(|s| s.drain(&node, &mut out))?,
         }
         Ok(out)
     }

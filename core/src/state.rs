@@ -1,18 +1,19 @@
 //! The replicated state: what every replica holds, built only by `apply` (see `apply.rs`).
-//! Indexes derived from the persistent part (device holders, usage, queues, capacity) are
-//! rebuilt on load, so a snapshot carries each fact once.
+//! Indexes derived from the persistent part (device holders, usage, queues, capacity, the
+//! scheduler's node index) are rebuilt on load, so a snapshot carries each fact once.
 
 use crate::ids::{JobId, NodeId, TeamId};
 use crate::job::{Job, JobState};
 use crate::quota::Ledger;
 use crate::resource::{Flavor, Health, Node, NodeSpec};
+use crate::schedule::NodeIndex;
 use crate::table::JobTable;
 use crate::team::{PriorityClass, TeamSpec};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use thiserror::Error;
 
 /// Snapshot format version; bump on any change of `Persistent`'s encoding.
@@ -138,7 +139,24 @@ pub struct State {
     /// Running jobs with a maximum runtime, by the time it runs out.
     pub(crate) deadlines: BTreeSet<(u64, JobId)>,
     deadline_of: BTreeMap<JobId, u64>,
+    /// The scheduler's node index, kept between cycles.
+    node_index: NodeIndexCell,
 }
+
+/// The scheduler's node index, built on first use after nodes changed and kept up to date by
+/// `charge` in between (see `schedule/nodes.rs`). It caches a function of the other fields, so
+/// it takes no part in equality; built lazily, so that registering 10,000 nodes one command at
+/// a time does not rebuild it 10,000 times.
+#[derive(Clone, Debug, Default)]
+struct NodeIndexCell(OnceLock<NodeIndex>);
+
+impl PartialEq for NodeIndexCell {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for NodeIndexCell {}
 
 /// Why a snapshot could not be read.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -256,6 +274,18 @@ impl State {
     /// SHA-256 of the snapshot bytes: equal on replicas that applied the same commands.
     pub fn hash(&self) -> [u8; 32] {
         Sha256::digest(self.to_bytes()).into()
+    }
+
+    /// The scheduler's node index, built here if nodes changed since it was last used.
+    pub(crate) fn node_index(&self) -> &NodeIndex {
+        self.node_index.0.get_or_init(|| NodeIndex::build(&self.data.nodes, &self.allocs))
+    }
+
+    /// Runs a command that changes nodes themselves (not only what is held on them): the node
+    /// index is dropped first, and built again when a cycle next needs it.
+    pub(crate) fn with_node_change<T>(&mut self, change: impl FnOnce(&mut Self) -> T) -> T {
+        self.node_index = NodeIndexCell::default();
+        change(self)
     }
 
     fn rebuild(data: Persistent) -> Self {
@@ -423,6 +453,9 @@ impl State {
             } else {
                 alloc.cpu_used = alloc.cpu_used.saturating_sub(cpu);
                 alloc.mem_used = alloc.mem_used.saturating_sub(mem);
+            }
+            if let Some(index) = self.node_index.0.get_mut() {
+                index.update(&r.node, alloc);
             }
         }
         let team = self.usage.entry(job.spec.team.clone()).or_default();

@@ -7,6 +7,7 @@
 //! are releasing, or search for victims (`preempt.rs`). Jobs of a shape that failed are answered
 //! from a per-cycle cache: capacity only shrinks within a cycle, so the answer stands.
 
+mod nodes;
 mod place;
 mod preempt;
 mod queue;
@@ -19,6 +20,7 @@ use crate::policy::{PolicyConfig, QueueOrder, QueueingStrategy};
 use crate::quota::Admission;
 use crate::resource::Flavor;
 use crate::state::State;
+pub(crate) use nodes::NodeIndex;
 use place::{Pick, Shape};
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
@@ -188,7 +190,7 @@ impl<'s> Cycle<'s> {
         let replicas = picks
             .iter()
             .map(|p| {
-                let id = self.view.node_ids[p.node as usize];
+                let id = &self.view.node_ids[p.node as usize];
                 let node = &self.view.state.nodes()[id];
                 let devices =
                     (0..64).filter(|i| p.mask & (1u64 << i) != 0).map(|i| node.spec.devices[i].id.clone()).collect();

@@ -143,17 +143,17 @@ impl View<'_> {
                 PlacementStrategy::BinPack => c.avail.count_ones(),
                 PlacementStrategy::Spread => 64 - c.avail.count_ones(),
             };
-            (Some(node.rack) != best_rack, !fits_one_group(c.avail, node.groups, shape.count), packing)
+            (Some(node.rack) != best_rack, !fits_one_group(c.avail, self.groups_of(c.node), shape.count), packing)
         });
         let mut picks = Vec::with_capacity(shape.replicas as usize);
         for c in cands {
-            let node = &self.nodes[c.node as usize];
+            let groups = self.groups_of(c.node);
             let mut left = c.avail;
             for _ in 0..c.fits {
                 if picks.len() as u32 == shape.replicas {
                     return Some(picks);
                 }
-                let mask = pick_devices(left, node.groups, shape.count)?;
+                let mask = pick_devices(left, groups, shape.count)?;
                 left &= !mask;
                 picks.push(Pick { node: c.node, mask });
             }

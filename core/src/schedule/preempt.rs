@@ -121,8 +121,7 @@ impl<'s> Cycle<'s> {
         let mut nodes: Vec<u32> = base.iter().copied().chain(extra.keys().copied()).collect();
         nodes.sort_unstable();
         nodes.dedup();
-        let avail =
-            |n: u32, nv: &NodeView<'_>| nv.free | nv.releasing | (extra.get(&n).copied().unwrap_or(0) & nv.healthy);
+        let avail = |n: u32, nv: &NodeView| nv.free | nv.releasing | (extra.get(&n).copied().unwrap_or(0) & nv.healthy);
         self.view.assign(shape, &nodes, self.policy.placement, avail)
     }
 

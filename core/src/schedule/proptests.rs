@@ -167,6 +167,15 @@ fn check_devices(s: &State) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// The node index kept between cycles is what building it from scratch gives.
+fn check_node_index(s: &State) -> Result<(), TestCaseError> {
+    prop_assert!(
+        s.node_index() == &super::NodeIndex::build(s.nodes(), &s.allocs),
+        "the node index drifted from the state"
+    );
+    Ok(())
+}
+
 fn check_quotas(s: &State) -> Result<(), TestCaseError> {
     for (name, t) in s.teams() {
         for (f, q) in &t.quotas {
@@ -207,6 +216,7 @@ proptest! {
             if failure.is_ok() {
                 failure = check_devices(after)
                     .and_then(|_| check_quotas(after))
+                    .and_then(|_| check_node_index(after))
                     .and_then(|_| plan.map_or(Ok(()), |p| check_reclaims(before, p)));
             }
         });

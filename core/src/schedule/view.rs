@@ -1,54 +1,17 @@
 //! The scheduler's scratch view of a `State`: per-node device masks, an index of nodes by free
-//! devices per flavor, and per-team usage, all updated as the cycle places jobs. Building it is
-//! O(nodes) with no allocation per node (the masks come precomputed in `NodeLayout`); every
-//! lookup during the cycle is O(1) or O(log n).
+//! devices per flavor, and per-team usage, all updated as the cycle places jobs. The node part
+//! is a copy of the index the state keeps between cycles (`nodes.rs`): building a view copies
+//! plain vectors instead of walking every node; every lookup during the cycle is O(1) or
+//! O(log n).
 
 use crate::ids::{JobId, NodeId, TeamId};
 use crate::job::{DeviceRequest, Job};
 use crate::quota::Ledger;
-use crate::resource::{Flavor, NodeStatus};
+use crate::resource::Flavor;
 use crate::state::State;
 use crate::team::{FlavorQuota, TeamSpec};
-use std::collections::BTreeMap;
 
-/// Interned flavor.
-pub(crate) type FlavorIx = u16;
-
-/// The devices of one flavor on a node.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct FlavorSlot {
-    pub flavor: FlavorIx,
-    pub mask: u64,
-    /// Position in the flavor index bucket, if indexed.
-    pub pos: u32,
-}
-
-/// A node as the cycle sees it.
-#[derive(Clone, Debug)]
-pub(crate) struct NodeView<'s> {
-    pub schedulable: bool,
-    pub lost: bool,
-    pub rack: Option<u32>,
-    pub healthy: u64,
-    /// Healthy devices nobody holds or reserved.
-    pub free: u64,
-    /// Devices held by jobs that were told to stop, not yet claimed by a waiting job.
-    pub releasing: u64,
-    pub cpu_total: u64,
-    pub mem_total: u64,
-    pub cpu_free: u64,
-    pub mem_free: u64,
-    /// This node's range in `View::slots`.
-    pub slots: (u32, u8),
-    /// Locality groups (NVLink domain, NUMA node) as device masks.
-    pub groups: &'s [u64],
-}
-
-/// Nodes bucketed by how many free devices of one flavor they have.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct FlavorIndex {
-    pub buckets: Vec<Vec<u32>>,
-}
+pub(crate) use super::nodes::{FlavorIndex, FlavorIx, FlavorSlot, NodeView};
 
 /// A team as the cycle sees it, with usage and quota indexed by interned flavor.
 #[derive(Clone, Debug)]
@@ -62,9 +25,10 @@ pub(crate) struct TeamRow<'s> {
 #[derive(Debug)]
 pub(crate) struct View<'s> {
     pub state: &'s State,
-    pub node_ids: Vec<&'s NodeId>,
-    pub nodes: Vec<NodeView<'s>>,
+    pub node_ids: &'s [NodeId],
+    pub nodes: Vec<NodeView>,
     pub slots: Vec<FlavorSlot>,
+    groups: &'s [u64],
     pub flavors: Vec<Flavor>,
     pub index: Vec<FlavorIndex>,
     pub teams: Vec<TeamRow<'s>>,
@@ -75,58 +39,45 @@ pub(crate) struct View<'s> {
 
 impl<'s> View<'s> {
     pub fn build(state: &'s State) -> Self {
-        let n = state.nodes().len();
+        let nodes = state.node_index();
         let mut view = View {
             state,
-            node_ids: Vec::with_capacity(n),
-            nodes: Vec::with_capacity(n),
-            slots: Vec::with_capacity(n),
-            flavors: Vec::new(),
-            index: Vec::new(),
+            node_ids: &nodes.ids,
+            nodes: nodes.nodes.clone(),
+            slots: nodes.slots.clone(),
+            groups: &nodes.groups,
+            flavors: nodes.flavors.clone(),
+            index: nodes.index.clone(),
             teams: Vec::new(),
             ledgers: Vec::new(),
             releasing_nodes: Vec::new(),
         };
-        let mut racks: BTreeMap<&str, u32> = BTreeMap::new();
-        let mut last_rack: Option<(&str, u32)> = None;
-        for ((id, node), alloc) in state.nodes().iter().zip(state.allocs.values()) {
-            let layout = &alloc.layout;
-            let rack = layout.rack.as_deref().map(|r| match last_rack {
-                Some((name, ix)) if name == r => ix,
-                _ => {
-                    let next = racks.len() as u32;
-                    let ix = *racks.entry(r).or_insert(next);
-                    last_rack = Some((r, ix));
-                    ix
-                }
-            });
-            let start = view.slots.len() as u32;
-            for (flavor, mask) in &layout.slots {
-                let f = view.intern(flavor);
-                view.slots.push(FlavorSlot { flavor: f, mask: *mask, pos: u32::MAX });
-            }
-            view.node_ids.push(id);
-            view.nodes.push(NodeView {
-                schedulable: node.schedulable(),
-                lost: node.status == NodeStatus::Lost,
-                rack,
-                healthy: layout.healthy,
-                free: layout.healthy & !alloc.held,
-                releasing: 0,
-                cpu_total: node.spec.cpu_millis,
-                mem_total: node.spec.mem_mib,
-                cpu_free: node.spec.cpu_millis.saturating_sub(alloc.cpu_used),
-                mem_free: node.spec.mem_mib.saturating_sub(alloc.mem_used),
-                slots: (start, layout.slots.len() as u8),
-                groups: &layout.groups,
-            });
-        }
+        view.place_slots();
         view.build_teams();
         view.mark_releasing();
-        for n in 0..view.nodes.len() {
-            view.index_node(n as u32);
-        }
         view
+    }
+
+    /// Records in each indexed slot its position in its bucket (the cycle moves nodes between
+    /// buckets by position).
+    fn place_slots(&mut self) {
+        for (f, index) in self.index.iter().enumerate() {
+            for bucket in &index.buckets {
+                for (pos, &n) in bucket.iter().enumerate() {
+                    let (start, len) = self.nodes[n as usize].slots;
+                    let slots = &mut self.slots[start as usize..start as usize + len as usize];
+                    if let Some(slot) = slots.iter_mut().find(|s| s.flavor as usize == f) {
+                        slot.pos = pos as u32;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Node `n`'s locality groups as device masks.
+    pub fn groups_of(&self, n: u32) -> &'s [u64] {
+        let (start, len) = self.nodes[n as usize].groups;
+        &self.groups[start as usize..start as usize + len as usize]
     }
 
     /// Interns every flavor teams have quota for, then fills the team rows and ledgers.
@@ -222,7 +173,7 @@ impl<'s> View<'s> {
         let Some(a) = &job.assignment else { return Vec::new() };
         let mut out: Vec<(u32, u64)> = Vec::new();
         for r in &a.replicas {
-            let Ok(n) = self.node_ids.binary_search(&&r.node) else { continue };
+            let Ok(n) = self.node_ids.binary_search(&r.node) else { continue };
             let node = &self.state.nodes()[&r.node];
             let mask = r.devices.iter().filter_map(|d| node.device_index(d)).fold(0u64, |m, i| m | (1 << i));
             match out.iter_mut().find(|(x, _)| *x == n as u32) {
