@@ -274,6 +274,7 @@ impl State {
     fn set_team(&mut self, team: TeamSpec) -> Result<(), ApplyError> {
         validate_team(&team).map_err(|e| e.within("team"))?;
         self.data.teams.insert(team.name.clone(), team);
+        self.quotas_changed();
         Ok(())
     }
 

@@ -139,24 +139,33 @@ pub struct State {
     /// Running jobs with a maximum runtime, by the time it runs out.
     pub(crate) deadlines: BTreeSet<(u64, JobId)>,
     deadline_of: BTreeMap<JobId, u64>,
-    /// The scheduler's node index, kept between cycles.
-    node_index: NodeIndexCell,
+    /// The scheduler's node index, kept between cycles (see `schedule/nodes.rs`).
+    node_index: Derived<NodeIndex>,
+    /// Quota totals per flavor, kept between cycles.
+    ledgers: Derived<BTreeMap<Flavor, Ledger>>,
 }
 
-/// The scheduler's node index, built on first use after nodes changed and kept up to date by
-/// `charge` in between (see `schedule/nodes.rs`). It caches a function of the other fields, so
-/// it takes no part in equality; built lazily, so that registering 10,000 nodes one command at
-/// a time does not rebuild it 10,000 times.
-#[derive(Clone, Debug, Default)]
-struct NodeIndexCell(OnceLock<NodeIndex>);
+/// A value computed from the other fields of the state: built on first use after what it
+/// depends on changed wholesale (nodes, teams, a load), and kept up to date by `charge` in
+/// between. It caches a function of the other fields, so it takes no part in equality; built
+/// lazily, so that registering 10,000 nodes one command at a time does not rebuild it 10,000
+/// times.
+#[derive(Clone, Debug)]
+struct Derived<T>(OnceLock<T>);
 
-impl PartialEq for NodeIndexCell {
+impl<T> Default for Derived<T> {
+    fn default() -> Self {
+        Self(OnceLock::new())
+    }
+}
+
+impl<T> PartialEq for Derived<T> {
     fn eq(&self, _: &Self) -> bool {
         true
     }
 }
 
-impl Eq for NodeIndexCell {}
+impl<T> Eq for Derived<T> {}
 
 /// Why a snapshot could not be read.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -237,7 +246,11 @@ impl State {
     }
 
     /// Quota totals per flavor over all teams, at the current usage.
-    pub fn ledgers(&self) -> BTreeMap<Flavor, Ledger> {
+    pub fn ledgers(&self) -> &BTreeMap<Flavor, Ledger> {
+        self.ledgers.0.get_or_init(|| self.count_ledgers())
+    }
+
+    fn count_ledgers(&self) -> BTreeMap<Flavor, Ledger> {
         let mut out: BTreeMap<Flavor, Ledger> =
             self.capacity.iter().map(|(f, c)| (f.clone(), Ledger { capacity: *c, ..Ledger::default() })).collect();
         for (team, spec) in &self.data.teams {
@@ -246,6 +259,12 @@ impl State {
             }
         }
         out
+    }
+
+    /// Drops the quota totals after teams' quotas changed; they are counted again when next
+    /// asked for.
+    pub(crate) fn quotas_changed(&mut self) {
+        self.ledgers = Derived::default();
     }
 
     /// Encodes the persistent state: magic, format version, then the body.
@@ -282,9 +301,11 @@ impl State {
     }
 
     /// Runs a command that changes nodes themselves (not only what is held on them): the node
-    /// index is dropped first, and built again when a cycle next needs it.
+    /// index and the quota totals (capacity may change) are dropped first, and built again when
+    /// next needed.
     pub(crate) fn with_node_change<T>(&mut self, change: impl FnOnce(&mut Self) -> T) -> T {
-        self.node_index = NodeIndexCell::default();
+        self.node_index = Derived::default();
+        self.ledgers = Derived::default();
         change(self)
     }
 
@@ -468,6 +489,14 @@ impl State {
             }
         } else {
             team.insert(a.flavor.clone(), next);
+        }
+        if let Some(ledgers) = self.ledgers.0.get_mut() {
+            let quota = self.data.teams.get(&job.spec.team).and_then(|t| t.quotas.get(&a.flavor));
+            match (quota, ledgers.get_mut(&a.flavor)) {
+                (Some(q), Some(ledger)) => ledger.update(q, used, next),
+                (None, _) => {}
+                (Some(_), None) => self.ledgers = Derived::default(),
+            }
         }
     }
 }

@@ -7,7 +7,6 @@ use crate::command::{Effect, Outcome, Rejection};
 use crate::ids::{DeviceId, JobId, NodeId};
 use crate::job::{JobState, StopReason};
 use crate::plan::{Decisions, Placement, Preemption, PreemptionRule, QuotaDenial};
-use crate::quota::Ledger;
 use crate::resource::{Flavor, Health};
 use crate::state::State;
 use serde::{Deserialize, Serialize};
@@ -102,13 +101,12 @@ impl State {
                 Err(reason) => out.rejected.push(Rejection { job: p.victim, reason }),
             }
         }
-        let mut ledgers = self.ledgers();
         for p in &decisions.placements {
             if reject(p.job, out) {
                 continue;
             }
-            match self.check_placement(p, &ledgers) {
-                Ok(()) => self.commit_placement(p, at_ms, &mut ledgers, out),
+            match self.check_placement(p) {
+                Ok(()) => self.commit_placement(p, at_ms, out),
                 Err(reason) => out.rejected.push(Rejection { job: p.job, reason }),
             }
         }
@@ -162,7 +160,7 @@ impl State {
         }
     }
 
-    fn check_placement(&self, p: &Placement, ledgers: &BTreeMap<Flavor, Ledger>) -> Result<(), StaleReason> {
+    fn check_placement(&self, p: &Placement) -> Result<(), StaleReason> {
         let job = self.job(p.job).ok_or(StaleReason::UnknownJob)?;
         if job.state != JobState::Pending {
             return Err(StaleReason::WrongState(job.state));
@@ -202,7 +200,7 @@ impl State {
             }
         }
         let q = &team.quotas[&a.flavor];
-        let ledger = ledgers.get(&a.flavor).copied().unwrap_or_default();
+        let ledger = self.ledgers().get(&a.flavor).copied().unwrap_or_default();
         ledger
             .admit(q, self.usage(&job.spec.team, &a.flavor), gang.total_devices(), true)
             .map(|_| ())
@@ -237,13 +235,8 @@ impl State {
         Ok(())
     }
 
-    fn commit_placement(
-        &mut self,
-        p: &Placement,
-        at_ms: u64,
-        ledgers: &mut BTreeMap<Flavor, Ledger>,
-        out: &mut Outcome,
-    ) {
+    /// Places the job; `hold` charges its team and keeps the quota totals up to date.
+    fn commit_placement(&mut self, p: &Placement, at_ms: u64, out: &mut Outcome) {
         let id = p.job;
         self.dequeue(id);
         let job = self.data.jobs.get_mut(&id).expect("checked");
@@ -252,12 +245,7 @@ impl State {
         job.placed_ms = Some(at_ms);
         job.attempt += 1;
         job.message = format!("placed on {} node(s), starting", p.assignment.replicas.len());
-        let team = job.spec.team.clone();
-        let flavor = p.assignment.flavor.clone();
-        let before = self.usage(&team, &flavor);
         self.hold(id);
-        let q = self.data.teams[&team].quotas[&flavor];
-        ledgers.entry(flavor.clone()).or_default().update(&q, before, self.usage(&team, &flavor));
         for (i, r) in p.assignment.replicas.iter().enumerate() {
             out.effects.push(Effect::Start {
                 job: id,

@@ -167,12 +167,15 @@ fn check_devices(s: &State) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// The node index kept between cycles is what building it from scratch gives.
+/// The node index and quota totals kept between cycles are what computing them from scratch
+/// gives.
 fn check_node_index(s: &State) -> Result<(), TestCaseError> {
     prop_assert!(
         s.node_index() == &super::NodeIndex::build(s.nodes(), &s.allocs),
         "the node index drifted from the state"
     );
+    let fresh = State::from_bytes(&s.to_bytes()).expect("own snapshot");
+    prop_assert_eq!(s.ledgers(), fresh.ledgers(), "the quota totals drifted from the state");
     Ok(())
 }
 

@@ -94,10 +94,13 @@ impl<'s> View<'s> {
             .state
             .teams()
             .iter()
-            .map(|(id, spec)| TeamRow {
-                spec,
-                usage: flavors.iter().map(|f| self.state.usage(id, f)).collect(),
-                quota: flavors.iter().map(|f| spec.quotas.get(f).copied()).collect(),
+            .map(|(id, spec)| {
+                let usage = self.state.usage.get(id);
+                TeamRow {
+                    spec,
+                    usage: flavors.iter().map(|f| usage.and_then(|u| u.get(f)).copied().unwrap_or(0)).collect(),
+                    quota: flavors.iter().map(|f| spec.quotas.get(f).copied()).collect(),
+                }
             })
             .collect();
     }
