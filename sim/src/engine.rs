@@ -111,8 +111,14 @@ pub(crate) struct Sim<'a> {
     config: &'a RunConfig,
     cluster: &'a Cluster,
     jobs: &'a [TraceJob],
+    /// Events other than arrivals, by (time, sequence).
     heap: BinaryHeap<Reverse<(u64, u64, Event)>>,
     seq: u64,
+    /// Trace indexes by (submission time, index): the arrivals, which are known up front, kept
+    /// out of the heap. They take sequence numbers 1..=n, before every other event, so an
+    /// arrival goes first among events of its instant, as it did when it sat in the heap.
+    arrivals: Vec<usize>,
+    next_arrival: usize,
     pub now: u64,
     dirty: bool,
     tick_pending: bool,
@@ -127,6 +133,13 @@ pub(crate) struct Sim<'a> {
     ended: usize,
     /// The most devices of one node, for mapping jobs to gangs.
     per_node: u32,
+}
+
+/// Trace indexes in arrival order: by submission time, then position in the trace.
+fn arrival_order(jobs: &[TraceJob]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by_key(|&i| (jobs[i].submit_ms, i));
+    order
 }
 
 impl<'a> Sim<'a> {
@@ -167,7 +180,9 @@ impl<'a> Sim<'a> {
             cluster,
             jobs,
             heap: BinaryHeap::new(),
-            seq: 0,
+            seq: jobs.len() as u64,
+            arrivals: arrival_order(jobs),
+            next_arrival: 0,
             now: 0,
             dirty: false,
             tick_pending: false,
@@ -180,9 +195,6 @@ impl<'a> Sim<'a> {
             per_node: cluster.max_devices_per_node(),
         };
         sim.out.records = jobs.iter().map(JobRecord::new).collect();
-        for (i, j) in jobs.iter().enumerate() {
-            sim.push(j.submit_ms, Event::Arrive(i));
-        }
         for n in 0..cluster.nodes.len() {
             sim.schedule_failure(n);
         }
@@ -206,12 +218,12 @@ impl<'a> Sim<'a> {
     pub fn run(mut self, mut progress: impl FnMut(u64, u64)) -> Result<RunOutput, SimError> {
         let total = self.jobs.len() as u64;
         while self.ended < self.jobs.len() {
-            let Some(Reverse((at, _, event))) = self.heap.pop() else { break };
+            let Some((at, event)) = self.next_event() else { break };
             self.now = at;
             self.sample_until(at);
             self.handle(event)?;
             self.out.events += 1;
-            let instant_done = self.heap.peek().is_none_or(|Reverse((next, _, _))| *next != at);
+            let instant_done = self.next_time().is_none_or(|next| next != at);
             if instant_done && self.dirty {
                 self.cycle()?;
             }
@@ -228,6 +240,33 @@ impl<'a> Sim<'a> {
         }
         self.sample(self.now);
         Ok(self.out)
+    }
+
+    /// When the next arrival is due.
+    fn arrival_time(&self) -> Option<u64> {
+        self.arrivals.get(self.next_arrival).map(|&i| self.jobs[i].submit_ms)
+    }
+
+    /// When the next event of any kind is due.
+    fn next_time(&self) -> Option<u64> {
+        let queued = self.heap.peek().map(|Reverse((at, _, _))| *at);
+        match (self.arrival_time(), queued) {
+            (Some(a), Some(q)) => Some(a.min(q)),
+            (a, q) => a.or(q),
+        }
+    }
+
+    /// The next event: the next arrival if it is due no later than the heap's first event.
+    fn next_event(&mut self) -> Option<(u64, Event)> {
+        let queued = self.heap.peek().map(|Reverse((at, _, _))| *at);
+        match self.arrival_time() {
+            Some(a) if queued.is_none_or(|q| a <= q) => {
+                let i = self.arrivals[self.next_arrival];
+                self.next_arrival += 1;
+                Some((a, Event::Arrive(i)))
+            }
+            _ => self.heap.pop().map(|Reverse((at, _, event))| (at, event)),
+        }
     }
 
     fn handle(&mut self, event: Event) -> Result<(), SimError> {
