@@ -65,6 +65,7 @@
 //! - [`limits`]: validation rules and size limits for everything users and agents send.
 //! - [`error`]: the error type of `apply`.
 //! - [`command`]: `Command`, and the `Outcome` (agent orders, state changes) of applying one.
+//! - [`layout`]: a node's devices as bit masks, and who holds them.
 //! - [`state`]: `State`, its indexes, snapshots to and from bytes, the state hash.
 //! - [`table`]: the job table, indexed by the dense job ids.
 //! - `apply` (private): `State::apply` for every command.
@@ -80,6 +81,7 @@ pub mod command;
 pub mod error;
 pub mod ids;
 pub mod job;
+pub mod layout;
 pub mod limits;
 pub mod plan;
 pub mod policy;

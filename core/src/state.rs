@@ -1,11 +1,13 @@
 //! The replicated state: what every replica holds, built only by `apply` (see `apply.rs`).
 //! Indexes derived from the persistent part (device holders, usage, queues, capacity, the
-//! scheduler's node index) are rebuilt on load, so a snapshot carries each fact once.
+//! scheduler's node index, the quota totals) are rebuilt on load, so a snapshot carries each
+//! fact once.
 
 use crate::ids::{JobId, NodeId, TeamId};
 use crate::job::{Job, JobState};
+pub use crate::layout::{NodeAlloc, NodeLayout};
 use crate::quota::Ledger;
-use crate::resource::{Flavor, Health, Node, NodeSpec};
+use crate::resource::{Flavor, Health, Node};
 use crate::schedule::NodeIndex;
 use crate::table::JobTable;
 use crate::team::{PriorityClass, TeamSpec};
@@ -61,61 +63,6 @@ impl StateCut {
     pub fn to_bytes(&self) -> Vec<u8> {
         self.0.to_bytes()
     }
-}
-
-/// A node's devices as bit masks, computed once per registration for the scheduler.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NodeLayout {
-    /// Devices of each flavor, in order of first appearance.
-    pub slots: Vec<(Flavor, u64)>,
-    /// Devices of each locality group (NVLink domain and NUMA node).
-    pub groups: Vec<u64>,
-    /// Healthy devices.
-    pub healthy: u64,
-    /// The `rack` label.
-    pub rack: Option<String>,
-}
-
-impl NodeLayout {
-    /// The layout of an inventory.
-    pub fn of(spec: &NodeSpec) -> Self {
-        let mut layout = Self { rack: spec.rack().map(str::to_owned), ..Self::default() };
-        let mut keys: Vec<(Option<&str>, Option<u32>)> = Vec::new();
-        for (i, d) in spec.devices.iter().enumerate() {
-            let bit = 1u64 << i;
-            match layout.slots.iter_mut().find(|(f, _)| d.is_flavor(f)) {
-                Some((_, m)) => *m |= bit,
-                None => layout.slots.push((d.flavor(), bit)),
-            }
-            let key = (d.interconnect_group.as_deref(), d.numa_node);
-            match keys.iter().position(|k| *k == key) {
-                Some(g) => layout.groups[g] |= bit,
-                None => {
-                    keys.push(key);
-                    layout.groups.push(bit);
-                }
-            }
-            if d.health == Health::Healthy {
-                layout.healthy |= bit;
-            }
-        }
-        layout
-    }
-}
-
-/// Which job holds each device of a node, and the host resources in use.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NodeAlloc {
-    /// One entry per device, in inventory order.
-    pub holders: Vec<Option<JobId>>,
-    /// The devices some job holds, as a mask.
-    pub held: u64,
-    /// CPU held by replicas.
-    pub cpu_used: u64,
-    /// Host memory held by replicas.
-    pub mem_used: u64,
-    /// The node's devices as masks.
-    pub layout: NodeLayout,
 }
 
 /// The whole scheduler state.
