@@ -158,10 +158,9 @@ impl<'s> Cycle<'s> {
 
     /// Whether quota admits the job on flavor `f` now.
     fn admit(&self, job: &Job, t: usize, f: FlavorIx) -> Result<Admission, QuotaDenial> {
-        let row = &self.view.teams[t];
-        let q = row.quota[f as usize].expect("acceptable flavors have quota");
+        let q = self.view.quota(t, f).expect("acceptable flavors have quota");
         let total = job.spec.gang.total_devices();
-        self.view.ledgers[f as usize].admit(&q, row.usage[f as usize], total, self.policy.borrowing)
+        self.view.ledgers[f as usize].admit(&q, self.view.usage(t, f), total, self.policy.borrowing)
     }
 
     /// Quota, then placement on free devices, for one flavor.

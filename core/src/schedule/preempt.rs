@@ -105,14 +105,14 @@ impl<'s> Cycle<'s> {
     }
 
     fn nominal(&self, t: usize, f: FlavorIx) -> u32 {
-        self.view.teams[t].quota[f as usize].map_or(0, |q| q.nominal)
+        self.view.quota(t, f).map_or(0, |q| q.nominal)
     }
 
     /// Where the preemptor would go if the trial's victims exited; `None` if it would not fit,
     /// or would not be within its nominal quota.
     fn fits(&self, t: usize, shape: &Shape, base: &[u32], trial: &Trial<'_>) -> Option<Vec<Pick>> {
         let f = shape.flavor;
-        let kept = self.view.teams[t].usage[f as usize].saturating_sub(self.removed(trial, t, f));
+        let kept = self.view.usage(t, f).saturating_sub(self.removed(trial, t, f));
         let after = u64::from(kept) + u64::from(shape.replicas) * u64::from(shape.count);
         if !self.las() && after > u64::from(self.nominal(t, f)) {
             return None;
@@ -148,7 +148,7 @@ impl<'s> Cycle<'s> {
         }
         let own: u32 = candidates.iter().filter(|c| c.team == t).map(|c| c.job.spec.gang.total_devices()).sum();
         let nominal = self.nominal(t, f);
-        let best = self.view.teams[t].usage[f as usize].saturating_sub(self.removed(&Trial::default(), t, f) + own);
+        let best = self.view.usage(t, f).saturating_sub(self.removed(&Trial::default(), t, f) + own);
         if !self.las() && u64::from(best) + u64::from(job.spec.gang.total_devices()) > u64::from(nominal) {
             return Err(format!(
                 "it would not fit the team's nominal of {nominal} even after preempting the team's own \

@@ -37,25 +37,24 @@ struct TeamCursor<'s> {
 impl<'s> Cycle<'s> {
     /// Weighted dominant share of a team's borrowing, in millionths.
     fn share(&self, t: usize) -> u64 {
-        let row = &self.view.teams[t];
-        let dominant = row
-            .quota
+        let dominant = self
+            .view
+            .quota_row(t)
             .iter()
-            .zip(&row.usage)
+            .zip(self.view.usage_row(t))
             .zip(&self.view.ledgers)
             .filter_map(|((q, used), ledger)| q.map(|q| borrowed(&q, *used) * 1_000_000 / ledger.capacity.max(1)))
             .max()
             .unwrap_or(0);
-        dominant * 1000 / u64::from(row.spec.weight_milli.max(1))
+        dominant * 1000 / u64::from(self.view.teams[t].spec.weight_milli.max(1))
     }
 
     /// Whether the job fits its team's nominal for some acceptable flavor.
     fn within_nominal(&self, job: &Job, t: usize, flavors: &[FlavorIx]) -> bool {
-        let row = &self.view.teams[t];
         let total = u64::from(job.spec.gang.total_devices());
         flavors.iter().any(|&f| {
-            let nominal = row.quota[f as usize].map_or(0, |q| q.nominal);
-            u64::from(row.usage[f as usize]) + total <= u64::from(nominal)
+            let nominal = self.view.quota(t, f).map_or(0, |q| q.nominal);
+            u64::from(self.view.usage(t, f)) + total <= u64::from(nominal)
         })
     }
 

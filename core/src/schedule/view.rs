@@ -13,12 +13,12 @@ use crate::team::{FlavorQuota, TeamSpec};
 
 pub(crate) use super::nodes::{FlavorIndex, FlavorIx, FlavorSlot, NodeView};
 
-/// A team as the cycle sees it, with usage and quota indexed by interned flavor.
+/// A team as the cycle sees it; its usage and quota per interned flavor are the team's row of
+/// `View::usage` and `View::quota` (flat, one allocation each per cycle instead of two per
+/// team).
 #[derive(Clone, Debug)]
 pub(crate) struct TeamRow<'s> {
     pub spec: &'s TeamSpec,
-    pub usage: Vec<u32>,
-    pub quota: Vec<Option<FlavorQuota>>,
 }
 
 /// The per-cycle scratch view.
@@ -32,6 +32,10 @@ pub(crate) struct View<'s> {
     pub flavors: Vec<Flavor>,
     pub index: Vec<FlavorIndex>,
     pub teams: Vec<TeamRow<'s>>,
+    /// Devices each team holds, per flavor: row `t` is `usage[t * flavors.len()..][..flavors.len()]`.
+    usage: Vec<u32>,
+    /// Each team's quota per flavor, laid out like `usage`.
+    quota: Vec<Option<FlavorQuota>>,
     pub ledgers: Vec<Ledger>,
     /// Nodes that hold releasing devices.
     pub releasing_nodes: Vec<u32>,
@@ -49,6 +53,8 @@ impl<'s> View<'s> {
             flavors: nodes.flavors.clone(),
             index: nodes.index.clone(),
             teams: Vec::new(),
+            usage: Vec::new(),
+            quota: Vec::new(),
             ledgers: Vec::new(),
             releasing_nodes: Vec::new(),
         };
@@ -89,20 +95,40 @@ impl<'s> View<'s> {
         }
         let ledgers = self.state.ledgers();
         self.ledgers = self.flavors.iter().map(|f| ledgers.get(f).copied().unwrap_or_default()).collect();
-        let flavors = &self.flavors;
-        self.teams = self
-            .state
-            .teams()
-            .iter()
-            .map(|(id, spec)| {
-                let usage = self.state.usage.get(id);
-                TeamRow {
-                    spec,
-                    usage: flavors.iter().map(|f| usage.and_then(|u| u.get(f)).copied().unwrap_or(0)).collect(),
-                    quota: flavors.iter().map(|f| spec.quotas.get(f).copied()).collect(),
-                }
-            })
-            .collect();
+        let width = self.flavors.len();
+        let teams = self.state.teams();
+        self.teams = teams.values().map(|spec| TeamRow { spec }).collect();
+        self.usage = Vec::with_capacity(teams.len() * width);
+        self.quota = Vec::with_capacity(teams.len() * width);
+        for (id, spec) in teams {
+            let usage = self.state.usage.get(id);
+            for f in &self.flavors {
+                self.usage.push(usage.and_then(|u| u.get(f)).copied().unwrap_or(0));
+                self.quota.push(spec.quotas.get(f).copied());
+            }
+        }
+    }
+
+    /// Devices team `t` holds of flavor `f`.
+    pub fn usage(&self, t: usize, f: FlavorIx) -> u32 {
+        self.usage[t * self.flavors.len() + f as usize]
+    }
+
+    /// Team `t`'s quota of flavor `f`, if it has one.
+    pub fn quota(&self, t: usize, f: FlavorIx) -> Option<FlavorQuota> {
+        self.quota[t * self.flavors.len() + f as usize]
+    }
+
+    /// Team `t`'s usage of every flavor, in flavor order.
+    pub fn usage_row(&self, t: usize) -> &[u32] {
+        let w = self.flavors.len();
+        &self.usage[t * w..(t + 1) * w]
+    }
+
+    /// Team `t`'s quota of every flavor, in flavor order.
+    pub fn quota_row(&self, t: usize) -> &[Option<FlavorQuota>] {
+        let w = self.flavors.len();
+        &self.quota[t * w..(t + 1) * w]
     }
 
     /// The row of a team, by position in team order.
@@ -113,8 +139,7 @@ impl<'s> View<'s> {
     /// The flavors `team` may use for `request`, most preferred first (see
     /// `TeamSpec::acceptable_flavors`), interned.
     pub fn acceptable(&self, team: usize, request: &DeviceRequest) -> Vec<FlavorIx> {
-        let row = &self.teams[team];
-        let has_quota = |f: &FlavorIx| row.quota[*f as usize].is_some();
+        let has_quota = |f: &FlavorIx| self.quota(team, *f).is_some();
         if request.models.is_empty() {
             let mut out: Vec<FlavorIx> = (0..self.flavors.len() as FlavorIx)
                 .filter(|f| self.flavors[*f as usize].kind == request.kind)
@@ -189,10 +214,10 @@ impl<'s> View<'s> {
 
     /// Charges `devices` more of flavor `f` to team `t`.
     pub fn charge(&mut self, t: usize, f: FlavorIx, devices: u32) {
-        let row = &mut self.teams[t];
-        let q = row.quota[f as usize].expect("charged flavors have quota");
-        let before = row.usage[f as usize];
-        row.usage[f as usize] += devices;
+        let q = self.quota(t, f).expect("charged flavors have quota");
+        let at = t * self.flavors.len() + f as usize;
+        let before = self.usage[at];
+        self.usage[at] += devices;
         self.ledgers[f as usize].update(&q, before, before + devices);
     }
 
