@@ -48,7 +48,13 @@ pub(crate) struct NodeView {
     pub groups: (u32, u8),
 }
 
-/// Nodes bucketed by how many free devices of one flavor they have.
+/// The positions a `(start, len)` pair of a `NodeView` covers in `slots` or `groups`.
+pub(crate) fn span((start, len): (u32, u8)) -> std::ops::Range<usize> {
+    start as usize..start as usize + len as usize
+}
+
+/// Nodes bucketed by how many free devices of one flavor they have; the buckets of a flavor
+/// reach the most devices of it any node has, so a count never falls outside them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct FlavorIndex {
     pub buckets: Vec<Vec<u32>>,
@@ -130,8 +136,7 @@ impl NodeIndex {
         if !node.schedulable {
             return;
         }
-        let (start, len) = node.slots;
-        for slot in &self.slots[start as usize..start as usize + len as usize] {
+        for slot in &self.slots[span(node.slots)] {
             f(&mut self.index[slot.flavor as usize].buckets, slot.mask);
         }
     }

@@ -11,15 +11,8 @@ use crate::resource::Flavor;
 use crate::state::State;
 use crate::team::{FlavorQuota, TeamSpec};
 
+use super::nodes::span;
 pub(crate) use super::nodes::{FlavorIndex, FlavorIx, FlavorSlot, NodeView};
-
-/// A team as the cycle sees it; its usage and quota per interned flavor are the team's row of
-/// `View::usage` and `View::quota` (flat, one allocation each per cycle instead of two per
-/// team).
-#[derive(Clone, Debug)]
-pub(crate) struct TeamRow<'s> {
-    pub spec: &'s TeamSpec,
-}
 
 /// The per-cycle scratch view.
 #[derive(Debug)]
@@ -31,7 +24,9 @@ pub(crate) struct View<'s> {
     groups: &'s [u64],
     pub flavors: Vec<Flavor>,
     pub index: Vec<FlavorIndex>,
-    pub teams: Vec<TeamRow<'s>>,
+    /// Teams in name order; team `t`'s usage and quota per interned flavor are its rows of
+    /// `usage` and `quota` (flat: one allocation each per cycle, not two per team).
+    pub teams: Vec<&'s TeamSpec>,
     /// Devices each team holds, per flavor: row `t` is `usage[t * flavors.len()..][..flavors.len()]`.
     usage: Vec<u32>,
     /// Each team's quota per flavor, laid out like `usage`.
@@ -70,11 +65,8 @@ impl<'s> View<'s> {
         for (f, index) in self.index.iter().enumerate() {
             for bucket in &index.buckets {
                 for (pos, &n) in bucket.iter().enumerate() {
-                    let (start, len) = self.nodes[n as usize].slots;
-                    let slots = &mut self.slots[start as usize..start as usize + len as usize];
-                    if let Some(slot) = slots.iter_mut().find(|s| s.flavor as usize == f) {
-                        slot.pos = pos as u32;
-                    }
+                    let s = self.slot_of(n, f as FlavorIx).expect("indexed nodes have the flavor");
+                    self.slots[s].pos = pos as u32;
                 }
             }
         }
@@ -82,8 +74,7 @@ impl<'s> View<'s> {
 
     /// Node `n`'s locality groups as device masks.
     pub fn groups_of(&self, n: u32) -> &'s [u64] {
-        let (start, len) = self.nodes[n as usize].groups;
-        &self.groups[start as usize..start as usize + len as usize]
+        &self.groups[span(self.nodes[n as usize].groups)]
     }
 
     /// Interns every flavor teams have quota for, then fills the team rows and ledgers.
@@ -97,7 +88,7 @@ impl<'s> View<'s> {
         self.ledgers = self.flavors.iter().map(|f| ledgers.get(f).copied().unwrap_or_default()).collect();
         let width = self.flavors.len();
         let teams = self.state.teams();
-        self.teams = teams.values().map(|spec| TeamRow { spec }).collect();
+        self.teams = teams.values().collect();
         self.usage = Vec::with_capacity(teams.len() * width);
         self.quota = Vec::with_capacity(teams.len() * width);
         for (id, spec) in teams {
@@ -133,7 +124,7 @@ impl<'s> View<'s> {
 
     /// The row of a team, by position in team order.
     pub fn team_ix(&self, id: &TeamId) -> Option<usize> {
-        self.teams.binary_search_by(|t| t.spec.name.cmp(id)).ok()
+        self.teams.binary_search_by(|t| t.name.cmp(id)).ok()
     }
 
     /// The flavors `team` may use for `request`, most preferred first (see
@@ -166,15 +157,14 @@ impl<'s> View<'s> {
         (self.flavors.len() - 1) as FlavorIx
     }
 
-    /// The flavor slots of node `n`.
-    pub fn slots_of(&self, n: u32) -> &[FlavorSlot] {
-        let (start, len) = self.nodes[n as usize].slots;
-        &self.slots[start as usize..start as usize + len as usize]
+    /// The position in `slots` of node `n`'s devices of flavor `f`, if it has any.
+    fn slot_of(&self, n: u32, f: FlavorIx) -> Option<usize> {
+        span(self.nodes[n as usize].slots).find(|&s| self.slots[s].flavor == f)
     }
 
     /// Node `n`'s devices of flavor `f`.
     pub fn mask_of(&self, n: u32, f: FlavorIx) -> u64 {
-        self.slots_of(n).iter().find(|s| s.flavor == f).map_or(0, |s| s.mask)
+        self.slot_of(n, f).map_or(0, |s| self.slots[s].mask)
     }
 
     fn mark_releasing(&mut self) {
@@ -228,20 +218,16 @@ impl<'s> View<'s> {
         if !node.schedulable {
             return (0..0, 0);
         }
-        let (start, len) = node.slots;
-        (start as usize..start as usize + len as usize, node.free)
+        (span(node.slots), node.free)
     }
 
     fn index_node(&mut self, n: u32) {
         let (range, free) = self.indexed_range(n);
         for s in range {
             let count = (self.slots[s].mask & free).count_ones() as usize;
-            let buckets = &mut self.index[self.slots[s].flavor as usize].buckets;
-            if buckets.len() <= count {
-                buckets.resize_with(count + 1, Vec::new);
-            }
-            buckets[count].push(n);
-            self.slots[s].pos = (buckets[count].len() - 1) as u32;
+            let bucket = &mut self.index[self.slots[s].flavor as usize].buckets[count];
+            bucket.push(n);
+            self.slots[s].pos = (bucket.len() - 1) as u32;
         }
     }
 
@@ -253,10 +239,7 @@ impl<'s> View<'s> {
             let bucket = &mut self.index[f].buckets[count];
             bucket.swap_remove(pos);
             if let Some(&moved) = bucket.get(pos) {
-                let (ms, ml) = self.nodes[moved as usize].slots;
-                let i = (ms as usize..ms as usize + ml as usize)
-                    .find(|&i| self.slots[i].flavor as usize == f)
-                    .expect("indexed node has the flavor");
+                let i = self.slot_of(moved, f as FlavorIx).expect("indexed node has the flavor");
                 self.slots[i].pos = pos as u32;
             }
         }
