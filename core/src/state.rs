@@ -8,7 +8,7 @@ use crate::job::{Job, JobState};
 pub use crate::layout::{NodeAlloc, NodeLayout};
 use crate::quota::Ledger;
 use crate::resource::{Flavor, Health, Node};
-use crate::schedule::NodeIndex;
+use crate::schedule::{NodeIndex, TeamRows};
 use crate::table::JobTable;
 use crate::team::{PriorityClass, TeamSpec};
 use serde::{Deserialize, Serialize};
@@ -90,6 +90,8 @@ pub struct State {
     node_index: Derived<NodeIndex>,
     /// Quota totals per flavor, kept between cycles.
     ledgers: Derived<BTreeMap<Flavor, Ledger>>,
+    /// The scheduler's team rows, kept between cycles (see `schedule/rows.rs`).
+    team_rows: Derived<TeamRows>,
 }
 
 /// A value computed from the other fields of the state: built on first use after what it
@@ -212,6 +214,7 @@ impl State {
     /// asked for.
     pub(crate) fn quotas_changed(&mut self) {
         self.ledgers = Derived::default();
+        self.team_rows = Derived::default();
     }
 
     /// Encodes the persistent state: magic, format version, then the body.
@@ -247,11 +250,18 @@ impl State {
         self.node_index.0.get_or_init(|| NodeIndex::build(&self.data.nodes, &self.allocs))
     }
 
+    /// The scheduler's team rows, built here if nodes or teams changed since they were last
+    /// used.
+    pub(crate) fn team_rows(&self) -> &TeamRows {
+        self.team_rows.0.get_or_init(|| TeamRows::build(self.node_index(), &self.data.teams, &self.usage))
+    }
+
     /// Runs a command that changes nodes themselves (not only what is held on them): the node
-    /// index and the quota totals (capacity may change) are dropped first, and built again when
-    /// next needed.
+    /// index, the team rows (flavors may change) and the quota totals (capacity may change) are
+    /// dropped first, and built again when next needed.
     pub(crate) fn with_node_change<T>(&mut self, change: impl FnOnce(&mut Self) -> T) -> T {
         self.node_index = Derived::default();
+        self.team_rows = Derived::default();
         self.ledgers = Derived::default();
         change(self)
     }
@@ -436,6 +446,11 @@ impl State {
             }
         } else {
             team.insert(a.flavor.clone(), next);
+        }
+        if let Some(rows) = self.team_rows.0.get_mut() {
+            if !rows.set_usage(&job.spec.team, &a.flavor, next) {
+                self.team_rows = Derived::default();
+            }
         }
         if let Some(ledgers) = self.ledgers.0.get_mut() {
             let quota = self.data.teams.get(&job.spec.team).and_then(|t| t.quotas.get(&a.flavor));

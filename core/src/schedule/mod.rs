@@ -8,9 +8,11 @@
 //! from a per-cycle cache: capacity only shrinks within a cycle, so the answer stands.
 
 mod nodes;
+mod overlay;
 mod place;
 mod preempt;
 mod queue;
+mod rows;
 mod view;
 
 use crate::ids::JobId;
@@ -22,6 +24,7 @@ use crate::resource::Flavor;
 use crate::state::State;
 pub(crate) use nodes::NodeIndex;
 use place::{Pick, Shape};
+pub(crate) use rows::TeamRows;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use view::{FlavorIx, View};
@@ -201,8 +204,9 @@ impl<'s> Cycle<'s> {
 
     /// Nodes with any free device of the shape's flavor, and nodes with releasing devices.
     pub(crate) fn partial_nodes(&self, shape: &Shape) -> Vec<u32> {
-        let buckets = &self.view.index[shape.flavor as usize].buckets;
-        let mut nodes: Vec<u32> = buckets.iter().skip(1).flatten().copied().collect();
+        let f = shape.flavor;
+        let mut nodes: Vec<u32> =
+            (1..self.view.bucket_count(f)).flat_map(|k| self.view.bucket(f, k)).copied().collect();
         nodes.extend(&self.view.releasing_nodes);
         nodes.sort_unstable();
         nodes.dedup();

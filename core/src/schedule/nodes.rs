@@ -22,8 +22,6 @@ pub(crate) type FlavorIx = u16;
 pub(crate) struct FlavorSlot {
     pub flavor: FlavorIx,
     pub mask: u64,
-    /// Position in the flavor index bucket, if indexed (set by the cycle's view).
-    pub pos: u32,
 }
 
 /// A node as the cycle sees it.
@@ -86,7 +84,7 @@ impl NodeIndex {
             let start = out.slots.len() as u32;
             for (flavor, mask) in &layout.slots {
                 let f = out.intern(flavor, mask.count_ones() as usize);
-                out.slots.push(FlavorSlot { flavor: f, mask: *mask, pos: u32::MAX });
+                out.slots.push(FlavorSlot { flavor: f, mask: *mask });
             }
             let group_start = out.groups.len() as u32;
             out.groups.extend_from_slice(&layout.groups);

@@ -84,15 +84,15 @@ impl View<'_> {
     /// Candidate nodes from the free-device index: scanned in bin-pack (or spread) order until
     /// they can hold the gang and at least `extra` nodes were seen.
     pub fn fast_candidates(&self, shape: &Shape, strategy: PlacementStrategy, extra: u32) -> Vec<u32> {
-        let buckets = &self.index[shape.flavor as usize].buckets;
+        let top = self.bucket_count(shape.flavor);
         let ks: Vec<usize> = match strategy {
-            PlacementStrategy::BinPack => (shape.count as usize..buckets.len()).collect(),
-            PlacementStrategy::Spread => (shape.count as usize..buckets.len()).rev().collect(),
+            PlacementStrategy::BinPack => (shape.count as usize..top).collect(),
+            PlacementStrategy::Spread => (shape.count as usize..top).rev().collect(),
         };
         let (mut out, mut total) = (Vec::new(), 0u32);
         for k in ks {
-            for &n in &buckets[k] {
-                let node = &self.nodes[n as usize];
+            for &n in self.bucket(shape.flavor, k) {
+                let node = self.node(n);
                 let fits = replicas_fit(shape, k as u32, node.cpu_free, node.mem_free);
                 if fits > 0 {
                     out.push(n);
@@ -123,7 +123,7 @@ impl View<'_> {
         let mut cands: Vec<Cand> = Vec::with_capacity(candidates.len());
         let mut racks: BTreeMap<Option<u32>, (u32, usize)> = BTreeMap::new();
         for &n in candidates {
-            let node = &self.nodes[n as usize];
+            let node = self.node(n);
             let a = avail(n, node) & self.mask_of(n, shape.flavor);
             let fits = replicas_fit(shape, a.count_ones(), node.cpu_free, node.mem_free);
             if fits > 0 {
@@ -138,7 +138,7 @@ impl View<'_> {
             .max_by_key(|(_, (cap, order))| ((*cap).min(shape.replicas), std::cmp::Reverse(*order)))
             .map(|(r, _)| *r);
         cands.sort_by_key(|c| {
-            let node = &self.nodes[c.node as usize];
+            let node = self.node(c.node);
             let packing = match strategy {
                 PlacementStrategy::BinPack => c.avail.count_ones(),
                 PlacementStrategy::Spread => 64 - c.avail.count_ones(),
@@ -173,9 +173,10 @@ impl View<'_> {
     pub fn filter_counts(&self, shape: &Shape) -> (NodeFilterCounts, bool) {
         let mut c = NodeFilterCounts::default();
         let mut replicas_empty = 0u32;
-        for (n, node) in self.nodes.iter().enumerate() {
+        for n in 0..self.node_count() {
+            let node = self.node(n);
             c.nodes += 1;
-            let mask = self.mask_of(n as u32, shape.flavor);
+            let mask = self.mask_of(n, shape.flavor);
             let healthy = (mask & node.healthy).count_ones();
             let free = (mask & node.free).count_ones();
             if node.lost {
