@@ -409,13 +409,14 @@ impl State {
         let Some(a) = &job.assignment else { return };
         let (cpu, mem) = (job.spec.gang.cpu_millis, job.spec.gang.mem_mib);
         let total = job.spec.gang.total_devices();
+        let mut schedulable = 0i64;
         for r in &a.replicas {
             let node = &self.data.nodes[&r.node];
             let alloc = self.allocs.get_mut(&r.node).expect("alloc exists for every node");
             for d in &r.devices {
                 if let Some(i) = node.device_index(d) {
                     if node.schedulable() && node.spec.devices[i].health == Health::Healthy {
-                        bump(&mut self.free, &a.flavor, if take { -1 } else { 1 });
+                        schedulable += 1;
                     }
                     alloc.holders[i] = take.then_some(id);
                     if take {
@@ -436,17 +437,10 @@ impl State {
                 index.update(&r.node, alloc);
             }
         }
-        let team = self.usage.entry(job.spec.team.clone()).or_default();
-        let used = team.get(&a.flavor).copied().unwrap_or(0);
+        bump(&mut self.free, &a.flavor, if take { -schedulable } else { schedulable });
+        let used = self.usage(&job.spec.team, &a.flavor);
         let next = if take { used + total } else { used.saturating_sub(total) };
-        if next == 0 {
-            team.remove(&a.flavor);
-            if team.is_empty() {
-                self.usage.remove(&job.spec.team);
-            }
-        } else {
-            team.insert(a.flavor.clone(), next);
-        }
+        set_usage(&mut self.usage, &job.spec.team, &a.flavor, next);
         if let Some(rows) = self.team_rows.0.get_mut() {
             if !rows.set_usage(&job.spec.team, &a.flavor, next) {
                 self.team_rows = Derived::default();
@@ -463,11 +457,41 @@ impl State {
     }
 }
 
-/// Adds `sign` to a per-flavor count, dropping it at zero (so a rebuilt state compares equal).
-fn bump(counts: &mut BTreeMap<Flavor, u64>, flavor: &Flavor, sign: i64) {
-    let c = counts.entry(flavor.clone()).or_insert(0);
-    *c = c.saturating_add_signed(sign);
-    if *c == 0 {
-        counts.remove(flavor);
+/// Adds `delta` to a per-flavor count, dropping it at zero (so a rebuilt state compares equal).
+fn bump(counts: &mut BTreeMap<Flavor, u64>, flavor: &Flavor, delta: i64) {
+    match counts.get_mut(flavor) {
+        Some(c) => {
+            *c = c.saturating_add_signed(delta);
+            if *c == 0 {
+                counts.remove(flavor);
+            }
+        }
+        None if delta > 0 => {
+            counts.insert(flavor.clone(), delta as u64);
+        }
+        None => {}
+    }
+}
+
+/// Sets the devices of `flavor` that `team` holds, dropping zeros (so a rebuilt state compares
+/// equal); names are copied only for a new entry.
+fn set_usage(usage: &mut BTreeMap<TeamId, BTreeMap<Flavor, u32>>, team: &TeamId, flavor: &Flavor, devices: u32) {
+    match (usage.get_mut(team), devices) {
+        (Some(row), 0) => {
+            row.remove(flavor);
+            if row.is_empty() {
+                usage.remove(team);
+            }
+        }
+        (Some(row), n) => match row.get_mut(flavor) {
+            Some(v) => *v = n,
+            None => {
+                row.insert(flavor.clone(), n);
+            }
+        },
+        (None, 0) => {}
+        (None, n) => {
+            usage.insert(team.clone(), BTreeMap::from([(flavor.clone(), n)]));
+        }
     }
 }
