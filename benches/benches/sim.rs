@@ -6,6 +6,8 @@
 //!   production policy on 300 x 8 GPUs (the 5 s target).
 //!
 //! Peak memory per job is printed from the process's high-water mark (`VmHWM`).
+//!
+//! The bench uses the allocator of the `qm` binary (mimalloc), so it times what `qm sim` does.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use qm_sim::cluster::Cluster;
@@ -15,6 +17,9 @@ use qm_sim::trace::{read, rebase, Format, TraceJob};
 use std::hint::black_box;
 use std::path::Path;
 use std::time::Instant;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn philly() -> Vec<TraceJob> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces/philly/philly.csv");

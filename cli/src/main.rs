@@ -15,6 +15,12 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// mimalloc instead of the system allocator: the simulator and the replicas allocate small
+/// objects at a high rate (glibc's malloc and free were a fifth of a simulated run's
+/// instructions; see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Quartermaster: a scheduler for shared accelerator fleets (GPU, TPU, FPGA, IPU).
 #[derive(Debug, Parser)]
 #[command(name = "qm", version, about, long_about = None)]
