@@ -114,7 +114,7 @@ impl State {
         let priorities = jobs
             .iter()
             .enumerate()
-            .map(|(i, spec)| self.check_submission(spec, &format!("jobs[{i}]")))
+            .map(|(i, spec)| self.check_submission(spec, i))
             .collect::<Result<Vec<i32>, ApplyError>>()?;
         for (spec, priority) in jobs.into_iter().zip(priorities) {
             self.data.next_job += 1;
@@ -128,18 +128,20 @@ impl State {
         Ok(())
     }
 
-    /// Checks one submitted job against the rules and the state; returns its priority.
-    fn check_submission(&self, spec: &JobSpec, field: &str) -> Result<i32, ApplyError> {
-        validate_job(spec).map_err(|e| e.within(field))?;
+    /// Checks job `i` of a submission against the rules and the state; returns its priority.
+    /// The field name (`jobs[i]`) is written only for an error.
+    fn check_submission(&self, spec: &JobSpec, i: usize) -> Result<i32, ApplyError> {
+        let field = || format!("jobs[{i}]");
+        validate_job(spec).map_err(|e| e.within(&field()))?;
         let team = self
             .data
             .teams
             .get(&spec.team)
-            .ok_or_else(|| ApplyError::UnknownTeam { field: format!("{field}.team"), team: spec.team.clone() })?;
+            .ok_or_else(|| ApplyError::UnknownTeam { field: format!("{}.team", field()), team: spec.team.clone() })?;
         if team.acceptable_flavors(&spec.gang.devices).is_empty() {
             let req = &spec.gang.devices;
             return Err(ApplyError::NoQuotaForRequest {
-                field: format!("{field}.gang.devices"),
+                field: format!("{}.gang.devices", field()),
                 team: spec.team.clone(),
                 request: format!(
                     "{}/{}",
@@ -151,7 +153,7 @@ impl State {
         match &spec.priority_class {
             None => Ok(0),
             Some(name) => self.data.classes.get(name).map(|c| c.value).ok_or_else(|| {
-                ApplyError::UnknownPriorityClass { field: format!("{field}.priority_class"), class: name.clone() }
+                ApplyError::UnknownPriorityClass { field: format!("{}.priority_class", field()), class: name.clone() }
             }),
         }
     }
