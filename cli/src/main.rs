@@ -17,7 +17,8 @@ use std::process::ExitCode;
 
 /// mimalloc instead of the system allocator: the simulator and the replicas allocate small
 /// objects at a high rate (glibc's malloc and free were a fifth of a simulated run's
-/// instructions; see docs/benchmarks.md).
+/// instructions; see docs/benchmarks.md). Built without transparent huge pages (`no_thp`):
+/// with them a replica holding 100,000 jobs stayed at 182 MiB resident instead of 107.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
