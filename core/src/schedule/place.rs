@@ -137,16 +137,20 @@ impl View<'_> {
             .iter()
             .max_by_key(|(_, (cap, order))| ((*cap).min(shape.replicas), std::cmp::Reverse(*order)))
             .map(|(r, _)| *r);
-        cands.sort_by_key(|c| {
-            let node = self.node(c.node);
-            let packing = match strategy {
-                PlacementStrategy::BinPack => c.avail.count_ones(),
-                PlacementStrategy::Spread => 64 - c.avail.count_ones(),
-            };
-            (Some(node.rack) != best_rack, !fits_one_group(c.avail, self.groups_of(c.node), shape.count), packing)
-        });
+        let mut ranked: Vec<((bool, bool, u32), Cand)> = cands
+            .into_iter()
+            .map(|c| {
+                let packing = match strategy {
+                    PlacementStrategy::BinPack => c.avail.count_ones(),
+                    PlacementStrategy::Spread => 64 - c.avail.count_ones(),
+                };
+                let split = !fits_one_group(c.avail, self.groups_of(c.node), shape.count);
+                ((Some(self.node(c.node).rack) != best_rack, split, packing), c)
+            })
+            .collect();
+        ranked.sort_by_key(|(key, _)| *key);
         let mut picks = Vec::with_capacity(shape.replicas as usize);
-        for c in cands {
+        for (_, c) in ranked {
             let groups = self.groups_of(c.node);
             let mut left = c.avail;
             for _ in 0..c.fits {
