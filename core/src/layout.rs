@@ -1,7 +1,8 @@
 //! A node's devices as the scheduler counts them: bit masks per flavor and locality group,
-//! computed once per registration (`NodeLayout`), and who holds what (`NodeAlloc`).
+//! computed once per registration (`NodeLayout`), and who holds what (`NodeAlloc`, kept for
+//! every node in `NodeAllocs`).
 
-use crate::ids::JobId;
+use crate::ids::{JobId, NodeId};
 use crate::resource::{Flavor, Health, NodeSpec};
 
 /// A node's devices as bit masks, computed once per registration for the scheduler.
@@ -57,4 +58,59 @@ pub struct NodeAlloc {
     pub mem_used: u64,
     /// The node's devices as masks.
     pub layout: NodeLayout,
+}
+
+/// Every node's `NodeAlloc`, in node id order, beside the sorted ids: a node's position is one
+/// binary search, and the same position finds it in the scheduler's node index (both hold every
+/// node, in id order), so `charge` looks a node up once instead of once per structure.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeAllocs {
+    ids: Vec<NodeId>,
+    allocs: Vec<NodeAlloc>,
+}
+
+impl NodeAllocs {
+    /// The position of a node, in id order.
+    pub fn position(&self, id: &NodeId) -> Option<usize> {
+        self.ids.binary_search(id).ok()
+    }
+
+    /// A node's allocation.
+    pub fn get(&self, id: &NodeId) -> Option<&NodeAlloc> {
+        self.position(id).map(|p| &self.allocs[p])
+    }
+
+    /// A node's allocation, to change.
+    pub fn get_mut(&mut self, id: &NodeId) -> Option<&mut NodeAlloc> {
+        self.position(id).map(|p| &mut self.allocs[p])
+    }
+
+    /// The allocation at a position, to change.
+    pub fn at_mut(&mut self, position: usize) -> &mut NodeAlloc {
+        &mut self.allocs[position]
+    }
+
+    /// Sets a node's allocation, adding the node in its place if it is new.
+    pub fn insert(&mut self, id: NodeId, alloc: NodeAlloc) {
+        match self.ids.binary_search(&id) {
+            Ok(p) => self.allocs[p] = alloc,
+            Err(p) => {
+                self.ids.insert(p, id);
+                self.allocs.insert(p, alloc);
+            }
+        }
+    }
+
+    /// The allocations in node id order.
+    pub fn values(&self) -> impl Iterator<Item = &NodeAlloc> {
+        self.allocs.iter()
+    }
+}
+
+impl std::ops::Index<&NodeId> for NodeAllocs {
+    type Output = NodeAlloc;
+
+    fn index(&self, id: &NodeId) -> &NodeAlloc {
+        self.get(id).expect("every node has an allocation")
+    }
 }

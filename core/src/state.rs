@@ -5,7 +5,7 @@
 
 use crate::ids::{JobId, NodeId, TeamId};
 use crate::job::{Job, JobState};
-pub use crate::layout::{NodeAlloc, NodeLayout};
+pub use crate::layout::{NodeAlloc, NodeAllocs, NodeLayout};
 use crate::quota::Ledger;
 use crate::resource::{Flavor, Health, Node};
 use crate::schedule::{NodeIndex, TeamRows};
@@ -69,7 +69,7 @@ impl StateCut {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
     pub(crate) data: Persistent,
-    pub(crate) allocs: BTreeMap<NodeId, NodeAlloc>,
+    pub(crate) allocs: NodeAllocs,
     pub(crate) usage: BTreeMap<TeamId, BTreeMap<Flavor, u32>>,
     pub(crate) queues: BTreeMap<TeamId, BTreeSet<QueueKey>>,
     /// Every pending job by submission time, for the global FIFO orders.
@@ -412,7 +412,8 @@ impl State {
         let mut schedulable = 0i64;
         for r in &a.replicas {
             let node = &self.data.nodes[&r.node];
-            let alloc = self.allocs.get_mut(&r.node).expect("alloc exists for every node");
+            let at = self.allocs.position(&r.node).expect("alloc exists for every node");
+            let alloc = self.allocs.at_mut(at);
             for d in &r.devices {
                 if let Some(i) = node.device_index(d) {
                     if node.schedulable() && node.spec.devices[i].health == Health::Healthy {
@@ -434,7 +435,7 @@ impl State {
                 alloc.mem_used = alloc.mem_used.saturating_sub(mem);
             }
             if let Some(index) = self.node_index.0.get_mut() {
-                index.update(&r.node, alloc);
+                index.update(at, &r.node, alloc);
             }
         }
         bump(&mut self.free, &a.flavor, if take { -schedulable } else { schedulable });

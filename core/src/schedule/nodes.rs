@@ -11,7 +11,7 @@
 
 use crate::ids::NodeId;
 use crate::resource::{Flavor, Node, NodeStatus};
-use crate::state::NodeAlloc;
+use crate::state::{NodeAlloc, NodeAllocs};
 use std::collections::BTreeMap;
 
 /// Interned flavor.
@@ -72,7 +72,7 @@ pub(crate) struct NodeIndex {
 
 impl NodeIndex {
     /// Builds the index of `nodes`, whose holders and host usage are in `allocs`.
-    pub fn build(nodes: &BTreeMap<NodeId, Node>, allocs: &BTreeMap<NodeId, NodeAlloc>) -> Self {
+    pub fn build(nodes: &BTreeMap<NodeId, Node>, allocs: &NodeAllocs) -> Self {
         let mut out = Self { ids: nodes.keys().cloned().collect(), ..Self::default() };
         let mut racks: BTreeMap<&str, u32> = BTreeMap::new();
         for (node, alloc) in nodes.values().zip(allocs.values()) {
@@ -139,9 +139,10 @@ impl NodeIndex {
         }
     }
 
-    /// Refreshes a node after devices or host resources were held or freed on it.
-    pub fn update(&mut self, id: &NodeId, alloc: &NodeAlloc) {
-        let Ok(n) = self.ids.binary_search(id) else { return };
+    /// Refreshes node `id`, at position `n` (in id order, as in `NodeAllocs`), after devices or
+    /// host resources were held or freed on it.
+    pub fn update(&mut self, n: usize, id: &NodeId, alloc: &NodeAlloc) {
+        debug_assert_eq!(&self.ids[n], id, "the node index and the allocations list the same nodes");
         let node = &mut self.nodes[n];
         node.cpu_free = node.cpu_total.saturating_sub(alloc.cpu_used);
         node.mem_free = node.mem_total.saturating_sub(alloc.mem_used);
