@@ -192,11 +192,9 @@ impl<'s> Cycle<'s> {
         let replicas = picks
             .iter()
             .map(|p| {
-                let id = &self.view.node_ids[p.node as usize];
-                let node = &self.view.state.nodes()[id];
-                let devices =
-                    (0..64).filter(|i| p.mask & (1u64 << i) != 0).map(|i| node.spec.devices[i].id.clone()).collect();
-                ReplicaAssignment { node: id.clone(), devices }
+                let ids = self.view.device_ids(p.node);
+                let devices = ids.iter().enumerate().filter(|(i, _)| p.mask & (1u64 << i) != 0).map(|(_, d)| d.clone());
+                ReplicaAssignment { node: self.view.node_ids[p.node as usize].clone(), devices: devices.collect() }
             })
             .collect();
         Assignment { flavor: self.view.flavors[f as usize].clone(), replicas }

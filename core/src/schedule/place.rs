@@ -84,13 +84,13 @@ impl View<'_> {
     /// Candidate nodes from the free-device index: scanned in bin-pack (or spread) order until
     /// they can hold the gang and at least `extra` nodes were seen.
     pub fn fast_candidates(&self, shape: &Shape, strategy: PlacementStrategy, extra: u32) -> Vec<u32> {
-        let top = self.bucket_count(shape.flavor);
-        let ks: Vec<usize> = match strategy {
-            PlacementStrategy::BinPack => (shape.count as usize..top).collect(),
-            PlacementStrategy::Spread => (shape.count as usize..top).rev().collect(),
-        };
+        let (low, top) = (shape.count as usize, self.bucket_count(shape.flavor));
         let (mut out, mut total) = (Vec::new(), 0u32);
-        for k in ks {
+        for i in 0..top.saturating_sub(low) {
+            let k = match strategy {
+                PlacementStrategy::BinPack => low + i,
+                PlacementStrategy::Spread => top - 1 - i,
+            };
             for &n in self.bucket(shape.flavor, k) {
                 let node = self.node(n);
                 let fits = replicas_fit(shape, k as u32, node.cpu_free, node.mem_free);

@@ -4,7 +4,7 @@
 //! cycle changed (`overlay.rs`): building a view copies nothing per node; every lookup during
 //! the cycle is O(1) or O(log n).
 
-use crate::ids::{JobId, NodeId, TeamId};
+use crate::ids::{DeviceId, JobId, NodeId, TeamId};
 use crate::job::{DeviceRequest, Job};
 use crate::quota::Ledger;
 use crate::resource::Flavor;
@@ -74,6 +74,12 @@ impl<'s> View<'s> {
     /// Number of free-device buckets of flavor `f`.
     pub fn bucket_count(&self, f: FlavorIx) -> usize {
         self.nodes.bucket_count(f)
+    }
+
+    /// Node `n`'s device ids, in inventory order.
+    pub fn device_ids(&self, n: u32) -> &'s [DeviceId] {
+        let index = self.nodes.base();
+        &index.devices[span(index.nodes[n as usize].devices)]
     }
 
     /// Node `n`'s locality groups as device masks.
