@@ -138,7 +138,7 @@ impl State {
             .teams
             .get(&spec.team)
             .ok_or_else(|| ApplyError::UnknownTeam { field: format!("{}.team", field()), team: spec.team.clone() })?;
-        if team.acceptable_flavors(&spec.gang.devices).is_empty() {
+        if team.accepted(&spec.gang.devices).next().is_none() {
             let req = &spec.gang.devices;
             return Err(ApplyError::NoQuotaForRequest {
                 field: format!("{}.gang.devices", field()),

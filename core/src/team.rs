@@ -53,6 +53,19 @@ impl TeamSpec {
         }
         request.models.iter().map(|m| Flavor::new(request.kind, m)).filter(|f| self.quotas.contains_key(f)).collect()
     }
+
+    /// Whether `flavor` is one of `acceptable_flavors(request)`, without building the list.
+    pub fn accepts(&self, request: &DeviceRequest, flavor: &Flavor) -> bool {
+        flavor.kind == request.kind
+            && (request.models.is_empty() || request.models.contains(&flavor.model))
+            && self.quotas.contains_key(flavor)
+    }
+
+    /// The flavors of `acceptable_flavors(request)`, in flavor order instead of preference
+    /// order, without copying them.
+    pub fn accepted<'a>(&'a self, request: &'a DeviceRequest) -> impl Iterator<Item = &'a Flavor> + 'a {
+        self.quotas.keys().filter(move |f| self.accepts(request, f))
+    }
 }
 
 /// A named priority.
@@ -62,4 +75,47 @@ pub struct PriorityClass {
     pub name: String,
     /// Higher runs first and may preempt lower within the team.
     pub value: i32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::AcceleratorKind;
+    use crate::testkit::team;
+    use proptest::prelude::*;
+
+    const MODELS: [&str; 3] = ["a100", "h100", "v100"];
+
+    fn flavor(k: u8, m: usize) -> Flavor {
+        let kind = if k == 0 { AcceleratorKind::Gpu } else { AcceleratorKind::Tpu };
+        Flavor::new(kind, MODELS[m])
+    }
+
+    proptest! {
+        /// `accepts` and `accepted` answer what `acceptable_flavors` lists, for any quotas and
+        /// request.
+        #[test]
+        fn accepts_agrees_with_the_list(quotas in prop::collection::vec((0u8..2, 0usize..3), 0..6),
+                                        kind in 0u8..2,
+                                        models in prop::collection::vec(0usize..3, 0..3)) {
+            let mut spec = team("t", 0, None);
+            spec.quotas = quotas.iter().map(|&(k, m)| (flavor(k, m), FlavorQuota { nominal: 0, borrowing_limit: None, lending_limit: None })).collect();
+            let request = DeviceRequest {
+                kind: flavor(kind, 0).kind,
+                models: models.iter().map(|&m| MODELS[m].to_owned()).collect(),
+                count: 1,
+            };
+            let list = spec.acceptable_flavors(&request);
+            for k in 0..2 {
+                for m in 0..3 {
+                    let f = flavor(k, m);
+                    prop_assert_eq!(spec.accepts(&request, &f), list.contains(&f));
+                }
+            }
+            let mut listed = list.clone();
+            listed.sort();
+            listed.dedup();
+            prop_assert_eq!(spec.accepted(&request).cloned().collect::<Vec<_>>(), listed);
+        }
+    }
 }

@@ -167,7 +167,7 @@ impl State {
         }
         let a = &p.assignment;
         let team = &self.data.teams[&job.spec.team];
-        if !team.acceptable_flavors(&job.spec.gang.devices).contains(&a.flavor) {
+        if !team.accepts(&job.spec.gang.devices, &a.flavor) {
             return Err(StaleReason::FlavorNotAcceptable(a.flavor.clone()));
         }
         let gang = &job.spec.gang;

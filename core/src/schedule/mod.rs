@@ -80,7 +80,7 @@ fn nothing_to_do(state: &State, policy: &PolicyConfig) -> Option<u32> {
     }?;
     let job = &state.jobs()[&head.2];
     let team = state.teams().get(&job.spec.team)?;
-    let free: u64 = team.acceptable_flavors(&job.spec.gang.devices).iter().filter_map(|f| state.free().get(f)).sum();
+    let free: u64 = team.accepted(&job.spec.gang.devices).filter_map(|f| state.free().get(f)).sum();
     (u64::from(job.spec.gang.total_devices()) > free).then_some(pending)
 }
 
