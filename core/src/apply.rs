@@ -23,7 +23,7 @@ impl State {
             Command::NodeLost { node, at_ms } => self.with_node_change(|s| s.node_lost(&node, at_ms, &mut out))?,
             Command::Submit { jobs, at_ms } => self.submit(jobs, at_ms, &mut out)?,
             Command::Cancel { job, at_ms } => self.cancel(job, at_ms, &mut out)?,
-            Command::ApplyPlan { decisions, at_ms } => self.apply_plan(&decisions, at_ms, &mut out),
+            Command::ApplyPlan { decisions, at_ms } => self.apply_plan(decisions, at_ms, &mut out),
             Command::JobStarted { job, attempt, at_ms } => {
                 self.check_attempt(job, attempt)?;
                 self.job_started(job, at_ms, &mut out)?

@@ -64,12 +64,12 @@ pub enum StaleReason {
 pub fn verify(decisions: &Decisions, state: &State, at_ms: u64) -> Vec<Rejection> {
     let mut scratch = state.clone();
     let mut out = Outcome::default();
-    scratch.apply_plan(decisions, at_ms, &mut out);
+    scratch.apply_plan(decisions.clone(), at_ms, &mut out);
     out.rejected
 }
 
 impl State {
-    pub(crate) fn apply_plan(&mut self, decisions: &Decisions, at_ms: u64, out: &mut Outcome) {
+    pub(crate) fn apply_plan(&mut self, decisions: Decisions, at_ms: u64, out: &mut Outcome) {
         let mut seen = BTreeSet::new();
         let mut reject = |job: JobId, out: &mut Outcome| {
             let fresh = seen.insert(job);
@@ -101,11 +101,11 @@ impl State {
                 Err(reason) => out.rejected.push(Rejection { job: p.victim, reason }),
             }
         }
-        for p in &decisions.placements {
+        for p in decisions.placements {
             if reject(p.job, out) {
                 continue;
             }
-            match self.check_placement(p) {
+            match self.check_placement(&p) {
                 Ok(()) => self.commit_placement(p, at_ms, out),
                 Err(reason) => out.rejected.push(Rejection { job: p.job, reason }),
             }
@@ -236,16 +236,14 @@ impl State {
     }
 
     /// Places the job; `hold` charges its team and keeps the quota totals up to date.
-    fn commit_placement(&mut self, p: &Placement, at_ms: u64, out: &mut Outcome) {
+    fn commit_placement(&mut self, p: Placement, at_ms: u64, out: &mut Outcome) {
         let id = p.job;
         self.dequeue(id);
         let job = self.data.jobs.get_mut(&id).expect("checked");
         job.state = JobState::Starting;
-        job.assignment = Some(p.assignment.clone());
         job.placed_ms = Some(at_ms);
         job.attempt += 1;
         job.message = format!("placed on {} node(s), starting", p.assignment.replicas.len());
-        self.hold(id);
         for (i, r) in p.assignment.replicas.iter().enumerate() {
             out.effects.push(Effect::Start {
                 job: id,
@@ -254,6 +252,8 @@ impl State {
                 devices: r.devices.clone(),
             });
         }
+        job.assignment = Some(p.assignment);
+        self.hold(id);
         out.changed.push((id, JobState::Starting));
     }
 }
