@@ -7,8 +7,8 @@ use crate::command::{Effect, Outcome, Rejection};
 use crate::ids::{DeviceId, JobId, NodeId};
 use crate::job::{JobState, StopReason};
 use crate::plan::{Decisions, Placement, Preemption, PreemptionRule, QuotaDenial};
-use crate::resource::{Flavor, Health};
-use crate::state::State;
+use crate::resource::{Flavor, Health, NodeSpec};
+use crate::state::{NodeAlloc, State};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use thiserror::Error;
@@ -179,7 +179,7 @@ impl State {
             )));
         }
         let mut used = BTreeSet::new();
-        let mut host: BTreeMap<&NodeId, (u64, u64)> = BTreeMap::new();
+        let mut host: BTreeMap<&NodeId, (&NodeSpec, &NodeAlloc, u64, u64)> = BTreeMap::new();
         for r in &a.replicas {
             if r.devices.len() != gang.devices.count as usize {
                 return Err(StaleReason::WrongShape(format!(
@@ -188,13 +188,12 @@ impl State {
                     gang.devices.count
                 )));
             }
-            self.check_replica_devices(&r.node, &r.devices, &a.flavor, &mut used)?;
-            let e = host.entry(&r.node).or_default();
-            e.0 += gang.cpu_millis;
-            e.1 += gang.mem_mib;
+            let (spec, alloc) = self.check_replica_devices(&r.node, &r.devices, &a.flavor, &mut used)?;
+            let e = host.entry(&r.node).or_insert((spec, alloc, 0, 0));
+            e.2 += gang.cpu_millis;
+            e.3 += gang.mem_mib;
         }
-        for (node, (cpu, mem)) in host {
-            let (spec, alloc) = (&self.data.nodes[node].spec, &self.allocs[node]);
+        for (node, (spec, alloc, cpu, mem)) in host {
             if alloc.cpu_used + cpu > spec.cpu_millis || alloc.mem_used + mem > spec.mem_mib {
                 return Err(StaleReason::HostResources(node.clone()));
             }
@@ -207,13 +206,14 @@ impl State {
             .map_err(StaleReason::Quota)
     }
 
+    /// Checks one replica's devices; returns its node's spec and allocation.
     fn check_replica_devices(
         &self,
         node_id: &NodeId,
         devices: &[DeviceId],
         flavor: &Flavor,
         used: &mut BTreeSet<(NodeId, usize)>,
-    ) -> Result<(), StaleReason> {
+    ) -> Result<(&NodeSpec, &NodeAlloc), StaleReason> {
         let node = self.data.nodes.get(node_id).ok_or_else(|| StaleReason::UnknownNode(node_id.clone()))?;
         if !node.schedulable() {
             return Err(StaleReason::NodeNotSchedulable(node_id.clone()));
@@ -232,7 +232,7 @@ impl State {
                 return Err(StaleReason::DeviceTaken(node_id.clone(), d.clone()));
             }
         }
-        Ok(())
+        Ok((&node.spec, alloc))
     }
 
     /// Places the job; `hold` charges its team and keeps the quota totals up to date.
