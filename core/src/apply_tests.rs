@@ -283,3 +283,35 @@ fn the_job_table_lists_the_jobs_after_an_id() {
     assert_eq!(ids(2), vec![3]);
     assert!(ids(3).is_empty() && ids(u64::MAX).is_empty());
 }
+
+/// A placement of `replicas` replicas of 4 devices each, all on the one node of `one_node`.
+fn on_one_node(s: &State, job: JobId, replicas: usize) -> Placement {
+    let (id, node) = s.nodes().iter().next().expect("one node");
+    let replicas = (0..replicas)
+        .map(|r| crate::job::ReplicaAssignment {
+            node: id.clone(),
+            devices: node.spec.devices[r * 4..r * 4 + 4].iter().map(|d| d.id.clone()).collect(),
+        })
+        .collect();
+    Placement { job, assignment: crate::job::Assignment { flavor: h100(), replicas } }
+}
+
+#[test]
+fn host_resources_are_summed_over_the_replicas_on_a_node() {
+    let mut s = one_node();
+    let mut spec = job("vision", 2, 4);
+    spec.gang.cpu_millis = 40_000;
+    let big = submit(&mut s, spec, 0);
+    let mut spec = job("vision", 2, 4);
+    spec.gang.cpu_millis = 30_000;
+    let fits = submit(&mut s, spec, 0);
+    let placements = vec![on_one_node(&s, big, 2)];
+    let out = s.apply(Command::ApplyPlan { decisions: Decisions { placements, ..Decisions::default() }, at_ms: 1 });
+    let out = out.unwrap();
+    assert!(matches!(out.rejected[0].reason, StaleReason::HostResources(..)), "{:?}", out.rejected);
+    assert_eq!(state_of(&s, big), JobState::Pending);
+    let placements = vec![on_one_node(&s, fits, 2)];
+    let out = s.apply(Command::ApplyPlan { decisions: Decisions { placements, ..Decisions::default() }, at_ms: 2 });
+    assert!(out.unwrap().rejected.is_empty());
+    assert_eq!(state_of(&s, fits), JobState::Starting);
+}
