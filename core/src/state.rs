@@ -73,9 +73,10 @@ pub struct State {
     pub(crate) usage: BTreeMap<TeamId, BTreeMap<Flavor, u32>>,
     pub(crate) queues: BTreeMap<TeamId, BTreeSet<QueueKey>>,
     /// Every pending job by submission time, for the global FIFO orders.
-    fifo: BTreeSet<GlobalKey>,
-    /// Every pending job by runtime estimate, for shortest-first.
-    shortest: BTreeSet<GlobalKey>,
+    /// Kept only once a cycle asked for it: the production order walks the team queues.
+    fifo: Derived<BTreeSet<GlobalKey>>,
+    /// Every pending job by runtime estimate, for shortest-first; kept once asked for.
+    shortest: Derived<BTreeSet<GlobalKey>>,
     pub(crate) capacity: BTreeMap<Flavor, u64>,
     /// Healthy devices nobody holds on schedulable nodes, per flavor.
     free: BTreeMap<Flavor, u64>,
@@ -361,16 +362,24 @@ impl State {
         let key = (Reverse(job.priority), job.submitted_ms, id);
         let (fifo, shortest) = Self::global_keys(job);
         self.queues.entry(job.spec.team.clone()).or_default().insert(key);
-        self.fifo.insert(fifo);
-        self.shortest.insert(shortest);
+        if let Some(set) = self.fifo.0.get_mut() {
+            set.insert(fifo);
+        }
+        if let Some(set) = self.shortest.0.get_mut() {
+            set.insert(shortest);
+        }
     }
 
     pub(crate) fn dequeue(&mut self, id: JobId) {
         let job = &self.data.jobs[&id];
         let key = (Reverse(job.priority), job.submitted_ms, id);
         let (fifo, shortest) = Self::global_keys(job);
-        self.fifo.remove(&fifo);
-        self.shortest.remove(&shortest);
+        if let Some(set) = self.fifo.0.get_mut() {
+            set.remove(&fifo);
+        }
+        if let Some(set) = self.shortest.0.get_mut() {
+            set.remove(&shortest);
+        }
         if let Some(q) = self.queues.get_mut(&job.spec.team) {
             q.remove(&key);
             if q.is_empty() {
@@ -384,14 +393,19 @@ impl State {
         ((0, job.submitted_ms, job.id), (estimate, job.submitted_ms, job.id))
     }
 
-    /// All pending jobs by submission time (the global FIFO).
+    /// All pending jobs by submission time (the global FIFO); built on first use, then kept.
     pub fn fifo(&self) -> &BTreeSet<GlobalKey> {
-        &self.fifo
+        self.fifo.0.get_or_init(|| self.global_queue(|job| Self::global_keys(job).0))
     }
 
-    /// All pending jobs by runtime estimate (unknown last), then submission time.
+    /// All pending jobs by runtime estimate (unknown last), then submission time; built on
+    /// first use, then kept.
     pub fn shortest(&self) -> &BTreeSet<GlobalKey> {
-        &self.shortest
+        self.shortest.0.get_or_init(|| self.global_queue(|job| Self::global_keys(job).1))
+    }
+
+    fn global_queue(&self, key: impl Fn(&Job) -> GlobalKey) -> BTreeSet<GlobalKey> {
+        self.queues.values().flatten().map(|k| key(&self.data.jobs[&k.2])).collect()
     }
 
     /// Marks the devices of a job's assignment as held and charges its team.

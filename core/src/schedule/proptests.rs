@@ -167,8 +167,8 @@ fn check_devices(s: &State) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// The node index, team rows and quota totals kept between cycles are what computing them
-/// from scratch gives.
+/// The node index, team rows, quota totals and global queues kept between cycles are what
+/// computing them from scratch gives.
 fn check_node_index(s: &State) -> Result<(), TestCaseError> {
     prop_assert!(
         s.node_index() == &super::NodeIndex::build(s.nodes(), &s.allocs),
@@ -177,6 +177,8 @@ fn check_node_index(s: &State) -> Result<(), TestCaseError> {
     let fresh = State::from_bytes(&s.to_bytes()).expect("own snapshot");
     prop_assert_eq!(s.ledgers(), fresh.ledgers(), "the quota totals drifted from the state");
     prop_assert_eq!(s.team_rows(), fresh.team_rows(), "the team rows drifted from the state");
+    prop_assert_eq!(s.fifo(), fresh.fifo(), "the global FIFO drifted from the team queues");
+    prop_assert_eq!(s.shortest(), fresh.shortest(), "the shortest-first queue drifted from the team queues");
     Ok(())
 }
 
