@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Counts the instructions the simulator retires on strict FIFO Philly 300 x 8, in total and in
-# `qm_sim::simulate` per event: a measure that does not move between runs, for steps smaller
+# the simulation proper (`qm::sim::simulate`, which calls `qm_sim::simulate`; the compiler may
+# inline the latter) per event: a measure that does not move between runs, for steps smaller
 # than a noisy VM's wall-clock spread (see docs/benchmarks.md). Needs valgrind.
 # Usage: benches/sim-instructions.sh [qm binary]   (from the repository root; about a minute)
 set -euo pipefail
@@ -19,7 +20,7 @@ EVENTS=$(sed -n 's/.*"events": *\([0-9]*\).*/\1/p' "$OUT/run/summary.json")
 callgrind_annotate --inclusive=yes "$OUT/callgrind.out" >"$OUT/annotated.txt"
 count() { grep -m1 -E "$1" "$OUT/annotated.txt" | awk '{gsub(",", "", $1); print $1}'; }
 TOTAL=$(count 'PROGRAM TOTALS')
-SIMULATE=$(count 'qm_sim::simulate \[')
+SIMULATE=$(count 'qm::sim::simulate \[')
 SCHEDULE=$(count 'qm_core::schedule::schedule \[')
 echo "events=$EVENTS"
 echo "instructions_total=$TOTAL"
