@@ -44,25 +44,17 @@ pub struct TeamSpec {
 }
 
 impl TeamSpec {
-    /// The flavors this team may use for `request`, most preferred first: the listed models
-    /// that the team has quota for, or, when none are listed, every flavor of the kind it has
-    /// quota for.
-    pub fn acceptable_flavors(&self, request: &DeviceRequest) -> Vec<Flavor> {
-        if request.models.is_empty() {
-            return self.quotas.keys().filter(|f| f.kind == request.kind).cloned().collect();
-        }
-        request.models.iter().map(|m| Flavor::new(request.kind, m)).filter(|f| self.quotas.contains_key(f)).collect()
-    }
-
-    /// Whether `flavor` is one of `acceptable_flavors(request)`, without building the list.
+    /// Whether this team may use `flavor` for `request`: the flavor is of the requested kind,
+    /// among the listed models if any are listed, and the team has quota for it. (The cycle
+    /// tries the acceptable flavors most preferred first: the listed models in their order, or
+    /// every flavor of the kind in flavor order; see `View::acceptable`.)
     pub fn accepts(&self, request: &DeviceRequest, flavor: &Flavor) -> bool {
         flavor.kind == request.kind
             && (request.models.is_empty() || request.models.contains(&flavor.model))
             && self.quotas.contains_key(flavor)
     }
 
-    /// The flavors of `acceptable_flavors(request)`, in flavor order instead of preference
-    /// order, without copying them.
+    /// The flavors this team may use for `request` (see `accepts`), in flavor order.
     pub fn accepted<'a>(&'a self, request: &'a DeviceRequest) -> impl Iterator<Item = &'a Flavor> + 'a {
         self.quotas.keys().filter(move |f| self.accepts(request, f))
     }
@@ -91,9 +83,17 @@ mod tests {
         Flavor::new(kind, MODELS[m])
     }
 
+    /// The acceptable flavors as DESIGN defines them, most preferred first: the listed models
+    /// the team has quota for, or every flavor of the kind it has quota for.
+    fn listed(spec: &TeamSpec, request: &DeviceRequest) -> Vec<Flavor> {
+        if request.models.is_empty() {
+            return spec.quotas.keys().filter(|f| f.kind == request.kind).cloned().collect();
+        }
+        request.models.iter().map(|m| Flavor::new(request.kind, m)).filter(|f| spec.quotas.contains_key(f)).collect()
+    }
+
     proptest! {
-        /// `accepts` and `accepted` answer what `acceptable_flavors` lists, for any quotas and
-        /// request.
+        /// `accepts` and `accepted` answer what the definition lists, for any quotas and request.
         #[test]
         fn accepts_agrees_with_the_list(quotas in prop::collection::vec((0u8..2, 0usize..3), 0..6),
                                         kind in 0u8..2,
@@ -105,7 +105,7 @@ mod tests {
                 models: models.iter().map(|&m| MODELS[m].to_owned()).collect(),
                 count: 1,
             };
-            let list = spec.acceptable_flavors(&request);
+            let list = listed(&spec, &request);
             for k in 0..2 {
                 for m in 0..3 {
                     let f = flavor(k, m);

@@ -115,8 +115,9 @@ impl<'s> View<'s> {
         self.teams.binary_search_by(|t| t.name.cmp(id)).ok()
     }
 
-    /// The flavors `team` may use for `request`, most preferred first (see
-    /// `TeamSpec::acceptable_flavors`), interned.
+    /// The flavors `team` may use for `request` (see `TeamSpec::accepts`), most preferred
+    /// first: the listed models in their order, or every flavor of the kind in flavor order;
+    /// interned.
     pub fn acceptable(&self, team: usize, request: &DeviceRequest) -> Vec<FlavorIx> {
         let has_quota = |f: &FlavorIx| self.quota(team, *f).is_some();
         if request.models.is_empty() {
