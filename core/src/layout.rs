@@ -70,6 +70,11 @@ pub struct NodeAllocs {
 }
 
 impl NodeAllocs {
+    /// Every node's id, in order.
+    pub fn ids(&self) -> &[NodeId] {
+        &self.ids
+    }
+
     /// The position of a node, in id order.
     pub fn position(&self, id: &NodeId) -> Option<usize> {
         self.ids.binary_search(id).ok()

@@ -449,7 +449,7 @@ impl State {
                 alloc.mem_used = alloc.mem_used.saturating_sub(mem);
             }
             if let Some(index) = self.node_index.0.get_mut() {
-                index.update(at, &r.node, alloc);
+                index.update(at, alloc);
             }
         }
         bump(&mut self.free, &a.flavor, if take { -schedulable } else { schedulable });

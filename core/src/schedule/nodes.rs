@@ -61,10 +61,10 @@ pub(crate) struct FlavorIndex {
     pub buckets: Vec<Vec<u32>>,
 }
 
-/// Every node, in id order, with the free-device index per flavor.
+/// Every node, in id order (node `n` is the `n`th id of `NodeAllocs`), with the free-device
+/// index per flavor.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct NodeIndex {
-    pub ids: Vec<NodeId>,
     pub nodes: Vec<NodeView>,
     pub slots: Vec<FlavorSlot>,
     pub groups: Vec<u64>,
@@ -77,7 +77,8 @@ pub(crate) struct NodeIndex {
 impl NodeIndex {
     /// Builds the index of `nodes`, whose holders and host usage are in `allocs`.
     pub fn build(nodes: &BTreeMap<NodeId, Node>, allocs: &NodeAllocs) -> Self {
-        let mut out = Self { ids: nodes.keys().cloned().collect(), ..Self::default() };
+        debug_assert!(nodes.keys().eq(allocs.ids()), "every node has an allocation, in the same order");
+        let mut out = Self::default();
         let mut racks: BTreeMap<&str, u32> = BTreeMap::new();
         for (node, alloc) in nodes.values().zip(allocs.values()) {
             let layout = &alloc.layout;
@@ -146,10 +147,9 @@ impl NodeIndex {
         }
     }
 
-    /// Refreshes node `id`, at position `n` (in id order, as in `NodeAllocs`), after devices or
+    /// Refreshes the node at position `n` (in id order, as in `NodeAllocs`) after devices or
     /// host resources were held or freed on it.
-    pub fn update(&mut self, n: usize, id: &NodeId, alloc: &NodeAlloc) {
-        debug_assert_eq!(&self.ids[n], id, "the node index and the allocations list the same nodes");
+    pub fn update(&mut self, n: usize, alloc: &NodeAlloc) {
         let node = &mut self.nodes[n];
         node.cpu_free = node.cpu_total.saturating_sub(alloc.cpu_used);
         node.mem_free = node.mem_total.saturating_sub(alloc.mem_used);

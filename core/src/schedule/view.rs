@@ -42,7 +42,7 @@ impl<'s> View<'s> {
         let ledgers = state.ledgers();
         let mut view = View {
             state,
-            node_ids: &nodes.ids,
+            node_ids: state.allocs.ids(),
             nodes: NodeOverlay::new(nodes),
             flavors: &rows.flavors,
             teams: state.teams().values().collect(),
