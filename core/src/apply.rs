@@ -4,7 +4,7 @@
 use crate::command::{Command, Effect, Outcome};
 use crate::error::{ApplyError, FieldError};
 use crate::ids::{JobId, NodeId};
-use crate::job::{Job, JobSpec, JobState, StopReason};
+use crate::job::{counted, Job, JobSpec, JobState, StopReason};
 use crate::limits::{validate_job, validate_node, validate_team, MAX_BATCH};
 use crate::resource::{Node, NodeSpec, NodeStatus};
 use crate::state::{NodeLayout, State};
@@ -78,6 +78,7 @@ impl State {
         node.spec = spec;
         node.status = NodeStatus::Ready;
         node.registered_ms = at_ms;
+        self.sync_schedulable(&id);
         self.add_capacity(&id, 1);
         Ok(())
     }
@@ -92,6 +93,7 @@ impl State {
         }
         self.add_capacity(node, -1);
         self.data.nodes_mut().get_mut(node).expect("checked above").status = NodeStatus::Lost;
+        self.sync_schedulable(node);
         for id in self.jobs_on(node) {
             let job = &self.data.jobs[&id];
             let elsewhere = job.assignment.as_ref().is_some_and(|a| a.replicas.iter().any(|r| &r.node != node));
@@ -170,7 +172,7 @@ impl State {
                 let job = self.job_mut(id)?;
                 job.state = JobState::Cancelled;
                 job.finished_ms = Some(at_ms);
-                job.message = "cancelled while pending".to_owned();
+                job.message = "cancelled while pending".into();
                 out.changed.push((id, JobState::Cancelled));
             }
             JobState::Starting | JobState::Running => {
@@ -179,7 +181,7 @@ impl State {
             JobState::Preempted | JobState::Stopping => {
                 job.state = JobState::Stopping;
                 job.stop_reason = Some(StopReason::Cancelled);
-                job.message = "cancelled while stopping".to_owned();
+                job.message = "cancelled while stopping".into();
                 self.track(id);
                 out.changed.push((id, JobState::Stopping));
             }
@@ -193,7 +195,7 @@ impl State {
         let job = self.data.jobs.get_mut(&id).expect("caller checked the job exists");
         job.state = state;
         job.stop_reason = Some(reason);
-        job.message = format!("told to stop: {reason:?}");
+        job.message = format!("told to stop: {reason:?}").into();
         let nodes: BTreeSet<&NodeId> = job.assignment.iter().flat_map(|a| a.replicas.iter().map(|r| &r.node)).collect();
         for node in nodes {
             let (signal, grace_ms) = (job.spec.stop_signal, job.spec.grace_ms);
@@ -210,7 +212,8 @@ impl State {
         }
         job.state = JobState::Running;
         job.started_ms = Some(at_ms);
-        job.message = format!("running (attempt {})", job.attempt);
+        let attempt = job.attempt;
+        job.message = counted(attempt, "running (attempt 1)", || format!("running (attempt {attempt})"));
         self.track(id);
         out.changed.push((id, JobState::Running));
         Ok(())
@@ -254,10 +257,10 @@ impl State {
             (_, None) if failure.is_some() => count_failure(job),
             (_, None) => JobState::Succeeded,
         };
-        job.message = match (&failure, next) {
-            (Some(msg), _) => msg.clone(),
-            (None, JobState::Succeeded) => "succeeded".to_owned(),
-            (None, _) => format!("stopped ({:?})", job.stop_reason),
+        job.message = match (failure, next) {
+            (Some(msg), _) => msg.into(),
+            (None, JobState::Succeeded) => "succeeded".into(),
+            (None, _) => format!("stopped ({:?})", job.stop_reason).into(),
         };
         job.state = next;
         job.assignment = None;
@@ -304,6 +307,7 @@ impl State {
         if !cordoned {
             n.draining = false;
         }
+        self.sync_schedulable(node);
         self.add_capacity(node, 1);
         Ok(())
     }
@@ -314,6 +318,7 @@ impl State {
         let n = self.data.nodes_mut().get_mut(node).expect("checked above");
         n.cordoned = true;
         n.draining = true;
+        self.sync_schedulable(node);
         for id in self.jobs_on(node) {
             if matches!(self.data.jobs[&id].state, JobState::Starting | JobState::Running) {
                 self.order_stop(id, StopReason::Drained, JobState::Stopping, out);

@@ -3,7 +3,22 @@
 use crate::ids::{DeviceId, JobId, NodeId, TeamId};
 use crate::resource::{AcceleratorKind, Flavor};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+
+/// A job's latest status message: borrowed for the fixed texts of the common steps, so the hot
+/// path of a job's life allocates none; encoded as a plain string.
+pub type Message = Cow<'static, str>;
+
+/// `text` with `{}` replaced by `n`, allocated only when `n` is not 1 (the first attempt, a
+/// single replica: almost every job).
+pub(crate) fn counted(n: impl Into<u64>, one: &'static str, text: impl FnOnce() -> String) -> Message {
+    if n.into() == 1 {
+        Cow::Borrowed(one)
+    } else {
+        Cow::Owned(text())
+    }
+}
 
 /// Which devices one replica needs.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -191,7 +206,7 @@ pub struct Job {
     /// Service received by attempts that ended: devices x ms (least-attained-service uses it).
     pub attained_device_ms: u64,
     /// The last thing that happened to it, for `qm job`.
-    pub message: String,
+    pub message: Message,
 }
 
 impl Job {
@@ -212,7 +227,7 @@ impl Job {
             preemptions: 0,
             failures: 0,
             attained_device_ms: 0,
-            message: "submitted".to_owned(),
+            message: "submitted".into(),
         }
     }
 

@@ -1,13 +1,16 @@
 //! A node's devices as the scheduler counts them: bit masks per flavor and locality group,
 //! computed once per registration (`NodeLayout`), and who holds what (`NodeAlloc`, kept for
-//! every node in `NodeAllocs`).
+//! every node in `NodeAllocs`). Holding, freeing and re-checking a plan read a node here, by
+//! position, without looking its inventory up by name.
 
-use crate::ids::{JobId, NodeId};
+use crate::ids::{DeviceId, JobId, NodeId};
 use crate::resource::{Flavor, Health, NodeSpec};
 
 /// A node's devices as bit masks, computed once per registration for the scheduler.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeLayout {
+    /// The device ids, in inventory order (bit `i` of a mask is device `i`).
+    pub devices: Vec<DeviceId>,
     /// Devices of each flavor, in order of first appearance.
     pub slots: Vec<(Flavor, u64)>,
     /// Devices of each locality group (NVLink domain and NUMA node).
@@ -16,12 +19,22 @@ pub struct NodeLayout {
     pub healthy: u64,
     /// The `rack` label.
     pub rack: Option<String>,
+    /// Host CPU, in thousandths of a core.
+    pub cpu_millis: u64,
+    /// Host memory, in MiB.
+    pub mem_mib: u64,
 }
 
 impl NodeLayout {
     /// The layout of an inventory.
     pub fn of(spec: &NodeSpec) -> Self {
-        let mut layout = Self { rack: spec.rack().map(str::to_owned), ..Self::default() };
+        let mut layout = Self {
+            devices: spec.devices.iter().map(|d| d.id.clone()).collect(),
+            rack: spec.rack().map(str::to_owned),
+            cpu_millis: spec.cpu_millis,
+            mem_mib: spec.mem_mib,
+            ..Self::default()
+        };
         let mut keys: Vec<(Option<&str>, Option<u32>)> = Vec::new();
         for (i, d) in spec.devices.iter().enumerate() {
             let bit = 1u64 << i;
@@ -43,6 +56,18 @@ impl NodeLayout {
         }
         layout
     }
+
+    /// Position of a device. Ids in assignments are usually clones of the inventory's, so
+    /// pointer equality finds them without comparing strings.
+    pub fn device_index(&self, id: &DeviceId) -> Option<usize> {
+        let ids = &self.devices;
+        ids.iter().position(|d| std::sync::Arc::ptr_eq(&d.0, &id.0)).or_else(|| ids.iter().position(|d| d == id))
+    }
+
+    /// The devices of `flavor`, as a mask.
+    pub fn flavor_mask(&self, flavor: &Flavor) -> u64 {
+        self.slots.iter().find(|(f, _)| f == flavor).map_or(0, |(_, m)| *m)
+    }
 }
 
 /// Which job holds each device of a node, and the host resources in use.
@@ -58,6 +83,9 @@ pub struct NodeAlloc {
     pub mem_used: u64,
     /// The node's devices as masks.
     pub layout: NodeLayout,
+    /// Whether new work may be placed on the node (`Node::schedulable`, kept in step by every
+    /// command that changes it).
+    pub schedulable: bool,
 }
 
 /// Every node's `NodeAlloc`, in node id order, beside the sorted ids: a node's position is one
@@ -83,6 +111,11 @@ impl NodeAllocs {
     /// A node's allocation.
     pub fn get(&self, id: &NodeId) -> Option<&NodeAlloc> {
         self.position(id).map(|p| &self.allocs[p])
+    }
+
+    /// The allocation at a position.
+    pub fn at(&self, position: usize) -> &NodeAlloc {
+        &self.allocs[position]
     }
 
     /// A node's allocation, to change.

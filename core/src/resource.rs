@@ -190,14 +190,4 @@ impl Node {
     pub fn schedulable(&self) -> bool {
         self.status == NodeStatus::Ready && !self.cordoned && !self.draining
     }
-
-    /// Position of a device on this node. Ids in assignments are usually clones of the
-    /// inventory's, so pointer equality finds them without comparing strings.
-    pub fn device_index(&self, id: &DeviceId) -> Option<usize> {
-        let devices = &self.spec.devices;
-        devices
-            .iter()
-            .position(|d| std::sync::Arc::ptr_eq(&d.id.0, &id.0))
-            .or_else(|| devices.iter().position(|d| &d.id == id))
-    }
 }

@@ -290,10 +290,21 @@ impl State {
     }
 
     pub(crate) fn reset_alloc(&mut self, id: &NodeId) {
-        let spec = &self.data.nodes[id].spec;
-        let alloc =
-            NodeAlloc { holders: vec![None; spec.devices.len()], layout: NodeLayout::of(spec), ..NodeAlloc::default() };
+        let node = &self.data.nodes[id];
+        let alloc = NodeAlloc {
+            holders: vec![None; node.spec.devices.len()],
+            layout: NodeLayout::of(&node.spec),
+            schedulable: node.schedulable(),
+            ..NodeAlloc::default()
+        };
         self.allocs.insert(id.clone(), alloc);
+    }
+
+    /// Copies a node's schedulability into its allocation, after its status, cordon or drain
+    /// changed (before anything is held or freed on it).
+    pub(crate) fn sync_schedulable(&mut self, id: &NodeId) {
+        let schedulable = self.data.nodes[id].schedulable();
+        self.allocs.get_mut(id).expect("alloc exists for every node").schedulable = schedulable;
     }
 
     /// Adds (`sign` = 1) or removes (-1) a node's schedulable healthy devices from capacity.
@@ -425,26 +436,22 @@ impl State {
         let total = job.spec.gang.total_devices();
         let mut schedulable = 0i64;
         for r in &a.replicas {
-            let node = &self.data.nodes[&r.node];
             let at = self.allocs.position(&r.node).expect("alloc exists for every node");
             let alloc = self.allocs.at_mut(at);
-            for d in &r.devices {
-                if let Some(i) = node.device_index(d) {
-                    if node.schedulable() && node.spec.devices[i].health == Health::Healthy {
-                        schedulable += 1;
-                    }
-                    alloc.holders[i] = take.then_some(id);
-                    if take {
-                        alloc.held |= 1 << i;
-                    } else {
-                        alloc.held &= !(1 << i);
-                    }
-                }
+            debug_assert_eq!(alloc.schedulable, self.data.nodes[&r.node].schedulable());
+            let mask = r.devices.iter().filter_map(|d| alloc.layout.device_index(d)).fold(0u64, |m, i| m | 1 << i);
+            if alloc.schedulable {
+                schedulable += i64::from((mask & alloc.layout.healthy).count_ones());
+            }
+            for i in bits(mask) {
+                alloc.holders[i] = take.then_some(id);
             }
             if take {
+                alloc.held |= mask;
                 alloc.cpu_used += cpu;
                 alloc.mem_used += mem;
             } else {
+                alloc.held &= !mask;
                 alloc.cpu_used = alloc.cpu_used.saturating_sub(cpu);
                 alloc.mem_used = alloc.mem_used.saturating_sub(mem);
             }
@@ -470,6 +477,15 @@ impl State {
             }
         }
     }
+}
+
+/// The positions of the set bits of a mask, lowest first.
+fn bits(mut mask: u64) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        let i = mask.trailing_zeros() as usize;
+        mask &= mask.wrapping_sub(1);
+        (i < 64).then_some(i)
+    })
 }
 
 /// Adds `delta` to a per-flavor count, dropping it at zero (so a rebuilt state compares equal).

@@ -5,9 +5,9 @@
 
 use crate::command::{Effect, Outcome, Rejection};
 use crate::ids::{DeviceId, JobId, NodeId};
-use crate::job::{JobState, StopReason};
+use crate::job::{counted, JobState, StopReason};
 use crate::plan::{Decisions, Placement, Preemption, PreemptionRule, QuotaDenial};
-use crate::resource::{Flavor, Health, NodeSpec};
+use crate::resource::Flavor;
 use crate::state::{NodeAlloc, State};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -96,7 +96,7 @@ impl State {
                     self.order_stop(p.victim, StopReason::Preempted, JobState::Preempted, out);
                     let victim = self.data.jobs.get_mut(&p.victim).expect("checked");
                     victim.preemptions += 1;
-                    victim.message = format!("preempted ({:?}) for job {}", p.rule, p.preemptor);
+                    victim.message = format!("preempted ({:?}) for job {}", p.rule, p.preemptor).into();
                 }
                 Err(reason) => out.rejected.push(Rejection { job: p.victim, reason }),
             }
@@ -178,8 +178,9 @@ impl State {
                 gang.replicas
             )));
         }
-        let mut used = BTreeSet::new();
-        let mut host: BTreeMap<&NodeId, (&NodeSpec, &NodeAlloc, u64, u64)> = BTreeMap::new();
+        // Per node position: its allocation, the CPU and memory the replicas there take, and
+        // the devices they use.
+        let mut host: BTreeMap<usize, (&NodeAlloc, u64, u64, u64)> = BTreeMap::new();
         for r in &a.replicas {
             if r.devices.len() != gang.devices.count as usize {
                 return Err(StaleReason::WrongShape(format!(
@@ -188,14 +189,15 @@ impl State {
                     gang.devices.count
                 )));
             }
-            let (spec, alloc) = self.check_replica_devices(&r.node, &r.devices, &a.flavor, &mut used)?;
-            let e = host.entry(&r.node).or_insert((spec, alloc, 0, 0));
-            e.2 += gang.cpu_millis;
-            e.3 += gang.mem_mib;
+            let (at, alloc) = self.schedulable_alloc(&r.node)?;
+            let e = host.entry(at).or_insert((alloc, 0, 0, 0));
+            e.3 |= check_replica_devices(alloc, &r.node, &r.devices, &a.flavor, e.3)?;
+            e.1 += gang.cpu_millis;
+            e.2 += gang.mem_mib;
         }
-        for (node, (spec, alloc, cpu, mem)) in host {
-            if alloc.cpu_used + cpu > spec.cpu_millis || alloc.mem_used + mem > spec.mem_mib {
-                return Err(StaleReason::HostResources(node.clone()));
+        for (at, (alloc, cpu, mem, _)) in host {
+            if alloc.cpu_used + cpu > alloc.layout.cpu_millis || alloc.mem_used + mem > alloc.layout.mem_mib {
+                return Err(StaleReason::HostResources(self.allocs.ids()[at].clone()));
             }
         }
         let q = &team.quotas[&a.flavor];
@@ -206,33 +208,14 @@ impl State {
             .map_err(StaleReason::Quota)
     }
 
-    /// Checks one replica's devices; returns its node's spec and allocation.
-    fn check_replica_devices(
-        &self,
-        node_id: &NodeId,
-        devices: &[DeviceId],
-        flavor: &Flavor,
-        used: &mut BTreeSet<(NodeId, usize)>,
-    ) -> Result<(&NodeSpec, &NodeAlloc), StaleReason> {
-        let node = self.data.nodes.get(node_id).ok_or_else(|| StaleReason::UnknownNode(node_id.clone()))?;
-        if !node.schedulable() {
-            return Err(StaleReason::NodeNotSchedulable(node_id.clone()));
+    /// A node's position and allocation, if it exists and takes new work.
+    fn schedulable_alloc(&self, node: &NodeId) -> Result<(usize, &NodeAlloc), StaleReason> {
+        let at = self.allocs.position(node).ok_or_else(|| StaleReason::UnknownNode(node.clone()))?;
+        let alloc = self.allocs.at(at);
+        if !alloc.schedulable {
+            return Err(StaleReason::NodeNotSchedulable(node.clone()));
         }
-        let alloc = &self.allocs[node_id];
-        for d in devices {
-            let i = node.device_index(d).ok_or_else(|| StaleReason::WrongDevice(node_id.clone(), d.clone()))?;
-            let dev = &node.spec.devices[i];
-            if !dev.is_flavor(flavor) {
-                return Err(StaleReason::WrongDevice(node_id.clone(), d.clone()));
-            }
-            if dev.health != Health::Healthy {
-                return Err(StaleReason::DeviceUnhealthy(node_id.clone(), d.clone()));
-            }
-            if alloc.holders[i].is_some() || !used.insert((node_id.clone(), i)) {
-                return Err(StaleReason::DeviceTaken(node_id.clone(), d.clone()));
-            }
-        }
-        Ok((&node.spec, alloc))
+        Ok((at, alloc))
     }
 
     /// Places the job; `hold` charges its team and keeps the quota totals up to date.
@@ -243,7 +226,8 @@ impl State {
         job.state = JobState::Starting;
         job.placed_ms = Some(at_ms);
         job.attempt += 1;
-        job.message = format!("placed on {} node(s), starting", p.assignment.replicas.len());
+        let n = p.assignment.replicas.len() as u64;
+        job.message = counted(n, "placed on 1 node(s), starting", || format!("placed on {n} node(s), starting"));
         for (i, r) in p.assignment.replicas.iter().enumerate() {
             out.effects.push(Effect::Start {
                 job: id,
@@ -256,4 +240,33 @@ impl State {
         self.hold(id);
         out.changed.push((id, JobState::Starting));
     }
+}
+
+/// Checks one replica's devices on its node, given the devices earlier replicas of the plan
+/// took there (`used`); returns the devices it takes, as a mask.
+fn check_replica_devices(
+    alloc: &NodeAlloc,
+    node: &NodeId,
+    devices: &[DeviceId],
+    flavor: &Flavor,
+    mut used: u64,
+) -> Result<u64, StaleReason> {
+    let layout = &alloc.layout;
+    let of_flavor = layout.flavor_mask(flavor);
+    let mut taken = 0u64;
+    for d in devices {
+        let bit = layout.device_index(d).map_or(0, |i| 1u64 << i);
+        if bit & of_flavor == 0 {
+            return Err(StaleReason::WrongDevice(node.clone(), d.clone()));
+        }
+        if bit & layout.healthy == 0 {
+            return Err(StaleReason::DeviceUnhealthy(node.clone(), d.clone()));
+        }
+        if alloc.held & bit != 0 || used & bit != 0 {
+            return Err(StaleReason::DeviceTaken(node.clone(), d.clone()));
+        }
+        used |= bit;
+        taken |= bit;
+    }
+    Ok(taken)
 }

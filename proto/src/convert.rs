@@ -242,7 +242,7 @@ pub fn job_to(j: &Job) -> v1::Job {
         finished_ms: j.finished_ms,
         preemptions: j.preemptions,
         failures: j.failures,
-        message: j.message.clone(),
+        message: j.message.to_string(),
     }
 }
 

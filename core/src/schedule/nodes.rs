@@ -9,7 +9,7 @@
 //! is a function of the state alone (equal states have equal indexes, whatever their history),
 //! and a cycle sees exactly what building it from scratch would give.
 
-use crate::ids::{DeviceId, NodeId};
+use crate::ids::NodeId;
 use crate::resource::{Flavor, Node, NodeStatus};
 use crate::state::{NodeAlloc, NodeAllocs};
 use std::collections::BTreeMap;
@@ -44,12 +44,9 @@ pub(crate) struct NodeView {
     /// This node's locality groups (NVLink domain, NUMA node) as device masks: its range in
     /// `groups`.
     pub groups: (u32, u8),
-    /// This node's device ids, in inventory order (bit `i` of a mask is device `i`): its range
-    /// in `devices`.
-    pub devices: (u32, u8),
 }
 
-/// The positions a `(start, len)` pair of a `NodeView` covers in `slots`, `groups` or `devices`.
+/// The positions a `(start, len)` pair of a `NodeView` covers in `slots` or `groups`.
 pub(crate) fn span((start, len): (u32, u8)) -> std::ops::Range<usize> {
     start as usize..start as usize + len as usize
 }
@@ -68,7 +65,6 @@ pub(crate) struct NodeIndex {
     pub nodes: Vec<NodeView>,
     pub slots: Vec<FlavorSlot>,
     pub groups: Vec<u64>,
-    pub devices: Vec<DeviceId>,
     /// Flavors in order of first appearance on the nodes.
     pub flavors: Vec<Flavor>,
     pub index: Vec<FlavorIndex>,
@@ -93,8 +89,6 @@ impl NodeIndex {
             }
             let group_start = out.groups.len() as u32;
             out.groups.extend_from_slice(&layout.groups);
-            let device_start = out.devices.len() as u32;
-            out.devices.extend(node.spec.devices.iter().map(|d| d.id.clone()));
             out.nodes.push(NodeView {
                 schedulable: node.schedulable(),
                 lost: node.status == NodeStatus::Lost,
@@ -108,7 +102,6 @@ impl NodeIndex {
                 mem_free: node.spec.mem_mib.saturating_sub(alloc.mem_used),
                 slots: (start, layout.slots.len() as u8),
                 groups: (group_start, layout.groups.len() as u8),
-                devices: (device_start, node.spec.devices.len() as u8),
             });
         }
         for n in 0..out.nodes.len() as u32 {

@@ -146,9 +146,9 @@ fn check_devices(s: &State) -> Result<(), TestCaseError> {
         for r in &a.replicas {
             for d in &r.devices {
                 prop_assert!(held.insert((r.node.clone(), d.clone())), "device {d} on {} held twice", r.node);
-                let node = &s.nodes()[&r.node];
-                let i = node.device_index(d).unwrap();
-                prop_assert_eq!(s.alloc(&r.node).unwrap().holders[i], Some(j.id));
+                let alloc = s.alloc(&r.node).unwrap();
+                let i = alloc.layout.device_index(d).unwrap();
+                prop_assert_eq!(alloc.holders[i], Some(j.id));
             }
         }
     }

@@ -78,8 +78,7 @@ impl<'s> View<'s> {
 
     /// Node `n`'s device ids, in inventory order.
     pub fn device_ids(&self, n: u32) -> &'s [DeviceId] {
-        let index = self.nodes.base();
-        &index.devices[span(index.nodes[n as usize].devices)]
+        &self.state.allocs.at(n as usize).layout.devices
     }
 
     /// Node `n`'s locality groups as device masks.
@@ -167,8 +166,8 @@ impl<'s> View<'s> {
         let mut out: Vec<(u32, u64)> = Vec::new();
         for r in &a.replicas {
             let Ok(n) = self.node_ids.binary_search(&r.node) else { continue };
-            let node = &self.state.nodes()[&r.node];
-            let mask = r.devices.iter().filter_map(|d| node.device_index(d)).fold(0u64, |m, i| m | (1 << i));
+            let layout = &self.state.allocs.at(n).layout;
+            let mask = r.devices.iter().filter_map(|d| layout.device_index(d)).fold(0u64, |m, i| m | (1 << i));
             match out.iter_mut().find(|(x, _)| *x == n as u32) {
                 Some(e) => e.1 |= mask,
                 None => out.push((n as u32, mask)),

@@ -116,7 +116,7 @@ impl JobService for JobServer {
                 index: change.index,
                 job_id: change.job.0,
                 state: qm_proto::convert::state_to(change.state) as i32,
-                message: job.message.clone(),
+                message: job.message.to_string(),
                 at_ms: job.finished_ms.or(job.started_ms).or(job.placed_ms).unwrap_or(job.submitted_ms),
             }))
         });
