@@ -42,7 +42,7 @@ fn high_water_kib() -> u64 {
 
 fn bench(c: &mut Criterion) {
     let all = philly();
-    let vc = rebase(all.iter().filter(|j| j.team == "103959").cloned().collect());
+    let vc = rebase(all.iter().filter(|j| j.team.as_str() == "103959").cloned().collect());
     let small = Cluster::load("8x4").expect("cluster");
     let large = Cluster::load("300x8").expect("cluster");
 

@@ -120,7 +120,7 @@ fn load(c: &Common) -> Result<Loaded> {
         if let Some(missing) = c.team.iter().find(|t| !known.contains(t.as_str())) {
             bail!("--team {missing}: no job of that team in {}", c.trace.display());
         }
-        jobs.retain(|j| c.team.contains(&j.team));
+        jobs.retain(|j| c.team.iter().any(|t| t.as_str() == j.team.as_str()));
         jobs = trace::rebase(jobs);
     }
     if jobs.is_empty() {
@@ -253,7 +253,7 @@ fn sweep(common: &Common, policy: &str, vary: &str) -> Result<()> {
     let policy: Policy = policy.parse().map_err(anyhow::Error::msg).context("--policy")?;
     let v = parse_vary(vary)?;
     let l = load(common)?;
-    let teams: Vec<String> = l.jobs.iter().map(|j| j.team.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    let teams = qm_sim::team_names(&l.jobs);
     let mut rows = Vec::new();
     let mut table =
         format!("{:>8} {:>10} {:>14} {:>12} {:>10}\n", v.kind, "completed", "p95 wait (h)", "avg JCT (h)", "util");

@@ -289,7 +289,7 @@ impl<'a> Sim<'a> {
         let estimate = if self.config.policy == Policy::Sjf { Some(j.duration_ms) } else { j.estimate_ms };
         JobSpec {
             name: format!("line-{}", j.line),
-            team: TeamId::from(j.team.as_str()),
+            team: j.team.clone(),
             priority_class: None,
             gang: GangSpec {
                 replicas,

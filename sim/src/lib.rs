@@ -106,10 +106,16 @@ fn unfit_reason(
             job.gpus
         ));
     }
-    let team = teams.iter().find(|t| t.name.as_str() == job.team)?;
+    let team = teams.iter().find(|t| t.name == job.team)?;
     let ceiling: u64 = team.quotas.values().map(|q| q.ceiling().min(u64::from(u32::MAX))).max().unwrap_or(0);
     (u64::from(job.gpus) > ceiling)
         .then(|| format!("{} GPUs: above team {}'s nominal + borrowing limit ({ceiling})", job.gpus, job.team))
+}
+
+/// The teams of `jobs`, in name order, each once.
+pub fn team_names(jobs: &[TraceJob]) -> Vec<String> {
+    let names: BTreeSet<&str> = jobs.iter().map(|j| j.team.as_str()).collect();
+    names.into_iter().map(str::to_owned).collect()
 }
 
 /// Simulates `jobs` on `cluster`. `skipped` is the number of malformed lines left out upstream;
@@ -121,10 +127,10 @@ pub fn simulate(
     config: &RunConfig,
     progress: impl FnMut(u64, u64),
 ) -> Result<Report, SimError> {
-    let names: Vec<String> = jobs.iter().map(|j| j.team.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    let names = team_names(&jobs);
     if !cluster.teams.is_empty() {
-        if let Some(j) = jobs.iter().find(|j| !cluster.teams.iter().any(|t| t.name.as_str() == j.team)) {
-            return Err(SimError::UnknownTeam { team: j.team.clone(), line: j.line });
+        if let Some(j) = jobs.iter().find(|j| !cluster.teams.iter().any(|t| t.name == j.team)) {
+            return Err(SimError::UnknownTeam { team: j.team.to_string(), line: j.line });
         }
     }
     let teams = cluster.teams_for(&names);

@@ -2,6 +2,7 @@
 
 use crate::engine::RunOutput;
 use crate::trace::TraceJob;
+use qm_core::TeamId;
 use serde::Serialize;
 
 /// One job's life in the simulation.
@@ -10,7 +11,7 @@ pub struct JobRecord {
     /// Its line in the trace.
     pub line: usize,
     /// Its team.
-    pub team: String,
+    pub team: TeamId,
     /// GPUs.
     pub gpus: u32,
     /// Submission, ms.
@@ -180,7 +181,7 @@ pub fn jain(x: &[f64]) -> f64 {
 
 fn team_summary(out: &RunOutput, i: usize, total_gpu_ms: f64) -> TeamSummary {
     let name = &out.teams[i];
-    let mine: Vec<&JobRecord> = out.records.iter().filter(|r| &r.team == name).collect();
+    let mine: Vec<&JobRecord> = out.records.iter().filter(|r| r.team.as_str() == name).collect();
     let work: f64 = mine.iter().filter(|r| r.completed).map(|r| r.duration_ms as f64 * f64::from(r.gpus)).sum();
     let waits = sorted(mine.iter().filter_map(|r| r.wait_s()).collect());
     let speeds: Vec<f64> =

@@ -20,7 +20,7 @@ fn within(got: f64, want: f64, tolerance: f64) -> bool {
 #[test]
 fn strict_fifo_pool_matches_the_tiresias_simulator_on_vc_103959() {
     let trace = read(&philly(), Format::Philly, false).expect("philly.csv reads");
-    let jobs: Vec<_> = trace.jobs.into_iter().filter(|j| j.team == "103959").collect();
+    let jobs: Vec<_> = trace.jobs.into_iter().filter(|j| j.team.as_str() == "103959").collect();
     assert_eq!(jobs.len(), 1934);
     let jobs = qm_sim::trace::rebase(jobs);
     let cluster = Cluster::load("8x4").unwrap();

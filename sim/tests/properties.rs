@@ -19,7 +19,7 @@ fn jobs() -> impl Strategy<Value = Vec<TraceJob>> {
                 submit_ms: submit_s * 1000,
                 duration_ms: duration_s * 1000,
                 gpus,
-                team: ["a", "b", "c"][team].to_owned(),
+                team: ["a", "b", "c"][team].into(),
                 estimate_ms: None,
             })
             .collect();

@@ -38,7 +38,7 @@ fn row(text: &str) -> Result<TraceJob, Bad> {
         submit_ms: (arrival * 1000.0) as u64,
         duration_ms: duration_ms("total_steps", steps / (STEPS_PER_SECOND * f64::from(gpus)))?,
         gpus,
-        team: if family.is_empty() { "gavel".to_owned() } else { family.to_owned() },
+        team: if family.is_empty() { "gavel".into() } else { family.into() },
         estimate_ms: None,
     })
 }

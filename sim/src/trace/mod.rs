@@ -8,6 +8,8 @@ mod swf;
 pub mod synthetic;
 mod tiresias;
 
+use qm_core::TeamId;
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -24,8 +26,8 @@ pub struct TraceJob {
     pub duration_ms: u64,
     /// Accelerators it needs.
     pub gpus: u32,
-    /// The team it belongs to.
-    pub team: String,
+    /// The team it belongs to (one shared name per team: see `parse_rows`).
+    pub team: TeamId,
     /// The user's runtime estimate, when the format has one.
     pub estimate_ms: Option<u64>,
 }
@@ -119,10 +121,17 @@ pub(crate) fn parse_rows<'a>(
     mut parse: impl FnMut(&str) -> Result<TraceJob, Bad>,
 ) -> Result<Trace, TraceError> {
     let mut trace = Trace::default();
+    let mut teams = BTreeSet::new();
     for (line, text) in rows {
         match parse(text) {
             Ok(mut job) => {
                 job.line = line;
+                match teams.get(&job.team) {
+                    Some(team) => job.team = TeamId::clone(team),
+                    None => {
+                        teams.insert(job.team.clone());
+                    }
+                }
                 trace.jobs.push(job);
             }
             Err(bad) => {

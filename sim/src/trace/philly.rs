@@ -31,7 +31,7 @@ fn row(text: &str) -> Result<TraceJob, Bad> {
         submit_ms: submit_s * 1000,
         duration_ms: duration_ms("duration", num("duration", f[1])?)?,
         gpus,
-        team: team.to_owned(),
+        team: team.into(),
         estimate_ms: None,
     })
 }

@@ -43,7 +43,7 @@ fn row(text: &str) -> Result<TraceJob, Bad> {
         submit_ms: submit as u64 * 1000,
         duration_ms: duration_ms("run_time", run)?,
         gpus,
-        team,
+        team: team.into(),
         estimate_ms: (estimate > 0.0).then(|| (estimate as u64) * 1000),
     })
 }

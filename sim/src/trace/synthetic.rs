@@ -13,6 +13,7 @@
 //! does not move the arrival times.
 
 use super::TraceJob;
+use qm_core::TeamId;
 use rand::distr::weighted::WeightedIndex;
 use rand::distr::Distribution;
 use rand::rngs::StdRng;
@@ -127,6 +128,7 @@ impl Synthetic {
         let size = WeightedIndex::new(self.gpus.iter().map(|g| g.1)).map_err(|e| invalid("gpus", &e.to_string()))?;
         let team = WeightedIndex::new(self.teams.iter().map(|t| t.1)).map_err(|e| invalid("teams", &e.to_string()))?;
         let mut now_s = 0.0f64;
+        let ids: Vec<TeamId> = self.teams.iter().map(|(name, _)| name.as_str().into()).collect();
         let mut out = Vec::with_capacity(self.jobs);
         for i in 0..self.jobs {
             if i > 0 {
@@ -137,7 +139,7 @@ impl Synthetic {
                 submit_ms: (now_s * 1000.0) as u64,
                 duration_ms: (self.duration_s(&mut durations)?.max(1.0) as u64) * 1000,
                 gpus: self.gpus[size.sample(&mut sizes)].0,
-                team: self.teams[team.sample(&mut teams)].0.clone(),
+                team: ids[team.sample(&mut teams)].clone(),
                 estimate_ms: None,
             });
         }

@@ -29,7 +29,7 @@ fn row(text: &str) -> Result<TraceJob, Bad> {
         submit_ms: (submit_s * 1000.0) as u64,
         duration_ms: duration_ms("duration", num("duration", f[5])?)?,
         gpus,
-        team: "tiresias".to_owned(),
+        team: "tiresias".into(),
         estimate_ms: None,
     })
 }
