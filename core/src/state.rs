@@ -460,18 +460,21 @@ impl State {
             }
         }
         bump(&mut self.free, &a.flavor, if take { -schedulable } else { schedulable });
-        let used = self.usage(&job.spec.team, &a.flavor);
-        let next = if take { used + total } else { used.saturating_sub(total) };
-        set_usage(&mut self.usage, &job.spec.team, &a.flavor, next);
-        if let Some(rows) = self.team_rows.0.get_mut() {
-            if !rows.set_usage(&job.spec.team, &a.flavor, next) {
-                self.team_rows = Derived::default();
-            }
-        }
+        let change = |used: u32| if take { used + total } else { used.saturating_sub(total) };
+        let (used, next) = change_usage(&mut self.usage, &job.spec.team, &a.flavor, change);
+        let quota = match self.team_rows.0.get_mut() {
+            Some(rows) => match rows.set_usage(&job.spec.team, &a.flavor, next) {
+                Some(quota) => quota,
+                None => {
+                    self.team_rows = Derived::default();
+                    self.data.teams.get(&job.spec.team).and_then(|t| t.quotas.get(&a.flavor)).copied()
+                }
+            },
+            None => self.data.teams.get(&job.spec.team).and_then(|t| t.quotas.get(&a.flavor)).copied(),
+        };
         if let Some(ledgers) = self.ledgers.0.get_mut() {
-            let quota = self.data.teams.get(&job.spec.team).and_then(|t| t.quotas.get(&a.flavor));
             match (quota, ledgers.get_mut(&a.flavor)) {
-                (Some(q), Some(ledger)) => ledger.update(q, used, next),
+                (Some(q), Some(ledger)) => ledger.update(&q, used, next),
                 (None, _) => {}
                 (Some(_), None) => self.ledgers = Derived::default(),
             }
@@ -504,25 +507,32 @@ fn bump(counts: &mut BTreeMap<Flavor, u64>, flavor: &Flavor, delta: i64) {
     }
 }
 
-/// Sets the devices of `flavor` that `team` holds, dropping zeros (so a rebuilt state compares
-/// equal); names are copied only for a new entry.
-fn set_usage(usage: &mut BTreeMap<TeamId, BTreeMap<Flavor, u32>>, team: &TeamId, flavor: &Flavor, devices: u32) {
-    match (usage.get_mut(team), devices) {
-        (Some(row), 0) => {
-            row.remove(flavor);
-            if row.is_empty() {
-                usage.remove(team);
+/// Changes the devices of `flavor` that `team` holds with `change`, dropping zeros (so a
+/// rebuilt state compares equal); returns them before and after. One lookup of each name when
+/// the entry exists; names are copied only for a new entry.
+fn change_usage(
+    usage: &mut BTreeMap<TeamId, BTreeMap<Flavor, u32>>,
+    team: &TeamId,
+    flavor: &Flavor,
+    change: impl FnOnce(u32) -> u32,
+) -> (u32, u32) {
+    if let Some(row) = usage.get_mut(team) {
+        if let Some(held) = row.get_mut(flavor) {
+            let (used, next) = (*held, change(*held));
+            if next > 0 {
+                *held = next;
+            } else {
+                row.remove(flavor);
+                if row.is_empty() {
+                    usage.remove(team);
+                }
             }
-        }
-        (Some(row), n) => match row.get_mut(flavor) {
-            Some(v) => *v = n,
-            None => {
-                row.insert(flavor.clone(), n);
-            }
-        },
-        (None, 0) => {}
-        (None, n) => {
-            usage.insert(team.clone(), BTreeMap::from([(flavor.clone(), n)]));
+            return (used, next);
         }
     }
+    let next = change(0);
+    if next > 0 {
+        usage.entry(team.clone()).or_default().insert(flavor.clone(), next);
+    }
+    (0, next)
 }

@@ -67,6 +67,8 @@ pub(crate) struct NodeIndex {
     pub groups: Vec<u64>,
     /// Flavors in order of first appearance on the nodes.
     pub flavors: Vec<Flavor>,
+    /// Distinct `rack` labels (a node's `rack` is below this).
+    pub racks: u32,
     pub index: Vec<FlavorIndex>,
 }
 
@@ -104,6 +106,7 @@ impl NodeIndex {
                 groups: (group_start, layout.groups.len() as u8),
             });
         }
+        out.racks = racks.len() as u32;
         for n in 0..out.nodes.len() as u32 {
             let free = out.nodes[n as usize].free;
             out.each_indexed_slot(n, |buckets, mask| buckets[(mask & free).count_ones() as usize].push(n));

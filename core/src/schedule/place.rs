@@ -13,7 +13,6 @@
 use super::view::{FlavorIx, NodeView, View};
 use crate::plan::NodeFilterCounts;
 use crate::policy::PlacementStrategy;
-use std::collections::BTreeMap;
 
 /// What one gang needs, with the flavor fixed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -85,7 +84,7 @@ impl View<'_> {
     /// they can hold the gang and at least `extra` nodes were seen.
     pub fn fast_candidates(&self, shape: &Shape, strategy: PlacementStrategy, extra: u32) -> Vec<u32> {
         let (low, top) = (shape.count as usize, self.bucket_count(shape.flavor));
-        let (mut out, mut total) = (Vec::new(), 0u32);
+        let (mut out, mut total) = (Vec::with_capacity(extra as usize + 1), 0u32);
         for i in 0..top.saturating_sub(low) {
             let k = match strategy {
                 PlacementStrategy::BinPack => low + i,
@@ -119,36 +118,47 @@ impl View<'_> {
             node: u32,
             avail: u64,
             fits: u32,
+            rack: usize,
         }
-        let mut cands: Vec<Cand> = Vec::with_capacity(candidates.len());
-        let mut racks: BTreeMap<Option<u32>, (u32, usize)> = BTreeMap::new();
+        // Per rack (the nodes' racks, then one for nodes without): the replicas it can hold,
+        // and the order in which the candidates reached it (`u32::MAX`: not reached).
+        let no_rack = self.rack_count();
+        let mut racks = vec![(0u32, u32::MAX); no_rack + 1];
+        let mut reached = 0;
+        let mut cands: Vec<((bool, bool, u32), Cand)> = Vec::with_capacity(candidates.len());
         for &n in candidates {
             let node = self.node(n);
             let a = avail(n, node) & self.mask_of(n, shape.flavor);
             let fits = replicas_fit(shape, a.count_ones(), node.cpu_free, node.mem_free);
             if fits > 0 {
-                let seen = racks.len();
-                let r = racks.entry(node.rack).or_insert((0, seen));
+                let rack = node.rack.map_or(no_rack, |r| r as usize);
+                let r = &mut racks[rack];
+                if r.1 == u32::MAX {
+                    (r.1, reached) = (reached, reached + 1);
+                }
                 r.0 = r.0.saturating_add(fits);
-                cands.push(Cand { node: n, avail: a, fits });
+                let packing = match strategy {
+                    PlacementStrategy::BinPack => a.count_ones(),
+                    PlacementStrategy::Spread => 64 - a.count_ones(),
+                };
+                let split = !fits_one_group(a, self.groups_of(n), shape.count);
+                cands.push(((false, split, packing), Cand { node: n, avail: a, fits, rack }));
             }
         }
         let best_rack = racks
             .iter()
+            .enumerate()
+            .filter(|(_, (_, order))| *order != u32::MAX)
             .max_by_key(|(_, (cap, order))| ((*cap).min(shape.replicas), std::cmp::Reverse(*order)))
-            .map(|(r, _)| *r);
-        let mut ranked: Vec<((bool, bool, u32), Cand)> = cands
-            .into_iter()
-            .map(|c| {
-                let packing = match strategy {
-                    PlacementStrategy::BinPack => c.avail.count_ones(),
-                    PlacementStrategy::Spread => 64 - c.avail.count_ones(),
-                };
-                let split = !fits_one_group(c.avail, self.groups_of(c.node), shape.count);
-                ((Some(self.node(c.node).rack) != best_rack, split, packing), c)
-            })
-            .collect();
-        ranked.sort_by_key(|(key, _)| *key);
+            .map(|(r, _)| r);
+        for (key, c) in &mut cands {
+            key.0 = Some(c.rack) != best_rack;
+        }
+        // Stable: equal keys keep the scan order; most scans arrive sorted already.
+        if !cands.is_sorted_by_key(|(key, _)| *key) {
+            cands.sort_by_key(|(key, _)| *key);
+        }
+        let ranked = cands;
         let mut picks = Vec::with_capacity(shape.replicas as usize);
         for (_, c) in ranked {
             let groups = self.groups_of(c.node);

@@ -118,12 +118,20 @@ impl<'s> Cycle<'s> {
     fn run_global(&mut self, order: QueueOrder) {
         let state = self.view.state;
         let queue = if order == QueueOrder::ShortestFirst { state.shortest() } else { state.fifo() };
-        let mut ids: Vec<JobId> = queue.iter().map(|k| k.2).collect();
+        let total = queue.len();
         if order == QueueOrder::LeastAttained {
+            let mut ids: Vec<JobId> = queue.iter().map(|k| k.2).collect();
             ids.sort_by_key(|id| self.policy.las_level(state.jobs()[id].attained_device_ms));
+            self.walk_global(ids.into_iter(), total);
+        } else {
+            self.walk_global(queue.iter().map(|k| k.2), total);
         }
-        let total = ids.len();
-        for (position, id) in ids.into_iter().enumerate() {
+    }
+
+    /// Considers the jobs of a global queue in order, until the bounds or a strict FIFO stop.
+    fn walk_global(&mut self, ids: impl Iterator<Item = JobId>, total: usize) {
+        let state = self.view.state;
+        for (position, id) in ids.enumerate() {
             if self.bounded() {
                 break;
             }

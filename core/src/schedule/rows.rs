@@ -48,12 +48,13 @@ impl TeamRows {
         rows
     }
 
-    /// Sets the devices of `flavor` that `team` holds; false when the rows lack either.
-    pub fn set_usage(&mut self, team: &TeamId, flavor: &Flavor, devices: u32) -> bool {
-        let (Ok(t), Some(f)) = (self.ids.binary_search(team), self.flavors.iter().position(|x| x == flavor)) else {
-            return false;
-        };
-        self.usage[t * self.flavors.len() + f] = devices;
-        true
+    /// Sets the devices of `flavor` that `team` holds; returns the team's quota of it, or
+    /// `None` when the rows lack either.
+    pub fn set_usage(&mut self, team: &TeamId, flavor: &Flavor, devices: u32) -> Option<Option<FlavorQuota>> {
+        let t = self.ids.binary_search(team).ok()?;
+        let f = self.flavors.iter().position(|x| x == flavor)?;
+        let at = t * self.flavors.len() + f;
+        self.usage[at] = devices;
+        Some(self.quota[at])
     }
 }

@@ -81,6 +81,11 @@ impl<'s> View<'s> {
         &self.state.allocs.at(n as usize).layout.devices
     }
 
+    /// Number of distinct racks.
+    pub fn rack_count(&self) -> usize {
+        self.nodes.base().racks as usize
+    }
+
     /// Node `n`'s locality groups as device masks.
     pub fn groups_of(&self, n: u32) -> &'s [u64] {
         let index = self.nodes.base();
