@@ -355,8 +355,9 @@ impl State {
         } else {
             self.running.remove(&id);
         }
-        let deadline = match (job.state, job.started_ms, job.spec.max_runtime_ms) {
-            (JobState::Running, Some(start), Some(max)) => Some(start.saturating_add(max)),
+        let Some(max) = job.spec.max_runtime_ms else { return };
+        let deadline = match (job.state, job.started_ms) {
+            (JobState::Running, Some(start)) => Some(start.saturating_add(max)),
             _ => None,
         };
         if let Some(old) = self.deadline_of.remove(&id) {

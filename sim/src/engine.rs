@@ -287,8 +287,11 @@ impl<'a> Sim<'a> {
     fn spec(&self, j: &TraceJob) -> JobSpec {
         let (replicas, count) = self.config.placement.gang(j.gpus, self.per_node);
         let estimate = if self.config.policy == Policy::Sjf { Some(j.duration_ms) } else { j.estimate_ms };
+        let mut name = String::with_capacity(16);
+        name.push_str("line-");
+        name.push_str(itoa::Buffer::new().format(j.line));
         JobSpec {
-            name: format!("line-{}", j.line),
+            name,
             team: j.team.clone(),
             priority_class: None,
             gang: GangSpec {

@@ -46,7 +46,7 @@ impl<'s> Cycle<'s> {
             .filter_map(|((q, used), ledger)| q.map(|q| borrowed(&q, *used) * 1_000_000 / ledger.capacity.max(1)))
             .max()
             .unwrap_or(0);
-        dominant * 1000 / u64::from(self.view.teams[t].weight_milli.max(1))
+        dominant * 1000 / u64::from(self.view.weights[t].max(1))
     }
 
     /// Whether the job fits its team's nominal for some acceptable flavor.

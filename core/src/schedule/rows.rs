@@ -21,6 +21,8 @@ pub(crate) struct TeamRows {
     pub usage: Vec<u32>,
     /// Each team's quota per flavor.
     pub quota: Vec<Option<FlavorQuota>>,
+    /// Each team's weight, in thousandths.
+    pub weights: Vec<u32>,
 }
 
 impl TeamRows {
@@ -36,7 +38,11 @@ impl TeamRows {
                 flavors.push(f.clone());
             }
         }
-        let mut rows = Self { ids: teams.keys().cloned().collect(), ..Self::default() };
+        let mut rows = Self {
+            ids: teams.keys().cloned().collect(),
+            weights: teams.values().map(|t| t.weight_milli).collect(),
+            ..Self::default()
+        };
         for (id, spec) in teams {
             let held = usage.get(id);
             for f in &flavors {

@@ -9,7 +9,7 @@ use crate::job::{DeviceRequest, Job};
 use crate::quota::Ledger;
 use crate::resource::Flavor;
 use crate::state::State;
-use crate::team::{FlavorQuota, TeamSpec};
+use crate::team::FlavorQuota;
 
 use super::nodes::span;
 pub(crate) use super::nodes::{FlavorIx, NodeView};
@@ -25,7 +25,9 @@ pub(crate) struct View<'s> {
     pub flavors: &'s [Flavor],
     /// Teams in name order; team `t`'s usage and quota per interned flavor are its rows of
     /// `usage` and `quota` (flat: one allocation each per cycle, not two per team).
-    pub teams: Vec<&'s TeamSpec>,
+    team_ids: &'s [TeamId],
+    /// Each team's weight, in thousandths.
+    pub weights: &'s [u32],
     /// Devices each team holds, per flavor: row `t` is `usage[t * flavors.len()..][..flavors.len()]`.
     usage: Vec<u32>,
     /// Each team's quota per flavor, laid out like `usage`.
@@ -45,7 +47,8 @@ impl<'s> View<'s> {
             node_ids: state.allocs.ids(),
             nodes: NodeOverlay::new(nodes),
             flavors: &rows.flavors,
-            teams: state.teams().values().collect(),
+            team_ids: &rows.ids,
+            weights: &rows.weights,
             usage: rows.usage.clone(),
             quota: &rows.quota,
             ledgers: rows.flavors.iter().map(|f| ledgers.get(f).copied().unwrap_or_default()).collect(),
@@ -116,7 +119,7 @@ impl<'s> View<'s> {
 
     /// The row of a team, by position in team order.
     pub fn team_ix(&self, id: &TeamId) -> Option<usize> {
-        self.teams.binary_search_by(|t| t.name.cmp(id)).ok()
+        self.team_ids.binary_search(id).ok()
     }
 
     /// The flavors `team` may use for `request` (see `TeamSpec::accepts`), most preferred
