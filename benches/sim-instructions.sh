@@ -21,7 +21,7 @@ callgrind_annotate --inclusive=yes "$OUT/callgrind.out" >"$OUT/annotated.txt"
 count() { grep -m1 -E "$1" "$OUT/annotated.txt" | awk '{gsub(",", "", $1); print $1}'; }
 TOTAL=$(count 'PROGRAM TOTALS')
 SIMULATE=$(count 'qm::sim::simulate \[')
-SCHEDULE=$(count 'qm_core::schedule::schedule \[')
+SCHEDULE=$(count 'qm_core::schedule::schedule_with \[')
 echo "events=$EVENTS"
 echo "instructions_total=$TOTAL"
 echo "instructions_simulate=$SIMULATE per_event=$((SIMULATE / EVENTS))"

@@ -106,7 +106,7 @@ pub use job::{Assignment, DeviceRequest, GangSpec, Job, JobSpec, JobState, Repli
 pub use plan::{Decisions, Placement, PlacementReport, Plan, Preemption, PreemptionRule};
 pub use policy::{PlacementStrategy, PolicyConfig, QueueOrder, QueueingStrategy};
 pub use resource::{AcceleratorKind, Device, Flavor, Health, Node, NodeSpec, NodeStatus};
-pub use schedule::schedule;
+pub use schedule::{schedule, schedule_with, Scratch};
 pub use state::{State, StateCut};
 pub use team::{FlavorQuota, PriorityClass, TeamSpec};
 pub use verify::{verify, StaleReason};

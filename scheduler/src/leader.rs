@@ -7,7 +7,7 @@
 
 use crate::node::Handle;
 use crate::service::now_ms;
-use qm_core::{Command, PolicyConfig};
+use qm_core::{Command, PolicyConfig, Scratch};
 use std::time::Duration;
 
 /// How the loop runs.
@@ -33,6 +33,7 @@ impl Default for LeaderConfig {
 
 /// Runs until the node stops.
 pub async fn run(node: Handle, config: LeaderConfig) {
+    let mut scratch = Scratch::default();
     loop {
         tokio::select! {
             _ = node.shared().work.notified() => {}
@@ -44,7 +45,7 @@ pub async fn run(node: Handle, config: LeaderConfig) {
         }
         let mut gap = config.min_gap;
         if status.leader == status.id {
-            gap = gap.max(cycle(&node, &config.policy).await * 3);
+            gap = gap.max(cycle(&node, &config.policy, &mut scratch).await * 3);
         }
         tokio::time::sleep(gap).await;
     }
@@ -52,12 +53,12 @@ pub async fn run(node: Handle, config: LeaderConfig) {
 
 /// One cycle: plan on the current state, propose what changed. Returns how long planning held
 /// the state (not the wait for the plan to commit).
-async fn cycle(node: &Handle, policy: &PolicyConfig) -> Duration {
+async fn cycle(node: &Handle, policy: &PolicyConfig, scratch: &mut Scratch) -> Duration {
     let now = now_ms();
     let started = std::time::Instant::now();
     let decisions = {
         let fsm = node.fsm();
-        qm_core::schedule(&fsm.state, policy, now).decisions
+        qm_core::schedule_with(&fsm.state, policy, now, scratch).decisions
     };
     let planning = started.elapsed();
     if decisions.is_empty() {

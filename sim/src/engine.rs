@@ -14,7 +14,7 @@ use crate::trace::TraceJob;
 use crate::SimError;
 use qm_core::{
     AcceleratorKind, Command, DeviceRequest, Effect, GangSpec, JobId, JobSpec, JobState, NodeId, Outcome, PolicyConfig,
-    PriorityClass, QueueOrder, QueueingStrategy, State, StopReason, StopSignal, TeamId,
+    PriorityClass, QueueOrder, QueueingStrategy, Scratch, State, StopReason, StopSignal, TeamId,
 };
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -126,6 +126,8 @@ pub(crate) struct Sim<'a> {
     pub trace_of: Vec<usize>,
     progress: Vec<Progress>,
     pub out: RunOutput,
+    /// The scheduler's buffers, kept between cycles.
+    scratch: Scratch,
     failures: Option<(StdRng, Exp<f64>)>,
     next_sample: u64,
     /// Jobs that reached a terminal state; the run ends when all have (node failures and ticks
@@ -189,6 +191,7 @@ impl<'a> Sim<'a> {
             trace_of: Vec::with_capacity(jobs.len()),
             progress: Vec::with_capacity(jobs.len()),
             out: RunOutput { teams: names, nominal_share, devices, ..RunOutput::default() },
+            scratch: Scratch::default(),
             failures,
             next_sample: 0,
             ended: 0,
@@ -373,7 +376,7 @@ impl<'a> Sim<'a> {
     fn cycle(&mut self) -> Result<(), SimError> {
         self.dirty = false;
         self.out.cycles += 1;
-        let plan = qm_core::schedule(&self.state, &self.policy, self.now);
+        let plan = qm_core::schedule_with(&self.state, &self.policy, self.now, &mut self.scratch);
         if !plan.decisions.is_empty() {
             let out = self.state.apply(Command::ApplyPlan { decisions: plan.decisions, at_ms: self.now })?;
             if let Some(r) = out.rejected.first() {

@@ -23,6 +23,7 @@ use crate::quota::Admission;
 use crate::resource::Flavor;
 use crate::state::State;
 pub(crate) use nodes::NodeIndex;
+pub use overlay::Scratch;
 use place::{Pick, Shape};
 pub(crate) use rows::TeamRows;
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,6 +33,12 @@ use view::{FlavorIx, View};
 /// Runs one scheduling cycle at `now_ms`: what to start, whom to preempt, which jobs ran past
 /// their maximum runtime, and why each job looked at stays pending.
 pub fn schedule(state: &State, policy: &PolicyConfig, now_ms: u64) -> Plan {
+    schedule_with(state, policy, now_ms, &mut Scratch::default())
+}
+
+/// `schedule`, with buffers kept between cycles by a caller that runs many (the plan is the
+/// same; only allocations are saved).
+pub fn schedule_with(state: &State, policy: &PolicyConfig, now_ms: u64, scratch: &mut Scratch) -> Plan {
     if let Some(blocked) = nothing_to_do(state, policy) {
         let mut plan = Plan { at_ms: now_ms, ..Plan::default() };
         plan.decisions.expired = state.expired(now_ms).collect();
@@ -40,7 +47,7 @@ pub fn schedule(state: &State, policy: &PolicyConfig, now_ms: u64) -> Plan {
         return plan;
     }
     let mut cycle = Cycle {
-        view: View::build(state),
+        view: View::build(state, scratch),
         policy,
         now_ms,
         plan: Plan { at_ms: now_ms, ..Plan::default() },

@@ -10,26 +10,67 @@
 //! it (a binary search); the positions of nodes the cycle pushed or moved are recorded, so
 //! moving a node between buckets stays O(log n).
 
+//!
+//! The overlay's buffers live in a `Scratch` that a caller running many cycles keeps between
+//! them (the simulator does): dropping the overlay puts back what the cycle changed, so at rest
+//! the buffers say "nothing changed" and the next cycle starts without allocating.
+
 use super::nodes::{span, FlavorIx, NodeIndex, NodeView};
+
+/// Not changed by this cycle (in `touched` and `pos`).
+const UNSET: u32 = u32::MAX;
+
+/// Buffers of a cycle, kept between cycles by `schedule_with`. At rest every entry of
+/// `touched` and `pos` is `UNSET`, `changed`, `changed_nodes` and `moved` are empty, and no
+/// bucket is copied.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    /// Per node, its place in `changed`, or `UNSET` (sized at a cycle's first change).
+    touched: Vec<u32>,
+    /// Nodes this cycle changed, and their ids.
+    changed: Vec<NodeView>,
+    changed_nodes: Vec<u32>,
+    /// Per flavor, per free-device count: the buckets this cycle changed.
+    buckets: Vec<Vec<Option<Vec<u32>>>>,
+    /// Emptied bucket copies, for the next cycle's.
+    spare: Vec<Vec<u32>>,
+    /// Position of each slot's node in its bucket, where the cycle put or moved it (sized at a
+    /// cycle's first change; `UNSET`: where the state's bucket has it); `moved` lists the slots
+    /// set.
+    pos: Vec<u32>,
+    moved: Vec<u32>,
+}
 
 /// A cycle's view of the node index: the state's index plus what the cycle changed.
 #[derive(Debug)]
 pub(crate) struct NodeOverlay<'s> {
     base: &'s NodeIndex,
-    /// Nodes this cycle changed.
-    changed: Vec<NodeView>,
-    /// Per node, its place in `changed`, or `u32::MAX` (allocated at the first change).
-    touched: Vec<u32>,
-    /// Per flavor, per free-device count: the buckets this cycle changed.
-    buckets: Vec<Vec<Option<Vec<u32>>>>,
-    /// Position of each slot's node in its bucket, where the cycle put or moved it (allocated
-    /// at the first change; `u32::MAX`: where the state's bucket has it).
-    pos: Vec<u32>,
+    s: &'s mut Scratch,
+}
+
+impl Drop for NodeOverlay<'_> {
+    /// Puts the scratch back at rest.
+    fn drop(&mut self) {
+        let s = &mut *self.s;
+        for n in s.changed_nodes.drain(..) {
+            s.touched[n as usize] = UNSET;
+        }
+        s.changed.clear();
+        for slot in s.moved.drain(..) {
+            s.pos[slot as usize] = UNSET;
+        }
+        for bucket in s.buckets.iter_mut().flatten() {
+            if let Some(mut copy) = bucket.take() {
+                copy.clear();
+                s.spare.push(copy);
+            }
+        }
+    }
 }
 
 impl<'s> NodeOverlay<'s> {
-    pub fn new(base: &'s NodeIndex) -> Self {
-        Self { base, changed: Vec::new(), touched: Vec::new(), buckets: Vec::new(), pos: Vec::new() }
+    pub fn new(base: &'s NodeIndex, s: &'s mut Scratch) -> Self {
+        Self { base, s }
     }
 
     /// The index this overlays.
@@ -44,22 +85,24 @@ impl<'s> NodeOverlay<'s> {
 
     /// Node `n` as the cycle sees it.
     pub fn node(&self, n: u32) -> &NodeView {
-        match self.touched.get(n as usize) {
-            Some(&at) if at != u32::MAX => &self.changed[at as usize],
+        match self.s.touched.get(n as usize) {
+            Some(&at) if at != UNSET => &self.s.changed[at as usize],
             _ => &self.base.nodes[n as usize],
         }
     }
 
     /// Node `n`, to change (copied from the state's index at its first change).
     pub fn node_mut(&mut self, n: u32) -> &mut NodeView {
-        if self.touched.is_empty() {
-            self.touched = vec![u32::MAX; self.len()];
+        let s = &mut *self.s;
+        if s.touched.len() != self.base.nodes.len() {
+            s.touched.resize(self.base.nodes.len(), UNSET);
         }
-        if self.touched[n as usize] == u32::MAX {
-            self.touched[n as usize] = self.changed.len() as u32;
-            self.changed.push(self.base.nodes[n as usize].clone());
+        if s.touched[n as usize] == UNSET {
+            s.touched[n as usize] = s.changed.len() as u32;
+            s.changed.push(self.base.nodes[n as usize].clone());
+            s.changed_nodes.push(n);
         }
-        &mut self.changed[self.touched[n as usize] as usize]
+        &mut s.changed[s.touched[n as usize] as usize]
     }
 
     /// Number of free-device buckets of flavor `f` (none for a flavor no node has).
@@ -69,7 +112,7 @@ impl<'s> NodeOverlay<'s> {
 
     /// The schedulable nodes with exactly `k` free devices of flavor `f`.
     pub fn bucket(&self, f: FlavorIx, k: usize) -> &[u32] {
-        match self.buckets.get(f as usize).and_then(|b| b.get(k)).and_then(Option::as_ref) {
+        match self.s.buckets.get(f as usize).and_then(|b| b.get(k)).and_then(Option::as_ref) {
             Some(own) => own,
             None => &self.base.index[f as usize].buckets[k],
         }
@@ -83,24 +126,35 @@ impl<'s> NodeOverlay<'s> {
     /// Bucket `k` of flavor `f`, to change: copied at its first change.
     fn owned(&mut self, f: FlavorIx, k: usize) -> &mut Vec<u32> {
         let (fi, count) = (f as usize, self.bucket_count(f));
-        if self.buckets.len() <= fi {
-            self.buckets.resize_with(fi + 1, Vec::new);
+        let s = &mut *self.s;
+        if s.buckets.len() <= fi {
+            s.buckets.resize_with(fi + 1, Vec::new);
         }
-        if self.buckets[fi].len() < count {
-            self.buckets[fi].resize_with(count, || None);
+        if s.buckets[fi].len() < count {
+            s.buckets[fi].resize_with(count, || None);
         }
-        if self.pos.is_empty() {
-            self.pos = vec![u32::MAX; self.base.slots.len()];
+        if s.pos.len() != self.base.slots.len() {
+            s.pos.resize(self.base.slots.len(), UNSET);
         }
-        let base = &self.base.index[fi].buckets[k];
-        self.buckets[fi][k].get_or_insert_with(|| base.clone())
+        let spare = &mut s.spare;
+        s.buckets[fi][k].get_or_insert_with(|| {
+            let mut copy = spare.pop().unwrap_or_default();
+            copy.extend_from_slice(&self.base.index[fi].buckets[k]);
+            copy
+        })
+    }
+
+    /// Records where slot `s`'s node now sits in its bucket.
+    fn set_pos(&mut self, slot: usize, at: usize) {
+        self.s.pos[slot] = at as u32;
+        self.s.moved.push(slot as u32);
     }
 
     /// The position of node `n`'s slot `s` in its bucket `k` of flavor `f`: recorded if the
     /// cycle put it there or moved it; else where the state's (sorted) bucket has it.
     fn position(&self, s: usize, n: u32, f: FlavorIx, k: usize) -> usize {
-        match self.pos.get(s) {
-            Some(&at) if at != u32::MAX => at as usize,
+        match self.s.pos.get(s) {
+            Some(&at) if at != UNSET => at as usize,
             _ => self.base.index[f as usize].buckets[k].binary_search(&n).expect("an indexed node is in its bucket"),
         }
     }
@@ -121,8 +175,8 @@ impl<'s> NodeOverlay<'s> {
             let slot = self.base.slots[s];
             let bucket = self.owned(slot.flavor, (slot.mask & free).count_ones() as usize);
             bucket.push(n);
-            let at = (bucket.len() - 1) as u32;
-            self.pos[s] = at;
+            let at = bucket.len() - 1;
+            self.set_pos(s, at);
         }
     }
 
@@ -136,7 +190,7 @@ impl<'s> NodeOverlay<'s> {
             bucket.swap_remove(at);
             if let Some(moved) = bucket.get(at).copied() {
                 let i = self.slot_of(moved, slot.flavor).expect("indexed node has the flavor");
-                self.pos[i] = at as u32;
+                self.set_pos(i, at);
             }
         }
     }
@@ -181,20 +235,24 @@ mod tests {
                 s.apply(Command::RegisterNode { node: node(&format!("n{i:02}"), *gpus, None), at_ms: 0 }).unwrap();
             }
             let base = s.node_index().clone();
-            let mut overlay = NodeOverlay::new(s.node_index());
-            let mut buckets = base.index[0].buckets.clone();
-            let mut free: Vec<u64> = base.nodes.iter().map(|v| v.free).collect();
-            for (pick, bits) in takes {
-                let n = pick % sizes.len() as u32;
-                let mask = bits & free[n as usize];
-                overlay.take(n, mask, 0, 0);
-                reference_take(&mut buckets, &mut free, n, mask);
-            }
-            for (k, bucket) in buckets.iter().enumerate() {
-                prop_assert_eq!(overlay.bucket(0, k), bucket.as_slice(), "bucket {}", k);
-            }
-            for (n, f) in free.iter().enumerate() {
-                prop_assert_eq!(overlay.node(n as u32).free, *f);
+            let mut scratch = Scratch::default();
+            // Twice on one scratch: the second cycle must start from the state's index again.
+            for _ in 0..2 {
+                let mut overlay = NodeOverlay::new(s.node_index(), &mut scratch);
+                let mut buckets = base.index[0].buckets.clone();
+                let mut free: Vec<u64> = base.nodes.iter().map(|v| v.free).collect();
+                for &(pick, bits) in &takes {
+                    let n = pick % sizes.len() as u32;
+                    let mask = bits & free[n as usize];
+                    overlay.take(n, mask, 0, 0);
+                    reference_take(&mut buckets, &mut free, n, mask);
+                }
+                for (k, bucket) in buckets.iter().enumerate() {
+                    prop_assert_eq!(overlay.bucket(0, k), bucket.as_slice(), "bucket {}", k);
+                }
+                for (n, f) in free.iter().enumerate() {
+                    prop_assert_eq!(overlay.node(n as u32).free, *f);
+                }
             }
             prop_assert_eq!(s.node_index(), &base);
         }

@@ -13,7 +13,7 @@ use crate::team::FlavorQuota;
 
 use super::nodes::span;
 pub(crate) use super::nodes::{FlavorIx, NodeView};
-use super::overlay::NodeOverlay;
+use super::overlay::{NodeOverlay, Scratch};
 
 /// The per-cycle scratch view.
 #[derive(Debug)]
@@ -38,14 +38,14 @@ pub(crate) struct View<'s> {
 }
 
 impl<'s> View<'s> {
-    pub fn build(state: &'s State) -> Self {
+    pub fn build(state: &'s State, scratch: &'s mut Scratch) -> Self {
         let nodes = state.node_index();
         let rows = state.team_rows();
         let ledgers = state.ledgers();
         let mut view = View {
             state,
             node_ids: state.allocs.ids(),
-            nodes: NodeOverlay::new(nodes),
+            nodes: NodeOverlay::new(nodes, scratch),
             flavors: &rows.flavors,
             team_ids: &rows.ids,
             weights: &rows.weights,
