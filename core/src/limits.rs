@@ -33,7 +33,12 @@ fn name(field: &str, value: &str) -> Result<(), FieldError> {
     if value.len() > MAX_NAME_BYTES {
         return Err(FieldError::new(field, format!("longer than {MAX_NAME_BYTES} bytes")));
     }
-    if value.chars().any(char::is_control) {
+    let control = if value.is_ascii() {
+        value.bytes().any(|b| b.is_ascii_control())
+    } else {
+        value.chars().any(char::is_control)
+    };
+    if control {
         return Err(FieldError::new(field, "contains control characters"));
     }
     Ok(())

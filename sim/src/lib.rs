@@ -114,7 +114,10 @@ fn unfit_reason(
 
 /// The teams of `jobs`, in name order, each once.
 pub fn team_names(jobs: &[TraceJob]) -> Vec<String> {
-    let names: BTreeSet<&str> = jobs.iter().map(|j| j.team.as_str()).collect();
+    let mut names = BTreeSet::new();
+    for j in jobs {
+        names.insert(j.team.as_str());
+    }
     names.into_iter().map(str::to_owned).collect()
 }
 

@@ -4,6 +4,7 @@ use crate::engine::RunOutput;
 use crate::trace::TraceJob;
 use qm_core::TeamId;
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 /// One job's life in the simulation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -179,9 +180,9 @@ pub fn jain(x: &[f64]) -> f64 {
     s * s / (x.len() as f64 * sq)
 }
 
-fn team_summary(out: &RunOutput, i: usize, total_gpu_ms: f64) -> TeamSummary {
+/// Team `i`'s summary, from its records (`mine`).
+fn team_summary(out: &RunOutput, i: usize, mine: &[&JobRecord], total_gpu_ms: f64) -> TeamSummary {
     let name = &out.teams[i];
-    let mine: Vec<&JobRecord> = out.records.iter().filter(|r| r.team.as_str() == name).collect();
     let work: f64 = mine.iter().filter(|r| r.completed).map(|r| r.duration_ms as f64 * f64::from(r.gpus)).sum();
     let waits = sorted(mine.iter().filter_map(|r| r.wait_s()).collect());
     let speeds: Vec<f64> =
@@ -208,7 +209,14 @@ pub fn summarize(out: &RunOutput, header: Summary) -> Summary {
     let last = records.iter().filter_map(|r| r.end_ms).max().unwrap_or(first);
     let makespan_s = (last - first) as f64 / 1000.0;
     let work_ms: f64 = records.iter().filter(|r| r.completed).map(|r| r.duration_ms as f64 * f64::from(r.gpus)).sum();
-    let teams: Vec<TeamSummary> = (0..out.teams.len()).map(|i| team_summary(out, i, work_ms)).collect();
+    let mut by_team: BTreeMap<&str, Vec<&JobRecord>> = out.teams.iter().map(|t| (t.as_str(), Vec::new())).collect();
+    for r in records {
+        if let Some(mine) = by_team.get_mut(r.team.as_str()) {
+            mine.push(r);
+        }
+    }
+    let teams: Vec<TeamSummary> =
+        out.teams.iter().enumerate().map(|(i, t)| team_summary(out, i, &by_team[t.as_str()], work_ms)).collect();
     let speeds: Vec<f64> = teams.iter().filter(|t| t.jobs > 0).map(|t| t.speed).collect();
     Summary {
         jobs: records.len(),

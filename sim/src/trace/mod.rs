@@ -173,13 +173,25 @@ pub fn parse(text: &str, file: &str, format: Format, skip_bad: bool) -> Result<T
 
 /// Sorts jobs by submission (stable) and shifts them so the first is submitted at 0; used after
 /// reading, and again after keeping only some teams (`--team`).
-pub fn rebase(mut jobs: Vec<TraceJob>) -> Vec<TraceJob> {
-    jobs.sort_by_key(|j| j.submit_ms);
+pub fn rebase(jobs: Vec<TraceJob>) -> Vec<TraceJob> {
+    let mut jobs = by_submission(jobs);
     let first = jobs.first().map_or(0, |j| j.submit_ms);
     for j in &mut jobs {
         j.submit_ms -= first;
     }
     jobs
+}
+
+/// The jobs sorted by submission time, ties in their order: a sort of (time, index) keys,
+/// then one move of each job (sorting the jobs themselves moved each many times).
+fn by_submission(jobs: Vec<TraceJob>) -> Vec<TraceJob> {
+    if jobs.is_sorted_by_key(|j| j.submit_ms) {
+        return jobs;
+    }
+    let mut order: Vec<(u64, usize)> = jobs.iter().enumerate().map(|(i, j)| (j.submit_ms, i)).collect();
+    order.sort_unstable();
+    let mut slots: Vec<Option<TraceJob>> = jobs.into_iter().map(Some).collect();
+    order.into_iter().map(|(_, i)| slots[i].take().expect("each index once")).collect()
 }
 
 /// Data rows of a CSV with a header: non-empty lines after the first, with line numbers.
@@ -200,4 +212,36 @@ pub(crate) fn check_header(text: &str, file: &str, expected: &[&str]) -> Result<
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Rebasing sorts by submission time keeping ties in trace order (what a stable sort
+        /// of the jobs gives), and shifts the first submission to 0.
+        #[test]
+        fn rebase_is_a_stable_sort_by_submission(times in prop::collection::vec(0u64..20, 0..60)) {
+            let jobs: Vec<TraceJob> = times
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| TraceJob {
+                    line: i,
+                    submit_ms: 1000 + t * 1000,
+                    duration_ms: 1000,
+                    gpus: 1,
+                    team: "a".into(),
+                    estimate_ms: None,
+                })
+                .collect();
+            let mut expected = jobs.clone();
+            expected.sort_by_key(|j| j.submit_ms);
+            let first = expected.first().map_or(0, |j| j.submit_ms);
+            let got = rebase(jobs);
+            prop_assert_eq!(got.iter().map(|j| j.line).collect::<Vec<_>>(), expected.iter().map(|j| j.line).collect::<Vec<_>>());
+            prop_assert!(got.iter().zip(&expected).all(|(g, e)| g.submit_ms == e.submit_ms - first));
+        }
+    }
 }
