@@ -16,32 +16,46 @@ impl State {
     /// replica. On error nothing changed.
     pub fn apply(&mut self, command: Command) -> Result<Outcome, ApplyError> {
         let mut out = Outcome::default();
+        self.apply_into(command, &mut out)?;
+        Ok(out)
+    }
+
+    /// `apply`, writing what the command produced into `out` (emptied first), so a caller that
+    /// applies many commands reuses its buffers. On error nothing changed and `out` is empty.
+    pub fn apply_into(&mut self, command: Command, out: &mut Outcome) -> Result<(), ApplyError> {
+        out.clear();
+        let applied = self.dispatch(command, out);
+        if applied.is_err() {
+            out.clear();
+        }
+        applied
+    }
+
+    fn dispatch(&mut self, command: Command, out: &mut Outcome) -> Result<(), ApplyError> {
         match command {
-            Command::RegisterNode { node, at_ms } => {
-                self.with_node_change(|s| s.register_node(node, at_ms, &mut out))?
-            }
-            Command::NodeLost { node, at_ms } => self.with_node_change(|s| s.node_lost(&node, at_ms, &mut out))?,
-            Command::Submit { jobs, at_ms } => self.submit(jobs, at_ms, &mut out)?,
-            Command::Cancel { job, at_ms } => self.cancel(job, at_ms, &mut out)?,
-            Command::ApplyPlan { decisions, at_ms } => self.apply_plan(decisions, at_ms, &mut out),
+            Command::RegisterNode { node, at_ms } => self.with_node_change(|s| s.register_node(node, at_ms, out))?,
+            Command::NodeLost { node, at_ms } => self.with_node_change(|s| s.node_lost(&node, at_ms, out))?,
+            Command::Submit { jobs, at_ms } => self.submit(jobs, at_ms, out)?,
+            Command::Cancel { job, at_ms } => self.cancel(job, at_ms, out)?,
+            Command::ApplyPlan { decisions, at_ms } => self.apply_plan(decisions, at_ms, out),
             Command::JobStarted { job, attempt, at_ms } => {
                 self.check_attempt(job, attempt)?;
-                self.job_started(job, at_ms, &mut out)?
+                self.job_started(job, at_ms, out)?
             }
             Command::JobFinished { job, attempt, at_ms } => {
                 self.check_attempt(job, attempt)?;
-                self.job_exited(job, at_ms, None, &mut out)?
+                self.job_exited(job, at_ms, None, out)?
             }
             Command::JobFailed { job, attempt, message, at_ms } => {
                 self.check_attempt(job, attempt)?;
-                self.job_exited(job, at_ms, Some(message), &mut out)?
+                self.job_exited(job, at_ms, Some(message), out)?
             }
             Command::SetTeam { team } => self.set_team(team)?,
             Command::SetPriorityClass { class } => self.set_priority_class(class)?,
             Command::Cordon { node, cordoned } => self.with_node_change(|s| s.cordon(&node, cordoned))?,
-            Command::Drain { node } => self.with_node_change(|s| s.drain(&node, &mut out))?,
+            Command::Drain { node } => self.with_node_change(|s| s.drain(&node, out))?,
         }
-        Ok(out)
+        Ok(())
     }
 
     fn register_node(&mut self, spec: NodeSpec, at_ms: u64, out: &mut Outcome) -> Result<(), ApplyError> {

@@ -39,6 +39,27 @@ fn a_bad_job_refuses_the_whole_batch_and_names_the_field() {
 }
 
 #[test]
+fn apply_into_reuses_one_outcome_and_empties_it_on_error() {
+    let (mut a, mut b) = (one_node(), one_node());
+    let mut out = crate::command::Outcome::default();
+    let commands = [
+        Command::Submit { jobs: vec![job("vision", 1, 4)], at_ms: 0 },
+        Command::Submit { jobs: vec![job("vision", 1, 2), job("vision", 1, 2)], at_ms: 1 },
+    ];
+    for c in commands {
+        let expected = a.apply(c.clone()).unwrap();
+        b.apply_into(c, &mut out).unwrap();
+        assert_eq!(out, expected, "the same outcome, nothing left from the command before");
+    }
+    let plan = crate::schedule(&b, &PolicyConfig::default(), 2);
+    b.apply_into(Command::ApplyPlan { decisions: plan.decisions, at_ms: 2 }, &mut out).unwrap();
+    assert_eq!(out.effects.len(), 3, "three start orders");
+    let err = b.apply_into(Command::Submit { jobs: vec![job("nobody", 1, 1)], at_ms: 3 }, &mut out);
+    assert!(err.is_err());
+    assert_eq!(out, crate::command::Outcome::default(), "a refused command leaves nothing behind");
+}
+
+#[test]
 fn unknown_team_class_and_flavor_are_refused() {
     let mut s = one_node();
     let err = s.apply(Command::Submit { jobs: vec![job("nobody", 1, 1)], at_ms: 0 }).unwrap_err();

@@ -152,3 +152,13 @@ pub struct Outcome {
     /// Plan decisions refused as stale.
     pub rejected: Vec<Rejection>,
 }
+
+impl Outcome {
+    /// Empties every list, keeping their buffers.
+    pub fn clear(&mut self) {
+        self.submitted.clear();
+        self.effects.clear();
+        self.changed.clear();
+        self.rejected.clear();
+    }
+}

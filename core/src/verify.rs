@@ -106,7 +106,7 @@ impl State {
                 continue;
             }
             match self.check_placement(&p) {
-                Ok(()) => self.commit_placement(p, at_ms, out),
+                Ok(positions) => self.commit_placement(p, &positions, at_ms, out),
                 Err(reason) => out.rejected.push(Rejection { job: p.job, reason }),
             }
         }
@@ -160,7 +160,8 @@ impl State {
         }
     }
 
-    fn check_placement(&self, p: &Placement) -> Result<(), StaleReason> {
+    /// Checks a placement; returns its replicas' node positions.
+    fn check_placement(&self, p: &Placement) -> Result<Vec<usize>, StaleReason> {
         let job = self.job(p.job).ok_or(StaleReason::UnknownJob)?;
         if job.state != JobState::Pending {
             return Err(StaleReason::WrongState(job.state));
@@ -181,6 +182,7 @@ impl State {
         // Per node position: its allocation, the CPU and memory the replicas there take, and
         // the devices they use.
         let mut host: BTreeMap<usize, (&NodeAlloc, u64, u64, u64)> = BTreeMap::new();
+        let mut positions = Vec::with_capacity(a.replicas.len());
         for r in &a.replicas {
             if r.devices.len() != gang.devices.count as usize {
                 return Err(StaleReason::WrongShape(format!(
@@ -190,6 +192,7 @@ impl State {
                 )));
             }
             let (at, alloc) = self.schedulable_alloc(&r.node)?;
+            positions.push(at);
             let e = host.entry(at).or_insert((alloc, 0, 0, 0));
             e.3 |= check_replica_devices(alloc, &r.node, &r.devices, &a.flavor, e.3)?;
             e.1 += gang.cpu_millis;
@@ -204,7 +207,7 @@ impl State {
         let ledger = self.ledgers().get(&a.flavor).copied().unwrap_or_default();
         ledger
             .admit(q, self.usage(&job.spec.team, &a.flavor), gang.total_devices(), true)
-            .map(|_| ())
+            .map(|_| positions)
             .map_err(StaleReason::Quota)
     }
 
@@ -219,7 +222,7 @@ impl State {
     }
 
     /// Places the job; `hold` charges its team and keeps the quota totals up to date.
-    fn commit_placement(&mut self, p: Placement, at_ms: u64, out: &mut Outcome) {
+    fn commit_placement(&mut self, p: Placement, positions: &[usize], at_ms: u64, out: &mut Outcome) {
         let id = p.job;
         self.dequeue(id);
         let job = self.data.jobs.get_mut(&id).expect("checked");
@@ -237,7 +240,7 @@ impl State {
             });
         }
         job.assignment = Some(p.assignment);
-        self.hold(id);
+        self.hold_on(id, positions);
         out.changed.push((id, JobState::Starting));
     }
 }

@@ -128,6 +128,10 @@ pub(crate) struct Sim<'a> {
     pub out: RunOutput,
     /// The scheduler's buffers, kept between cycles.
     scratch: Scratch,
+    /// Outcome buffers, kept between commands: one for the command being followed up, one for
+    /// the starts that follow-up applies.
+    outcome: Outcome,
+    started: Outcome,
     failures: Option<(StdRng, Exp<f64>)>,
     next_sample: u64,
     /// Jobs that reached a terminal state; the run ends when all have (node failures and ticks
@@ -192,6 +196,8 @@ impl<'a> Sim<'a> {
             progress: Vec::with_capacity(jobs.len()),
             out: RunOutput { teams: names, nominal_share, devices, ..RunOutput::default() },
             scratch: Scratch::default(),
+            outcome: Outcome::default(),
+            started: Outcome::default(),
             failures,
             next_sample: 0,
             ended: 0,
@@ -324,8 +330,8 @@ impl<'a> Sim<'a> {
 
     fn arrive(&mut self, i: usize) -> Result<(), SimError> {
         let spec = self.spec(&self.jobs[i]);
-        let out = self.state.apply(Command::Submit { jobs: vec![spec], at_ms: self.now })?;
-        debug_assert_eq!(out.submitted[0].0 as usize, self.trace_of.len() + 1);
+        self.state.apply_into(Command::Submit { jobs: vec![spec], at_ms: self.now }, &mut self.outcome)?;
+        debug_assert_eq!(self.outcome.submitted[0].0 as usize, self.trace_of.len() + 1);
         self.trace_of.push(i);
         self.progress.push(Progress { remaining_ms: self.jobs[i].duration_ms, ..Progress::default() });
         self.dirty |= self.arrival_matters();
@@ -341,9 +347,7 @@ impl<'a> Sim<'a> {
         if j.attempt != attempt || j.state != JobState::Running {
             return Ok(());
         }
-        let out = self.state.apply(Command::JobFinished { job, attempt: None, at_ms: self.now })?;
-        self.absorb(&out);
-        Ok(())
+        self.apply_absorbing(Command::JobFinished { job, attempt: None, at_ms: self.now })
     }
 
     fn exit(&mut self, job: JobId, attempt: u32) -> Result<(), SimError> {
@@ -351,15 +355,23 @@ impl<'a> Sim<'a> {
         if j.attempt != attempt || !matches!(j.state, JobState::Preempted | JobState::Stopping) {
             return Ok(());
         }
-        let out = self.state.apply(Command::JobFinished { job, attempt: None, at_ms: self.now })?;
-        self.absorb(&out);
-        Ok(())
+        self.apply_absorbing(Command::JobFinished { job, attempt: None, at_ms: self.now })
+    }
+
+    /// Applies a command into the kept outcome buffer and follows up on what it did.
+    fn apply_absorbing(&mut self, command: Command) -> Result<(), SimError> {
+        let mut out = std::mem::take(&mut self.outcome);
+        let applied = self.state.apply_into(command, &mut out);
+        if applied.is_ok() {
+            self.absorb(&out);
+        }
+        self.outcome = out;
+        Ok(applied?)
     }
 
     fn fail(&mut self, n: usize) -> Result<(), SimError> {
         let node = self.cluster.nodes[n].0.id.clone();
-        let out = self.state.apply(Command::NodeLost { node, at_ms: self.now })?;
-        self.absorb(&out);
+        self.apply_absorbing(Command::NodeLost { node, at_ms: self.now })?;
         let repair = (self.config.failures.map_or(0.0, |f| f.repair_s) * 1000.0) as u64;
         self.push(self.now + repair.max(1), Event::Repair(n));
         Ok(())
@@ -367,7 +379,7 @@ impl<'a> Sim<'a> {
 
     fn repair(&mut self, n: usize) -> Result<(), SimError> {
         let node = self.cluster.nodes[n].0.clone();
-        self.state.apply(Command::RegisterNode { node, at_ms: self.now })?;
+        self.state.apply_into(Command::RegisterNode { node, at_ms: self.now }, &mut self.outcome)?;
         self.dirty = true;
         self.schedule_failure(n);
         Ok(())
@@ -378,15 +390,14 @@ impl<'a> Sim<'a> {
         self.out.cycles += 1;
         let plan = qm_core::schedule_with(&self.state, &self.policy, self.now, &mut self.scratch);
         if !plan.decisions.is_empty() {
-            let out = self.state.apply(Command::ApplyPlan { decisions: plan.decisions, at_ms: self.now })?;
-            if let Some(r) = out.rejected.first() {
+            self.apply_absorbing(Command::ApplyPlan { decisions: plan.decisions, at_ms: self.now })?;
+            if let Some(r) = self.outcome.rejected.first() {
                 return Err(SimError::Invariant {
                     reason: format!("a fresh plan was rejected: job {}: {}", r.job, r.reason),
                     at_ms: self.now,
                     seed: self.config.seed,
                 });
             }
-            self.absorb(&out);
         }
         let preempts = self.policy.reclaim || self.policy.within_team_preemption || self.policy.las_preemption;
         if preempts && self.state.pending_count() > 0 && !self.tick_pending {
@@ -419,11 +430,10 @@ impl<'a> Sim<'a> {
     }
 
     fn start(&mut self, job: JobId) {
-        let out = self
-            .state
-            .apply(Command::JobStarted { job, attempt: None, at_ms: self.now })
+        self.state
+            .apply_into(Command::JobStarted { job, attempt: None, at_ms: self.now }, &mut self.started)
             .expect("a placed job can start");
-        debug_assert!(out.effects.is_empty());
+        debug_assert!(self.started.effects.is_empty());
         let p = &mut self.progress[Self::slot(job)];
         p.started_ms = Some(self.now);
         p.signalled_ms = None;
