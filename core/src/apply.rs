@@ -132,7 +132,10 @@ impl State {
             .enumerate()
             .map(|(i, spec)| self.check_submission(spec, i))
             .collect::<Result<Vec<i32>, ApplyError>>()?;
-        for (spec, priority) in jobs.into_iter().zip(priorities) {
+        for (mut spec, priority) in jobs.into_iter().zip(priorities) {
+            if let Some((team, _)) = self.data.teams.get_key_value(&spec.team) {
+                spec.team = team.clone();
+            }
             self.data.next_job += 1;
             let id = JobId(self.data.next_job);
             let job = Job::submitted(id, spec, priority, at_ms);

@@ -1,6 +1,10 @@
 //! Identifiers. Names are user-chosen strings, shared (`Arc<str>`) because plans and
 //! assignments copy them by the thousand per cycle; job ids are assigned by the state machine
 //! in submission order, so every replica assigns the same id to the same job.
+//!
+//! Two names that share their string (one was cloned from the other, as the state arranges for
+//! its jobs' teams and its assignments' nodes) compare equal without reading it; otherwise
+//! they compare as strings.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -9,9 +13,37 @@ use std::sync::Arc;
 macro_rules! name_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[derive(Clone, Debug, Eq, Serialize, Deserialize)]
         #[serde(transparent)]
         pub struct $name(pub Arc<str>);
+
+        impl PartialEq for $name {
+            fn eq(&self, other: &Self) -> bool {
+                Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+            }
+        }
+
+        impl std::hash::Hash for $name {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.0.hash(state);
+            }
+        }
+
+        impl Ord for $name {
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                if Arc::ptr_eq(&self.0, &other.0) {
+                    std::cmp::Ordering::Equal
+                } else {
+                    self.0.cmp(&other.0)
+                }
+            }
+        }
+
+        impl PartialOrd for $name {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
 
         impl $name {
             /// The name as a string slice.
@@ -61,5 +93,22 @@ pub struct JobId(pub u64);
 impl fmt::Display for JobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TeamId;
+    use std::cmp::Ordering;
+
+    #[test]
+    fn names_compare_as_strings_shared_or_not() {
+        let a = TeamId::from("vision");
+        assert_eq!(a.cmp(&a.clone()), Ordering::Equal);
+        assert_eq!(a, TeamId::from("vision"), "equal strings in two allocations are equal");
+        assert_eq!(a.cmp(&TeamId::from("vision")), Ordering::Equal);
+        assert_eq!(a.cmp(&TeamId::from("nlp")), Ordering::Greater);
+        assert!(TeamId::from("a") < TeamId::from("ab"));
+        assert_ne!(a, TeamId::from("visio"));
     }
 }
