@@ -72,7 +72,8 @@
 //! - [`quota`]: admission arithmetic (nominal, borrowing, lending).
 //! - [`plan`]: what a cycle decides and why jobs stay pending.
 //! - [`policy`]: `PolicyConfig`, the operator's knobs.
-//! - [`schedule`]: `schedule(&State, &PolicyConfig, now) -> Plan`.
+//! - [`schedule`]: `schedule(&State, &PolicyConfig, now) -> Plan`; `schedule_with` keeps a
+//!   `Scratch` of buffers between cycles.
 //! - [`verify`]: re-checking a plan on apply; stale decisions are rejected with a reason.
 //! - [`scenario`]: the TOML scenario files of `qm plan` and the golden tests.
 //! - [`render`]: plain-text rendering of plans and placement reports.

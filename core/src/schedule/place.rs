@@ -75,6 +75,28 @@ fn pick_devices(avail: u64, groups: &[u64], count: u32) -> Option<u64> {
     (out.count_ones() == count).then_some(out)
 }
 
+/// The rack that can hold the most of a gang of `replicas` (capped at the gang), ties to the
+/// rack the scan reached first, from the candidates' (rack, replicas that fit) in scan order.
+fn best_rack(cands: impl Iterator<Item = (usize, u32)> + Clone, replicas: u32) -> Option<usize> {
+    let mut first = cands.clone();
+    let (rack, _) = first.next()?;
+    if first.all(|(r, _)| r == rack) {
+        return Some(rack);
+    }
+    // (rack, the candidate that reached it first, replicas), merged per rack.
+    let mut per_rack: Vec<(usize, usize, u32)> = cands.enumerate().map(|(i, (r, fits))| (r, i, fits)).collect();
+    per_rack.sort_unstable();
+    let mut best: Option<((u32, std::cmp::Reverse<usize>), usize)> = None;
+    for group in per_rack.chunk_by(|a, b| a.0 == b.0) {
+        let capacity = group.iter().fold(0u32, |sum, c| sum.saturating_add(c.2));
+        let key = (capacity.min(replicas), std::cmp::Reverse(group[0].1));
+        if best.is_none_or(|(k, _)| key > k) {
+            best = Some((key, group[0].0));
+        }
+    }
+    best.map(|(_, rack)| rack)
+}
+
 fn fits_one_group(avail: u64, groups: &[u64], count: u32) -> bool {
     groups.iter().any(|g| (avail & g).count_ones() >= count)
 }
@@ -120,11 +142,8 @@ impl View<'_> {
             fits: u32,
             rack: usize,
         }
-        // Per rack (the nodes' racks, then one for nodes without): the replicas it can hold,
-        // and the order in which the candidates reached it (`u32::MAX`: not reached).
+        // Racks are numbered by the node index; nodes without one share the number after them.
         let no_rack = self.rack_count();
-        let mut racks = vec![(0u32, u32::MAX); no_rack + 1];
-        let mut reached = 0;
         let mut cands: Vec<((bool, bool, u32), Cand)> = Vec::with_capacity(candidates.len());
         for &n in candidates {
             let node = self.node(n);
@@ -132,11 +151,6 @@ impl View<'_> {
             let fits = replicas_fit(shape, a.count_ones(), node.cpu_free, node.mem_free);
             if fits > 0 {
                 let rack = node.rack.map_or(no_rack, |r| r as usize);
-                let r = &mut racks[rack];
-                if r.1 == u32::MAX {
-                    (r.1, reached) = (reached, reached + 1);
-                }
-                r.0 = r.0.saturating_add(fits);
                 let packing = match strategy {
                     PlacementStrategy::BinPack => a.count_ones(),
                     PlacementStrategy::Spread => 64 - a.count_ones(),
@@ -145,12 +159,7 @@ impl View<'_> {
                 cands.push(((false, split, packing), Cand { node: n, avail: a, fits, rack }));
             }
         }
-        let best_rack = racks
-            .iter()
-            .enumerate()
-            .filter(|(_, (_, order))| *order != u32::MAX)
-            .max_by_key(|(_, (cap, order))| ((*cap).min(shape.replicas), std::cmp::Reverse(*order)))
-            .map(|(r, _)| r);
+        let best_rack = best_rack(cands.iter().map(|(_, c)| (c.rack, c.fits)), shape.replicas);
         for (key, c) in &mut cands {
             key.0 = Some(c.rack) != best_rack;
         }
@@ -241,6 +250,17 @@ mod tests {
         let m = pick_devices(avail, &groups, 5).expect("five are free");
         assert_eq!(m, avail);
         assert_eq!(pick_devices(avail, &groups, 6), None);
+    }
+
+    #[test]
+    fn the_rack_holding_most_of_the_gang_wins_ties_to_the_first_reached() {
+        // Racks 5 and 2 can each hold 2 of a 2-replica gang: 5 was reached first.
+        assert_eq!(best_rack([(5, 1), (2, 2), (5, 1), (7, 1)].into_iter(), 2), Some(5));
+        // Rack 2 holds 3, more than rack 5's 2, but the gang needs only 2: a tie again.
+        assert_eq!(best_rack([(5, 2), (2, 3)].into_iter(), 2), Some(5));
+        assert_eq!(best_rack([(5, 1), (2, 3)].into_iter(), 3), Some(2));
+        assert_eq!(best_rack([(4, 1), (4, 1)].into_iter(), 8), Some(4));
+        assert_eq!(best_rack(std::iter::empty(), 1), None);
     }
 
     #[test]
