@@ -373,7 +373,10 @@ impl State {
         let job = &self.data.jobs[&id];
         let key = (Reverse(job.priority), job.submitted_ms, id);
         let (fifo, shortest) = Self::global_keys(job);
-        self.queues.entry(job.spec.team.clone()).or_default().insert(key);
+        match self.queues.get_mut(&job.spec.team) {
+            Some(queue) => queue.insert(key),
+            None => self.queues.entry(job.spec.team.clone()).or_default().insert(key),
+        };
         if let Some(set) = self.fifo.0.get_mut() {
             set.insert(fifo);
         }

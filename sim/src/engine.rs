@@ -126,6 +126,8 @@ pub(crate) struct Sim<'a> {
     pub trace_of: Vec<usize>,
     progress: Vec<Progress>,
     pub out: RunOutput,
+    /// The teams of `out.teams`, as the state names them.
+    team_ids: Vec<TeamId>,
     /// The scheduler's buffers, kept between cycles.
     scratch: Scratch,
     /// Outcome buffers, kept between commands: one for the command being followed up, one for
@@ -163,6 +165,7 @@ impl<'a> Sim<'a> {
             .map(|t| t.quotas.values().map(|q| f64::from(q.nominal)).sum::<f64>() / devices.max(1) as f64)
             .collect();
         let names = teams.iter().map(|t| t.name.to_string()).collect();
+        let team_ids = teams.iter().map(|t| t.name.clone()).collect();
         for team in teams {
             state.apply(Command::SetTeam { team })?;
         }
@@ -195,6 +198,7 @@ impl<'a> Sim<'a> {
             trace_of: Vec::with_capacity(jobs.len()),
             progress: Vec::with_capacity(jobs.len()),
             out: RunOutput { teams: names, nominal_share, devices, ..RunOutput::default() },
+            team_ids,
             scratch: Scratch::default(),
             outcome: Outcome::default(),
             started: Outcome::default(),
@@ -490,13 +494,9 @@ impl<'a> Sim<'a> {
 
     fn sample(&mut self, t: u64) {
         let team_busy: Vec<u32> = self
-            .out
-            .teams
+            .team_ids
             .iter()
-            .map(|name| {
-                let id = TeamId::from(name.as_str());
-                self.state.teams()[&id].quotas.keys().map(|f| self.state.usage(&id, f)).sum()
-            })
+            .map(|id| self.state.teams()[id].quotas.keys().map(|f| self.state.usage(id, f)).sum())
             .collect();
         let busy = team_busy.iter().map(|&b| u64::from(b)).sum();
         self.out.samples.push(Sample { t_ms: t, busy, queued: self.state.pending_count() as u64, team_busy });
