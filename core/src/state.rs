@@ -72,6 +72,8 @@ pub struct State {
     pub(crate) allocs: NodeAllocs,
     pub(crate) usage: BTreeMap<TeamId, BTreeMap<Flavor, u32>>,
     pub(crate) queues: BTreeMap<TeamId, BTreeSet<QueueKey>>,
+    /// Jobs in `queues`, counted as they enter and leave.
+    pending: usize,
     /// Every pending job by submission time, for the global FIFO orders.
     /// Kept only once a cycle asked for it: the production order walks the team queues.
     fifo: Derived<BTreeSet<GlobalKey>>,
@@ -187,7 +189,8 @@ impl State {
 
     /// Number of pending jobs.
     pub fn pending_count(&self) -> usize {
-        self.queues.values().map(BTreeSet::len).sum()
+        debug_assert_eq!(self.pending, self.queues.values().map(BTreeSet::len).sum::<usize>());
+        self.pending
     }
 
     /// Schedulable healthy devices per flavor.
@@ -373,10 +376,11 @@ impl State {
         let job = &self.data.jobs[&id];
         let key = (Reverse(job.priority), job.submitted_ms, id);
         let (fifo, shortest) = Self::global_keys(job);
-        match self.queues.get_mut(&job.spec.team) {
+        let fresh = match self.queues.get_mut(&job.spec.team) {
             Some(queue) => queue.insert(key),
             None => self.queues.entry(job.spec.team.clone()).or_default().insert(key),
         };
+        self.pending += usize::from(fresh);
         if let Some(set) = self.fifo.0.get_mut() {
             set.insert(fifo);
         }
@@ -396,7 +400,7 @@ impl State {
             set.remove(&shortest);
         }
         if let Some(q) = self.queues.get_mut(&job.spec.team) {
-            q.remove(&key);
+            self.pending -= usize::from(q.remove(&key));
             if q.is_empty() {
                 self.queues.remove(&job.spec.team);
             }
