@@ -3,8 +3,8 @@
 //! scheduler's node index, the quota totals) are rebuilt on load, so a snapshot carries each
 //! fact once.
 
-use crate::ids::{JobId, NodeId, TeamId};
-use crate::job::{Job, JobState};
+use crate::ids::{DeviceId, JobId, NodeId, TeamId};
+use crate::job::{GangSpec, Job, JobState};
 pub use crate::layout::{NodeAlloc, NodeAllocs, NodeLayout};
 use crate::quota::Ledger;
 use crate::resource::{Flavor, Health, Node};
@@ -448,8 +448,6 @@ impl State {
     fn charge(&mut self, id: JobId, take: bool, positions: Option<&[usize]>) {
         let job = &self.data.jobs[&id];
         let Some(a) = &job.assignment else { return };
-        let (cpu, mem) = (job.spec.gang.cpu_millis, job.spec.gang.mem_mib);
-        let total = job.spec.gang.total_devices();
         let mut schedulable = 0i64;
         for (i, r) in a.replicas.iter().enumerate() {
             let at = match positions {
@@ -459,38 +457,23 @@ impl State {
             debug_assert_eq!(self.allocs.ids()[at], r.node);
             let alloc = self.allocs.at_mut(at);
             debug_assert_eq!(alloc.schedulable, self.data.nodes[&r.node].schedulable());
-            let mask = r.devices.iter().filter_map(|d| alloc.layout.device_index(d)).fold(0u64, |m, i| m | 1 << i);
-            if alloc.schedulable {
-                schedulable += i64::from((mask & alloc.layout.healthy).count_ones());
-            }
-            for i in bits(mask) {
-                alloc.holders[i] = take.then_some(id);
-            }
-            if take {
-                alloc.held |= mask;
-                alloc.cpu_used += cpu;
-                alloc.mem_used += mem;
-            } else {
-                alloc.held &= !mask;
-                alloc.cpu_used = alloc.cpu_used.saturating_sub(cpu);
-                alloc.mem_used = alloc.mem_used.saturating_sub(mem);
-            }
+            schedulable += mark_replica(alloc, &r.devices, take.then_some(id), &job.spec.gang);
             if let Some(index) = self.node_index.0.get_mut() {
                 index.update(at, alloc);
             }
         }
         bump(&mut self.free, &a.flavor, if take { -schedulable } else { schedulable });
+        let total = job.spec.gang.total_devices();
         let change = |used: u32| if take { used + total } else { used.saturating_sub(total) };
         let (used, next) = change_usage(&mut self.usage, &job.spec.team, &a.flavor, change);
-        let quota = match self.team_rows.0.get_mut() {
-            Some(rows) => match rows.set_usage(&job.spec.team, &a.flavor, next) {
-                Some(quota) => quota,
-                None => {
+        let quota = match self.team_rows.0.get_mut().map(|rows| rows.set_usage(&job.spec.team, &a.flavor, next)) {
+            Some(Some(quota)) => quota,
+            missing => {
+                if missing.is_some() {
                     self.team_rows = Derived::default();
-                    self.data.teams.get(&job.spec.team).and_then(|t| t.quotas.get(&a.flavor)).copied()
                 }
-            },
-            None => self.data.teams.get(&job.spec.team).and_then(|t| t.quotas.get(&a.flavor)).copied(),
+                self.data.teams.get(&job.spec.team).and_then(|t| t.quotas.get(&a.flavor)).copied()
+            }
         };
         if let Some(ledgers) = self.ledgers.0.get_mut() {
             match (quota, ledgers.get_mut(&a.flavor)) {
@@ -499,6 +482,30 @@ impl State {
                 (Some(_), None) => self.ledgers = Derived::default(),
             }
         }
+    }
+}
+
+/// Marks one replica's devices as held by `holder` (or by nobody), and takes (or gives back)
+/// its CPU and memory; returns how many of the devices count as capacity (healthy, on a node
+/// that takes work).
+fn mark_replica(alloc: &mut NodeAlloc, devices: &[DeviceId], holder: Option<JobId>, gang: &GangSpec) -> i64 {
+    let mask = devices.iter().filter_map(|d| alloc.layout.device_index(d)).fold(0u64, |m, i| m | 1 << i);
+    for i in bits(mask) {
+        alloc.holders[i] = holder;
+    }
+    if holder.is_some() {
+        alloc.held |= mask;
+        alloc.cpu_used += gang.cpu_millis;
+        alloc.mem_used += gang.mem_mib;
+    } else {
+        alloc.held &= !mask;
+        alloc.cpu_used = alloc.cpu_used.saturating_sub(gang.cpu_millis);
+        alloc.mem_used = alloc.mem_used.saturating_sub(gang.mem_mib);
+    }
+    if alloc.schedulable {
+        i64::from((mask & alloc.layout.healthy).count_ones())
+    } else {
+        0
     }
 }
 
