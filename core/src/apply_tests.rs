@@ -336,3 +336,39 @@ fn host_resources_are_summed_over_the_replicas_on_a_node() {
     assert!(out.unwrap().rejected.is_empty());
     assert_eq!(state_of(&s, fits), JobState::Starting);
 }
+
+/// Applies one placement alone; returns why it was refused, if it was.
+fn refusal(s: &mut State, p: Placement) -> Option<StaleReason> {
+    let decisions = Decisions { placements: vec![p], ..Decisions::default() };
+    s.apply(Command::ApplyPlan { decisions, at_ms: 1 }).unwrap().rejected.first().map(|r| r.reason.clone())
+}
+
+#[test]
+fn a_placement_on_a_missing_unusable_or_doubly_used_device_is_refused() {
+    let mut s = one_node();
+    let id = submit(&mut s, job("vision", 2, 4), 0);
+    let node = s.nodes().keys().next().unwrap().clone();
+
+    let mut p = on_one_node(&s, id, 2);
+    p.assignment.replicas[1].devices[3] = "GPU-404".into();
+    assert!(matches!(refusal(&mut s, p), Some(StaleReason::WrongDevice(..))));
+
+    let mut p = on_one_node(&s, id, 2);
+    p.assignment.replicas[1].devices = p.assignment.replicas[0].devices.clone();
+    assert!(matches!(refusal(&mut s, p), Some(StaleReason::DeviceTaken(..))), "two replicas, one device");
+
+    let mut p = on_one_node(&s, id, 2);
+    p.assignment.replicas[0].node = NodeId("elsewhere".into());
+    assert!(matches!(refusal(&mut s, p), Some(StaleReason::UnknownNode(..))));
+
+    let mut sick = s.nodes()[&node].spec.clone();
+    sick.devices[5].health = crate::resource::Health::Unhealthy;
+    s.apply(Command::RegisterNode { node: sick, at_ms: 1 }).unwrap();
+    let p = on_one_node(&s, id, 2);
+    assert!(matches!(refusal(&mut s, p), Some(StaleReason::DeviceUnhealthy(..))));
+
+    s.apply(Command::Cordon { node: node.clone(), cordoned: true }).unwrap();
+    let p = on_one_node(&s, id, 2);
+    assert!(matches!(refusal(&mut s, p), Some(StaleReason::NodeNotSchedulable(..))));
+    assert_eq!(state_of(&s, id), JobState::Pending, "nothing refused was applied");
+}

@@ -167,9 +167,8 @@ impl View<'_> {
         if !cands.is_sorted_by_key(|(key, _)| *key) {
             cands.sort_by_key(|(key, _)| *key);
         }
-        let ranked = cands;
         let mut picks = Vec::with_capacity(shape.replicas as usize);
-        for (_, c) in ranked {
+        for (_, c) in cands {
             let groups = self.groups_of(c.node);
             let mut left = c.avail;
             for _ in 0..c.fits {
