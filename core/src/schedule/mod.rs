@@ -23,11 +23,11 @@ use crate::quota::Admission;
 use crate::resource::Flavor;
 use crate::state::State;
 pub(crate) use nodes::NodeIndex;
-pub use overlay::Scratch;
 use place::{Pick, Shape};
 pub(crate) use rows::TeamRows;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
+pub use view::Scratch;
 use view::{FlavorIx, View};
 
 /// Runs one scheduling cycle at `now_ms`: what to start, whom to preempt, which jobs ran past

@@ -11,7 +11,7 @@
 //! moving a node between buckets stays O(log n).
 
 //!
-//! The overlay's buffers live in a `Scratch` that a caller running many cycles keeps between
+//! The overlay's buffers live in the `Scratch` that a caller running many cycles keeps between
 //! them (the simulator does): dropping the overlay puts back what the cycle changed, so at rest
 //! the buffers say "nothing changed" and the next cycle starts without allocating.
 
@@ -20,11 +20,11 @@ use super::nodes::{span, FlavorIx, NodeIndex, NodeView};
 /// Not changed by this cycle (in `touched` and `pos`).
 const UNSET: u32 = u32::MAX;
 
-/// Buffers of a cycle, kept between cycles by `schedule_with`. At rest every entry of
-/// `touched` and `pos` is `UNSET`, `changed`, `changed_nodes` and `moved` are empty, and no
-/// bucket is copied.
+/// The overlay's buffers, kept between cycles in a `Scratch`. At rest every entry of `touched`
+/// and `pos` is `UNSET`, `changed`, `changed_nodes` and `moved` are empty, and no bucket is
+/// copied.
 #[derive(Debug, Default)]
-pub struct Scratch {
+pub(crate) struct OverlayScratch {
     /// Per node, its place in `changed`, or `UNSET` (sized at a cycle's first change).
     touched: Vec<u32>,
     /// Nodes this cycle changed, and their ids.
@@ -45,7 +45,7 @@ pub struct Scratch {
 #[derive(Debug)]
 pub(crate) struct NodeOverlay<'s> {
     base: &'s NodeIndex,
-    s: &'s mut Scratch,
+    s: &'s mut OverlayScratch,
 }
 
 impl Drop for NodeOverlay<'_> {
@@ -69,7 +69,7 @@ impl Drop for NodeOverlay<'_> {
 }
 
 impl<'s> NodeOverlay<'s> {
-    pub fn new(base: &'s NodeIndex, s: &'s mut Scratch) -> Self {
+    pub fn new(base: &'s NodeIndex, s: &'s mut OverlayScratch) -> Self {
         Self { base, s }
     }
 
@@ -235,7 +235,7 @@ mod tests {
                 s.apply(Command::RegisterNode { node: node(&format!("n{i:02}"), *gpus, None), at_ms: 0 }).unwrap();
             }
             let base = s.node_index().clone();
-            let mut scratch = Scratch::default();
+            let mut scratch = OverlayScratch::default();
             // Twice on one scratch: the second cycle must start from the state's index again.
             for _ in 0..2 {
                 let mut overlay = NodeOverlay::new(s.node_index(), &mut scratch);

@@ -42,7 +42,7 @@ impl<'s> Cycle<'s> {
             .quota_row(t)
             .iter()
             .zip(self.view.usage_row(t))
-            .zip(&self.view.ledgers)
+            .zip(self.view.ledgers.iter())
             .filter_map(|((q, used), ledger)| q.map(|q| borrowed(&q, *used) * 1_000_000 / ledger.capacity.max(1)))
             .max()
             .unwrap_or(0);

@@ -13,7 +13,16 @@ use crate::team::FlavorQuota;
 
 use super::nodes::span;
 pub(crate) use super::nodes::{FlavorIx, NodeView};
-use super::overlay::{NodeOverlay, Scratch};
+use super::overlay::{NodeOverlay, OverlayScratch};
+
+/// A cycle's buffers, kept between cycles by a caller that runs many (`schedule_with`): the
+/// overlay's, and the per-cycle copies of the team usage and the quota totals.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    nodes: OverlayScratch,
+    usage: Vec<u32>,
+    ledgers: Vec<Ledger>,
+}
 
 /// The per-cycle scratch view.
 #[derive(Debug)]
@@ -29,10 +38,10 @@ pub(crate) struct View<'s> {
     /// Each team's weight, in thousandths.
     pub weights: &'s [u32],
     /// Devices each team holds, per flavor: row `t` is `usage[t * flavors.len()..][..flavors.len()]`.
-    usage: Vec<u32>,
+    usage: &'s mut Vec<u32>,
     /// Each team's quota per flavor, laid out like `usage`.
     quota: &'s [Option<FlavorQuota>],
-    pub ledgers: Vec<Ledger>,
+    pub ledgers: &'s mut Vec<Ledger>,
     /// Nodes that hold releasing devices.
     pub releasing_nodes: Vec<u32>,
 }
@@ -41,17 +50,22 @@ impl<'s> View<'s> {
     pub fn build(state: &'s State, scratch: &'s mut Scratch) -> Self {
         let nodes = state.node_index();
         let rows = state.team_rows();
-        let ledgers = state.ledgers();
+        let totals = state.ledgers();
+        let Scratch { nodes: buffers, usage, ledgers } = scratch;
+        usage.clear();
+        usage.extend_from_slice(&rows.usage);
+        ledgers.clear();
+        ledgers.extend(rows.flavors.iter().map(|f| totals.get(f).copied().unwrap_or_default()));
         let mut view = View {
             state,
             node_ids: state.allocs.ids(),
-            nodes: NodeOverlay::new(nodes, scratch),
+            nodes: NodeOverlay::new(nodes, buffers),
             flavors: &rows.flavors,
             team_ids: &rows.ids,
             weights: &rows.weights,
-            usage: rows.usage.clone(),
+            usage,
             quota: &rows.quota,
-            ledgers: rows.flavors.iter().map(|f| ledgers.get(f).copied().unwrap_or_default()).collect(),
+            ledgers,
             releasing_nodes: Vec::new(),
         };
         view.mark_releasing();
