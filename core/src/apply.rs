@@ -3,7 +3,7 @@
 
 use crate::command::{Command, Effect, Outcome};
 use crate::error::{ApplyError, FieldError};
-use crate::ids::{JobId, NodeId};
+use crate::ids::{JobId, NodeId, TeamId};
 use crate::job::{counted, Job, JobSpec, JobState, StopReason};
 use crate::limits::{validate_job, validate_node, validate_team, MAX_BATCH};
 use crate::resource::{Node, NodeSpec, NodeStatus};
@@ -127,15 +127,13 @@ impl State {
                 FieldError::new("jobs", format!("{} jobs, more than {MAX_BATCH} in one batch", jobs.len())).into()
             );
         }
-        let priorities = jobs
+        let checked = jobs
             .iter()
             .enumerate()
             .map(|(i, spec)| self.check_submission(spec, i))
-            .collect::<Result<Vec<i32>, ApplyError>>()?;
-        for (mut spec, priority) in jobs.into_iter().zip(priorities) {
-            if let Some((team, _)) = self.data.teams.get_key_value(&spec.team) {
-                spec.team = team.clone();
-            }
+            .collect::<Result<Vec<(TeamId, i32)>, ApplyError>>()?;
+        for (mut spec, (team, priority)) in jobs.into_iter().zip(checked) {
+            spec.team = team;
             self.data.next_job += 1;
             let id = JobId(self.data.next_job);
             let job = Job::submitted(id, spec, priority, at_ms);
@@ -147,15 +145,16 @@ impl State {
         Ok(())
     }
 
-    /// Checks job `i` of a submission against the rules and the state; returns its priority.
-    /// The field name (`jobs[i]`) is written only for an error.
-    fn check_submission(&self, spec: &JobSpec, i: usize) -> Result<i32, ApplyError> {
+    /// Checks job `i` of a submission against the rules and the state; returns the state's id
+    /// of its team (which the job will share) and its priority. The field name (`jobs[i]`) is
+    /// written only for an error.
+    fn check_submission(&self, spec: &JobSpec, i: usize) -> Result<(TeamId, i32), ApplyError> {
         let field = || format!("jobs[{i}]");
         validate_job(spec).map_err(|e| e.within(&field()))?;
-        let team = self
+        let (id, team) = self
             .data
             .teams
-            .get(&spec.team)
+            .get_key_value(&spec.team)
             .ok_or_else(|| ApplyError::UnknownTeam { field: format!("{}.team", field()), team: spec.team.clone() })?;
         if team.accepted(&spec.gang.devices).next().is_none() {
             let req = &spec.gang.devices;
@@ -169,12 +168,13 @@ impl State {
                 ),
             });
         }
-        match &spec.priority_class {
-            None => Ok(0),
+        let priority = match &spec.priority_class {
+            None => 0,
             Some(name) => self.data.classes.get(name).map(|c| c.value).ok_or_else(|| {
                 ApplyError::UnknownPriorityClass { field: format!("{}.priority_class", field()), class: name.clone() }
-            }),
-        }
+            })?,
+        };
+        Ok((id.clone(), priority))
     }
 
     fn job_mut(&mut self, id: JobId) -> Result<&mut Job, ApplyError> {

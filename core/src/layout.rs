@@ -64,6 +64,11 @@ impl NodeLayout {
         ids.iter().position(|d| std::sync::Arc::ptr_eq(&d.0, &id.0)).or_else(|| ids.iter().position(|d| d == id))
     }
 
+    /// The devices among `ids` that this node has, as a mask (ids it lacks are left out).
+    pub fn mask_of(&self, ids: &[DeviceId]) -> u64 {
+        ids.iter().filter_map(|d| self.device_index(d)).fold(0, |m, i| m | 1 << i)
+    }
+
     /// The devices of `flavor`, as a mask.
     pub fn flavor_mask(&self, flavor: &Flavor) -> u64 {
         self.slots.iter().find(|(f, _)| f == flavor).map_or(0, |(_, m)| *m)

@@ -489,7 +489,7 @@ impl State {
 /// its CPU and memory; returns how many of the devices count as capacity (healthy, on a node
 /// that takes work).
 fn mark_replica(alloc: &mut NodeAlloc, devices: &[DeviceId], holder: Option<JobId>, gang: &GangSpec) -> i64 {
-    let mask = devices.iter().filter_map(|d| alloc.layout.device_index(d)).fold(0u64, |m, i| m | 1 << i);
+    let mask = alloc.layout.mask_of(devices);
     for i in bits(mask) {
         alloc.holders[i] = holder;
     }

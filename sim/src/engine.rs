@@ -93,8 +93,8 @@ pub struct RunOutput {
     pub records: Vec<JobRecord>,
     /// Time series for the plots.
     pub samples: Vec<Sample>,
-    /// The teams, in the order of `Sample::team_busy`.
-    pub teams: Vec<String>,
+    /// The teams, in the order of `Sample::team_busy` (the state's own ids).
+    pub teams: Vec<TeamId>,
     /// Each team's nominal share of the cluster's devices.
     pub nominal_share: Vec<f64>,
     /// Devices in the cluster.
@@ -126,8 +126,6 @@ pub(crate) struct Sim<'a> {
     pub trace_of: Vec<usize>,
     progress: Vec<Progress>,
     pub out: RunOutput,
-    /// The teams of `out.teams`, as the state names them.
-    team_ids: Vec<TeamId>,
     /// The scheduler's buffers, kept between cycles.
     scratch: Scratch,
     /// Outcome buffers, kept between commands: one for the command being followed up, one for
@@ -164,8 +162,7 @@ impl<'a> Sim<'a> {
             .iter()
             .map(|t| t.quotas.values().map(|q| f64::from(q.nominal)).sum::<f64>() / devices.max(1) as f64)
             .collect();
-        let names = teams.iter().map(|t| t.name.to_string()).collect();
-        let team_ids = teams.iter().map(|t| t.name.clone()).collect();
+        let names = teams.iter().map(|t| t.name.clone()).collect();
         for team in teams {
             state.apply(Command::SetTeam { team })?;
         }
@@ -198,7 +195,6 @@ impl<'a> Sim<'a> {
             trace_of: Vec::with_capacity(jobs.len()),
             progress: Vec::with_capacity(jobs.len()),
             out: RunOutput { teams: names, nominal_share, devices, ..RunOutput::default() },
-            team_ids,
             scratch: Scratch::default(),
             outcome: Outcome::default(),
             started: Outcome::default(),
@@ -494,7 +490,8 @@ impl<'a> Sim<'a> {
 
     fn sample(&mut self, t: u64) {
         let team_busy: Vec<u32> = self
-            .team_ids
+            .out
+            .teams
             .iter()
             .map(|id| self.state.teams()[id].quotas.keys().map(|f| self.state.usage(id, f)).sum())
             .collect();

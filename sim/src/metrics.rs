@@ -189,7 +189,7 @@ fn team_summary(out: &RunOutput, i: usize, mine: &[&JobRecord], total_gpu_ms: f6
         mine.iter().filter_map(|r| r.jct_s().map(|jct| (r.duration_ms as f64 / 1000.0) / jct.max(1e-9))).collect();
     TeamSummary {
         speed: mean(&speeds),
-        team: name.clone(),
+        team: name.to_string(),
         jobs: mine.len(),
         gpu_hours: work / 3_600_000.0,
         share: if total_gpu_ms > 0.0 { work / total_gpu_ms } else { 0.0 },
@@ -209,14 +209,14 @@ pub fn summarize(out: &RunOutput, header: Summary) -> Summary {
     let last = records.iter().filter_map(|r| r.end_ms).max().unwrap_or(first);
     let makespan_s = (last - first) as f64 / 1000.0;
     let work_ms: f64 = records.iter().filter(|r| r.completed).map(|r| r.duration_ms as f64 * f64::from(r.gpus)).sum();
-    let mut by_team: BTreeMap<&str, Vec<&JobRecord>> = out.teams.iter().map(|t| (t.as_str(), Vec::new())).collect();
+    let mut by_team: BTreeMap<&TeamId, Vec<&JobRecord>> = out.teams.iter().map(|t| (t, Vec::new())).collect();
     for r in records {
-        if let Some(mine) = by_team.get_mut(r.team.as_str()) {
+        if let Some(mine) = by_team.get_mut(&r.team) {
             mine.push(r);
         }
     }
     let teams: Vec<TeamSummary> =
-        out.teams.iter().enumerate().map(|(i, t)| team_summary(out, i, &by_team[t.as_str()], work_ms)).collect();
+        out.teams.iter().enumerate().map(|(i, t)| team_summary(out, i, &by_team[t], work_ms)).collect();
     let speeds: Vec<f64> = teams.iter().filter(|t| t.jobs > 0).map(|t| t.speed).collect();
     Summary {
         jobs: records.len(),

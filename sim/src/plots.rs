@@ -102,7 +102,7 @@ pub fn run_plots(dir: &Path, report: &Report) -> Result<(), SimError> {
         .iter()
         .enumerate()
         .map(|(i, name)| Series {
-            name: name.clone(),
+            name: name.to_string(),
             points: out.samples.iter().map(|s| (days(s.t_ms), f64::from(s.team_busy[i]) / devices)).collect(),
         })
         .collect();

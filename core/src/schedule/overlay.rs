@@ -9,7 +9,6 @@
 //! bucket was copied. A node the cycle has not moved sits where the state's sorted bucket has
 //! it (a binary search); the positions of nodes the cycle pushed or moved are recorded, so
 //! moving a node between buckets stays O(log n).
-
 //!
 //! The overlay's buffers live in the `Scratch` that a caller running many cycles keeps between
 //! them (the simulator does): dropping the overlay puts back what the cycle changed, so at rest

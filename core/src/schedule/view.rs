@@ -188,8 +188,7 @@ impl<'s> View<'s> {
         let mut out: Vec<(u32, u64)> = Vec::new();
         for r in &a.replicas {
             let Ok(n) = self.node_ids.binary_search(&r.node) else { continue };
-            let layout = &self.state.allocs.at(n).layout;
-            let mask = r.devices.iter().filter_map(|d| layout.device_index(d)).fold(0u64, |m, i| m | (1 << i));
+            let mask = self.state.allocs.at(n).layout.mask_of(&r.devices);
             match out.iter_mut().find(|(x, _)| *x == n as u32) {
                 Some(e) => e.1 |= mask,
                 None => out.push((n as u32, mask)),
