@@ -103,10 +103,12 @@ fn fits_one_group(avail: u64, groups: &[u64], count: u32) -> bool {
 
 impl View<'_> {
     /// Candidate nodes from the free-device index: scanned in bin-pack (or spread) order until
-    /// they can hold the gang and at least `extra` nodes were seen.
+    /// they can hold the gang and at least `extra` nodes were seen, or until ranking more could
+    /// not change the assignment (see `settles`).
     pub fn fast_candidates(&self, shape: &Shape, strategy: PlacementStrategy, extra: u32) -> Vec<u32> {
         let (low, top) = (shape.count as usize, self.bucket_count(shape.flavor));
         let (mut out, mut total) = (Vec::with_capacity(extra as usize + 1), 0u32);
+        let mut settled = self.rack_count() == 0 || shape.replicas == 1;
         for i in 0..top.saturating_sub(low) {
             let k = match strategy {
                 PlacementStrategy::BinPack => low + i,
@@ -118,13 +120,25 @@ impl View<'_> {
                 if fits > 0 {
                     out.push(n);
                     total = total.saturating_add(fits);
-                    if total >= shape.replicas && out.len() as u32 >= extra {
+                    settled = settled && self.settles(n, shape);
+                    if total >= shape.replicas && (settled || out.len() as u32 >= extra) {
                         return out;
                     }
                 }
             }
         }
         out
+    }
+
+    /// Whether candidate `n` holds a replica inside one locality group. `assign` ranks
+    /// candidates by (outside the best rack, split across groups, packing), stably, and the
+    /// scan reaches them in packing order. So while every candidate so far holds a replica in
+    /// one group, and racks cannot reorder them (the cluster has none, or the gang is one
+    /// replica, whose best rack is that of the first candidate), these candidates come first in
+    /// any ranking of a longer scan: once they hold the gang, scanning on changes nothing.
+    fn settles(&self, n: u32, shape: &Shape) -> bool {
+        let avail = self.node(n).free & self.mask_of(n, shape.flavor);
+        fits_one_group(avail, self.groups_of(n), shape.count)
     }
 
     /// Assigns every replica of the gang on `candidates`, where `avail` gives each node's usable
@@ -233,6 +247,91 @@ impl View<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::Command;
+    use crate::schedule::view::Scratch;
+    use crate::state::State;
+    use crate::testkit::node;
+    use proptest::prelude::*;
+
+    /// The candidates of a scan that stops only once it holds the gang and saw `extra` nodes:
+    /// `fast_candidates` without its early stop.
+    fn full_scan(view: &View, shape: &Shape, strategy: PlacementStrategy, extra: u32) -> Vec<u32> {
+        let (low, top) = (shape.count as usize, view.bucket_count(shape.flavor));
+        let ks: Vec<usize> = match strategy {
+            PlacementStrategy::BinPack => (low..top).collect(),
+            PlacementStrategy::Spread => (low..top).rev().collect(),
+        };
+        let (mut out, mut total) = (Vec::new(), 0u32);
+        for k in ks {
+            for &n in view.bucket(shape.flavor, k) {
+                let node = view.node(n);
+                let fits = replicas_fit(shape, k as u32, node.cpu_free, node.mem_free);
+                if fits > 0 {
+                    out.push(n);
+                    total += fits;
+                    if total >= shape.replicas && out.len() as u32 >= extra {
+                        return out;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Nodes of the given sizes and racks (`None`: no rack label).
+    fn fleet(nodes: &[(u32, Option<u8>)]) -> State {
+        let mut s = State::new();
+        for (i, (gpus, rack)) in nodes.iter().enumerate() {
+            let rack = rack.map(|r| format!("r{r}"));
+            let spec = node(&format!("n{i:02}"), *gpus, rack.as_deref());
+            s.apply(Command::RegisterNode { node: spec, at_ms: 0 }).unwrap();
+        }
+        s
+    }
+
+    #[test]
+    fn a_one_replica_gang_stops_at_the_first_candidate_that_holds_it_in_one_group() {
+        let s = fleet(&[(8, None), (8, None), (8, None)]);
+        let mut scratch = Scratch::default();
+        let mut view = View::build(&s, &mut scratch);
+        view.take(1, 0b0111_1111, 0, 0);
+        let shape = Shape { flavor: 0, replicas: 1, count: 1, cpu: 0, mem: 0 };
+        assert_eq!(view.fast_candidates(&shape, PlacementStrategy::BinPack, 8), vec![1]);
+        // Two devices on node 1 would span its two groups: the scan ranks the others too.
+        let pair = Shape { count: 2, ..shape };
+        view.take(1, 0b1000_0000, 0, 0);
+        view.take(0, 0b0111_0111, 0, 0);
+        assert_eq!(view.fast_candidates(&pair, PlacementStrategy::BinPack, 8), vec![0, 2]);
+    }
+
+    proptest! {
+        /// Stopping the scan early never changes the assignment.
+        #[test]
+        fn the_early_stop_assigns_what_the_full_scan_assigns(
+            nodes in prop::collection::vec((1..9u32, prop::option::of(0..3u8)), 1..12),
+            racks in any::<bool>(),
+            taken in prop::collection::vec(any::<u64>(), 12),
+            replicas in 1..4u32,
+            count in 1..9u32,
+            spread in any::<bool>(),
+            extra in 0..10u32,
+        ) {
+            let nodes: Vec<_> = nodes.into_iter().map(|(g, r)| (g, r.filter(|_| racks))).collect();
+            let s = fleet(&nodes);
+            let mut scratch = Scratch::default();
+            let mut view = View::build(&s, &mut scratch);
+            for (n, mask) in taken.iter().enumerate().take(nodes.len()) {
+                view.take(n as u32, mask & view.node(n as u32).free, 0, 0);
+            }
+            let strategy = if spread { PlacementStrategy::Spread } else { PlacementStrategy::BinPack };
+            let shape = Shape { flavor: 0, replicas, count, cpu: 0, mem: 0 };
+            let fast = view.fast_candidates(&shape, strategy, extra);
+            let full = full_scan(&view, &shape, strategy, extra);
+            prop_assert!(full.starts_with(&fast));
+            let free = |_, n: &NodeView| n.free;
+            prop_assert_eq!(view.assign(&shape, &fast, strategy, free), view.assign(&shape, &full, strategy, free));
+        }
+    }
 
     #[test]
     fn picks_inside_the_tightest_group() {
