@@ -372,3 +372,35 @@ fn a_placement_on_a_missing_unusable_or_doubly_used_device_is_refused() {
     assert!(matches!(refusal(&mut s, p), Some(StaleReason::NodeNotSchedulable(..))));
     assert_eq!(state_of(&s, id), JobState::Pending, "nothing refused was applied");
 }
+
+#[test]
+fn a_one_replica_placement_is_checked_like_a_gang() {
+    let mut s = one_node();
+    let mut spec = job("vision", 1, 4);
+    spec.gang.cpu_millis = 70_000;
+    let greedy = submit(&mut s, spec, 0);
+    let id = submit(&mut s, job("vision", 1, 4), 0);
+    let p = on_one_node(&s, greedy, 1);
+    assert!(matches!(refusal(&mut s, p), Some(StaleReason::HostResources(..))));
+
+    let mut p = on_one_node(&s, id, 1);
+    p.assignment.replicas[0].devices.pop();
+    assert!(matches!(refusal(&mut s, p), Some(StaleReason::WrongShape(..))));
+
+    let mut p = on_one_node(&s, id, 1);
+    p.assignment.replicas[0].devices[0] = "GPU-404".into();
+    assert!(matches!(refusal(&mut s, p), Some(StaleReason::WrongDevice(..))));
+
+    let mut p = on_one_node(&s, id, 1);
+    p.assignment.replicas[0].devices[1] = p.assignment.replicas[0].devices[0].clone();
+    assert!(matches!(refusal(&mut s, p), Some(StaleReason::DeviceTaken(..))), "one device twice");
+
+    let mut p = on_one_node(&s, id, 1);
+    p.assignment.replicas[0].node = NodeId("elsewhere".into());
+    assert!(matches!(refusal(&mut s, p), Some(StaleReason::UnknownNode(..))));
+    assert_eq!((state_of(&s, greedy), state_of(&s, id)), (JobState::Pending, JobState::Pending));
+
+    let p = on_one_node(&s, id, 1);
+    assert_eq!(refusal(&mut s, p), None);
+    assert_eq!(state_of(&s, id), JobState::Starting);
+}

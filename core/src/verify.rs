@@ -5,7 +5,7 @@
 
 use crate::command::{Effect, Outcome, Rejection};
 use crate::ids::{DeviceId, JobId, NodeId};
-use crate::job::{counted, JobState, StopReason};
+use crate::job::{counted, JobState, ReplicaAssignment, StopReason};
 use crate::plan::{Decisions, Placement, Preemption, PreemptionRule, QuotaDenial};
 use crate::resource::Flavor;
 use crate::state::{NodeAlloc, State};
@@ -71,8 +71,9 @@ pub fn verify(decisions: &Decisions, state: &State, at_ms: u64) -> Vec<Rejection
 impl State {
     pub(crate) fn apply_plan(&mut self, decisions: Decisions, at_ms: u64, out: &mut Outcome) {
         let mut seen = BTreeSet::new();
+        let single = decisions.expired.len() + decisions.preemptions.len() + decisions.placements.len() == 1;
         let mut reject = |job: JobId, out: &mut Outcome| {
-            let fresh = seen.insert(job);
+            let fresh = single || seen.insert(job);
             if !fresh {
                 out.rejected.push(Rejection { job, reason: StaleReason::Duplicate });
             }
@@ -179,28 +180,39 @@ impl State {
                 gang.replicas
             )));
         }
-        // Per node position: its allocation, the CPU and memory the replicas there take, and
-        // the devices they use.
-        let mut host: BTreeMap<usize, (&NodeAlloc, u64, u64, u64)> = BTreeMap::new();
-        let mut positions = Vec::with_capacity(a.replicas.len());
-        for r in &a.replicas {
-            if r.devices.len() != gang.devices.count as usize {
-                return Err(StaleReason::WrongShape(format!(
-                    "{} devices in a replica, the gang asks {}",
-                    r.devices.len(),
-                    gang.devices.count
-                )));
+        let shape = |r: &ReplicaAssignment| {
+            if r.devices.len() == gang.devices.count as usize {
+                return Ok(());
             }
+            Err(StaleReason::WrongShape(format!(
+                "{} devices in a replica, the gang asks {}",
+                r.devices.len(),
+                gang.devices.count
+            )))
+        };
+        let mut positions = Vec::with_capacity(a.replicas.len());
+        if let [r] = a.replicas.as_slice() {
+            // One replica (most jobs): nothing to add up per node.
+            shape(r)?;
             let (at, alloc) = self.schedulable_alloc(&r.node)?;
+            check_replica_devices(alloc, &r.node, &r.devices, &a.flavor, 0)?;
+            self.check_host(at, alloc, gang.cpu_millis, gang.mem_mib)?;
             positions.push(at);
-            let e = host.entry(at).or_insert((alloc, 0, 0, 0));
-            e.3 |= check_replica_devices(alloc, &r.node, &r.devices, &a.flavor, e.3)?;
-            e.1 += gang.cpu_millis;
-            e.2 += gang.mem_mib;
-        }
-        for (at, (alloc, cpu, mem, _)) in host {
-            if alloc.cpu_used + cpu > alloc.layout.cpu_millis || alloc.mem_used + mem > alloc.layout.mem_mib {
-                return Err(StaleReason::HostResources(self.allocs.ids()[at].clone()));
+        } else {
+            // Per node position: its allocation, the CPU and memory the replicas there take,
+            // and the devices they use.
+            let mut host: BTreeMap<usize, (&NodeAlloc, u64, u64, u64)> = BTreeMap::new();
+            for r in &a.replicas {
+                shape(r)?;
+                let (at, alloc) = self.schedulable_alloc(&r.node)?;
+                positions.push(at);
+                let e = host.entry(at).or_insert((alloc, 0, 0, 0));
+                e.3 |= check_replica_devices(alloc, &r.node, &r.devices, &a.flavor, e.3)?;
+                e.1 += gang.cpu_millis;
+                e.2 += gang.mem_mib;
+            }
+            for (at, (alloc, cpu, mem, _)) in host {
+                self.check_host(at, alloc, cpu, mem)?;
             }
         }
         let q = &team.quotas[&a.flavor];
@@ -209,6 +221,14 @@ impl State {
             .admit(q, self.usage(&job.spec.team, &a.flavor), gang.total_devices(), true)
             .map(|_| positions)
             .map_err(StaleReason::Quota)
+    }
+
+    /// Whether the node at `at` has `cpu` and `mem` more to give.
+    fn check_host(&self, at: usize, alloc: &NodeAlloc, cpu: u64, mem: u64) -> Result<(), StaleReason> {
+        if alloc.cpu_used + cpu > alloc.layout.cpu_millis || alloc.mem_used + mem > alloc.layout.mem_mib {
+            return Err(StaleReason::HostResources(self.allocs.ids()[at].clone()));
+        }
+        Ok(())
     }
 
     /// A node's position and allocation, if it exists and takes new work.

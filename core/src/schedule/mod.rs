@@ -142,12 +142,13 @@ impl<'s> Cycle<'s> {
     /// Looks at one job of team row `t`, which accepts `flavors`: place it, or find it room, or
     /// say why not.
     fn try_job(&mut self, job: &'s Job, t: usize, flavors: &[FlavorIx]) -> Verdict {
-        let key = Self::key(job, t, flavors);
-        if let Some(f) = self.failed.get(&key) {
+        // The key is built only once a shape failed: most jobs are placed at their first look.
+        let cached = if self.failed.is_empty() { None } else { self.failed.get(&Self::key(job, t, flavors)) };
+        if let Some(f) = cached {
             self.plan.stats.cache_hits += 1;
             return Verdict::Unschedulable(Rc::clone(f));
         }
-        let mut attempts = Vec::with_capacity(flavors.len());
+        let mut attempts = Vec::new();
         for &f in flavors {
             match self.try_flavor(job, t, f) {
                 Ok(()) => return Verdict::Placed,
@@ -162,7 +163,7 @@ impl<'s> Cycle<'s> {
             }
         }
         let failure = Rc::new(Failure { attempts, preemption });
-        self.failed.insert(key, Rc::clone(&failure));
+        self.failed.insert(Self::key(job, t, flavors), Rc::clone(&failure));
         Verdict::Unschedulable(failure)
     }
 
