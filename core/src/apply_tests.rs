@@ -312,6 +312,7 @@ fn on_one_node(s: &State, job: JobId, replicas: usize) -> Placement {
         .map(|r| crate::job::ReplicaAssignment {
             node: id.clone(),
             devices: node.spec.devices[r * 4..r * 4 + 4].iter().map(|d| d.id.clone()).collect(),
+            position: Default::default(),
         })
         .collect();
     Placement { job, assignment: crate::job::Assignment { flavor: h100(), replicas } }

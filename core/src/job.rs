@@ -1,6 +1,7 @@
 //! Jobs: what a user asks for (a gang of replicas) and where the job is in its life.
 
 use crate::ids::{DeviceId, JobId, NodeId, TeamId};
+use crate::layout::PositionHint;
 use crate::resource::{AcceleratorKind, Flavor};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -163,6 +164,10 @@ pub struct ReplicaAssignment {
     pub node: NodeId,
     /// The devices on it, `count` of them.
     pub devices: Vec<DeviceId>,
+    /// Where the scheduler found the node in its node order: spares looking it up by name
+    /// while it still holds (not encoded, and no part of the assignment's value).
+    #[serde(skip)]
+    pub position: PositionHint,
 }
 
 /// Where a job runs.

@@ -75,6 +75,32 @@ impl NodeLayout {
     }
 }
 
+/// A node's position in `NodeAllocs` when it was last seen there, which may have moved since
+/// (`NodeAllocs::locate` checks it). Every hint equals every other: it is a cache, not a
+/// value.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PositionHint(pub Option<u32>);
+
+impl PartialEq for PositionHint {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for PositionHint {}
+
+impl PartialOrd for PositionHint {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PositionHint {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+
 /// Which job holds each device of a node, and the host resources in use.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeAlloc {
@@ -111,6 +137,15 @@ impl NodeAllocs {
     /// The position of a node, in id order.
     pub fn position(&self, id: &NodeId) -> Option<usize> {
         self.ids.binary_search(id).ok()
+    }
+
+    /// `position`, trying `hint` first: it holds when the id there shares the node's name
+    /// (ids are unique, so that id is the node's own).
+    pub fn locate(&self, id: &NodeId, hint: PositionHint) -> Option<usize> {
+        match hint.0.map(|h| h as usize) {
+            Some(h) if self.ids.get(h).is_some_and(|at| std::sync::Arc::ptr_eq(&at.0, &id.0)) => Some(h),
+            _ => self.position(id),
+        }
     }
 
     /// A node's allocation.
@@ -155,5 +190,36 @@ impl std::ops::Index<&NodeId> for NodeAllocs {
 
     fn index(&self, id: &NodeId) -> &NodeAlloc {
         self.get(id).expect("every node has an allocation")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::ReplicaAssignment;
+
+    #[test]
+    fn a_hint_is_used_only_where_it_still_names_the_node() {
+        let mut allocs = NodeAllocs::default();
+        let (a, c) = (NodeId::from("a"), NodeId::from("c"));
+        allocs.insert(a.clone(), NodeAlloc::default());
+        allocs.insert(c.clone(), NodeAlloc::default());
+        assert_eq!(allocs.locate(&c, PositionHint(Some(1))), Some(1));
+        assert_eq!(allocs.locate(&c, PositionHint(Some(0))), Some(1), "a wrong hint falls back");
+        allocs.insert(NodeId::from("b"), NodeAlloc::default());
+        assert_eq!(allocs.locate(&c, PositionHint(Some(1))), Some(2), "the node moved");
+        assert_eq!(allocs.locate(&c, PositionHint(Some(9))), Some(2));
+        assert_eq!(allocs.locate(&NodeId::from("c"), PositionHint(Some(2))), Some(2), "same name, own string");
+        assert_eq!(allocs.locate(&NodeId::from("d"), PositionHint(Some(2))), None);
+    }
+
+    #[test]
+    fn a_hint_is_not_part_of_an_assignment() {
+        let r = |hint| ReplicaAssignment { node: "n".into(), devices: vec!["g".into()], position: PositionHint(hint) };
+        assert_eq!(r(Some(3)), r(None));
+        assert_eq!(r(Some(3)).cmp(&r(Some(4))), std::cmp::Ordering::Equal);
+        let json = serde_json::to_string(&r(Some(3))).unwrap();
+        assert_eq!(json, serde_json::to_string(&r(None)).unwrap());
+        assert_eq!(postcard::to_allocvec(&r(Some(3))).unwrap(), postcard::to_allocvec(&r(None)).unwrap());
     }
 }

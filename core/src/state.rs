@@ -452,7 +452,7 @@ impl State {
         for (i, r) in a.replicas.iter().enumerate() {
             let at = match positions {
                 Some(known) => known[i],
-                None => self.allocs.position(&r.node).expect("alloc exists for every node"),
+                None => self.allocs.locate(&r.node, r.position).expect("alloc exists for every node"),
             };
             debug_assert_eq!(self.allocs.ids()[at], r.node);
             let alloc = self.allocs.at_mut(at);

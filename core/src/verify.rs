@@ -194,7 +194,7 @@ impl State {
         if let [r] = a.replicas.as_slice() {
             // One replica (most jobs): nothing to add up per node.
             shape(r)?;
-            let (at, alloc) = self.schedulable_alloc(&r.node)?;
+            let (at, alloc) = self.schedulable_alloc(r)?;
             check_replica_devices(alloc, &r.node, &r.devices, &a.flavor, 0)?;
             self.check_host(at, alloc, gang.cpu_millis, gang.mem_mib)?;
             positions.push(at);
@@ -204,7 +204,7 @@ impl State {
             let mut host: BTreeMap<usize, (&NodeAlloc, u64, u64, u64)> = BTreeMap::new();
             for r in &a.replicas {
                 shape(r)?;
-                let (at, alloc) = self.schedulable_alloc(&r.node)?;
+                let (at, alloc) = self.schedulable_alloc(r)?;
                 positions.push(at);
                 let e = host.entry(at).or_insert((alloc, 0, 0, 0));
                 e.3 |= check_replica_devices(alloc, &r.node, &r.devices, &a.flavor, e.3)?;
@@ -231,9 +231,10 @@ impl State {
         Ok(())
     }
 
-    /// A node's position and allocation, if it exists and takes new work.
-    fn schedulable_alloc(&self, node: &NodeId) -> Result<(usize, &NodeAlloc), StaleReason> {
-        let at = self.allocs.position(node).ok_or_else(|| StaleReason::UnknownNode(node.clone()))?;
+    /// A replica's node position and allocation, if the node exists and takes new work.
+    fn schedulable_alloc(&self, r: &ReplicaAssignment) -> Result<(usize, &NodeAlloc), StaleReason> {
+        let node = &r.node;
+        let at = self.allocs.locate(node, r.position).ok_or_else(|| StaleReason::UnknownNode(node.clone()))?;
         let alloc = self.allocs.at(at);
         if !alloc.schedulable {
             return Err(StaleReason::NodeNotSchedulable(node.clone()));

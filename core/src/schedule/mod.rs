@@ -17,6 +17,7 @@ mod view;
 
 use crate::ids::JobId;
 use crate::job::{Assignment, Job, ReplicaAssignment};
+use crate::layout::PositionHint;
 use crate::plan::{AttemptOutcome, FlavorAttempt, PendingReason, Placement, PlacementReport, Plan, QuotaDenial};
 use crate::policy::{PolicyConfig, QueueOrder, QueueingStrategy};
 use crate::quota::Admission;
@@ -202,7 +203,11 @@ impl<'s> Cycle<'s> {
             .map(|p| {
                 let ids = self.view.device_ids(p.node);
                 let devices = ids.iter().enumerate().filter(|(i, _)| p.mask & (1u64 << i) != 0).map(|(_, d)| d.clone());
-                ReplicaAssignment { node: self.view.node_ids[p.node as usize].clone(), devices: devices.collect() }
+                ReplicaAssignment {
+                    node: self.view.node_ids[p.node as usize].clone(),
+                    devices: devices.collect(),
+                    position: PositionHint(Some(p.node)),
+                }
             })
             .collect();
         Assignment { flavor: self.view.flavors[f as usize].clone(), replicas }
