@@ -27,17 +27,20 @@ pub const MAX_MODELS: usize = 16;
 pub const MAX_BATCH: usize = 10_000;
 
 fn name(field: &str, value: &str) -> Result<(), FieldError> {
-    if value.trim().is_empty() {
+    // One pass over an ASCII name (every job has two): blank, and any control character.
+    let (blank, control) = if value.is_ascii() {
+        value.bytes().fold((true, false), |(blank, control), b| {
+            (blank && matches!(b, b'\t'..=b'\r' | b' '), control || b.is_ascii_control())
+        })
+    } else {
+        (value.trim().is_empty(), value.chars().any(char::is_control))
+    };
+    if blank {
         return Err(FieldError::new(field, "must not be empty"));
     }
     if value.len() > MAX_NAME_BYTES {
         return Err(FieldError::new(field, format!("longer than {MAX_NAME_BYTES} bytes")));
     }
-    let control = if value.is_ascii() {
-        value.bytes().any(|b| b.is_ascii_control())
-    } else {
-        value.chars().any(char::is_control)
-    };
     if control {
         return Err(FieldError::new(field, "contains control characters"));
     }
@@ -139,4 +142,35 @@ pub fn validate_team(spec: &TeamSpec) -> Result<(), FieldError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The checks of `name` written plainly, one after the other.
+    fn plain(field: &str, value: &str) -> Result<(), FieldError> {
+        if value.trim().is_empty() {
+            return Err(FieldError::new(field, "must not be empty"));
+        }
+        if value.len() > MAX_NAME_BYTES {
+            return Err(FieldError::new(field, format!("longer than {MAX_NAME_BYTES} bytes")));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(FieldError::new(field, "contains control characters"));
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn a_name_is_checked_as_the_plain_checks_say(
+            value in prop::string::string_regex("[ \t\n\x0b\x0c\r\x00\x1f\x7fa-z\u{85}\u{a0}é-]{0,6}").unwrap(),
+            long in any::<bool>(),
+        ) {
+            let value = if long { value.repeat(MAX_NAME_BYTES) } else { value };
+            prop_assert_eq!(name("f", &value), plain("f", &value));
+        }
+    }
 }

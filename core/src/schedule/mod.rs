@@ -202,10 +202,15 @@ impl<'s> Cycle<'s> {
             .iter()
             .map(|p| {
                 let ids = self.view.device_ids(p.node);
-                let devices = ids.iter().enumerate().filter(|(i, _)| p.mask & (1u64 << i) != 0).map(|(_, d)| d.clone());
+                let mut devices = Vec::with_capacity(p.mask.count_ones() as usize);
+                let mut mask = p.mask;
+                while mask != 0 {
+                    devices.push(ids[mask.trailing_zeros() as usize].clone());
+                    mask &= mask - 1;
+                }
                 ReplicaAssignment {
                     node: self.view.node_ids[p.node as usize].clone(),
-                    devices: devices.collect(),
+                    devices,
                     position: PositionHint(Some(p.node)),
                 }
             })
