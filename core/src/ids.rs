@@ -4,7 +4,7 @@
 //!
 //! Two names that share their string (one was cloned from the other, as the state arranges for
 //! its jobs' teams and its assignments' nodes) compare equal without reading it; otherwise
-//! they compare as strings.
+//! they compare as strings (bytewise, which is the order of `str`).
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -32,9 +32,14 @@ macro_rules! name_id {
         impl Ord for $name {
             fn cmp(&self, other: &Self) -> std::cmp::Ordering {
                 if Arc::ptr_eq(&self.0, &other.0) {
-                    std::cmp::Ordering::Equal
-                } else {
-                    self.0.cmp(&other.0)
+                    return std::cmp::Ordering::Equal;
+                }
+                let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
+                match (a.first(), b.first()) {
+                    // Names that differ in their first byte (most team names) are ordered
+                    // without a call to compare the rest.
+                    (Some(x), Some(y)) if x != y => x.cmp(y),
+                    _ => a.cmp(b),
                 }
             }
         }
@@ -99,7 +104,15 @@ impl fmt::Display for JobId {
 #[cfg(test)]
 mod tests {
     use super::TeamId;
+    use proptest::prelude::*;
     use std::cmp::Ordering;
+
+    proptest! {
+        #[test]
+        fn names_are_ordered_as_their_strings(a in "[ab\u{e9}]{0,3}", b in "[ab\u{e9}]{0,3}") {
+            prop_assert_eq!(TeamId::from(a.as_str()).cmp(&TeamId::from(b.as_str())), a.cmp(&b));
+        }
+    }
 
     #[test]
     fn names_compare_as_strings_shared_or_not() {
