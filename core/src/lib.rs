@@ -67,6 +67,7 @@
 //! - [`command`]: `Command`, and the `Outcome` (agent orders, state changes) of applying one.
 //! - [`layout`]: a node's devices as bit masks, and who holds them.
 //! - [`state`]: `State`, its indexes, snapshots to and from bytes, the state hash.
+//! - [`queues`]: every team's pending jobs in queue order.
 //! - [`table`]: the job table, indexed by the dense job ids.
 //! - `apply` (private): `State::apply` for every command.
 //! - [`quota`]: admission arithmetic (nominal, borrowing, lending).
@@ -86,6 +87,7 @@ pub mod layout;
 pub mod limits;
 pub mod plan;
 pub mod policy;
+pub mod queues;
 pub mod quota;
 pub mod render;
 pub mod resource;

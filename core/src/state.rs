@@ -6,6 +6,7 @@
 use crate::ids::{DeviceId, JobId, NodeId, TeamId};
 use crate::job::{GangSpec, Job, JobState};
 pub use crate::layout::{NodeAlloc, NodeAllocs, NodeLayout};
+pub use crate::queues::{QueueKey, TeamQueues};
 use crate::quota::Ledger;
 use crate::resource::{Flavor, Health, Node};
 use crate::schedule::{NodeIndex, TeamRows};
@@ -21,9 +22,6 @@ use thiserror::Error;
 /// Snapshot format version; bump on any change of `Persistent`'s encoding.
 pub const SNAPSHOT_VERSION: u16 = 1;
 const SNAPSHOT_MAGIC: &[u8; 4] = b"QMSS";
-
-/// Order of pending jobs within a team: priority (high first), then age, then id.
-pub type QueueKey = (Reverse<i32>, u64, JobId);
 
 /// Order of pending jobs in a global queue: (a leading key, age, id).
 pub type GlobalKey = (u64, u64, JobId);
@@ -71,7 +69,7 @@ pub struct State {
     pub(crate) data: Persistent,
     pub(crate) allocs: NodeAllocs,
     pub(crate) usage: BTreeMap<TeamId, BTreeMap<Flavor, u32>>,
-    pub(crate) queues: BTreeMap<TeamId, BTreeSet<QueueKey>>,
+    pub(crate) queues: TeamQueues,
     /// Jobs in `queues`, counted as they enter and leave.
     pending: usize,
     /// Every pending job by submission time, for the global FIFO orders.
@@ -183,13 +181,13 @@ impl State {
     }
 
     /// Per-team queues in team order.
-    pub fn queues(&self) -> &BTreeMap<TeamId, BTreeSet<QueueKey>> {
+    pub fn queues(&self) -> &TeamQueues {
         &self.queues
     }
 
     /// Number of pending jobs.
     pub fn pending_count(&self) -> usize {
-        debug_assert_eq!(self.pending, self.queues.values().map(BTreeSet::len).sum::<usize>());
+        debug_assert_eq!(self.pending, self.queues.iter().map(|(_, q)| q.len()).sum::<usize>());
         self.pending
     }
 
@@ -376,11 +374,7 @@ impl State {
         let job = &self.data.jobs[&id];
         let key = (Reverse(job.priority), job.submitted_ms, id);
         let (fifo, shortest) = Self::global_keys(job);
-        let fresh = match self.queues.get_mut(&job.spec.team) {
-            Some(queue) => queue.insert(key),
-            None => self.queues.entry(job.spec.team.clone()).or_default().insert(key),
-        };
-        self.pending += usize::from(fresh);
+        self.pending += usize::from(self.queues.insert(&job.spec.team, key));
         if let Some(set) = self.fifo.0.get_mut() {
             set.insert(fifo);
         }
@@ -399,12 +393,7 @@ impl State {
         if let Some(set) = self.shortest.0.get_mut() {
             set.remove(&shortest);
         }
-        if let Some(q) = self.queues.get_mut(&job.spec.team) {
-            self.pending -= usize::from(q.remove(&key));
-            if q.is_empty() {
-                self.queues.remove(&job.spec.team);
-            }
-        }
+        self.pending -= usize::from(self.queues.remove(&job.spec.team, &key));
     }
 
     fn global_keys(job: &Job) -> (GlobalKey, GlobalKey) {
@@ -424,7 +413,7 @@ impl State {
     }
 
     fn global_queue(&self, key: impl Fn(&Job) -> GlobalKey) -> BTreeSet<GlobalKey> {
-        self.queues.values().flatten().map(|k| key(&self.data.jobs[&k.2])).collect()
+        self.queues.iter().flat_map(|(_, q)| q).map(|k| key(&self.data.jobs[&k.2])).collect()
     }
 
     /// Marks the devices of a job's assignment as held and charges its team.
