@@ -25,7 +25,7 @@ mod check;
 use cluster::Cluster;
 use engine::{RunConfig, RunOutput, Sim};
 use metrics::{summarize, Summary};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use thiserror::Error;
 use trace::TraceJob;
 
@@ -96,7 +96,7 @@ fn unfit_reason(
     room: &[u64],
     per_node: u32,
     config: &RunConfig,
-    teams: &[qm_core::TeamSpec],
+    ceilings: &BTreeMap<&str, u64>,
 ) -> Option<String> {
     let (replicas, count) = config.placement.gang(job.gpus, per_node);
     let room = room.get(count as usize).copied().unwrap_or(0);
@@ -106,8 +106,7 @@ fn unfit_reason(
             job.gpus
         ));
     }
-    let team = teams.iter().find(|t| t.name == job.team)?;
-    let ceiling: u64 = team.quotas.values().map(|q| q.ceiling().min(u64::from(u32::MAX))).max().unwrap_or(0);
+    let ceiling = *ceilings.get(job.team.as_str())?;
     (u64::from(job.gpus) > ceiling)
         .then(|| format!("{} GPUs: above team {}'s nominal + borrowing limit ({ceiling})", job.gpus, job.team))
 }
@@ -132,18 +131,24 @@ pub fn simulate(
 ) -> Result<Report, SimError> {
     let names = team_names(&jobs);
     if !cluster.teams.is_empty() {
-        if let Some(j) = jobs.iter().find(|j| !cluster.teams.iter().any(|t| t.name == j.team)) {
+        let known: BTreeSet<&str> = cluster.teams.iter().map(|t| t.name.as_str()).collect();
+        if let Some(j) = jobs.iter().find(|j| !known.contains(j.team.as_str())) {
             return Err(SimError::UnknownTeam { team: j.team.to_string(), line: j.line });
         }
     }
     let teams = cluster.teams_for(&names);
+    // Each team's most devices of any flavor (nominal + borrowing), by name.
+    let ceilings: BTreeMap<&str, u64> = teams
+        .iter()
+        .map(|t| (t.name.as_str(), t.quotas.values().map(|q| q.ceiling().min(u64::from(u32::MAX))).max().unwrap_or(0)))
+        .collect();
     let per_node = cluster.max_devices_per_node();
     let room: Vec<u64> = (0..=u64::from(per_node))
         .map(|c| if c == 0 { 0 } else { cluster.nodes.iter().map(|(n, _)| n.devices.len() as u64 / c).sum() })
         .collect();
     let (mut fit, mut unfit) = (Vec::with_capacity(jobs.len()), Vec::new());
     for job in jobs {
-        match unfit_reason(&job, &room, per_node, config, &teams) {
+        match unfit_reason(&job, &room, per_node, config, &ceilings) {
             None => fit.push(job),
             Some(reason) => unfit.push(Unfit { job, reason }),
         }
