@@ -127,22 +127,34 @@ impl State {
                 FieldError::new("jobs", format!("{} jobs, more than {MAX_BATCH} in one batch", jobs.len())).into()
             );
         }
+        if jobs.len() == 1 {
+            // One job (most submissions): no list of checked jobs to build.
+            let checked = self.check_submission(&jobs[0], 0)?;
+            let spec = jobs.into_iter().next().expect("one job");
+            self.admit(spec, checked, at_ms, out);
+            return Ok(());
+        }
         let checked = jobs
             .iter()
             .enumerate()
             .map(|(i, spec)| self.check_submission(spec, i))
             .collect::<Result<Vec<(TeamId, i32)>, ApplyError>>()?;
-        for (mut spec, (team, priority)) in jobs.into_iter().zip(checked) {
-            spec.team = team;
-            self.data.next_job += 1;
-            let id = JobId(self.data.next_job);
-            let job = Job::submitted(id, spec, priority, at_ms);
-            self.data.jobs.insert(id, job);
-            self.enqueue(id);
-            out.submitted.push(id);
-            out.changed.push((id, JobState::Pending));
+        for (spec, checked) in jobs.into_iter().zip(checked) {
+            self.admit(spec, checked, at_ms, out);
         }
         Ok(())
+    }
+
+    /// Queues a checked job under the next id, with its team's id shared with the state.
+    fn admit(&mut self, mut spec: JobSpec, (team, priority): (TeamId, i32), at_ms: u64, out: &mut Outcome) {
+        spec.team = team;
+        self.data.next_job += 1;
+        let id = JobId(self.data.next_job);
+        let job = Job::submitted(id, spec, priority, at_ms);
+        self.data.jobs.insert(id, job);
+        self.enqueue(id);
+        out.submitted.push(id);
+        out.changed.push((id, JobState::Pending));
     }
 
     /// Checks job `i` of a submission against the rules and the state; returns the state's id
