@@ -27,11 +27,10 @@ pub const MAX_MODELS: usize = 16;
 pub const MAX_BATCH: usize = 10_000;
 
 fn name(field: &str, value: &str) -> Result<(), FieldError> {
-    // One pass over an ASCII name (every job has two): blank, and any control character.
+    // Bytewise for an ASCII name (every job has two): blankness is decided by the first byte
+    // that is not white space, usually the first.
     let (blank, control) = if value.is_ascii() {
-        value.bytes().fold((true, false), |(blank, control), b| {
-            (blank && matches!(b, b'\t'..=b'\r' | b' '), control || b.is_ascii_control())
-        })
+        (value.bytes().all(|b| matches!(b, b'\t'..=b'\r' | b' ')), value.bytes().any(|b| b.is_ascii_control()))
     } else {
         (value.trim().is_empty(), value.chars().any(char::is_control))
     };
