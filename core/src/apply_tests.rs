@@ -401,7 +401,13 @@ fn a_one_replica_placement_is_checked_like_a_gang() {
     assert!(matches!(refusal(&mut s, p), Some(StaleReason::UnknownNode(..))));
     assert_eq!((state_of(&s, greedy), state_of(&s, id)), (JobState::Pending, JobState::Pending));
 
-    let p = on_one_node(&s, id, 1);
+    // As through Raft: the node named by a string of its own, and no position hint.
+    let mut p = on_one_node(&s, id, 1);
+    p.assignment.replicas[0].node = NodeId(p.assignment.replicas[0].node.as_str().into());
     assert_eq!(refusal(&mut s, p), None);
     assert_eq!(state_of(&s, id), JobState::Starting);
+    let kept = &s.job(id).unwrap().assignment.as_ref().unwrap().replicas[0];
+    let own = s.nodes().keys().next().unwrap();
+    assert!(std::sync::Arc::ptr_eq(&kept.node.0, &own.0), "the job names the state's own node id");
+    assert_eq!(kept.position.0, Some(0), "with the position verification found");
 }

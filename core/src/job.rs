@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 /// path of a job's life allocates none; encoded as a plain string.
 pub type Message = Cow<'static, str>;
 
-/// `text` with `{}` replaced by `n`, allocated only when `n` is not 1 (the first attempt, a
-/// single replica: almost every job).
+/// `one` when `n` is 1 (the first attempt, a single replica: almost every job), borrowed;
+/// otherwise `text()`, which writes `n` into the message.
 pub(crate) fn counted(n: impl Into<u64>, one: &'static str, text: impl FnOnce() -> String) -> Message {
     if n.into() == 1 {
         Cow::Borrowed(one)
@@ -164,8 +164,9 @@ pub struct ReplicaAssignment {
     pub node: NodeId,
     /// The devices on it, `count` of them.
     pub devices: Vec<DeviceId>,
-    /// Where the scheduler found the node in its node order: spares looking it up by name
-    /// while it still holds (not encoded, and no part of the assignment's value).
+    /// Where the node was in the state's node order (set by the scheduler, and again when the
+    /// placement is applied): spares looking it up by name while it still holds (not encoded,
+    /// and no part of the assignment's value).
     #[serde(skip)]
     pub position: PositionHint,
 }

@@ -418,31 +418,21 @@ impl State {
 
     /// Marks the devices of a job's assignment as held and charges its team.
     pub(crate) fn hold(&mut self, id: JobId) {
-        self.charge(id, true, None);
-    }
-
-    /// `hold`, for an assignment whose replicas' node positions were just looked up (in
-    /// replica order).
-    pub(crate) fn hold_on(&mut self, id: JobId, positions: &[usize]) {
-        self.charge(id, true, Some(positions));
+        self.charge(id, true);
     }
 
     /// Frees a job's devices and credits its team.
     pub(crate) fn release(&mut self, id: JobId) {
-        self.charge(id, false, None);
+        self.charge(id, false);
     }
 
-    /// Holds (`take`) or frees a job's devices; `positions`, when known, are its replicas' node
-    /// positions.
-    fn charge(&mut self, id: JobId, take: bool, positions: Option<&[usize]>) {
+    /// Holds (`take`) or frees a job's devices.
+    fn charge(&mut self, id: JobId, take: bool) {
         let job = &self.data.jobs[&id];
         let Some(a) = &job.assignment else { return };
         let mut schedulable = 0i64;
-        for (i, r) in a.replicas.iter().enumerate() {
-            let at = match positions {
-                Some(known) => known[i],
-                None => self.allocs.locate(&r.node, r.position).expect("alloc exists for every node"),
-            };
+        for r in &a.replicas {
+            let at = self.allocs.locate(&r.node, r.position).expect("alloc exists for every node");
             debug_assert_eq!(self.allocs.ids()[at], r.node);
             let alloc = self.allocs.at_mut(at);
             debug_assert_eq!(alloc.schedulable, self.data.nodes[&r.node].schedulable());

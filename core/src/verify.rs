@@ -6,6 +6,7 @@
 use crate::command::{Effect, Outcome, Rejection};
 use crate::ids::{DeviceId, JobId, NodeId};
 use crate::job::{counted, JobState, ReplicaAssignment, StopReason};
+use crate::layout::PositionHint;
 use crate::plan::{Decisions, Placement, Preemption, PreemptionRule, QuotaDenial};
 use crate::resource::Flavor;
 use crate::state::{NodeAlloc, State};
@@ -242,17 +243,28 @@ impl State {
         Ok((at, alloc))
     }
 
-    /// Places the job; `hold` charges its team and keeps the quota totals up to date.
+    /// Places the job; `hold` charges its team and keeps the quota totals up to date. The
+    /// assignment kept in the job names the state's own node ids, with the positions its
+    /// verification found as hints, so that freeing it later looks no node up by name (also
+    /// for a plan that came through Raft, which carries no hints).
     fn commit_placement(&mut self, p: Placement, positions: &[usize], at_ms: u64, out: &mut Outcome) {
         let id = p.job;
+        let mut assignment = p.assignment;
+        for (r, &at) in assignment.replicas.iter_mut().zip(positions) {
+            let own = &self.allocs.ids()[at];
+            if !std::sync::Arc::ptr_eq(&own.0, &r.node.0) {
+                r.node = own.clone();
+            }
+            r.position = PositionHint(Some(at as u32));
+        }
         self.dequeue(id);
         let job = self.data.jobs.get_mut(&id).expect("checked");
         job.state = JobState::Starting;
         job.placed_ms = Some(at_ms);
         job.attempt += 1;
-        let n = p.assignment.replicas.len() as u64;
+        let n = assignment.replicas.len() as u64;
         job.message = counted(n, "placed on 1 node(s), starting", || format!("placed on {n} node(s), starting"));
-        for (i, r) in p.assignment.replicas.iter().enumerate() {
+        for (i, r) in assignment.replicas.iter().enumerate() {
             out.effects.push(Effect::Start {
                 job: id,
                 replica: i as u32,
@@ -260,8 +272,8 @@ impl State {
                 devices: r.devices.clone(),
             });
         }
-        job.assignment = Some(p.assignment);
-        self.hold_on(id, positions);
+        job.assignment = Some(assignment);
+        self.hold(id);
         out.changed.push((id, JobState::Starting));
     }
 }

@@ -187,7 +187,7 @@ impl<'s> View<'s> {
         let Some(a) = &job.assignment else { return Vec::new() };
         let mut out: Vec<(u32, u64)> = Vec::new();
         for r in &a.replicas {
-            let Ok(n) = self.node_ids.binary_search(&r.node) else { continue };
+            let Some(n) = self.state.allocs.locate(&r.node, r.position) else { continue };
             let mask = self.state.allocs.at(n).layout.mask_of(&r.devices);
             match out.iter_mut().find(|(x, _)| *x == n as u32) {
                 Some(e) => e.1 |= mask,
