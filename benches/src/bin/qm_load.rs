@@ -6,6 +6,9 @@
 //! - 64 clients, one job per request: acknowledged durable submissions per second, p50, p99,
 //!   over all replicas and on the leader only;
 //! - 64 clients, 100 jobs per request (reported separately: jobs per second);
+//! - 64 clients reading one job, stale, from the leader: the most requests per second that
+//!   gRPC alone allows on this machine, with the driver on the same cores;
+//! - for each of these, the CPU time the replicas and the driver spent per request;
 //! - time from SIGKILL of the leader to the next acknowledged write;
 //! - submission to placement decision at a fixed rate (p50, p99), with fake nodes registered;
 //! - resident memory of the leader holding 100,000 jobs.
@@ -114,6 +117,11 @@ impl Cluster {
         }
     }
 
+    /// CPU seconds the running replicas have used, together.
+    fn cpu_seconds(&self) -> f64 {
+        self.procs.values().map(|p| cpu_seconds(&p.id().to_string())).sum()
+    }
+
     fn rss_kib(&self, id: u64) -> u64 {
         let pid = self.procs[&id].id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -171,11 +179,43 @@ fn job(name: String) -> JobSpec {
     gpu_job(&name, "bench", 1, &["train"])
 }
 
-/// Prints the rate (jobs per second) and the request latency percentiles of a phase.
-fn report(name: &str, latencies: &[Duration], wall: f64, jobs_per_request: usize) {
-    let rate = (latencies.len() * jobs_per_request) as f64 / wall;
-    let (p50, p99) = (percentile(latencies, 0.5), percentile(latencies, 0.99));
-    println!("qm_{name}_jobs_per_s={rate:.0} qm_{name}_p50_ms={p50:.2} qm_{name}_p99_ms={p99:.2}");
+/// What one measured load gave.
+struct Run {
+    /// Latencies of the acknowledged requests, sorted.
+    latencies: Vec<Duration>,
+    /// Seconds from the first request to the last answer.
+    wall: f64,
+    /// CPU seconds (user and system) the replicas used meanwhile, all three together.
+    replicas_cpu: f64,
+    /// CPU seconds the load driver used meanwhile.
+    driver_cpu: f64,
+}
+
+/// Prints the rate (jobs per second), the request latency percentiles of a phase, and the CPU
+/// microseconds the replicas and the driver spent per acknowledged request: on a machine whose
+/// speed varies from one minute to the next (a shared VM), the CPU spent per request moves far
+/// less than the rate.
+fn report(name: &str, run: &Run, jobs_per_request: usize) {
+    let requests = run.latencies.len();
+    let rate = (requests * jobs_per_request) as f64 / run.wall;
+    let (p50, p99) = (percentile(&run.latencies, 0.5), percentile(&run.latencies, 0.99));
+    let per_request = |cpu: f64| cpu * 1e6 / requests.max(1) as f64;
+    println!(
+        "qm_{name}_jobs_per_s={rate:.0} qm_{name}_p50_ms={p50:.2} qm_{name}_p99_ms={p99:.2} \
+         qm_{name}_replicas_cpu_us={:.0} qm_{name}_driver_cpu_us={:.0}",
+        per_request(run.replicas_cpu),
+        per_request(run.driver_cpu)
+    );
+}
+
+/// CPU seconds (user and system, all threads) a process has used, from `/proc/PID/stat`, in
+/// clock ticks of 1/100 s (the `USER_HZ` of Linux on every architecture it runs on here).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -186,22 +226,26 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-/// Submits batches of `per_request` jobs from `clients` connections for `seconds`, to every
-/// replica in turn; returns the latencies of acknowledged requests and the wall time.
-async fn load(c: &Cluster, clients: usize, per_request: usize, seconds: u64, tag: &str) -> (Vec<Duration>, f64) {
+/// What each client of a load sends, one request after the other.
+#[derive(Clone, Copy, Debug)]
+enum Ask {
+    /// A submission of this many jobs.
+    Submit(usize),
+    /// A stale read of one job: served by the replica it reaches, without Raft, so the rate
+    /// it reaches is what gRPC alone allows on this machine, driver included.
+    StaleRead,
+}
+
+/// Sends `ask` from `clients` connections for `seconds`, to every replica in turn.
+async fn load(c: &Cluster, clients: usize, ask: Ask, seconds: u64, tag: &str) -> Run {
     let endpoints: Vec<String> = c.procs.keys().map(|id| c.endpoint(*id)).collect();
-    load_on(endpoints, clients, per_request, seconds, tag).await
+    load_on(c, endpoints, clients, ask, seconds, tag).await
 }
 
 /// `load` on the given replicas only.
-async fn load_on(
-    endpoints: Vec<String>,
-    clients: usize,
-    per_request: usize,
-    seconds: u64,
-    tag: &str,
-) -> (Vec<Duration>, f64) {
+async fn load_on(c: &Cluster, endpoints: Vec<String>, clients: usize, ask: Ask, seconds: u64, tag: &str) -> Run {
     let latencies = Arc::new(Mutex::new(Vec::new()));
+    let cpu_before = (c.cpu_seconds(), cpu_seconds("self"));
     let start = Instant::now();
     let until = start + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
@@ -214,10 +258,8 @@ async fn load_on(
             let mut mine = Vec::new();
             let mut n = 0u64;
             while Instant::now() < until {
-                let batch = (0..per_request).map(|i| job(format!("{tag}-{client}-{n}-{i}"))).collect();
-                let req = SubmitRequest { jobs: batch, request_id: format!("{tag}-{client}-{n}") };
                 let t = Instant::now();
-                if jobs.submit(req).await.is_ok() {
+                if send(&mut jobs, ask, &format!("{tag}-{client}-{n}")).await {
                     mine.push(t.elapsed());
                 }
                 n += 1;
@@ -229,9 +271,24 @@ async fn load_on(
         t.await.expect("a client task");
     }
     let wall = start.elapsed().as_secs_f64();
-    let mut l = std::mem::take(&mut *latencies.lock().await);
-    l.sort();
-    (l, wall)
+    let (replicas_cpu, driver_cpu) = (c.cpu_seconds() - cpu_before.0, cpu_seconds("self") - cpu_before.1);
+    let mut latencies = std::mem::take(&mut *latencies.lock().await);
+    latencies.sort();
+    Run { latencies, wall, replicas_cpu, driver_cpu }
+}
+
+/// Sends one request; true when it was answered with success.
+async fn send(jobs: &mut JobServiceClient<Channel>, ask: Ask, name: &str) -> bool {
+    match ask {
+        Ask::Submit(per_request) => {
+            let batch = (0..per_request).map(|i| job(format!("{name}-{i}"))).collect();
+            jobs.submit(SubmitRequest { jobs: batch, request_id: name.to_owned() }).await.is_ok()
+        }
+        Ask::StaleRead => {
+            let req = GetJobRequest { job_id: 1, consistency: ReadConsistency::Stale as i32 };
+            jobs.get(req).await.is_ok()
+        }
+    }
 }
 
 async fn set_team(endpoint: &str, nominal: u32) {
@@ -344,16 +401,14 @@ async fn throughput(a: &Args) {
     let leader = c.leader().await;
     set_team(&c.endpoint(leader), 1_000_000).await;
 
-    let (seq, wall) = load(&c, 1, 1, a.seconds, "seq").await;
-    report("seq", &seq, wall, 1);
-    let (conc, wall) = load(&c, a.clients, 1, a.seconds, "conc").await;
+    report("seq", &load(&c, 1, Ask::Submit(1), a.seconds, "seq").await, 1);
+    let conc = load(&c, a.clients, Ask::Submit(1), a.seconds, "conc").await;
     println!("qm_conc_clients={}", a.clients);
-    report("conc", &conc, wall, 1);
+    report("conc", &conc, 1);
     let leader_only = vec![c.endpoint(c.leader().await)];
-    let (lead, wall) = load_on(leader_only, a.clients, 1, a.seconds, "lead").await;
-    report("leader_only", &lead, wall, 1);
-    let (batched, wall) = load(&c, a.clients, 100, a.seconds, "batch").await;
-    report("batched_100_jobs", &batched, wall, 100);
+    report("leader_only", &load_on(&c, leader_only.clone(), a.clients, Ask::Submit(1), a.seconds, "lead").await, 1);
+    report("stale_reads", &load_on(&c, leader_only, a.clients, Ask::StaleRead, a.seconds, "read").await, 1);
+    report("batched_100_jobs", &load(&c, a.clients, Ask::Submit(100), a.seconds, "batch").await, 100);
     let secs = failover(&mut c).await;
     println!("qm_failover_s={secs:.3}");
 }
