@@ -5,6 +5,7 @@
 use qm_core::{Command, JobId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Version of the entry format this release writes and reads.
 pub const ENTRY_VERSION: u8 = 1;
@@ -95,11 +96,44 @@ impl ChangeContext {
 /// Request ids seen, with the jobs they created, so that a retried submission is answered with
 /// the first answer instead of creating the jobs twice. Bounded: the oldest ids are forgotten.
 /// Kept in persistent collections (`imbl`), so that a snapshot's copy costs O(1) instead of
-/// 100,000 strings; they encode as the ordered map and sequence they replaced.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// 100,000 strings; the first change after a copy copies the nodes it touches, which hold
+/// shared pointers (an id is one `Arc<str>` for the map and the order), not strings. The ids
+/// are hashed: every replica looks each submission up and inserts it, and an ordered map of
+/// 100,000 ids cost a cache miss per comparison. They encode as the ordered map and sequence of
+/// the first format did, with the map's entries in the order the ids came (the same on every
+/// replica), so either format reads the other.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "DedupWire")]
 pub struct Dedup {
-    jobs: imbl::OrdMap<String, Vec<JobId>>,
-    order: imbl::Vector<String>,
+    jobs: imbl::HashMap<Arc<str>, Arc<[JobId]>>,
+    /// The same entries, oldest first.
+    order: imbl::Vector<(Arc<str>, Arc<[JobId]>)>,
+}
+
+/// `Dedup` as decoded, before the check that its map and its order hold the same ids.
+#[derive(Deserialize)]
+struct DedupWire {
+    jobs: BTreeMap<String, Vec<JobId>>,
+    order: Vec<String>,
+}
+
+impl TryFrom<DedupWire> for Dedup {
+    type Error = String;
+
+    fn try_from(mut w: DedupWire) -> Result<Self, String> {
+        let mut d = Dedup::default();
+        for id in w.order {
+            let jobs =
+                w.jobs.remove(&id).ok_or_else(|| format!("request ids: {id:?} is in the order, not in the table"))?;
+            let entry: (Arc<str>, Arc<[JobId]>) = (id.into(), jobs.into());
+            d.jobs.insert(entry.0.clone(), entry.1.clone());
+            d.order.push_back(entry);
+        }
+        match w.jobs.keys().next() {
+            Some(id) => Err(format!("request ids: {id:?} is in the table, not in the order")),
+            None => Ok(d),
+        }
+    }
 }
 
 impl Dedup {
@@ -108,19 +142,46 @@ impl Dedup {
 
     /// The jobs a request id created, if seen.
     pub fn get(&self, request_id: &str) -> Option<&[JobId]> {
-        self.jobs.get(request_id).map(Vec::as_slice)
+        self.jobs.get(request_id).map(|j| &**j)
     }
 
     /// Remembers the jobs of a request id.
     pub fn insert(&mut self, request_id: String, jobs: Vec<JobId>) {
-        if self.jobs.insert(request_id.clone(), jobs).is_none() {
-            self.order.push_back(request_id);
+        let entry: (Arc<str>, Arc<[JobId]>) = (request_id.into(), jobs.into());
+        if self.jobs.insert(entry.0.clone(), entry.1.clone()).is_none() {
+            self.order.push_back(entry);
         }
         while self.order.len() > Self::CAPACITY {
-            if let Some(old) = self.order.pop_front() {
+            if let Some((old, _)) = self.order.pop_front() {
                 self.jobs.remove(&old);
             }
         }
+    }
+}
+
+impl Serialize for Dedup {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        type Entries = imbl::Vector<(Arc<str>, Arc<[JobId]>)>;
+        /// The map, in the order the ids came.
+        struct InOrder<'a>(&'a Entries);
+        impl Serialize for InOrder<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_map(self.0.iter().map(|(id, jobs)| (&**id, &**jobs)))
+            }
+        }
+        /// The ids alone.
+        struct Ids<'a>(&'a Entries);
+        impl Serialize for Ids<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq(self.0.iter().map(|(id, _)| &**id))
+            }
+        }
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            jobs: InOrder<'a>,
+            order: Ids<'a>,
+        }
+        Wire { jobs: InOrder(&self.order), order: Ids(&self.order) }.serialize(serializer)
     }
 }
 
@@ -194,37 +255,79 @@ mod tests {
         assert!(decode_batch(&[]).unwrap().is_empty(), "raft's empty entries carry no proposals");
     }
 
-    #[test]
-    fn snapshots_are_written_as_the_first_format_wrote_them() {
-        #[derive(Serialize)]
-        struct FirstDedup {
-            jobs: BTreeMap<String, Vec<JobId>>,
-            order: std::collections::VecDeque<String>,
-        }
-        #[derive(Serialize)]
-        struct FirstBody {
-            state: Vec<u8>,
-            dedup: FirstDedup,
-            members: Members,
-        }
-        let mut dedup = Dedup::default();
-        for (id, job) in [("b", 1), ("a", 2), ("c", 3)] {
-            dedup.insert(id.into(), vec![JobId(job)]);
-        }
-        let state = qm_core::State::new();
-        let members = Members::from([(1, "127.0.0.1:7000".to_owned()), (2, "127.0.0.1:7001".to_owned())]);
-        let first = FirstBody {
+    /// The request-id table as the first format held it (an ordered map), for both directions.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct FirstDedup {
+        jobs: BTreeMap<String, Vec<JobId>>,
+        order: std::collections::VecDeque<String>,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct FirstBody {
+        state: Vec<u8>,
+        dedup: FirstDedup,
+        members: Members,
+    }
+
+    fn first_body(state: &qm_core::State, members: &Members) -> FirstBody {
+        FirstBody {
             state: state.to_bytes(),
             dedup: FirstDedup {
                 jobs: [("a", 2), ("b", 1), ("c", 3)].map(|(k, j)| (k.to_owned(), vec![JobId(j)])).into(),
                 order: ["b", "a", "c"].map(str::to_owned).into(),
             },
             members: members.clone(),
+        }
+    }
+
+    #[test]
+    fn snapshots_read_as_the_first_format_and_read_it() {
+        let mut dedup = Dedup::default();
+        for (id, job) in [("b", 1), ("a", 2), ("c", 3)] {
+            dedup.insert(id.into(), vec![JobId(job)]);
+        }
+        let state = qm_core::State::new();
+        let members = Members::from([(1, "127.0.0.1:7000".to_owned()), (2, "127.0.0.1:7001".to_owned())]);
+        let ours = encode_snapshot(&state.cut(), &dedup, &members);
+        let read_by_first: FirstBody = postcard::from_bytes(&ours[6..]).unwrap();
+        assert_eq!(read_by_first, first_body(&state, &members));
+        let mut first = SNAPSHOT_MAGIC.to_vec();
+        first.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        let first = postcard::to_extend(&first_body(&state, &members), first).unwrap();
+        let (back, d, m) = decode_snapshot(&first).unwrap();
+        assert_eq!((back.hash(), d, m), (state.hash(), dedup, members));
+    }
+
+    #[test]
+    fn the_request_id_table_encodes_in_arrival_order_whatever_the_hash_order() {
+        let mut a = Dedup::default();
+        for i in 0..1_000u64 {
+            a.insert(format!("req-{i}"), vec![JobId(i + 1)]);
+        }
+        let first: FirstDedup = postcard::from_bytes(&postcard::to_allocvec(&a).unwrap()).unwrap();
+        assert_eq!(first.order.iter().take(3).collect::<Vec<_>>(), ["req-0", "req-1", "req-2"]);
+        assert_eq!(first.jobs.len(), 1_000);
+        let wire = postcard::to_allocvec(&a).unwrap();
+        let b: Dedup = postcard::from_bytes(&wire).unwrap();
+        assert_eq!(postcard::to_allocvec(&b).unwrap(), wire, "a decoded table encodes to the same bytes");
+        assert_eq!(b, a);
+    }
+
+    #[test]
+    fn a_request_id_table_whose_parts_disagree_is_refused() {
+        let bad = FirstDedup {
+            jobs: [("a", 1)].map(|(k, j)| (k.to_owned(), vec![JobId(j)])).into(),
+            order: ["b"].map(str::to_owned).into(),
         };
-        let mut expected = SNAPSHOT_MAGIC.to_vec();
-        expected.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-        let expected = postcard::to_extend(&first, expected).unwrap();
-        assert_eq!(encode_snapshot(&state.cut(), &dedup, &members), expected);
+        let err = postcard::from_bytes::<Dedup>(&postcard::to_allocvec(&bad).unwrap()).unwrap_err();
+        assert_eq!(err, postcard::Error::SerdeDeCustom, "refused by the check, not by the format");
+        let wire = DedupWire { jobs: bad.jobs, order: bad.order.into() };
+        assert_eq!(Dedup::try_from(wire).unwrap_err(), "request ids: \"b\" is in the order, not in the table");
+        let one = |k: &str| BTreeMap::from([(k.to_owned(), vec![JobId(1)])]);
+        let wire = DedupWire { jobs: one("a"), order: vec![] };
+        assert_eq!(Dedup::try_from(wire).unwrap_err(), "request ids: \"a\" is in the table, not in the order");
+        let wire = DedupWire { jobs: one("a"), order: vec!["a".into(), "a".into()] };
+        assert!(Dedup::try_from(wire).is_err(), "an id twice in the order");
     }
 
     #[test]
