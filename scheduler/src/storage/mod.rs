@@ -1,7 +1,9 @@
 //! Durable Raft storage behind a trait: log entries (each with a checksum), hard state, conf
-//! state, the latest snapshot and the applied index. `sled.rs` implements it on `sled`.
+//! state, the latest snapshot and the applied index. `sled_store.rs` implements it on `sled`,
+//! with the entries' terms cached in memory (`terms.rs`).
 
 mod sled_store;
+mod terms;
 
 pub use sled_store::SledStore;
 

@@ -1,13 +1,15 @@
 //! `LogStore` on `sled`: the default tree holds the log (keys `e` + big-endian index) and the
 //! small records (one-letter keys); the snapshot lives alone in the tree `snapshot`. Every
 //! value starts with the CRC-32 of what follows. The bounds of the log and the small records
-//! are cached in memory; entries are read from sled.
+//! are cached in memory, and so are the terms of the entries written since the store opened
+//! (`terms.rs`); entries are read from sled.
 //!
 //! Why the snapshot has a tree of its own (format 2): sled keeps values inside the tree's leaf
 //! pages, and rewrites a whole leaf when one of its keys changes. In format 1 the snapshot
 //! shared a leaf with the hard state, which changes on nearly every Raft round, so each flush
 //! rewrote the whole snapshot: megabytes per round, growing with the number of jobs.
 
+use super::terms::Terms;
 use super::{LogStore, Persist, StorageError};
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -74,6 +76,8 @@ struct Meta {
     last: u64,
     /// First stored entry's index; `last + 1` when the log is empty.
     first: u64,
+    /// The terms of the entries stored since the store was opened.
+    terms: Terms,
 }
 
 /// Raft storage on a sled database. Clones share the database (a snapshot is saved from a
@@ -129,6 +133,7 @@ impl SledStore {
         let last = index_of(tree.scan_prefix(b"e").next_back())?;
         meta.last = last.unwrap_or(meta.snap.index).max(meta.snap.index);
         meta.first = first.unwrap_or(meta.last + 1);
+        meta.terms = Terms::starting_at(meta.last + 1);
         Ok(Self { tree, snaps, meta: Arc::new(Mutex::new(meta)) })
     }
 
@@ -205,18 +210,20 @@ impl Storage for SledStore {
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        let (snap, first, last) = {
+        {
             let m = self.meta();
-            (m.snap.clone(), m.first, m.last)
-        };
-        if idx == snap.index {
-            return Ok(snap.term);
-        }
-        if idx < first {
-            return Err(raft::Error::Store(raft::StorageError::Compacted));
-        }
-        if idx > last {
-            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+            if idx == m.snap.index {
+                return Ok(m.snap.term);
+            }
+            if idx < m.first {
+                return Err(raft::Error::Store(raft::StorageError::Compacted));
+            }
+            if idx > m.last {
+                return Err(raft::Error::Store(raft::StorageError::Unavailable));
+            }
+            if let Some(term) = m.terms.get(idx) {
+                return Ok(term);
+            }
         }
         Ok(self.read_entry(idx)?.term)
     }
@@ -264,6 +271,7 @@ impl LogStore for SledStore {
         if !p.entries.is_empty() || p.hard_state.is_some() {
             self.tree.flush()?;
         }
+        m.terms.store(p.entries.iter().map(|e| (e.index, e.term)));
         if let (Some(first), Some(last)) = (p.entries.first(), p.entries.last()) {
             m.last = last.index;
             if m.first > first.index {
@@ -304,6 +312,7 @@ impl LogStore for SledStore {
         m.snap = md.clone();
         m.last = md.index;
         m.first = md.index + 1;
+        m.terms = Terms::starting_at(md.index + 1);
         Ok(())
     }
 
@@ -317,6 +326,7 @@ impl LogStore for SledStore {
             let stale = m.first..compact_to;
             m.snap = md.clone();
             m.first = compact_to;
+            m.terms.compact(compact_to);
             stale
         };
         let mut batch = sled::Batch::default();

@@ -49,6 +49,30 @@ fn a_conflicting_append_replaces_the_tail() {
 }
 
 #[test]
+fn terms_agree_with_the_entries_across_a_reopen_and_a_replaced_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        let ents: Vec<Entry> = (1..=6).map(|i| entry(i, 1 + i / 4, b"")).collect();
+        store.persist(Persist { entries: &ents, ..Persist::default() }).unwrap();
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    let agree = |store: &SledStore| {
+        let last = store.last_index().unwrap();
+        for (index, term) in entries(store, 1, last + 1) {
+            assert_eq!(store.term(index).unwrap(), term, "entry {index}");
+        }
+    };
+    agree(&store);
+    store.persist(Persist { entries: &[entry(7, 3, b""), entry(8, 3, b"")], ..Persist::default() }).unwrap();
+    agree(&store);
+    store.persist(Persist { entries: &[entry(5, 4, b""), entry(6, 5, b"")], ..Persist::default() }).unwrap();
+    assert_eq!(store.last_index().unwrap(), 6);
+    agree(&store);
+    assert_eq!((store.term(4).unwrap(), store.term(5).unwrap(), store.term(6).unwrap()), (2, 4, 5));
+}
+
+#[test]
 fn max_size_returns_at_least_one_entry() {
     let store = SledStore::temporary().unwrap();
     let ents: Vec<Entry> = (1..=5).map(|i| entry(i, 1, &[0; 100])).collect();
