@@ -5,6 +5,7 @@ use crate::command::{Command, Effect, Outcome};
 use crate::error::{ApplyError, FieldError};
 use crate::ids::{JobId, NodeId, TeamId};
 use crate::job::{counted, Job, JobSpec, JobState, StopReason};
+use crate::layout::PositionHint;
 use crate::limits::{validate_job, validate_node, validate_team, MAX_BATCH};
 use crate::resource::{Node, NodeSpec, NodeStatus};
 use crate::state::{NodeLayout, State};
@@ -150,7 +151,8 @@ impl State {
         spec.team = team;
         self.data.next_job += 1;
         let id = JobId(self.data.next_job);
-        let job = Job::submitted(id, spec, priority, at_ms);
+        let mut job = Job::submitted(id, spec, priority, at_ms);
+        job.team_slot = PositionHint(self.accounts.team(&job.spec.team));
         self.data.jobs.insert(id, job);
         self.enqueue(id);
         out.submitted.push(id);
@@ -307,6 +309,7 @@ impl State {
 
     fn set_team(&mut self, team: TeamSpec) -> Result<(), ApplyError> {
         validate_team(&team).map_err(|e| e.within("team"))?;
+        self.accounts.open(&team);
         self.data.teams.insert(team.name.clone(), team);
         self.quotas_changed();
         Ok(())

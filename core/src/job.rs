@@ -213,6 +213,11 @@ pub struct Job {
     pub attained_device_ms: u64,
     /// The last thing that happened to it, for `qm job`.
     pub message: Message,
+    /// Its team's slot in the state's accounts, set on admission: spares looking the team up
+    /// by name whenever the job takes or frees devices (not encoded, and no part of the job's
+    /// value).
+    #[serde(skip)]
+    pub team_slot: PositionHint,
 }
 
 impl Job {
@@ -234,6 +239,7 @@ impl Job {
             failures: 0,
             attained_device_ms: 0,
             message: "submitted".into(),
+            team_slot: PositionHint::default(),
         }
     }
 

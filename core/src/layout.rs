@@ -75,9 +75,9 @@ impl NodeLayout {
     }
 }
 
-/// A node's position in `NodeAllocs` when it was last seen there, which may have moved since
-/// (`NodeAllocs::locate` checks it). Every hint equals every other: it is a cache, not a
-/// value.
+/// Where something was when it was last seen, which may have moved since: a node's position in
+/// `NodeAllocs` (`NodeAllocs::locate` checks it), a team's slot in the state's accounts. Every
+/// hint equals every other: it is a cache, not a value.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PositionHint(pub Option<u32>);
 

@@ -67,6 +67,7 @@
 //! - [`command`]: `Command`, and the `Outcome` (agent orders, state changes) of applying one.
 //! - [`layout`]: a node's devices as bit masks, and who holds them.
 //! - [`state`]: `State`, its indexes, snapshots to and from bytes, the state hash.
+//! - `accounts` (private): devices held per team and free per flavor, on dense slots.
 //! - [`queues`]: every team's pending jobs in queue order.
 //! - [`table`]: the job table, indexed by the dense job ids.
 //! - `apply` (private): `State::apply` for every command.
@@ -98,6 +99,7 @@ pub mod table;
 pub mod team;
 pub mod verify;
 
+mod accounts;
 mod apply;
 #[cfg(test)]
 mod testkit;

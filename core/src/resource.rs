@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// The most devices one node may report. Placement keeps a node's devices in a 64-bit mask.
 pub const MAX_DEVICES_PER_NODE: usize = 64;
@@ -62,14 +63,16 @@ impl FromStr for AcceleratorKind {
 pub struct Flavor {
     /// The kind of accelerator.
     pub kind: AcceleratorKind,
-    /// The normalized model, e.g. `nvidia-h100-80gb-hbm3`.
-    pub model: String,
+    /// The normalized model, e.g. `nvidia-h100-80gb-hbm3`; shared, because assignments copy
+    /// their flavor from the scheduler's (a clone allocates nothing, and flavors that share it
+    /// compare equal without reading it).
+    pub model: Arc<str>,
 }
 
 impl Flavor {
     /// A flavor from a kind and a model name.
     pub fn new(kind: AcceleratorKind, model: &str) -> Self {
-        Self { kind, model: model.to_owned() }
+        Self { kind, model: model.into() }
     }
 }
 
@@ -86,7 +89,7 @@ impl FromStr for Flavor {
         if model.is_empty() || model.contains(char::is_whitespace) {
             return Err(format!("flavor {s:?} has an empty or blank model"));
         }
-        Ok(Self { kind: kind.parse()?, model: model.to_owned() })
+        Ok(Self { kind: kind.parse()?, model: model.into() })
     }
 }
 
@@ -130,7 +133,7 @@ impl Device {
 
     /// Whether this device is of `flavor`, without allocating.
     pub fn is_flavor(&self, flavor: &Flavor) -> bool {
-        self.kind == flavor.kind && self.model == flavor.model
+        self.kind == flavor.kind && self.model == *flavor.model
     }
 
     /// The group used for locality: the interconnect group, else the NUMA node.

@@ -3,6 +3,7 @@
 //! scheduler's node index, the quota totals) are rebuilt on load, so a snapshot carries each
 //! fact once.
 
+use crate::accounts::Accounts;
 use crate::ids::{DeviceId, JobId, NodeId, TeamId};
 use crate::job::{GangSpec, Job, JobState};
 pub use crate::layout::{NodeAlloc, NodeAllocs, NodeLayout};
@@ -68,7 +69,8 @@ impl StateCut {
 pub struct State {
     pub(crate) data: Persistent,
     pub(crate) allocs: NodeAllocs,
-    pub(crate) usage: BTreeMap<TeamId, BTreeMap<Flavor, u32>>,
+    /// Devices each team holds, and devices free, per flavor.
+    pub(crate) accounts: Accounts,
     pub(crate) queues: TeamQueues,
     /// Jobs in `queues`, counted as they enter and leave.
     pending: usize,
@@ -78,8 +80,6 @@ pub struct State {
     /// Every pending job by runtime estimate, for shortest-first; kept once asked for.
     shortest: Derived<BTreeSet<GlobalKey>>,
     pub(crate) capacity: BTreeMap<Flavor, u64>,
-    /// Healthy devices nobody holds on schedulable nodes, per flavor.
-    free: BTreeMap<Flavor, u64>,
     /// Jobs told to stop that still hold devices (`Preempted`, `Stopping`).
     pub(crate) stopping: BTreeSet<JobId>,
     /// Jobs in state `Running`.
@@ -172,7 +172,16 @@ impl State {
 
     /// Devices of `flavor` that jobs of `team` hold.
     pub fn usage(&self, team: &TeamId, flavor: &Flavor) -> u32 {
-        self.usage.get(team).and_then(|m| m.get(flavor)).copied().unwrap_or(0)
+        self.accounts.held(team, flavor)
+    }
+
+    /// Devices of `flavor` that the team of `job` holds (`usage`, finding the team by the
+    /// job's hint).
+    pub fn team_usage(&self, job: &Job, flavor: &Flavor) -> u32 {
+        match (self.accounts.team_hinted(job.team_slot, &job.spec.team), self.accounts.flavor(flavor)) {
+            (Some(t), Some(f)) => self.accounts.held_at(t, f),
+            _ => 0,
+        }
     }
 
     /// A team's pending jobs in queue order.
@@ -255,7 +264,7 @@ impl State {
     /// The scheduler's team rows, built here if nodes or teams changed since they were last
     /// used.
     pub(crate) fn team_rows(&self) -> &TeamRows {
-        self.team_rows.0.get_or_init(|| TeamRows::build(self.node_index(), &self.data.teams, &self.usage))
+        self.team_rows.0.get_or_init(|| TeamRows::build(self.node_index(), &self.data.teams, &self.accounts))
     }
 
     /// Runs a command that changes nodes themselves (not only what is held on them): the node
@@ -270,6 +279,9 @@ impl State {
 
     fn rebuild(data: Persistent) -> Self {
         let mut state = Self { data, ..Self::default() };
+        for team in state.data.teams.values() {
+            state.accounts.open(team);
+        }
         let ids: Vec<NodeId> = state.data.nodes.keys().cloned().collect();
         for id in &ids {
             state.reset_alloc(id);
@@ -316,16 +328,29 @@ impl State {
         }
         let held = self.allocs.get(id).map_or(0, |a| a.held);
         for (i, d) in node.spec.devices.iter().enumerate().filter(|(_, d)| d.health == Health::Healthy) {
-            bump(&mut self.capacity, &d.flavor(), sign);
+            let flavor = d.flavor();
+            bump(&mut self.capacity, &flavor, sign);
             if held & (1 << i) == 0 {
-                bump(&mut self.free, &d.flavor(), sign);
+                let f = self.accounts.flavor_slot(&flavor);
+                self.accounts.add_free(f, sign);
             }
         }
     }
 
-    /// Healthy devices nobody holds on schedulable nodes, per flavor.
-    pub fn free(&self) -> &BTreeMap<Flavor, u64> {
-        &self.free
+    /// Healthy devices of `flavor` nobody holds on schedulable nodes.
+    pub fn free(&self, flavor: &Flavor) -> u64 {
+        self.accounts.free(flavor)
+    }
+
+    /// Healthy devices nobody holds on schedulable nodes, per flavor (flavors with none left
+    /// out).
+    pub fn free_by_flavor(&self) -> BTreeMap<Flavor, u64> {
+        self.accounts.free_by_flavor()
+    }
+
+    /// Whether no healthy device on a schedulable node is free.
+    pub fn none_free(&self) -> bool {
+        self.accounts.none_free()
     }
 
     /// Jobs told to stop that still hold devices.
@@ -441,11 +466,16 @@ impl State {
                 index.update(at, alloc);
             }
         }
-        bump(&mut self.free, &a.flavor, if take { -schedulable } else { schedulable });
+        let t = match self.accounts.team_hinted(job.team_slot, &job.spec.team) {
+            Some(t) => t,
+            None => self.accounts.team_slot(&job.spec.team),
+        };
+        let f = self.accounts.flavor_slot(&a.flavor);
+        self.accounts.add_free(f, if take { -schedulable } else { schedulable });
         let total = job.spec.gang.total_devices();
         let change = |used: u32| if take { used + total } else { used.saturating_sub(total) };
-        let (used, next) = change_usage(&mut self.usage, &job.spec.team, &a.flavor, change);
-        let quota = match self.team_rows.0.get_mut().map(|rows| rows.set_usage(&job.spec.team, &a.flavor, next)) {
+        let (used, next) = self.accounts.change_held(t, f, change);
+        let quota = match self.team_rows.0.get_mut().map(|rows| rows.set_usage(t, f, next)) {
             Some(Some(quota)) => quota,
             missing => {
                 if missing.is_some() {
@@ -511,34 +541,4 @@ fn bump(counts: &mut BTreeMap<Flavor, u64>, flavor: &Flavor, delta: i64) {
         }
         None => {}
     }
-}
-
-/// Changes the devices of `flavor` that `team` holds with `change`, dropping zeros (so a
-/// rebuilt state compares equal); returns them before and after. One lookup of each name when
-/// the entry exists; names are copied only for a new entry.
-fn change_usage(
-    usage: &mut BTreeMap<TeamId, BTreeMap<Flavor, u32>>,
-    team: &TeamId,
-    flavor: &Flavor,
-    change: impl FnOnce(u32) -> u32,
-) -> (u32, u32) {
-    if let Some(row) = usage.get_mut(team) {
-        if let Some(held) = row.get_mut(flavor) {
-            let (used, next) = (*held, change(*held));
-            if next > 0 {
-                *held = next;
-            } else {
-                row.remove(flavor);
-                if row.is_empty() {
-                    usage.remove(team);
-                }
-            }
-            return (used, next);
-        }
-    }
-    let next = change(0);
-    if next > 0 {
-        usage.entry(team.clone()).or_default().insert(flavor.clone(), next);
-    }
-    (0, next)
 }

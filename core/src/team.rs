@@ -50,7 +50,7 @@ impl TeamSpec {
     /// every flavor of the kind in flavor order; see `View::acceptable`.)
     pub fn accepts(&self, request: &DeviceRequest, flavor: &Flavor) -> bool {
         flavor.kind == request.kind
-            && (request.models.is_empty() || request.models.contains(&flavor.model))
+            && (request.models.is_empty() || request.models.iter().any(|m| **m == *flavor.model))
             && self.quotas.contains_key(flavor)
     }
 

@@ -17,14 +17,25 @@ pub fn h100() -> Flavor {
     Flavor::new(AcceleratorKind::Gpu, H100)
 }
 
+pub const L4: &str = "nvidia-l4";
+
+pub fn l4() -> Flavor {
+    Flavor::new(AcceleratorKind::Gpu, L4)
+}
+
 /// A node with `gpus` H100s in two NVLink groups.
 pub fn node(name: &str, gpus: u32, rack: Option<&str>) -> NodeSpec {
+    node_of(name, gpus, H100, rack)
+}
+
+/// A node with `gpus` GPUs of `model` in two NVLink groups.
+pub fn node_of(name: &str, gpus: u32, model: &str, rack: Option<&str>) -> NodeSpec {
     let devices = (0..gpus)
         .map(|i| Device {
             id: DeviceId::from(format!("{name}-gpu{i}")),
             kind: AcceleratorKind::Gpu,
             vendor: "nvidia".into(),
-            model: H100.into(),
+            model: model.into(),
             memory_mib: 81_559,
             health: Health::Healthy,
             numa_node: Some(i * 2 / gpus.max(1)),

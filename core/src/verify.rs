@@ -153,7 +153,7 @@ impl State {
                     .get(&victim.spec.team)
                     .and_then(|t| t.quotas.get(&a.flavor))
                     .map_or(0, |q| q.nominal);
-                if self.usage(&victim.spec.team, &a.flavor) <= nominal {
+                if self.team_usage(victim, &a.flavor) <= nominal {
                     return deny("the victim's team is within its nominal quota");
                 }
                 Ok(())
@@ -219,7 +219,7 @@ impl State {
         let q = &team.quotas[&a.flavor];
         let ledger = self.ledgers().get(&a.flavor).copied().unwrap_or_default();
         ledger
-            .admit(q, self.usage(&job.spec.team, &a.flavor), gang.total_devices(), true)
+            .admit(q, self.team_usage(job, &a.flavor), gang.total_devices(), true)
             .map(|_| positions)
             .map_err(StaleReason::Quota)
     }

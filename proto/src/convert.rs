@@ -85,7 +85,7 @@ pub fn flavor_from(f: Option<&v1::Flavor>, field: &str) -> Result<Flavor> {
 
 /// The wire form of a flavor.
 pub fn flavor_to(f: &Flavor) -> v1::Flavor {
-    v1::Flavor { kind: kind_to(f.kind) as i32, model: f.model.clone() }
+    v1::Flavor { kind: kind_to(f.kind) as i32, model: f.model.to_string() }
 }
 
 fn signal_from(raw: i32) -> Result<StopSignal> {

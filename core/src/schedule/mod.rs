@@ -78,7 +78,7 @@ fn nothing_to_do(state: &State, policy: &PolicyConfig) -> Option<u32> {
     if policy.reclaim || policy.within_team_preemption || las {
         return None;
     }
-    if state.free().is_empty() {
+    if state.none_free() {
         return Some(pending);
     }
     let head = match (policy.queueing, policy.order) {
@@ -88,7 +88,7 @@ fn nothing_to_do(state: &State, policy: &PolicyConfig) -> Option<u32> {
     }?;
     let job = &state.jobs()[&head.2];
     let team = state.teams().get(&job.spec.team)?;
-    let free: u64 = team.accepted(&job.spec.gang.devices).filter_map(|f| state.free().get(f)).sum();
+    let free: u64 = team.accepted(&job.spec.gang.devices).map(|f| state.free(f)).sum();
     (u64::from(job.spec.gang.total_devices()) > free).then_some(pending)
 }
 

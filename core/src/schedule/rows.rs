@@ -2,17 +2,19 @@
 //! team's usage and quota per interned flavor, flat, so that a cycle copies one small vector
 //! instead of looking up every team and flavor by name (that was half of building a view).
 //!
-//! Upkeep: `State::charge` sets a team's usage as devices are held and freed; node changes
-//! (the flavors may change) and team changes drop the rows, built again when next asked for.
+//! Upkeep: `State::charge` sets a team's usage as devices are held and freed, found by the
+//! team's and the flavor's slots in the state's accounts; node changes (the flavors may change)
+//! and team changes drop the rows, built again when next asked for.
 
 use super::nodes::NodeIndex;
+use crate::accounts::{Accounts, FlavorNo, TeamNo};
 use crate::ids::TeamId;
 use crate::resource::Flavor;
 use crate::team::{FlavorQuota, TeamSpec};
 use std::collections::BTreeMap;
 
 /// Teams in name order; team `t`'s row for flavor `f` is at `t * flavors.len() + f`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct TeamRows {
     pub ids: Vec<TeamId>,
     /// The node index's flavors, then those only teams have quota for, in team order.
@@ -23,15 +25,24 @@ pub(crate) struct TeamRows {
     pub quota: Vec<Option<FlavorQuota>>,
     /// Each team's weight, in thousandths.
     pub weights: Vec<u32>,
+    /// The row of each team slot of the accounts, and the column of each flavor slot (a
+    /// translation that depends on the accounts' history, so no part of equality).
+    row_of: Vec<Option<u32>>,
+    column_of: Vec<Option<u16>>,
 }
 
+impl PartialEq for TeamRows {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.ids, &self.flavors, &self.usage, &self.quota, &self.weights)
+            == (&other.ids, &other.flavors, &other.usage, &other.quota, &other.weights)
+    }
+}
+
+impl Eq for TeamRows {}
+
 impl TeamRows {
-    /// The rows of `teams`, whose usage is in `usage`, over the flavors of `nodes`.
-    pub fn build(
-        nodes: &NodeIndex,
-        teams: &BTreeMap<TeamId, TeamSpec>,
-        usage: &BTreeMap<TeamId, BTreeMap<Flavor, u32>>,
-    ) -> Self {
+    /// The rows of `teams`, whose usage is in `accounts`, over the flavors of `nodes`.
+    pub fn build(nodes: &NodeIndex, teams: &BTreeMap<TeamId, TeamSpec>, accounts: &Accounts) -> Self {
         let mut flavors = nodes.flavors.clone();
         for f in teams.values().flat_map(|spec| spec.quotas.keys()) {
             if !flavors.contains(f) {
@@ -43,24 +54,40 @@ impl TeamRows {
             weights: teams.values().map(|t| t.weight_milli).collect(),
             ..Self::default()
         };
-        for (id, spec) in teams {
-            let held = usage.get(id);
+        for (row, (id, spec)) in teams.iter().enumerate() {
             for f in &flavors {
-                rows.usage.push(held.and_then(|u| u.get(f)).copied().unwrap_or(0));
+                rows.usage.push(accounts.held(id, f));
                 rows.quota.push(spec.quotas.get(f).copied());
+            }
+            if let Some(t) = accounts.team(id) {
+                set_at(&mut rows.row_of, t as usize, row as u32);
+            }
+        }
+        for (column, f) in flavors.iter().enumerate() {
+            if let Some(slot) = accounts.flavor(f) {
+                set_at(&mut rows.column_of, slot as usize, column as u16);
             }
         }
         rows.flavors = flavors;
         rows
     }
 
-    /// Sets the devices of `flavor` that `team` holds; returns the team's quota of it, or
-    /// `None` when the rows lack either.
-    pub fn set_usage(&mut self, team: &TeamId, flavor: &Flavor, devices: u32) -> Option<Option<FlavorQuota>> {
-        let t = self.ids.binary_search(team).ok()?;
-        let f = self.flavors.iter().position(|x| x == flavor)?;
-        let at = t * self.flavors.len() + f;
+    /// Sets the devices of flavor slot `f` that team slot `t` holds; returns the team's quota
+    /// of it, or `None` when the rows lack either (a team or flavor given a slot since they
+    /// were built).
+    pub fn set_usage(&mut self, t: TeamNo, f: FlavorNo, devices: u32) -> Option<Option<FlavorQuota>> {
+        let row = (*self.row_of.get(t as usize)?)? as usize;
+        let column = (*self.column_of.get(f as usize)?)? as usize;
+        let at = row * self.flavors.len() + column;
         self.usage[at] = devices;
         Some(self.quota[at])
     }
+}
+
+/// Sets `slots[i]`, growing `slots` with `None` as needed.
+fn set_at<T: Copy>(slots: &mut Vec<Option<T>>, i: usize, value: T) {
+    if slots.len() <= i {
+        slots.resize(i + 1, None);
+    }
+    slots[i] = Some(value);
 }

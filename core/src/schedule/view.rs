@@ -152,7 +152,7 @@ impl<'s> View<'s> {
         request
             .models
             .iter()
-            .filter_map(|m| self.flavors.iter().position(|f| f.kind == request.kind && &f.model == m))
+            .filter_map(|m| self.flavors.iter().position(|f| f.kind == request.kind && *f.model == **m))
             .map(|i| i as FlavorIx)
             .filter(has_quota)
             .collect()

@@ -169,7 +169,7 @@ impl AdminService for AdminServer {
             .map(|(f, total)| FlavorCapacity {
                 flavor: Some(flavor_to(f)),
                 total: *total,
-                used: total.saturating_sub(s.free().get(f).copied().unwrap_or(0)),
+                used: total.saturating_sub(s.free(f)),
             })
             .collect();
         Ok(Response::new(ClusterStatusResponse {

@@ -1,0 +1,222 @@
+//! Devices held per team and free per flavor, on dense slots: every job that starts or stops
+//! holding devices moves one team's count and one flavor's free count, so these are the
+//! state's hottest counters. Teams and flavors get a slot on first sight and keep it for the
+//! life of the state (a count that falls to zero stays, as zero), so `charge` updates two
+//! vector cells instead of two ordered maps keyed by names.
+//!
+//! Slots follow history, so two states with the same facts may number them differently:
+//! equality, and everything read out by name, goes through the names.
+
+use crate::ids::TeamId;
+use crate::layout::PositionHint;
+use crate::resource::Flavor;
+use crate::team::TeamSpec;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A flavor's slot.
+pub(crate) type FlavorNo = u16;
+
+/// A team's slot.
+pub(crate) type TeamNo = u32;
+
+/// Devices each team holds and devices free, per flavor.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Accounts {
+    flavors: Vec<Flavor>,
+    teams: Vec<TeamId>,
+    /// Team slots in name order, for lookups by name.
+    by_name: Vec<TeamNo>,
+    /// Devices each team holds: `held[team][flavor]` (rows grow as flavors appear).
+    held: Vec<Vec<u32>>,
+    /// Healthy devices nobody holds on schedulable nodes, by flavor slot.
+    free: Vec<u64>,
+}
+
+impl Accounts {
+    /// The slot of a flavor seen before.
+    pub fn flavor(&self, flavor: &Flavor) -> Option<FlavorNo> {
+        self.flavors.iter().position(|f| f == flavor).map(|f| f as FlavorNo)
+    }
+
+    /// The slot of a flavor, given one on first sight.
+    pub fn flavor_slot(&mut self, flavor: &Flavor) -> FlavorNo {
+        self.flavor(flavor).unwrap_or_else(|| {
+            self.flavors.push(flavor.clone());
+            self.free.push(0);
+            (self.flavors.len() - 1) as FlavorNo
+        })
+    }
+
+    /// The slot of a team seen before.
+    pub fn team(&self, team: &TeamId) -> Option<TeamNo> {
+        self.by_name.binary_search_by(|&t| self.teams[t as usize].cmp(team)).ok().map(|i| self.by_name[i])
+    }
+
+    /// The slot of a team, trying `hint` first: it holds when the team there shares the
+    /// name's string (the state's jobs share their team's).
+    pub fn team_hinted(&self, hint: PositionHint, team: &TeamId) -> Option<TeamNo> {
+        match hint.0 {
+            Some(t) if self.teams.get(t as usize).is_some_and(|x| Arc::ptr_eq(&x.0, &team.0)) => Some(t),
+            _ => self.team(team),
+        }
+    }
+
+    /// The slot of a team, given one on first sight.
+    pub fn team_slot(&mut self, team: &TeamId) -> TeamNo {
+        match self.by_name.binary_search_by(|&t| self.teams[t as usize].cmp(team)) {
+            Ok(i) => self.by_name[i],
+            Err(i) => {
+                let t = self.teams.len() as TeamNo;
+                self.teams.push(team.clone());
+                self.held.push(Vec::new());
+                self.by_name.insert(i, t);
+                t
+            }
+        }
+    }
+
+    /// Gives a team and the flavors it has quota for their slots, so that the scheduler's team
+    /// rows find them.
+    pub fn open(&mut self, team: &TeamSpec) {
+        self.team_slot(&team.name);
+        for flavor in team.quotas.keys() {
+            self.flavor_slot(flavor);
+        }
+    }
+
+    /// Devices of `flavor` that `team` holds.
+    pub fn held(&self, team: &TeamId, flavor: &Flavor) -> u32 {
+        match (self.team(team), self.flavor(flavor)) {
+            (Some(t), Some(f)) => self.held_at(t, f),
+            _ => 0,
+        }
+    }
+
+    /// Devices of flavor slot `f` that team slot `t` holds.
+    pub fn held_at(&self, t: TeamNo, f: FlavorNo) -> u32 {
+        self.held[t as usize].get(f as usize).copied().unwrap_or(0)
+    }
+
+    /// Changes what team slot `t` holds of flavor slot `f` with `change`; returns it before and
+    /// after.
+    pub fn change_held(&mut self, t: TeamNo, f: FlavorNo, change: impl FnOnce(u32) -> u32) -> (u32, u32) {
+        let row = &mut self.held[t as usize];
+        if row.len() <= f as usize {
+            row.resize(f as usize + 1, 0);
+        }
+        let cell = &mut row[f as usize];
+        let before = *cell;
+        *cell = change(before);
+        (before, *cell)
+    }
+
+    /// Adds `delta` to the free devices of flavor slot `f`.
+    pub fn add_free(&mut self, f: FlavorNo, delta: i64) {
+        let cell = &mut self.free[f as usize];
+        *cell = cell.saturating_add_signed(delta);
+    }
+
+    /// Free devices of `flavor`.
+    pub fn free(&self, flavor: &Flavor) -> u64 {
+        self.flavor(flavor).map_or(0, |f| self.free[f as usize])
+    }
+
+    /// Whether no device at all is free.
+    pub fn none_free(&self) -> bool {
+        self.free.iter().all(|&c| c == 0)
+    }
+
+    /// Free devices per flavor, flavors with none left out.
+    pub fn free_by_flavor(&self) -> BTreeMap<Flavor, u64> {
+        self.flavors.iter().zip(&self.free).filter(|(_, &c)| c > 0).map(|(f, &c)| (f.clone(), c)).collect()
+    }
+
+    /// Devices held per team and flavor, zeros left out.
+    fn held_by_name(&self) -> BTreeMap<(&TeamId, &Flavor), u32> {
+        let mut out = BTreeMap::new();
+        for (team, row) in self.teams.iter().zip(&self.held) {
+            for (flavor, &n) in self.flavors.iter().zip(row).filter(|(_, &n)| n > 0) {
+                out.insert((team, flavor), n);
+            }
+        }
+        out
+    }
+}
+
+impl PartialEq for Accounts {
+    fn eq(&self, other: &Self) -> bool {
+        self.free_by_flavor() == other.free_by_flavor() && self.held_by_name() == other.held_by_name()
+    }
+}
+
+impl Eq for Accounts {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::AcceleratorKind;
+
+    fn flavor(model: &str) -> Flavor {
+        Flavor::new(AcceleratorKind::Gpu, model)
+    }
+
+    #[test]
+    fn slots_are_kept_and_lookups_go_by_name() {
+        let mut a = Accounts::default();
+        let (b, c) = (a.team_slot(&"b".into()), a.team_slot(&"a".into()));
+        assert_eq!((b, c), (0, 1), "slots in order of first sight");
+        assert_eq!(a.team_slot(&"b".into()), 0);
+        assert_eq!(a.team(&"a".into()), Some(1));
+        assert_eq!(a.team(&"c".into()), None);
+        let (h, l) = (a.flavor_slot(&flavor("h100")), a.flavor_slot(&flavor("l4")));
+        assert_eq!((h, l), (0, 1));
+        assert_eq!(a.change_held(c, l, |n| n + 3), (0, 3));
+        assert_eq!(a.change_held(c, l, |n| n - 1), (3, 2));
+        assert_eq!(a.held(&"a".into(), &flavor("l4")), 2);
+        assert_eq!(a.held(&"b".into(), &flavor("l4")), 0, "a row shorter than the flavors reads zero");
+        assert_eq!(a.held(&"zz".into(), &flavor("nope")), 0);
+    }
+
+    #[test]
+    fn a_hint_holds_only_for_the_same_shared_name() {
+        let mut a = Accounts::default();
+        let (x, y) = (TeamId::from("x"), TeamId::from("y"));
+        let (tx, ty) = (a.team_slot(&x), a.team_slot(&y));
+        assert_eq!(a.team_hinted(PositionHint(Some(ty)), &y), Some(ty));
+        assert_eq!(a.team_hinted(PositionHint(Some(ty)), &x), Some(tx), "a wrong hint falls back to the name");
+        assert_eq!(a.team_hinted(PositionHint(Some(7)), &x), Some(tx), "a hint out of range too");
+        assert_eq!(a.team_hinted(PositionHint(None), &TeamId::from("z")), None);
+    }
+
+    #[test]
+    fn free_counts_read_by_flavor_without_zeros() {
+        let mut a = Accounts::default();
+        let (h, l) = (a.flavor_slot(&flavor("h100")), a.flavor_slot(&flavor("l4")));
+        assert!(a.none_free());
+        a.add_free(h, 8);
+        a.add_free(l, 2);
+        a.add_free(l, -2);
+        assert_eq!(a.free(&flavor("h100")), 8);
+        assert_eq!(a.free_by_flavor(), BTreeMap::from([(flavor("h100"), 8)]));
+        assert!(!a.none_free());
+    }
+
+    #[test]
+    fn equal_facts_compare_equal_whatever_the_slots() {
+        let (mut x, mut y) = (Accounts::default(), Accounts::default());
+        let (ta, tb) = (TeamId::from("a"), TeamId::from("b"));
+        let fx = (x.team_slot(&ta), x.team_slot(&tb), x.flavor_slot(&flavor("h100")));
+        let fy = (y.team_slot(&tb), y.team_slot(&ta), y.flavor_slot(&flavor("l4")), y.flavor_slot(&flavor("h100")));
+        x.change_held(fx.1, fx.2, |_| 4);
+        y.change_held(fy.0, fy.3, |_| 4);
+        y.change_held(fy.1, fy.2, |_| 0);
+        assert_eq!(x, y, "held 4 h100 by b in both; a zero is no fact");
+        y.add_free(fy.3, 1);
+        assert_ne!(x, y);
+        x.add_free(fx.2, 1);
+        assert_eq!(x, y);
+        x.change_held(fx.0, fx.2, |_| 1);
+        assert_ne!(x, y);
+    }
+}
