@@ -34,6 +34,11 @@ pub(crate) struct Accounts {
 }
 
 impl Accounts {
+    /// The flavors, by slot.
+    pub fn flavors(&self) -> &[Flavor] {
+        &self.flavors
+    }
+
     /// The slot of a flavor seen before.
     pub fn flavor(&self, flavor: &Flavor) -> Option<FlavorNo> {
         self.flavors.iter().position(|f| f == flavor).map(|f| f as FlavorNo)

@@ -90,7 +90,8 @@ pub struct State {
     /// The scheduler's node index, kept between cycles (see `schedule/nodes.rs`).
     node_index: Derived<NodeIndex>,
     /// Quota totals per flavor, kept between cycles.
-    ledgers: Derived<BTreeMap<Flavor, Ledger>>,
+    /// Quota totals per flavor slot of `accounts`, kept between cycles.
+    ledgers: Derived<Vec<Ledger>>,
     /// The scheduler's team rows, kept between cycles (see `schedule/rows.rs`).
     team_rows: Derived<TeamRows>,
 }
@@ -205,17 +206,34 @@ impl State {
         &self.capacity
     }
 
-    /// Quota totals per flavor over all teams, at the current usage.
-    pub fn ledgers(&self) -> &BTreeMap<Flavor, Ledger> {
+    /// Quota totals per flavor over all teams, at the current usage (flavors whose totals are
+    /// all zero left out).
+    pub fn ledgers(&self) -> BTreeMap<Flavor, Ledger> {
+        let totals = self.slot_ledgers();
+        let known = self.accounts.flavors().iter().zip(totals);
+        known.filter(|(_, l)| **l != Ledger::default()).map(|(f, l)| (f.clone(), *l)).collect()
+    }
+
+    /// The quota totals of `flavor`.
+    pub fn ledger(&self, flavor: &Flavor) -> Ledger {
+        self.accounts.flavor(flavor).and_then(|f| self.slot_ledgers().get(f as usize)).copied().unwrap_or_default()
+    }
+
+    /// The quota totals by flavor slot of the accounts, counted here if teams or nodes changed.
+    fn slot_ledgers(&self) -> &[Ledger] {
         self.ledgers.0.get_or_init(|| self.count_ledgers())
     }
 
-    fn count_ledgers(&self) -> BTreeMap<Flavor, Ledger> {
-        let mut out: BTreeMap<Flavor, Ledger> =
-            self.capacity.iter().map(|(f, c)| (f.clone(), Ledger { capacity: *c, ..Ledger::default() })).collect();
+    fn count_ledgers(&self) -> Vec<Ledger> {
+        let flavors = self.accounts.flavors();
+        let mut out: Vec<Ledger> = flavors
+            .iter()
+            .map(|f| Ledger { capacity: self.capacity.get(f).copied().unwrap_or(0), ..Ledger::default() })
+            .collect();
         for (team, spec) in &self.data.teams {
             for (flavor, q) in &spec.quotas {
-                out.entry(flavor.clone()).or_default().add_team(q, self.usage(team, flavor));
+                let f = self.accounts.flavor(flavor).expect("teams' flavors have slots") as usize;
+                out[f].add_team(q, self.usage(team, flavor));
             }
         }
         out
@@ -329,9 +347,9 @@ impl State {
         let held = self.allocs.get(id).map_or(0, |a| a.held);
         for (i, d) in node.spec.devices.iter().enumerate().filter(|(_, d)| d.health == Health::Healthy) {
             let flavor = d.flavor();
+            let f = self.accounts.flavor_slot(&flavor);
             bump(&mut self.capacity, &flavor, sign);
             if held & (1 << i) == 0 {
-                let f = self.accounts.flavor_slot(&flavor);
                 self.accounts.add_free(f, sign);
             }
         }
@@ -485,7 +503,7 @@ impl State {
             }
         };
         if let Some(ledgers) = self.ledgers.0.get_mut() {
-            match (quota, ledgers.get_mut(&a.flavor)) {
+            match (quota, ledgers.get_mut(f as usize)) {
                 (Some(q), Some(ledger)) => ledger.update(&q, used, next),
                 (None, _) => {}
                 (Some(_), None) => self.ledgers = Derived::default(),

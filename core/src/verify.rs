@@ -217,7 +217,7 @@ impl State {
             }
         }
         let q = &team.quotas[&a.flavor];
-        let ledger = self.ledgers().get(&a.flavor).copied().unwrap_or_default();
+        let ledger = self.ledger(&a.flavor);
         ledger
             .admit(q, self.team_usage(job, &a.flavor), gang.total_devices(), true)
             .map(|_| positions)

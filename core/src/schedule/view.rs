@@ -50,12 +50,11 @@ impl<'s> View<'s> {
     pub fn build(state: &'s State, scratch: &'s mut Scratch) -> Self {
         let nodes = state.node_index();
         let rows = state.team_rows();
-        let totals = state.ledgers();
         let Scratch { nodes: buffers, usage, ledgers } = scratch;
         usage.clear();
         usage.extend_from_slice(&rows.usage);
         ledgers.clear();
-        ledgers.extend(rows.flavors.iter().map(|f| totals.get(f).copied().unwrap_or_default()));
+        ledgers.extend(rows.flavors.iter().map(|f| state.ledger(f)));
         let mut view = View {
             state,
             node_ids: state.allocs.ids(),
