@@ -136,7 +136,7 @@ impl<'s> Cycle<'s> {
                 break;
             }
             let job = &state.jobs()[&id];
-            let Some(row) = self.view.team_ix(&job.spec.team) else { continue };
+            let Some(row) = self.view.team_of(job) else { continue };
             let flavors = self.view.acceptable(row, &job.spec.gang.devices);
             if !self.consider(job, row, &flavors, position as u32) {
                 self.plan.stats.blocked += (total - position - 1) as u32;

@@ -72,11 +72,16 @@ impl TeamRows {
         rows
     }
 
+    /// The row of team slot `t`, if the rows have it.
+    pub fn row(&self, t: TeamNo) -> Option<usize> {
+        self.row_of.get(t as usize).copied().flatten().map(|r| r as usize)
+    }
+
     /// Sets the devices of flavor slot `f` that team slot `t` holds; returns the team's quota
     /// of it, or `None` when the rows lack either (a team or flavor given a slot since they
     /// were built).
     pub fn set_usage(&mut self, t: TeamNo, f: FlavorNo, devices: u32) -> Option<Option<FlavorQuota>> {
-        let row = (*self.row_of.get(t as usize)?)? as usize;
+        let row = self.row(t)?;
         let column = (*self.column_of.get(f as usize)?)? as usize;
         let at = row * self.flavors.len() + column;
         self.usage[at] = devices;

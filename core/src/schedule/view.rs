@@ -14,6 +14,7 @@ use crate::team::FlavorQuota;
 use super::nodes::span;
 pub(crate) use super::nodes::{FlavorIx, NodeView};
 use super::overlay::{NodeOverlay, OverlayScratch};
+use super::rows::TeamRows;
 
 /// A cycle's buffers, kept between cycles by a caller that runs many (`schedule_with`): the
 /// overlay's, and the per-cycle copies of the team usage and the quota totals.
@@ -34,7 +35,7 @@ pub(crate) struct View<'s> {
     pub flavors: &'s [Flavor],
     /// Teams in name order; team `t`'s usage and quota per interned flavor are its rows of
     /// `usage` and `quota` (flat: one allocation each per cycle, not two per team).
-    team_ids: &'s [TeamId],
+    rows: &'s TeamRows,
     /// Each team's weight, in thousandths.
     pub weights: &'s [u32],
     /// Devices each team holds, per flavor: row `t` is `usage[t * flavors.len()..][..flavors.len()]`.
@@ -60,7 +61,7 @@ impl<'s> View<'s> {
             node_ids: state.allocs.ids(),
             nodes: NodeOverlay::new(nodes, buffers),
             flavors: &rows.flavors,
-            team_ids: &rows.ids,
+            rows,
             weights: &rows.weights,
             usage,
             quota: &rows.quota,
@@ -132,7 +133,13 @@ impl<'s> View<'s> {
 
     /// The row of a team, by position in team order.
     pub fn team_ix(&self, id: &TeamId) -> Option<usize> {
-        self.team_ids.binary_search(id).ok()
+        self.rows.ids.binary_search(id).ok()
+    }
+
+    /// The row of a job's team, found through the job's hint of its team's slot.
+    pub fn team_of(&self, job: &Job) -> Option<usize> {
+        let t = self.state.accounts.team_hinted(job.team_slot, &job.spec.team)?;
+        self.rows.row(t)
     }
 
     /// The flavors `team` may use for `request` (see `TeamSpec::accepts`), most preferred
