@@ -11,6 +11,7 @@
 //! - [`metrics`]: per-job records, the time series, the summary.
 //! - [`output`]: `jobs.csv`, `summary.json`, the summary table, the comparison table.
 //! - [`plots`]: the SVG plots.
+//! - `teams` (private): a job's team among the run's names, remembered per shared name.
 
 pub mod cluster;
 pub mod engine;
@@ -21,11 +22,13 @@ pub mod policy;
 pub mod trace;
 
 mod check;
+mod teams;
 
 use cluster::Cluster;
 use engine::{RunConfig, RunOutput, Sim};
 use metrics::{summarize, Summary};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
+use teams::TeamLookup;
 use thiserror::Error;
 use trace::TraceJob;
 
@@ -96,7 +99,8 @@ fn unfit_reason(
     room: &[u64],
     per_node: u32,
     config: &RunConfig,
-    ceilings: &BTreeMap<&str, u64>,
+    ceilings: &[u64],
+    lookup: &mut TeamLookup,
 ) -> Option<String> {
     let (replicas, count) = config.placement.gang(job.gpus, per_node);
     let room = room.get(count as usize).copied().unwrap_or(0);
@@ -106,18 +110,14 @@ fn unfit_reason(
             job.gpus
         ));
     }
-    let ceiling = *ceilings.get(job.team.as_str())?;
+    let ceiling = ceilings[lookup.position(&job.team)?];
     (u64::from(job.gpus) > ceiling)
         .then(|| format!("{} GPUs: above team {}'s nominal + borrowing limit ({ceiling})", job.gpus, job.team))
 }
 
 /// The teams of `jobs`, in name order, each once.
 pub fn team_names(jobs: &[TraceJob]) -> Vec<String> {
-    let mut names = BTreeSet::new();
-    for j in jobs {
-        names.insert(j.team.as_str());
-    }
-    names.into_iter().map(str::to_owned).collect()
+    teams::distinct(jobs.iter().map(|j| &j.team))
 }
 
 /// Simulates `jobs` on `cluster`. `skipped` is the number of malformed lines left out upstream;
@@ -137,18 +137,19 @@ pub fn simulate(
         }
     }
     let teams = cluster.teams_for(&names);
-    // Each team's most devices of any flavor (nominal + borrowing), by name.
-    let ceilings: BTreeMap<&str, u64> = teams
+    // Each team's most devices of any flavor (nominal + borrowing), in the order of `teams`.
+    let ceilings: Vec<u64> = teams
         .iter()
-        .map(|t| (t.name.as_str(), t.quotas.values().map(|q| q.ceiling().min(u64::from(u32::MAX))).max().unwrap_or(0)))
+        .map(|t| t.quotas.values().map(|q| q.ceiling().min(u64::from(u32::MAX))).max().unwrap_or(0))
         .collect();
+    let mut lookup = TeamLookup::new(teams.iter().map(|t| t.name.as_str()));
     let per_node = cluster.max_devices_per_node();
     let room: Vec<u64> = (0..=u64::from(per_node))
         .map(|c| if c == 0 { 0 } else { cluster.nodes.iter().map(|(n, _)| n.devices.len() as u64 / c).sum() })
         .collect();
     let (mut fit, mut unfit) = (Vec::with_capacity(jobs.len()), Vec::new());
     for job in jobs {
-        match unfit_reason(&job, &room, per_node, config, &ceilings) {
+        match unfit_reason(&job, &room, per_node, config, &ceilings, &mut lookup) {
             None => fit.push(job),
             Some(reason) => unfit.push(Unfit { job, reason }),
         }

@@ -1,10 +1,10 @@
 //! What a run measured: one record per job, a time series, and the summary (`summary.json`).
 
 use crate::engine::RunOutput;
+use crate::teams::TeamLookup;
 use crate::trace::TraceJob;
 use qm_core::TeamId;
 use serde::Serialize;
-use std::collections::BTreeMap;
 
 /// One job's life in the simulation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -211,14 +211,15 @@ pub fn summarize(out: &RunOutput, header: Summary) -> Summary {
     let last = records.iter().filter_map(|r| r.end_ms).max().unwrap_or(first);
     let makespan_s = (last - first) as f64 / 1000.0;
     let work_ms: f64 = records.iter().filter(|r| r.completed).map(|r| r.duration_ms as f64 * f64::from(r.gpus)).sum();
-    let mut by_team: BTreeMap<&TeamId, Vec<&JobRecord>> = out.teams.iter().map(|t| (t, Vec::new())).collect();
+    let mut by_team: Vec<Vec<&JobRecord>> = vec![Vec::new(); out.teams.len()];
+    let mut lookup = TeamLookup::new(out.teams.iter().map(TeamId::as_str));
     for r in records {
-        if let Some(mine) = by_team.get_mut(&r.team) {
-            mine.push(r);
+        if let Some(t) = lookup.position(&r.team) {
+            by_team[t].push(r);
         }
     }
     let teams: Vec<TeamSummary> =
-        out.teams.iter().enumerate().map(|(i, t)| team_summary(out, i, &by_team[t], work_ms)).collect();
+        by_team.iter().enumerate().map(|(i, mine)| team_summary(out, i, mine, work_ms)).collect();
     let speeds: Vec<f64> = teams.iter().filter(|t| t.jobs > 0).map(|t| t.speed).collect();
     Summary {
         jobs: records.len(),
