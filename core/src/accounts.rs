@@ -8,6 +8,7 @@
 //! equality, and everything read out by name, goes through the names.
 
 use crate::ids::TeamId;
+use crate::job::DeviceRequest;
 use crate::layout::PositionHint;
 use crate::resource::Flavor;
 use crate::team::TeamSpec;
@@ -31,6 +32,8 @@ pub(crate) struct Accounts {
     held: Vec<Vec<u32>>,
     /// Healthy devices nobody holds on schedulable nodes, by flavor slot.
     free: Vec<u64>,
+    /// The flavors each team has quota for, by team slot (as last set).
+    quota_flavors: Vec<Vec<FlavorNo>>,
 }
 
 impl Accounts {
@@ -82,12 +85,20 @@ impl Accounts {
     }
 
     /// Gives a team and the flavors it has quota for their slots, so that the scheduler's team
-    /// rows find them.
+    /// rows find them, and records those flavors as the team's.
     pub fn open(&mut self, team: &TeamSpec) {
-        self.team_slot(&team.name);
-        for flavor in team.quotas.keys() {
-            self.flavor_slot(flavor);
+        let t = self.team_slot(&team.name) as usize;
+        let flavors = team.quotas.keys().map(|f| self.flavor_slot(f)).collect();
+        if self.quota_flavors.len() <= t {
+            self.quota_flavors.resize(t + 1, Vec::new());
         }
+        self.quota_flavors[t] = flavors;
+    }
+
+    /// Free devices of the flavors that team slot `t` has quota for and `request` matches.
+    pub fn free_for(&self, t: TeamNo, request: &DeviceRequest) -> u64 {
+        let flavors = self.quota_flavors.get(t as usize).map_or(&[][..], Vec::as_slice);
+        flavors.iter().filter(|&&f| request.matches(&self.flavors[f as usize])).map(|&f| self.free[f as usize]).sum()
     }
 
     /// Devices of `flavor` that `team` holds.
@@ -96,6 +107,11 @@ impl Accounts {
             (Some(t), Some(f)) => self.held_at(t, f),
             _ => 0,
         }
+    }
+
+    /// Devices of every flavor that `team` holds.
+    pub fn held_total(&self, team: &TeamId) -> u32 {
+        self.team(team).map_or(0, |t| self.held[t as usize].iter().sum())
     }
 
     /// Devices of flavor slot `f` that team slot `t` holds.
@@ -179,6 +195,8 @@ mod tests {
         assert_eq!(a.change_held(c, l, |n| n + 3), (0, 3));
         assert_eq!(a.change_held(c, l, |n| n - 1), (3, 2));
         assert_eq!(a.held(&"a".into(), &flavor("l4")), 2);
+        a.change_held(c, h, |_| 5);
+        assert_eq!(a.held_total(&"a".into()), 7, "every flavor");
         assert_eq!(a.held(&"b".into(), &flavor("l4")), 0, "a row shorter than the flavors reads zero");
         assert_eq!(a.held(&"zz".into(), &flavor("nope")), 0);
     }

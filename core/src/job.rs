@@ -33,6 +33,14 @@ pub struct DeviceRequest {
     pub count: u32,
 }
 
+impl DeviceRequest {
+    /// Whether `flavor` is of the requested kind and, if models are listed, one of them (quota
+    /// aside: see `TeamSpec::accepts`).
+    pub fn matches(&self, flavor: &Flavor) -> bool {
+        flavor.kind == self.kind && (self.models.is_empty() || self.models.iter().any(|m| **m == *flavor.model))
+    }
+}
+
 /// A gang: `replicas` identical replicas placed all or nothing.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct GangSpec {

@@ -176,6 +176,18 @@ impl State {
         self.accounts.held(team, flavor)
     }
 
+    /// Free devices that `job` could use: of the flavors its team has quota for and its request
+    /// matches; `None` if its team is unknown.
+    pub fn free_for(&self, job: &Job) -> Option<u64> {
+        let t = self.accounts.team_hinted(job.team_slot, &job.spec.team)?;
+        Some(self.accounts.free_for(t, &job.spec.gang.devices))
+    }
+
+    /// Devices of every flavor that `team` holds.
+    pub fn team_held(&self, team: &TeamId) -> u32 {
+        self.accounts.held_total(team)
+    }
+
     /// Devices of `flavor` that the team of `job` holds (`usage`, finding the team by the
     /// job's hint).
     pub fn team_usage(&self, job: &Job, flavor: &Flavor) -> u32 {

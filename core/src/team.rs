@@ -49,9 +49,7 @@ impl TeamSpec {
     /// tries the acceptable flavors most preferred first: the listed models in their order, or
     /// every flavor of the kind in flavor order; see `View::acceptable`.)
     pub fn accepts(&self, request: &DeviceRequest, flavor: &Flavor) -> bool {
-        flavor.kind == request.kind
-            && (request.models.is_empty() || request.models.iter().any(|m| **m == *flavor.model))
-            && self.quotas.contains_key(flavor)
+        request.matches(flavor) && self.quotas.contains_key(flavor)
     }
 
     /// The flavors this team may use for `request` (see `accepts`), in flavor order.

@@ -489,12 +489,7 @@ impl<'a> Sim<'a> {
     }
 
     fn sample(&mut self, t: u64) {
-        let team_busy: Vec<u32> = self
-            .out
-            .teams
-            .iter()
-            .map(|id| self.state.teams()[id].quotas.keys().map(|f| self.state.usage(id, f)).sum())
-            .collect();
+        let team_busy: Vec<u32> = self.out.teams.iter().map(|id| self.state.team_held(id)).collect();
         let busy = team_busy.iter().map(|&b| u64::from(b)).sum();
         self.out.samples.push(Sample { t_ms: t, busy, queued: self.state.pending_count() as u64, team_busy });
     }

@@ -87,9 +87,7 @@ fn nothing_to_do(state: &State, policy: &PolicyConfig) -> Option<u32> {
         _ => None,
     }?;
     let job = &state.jobs()[&head.2];
-    let team = state.teams().get(&job.spec.team)?;
-    let free: u64 = team.accepted(&job.spec.gang.devices).map(|f| state.free(f)).sum();
-    (u64::from(job.spec.gang.total_devices()) > free).then_some(pending)
+    (u64::from(job.spec.gang.total_devices()) > state.free_for(job)?).then_some(pending)
 }
 
 /// Jobs alike in everything placement looks at.

@@ -118,6 +118,34 @@ fn strict_fifo_blocks_the_rest_of_the_team() {
     assert_eq!(schedule(&s, &PolicyConfig::default(), 10).decisions.placements.len(), 1);
 }
 
+/// The check before a strict FIFO cycle builds its view skips the cycle only when the head
+/// cannot fit the free devices of the flavors its team has quota for (`considered` is 0 then).
+#[test]
+fn a_strict_fifo_cycle_is_skipped_only_when_its_head_cannot_fit() {
+    let mut s = cluster(1, &[("vision", 16, None)]);
+    s.apply(Command::RegisterNode { node: node_of("l4-node", 8, L4, None), at_ms: 0 }).unwrap();
+    let strict = PolicyConfig {
+        queueing: QueueingStrategy::StrictFifo,
+        order: crate::policy::QueueOrder::Fifo,
+        reclaim: false,
+        within_team_preemption: false,
+        ..PolicyConfig::default()
+    };
+    submit(&mut s, job("vision", 1, 8), 0);
+    cycle(&mut s, &strict, 1);
+    let head = submit(&mut s, job("vision", 1, 4), 2);
+    let plan = schedule(&s, &strict, 3);
+    assert_eq!(plan.stats.considered, 0, "8 L4s free, but the team has no L4 quota and no H100 is free");
+    assert!(plan.decisions.placements.is_empty());
+    let mut spec = crate::testkit::team("vision", 16, None);
+    spec.quotas.insert(l4(), crate::team::FlavorQuota { nominal: 8, borrowing_limit: None, lending_limit: None });
+    s.apply(Command::SetTeam { team: spec }).unwrap();
+    let plan = schedule(&s, &strict, 4);
+    assert_eq!(plan.stats.considered, 1, "with L4 quota the cycle runs");
+    assert_eq!(plan.decisions.placements[0].job, head);
+    assert_eq!(plan.decisions.placements[0].assignment.flavor, l4());
+}
+
 #[test]
 fn within_nominal_demand_goes_before_older_borrowing_demand() {
     let mut s = cluster(1, &[("vision", 4, None), ("nlp", 4, None)]);
