@@ -27,7 +27,7 @@ pub(crate) struct Accounts {
     flavors: Vec<Flavor>,
     teams: Vec<TeamId>,
     /// Team slots in name order, for lookups by name.
-    by_name: Vec<TeamNo>,
+    by_name: Vec<(TeamId, TeamNo)>,
     /// Devices each team holds: `held[team][flavor]` (rows grow as flavors appear).
     held: Vec<Vec<u32>>,
     /// Healthy devices nobody holds on schedulable nodes, by flavor slot.
@@ -58,7 +58,7 @@ impl Accounts {
 
     /// The slot of a team seen before.
     pub fn team(&self, team: &TeamId) -> Option<TeamNo> {
-        self.by_name.binary_search_by(|&t| self.teams[t as usize].cmp(team)).ok().map(|i| self.by_name[i])
+        self.by_name.binary_search_by(|(name, _)| name.cmp(team)).ok().map(|i| self.by_name[i].1)
     }
 
     /// The slot of a team, trying `hint` first: it holds when the team there shares the
@@ -72,13 +72,13 @@ impl Accounts {
 
     /// The slot of a team, given one on first sight.
     pub fn team_slot(&mut self, team: &TeamId) -> TeamNo {
-        match self.by_name.binary_search_by(|&t| self.teams[t as usize].cmp(team)) {
-            Ok(i) => self.by_name[i],
+        match self.by_name.binary_search_by(|(name, _)| name.cmp(team)) {
+            Ok(i) => self.by_name[i].1,
             Err(i) => {
                 let t = self.teams.len() as TeamNo;
                 self.teams.push(team.clone());
                 self.held.push(Vec::new());
-                self.by_name.insert(i, t);
+                self.by_name.insert(i, (team.clone(), t));
                 t
             }
         }
@@ -93,6 +93,17 @@ impl Accounts {
             self.quota_flavors.resize(t + 1, Vec::new());
         }
         self.quota_flavors[t] = flavors;
+    }
+
+    /// Whether team slot `t` has quota for some flavor that `request` matches.
+    pub fn accepts_any(&self, t: TeamNo, request: &DeviceRequest) -> bool {
+        let flavors = self.quota_flavors.get(t as usize).map_or(&[][..], Vec::as_slice);
+        flavors.iter().any(|&f| request.matches(&self.flavors[f as usize]))
+    }
+
+    /// The name of team slot `t`.
+    pub fn team_id(&self, t: TeamNo) -> &TeamId {
+        &self.teams[t as usize]
     }
 
     /// Free devices of the flavors that team slot `t` has quota for and `request` matches.

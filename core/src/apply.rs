@@ -1,6 +1,7 @@
 //! `State::apply`: the only way the state changes. Each command is checked in full before
 //! anything is written, so a refused command leaves the state as it was.
 
+use crate::accounts::TeamNo;
 use crate::command::{Command, Effect, Outcome};
 use crate::error::{ApplyError, FieldError};
 use crate::ids::{JobId, NodeId, TeamId};
@@ -11,6 +12,14 @@ use crate::resource::{Node, NodeSpec, NodeStatus};
 use crate::state::{NodeLayout, State};
 use crate::team::{PriorityClass, TeamSpec};
 use std::collections::{BTreeMap, BTreeSet};
+
+/// A job that passed the submission checks: the state's id of its team (which the job will
+/// share), the team's slot in the accounts, and the job's priority.
+struct Checked {
+    team: TeamId,
+    slot: TeamNo,
+    priority: i32,
+}
 
 impl State {
     /// Applies one command. Deterministic: the same commands give the same state on every
@@ -139,7 +148,7 @@ impl State {
             .iter()
             .enumerate()
             .map(|(i, spec)| self.check_submission(spec, i))
-            .collect::<Result<Vec<(TeamId, i32)>, ApplyError>>()?;
+            .collect::<Result<Vec<Checked>, ApplyError>>()?;
         for (spec, checked) in jobs.into_iter().zip(checked) {
             self.admit(spec, checked, at_ms, out);
         }
@@ -147,30 +156,30 @@ impl State {
     }
 
     /// Queues a checked job under the next id, with its team's id shared with the state.
-    fn admit(&mut self, mut spec: JobSpec, (team, priority): (TeamId, i32), at_ms: u64, out: &mut Outcome) {
-        spec.team = team;
+    fn admit(&mut self, mut spec: JobSpec, checked: Checked, at_ms: u64, out: &mut Outcome) {
+        spec.team = checked.team;
         self.data.next_job += 1;
         let id = JobId(self.data.next_job);
-        let mut job = Job::submitted(id, spec, priority, at_ms);
-        job.team_slot = PositionHint(self.accounts.team(&job.spec.team));
+        let mut job = Job::submitted(id, spec, checked.priority, at_ms);
+        job.team_slot = PositionHint(Some(checked.slot));
         self.data.jobs.insert(id, job);
         self.enqueue(id);
         out.submitted.push(id);
         out.changed.push((id, JobState::Pending));
     }
 
-    /// Checks job `i` of a submission against the rules and the state; returns the state's id
-    /// of its team (which the job will share) and its priority. The field name (`jobs[i]`) is
-    /// written only for an error.
-    fn check_submission(&self, spec: &JobSpec, i: usize) -> Result<(TeamId, i32), ApplyError> {
+    /// Checks job `i` of a submission against the rules and the state. The field name
+    /// (`jobs[i]`) is written only for an error. The team is found in the accounts, which give
+    /// every team set a slot (and no other team one) and remember the flavors it has quota for.
+    fn check_submission(&self, spec: &JobSpec, i: usize) -> Result<Checked, ApplyError> {
         let field = || format!("jobs[{i}]");
         validate_job(spec).map_err(|e| e.within(&field()))?;
-        let (id, team) = self
-            .data
-            .teams
-            .get_key_value(&spec.team)
+        let slot = self
+            .accounts
+            .team(&spec.team)
             .ok_or_else(|| ApplyError::UnknownTeam { field: format!("{}.team", field()), team: spec.team.clone() })?;
-        if team.accepted(&spec.gang.devices).next().is_none() {
+        debug_assert!(self.data.teams.contains_key(&spec.team), "the accounts know only the teams set");
+        if !self.accounts.accepts_any(slot, &spec.gang.devices) {
             let req = &spec.gang.devices;
             return Err(ApplyError::NoQuotaForRequest {
                 field: format!("{}.gang.devices", field()),
@@ -188,7 +197,7 @@ impl State {
                 ApplyError::UnknownPriorityClass { field: format!("{}.priority_class", field()), class: name.clone() }
             })?,
         };
-        Ok((id.clone(), priority))
+        Ok(Checked { team: self.accounts.team_id(slot).clone(), slot, priority })
     }
 
     fn job_mut(&mut self, id: JobId) -> Result<&mut Job, ApplyError> {

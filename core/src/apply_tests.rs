@@ -72,6 +72,16 @@ fn unknown_team_class_and_flavor_are_refused() {
     j.gang.devices.models = vec!["amd-mi300x".into()];
     let err = s.apply(Command::Submit { jobs: vec![j], at_ms: 0 }).unwrap_err();
     assert!(matches!(err, ApplyError::NoQuotaForRequest { .. }), "{err}");
+    let mut only_l4 = team("vision", 0, None);
+    only_l4.quotas = std::collections::BTreeMap::from([(
+        l4(),
+        crate::team::FlavorQuota { nominal: 8, borrowing_limit: None, lending_limit: None },
+    )]);
+    s.apply(Command::SetTeam { team: only_l4 }).unwrap();
+    let mut j = job("vision", 1, 1);
+    j.gang.devices.models = vec![H100.into()];
+    let err = s.apply(Command::Submit { jobs: vec![j], at_ms: 0 }).unwrap_err();
+    assert!(matches!(err, ApplyError::NoQuotaForRequest { .. }), "quota moved to L4 by a later SetTeam: {err}");
     let mut j = job("vision", 1, 1);
     j.grace_ms = 7_200_000;
     let err = s.apply(Command::Submit { jobs: vec![j], at_ms: 0 }).unwrap_err();

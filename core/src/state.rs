@@ -496,12 +496,10 @@ impl State {
                 index.update(at, alloc);
             }
         }
-        let t = match self.accounts.team_hinted(job.team_slot, &job.spec.team) {
-            Some(t) => t,
-            None => self.accounts.team_slot(&job.spec.team),
-        };
         let f = self.accounts.flavor_slot(&a.flavor);
         self.accounts.add_free(f, if take { -schedulable } else { schedulable });
+        // Every job's team was set (admission checks it), so it has a slot.
+        let Some(t) = self.accounts.team_hinted(job.team_slot, &job.spec.team) else { return };
         let total = job.spec.gang.total_devices();
         let change = |used: u32| if take { used + total } else { used.saturating_sub(total) };
         let (used, next) = self.accounts.change_held(t, f, change);
