@@ -6,16 +6,23 @@
 //! the simulator. Equality looks only at non-empty queues, so a state rebuilt from a snapshot
 //! (which keeps none) equals the live state it came from.
 
+use crate::accounts::TeamNo;
 use crate::ids::{JobId, TeamId};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 /// Order of pending jobs within a team: priority (high first), then age, then id.
 pub type QueueKey = (Reverse<i32>, u64, JobId);
 
-/// Every team's queue.
+/// Every team's queue, by the team's slot in the state's accounts (so that queueing a job
+/// finds its team's queue by the job's hint, without a search by name), and the teams with a
+/// queue in name order (what iterating and looking up by name go by).
 #[derive(Clone, Debug, Default)]
-pub struct TeamQueues(BTreeMap<TeamId, BTreeSet<QueueKey>>);
+pub struct TeamQueues {
+    by_slot: Vec<Option<(TeamId, BTreeSet<QueueKey>)>>,
+    /// Slots that have a queue, in team name order.
+    order: Vec<TeamNo>,
+}
 
 impl PartialEq for TeamQueues {
     fn eq(&self, other: &Self) -> bool {
@@ -26,28 +33,46 @@ impl PartialEq for TeamQueues {
 impl Eq for TeamQueues {}
 
 impl TeamQueues {
+    fn at(&self, t: TeamNo) -> Option<&(TeamId, BTreeSet<QueueKey>)> {
+        self.by_slot.get(t as usize).and_then(Option::as_ref)
+    }
+
     /// The non-empty queues, in team order.
     pub fn iter(&self) -> impl Iterator<Item = (&TeamId, &BTreeSet<QueueKey>)> {
-        self.0.iter().filter(|(_, q)| !q.is_empty())
+        self.slots().map(|(_, id, q)| (id, q))
+    }
+
+    /// The non-empty queues with their teams' slots, in team order.
+    pub(crate) fn slots(&self) -> impl Iterator<Item = (TeamNo, &TeamId, &BTreeSet<QueueKey>)> {
+        let queues = self.order.iter().filter_map(|&t| self.at(t).map(|(id, q)| (t, id, q)));
+        queues.filter(|(_, _, q)| !q.is_empty())
     }
 
     /// A team's queue, if it has one.
     pub fn get(&self, team: &TeamId) -> Option<&BTreeSet<QueueKey>> {
-        self.0.get(team)
+        let i = self.order.binary_search_by(|&t| self.at(t).expect("ordered slots have queues").0.cmp(team)).ok()?;
+        self.at(self.order[i]).map(|(_, q)| q)
     }
 
-    /// Adds a job to its team's queue (the name is copied only for a team's first job);
-    /// false if it was there already.
-    pub(crate) fn insert(&mut self, team: &TeamId, key: QueueKey) -> bool {
-        match self.0.get_mut(team) {
-            Some(queue) => queue.insert(key),
-            None => self.0.entry(team.clone()).or_default().insert(key),
+    /// Adds a job to the queue of `team`, whose slot is `t` (the name is copied only for a
+    /// team's first job); false if it was there already.
+    pub(crate) fn insert(&mut self, t: TeamNo, team: &TeamId, key: QueueKey) -> bool {
+        if self.at(t).is_none() {
+            if self.by_slot.len() <= t as usize {
+                self.by_slot.resize_with(t as usize + 1, || None);
+            }
+            self.by_slot[t as usize] = Some((team.clone(), BTreeSet::new()));
+            let by_slot = &self.by_slot;
+            let name = |s: TeamNo| &by_slot[s as usize].as_ref().expect("ordered slots have queues").0;
+            let i = self.order.partition_point(|&s| name(s) < team);
+            self.order.insert(i, t);
         }
+        self.by_slot[t as usize].as_mut().expect("just ensured").1.insert(key)
     }
 
-    /// Takes a job out of its team's queue; false if it was not there.
-    pub(crate) fn remove(&mut self, team: &TeamId, key: &QueueKey) -> bool {
-        self.0.get_mut(team).is_some_and(|queue| queue.remove(key))
+    /// Takes a job out of the queue of team slot `t`; false if it was not there.
+    pub(crate) fn remove(&mut self, t: TeamNo, key: &QueueKey) -> bool {
+        self.by_slot.get_mut(t as usize).and_then(Option::as_mut).is_some_and(|(_, queue)| queue.remove(key))
     }
 }
 
@@ -60,15 +85,27 @@ mod tests {
         let (a, b) = (TeamId::from("a"), TeamId::from("b"));
         let key = |id| (Reverse(0), 5, JobId(id));
         let mut live = TeamQueues::default();
-        assert!(live.insert(&a, key(1)) && live.insert(&b, key(2)));
-        assert!(!live.insert(&a, key(1)), "already queued");
-        assert!(live.remove(&a, &key(1)) && !live.remove(&a, &key(1)));
+        assert!(live.insert(0, &a, key(1)) && live.insert(1, &b, key(2)));
+        assert!(!live.insert(0, &a, key(1)), "already queued");
+        assert!(live.remove(0, &key(1)) && !live.remove(0, &key(1)));
         let mut rebuilt = TeamQueues::default();
-        rebuilt.insert(&b, key(2));
-        assert_eq!(live, rebuilt);
+        rebuilt.insert(3, &b, key(2));
+        assert_eq!(live, rebuilt, "slots differ, the queues are the same");
         assert_eq!(live.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), ["b"]);
         assert!(live.get(&a).is_some_and(BTreeSet::is_empty));
-        rebuilt.insert(&a, key(3));
+        rebuilt.insert(0, &a, key(3));
         assert_ne!(live, rebuilt);
+    }
+
+    #[test]
+    fn queues_go_in_name_order_whatever_their_slots() {
+        let key = |id| (Reverse(0), 5, JobId(id));
+        let mut q = TeamQueues::default();
+        for (t, name) in [(2, "c"), (0, "a"), (5, "b")] {
+            q.insert(t, &TeamId::from(name), key(u64::from(t)));
+        }
+        assert_eq!(q.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(q.get(&TeamId::from("b")).map(BTreeSet::len), Some(1));
+        assert!(q.get(&TeamId::from("d")).is_none());
     }
 }

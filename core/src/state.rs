@@ -429,7 +429,8 @@ impl State {
         let job = &self.data.jobs[&id];
         let key = (Reverse(job.priority), job.submitted_ms, id);
         let (fifo, shortest) = Self::global_keys(job);
-        self.pending += usize::from(self.queues.insert(&job.spec.team, key));
+        let t = self.accounts.team_hinted(job.team_slot, &job.spec.team).expect("every job's team has a slot");
+        self.pending += usize::from(self.queues.insert(t, &job.spec.team, key));
         if let Some(set) = self.fifo.0.get_mut() {
             set.insert(fifo);
         }
@@ -448,7 +449,8 @@ impl State {
         if let Some(set) = self.shortest.0.get_mut() {
             set.remove(&shortest);
         }
-        self.pending -= usize::from(self.queues.remove(&job.spec.team, &key));
+        let t = self.accounts.team_hinted(job.team_slot, &job.spec.team).expect("every job's team has a slot");
+        self.pending -= usize::from(self.queues.remove(t, &key));
     }
 
     fn global_keys(job: &Job) -> (GlobalKey, GlobalKey) {

@@ -86,8 +86,8 @@ impl<'s> Cycle<'s> {
         let state = self.view.state;
         let mut cursors: Vec<TeamCursor<'s>> = state
             .queues()
-            .iter()
-            .filter_map(|(team, q)| Some(TeamCursor { row: self.view.team_ix(team)?, head: None, jobs: q.iter() }))
+            .slots()
+            .filter_map(|(t, _, q)| Some(TeamCursor { row: self.view.team_row(t)?, head: None, jobs: q.iter() }))
             .collect();
         let mut heap = BinaryHeap::with_capacity(cursors.len());
         for (slot, cursor) in cursors.iter_mut().enumerate() {

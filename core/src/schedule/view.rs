@@ -4,7 +4,8 @@
 //! cycle changed (`overlay.rs`): building a view copies nothing per node; every lookup during
 //! the cycle is O(1) or O(log n).
 
-use crate::ids::{DeviceId, JobId, NodeId, TeamId};
+use crate::accounts::TeamNo;
+use crate::ids::{DeviceId, JobId, NodeId};
 use crate::job::{DeviceRequest, Job};
 use crate::quota::Ledger;
 use crate::resource::Flavor;
@@ -131,9 +132,9 @@ impl<'s> View<'s> {
         &self.quota[t * w..(t + 1) * w]
     }
 
-    /// The row of a team, by position in team order.
-    pub fn team_ix(&self, id: &TeamId) -> Option<usize> {
-        self.rows.ids.binary_search(id).ok()
+    /// The row of team slot `t` of the state's accounts.
+    pub fn team_row(&self, t: TeamNo) -> Option<usize> {
+        self.rows.row(t)
     }
 
     /// The row of a job's team, found through the job's hint of its team's slot.
