@@ -1,8 +1,10 @@
 //! Devices held per team and free per flavor, on dense slots: every job that starts or stops
 //! holding devices moves one team's count and one flavor's free count, so these are the
-//! state's hottest counters. Teams and flavors get a slot on first sight and keep it for the
-//! life of the state (a count that falls to zero stays, as zero), so `charge` updates two
-//! vector cells instead of two ordered maps keyed by names.
+//! state's hottest counters. A team gets a slot when it is set (and no other team gets one), a
+//! flavor when a team has quota for it or a node brings it; both keep it for the life of the
+//! state (a count that falls to zero stays, as zero), so `charge` updates two vector cells
+//! instead of two ordered maps keyed by names. The accounts also remember the flavors each team
+//! has quota for, which is what a submission and the strict FIFO check before a cycle ask.
 //!
 //! Slots follow history, so two states with the same facts may number them differently:
 //! equality, and everything read out by name, goes through the names.
@@ -16,7 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// A flavor's slot.
-pub(crate) type FlavorNo = u16;
+pub(crate) type FlavorNo = u32;
 
 /// A team's slot.
 pub(crate) type TeamNo = u32;
@@ -71,7 +73,7 @@ impl Accounts {
     }
 
     /// The slot of a team, given one on first sight.
-    pub fn team_slot(&mut self, team: &TeamId) -> TeamNo {
+    fn team_slot(&mut self, team: &TeamId) -> TeamNo {
         match self.by_name.binary_search_by(|(name, _)| name.cmp(team)) {
             Ok(i) => self.by_name[i].1,
             Err(i) => {

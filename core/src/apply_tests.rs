@@ -270,6 +270,10 @@ fn snapshots_round_trip_and_refuse_garbage() {
     future[4] = 99;
     assert!(matches!(State::from_bytes(&future), Err(crate::state::SnapshotError::UnsupportedVersion { found: 99 })));
     assert!(matches!(State::from_bytes(&bytes[..bytes.len() / 2]), Err(crate::state::SnapshotError::Corrupt(_))));
+    let mut orphan = s.clone();
+    orphan.data.teams.remove(&TeamId::from("nlp"));
+    let err = State::from_bytes(&orphan.to_bytes()).unwrap_err();
+    assert!(err.to_string().contains("job 2: its team \"nlp\" is not set"), "{err}");
 }
 
 #[test]

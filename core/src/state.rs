@@ -89,7 +89,6 @@ pub struct State {
     deadline_of: BTreeMap<JobId, u64>,
     /// The scheduler's node index, kept between cycles (see `schedule/nodes.rs`).
     node_index: Derived<NodeIndex>,
-    /// Quota totals per flavor, kept between cycles.
     /// Quota totals per flavor slot of `accounts`, kept between cycles.
     ledgers: Derived<Vec<Ledger>>,
     /// The scheduler's team rows, kept between cycles (see `schedule/rows.rs`).
@@ -278,6 +277,13 @@ impl State {
             return Err(SnapshotError::UnsupportedVersion { found });
         }
         let data: Persistent = postcard::from_bytes(&bytes[6..]).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+        if let Some(job) = data.jobs.values().find(|j| !data.teams.contains_key(&j.spec.team)) {
+            return Err(SnapshotError::Corrupt(format!(
+                "job {}: its team {:?} is not set",
+                job.id,
+                job.spec.team.as_str()
+            )));
+        }
         Ok(Self::rebuild(data))
     }
 
