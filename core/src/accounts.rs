@@ -10,7 +10,7 @@
 //! equality, and everything read out by name, goes through the names.
 
 use crate::ids::TeamId;
-use crate::job::DeviceRequest;
+use crate::job::{DeviceRequest, Job};
 use crate::layout::PositionHint;
 use crate::resource::Flavor;
 use crate::team::TeamSpec;
@@ -72,6 +72,11 @@ impl Accounts {
         }
     }
 
+    /// The slot of a job's team, through the job's hint.
+    pub fn team_of(&self, job: &Job) -> Option<TeamNo> {
+        self.team_hinted(job.team_slot, &job.spec.team)
+    }
+
     /// The slot of a team, given one on first sight.
     fn team_slot(&mut self, team: &TeamId) -> TeamNo {
         match self.by_name.binary_search_by(|(name, _)| name.cmp(team)) {
@@ -97,10 +102,15 @@ impl Accounts {
         self.quota_flavors[t] = flavors;
     }
 
+    /// The flavor slots that team slot `t` has quota for and `request` matches.
+    fn usable<'a>(&'a self, t: TeamNo, request: &'a DeviceRequest) -> impl Iterator<Item = usize> + 'a {
+        let flavors = self.quota_flavors.get(t as usize).map_or(&[][..], Vec::as_slice);
+        flavors.iter().map(|&f| f as usize).filter(|&f| request.matches(&self.flavors[f]))
+    }
+
     /// Whether team slot `t` has quota for some flavor that `request` matches.
     pub fn accepts_any(&self, t: TeamNo, request: &DeviceRequest) -> bool {
-        let flavors = self.quota_flavors.get(t as usize).map_or(&[][..], Vec::as_slice);
-        flavors.iter().any(|&f| request.matches(&self.flavors[f as usize]))
+        self.usable(t, request).next().is_some()
     }
 
     /// The name of team slot `t`.
@@ -110,16 +120,17 @@ impl Accounts {
 
     /// Free devices of the flavors that team slot `t` has quota for and `request` matches.
     pub fn free_for(&self, t: TeamNo, request: &DeviceRequest) -> u64 {
-        let flavors = self.quota_flavors.get(t as usize).map_or(&[][..], Vec::as_slice);
-        flavors.iter().filter(|&&f| request.matches(&self.flavors[f as usize])).map(|&f| self.free[f as usize]).sum()
+        self.usable(t, request).map(|f| self.free[f]).sum()
     }
 
     /// Devices of `flavor` that `team` holds.
     pub fn held(&self, team: &TeamId, flavor: &Flavor) -> u32 {
-        match (self.team(team), self.flavor(flavor)) {
-            (Some(t), Some(f)) => self.held_at(t, f),
-            _ => 0,
-        }
+        self.held_by(self.team(team), flavor)
+    }
+
+    /// Devices of `flavor` that team slot `t` holds (none for no slot).
+    pub fn held_by(&self, t: Option<TeamNo>, flavor: &Flavor) -> u32 {
+        t.zip(self.flavor(flavor)).map_or(0, |(t, f)| self.held_at(t, f))
     }
 
     /// Devices of every flavor that `team` holds.

@@ -37,6 +37,11 @@ impl TeamQueues {
         self.by_slot.get(t as usize).and_then(Option::as_ref)
     }
 
+    /// The team of a slot in `order`.
+    fn name(&self, t: TeamNo) -> &TeamId {
+        &self.at(t).expect("ordered slots have queues").0
+    }
+
     /// The non-empty queues, in team order.
     pub fn iter(&self) -> impl Iterator<Item = (&TeamId, &BTreeSet<QueueKey>)> {
         self.slots().map(|(_, id, q)| (id, q))
@@ -50,7 +55,7 @@ impl TeamQueues {
 
     /// A team's queue, if it has one.
     pub fn get(&self, team: &TeamId) -> Option<&BTreeSet<QueueKey>> {
-        let i = self.order.binary_search_by(|&t| self.at(t).expect("ordered slots have queues").0.cmp(team)).ok()?;
+        let i = self.order.binary_search_by(|&t| self.name(t).cmp(team)).ok()?;
         self.at(self.order[i]).map(|(_, q)| q)
     }
 
@@ -58,14 +63,12 @@ impl TeamQueues {
     /// team's first job); false if it was there already.
     pub(crate) fn insert(&mut self, t: TeamNo, team: &TeamId, key: QueueKey) -> bool {
         if self.at(t).is_none() {
+            let i = self.order.partition_point(|&s| self.name(s) < team);
+            self.order.insert(i, t);
             if self.by_slot.len() <= t as usize {
                 self.by_slot.resize_with(t as usize + 1, || None);
             }
             self.by_slot[t as usize] = Some((team.clone(), BTreeSet::new()));
-            let by_slot = &self.by_slot;
-            let name = |s: TeamNo| &by_slot[s as usize].as_ref().expect("ordered slots have queues").0;
-            let i = self.order.partition_point(|&s| name(s) < team);
-            self.order.insert(i, t);
         }
         self.by_slot[t as usize].as_mut().expect("just ensured").1.insert(key)
     }

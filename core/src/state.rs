@@ -178,7 +178,7 @@ impl State {
     /// Free devices that `job` could use: of the flavors its team has quota for and its request
     /// matches; `None` if its team is unknown.
     pub fn free_for(&self, job: &Job) -> Option<u64> {
-        let t = self.accounts.team_hinted(job.team_slot, &job.spec.team)?;
+        let t = self.accounts.team_of(job)?;
         Some(self.accounts.free_for(t, &job.spec.gang.devices))
     }
 
@@ -190,10 +190,7 @@ impl State {
     /// Devices of `flavor` that the team of `job` holds (`usage`, finding the team by the
     /// job's hint).
     pub fn team_usage(&self, job: &Job, flavor: &Flavor) -> u32 {
-        match (self.accounts.team_hinted(job.team_slot, &job.spec.team), self.accounts.flavor(flavor)) {
-            (Some(t), Some(f)) => self.accounts.held_at(t, f),
-            _ => 0,
-        }
+        self.accounts.held_by(self.accounts.team_of(job), flavor)
     }
 
     /// A team's pending jobs in queue order.
@@ -435,7 +432,7 @@ impl State {
         let job = &self.data.jobs[&id];
         let key = (Reverse(job.priority), job.submitted_ms, id);
         let (fifo, shortest) = Self::global_keys(job);
-        let t = self.accounts.team_hinted(job.team_slot, &job.spec.team).expect("every job's team has a slot");
+        let t = self.accounts.team_of(job).expect("every job's team has a slot");
         self.pending += usize::from(self.queues.insert(t, &job.spec.team, key));
         if let Some(set) = self.fifo.0.get_mut() {
             set.insert(fifo);
@@ -455,7 +452,7 @@ impl State {
         if let Some(set) = self.shortest.0.get_mut() {
             set.remove(&shortest);
         }
-        let t = self.accounts.team_hinted(job.team_slot, &job.spec.team).expect("every job's team has a slot");
+        let t = self.accounts.team_of(job).expect("every job's team has a slot");
         self.pending -= usize::from(self.queues.remove(t, &key));
     }
 
@@ -507,7 +504,7 @@ impl State {
         let f = self.accounts.flavor_slot(&a.flavor);
         self.accounts.add_free(f, if take { -schedulable } else { schedulable });
         // Every job's team was set (admission checks it), so it has a slot.
-        let Some(t) = self.accounts.team_hinted(job.team_slot, &job.spec.team) else { return };
+        let Some(t) = self.accounts.team_of(job) else { return };
         let total = job.spec.gang.total_devices();
         let change = |used: u32| if take { used + total } else { used.saturating_sub(total) };
         let (used, next) = self.accounts.change_held(t, f, change);

@@ -16,7 +16,6 @@ use std::collections::BTreeMap;
 /// Teams in name order; team `t`'s row for flavor `f` is at `t * flavors.len() + f`.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct TeamRows {
-    pub ids: Vec<TeamId>,
     /// The node index's flavors, then those only teams have quota for, in team order.
     pub flavors: Vec<Flavor>,
     /// Devices each team holds, per flavor.
@@ -33,8 +32,8 @@ pub(crate) struct TeamRows {
 
 impl PartialEq for TeamRows {
     fn eq(&self, other: &Self) -> bool {
-        (&self.ids, &self.flavors, &self.usage, &self.quota, &self.weights)
-            == (&other.ids, &other.flavors, &other.usage, &other.quota, &other.weights)
+        (&self.flavors, &self.usage, &self.quota, &self.weights)
+            == (&other.flavors, &other.usage, &other.quota, &other.weights)
     }
 }
 
@@ -49,11 +48,7 @@ impl TeamRows {
                 flavors.push(f.clone());
             }
         }
-        let mut rows = Self {
-            ids: teams.keys().cloned().collect(),
-            weights: teams.values().map(|t| t.weight_milli).collect(),
-            ..Self::default()
-        };
+        let mut rows = Self { weights: teams.values().map(|t| t.weight_milli).collect(), ..Self::default() };
         for (row, (id, spec)) in teams.iter().enumerate() {
             for f in &flavors {
                 rows.usage.push(accounts.held(id, f));

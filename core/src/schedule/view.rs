@@ -139,8 +139,7 @@ impl<'s> View<'s> {
 
     /// The row of a job's team, found through the job's hint of its team's slot.
     pub fn team_of(&self, job: &Job) -> Option<usize> {
-        let t = self.state.accounts.team_hinted(job.team_slot, &job.spec.team)?;
-        self.rows.row(t)
+        self.rows.row(self.state.accounts.team_of(job)?)
     }
 
     /// The flavors `team` may use for `request` (see `TeamSpec::accepts`), most preferred
