@@ -70,6 +70,7 @@
 //! - `accounts` (private): devices held per team and free per flavor, on dense slots.
 //! - [`queues`]: every team's pending jobs in queue order.
 //! - [`table`]: the job table, indexed by the dense job ids.
+//! - [`jobset`]: sets of job ids as bitsets over the dense ids (running and stopping jobs).
 //! - `apply` (private): `State::apply` for every command.
 //! - [`quota`]: admission arithmetic (nominal, borrowing, lending).
 //! - [`plan`]: what a cycle decides and why jobs stay pending.
@@ -84,6 +85,7 @@ pub mod command;
 pub mod error;
 pub mod ids;
 pub mod job;
+pub mod jobset;
 pub mod layout;
 pub mod limits;
 pub mod plan;

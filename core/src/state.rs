@@ -6,6 +6,7 @@
 use crate::accounts::Accounts;
 use crate::ids::{DeviceId, JobId, NodeId, TeamId};
 use crate::job::{GangSpec, Job, JobState};
+use crate::jobset::JobSet;
 pub use crate::layout::{NodeAlloc, NodeAllocs, NodeLayout};
 pub use crate::queues::{QueueKey, TeamQueues};
 use crate::quota::Ledger;
@@ -81,9 +82,9 @@ pub struct State {
     shortest: Derived<BTreeSet<GlobalKey>>,
     pub(crate) capacity: BTreeMap<Flavor, u64>,
     /// Jobs told to stop that still hold devices (`Preempted`, `Stopping`).
-    pub(crate) stopping: BTreeSet<JobId>,
+    pub(crate) stopping: JobSet,
     /// Jobs in state `Running`.
-    running: BTreeSet<JobId>,
+    running: JobSet,
     /// Running jobs with a maximum runtime, by the time it runs out.
     pub(crate) deadlines: BTreeSet<(u64, JobId)>,
     deadline_of: BTreeMap<JobId, u64>,
@@ -387,12 +388,12 @@ impl State {
     }
 
     /// Jobs told to stop that still hold devices.
-    pub fn stopping(&self) -> &BTreeSet<JobId> {
+    pub fn stopping(&self) -> &JobSet {
         &self.stopping
     }
 
     /// Jobs in state `Running`.
-    pub fn running(&self) -> &BTreeSet<JobId> {
+    pub fn running(&self) -> &JobSet {
         &self.running
     }
 
@@ -407,12 +408,12 @@ impl State {
         if matches!(job.state, JobState::Preempted | JobState::Stopping) {
             self.stopping.insert(id);
         } else {
-            self.stopping.remove(&id);
+            self.stopping.remove(id);
         }
         if job.state == JobState::Running {
             self.running.insert(id);
         } else {
-            self.running.remove(&id);
+            self.running.remove(id);
         }
         let Some(max) = job.spec.max_runtime_ms else { return };
         let deadline = match (job.state, job.started_ms) {

@@ -40,7 +40,7 @@ impl<'s> Cycle<'s> {
         let (policy, now) = (self.policy, self.now_ms);
         if self.running.is_none() {
             let mut by_flavor: BTreeMap<FlavorIx, Vec<Candidate<'s>>> = BTreeMap::new();
-            let running = state.running().iter().map(|id| &state.jobs()[id]);
+            let running = state.running().iter().map(|id| &state.jobs()[&id]);
             for j in running.filter(|j| j.preemptible_at(now, policy.min_runtime_ms)) {
                 let (Some(a), Some(team)) = (&j.assignment, self.view.team_of(j)) else { continue };
                 let Some(f) = self.view.flavors.iter().position(|x| x == &a.flavor) else { continue };

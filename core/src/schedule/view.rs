@@ -5,7 +5,7 @@
 //! the cycle is O(1) or O(log n).
 
 use crate::accounts::TeamNo;
-use crate::ids::{DeviceId, JobId, NodeId};
+use crate::ids::{DeviceId, NodeId};
 use crate::job::{DeviceRequest, Job};
 use crate::quota::Ledger;
 use crate::resource::Flavor;
@@ -170,10 +170,9 @@ impl<'s> View<'s> {
     }
 
     fn mark_releasing(&mut self) {
-        let stopping: Vec<JobId> = self.state.stopping().iter().copied().collect();
-        for id in stopping {
-            let job = &self.state.jobs()[&id];
-            self.add_releasing(job);
+        let state = self.state;
+        for id in state.stopping().iter() {
+            self.add_releasing(&state.jobs()[&id]);
         }
     }
 
