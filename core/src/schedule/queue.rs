@@ -20,6 +20,7 @@ use crate::plan::PendingReason;
 use crate::policy::{QueueOrder, QueueingStrategy};
 use crate::quota::borrowed;
 use crate::state::QueueKey;
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::btree_set;
 use std::collections::BinaryHeap;
@@ -30,7 +31,7 @@ type HeadKey = (bool, u64, u64, JobId, usize);
 struct TeamCursor<'s> {
     row: usize,
     /// The job at the head of the queue and the flavors it accepts.
-    head: Option<(&'s Job, Vec<FlavorIx>)>,
+    head: Option<(&'s Job, Cow<'s, [FlavorIx]>)>,
     jobs: btree_set::Iter<'s, QueueKey>,
 }
 

@@ -6,7 +6,7 @@
 //! team's and the flavor's slots in the state's accounts; node changes (the flavors may change)
 //! and team changes drop the rows, built again when next asked for.
 
-use super::nodes::NodeIndex;
+use super::nodes::{FlavorIx, NodeIndex};
 use crate::accounts::{Accounts, FlavorNo, TeamNo};
 use crate::ids::TeamId;
 use crate::resource::Flavor;
@@ -24,6 +24,9 @@ pub(crate) struct TeamRows {
     pub quota: Vec<Option<FlavorQuota>>,
     /// Each team's weight, in thousandths.
     pub weights: Vec<u32>,
+    /// Per team, the flavors it has quota for, in flavor order (`Flavor`'s: kind, then model):
+    /// what a request naming no model accepts, once filtered by kind.
+    pub with_quota: Vec<Vec<FlavorIx>>,
     /// The row of each team slot of the accounts, and the column of each flavor slot (a
     /// translation that depends on the accounts' history, so no part of equality).
     row_of: Vec<Option<u32>>,
@@ -49,11 +52,15 @@ impl TeamRows {
             }
         }
         let mut rows = Self { weights: teams.values().map(|t| t.weight_milli).collect(), ..Self::default() };
+        let mut sorted: Vec<FlavorIx> = (0..flavors.len() as FlavorIx).collect();
+        sorted.sort_by(|a, b| flavors[*a as usize].cmp(&flavors[*b as usize]));
         for (row, (id, spec)) in teams.iter().enumerate() {
             for f in &flavors {
                 rows.usage.push(accounts.held(id, f));
                 rows.quota.push(spec.quotas.get(f).copied());
             }
+            rows.with_quota
+                .push(sorted.iter().copied().filter(|f| spec.quotas.contains_key(&flavors[*f as usize])).collect());
             if let Some(t) = accounts.team(id) {
                 set_at(&mut rows.row_of, t as usize, row as u32);
             }

@@ -304,3 +304,34 @@ fn without_devices_a_quiet_cycle_returns_early_and_an_explaining_one_says_why() 
     let explained = schedule(&s, &PolicyConfig::default(), 0);
     assert_eq!(explained.reports.len(), 1);
 }
+
+#[test]
+fn a_request_naming_no_model_takes_the_flavors_of_its_kind_in_flavor_order() {
+    use crate::resource::{AcceleratorKind, Flavor};
+    use crate::team::{FlavorQuota, TeamSpec};
+    let tpu = Flavor::new(AcceleratorKind::Tpu, "tpu-v5e");
+    let q = FlavorQuota { nominal: 8, borrowing_limit: None, lending_limit: None };
+    let quotas = [(l4(), q), (tpu, q), (h100(), q)].into_iter().collect();
+    let mut s = crate::state::State::new();
+    s.apply(Command::SetTeam { team: TeamSpec { name: "vision".into(), weight_milli: 1000, quotas } }).unwrap();
+    let mut tpus = node_of("t", 4, "tpu-v5e", None);
+    for d in &mut tpus.devices {
+        d.kind = AcceleratorKind::Tpu;
+    }
+    for n in [node_of("l", 4, L4, None), tpus, node("h", 4, None)] {
+        s.apply(Command::RegisterNode { node: n, at_ms: 0 }).unwrap();
+    }
+    let mut tpu_job = job("vision", 1, 4);
+    tpu_job.gang.devices.kind = AcceleratorKind::Tpu;
+    let first = submit(&mut s, job("vision", 1, 4), 1);
+    let on_tpu = submit(&mut s, tpu_job, 2);
+    let second = submit(&mut s, job("vision", 1, 4), 3);
+    let plan = schedule(&s, &PolicyConfig::default(), 4);
+    let node_of_job = |id| {
+        let p = plan.decisions.placements.iter().find(|p| p.job == id).expect("placed");
+        p.assignment.replicas[0].node.as_str().to_owned()
+    };
+    assert_eq!(node_of_job(first), "h", "the H100 sorts before the L4");
+    assert_eq!(node_of_job(on_tpu), "t");
+    assert_eq!(node_of_job(second), "l", "GPUs only, once the H100s are taken");
+}

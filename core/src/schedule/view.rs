@@ -11,6 +11,7 @@ use crate::quota::Ledger;
 use crate::resource::Flavor;
 use crate::state::State;
 use crate::team::FlavorQuota;
+use std::borrow::Cow;
 
 use super::nodes::span;
 pub(crate) use super::nodes::{FlavorIx, NodeView};
@@ -144,17 +145,18 @@ impl<'s> View<'s> {
 
     /// The flavors `team` may use for `request` (see `TeamSpec::accepts`), most preferred
     /// first: the listed models in their order, or every flavor of the kind in flavor order;
-    /// interned.
-    pub fn acceptable(&self, team: usize, request: &DeviceRequest) -> Vec<FlavorIx> {
-        let has_quota = |f: &FlavorIx| self.quota(team, *f).is_some();
+    /// interned. Borrowed from the team rows when the request names no model and the team has
+    /// quota for flavors of its kind only (the usual case: no list to build per job).
+    pub fn acceptable(&self, team: usize, request: &DeviceRequest) -> Cow<'s, [FlavorIx]> {
+        let of_kind = |f: &FlavorIx| self.flavors[*f as usize].kind == request.kind;
         if request.models.is_empty() {
-            let mut out: Vec<FlavorIx> = (0..self.flavors.len() as FlavorIx)
-                .filter(|f| self.flavors[*f as usize].kind == request.kind)
-                .collect();
-            out.retain(has_quota);
-            out.sort_by(|a, b| self.flavors[*a as usize].cmp(&self.flavors[*b as usize]));
-            return out;
+            let all: &'s [FlavorIx] = &self.rows.with_quota[team];
+            if all.iter().all(of_kind) {
+                return Cow::Borrowed(all);
+            }
+            return all.iter().copied().filter(of_kind).collect();
         }
+        let has_quota = |f: &FlavorIx| self.quota(team, *f).is_some();
         request
             .models
             .iter()
