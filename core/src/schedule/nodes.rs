@@ -3,6 +3,10 @@
 //! bucketed by how many devices of that flavor they have free. A cycle starts from a copy of it
 //! instead of walking every node.
 //!
+//! A node with no free device of a flavor is in none of its buckets (bucket 0 stays empty): no
+//! request asks for fewer than one device, so nothing would read it, and on a busy cluster it
+//! was the largest bucket, moved into and out of on nearly every placement and exit.
+//!
 //! Upkeep: a device held or freed (`State::charge`) updates its node and moves it between
 //! buckets; any command that changes nodes themselves (registration, loss, cordon, drain) and
 //! loading a snapshot rebuild the index. Buckets are kept sorted by node position, so the index
@@ -109,7 +113,12 @@ impl NodeIndex {
         out.racks = racks.len() as u32;
         for n in 0..out.nodes.len() as u32 {
             let free = out.nodes[n as usize].free;
-            out.each_indexed_slot(n, |buckets, mask| buckets[(mask & free).count_ones() as usize].push(n));
+            out.each_indexed_slot(n, |buckets, mask| {
+                let k = (mask & free).count_ones() as usize;
+                if k > 0 {
+                    buckets[k].push(n);
+                }
+            });
         }
         out
     }
@@ -157,6 +166,9 @@ impl NodeIndex {
             if from != to {
                 if let Ok(i) = buckets[from].binary_search(&n) {
                     buckets[from].remove(i);
+                }
+                if to == 0 {
+                    return;
                 }
                 if let Err(i) = buckets[to].binary_search(&n) {
                     buckets[to].insert(i, n);

@@ -20,8 +20,8 @@ use super::nodes::{span, FlavorIx, NodeIndex, NodeView};
 const UNSET: u32 = u32::MAX;
 
 /// The overlay's buffers, kept between cycles in a `Scratch`. At rest every entry of `touched`
-/// and `pos` is `UNSET`, `changed`, `changed_nodes` and `moved` are empty, and no bucket is
-/// copied.
+/// and `pos` is `UNSET`, `changed`, `changed_nodes`, `copied` and `moved` are empty, and no
+/// bucket is copied.
 #[derive(Debug, Default)]
 pub(crate) struct OverlayScratch {
     /// Per node, its place in `changed`, or `UNSET` (sized at a cycle's first change).
@@ -29,8 +29,9 @@ pub(crate) struct OverlayScratch {
     /// Nodes this cycle changed, and their ids.
     changed: Vec<NodeView>,
     changed_nodes: Vec<u32>,
-    /// Per flavor, per free-device count: the buckets this cycle changed.
+    /// Per flavor, per free-device count: the buckets this cycle changed; `copied` lists them.
     buckets: Vec<Vec<Option<Vec<u32>>>>,
+    copied: Vec<(FlavorIx, u32)>,
     /// Emptied bucket copies, for the next cycle's.
     spare: Vec<Vec<u32>>,
     /// Position of each slot's node in its bucket, where the cycle put or moved it (sized at a
@@ -58,8 +59,8 @@ impl Drop for NodeOverlay<'_> {
         for slot in s.moved.drain(..) {
             s.pos[slot as usize] = UNSET;
         }
-        for bucket in s.buckets.iter_mut().flatten() {
-            if let Some(mut copy) = bucket.take() {
+        for (f, k) in s.copied.drain(..) {
+            if let Some(mut copy) = s.buckets[f as usize][k as usize].take() {
                 copy.clear();
                 s.spare.push(copy);
             }
@@ -135,8 +136,9 @@ impl<'s> NodeOverlay<'s> {
         if s.pos.len() != self.base.slots.len() {
             s.pos.resize(self.base.slots.len(), UNSET);
         }
-        let spare = &mut s.spare;
+        let (spare, copied) = (&mut s.spare, &mut s.copied);
         s.buckets[fi][k].get_or_insert_with(|| {
+            copied.push((f, k as u32));
             let mut copy = spare.pop().unwrap_or_default();
             copy.extend_from_slice(&self.base.index[fi].buckets[k]);
             copy
@@ -172,7 +174,11 @@ impl<'s> NodeOverlay<'s> {
         let (range, free) = self.indexed_range(n);
         for s in range {
             let slot = self.base.slots[s];
-            let bucket = self.owned(slot.flavor, (slot.mask & free).count_ones() as usize);
+            let k = (slot.mask & free).count_ones() as usize;
+            if k == 0 {
+                continue;
+            }
+            let bucket = self.owned(slot.flavor, k);
             bucket.push(n);
             let at = bucket.len() - 1;
             self.set_pos(s, at);
@@ -184,6 +190,9 @@ impl<'s> NodeOverlay<'s> {
         for s in range {
             let slot = self.base.slots[s];
             let k = (slot.mask & free).count_ones() as usize;
+            if k == 0 {
+                continue;
+            }
             let at = self.position(s, n, slot.flavor, k);
             let bucket = self.owned(slot.flavor, k);
             bucket.swap_remove(at);
@@ -215,12 +224,17 @@ mod tests {
 
     /// What the overlay replaced: a full copy of the buckets, changed by `swap_remove` at a
     /// position found by search and `push`.
+    /// `n` in no bucket while it has no free device.
     fn reference_take(buckets: &mut [Vec<u32>], free: &mut [u64], n: u32, mask: u64) {
         let before = &mut buckets[free[n as usize].count_ones() as usize];
-        let at = before.iter().position(|&x| x == n).expect("indexed");
-        before.swap_remove(at);
+        if let Some(at) = before.iter().position(|&x| x == n) {
+            before.swap_remove(at);
+        }
         free[n as usize] &= !mask;
-        buckets[free[n as usize].count_ones() as usize].push(n);
+        let k = free[n as usize].count_ones() as usize;
+        if k > 0 {
+            buckets[k].push(n);
+        }
     }
 
     proptest! {

@@ -183,6 +183,10 @@ fn check_node_index(s: &State) -> Result<(), TestCaseError> {
         s.node_index() == &super::NodeIndex::build(s.nodes(), &s.allocs),
         "the node index drifted from the state"
     );
+    prop_assert!(
+        s.node_index().index.iter().all(|f| f.buckets.first().is_none_or(Vec::is_empty)),
+        "a node with no free device of a flavor is in none of its buckets"
+    );
     let fresh = State::from_bytes(&s.to_bytes()).expect("own snapshot");
     prop_assert_eq!(s.ledgers(), fresh.ledgers(), "the quota totals drifted from the state");
     prop_assert_eq!(s.team_rows(), fresh.team_rows(), "the team rows drifted from the state");
