@@ -25,7 +25,7 @@ use thiserror::Error;
 pub const SNAPSHOT_VERSION: u16 = 1;
 const SNAPSHOT_MAGIC: &[u8; 4] = b"QMSS";
 
-/// Order of pending jobs in a global queue: (a leading key, age, id).
+/// Order of pending jobs in the shortest-first queue: (runtime estimate, age, id).
 pub type GlobalKey = (u64, u64, JobId);
 
 /// The part of the state that snapshots carry. Cloning it is cheap (the nodes and the job
@@ -75,9 +75,9 @@ pub struct State {
     pub(crate) queues: TeamQueues,
     /// Jobs in `queues`, counted as they enter and leave.
     pending: usize,
-    /// Every pending job by submission time, for the global FIFO orders.
+    /// Every pending job in submission order (by id), for the global FIFO orders.
     /// Kept only once a cycle asked for it: the production order walks the team queues.
-    fifo: Derived<BTreeSet<GlobalKey>>,
+    fifo: Derived<JobSet>,
     /// Every pending job by runtime estimate, for shortest-first; kept once asked for.
     shortest: Derived<BTreeSet<GlobalKey>>,
     pub(crate) capacity: BTreeMap<Flavor, u64>,
@@ -432,49 +432,48 @@ impl State {
     pub(crate) fn enqueue(&mut self, id: JobId) {
         let job = &self.data.jobs[&id];
         let key = (Reverse(job.priority), job.submitted_ms, id);
-        let (fifo, shortest) = Self::global_keys(job);
         let t = self.accounts.team_of(job).expect("every job's team has a slot");
         self.pending += usize::from(self.queues.insert(t, &job.spec.team, key));
         if let Some(set) = self.fifo.0.get_mut() {
-            set.insert(fifo);
+            set.insert(id);
         }
         if let Some(set) = self.shortest.0.get_mut() {
-            set.insert(shortest);
+            set.insert(Self::shortest_key(job));
         }
     }
 
     pub(crate) fn dequeue(&mut self, id: JobId) {
         let job = &self.data.jobs[&id];
         let key = (Reverse(job.priority), job.submitted_ms, id);
-        let (fifo, shortest) = Self::global_keys(job);
         if let Some(set) = self.fifo.0.get_mut() {
-            set.remove(&fifo);
+            set.remove(id);
         }
         if let Some(set) = self.shortest.0.get_mut() {
-            set.remove(&shortest);
+            set.remove(&Self::shortest_key(job));
         }
         let t = self.accounts.team_of(job).expect("every job's team has a slot");
         self.pending -= usize::from(self.queues.remove(t, &key));
     }
 
-    fn global_keys(job: &Job) -> (GlobalKey, GlobalKey) {
-        let estimate = job.spec.runtime_estimate_ms.unwrap_or(u64::MAX);
-        ((0, job.submitted_ms, job.id), (estimate, job.submitted_ms, job.id))
+    fn shortest_key(job: &Job) -> GlobalKey {
+        (job.spec.runtime_estimate_ms.unwrap_or(u64::MAX), job.submitted_ms, job.id)
     }
 
-    /// All pending jobs by submission time (the global FIFO); built on first use, then kept.
-    pub fn fifo(&self) -> &BTreeSet<GlobalKey> {
-        self.fifo.0.get_or_init(|| self.global_queue(|job| Self::global_keys(job).0))
+    /// All pending jobs in submission order: by id, the order in which the replicated log
+    /// took them (the order of their submission times too, in the simulator and whenever the
+    /// leader's clock moves forward); built on first use, then kept.
+    pub fn fifo(&self) -> &JobSet {
+        self.fifo.0.get_or_init(|| self.pending_ids().collect())
     }
 
     /// All pending jobs by runtime estimate (unknown last), then submission time; built on
     /// first use, then kept.
     pub fn shortest(&self) -> &BTreeSet<GlobalKey> {
-        self.shortest.0.get_or_init(|| self.global_queue(|job| Self::global_keys(job).1))
+        self.shortest.0.get_or_init(|| self.pending_ids().map(|id| Self::shortest_key(&self.data.jobs[&id])).collect())
     }
 
-    fn global_queue(&self, key: impl Fn(&Job) -> GlobalKey) -> BTreeSet<GlobalKey> {
-        self.queues.iter().flat_map(|(_, q)| q).map(|k| key(&self.data.jobs[&k.2])).collect()
+    fn pending_ids(&self) -> impl Iterator<Item = JobId> + '_ {
+        self.queues.iter().flat_map(|(_, q)| q).map(|k| k.2)
     }
 
     /// Marks the devices of a job's assignment as held and charges its team.

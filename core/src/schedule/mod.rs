@@ -83,10 +83,10 @@ fn nothing_to_do(state: &State, policy: &PolicyConfig) -> Option<u32> {
     }
     let head = match (policy.queueing, policy.order) {
         (QueueingStrategy::StrictFifo, QueueOrder::Fifo) => state.fifo().first(),
-        (QueueingStrategy::StrictFifo, QueueOrder::ShortestFirst) => state.shortest().first(),
+        (QueueingStrategy::StrictFifo, QueueOrder::ShortestFirst) => state.shortest().first().map(|k| k.2),
         _ => None,
     }?;
-    let job = &state.jobs()[&head.2];
+    let job = &state.jobs()[&head];
     (u64::from(job.spec.gang.total_devices()) > state.free_for(job)?).then_some(pending)
 }
 

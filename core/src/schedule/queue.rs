@@ -118,14 +118,15 @@ impl<'s> Cycle<'s> {
     /// the FIFO by service level first (stable, so FIFO within a level).
     fn run_global(&mut self, order: QueueOrder) {
         let state = self.view.state;
-        let queue = if order == QueueOrder::ShortestFirst { state.shortest() } else { state.fifo() };
-        let total = queue.len();
-        if order == QueueOrder::LeastAttained {
-            let mut ids: Vec<JobId> = queue.iter().map(|k| k.2).collect();
-            ids.sort_by_key(|id| self.policy.las_level(state.jobs()[id].attained_device_ms));
-            self.walk_global(ids.into_iter(), total);
-        } else {
-            self.walk_global(queue.iter().map(|k| k.2), total);
+        match order {
+            QueueOrder::ShortestFirst => self.walk_global(state.shortest().iter().map(|k| k.2), state.shortest().len()),
+            QueueOrder::LeastAttained => {
+                let mut ids: Vec<JobId> = state.fifo().iter().collect();
+                ids.sort_by_key(|id| self.policy.las_level(state.jobs()[id].attained_device_ms));
+                let total = ids.len();
+                self.walk_global(ids.into_iter(), total);
+            }
+            _ => self.walk_global(state.fifo().iter(), state.fifo().len()),
         }
     }
 

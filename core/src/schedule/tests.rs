@@ -233,6 +233,19 @@ fn the_global_fifo_ignores_teams_and_priorities() {
 }
 
 #[test]
+fn the_global_fifo_goes_in_the_order_the_log_took_the_jobs() {
+    let mut s = one_slot_two_teams();
+    let first = submit(&mut s, job("nlp", 1, 8), 10);
+    submit(&mut s, job("vision", 1, 8), 5);
+    let fifo = PolicyConfig { order: crate::policy::QueueOrder::Fifo, ..PolicyConfig::default() };
+    assert_eq!(
+        schedule(&s, &fifo, 11).decisions.placements[0].job,
+        first,
+        "a leader whose clock is behind does not put its submissions ahead"
+    );
+}
+
+#[test]
 fn shortest_first_orders_by_the_runtime_estimate() {
     let mut s = one_slot_two_teams();
     let mut long = job("nlp", 1, 8);
