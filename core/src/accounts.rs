@@ -28,8 +28,10 @@ pub(crate) type TeamNo = u32;
 pub(crate) struct Accounts {
     flavors: Vec<Flavor>,
     teams: Vec<TeamId>,
-    /// Team slots in name order, for lookups by name.
-    by_name: Vec<(TeamId, TeamNo)>,
+    /// Team slots by the hash of their names (`name_hash`), for lookups by name: a submission
+    /// finds its team comparing numbers, and one string at the end (team names often share
+    /// their first bytes, and comparing them was a quarter of checking a submission).
+    by_hash: Vec<(u64, TeamNo)>,
     /// Devices each team holds: `held[team][flavor]` (rows grow as flavors appear).
     held: Vec<Vec<u32>>,
     /// Healthy devices nobody holds on schedulable nodes, by flavor slot.
@@ -60,7 +62,9 @@ impl Accounts {
 
     /// The slot of a team seen before.
     pub fn team(&self, team: &TeamId) -> Option<TeamNo> {
-        self.by_name.binary_search_by(|(name, _)| name.cmp(team)).ok().map(|i| self.by_name[i].1)
+        let h = name_hash(team);
+        let same = &self.by_hash[self.by_hash.partition_point(|&(x, _)| x < h)..];
+        same.iter().take_while(|&&(x, _)| x == h).map(|&(_, t)| t).find(|&t| self.teams[t as usize] == *team)
     }
 
     /// The slot of a team, trying `hint` first: it holds when the team there shares the
@@ -79,16 +83,16 @@ impl Accounts {
 
     /// The slot of a team, given one on first sight.
     fn team_slot(&mut self, team: &TeamId) -> TeamNo {
-        match self.by_name.binary_search_by(|(name, _)| name.cmp(team)) {
-            Ok(i) => self.by_name[i].1,
-            Err(i) => {
-                let t = self.teams.len() as TeamNo;
-                self.teams.push(team.clone());
-                self.held.push(Vec::new());
-                self.by_name.insert(i, (team.clone(), t));
-                t
-            }
+        if let Some(t) = self.team(team) {
+            return t;
         }
+        let t = self.teams.len() as TeamNo;
+        self.teams.push(team.clone());
+        self.held.push(Vec::new());
+        let entry = (name_hash(team), t);
+        let at = self.by_hash.partition_point(|e| *e < entry);
+        self.by_hash.insert(at, entry);
+        t
     }
 
     /// Gives a team and the flavors it has quota for their slots, so that the scheduler's team
@@ -197,6 +201,12 @@ impl PartialEq for Accounts {
 
 impl Eq for Accounts {}
 
+/// FNV-1a of a team's name: a function of the name alone, so lookups are the same on every
+/// replica (they decide no order; equal hashes fall back to comparing the names).
+fn name_hash(team: &TeamId) -> u64 {
+    team.as_str().bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +233,21 @@ mod tests {
         assert_eq!(a.held_total(&"a".into()), 7, "every flavor");
         assert_eq!(a.held(&"b".into(), &flavor("l4")), 0, "a row shorter than the flavors reads zero");
         assert_eq!(a.held(&"zz".into(), &flavor("nope")), 0);
+    }
+
+    #[test]
+    fn many_teams_are_each_found_by_name_and_strangers_are_not() {
+        let mut a = Accounts::default();
+        let names: Vec<TeamId> = (0..2000).map(|i| TeamId::from(format!("vc{i:x}").as_str())).collect();
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(a.team_slot(n), i as TeamNo);
+        }
+        for (i, n) in names.iter().enumerate() {
+            let fresh = TeamId::from(n.as_str());
+            assert_eq!(a.team(&fresh), Some(i as TeamNo), "found by its string, not its address");
+            assert_eq!(a.team_slot(&fresh), i as TeamNo, "no second slot");
+            assert_eq!(a.team(&TeamId::from(format!("{n}.").as_str())), None);
+        }
     }
 
     #[test]
