@@ -180,19 +180,32 @@ impl<'s> Cycle<'s> {
         if let Some(outcome) = self.unfit.get(&shape) {
             return Err(outcome.clone());
         }
-        let candidates = self.view.fast_candidates(&shape, self.policy.placement, self.policy.candidate_nodes);
-        let picks = self.view.assign(&shape, &candidates, self.policy.placement, |_, n| n.free);
-        let Some(picks) = picks else {
-            let (counts, never) = self.view.filter_counts(&shape);
-            let outcome = if never { AttemptOutcome::NeverFits(counts) } else { AttemptOutcome::NoFit(counts) };
-            self.unfit.insert(shape, outcome.clone());
-            return Err(outcome);
-        };
-        self.view.commit(&shape, &picks);
-        self.view.charge(t, f, job.spec.gang.total_devices());
-        let assignment = self.assignment(f, &picks);
-        self.plan.decisions.placements.push(Placement { job: job.id, assignment });
-        Ok(())
+        if self.place(job, t, &shape) {
+            return Ok(());
+        }
+        let (counts, never) = self.view.filter_counts(&shape);
+        let outcome = if never { AttemptOutcome::NeverFits(counts) } else { AttemptOutcome::NoFit(counts) };
+        self.unfit.insert(shape, outcome.clone());
+        Err(outcome)
+    }
+
+    /// Places the job on free devices of the shape's flavor if it fits there, with the
+    /// scratch's buffers; true if it did.
+    fn place(&mut self, job: &Job, t: usize, shape: &Shape) -> bool {
+        let (policy, f) = (self.policy, shape.flavor);
+        let mut placing = std::mem::take(&mut *self.view.placing);
+        let mut candidates = std::mem::take(&mut placing.candidates);
+        self.view.fast_candidates(shape, policy.placement, policy.candidate_nodes, &mut candidates);
+        let fits = self.view.assign(shape, &candidates, policy.placement, |_, n| n.free, &mut placing);
+        placing.candidates = candidates;
+        if fits {
+            self.view.commit(shape, &placing.picks);
+            self.view.charge(t, f, job.spec.gang.total_devices());
+            let assignment = self.assignment(f, &placing.picks);
+            self.plan.decisions.placements.push(Placement { job: job.id, assignment });
+        }
+        *self.view.placing = placing;
+        fits
     }
 
     fn assignment(&self, f: FlavorIx, picks: &[Pick]) -> Assignment {
@@ -233,7 +246,7 @@ impl<'s> Cycle<'s> {
         let shape = Self::shape(job, f);
         if self.admit(job, t, f).is_ok() && !self.view.releasing_nodes.is_empty() {
             let base = self.partial_nodes(&shape);
-            let picks = self.view.assign(&shape, &base, self.policy.placement, |_, n| n.free | n.releasing);
+            let picks = self.view.picks(&shape, &base, self.policy.placement, |_, n| n.free | n.releasing);
             if let Some(picks) = picks {
                 self.reserve(job, t, &shape, &picks);
                 return Ok(Verdict::Waiting);

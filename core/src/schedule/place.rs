@@ -31,6 +31,25 @@ pub(crate) struct Pick {
     pub mask: u64,
 }
 
+/// A candidate as `assign` ranks it: (outside the best rack, split across groups, packing).
+#[derive(Debug)]
+struct Ranked {
+    key: (bool, bool, u32),
+    node: u32,
+    avail: u64,
+    fits: u32,
+    rack: usize,
+}
+
+/// The buffers of a placement, kept between cycles in the `Scratch` (a placement used to
+/// allocate three lists): the candidates found, the candidates ranked, and the picks.
+#[derive(Debug, Default)]
+pub(crate) struct Placing {
+    pub candidates: Vec<u32>,
+    ranked: Vec<Ranked>,
+    pub picks: Vec<Pick>,
+}
+
 fn per(resource: u64, need: u64) -> u64 {
     resource.checked_div(need).unwrap_or(u64::MAX)
 }
@@ -105,9 +124,10 @@ impl View<'_> {
     /// Candidate nodes from the free-device index: scanned in bin-pack (or spread) order until
     /// they can hold the gang and at least `extra` nodes were seen, or until ranking more could
     /// not change the assignment (see `settles`).
-    pub fn fast_candidates(&self, shape: &Shape, strategy: PlacementStrategy, extra: u32) -> Vec<u32> {
+    pub fn fast_candidates(&self, shape: &Shape, strategy: PlacementStrategy, extra: u32, out: &mut Vec<u32>) {
+        out.clear();
         let (low, top) = (shape.count as usize, self.bucket_count(shape.flavor));
-        let (mut out, mut total) = (Vec::with_capacity(extra as usize + 1), 0u32);
+        let mut total = 0u32;
         let mut settled = self.rack_count() == 0 || shape.replicas == 1;
         for i in 0..top.saturating_sub(low) {
             let k = match strategy {
@@ -122,12 +142,11 @@ impl View<'_> {
                     total = total.saturating_add(fits);
                     settled = settled && self.settles(n, shape);
                     if total >= shape.replicas && (settled || out.len() as u32 >= extra) {
-                        return out;
+                        return;
                     }
                 }
             }
         }
-        out
     }
 
     /// Whether candidate `n` holds a replica inside one locality group. `assign` ranks
@@ -142,23 +161,21 @@ impl View<'_> {
     }
 
     /// Assigns every replica of the gang on `candidates`, where `avail` gives each node's usable
-    /// devices; `None` if the gang does not fit. Changes nothing.
+    /// devices, into `out.picks`; false if the gang does not fit (the picks are then
+    /// meaningless). Changes nothing else.
     pub fn assign(
         &self,
         shape: &Shape,
         candidates: &[u32],
         strategy: PlacementStrategy,
         avail: impl Fn(u32, &NodeView) -> u64,
-    ) -> Option<Vec<Pick>> {
-        struct Cand {
-            node: u32,
-            avail: u64,
-            fits: u32,
-            rack: usize,
-        }
+        out: &mut Placing,
+    ) -> bool {
+        let Placing { ranked, picks, .. } = out;
+        ranked.clear();
+        picks.clear();
         // Racks are numbered by the node index; nodes without one share the number after them.
         let no_rack = self.rack_count();
-        let mut cands: Vec<((bool, bool, u32), Cand)> = Vec::with_capacity(candidates.len());
         for &n in candidates {
             let node = self.node(n);
             let a = avail(n, node) & self.mask_of(n, shape.flavor);
@@ -170,31 +187,43 @@ impl View<'_> {
                     PlacementStrategy::Spread => 64 - a.count_ones(),
                 };
                 let split = !fits_one_group(a, self.groups_of(n), shape.count);
-                cands.push(((false, split, packing), Cand { node: n, avail: a, fits, rack }));
+                ranked.push(Ranked { key: (false, split, packing), node: n, avail: a, fits, rack });
             }
         }
-        let best_rack = best_rack(cands.iter().map(|(_, c)| (c.rack, c.fits)), shape.replicas);
-        for (key, c) in &mut cands {
-            key.0 = Some(c.rack) != best_rack;
+        let best_rack = best_rack(ranked.iter().map(|c| (c.rack, c.fits)), shape.replicas);
+        for c in ranked.iter_mut() {
+            c.key.0 = Some(c.rack) != best_rack;
         }
         // Stable: equal keys keep the scan order; most scans arrive sorted already.
-        if !cands.is_sorted_by_key(|(key, _)| *key) {
-            cands.sort_by_key(|(key, _)| *key);
+        if !ranked.is_sorted_by_key(|c| c.key) {
+            ranked.sort_by_key(|c| c.key);
         }
-        let mut picks = Vec::with_capacity(shape.replicas as usize);
-        for (_, c) in cands {
+        for c in ranked.iter() {
             let groups = self.groups_of(c.node);
             let mut left = c.avail;
             for _ in 0..c.fits {
                 if picks.len() as u32 == shape.replicas {
-                    return Some(picks);
+                    return true;
                 }
-                let mask = pick_devices(left, groups, shape.count)?;
+                let Some(mask) = pick_devices(left, groups, shape.count) else { return false };
                 left &= !mask;
                 picks.push(Pick { node: c.node, mask });
             }
         }
-        (picks.len() as u32 == shape.replicas).then_some(picks)
+        picks.len() as u32 == shape.replicas
+    }
+
+    /// `assign` with buffers of its own, returning the picks: for the rarer searches (room
+    /// among releasing devices, room after victims).
+    pub fn picks(
+        &self,
+        shape: &Shape,
+        candidates: &[u32],
+        strategy: PlacementStrategy,
+        avail: impl Fn(u32, &NodeView) -> u64,
+    ) -> Option<Vec<Pick>> {
+        let mut out = Placing::default();
+        self.assign(shape, candidates, strategy, avail, &mut out).then_some(out.picks)
     }
 
     /// Takes the picked devices and host resources.
@@ -253,6 +282,12 @@ mod tests {
     use crate::testkit::node;
     use proptest::prelude::*;
 
+    fn candidates(view: &View, shape: &Shape, strategy: PlacementStrategy, extra: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        view.fast_candidates(shape, strategy, extra, &mut out);
+        out
+    }
+
     /// The candidates of a scan that stops only once it holds the gang and saw `extra` nodes:
     /// `fast_candidates` without its early stop.
     fn full_scan(view: &View, shape: &Shape, strategy: PlacementStrategy, extra: u32) -> Vec<u32> {
@@ -296,12 +331,12 @@ mod tests {
         let mut view = View::build(&s, &mut scratch);
         view.take(1, 0b0111_1111, 0, 0);
         let shape = Shape { flavor: 0, replicas: 1, count: 1, cpu: 0, mem: 0 };
-        assert_eq!(view.fast_candidates(&shape, PlacementStrategy::BinPack, 8), vec![1]);
+        assert_eq!(candidates(&view, &shape, PlacementStrategy::BinPack, 8), vec![1]);
         // Two devices on node 1 would span its two groups: the scan ranks the others too.
         let pair = Shape { count: 2, ..shape };
         view.take(1, 0b1000_0000, 0, 0);
         view.take(0, 0b0111_0111, 0, 0);
-        assert_eq!(view.fast_candidates(&pair, PlacementStrategy::BinPack, 8), vec![0, 2]);
+        assert_eq!(candidates(&view, &pair, PlacementStrategy::BinPack, 8), vec![0, 2]);
     }
 
     proptest! {
@@ -325,11 +360,11 @@ mod tests {
             }
             let strategy = if spread { PlacementStrategy::Spread } else { PlacementStrategy::BinPack };
             let shape = Shape { flavor: 0, replicas, count, cpu: 0, mem: 0 };
-            let fast = view.fast_candidates(&shape, strategy, extra);
+            let fast = candidates(&view, &shape, strategy, extra);
             let full = full_scan(&view, &shape, strategy, extra);
             prop_assert!(full.starts_with(&fast));
             let free = |_, n: &NodeView| n.free;
-            prop_assert_eq!(view.assign(&shape, &fast, strategy, free), view.assign(&shape, &full, strategy, free));
+            prop_assert_eq!(view.picks(&shape, &fast, strategy, free), view.picks(&shape, &full, strategy, free));
         }
     }
 

@@ -122,7 +122,7 @@ impl<'s> Cycle<'s> {
         nodes.sort_unstable();
         nodes.dedup();
         let avail = |n: u32, nv: &NodeView| nv.free | nv.releasing | (extra.get(&n).copied().unwrap_or(0) & nv.healthy);
-        self.view.assign(shape, &nodes, self.policy.placement, avail)
+        self.view.picks(shape, &nodes, self.policy.placement, avail)
     }
 
     /// Whether victim `c` of another team may be taken: its team holds more than its nominal,

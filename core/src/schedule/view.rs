@@ -16,6 +16,7 @@ use std::borrow::Cow;
 use super::nodes::span;
 pub(crate) use super::nodes::{FlavorIx, NodeView};
 use super::overlay::{NodeOverlay, OverlayScratch};
+use super::place::Placing;
 use super::rows::TeamRows;
 
 /// A cycle's buffers, kept between cycles by a caller that runs many (`schedule_with`): the
@@ -23,6 +24,7 @@ use super::rows::TeamRows;
 #[derive(Debug, Default)]
 pub struct Scratch {
     nodes: OverlayScratch,
+    placing: Placing,
     usage: Vec<u32>,
     ledgers: Vec<Ledger>,
 }
@@ -47,13 +49,15 @@ pub(crate) struct View<'s> {
     pub ledgers: &'s mut Vec<Ledger>,
     /// Nodes that hold releasing devices.
     pub releasing_nodes: Vec<u32>,
+    /// The buffers of a placement (the `Scratch`'s).
+    pub placing: &'s mut Placing,
 }
 
 impl<'s> View<'s> {
     pub fn build(state: &'s State, scratch: &'s mut Scratch) -> Self {
         let nodes = state.node_index();
         let rows = state.team_rows();
-        let Scratch { nodes: buffers, usage, ledgers } = scratch;
+        let Scratch { nodes: buffers, placing, usage, ledgers } = scratch;
         usage.clear();
         usage.extend_from_slice(&rows.usage);
         ledgers.clear();
@@ -69,6 +73,7 @@ impl<'s> View<'s> {
             quota: &rows.quota,
             ledgers,
             releasing_nodes: Vec::new(),
+            placing,
         };
         view.mark_releasing();
         view
