@@ -103,12 +103,12 @@ impl State {
                 Err(reason) => out.rejected.push(Rejection { job: p.victim, reason }),
             }
         }
-        for p in decisions.placements {
+        for mut p in decisions.placements {
             if reject(p.job, out) {
                 continue;
             }
-            match self.check_placement(&p) {
-                Ok(positions) => self.commit_placement(p, &positions, at_ms, out),
+            match self.check_placement(&mut p) {
+                Ok(()) => self.commit_placement(p, at_ms, out),
                 Err(reason) => out.rejected.push(Rejection { job: p.job, reason }),
             }
         }
@@ -163,12 +163,14 @@ impl State {
     }
 
     /// Checks a placement; returns its replicas' node positions.
-    fn check_placement(&self, p: &Placement) -> Result<Vec<usize>, StaleReason> {
+    /// Checks a placement against the state; on success every replica's position hint holds
+    /// its node's position, found here (a plan that came through Raft carries none).
+    fn check_placement(&self, p: &mut Placement) -> Result<(), StaleReason> {
         let job = self.job(p.job).ok_or(StaleReason::UnknownJob)?;
         if job.state != JobState::Pending {
             return Err(StaleReason::WrongState(job.state));
         }
-        let a = &p.assignment;
+        let a = &mut p.assignment;
         let team = &self.data.teams[&job.spec.team];
         if !team.accepts(&job.spec.gang.devices, &a.flavor) {
             return Err(StaleReason::FlavorNotAcceptable(a.flavor.clone()));
@@ -191,22 +193,21 @@ impl State {
                 gang.devices.count
             )))
         };
-        let mut positions = Vec::with_capacity(a.replicas.len());
-        if let [r] = a.replicas.as_slice() {
+        if let [r] = a.replicas.as_mut_slice() {
             // One replica (most jobs): nothing to add up per node.
             shape(r)?;
             let (at, alloc) = self.schedulable_alloc(r)?;
             check_replica_devices(alloc, &r.node, &r.devices, &a.flavor, 0)?;
             self.check_host(at, alloc, gang.cpu_millis, gang.mem_mib)?;
-            positions.push(at);
+            r.position = PositionHint(Some(at as u32));
         } else {
             // Per node position: its allocation, the CPU and memory the replicas there take,
             // and the devices they use.
             let mut host: BTreeMap<usize, (&NodeAlloc, u64, u64, u64)> = BTreeMap::new();
-            for r in &a.replicas {
+            for r in &mut a.replicas {
                 shape(r)?;
                 let (at, alloc) = self.schedulable_alloc(r)?;
-                positions.push(at);
+                r.position = PositionHint(Some(at as u32));
                 let e = host.entry(at).or_insert((alloc, 0, 0, 0));
                 e.3 |= check_replica_devices(alloc, &r.node, &r.devices, &a.flavor, e.3)?;
                 e.1 += gang.cpu_millis;
@@ -220,7 +221,7 @@ impl State {
         let ledger = self.ledger(&a.flavor);
         ledger
             .admit(q, self.team_usage(job, &a.flavor), gang.total_devices(), true)
-            .map(|_| positions)
+            .map(|_| ())
             .map_err(StaleReason::Quota)
     }
 
@@ -247,15 +248,15 @@ impl State {
     /// assignment kept in the job names the state's own node ids, with the positions its
     /// verification found as hints, so that freeing it later looks no node up by name (also
     /// for a plan that came through Raft, which carries no hints).
-    fn commit_placement(&mut self, p: Placement, positions: &[usize], at_ms: u64, out: &mut Outcome) {
+    fn commit_placement(&mut self, p: Placement, at_ms: u64, out: &mut Outcome) {
         let id = p.job;
         let mut assignment = p.assignment;
-        for (r, &at) in assignment.replicas.iter_mut().zip(positions) {
+        for r in &mut assignment.replicas {
+            let at = r.position.0.expect("verification found every node") as usize;
             let own = &self.allocs.ids()[at];
             if !std::sync::Arc::ptr_eq(&own.0, &r.node.0) {
                 r.node = own.clone();
             }
-            r.position = PositionHint(Some(at as u32));
         }
         self.dequeue(id);
         let job = self.data.jobs.get_mut(&id).expect("checked");
