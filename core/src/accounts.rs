@@ -3,8 +3,9 @@
 //! state's hottest counters. A team gets a slot when it is set (and no other team gets one), a
 //! flavor when a team has quota for it or a node brings it; both keep it for the life of the
 //! state (a count that falls to zero stays, as zero), so `charge` updates two vector cells
-//! instead of two ordered maps keyed by names. The accounts also remember the flavors each team
-//! has quota for, which is what a submission and the strict FIFO check before a cycle ask.
+//! instead of two ordered maps keyed by names. The accounts also remember each team's quotas by
+//! flavor slot, which is what a submission, a plan's verification and the strict FIFO check
+//! before a cycle ask.
 //!
 //! Slots follow history, so two states with the same facts may number them differently:
 //! equality, and everything read out by name, goes through the names.
@@ -13,7 +14,7 @@ use crate::ids::TeamId;
 use crate::job::{DeviceRequest, Job};
 use crate::layout::PositionHint;
 use crate::resource::Flavor;
-use crate::team::TeamSpec;
+use crate::team::{FlavorQuota, TeamSpec};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -36,8 +37,8 @@ pub(crate) struct Accounts {
     held: Vec<Vec<u32>>,
     /// Healthy devices nobody holds on schedulable nodes, by flavor slot.
     free: Vec<u64>,
-    /// The flavors each team has quota for, by team slot (as last set).
-    quota_flavors: Vec<Vec<FlavorNo>>,
+    /// Each team's quota per flavor slot, by team slot (as last set).
+    quotas: Vec<Vec<(FlavorNo, FlavorQuota)>>,
 }
 
 impl Accounts {
@@ -96,20 +97,29 @@ impl Accounts {
     }
 
     /// Gives a team and the flavors it has quota for their slots, so that the scheduler's team
-    /// rows find them, and records those flavors as the team's.
+    /// rows find them, and records its quotas by flavor slot.
     pub fn open(&mut self, team: &TeamSpec) {
         let t = self.team_slot(&team.name) as usize;
-        let flavors = team.quotas.keys().map(|f| self.flavor_slot(f)).collect();
-        if self.quota_flavors.len() <= t {
-            self.quota_flavors.resize(t + 1, Vec::new());
+        let quotas = team.quotas.iter().map(|(f, q)| (self.flavor_slot(f), *q)).collect();
+        if self.quotas.len() <= t {
+            self.quotas.resize(t + 1, Vec::new());
         }
-        self.quota_flavors[t] = flavors;
+        self.quotas[t] = quotas;
+    }
+
+    /// Team slot `t`'s quotas, by flavor slot.
+    fn quotas_of(&self, t: TeamNo) -> &[(FlavorNo, FlavorQuota)] {
+        self.quotas.get(t as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// Team slot `t`'s quota of flavor slot `f`, if it has one.
+    pub fn quota(&self, t: TeamNo, f: FlavorNo) -> Option<FlavorQuota> {
+        self.quotas_of(t).iter().find(|(x, _)| *x == f).map(|(_, q)| *q)
     }
 
     /// The flavor slots that team slot `t` has quota for and `request` matches.
     fn usable<'a>(&'a self, t: TeamNo, request: &'a DeviceRequest) -> impl Iterator<Item = usize> + 'a {
-        let flavors = self.quota_flavors.get(t as usize).map_or(&[][..], Vec::as_slice);
-        flavors.iter().map(|&f| f as usize).filter(|&f| request.matches(&self.flavors[f]))
+        self.quotas_of(t).iter().map(|&(f, _)| f as usize).filter(|&f| request.matches(&self.flavors[f]))
     }
 
     /// Whether team slot `t` has quota for some flavor that `request` matches.

@@ -425,3 +425,45 @@ fn a_one_replica_placement_is_checked_like_a_gang() {
     assert!(std::sync::Arc::ptr_eq(&kept.node.0, &own.0), "the job names the state's own node id");
     assert_eq!(kept.position.0, Some(0), "with the position verification found");
 }
+
+#[test]
+fn a_placement_the_team_quota_no_longer_admits_is_refused() {
+    use crate::team::FlavorQuota;
+    let mut s = one_node();
+    let id = submit(&mut s, job("vision", 1, 4), 0);
+    let set = |s: &mut State, nominal, flavors: &[crate::resource::Flavor]| {
+        let q = FlavorQuota { nominal, borrowing_limit: Some(0), lending_limit: None };
+        let quotas = flavors.iter().map(|f| (f.clone(), q)).collect();
+        let team = crate::team::TeamSpec { name: "vision".into(), weight_milli: 1000, quotas };
+        s.apply(Command::SetTeam { team }).unwrap();
+    };
+
+    set(&mut s, 8, &[l4()]);
+    let p = on_one_node(&s, id, 1);
+    assert_eq!(refusal(&mut s, p), Some(StaleReason::FlavorNotAcceptable(h100())), "quota moved to another flavor");
+
+    set(&mut s, 2, &[h100()]);
+    let p = on_one_node(&s, id, 1);
+    assert!(matches!(refusal(&mut s, p), Some(StaleReason::Quota(..))), "4 devices over a nominal of 2, no borrowing");
+
+    let mut p = on_one_node(&s, id, 1);
+    p.assignment.flavor = crate::resource::Flavor::new(crate::resource::AcceleratorKind::Tpu, H100);
+    assert!(matches!(refusal(&mut s, p), Some(StaleReason::FlavorNotAcceptable(..))), "a flavor nobody has");
+
+    set(&mut s, 8, &[h100(), l4()]);
+    let mut l4_only = job("vision", 1, 4);
+    l4_only.gang.devices.models = vec![L4.into()];
+    let picky = submit(&mut s, l4_only, 1);
+    let p = on_one_node(&s, picky, 1);
+    assert_eq!(refusal(&mut s, p), Some(StaleReason::FlavorNotAcceptable(h100())), "the job asks for L4s only");
+
+    let p = on_one_node(&s, id, 1);
+    assert_eq!(refusal(&mut s, p), None);
+    assert_eq!(state_of(&s, id), JobState::Starting);
+
+    set(&mut s, 6, &[h100(), l4()]);
+    let more = submit(&mut s, job("vision", 1, 4), 2);
+    let mut p = on_one_node(&s, more, 2);
+    p.assignment.replicas.remove(0);
+    assert!(matches!(refusal(&mut s, p), Some(StaleReason::Quota(..))), "4 held and 4 more, over a nominal of 6");
+}

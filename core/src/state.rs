@@ -3,7 +3,7 @@
 //! scheduler's node index, the quota totals) are rebuilt on load, so a snapshot carries each
 //! fact once.
 
-use crate::accounts::Accounts;
+use crate::accounts::{Accounts, FlavorNo};
 use crate::ids::{DeviceId, JobId, NodeId, TeamId};
 use crate::job::{GangSpec, Job, JobState};
 use crate::jobset::JobSet;
@@ -225,7 +225,12 @@ impl State {
 
     /// The quota totals of `flavor`.
     pub fn ledger(&self, flavor: &Flavor) -> Ledger {
-        self.accounts.flavor(flavor).and_then(|f| self.slot_ledgers().get(f as usize)).copied().unwrap_or_default()
+        self.accounts.flavor(flavor).map(|f| self.slot_ledger(f)).unwrap_or_default()
+    }
+
+    /// The quota totals of flavor slot `f` of the accounts.
+    pub(crate) fn slot_ledger(&self, f: FlavorNo) -> Ledger {
+        self.slot_ledgers().get(f as usize).copied().unwrap_or_default()
     }
 
     /// The quota totals by flavor slot of the accounts, counted here if teams or nodes changed.

@@ -171,10 +171,12 @@ impl State {
             return Err(StaleReason::WrongState(job.state));
         }
         let a = &mut p.assignment;
-        let team = &self.data.teams[&job.spec.team];
-        if !team.accepts(&job.spec.gang.devices, &a.flavor) {
+        // Every job's team is set, so it has a slot; the flavor has one if a team has quota for it.
+        let t = self.accounts.team_of(job).expect("every job's team has a slot");
+        let quota = self.accounts.flavor(&a.flavor).and_then(|f| Some((f, self.accounts.quota(t, f)?)));
+        let Some((f, q)) = quota.filter(|_| job.spec.gang.devices.matches(&a.flavor)) else {
             return Err(StaleReason::FlavorNotAcceptable(a.flavor.clone()));
-        }
+        };
         let gang = &job.spec.gang;
         if a.replicas.len() != gang.replicas as usize {
             return Err(StaleReason::WrongShape(format!(
@@ -217,10 +219,9 @@ impl State {
                 self.check_host(at, alloc, cpu, mem)?;
             }
         }
-        let q = &team.quotas[&a.flavor];
-        let ledger = self.ledger(&a.flavor);
+        let ledger = self.slot_ledger(f);
         ledger
-            .admit(q, self.team_usage(job, &a.flavor), gang.total_devices(), true)
+            .admit(&q, self.accounts.held_at(t, f), gang.total_devices(), true)
             .map(|_| ())
             .map_err(StaleReason::Quota)
     }
