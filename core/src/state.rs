@@ -519,7 +519,7 @@ impl State {
                 if missing.is_some() {
                     self.team_rows = Derived::default();
                 }
-                self.data.teams.get(&job.spec.team).and_then(|t| t.quotas.get(&a.flavor)).copied()
+                self.accounts.quota(t, f)
             }
         };
         if let Some(ledgers) = self.ledgers.0.get_mut() {
