@@ -30,8 +30,8 @@ pub(crate) struct Accounts {
     flavors: Vec<Flavor>,
     teams: Vec<TeamId>,
     /// Team slots by the hash of their names (`name_hash`), for lookups by name: a submission
-    /// finds its team comparing numbers, and one string at the end (team names often share
-    /// their first bytes, and comparing them was a quarter of checking a submission).
+    /// finds its team comparing numbers, and one string at the end, instead of comparing names
+    /// that often share their first bytes.
     by_hash: Vec<(u64, TeamNo)>,
     /// Devices each team holds: `held[team][flavor]` (rows grow as flavors appear).
     held: Vec<Vec<u32>>,

@@ -162,7 +162,6 @@ impl State {
         }
     }
 
-    /// Checks a placement; returns its replicas' node positions.
     /// Checks a placement against the state; on success every replica's position hint holds
     /// its node's position, found here (a plan that came through Raft carries none).
     fn check_placement(&self, p: &mut Placement) -> Result<(), StaleReason> {
