@@ -117,7 +117,16 @@ impl Accounts {
         self.quotas_of(t).iter().find(|(x, _)| *x == f).map(|(_, q)| *q)
     }
 
-    /// The flavor slots that team slot `t` has quota for and `request` matches.
+    /// Team slot `t`'s quota of flavor slot `f` if the team may use that flavor for `request`:
+    /// the flavor is of the requested kind, among the listed models if any are listed, and the
+    /// team has quota for it. (The cycle tries the acceptable flavors most preferred first: the
+    /// listed models in their order, or every flavor of the kind in flavor order; see
+    /// `View::acceptable`.)
+    pub fn quota_for(&self, t: TeamNo, f: FlavorNo, request: &DeviceRequest) -> Option<FlavorQuota> {
+        self.quota(t, f).filter(|_| request.matches(&self.flavors[f as usize]))
+    }
+
+    /// The flavor slots that team slot `t` may use for `request` (see `quota_for`).
     fn usable<'a>(&'a self, t: TeamNo, request: &'a DeviceRequest) -> impl Iterator<Item = usize> + 'a {
         self.quotas_of(t).iter().map(|&(f, _)| f as usize).filter(|&f| request.matches(&self.flavors[f]))
     }
@@ -221,6 +230,8 @@ fn name_hash(team: &TeamId) -> u64 {
 mod tests {
     use super::*;
     use crate::resource::AcceleratorKind;
+    use crate::testkit::team;
+    use proptest::prelude::*;
 
     fn flavor(model: &str) -> Flavor {
         Flavor::new(AcceleratorKind::Gpu, model)
@@ -243,6 +254,58 @@ mod tests {
         assert_eq!(a.held_total(&"a".into()), 7, "every flavor");
         assert_eq!(a.held(&"b".into(), &flavor("l4")), 0, "a row shorter than the flavors reads zero");
         assert_eq!(a.held(&"zz".into(), &flavor("nope")), 0);
+    }
+
+    const MODELS: [&str; 3] = ["a100", "h100", "v100"];
+
+    fn kind_flavor(k: u8, m: usize) -> Flavor {
+        let kind = if k == 0 { AcceleratorKind::Gpu } else { AcceleratorKind::Tpu };
+        Flavor::new(kind, MODELS[m])
+    }
+
+    /// The acceptable flavors as DESIGN defines them, most preferred first: the listed models
+    /// the team has quota for, or every flavor of the kind it has quota for.
+    fn listed(spec: &TeamSpec, request: &DeviceRequest) -> Vec<Flavor> {
+        if request.models.is_empty() {
+            return spec.quotas.keys().filter(|f| f.kind == request.kind).cloned().collect();
+        }
+        request.models.iter().map(|m| Flavor::new(request.kind, m)).filter(|f| spec.quotas.contains_key(f)).collect()
+    }
+
+    proptest! {
+        /// `quota_for` and the usable flavors answer what the definition lists, for any quotas
+        /// and request.
+        #[test]
+        fn acceptance_agrees_with_the_list(quotas in prop::collection::vec((0u8..2, 0usize..3), 0..6),
+                                           kind in 0u8..2,
+                                           models in prop::collection::vec(0usize..3, 0..3)) {
+            let mut spec = team("t", 0, None);
+            let q = FlavorQuota { nominal: 0, borrowing_limit: None, lending_limit: None };
+            spec.quotas = quotas.iter().map(|&(k, m)| (kind_flavor(k, m), q)).collect();
+            let mut a = Accounts::default();
+            a.open(&spec);
+            let t = a.team(&spec.name).expect("opened");
+            let request = DeviceRequest {
+                kind: kind_flavor(kind, 0).kind,
+                models: models.iter().map(|&m| MODELS[m].to_owned()).collect(),
+                count: 1,
+            };
+            let list = listed(&spec, &request);
+            for k in 0..2 {
+                for m in 0..3 {
+                    let f = kind_flavor(k, m);
+                    let accepted = a.flavor(&f).and_then(|s| a.quota_for(t, s, &request)).is_some();
+                    prop_assert_eq!(accepted, list.contains(&f));
+                }
+            }
+            let mut listed = list.clone();
+            listed.sort();
+            listed.dedup();
+            let mut usable: Vec<Flavor> = a.usable(t, &request).map(|f| a.flavors()[f].clone()).collect();
+            usable.sort();
+            prop_assert_eq!(usable, listed);
+            prop_assert_eq!(a.accepts_any(t, &request), !list.is_empty());
+        }
     }
 
     #[test]

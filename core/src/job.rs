@@ -35,7 +35,7 @@ pub struct DeviceRequest {
 
 impl DeviceRequest {
     /// Whether `flavor` is of the requested kind and, if models are listed, one of them (quota
-    /// aside: see `TeamSpec::accepts`).
+    /// aside: see `Accounts::quota_for`).
     pub fn matches(&self, flavor: &Flavor) -> bool {
         flavor.kind == self.kind && (self.models.is_empty() || self.models.iter().any(|m| **m == *flavor.model))
     }

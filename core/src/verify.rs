@@ -172,8 +172,9 @@ impl State {
         let a = &mut p.assignment;
         // Every job's team is set, so it has a slot; the flavor has one if a team has quota for it.
         let t = self.accounts.team_of(job).expect("every job's team has a slot");
-        let quota = self.accounts.flavor(&a.flavor).and_then(|f| Some((f, self.accounts.quota(t, f)?)));
-        let Some((f, q)) = quota.filter(|_| job.spec.gang.devices.matches(&a.flavor)) else {
+        let request = &job.spec.gang.devices;
+        let quota = self.accounts.flavor(&a.flavor).and_then(|f| Some((f, self.accounts.quota_for(t, f, request)?)));
+        let Some((f, q)) = quota else {
             return Err(StaleReason::FlavorNotAcceptable(a.flavor.clone()));
         };
         let gang = &job.spec.gang;

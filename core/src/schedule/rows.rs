@@ -59,8 +59,8 @@ impl TeamRows {
                 rows.usage.push(accounts.held(id, f));
                 rows.quota.push(spec.quotas.get(f).copied());
             }
-            rows.with_quota
-                .push(sorted.iter().copied().filter(|f| spec.quotas.contains_key(&flavors[*f as usize])).collect());
+            let quota = &rows.quota[row * flavors.len()..];
+            rows.with_quota.push(sorted.iter().copied().filter(|f| quota[*f as usize].is_some()).collect());
             if let Some(t) = accounts.team(id) {
                 set_at(&mut rows.row_of, t as usize, row as u32);
             }

@@ -148,7 +148,7 @@ impl<'s> View<'s> {
         self.rows.row(self.state.accounts.team_of(job)?)
     }
 
-    /// The flavors `team` may use for `request` (see `TeamSpec::accepts`), most preferred
+    /// The flavors `team` may use for `request` (see `Accounts::quota_for`), most preferred
     /// first: the listed models in their order, or every flavor of the kind in flavor order;
     /// interned. Borrowed from the team rows when the request names no model and the team has
     /// quota for flavors of its kind only (the usual case: no list to build per job).
