@@ -352,6 +352,24 @@ fn host_resources_are_summed_over_the_replicas_on_a_node() {
     assert_eq!(state_of(&s, fits), JobState::Starting);
 }
 
+#[test]
+fn each_start_order_names_its_replica_s_devices_sharing_the_assignment_s_list() {
+    let mut s = one_node();
+    let id = submit(&mut s, job("vision", 2, 4), 0);
+    let placements = vec![on_one_node(&s, id, 2)];
+    let out = s.apply(Command::ApplyPlan { decisions: Decisions { placements, ..Decisions::default() }, at_ms: 1 });
+    let out = out.unwrap();
+    let assigned = &s.job(id).unwrap().assignment.as_ref().unwrap().replicas;
+    assert_eq!(out.effects.len(), 2);
+    for e in &out.effects {
+        let crate::command::Effect::Start { job, replica, devices, .. } = e else { panic!("a start: {e:?}") };
+        assert_eq!(*job, id);
+        let own = &assigned[*replica as usize].devices;
+        assert_eq!(devices.len(), 4);
+        assert!(std::sync::Arc::ptr_eq(devices, own), "replica {replica}: the order shares the job's list");
+    }
+}
+
 /// Applies one placement alone; returns why it was refused, if it was.
 fn refusal(s: &mut State, p: Placement) -> Option<StaleReason> {
     let decisions = Decisions { placements: vec![p], ..Decisions::default() };
@@ -365,7 +383,7 @@ fn a_placement_on_a_missing_unusable_or_doubly_used_device_is_refused() {
     let node = s.nodes().keys().next().unwrap().clone();
 
     let mut p = on_one_node(&s, id, 2);
-    p.assignment.replicas[1].devices[3] = "GPU-404".into();
+    std::sync::Arc::make_mut(&mut p.assignment.replicas[1].devices)[3] = "GPU-404".into();
     assert!(matches!(refusal(&mut s, p), Some(StaleReason::WrongDevice(..))));
 
     let mut p = on_one_node(&s, id, 2);
@@ -399,15 +417,16 @@ fn a_one_replica_placement_is_checked_like_a_gang() {
     assert!(matches!(refusal(&mut s, p), Some(StaleReason::HostResources(..))));
 
     let mut p = on_one_node(&s, id, 1);
-    p.assignment.replicas[0].devices.pop();
+    let d = &p.assignment.replicas[0].devices;
+    p.assignment.replicas[0].devices = d[..d.len() - 1].into();
     assert!(matches!(refusal(&mut s, p), Some(StaleReason::WrongShape(..))));
 
     let mut p = on_one_node(&s, id, 1);
-    p.assignment.replicas[0].devices[0] = "GPU-404".into();
+    std::sync::Arc::make_mut(&mut p.assignment.replicas[0].devices)[0] = "GPU-404".into();
     assert!(matches!(refusal(&mut s, p), Some(StaleReason::WrongDevice(..))));
 
     let mut p = on_one_node(&s, id, 1);
-    p.assignment.replicas[0].devices[1] = p.assignment.replicas[0].devices[0].clone();
+    std::sync::Arc::make_mut(&mut p.assignment.replicas[0].devices)[1] = p.assignment.replicas[0].devices[0].clone();
     assert!(matches!(refusal(&mut s, p), Some(StaleReason::DeviceTaken(..))), "one device twice");
 
     let mut p = on_one_node(&s, id, 1);

@@ -7,6 +7,7 @@ use crate::resource::NodeSpec;
 use crate::team::{PriorityClass, TeamSpec};
 use crate::verify::StaleReason;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// A change to the state. Time travels inside the command, so apply never reads a clock.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,8 +114,8 @@ pub enum Effect {
         replica: u32,
         /// The node.
         node: NodeId,
-        /// The devices to expose.
-        devices: Vec<DeviceId>,
+        /// The devices to expose (the job's assignment's list, shared).
+        devices: Arc<[DeviceId]>,
     },
     /// Signal a job's processes on a node, then kill them after the grace period.
     Stop {

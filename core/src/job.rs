@@ -6,6 +6,7 @@ use crate::resource::{AcceleratorKind, Flavor};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// A job's latest status message: borrowed for the fixed texts of the common steps, so the hot
 /// path of a job's life allocates none; encoded as a plain string.
@@ -170,8 +171,8 @@ pub enum StopReason {
 pub struct ReplicaAssignment {
     /// The node.
     pub node: NodeId,
-    /// The devices on it, `count` of them.
-    pub devices: Vec<DeviceId>,
+    /// The devices on it, `count` of them; shared with the start orders that name them.
+    pub devices: Arc<[DeviceId]>,
     /// Where the node was in the state's node order (set by the scheduler, and again when the
     /// placement is applied): spares looking it up by name while it still holds (not encoded,
     /// and no part of the assignment's value).

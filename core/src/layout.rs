@@ -215,7 +215,8 @@ mod tests {
 
     #[test]
     fn a_hint_is_not_part_of_an_assignment() {
-        let r = |hint| ReplicaAssignment { node: "n".into(), devices: vec!["g".into()], position: PositionHint(hint) };
+        let r =
+            |hint| ReplicaAssignment { node: "n".into(), devices: ["g".into()].into(), position: PositionHint(hint) };
         assert_eq!(r(Some(3)), r(None));
         assert_eq!(r(Some(3)).cmp(&r(Some(4))), std::cmp::Ordering::Equal);
         let json = serde_json::to_string(&r(Some(3))).unwrap();

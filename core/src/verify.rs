@@ -12,6 +12,7 @@ use crate::resource::Flavor;
 use crate::state::{NodeAlloc, State};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use thiserror::Error;
 
 /// Why a decision of a plan no longer holds.
@@ -271,7 +272,7 @@ impl State {
                 job: id,
                 replica: i as u32,
                 node: r.node.clone(),
-                devices: r.devices.clone(),
+                devices: Arc::clone(&r.devices),
             });
         }
         job.assignment = Some(assignment);

@@ -15,7 +15,7 @@ pub(crate) fn invariants(sim: &Sim<'_>) -> Result<(), String> {
                 holding += 1;
                 let a = job.assignment.as_ref().ok_or(format!("job {} holds devices without an assignment", job.id))?;
                 for r in &a.replicas {
-                    for d in &r.devices {
+                    for d in r.devices.iter() {
                         if !held.insert((r.node.clone(), d.clone())) {
                             return Err(format!(
                                 "device {d} on node {} is held by two jobs (one is {})",

@@ -213,12 +213,15 @@ impl<'s> Cycle<'s> {
             .iter()
             .map(|p| {
                 let ids = self.view.device_ids(p.node);
-                let mut devices = Vec::with_capacity(p.mask.count_ones() as usize);
+                // Mapped from a range, so that the shared list is allocated once, at its size.
                 let mut mask = p.mask;
-                while mask != 0 {
-                    devices.push(ids[mask.trailing_zeros() as usize].clone());
-                    mask &= mask - 1;
-                }
+                let devices = (0..mask.count_ones())
+                    .map(|_| {
+                        let i = mask.trailing_zeros() as usize;
+                        mask &= mask - 1;
+                        ids[i].clone()
+                    })
+                    .collect();
                 ReplicaAssignment {
                     node: self.view.node_ids[p.node as usize].clone(),
                     devices,

@@ -153,7 +153,7 @@ fn check_devices(s: &State) -> Result<(), TestCaseError> {
     for j in s.jobs().values().filter(|j| j.state.holds_devices()) {
         let a = j.assignment.as_ref().expect("a job holding devices has an assignment");
         for r in &a.replicas {
-            for d in &r.devices {
+            for d in r.devices.iter() {
                 prop_assert!(held.insert((r.node.clone(), d.clone())), "device {d} on {} held twice", r.node);
                 let alloc = s.alloc(&r.node).unwrap();
                 let i = alloc.layout.device_index(d).unwrap();
