@@ -7,7 +7,7 @@ use crate::error::{ApplyError, FieldError};
 use crate::ids::{JobId, NodeId, TeamId};
 use crate::job::{counted, Job, JobSpec, JobState, StopReason};
 use crate::layout::PositionHint;
-use crate::limits::{validate_job, validate_node, validate_team, MAX_BATCH};
+use crate::limits::{validate_job_with, validate_node, validate_team, MAX_BATCH};
 use crate::resource::{Node, NodeSpec, NodeStatus};
 use crate::state::{NodeLayout, State};
 use crate::team::{PriorityClass, TeamSpec};
@@ -173,10 +173,9 @@ impl State {
     /// every team set a slot (and no other team one) and remember the flavors it has quota for.
     fn check_submission(&self, spec: &JobSpec, i: usize) -> Result<Checked, ApplyError> {
         let field = || format!("jobs[{i}]");
-        validate_job(spec).map_err(|e| e.within(&field()))?;
-        let slot = self
-            .accounts
-            .team(&spec.team)
+        let slot = self.accounts.team(&spec.team);
+        validate_job_with(spec, slot.is_some()).map_err(|e| e.within(&field()))?;
+        let slot = slot
             .ok_or_else(|| ApplyError::UnknownTeam { field: format!("{}.team", field()), team: spec.team.clone() })?;
         debug_assert!(self.data.teams.contains_key(&spec.team), "the accounts know only the teams set");
         if !self.accounts.accepts_any(slot, &spec.gang.devices) {

@@ -1,7 +1,7 @@
 use crate::command::{Command, Effect};
 use crate::error::ApplyError;
 use crate::ids::{JobId, NodeId, TeamId};
-use crate::job::{JobState, StopReason};
+use crate::job::{JobSpec, JobState, StopReason};
 use crate::plan::{Decisions, Placement};
 use crate::policy::PolicyConfig;
 use crate::state::State;
@@ -36,6 +36,26 @@ fn a_bad_job_refuses_the_whole_batch_and_names_the_field() {
         s.apply(Command::Submit { jobs: vec![job("vision", 1, 1)], at_ms: 0 }).unwrap().submitted,
         vec![JobId(1)]
     );
+}
+
+#[test]
+fn a_team_name_is_checked_unless_the_team_was_set_and_other_fields_are_checked_either_way() {
+    let mut s = one_node();
+    let field = |s: &mut State, spec: JobSpec| match s.apply(Command::Submit { jobs: vec![spec], at_ms: 0 }) {
+        Err(ApplyError::Invalid(f)) => f.field,
+        Err(ApplyError::UnknownTeam { field, .. }) => format!("unknown {field}"),
+        other => panic!("unexpected {other:?}"),
+    };
+    let mut bad = job("vision", 1, 1);
+    bad.team = TeamId("vi\u{7}sion".into());
+    assert_eq!(field(&mut s, bad), "jobs[0].team", "an unset team's bad name");
+    assert_eq!(field(&mut s, job("nobody", 1, 1)), "unknown jobs[0].team");
+    let mut bad = job("vision", 1, 1);
+    bad.name = " ".into();
+    assert_eq!(field(&mut s, bad), "jobs[0].name", "a set team's job still has its own name checked");
+    let mut bad = job("vision", 1, 1);
+    bad.gang.devices.count = 0;
+    assert_eq!(field(&mut s, bad), "jobs[0].gang.devices.count");
 }
 
 #[test]
@@ -362,7 +382,7 @@ fn each_start_order_names_its_replica_s_devices_sharing_the_assignment_s_list() 
     let assigned = &s.job(id).unwrap().assignment.as_ref().unwrap().replicas;
     assert_eq!(out.effects.len(), 2);
     for e in &out.effects {
-        let crate::command::Effect::Start { job, replica, devices, .. } = e else { panic!("a start: {e:?}") };
+        let Effect::Start { job, replica, devices, .. } = e else { panic!("a start: {e:?}") };
         assert_eq!(*job, id);
         let own = &assigned[*replica as usize].devices;
         assert_eq!(devices.len(), 4);
