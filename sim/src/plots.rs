@@ -72,8 +72,7 @@ fn days(ms: u64) -> f64 {
 
 /// The empirical CDF of the JCTs of completed jobs, in hours.
 fn jct_cdf(records: &[JobRecord]) -> Vec<(f64, f64)> {
-    let mut jct: Vec<f64> = records.iter().filter_map(JobRecord::jct_s).map(|s| s / 3600.0).collect();
-    jct.sort_by(f64::total_cmp);
+    let jct = crate::metrics::sorted(records.iter().filter_map(JobRecord::jct_s).map(|s| s / 3600.0).collect());
     let n = jct.len().max(1) as f64;
     let step = (jct.len() / 500).max(1);
     jct.iter()
