@@ -167,8 +167,8 @@ fn mean(v: &[f64]) -> f64 {
 
 /// Sorts times (waits, JCTs: never negative, never NaN), in linear time: a radix sort by the
 /// bits (`radsort`), whose order on such values is `total_cmp`'s, and values equal under it are
-/// the same bits, so the sequence is the one a comparison sort gives (three sorts of every job
-/// were a tenth of a run's instructions outside its events).
+/// the same bits, so the sequence is the one a comparison sort gives (the summary sorts every
+/// job's times three times, the JCT plot once more).
 pub(crate) fn sorted(mut v: Vec<f64>) -> Vec<f64> {
     radsort::sort(&mut v);
     v
