@@ -3,15 +3,17 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use qm_sim::cluster::Cluster;
 use qm_sim::engine::{FailureModel, RunConfig};
 use qm_sim::policy::{Placement, Policy};
 use qm_sim::trace::synthetic::Synthetic;
 use qm_sim::trace::{self, Format, TraceJob};
 use qm_sim::{output, plots, Report};
+use rayon::prelude::*;
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -33,6 +35,8 @@ pub enum SimCommand {
         /// Policies to compare (repeat the flag); all of them when absent.
         #[arg(long)]
         policy: Vec<String>,
+        #[command(flatten)]
+        threads: Threads,
     },
     /// Vary a node pool's size or a team's nominal quota over a range; report p95 wait and
     /// utilization per step, and plot them.
@@ -46,7 +50,18 @@ pub enum SimCommand {
         /// `quota:TEAM=FROM..TO[:STEP]`.
         #[arg(long)]
         vary: String,
+        #[command(flatten)]
+        threads: Threads,
     },
+}
+
+/// How many of a command's runs go at once.
+#[derive(Debug, Args)]
+pub struct Threads {
+    /// Runs at once, one per thread; as many as this machine has CPUs when absent. The outputs
+    /// do not depend on it.
+    #[arg(long)]
+    threads: Option<NonZeroUsize>,
 }
 
 /// What every simulator command takes.
@@ -142,15 +157,17 @@ fn config(c: &Common, policy: Policy, placement: Placement) -> RunConfig {
     }
 }
 
-/// A progress bar that appears only on a terminal, and only once a run has taken a second.
-fn progress(label: &str) -> impl FnMut(u64, u64) {
+/// A progress bar that appears on `bars` (the terminal's, when there is one) once a run has
+/// taken a second.
+fn progress(label: &str, bars: &MultiProgress) -> impl FnMut(u64, u64) {
     let started = Instant::now();
-    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
-    let terminal = std::io::stderr().is_terminal();
-    let label = label.to_owned();
+    let bar = ProgressBar::hidden();
+    let (terminal, mut shown) = (std::io::stderr().is_terminal(), false);
+    let (label, bars) = (label.to_owned(), bars.clone());
     move |done, total| {
-        if terminal && bar.is_hidden() && started.elapsed() > Duration::from_secs(1) {
-            bar.set_draw_target(ProgressDrawTarget::stderr());
+        if terminal && !shown && started.elapsed() > Duration::from_secs(1) {
+            shown = true;
+            bars.add(bar.clone());
             bar.set_style(
                 ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} jobs ended").expect("valid template"),
             );
@@ -161,8 +178,8 @@ fn progress(label: &str) -> impl FnMut(u64, u64) {
     }
 }
 
-fn simulate(l: &Loaded, cluster: &Cluster, config: &RunConfig) -> Result<Report> {
-    let report = qm_sim::simulate(cluster, l.jobs.clone(), l.skipped, config, progress(config.policy.name()));
+fn simulate(l: &Loaded, cluster: &Cluster, config: &RunConfig, label: &str, bars: &MultiProgress) -> Result<Report> {
+    let report = qm_sim::simulate(cluster, l.jobs.clone(), l.skipped, config, progress(label, bars));
     report.map_err(|e| match e {
         qm_sim::SimError::Invariant { .. } => {
             let args: Vec<String> = std::env::args().collect();
@@ -172,21 +189,35 @@ fn simulate(l: &Loaded, cluster: &Cluster, config: &RunConfig) -> Result<Report>
     })
 }
 
+/// `run` on every item, `threads` at a time, with the results in item order. Of several
+/// errors, the first in item order is returned, so what is reported does not depend on timing.
+fn each<T: Sync, R: Send>(
+    items: &[T],
+    threads: &Threads,
+    run: impl Fn(&T) -> Result<R> + Send + Sync,
+) -> Result<Vec<R>> {
+    let cpus = || std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    let threads = threads.threads.map_or_else(cpus, NonZeroUsize::get).min(items.len()).max(1);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("starting the run threads")?;
+    pool.install(|| items.par_iter().map(run).collect::<Vec<_>>()).into_iter().collect()
+}
+
 /// Runs `qm sim ...`.
 pub fn run(cmd: &SimCommand) -> Result<()> {
     match cmd {
         SimCommand::Run { common, policy } => {
             let policy: Policy = policy.parse().map_err(anyhow::Error::msg).context("--policy")?;
             let l = load(common)?;
-            let report = simulate(&l, &l.cluster, &config(common, policy, l.placement))?;
+            let report =
+                simulate(&l, &l.cluster, &config(common, policy, l.placement), policy.name(), &MultiProgress::new())?;
             write_one(&common.out, &report)?;
             print!("{}", output::table(&report.summary));
             print_unfit(&report);
             println!("wrote {}", common.out.display());
             Ok(())
         }
-        SimCommand::Compare { common, policy } => compare(common, policy),
-        SimCommand::Sweep { common, policy, vary } => sweep(common, policy, vary),
+        SimCommand::Compare { common, policy, threads } => compare(common, policy, threads),
+        SimCommand::Sweep { common, policy, vary, threads } => sweep(common, policy, vary, threads),
     }
 }
 
@@ -205,19 +236,19 @@ fn print_unfit(report: &Report) {
     }
 }
 
-fn compare(common: &Common, names: &[String]) -> Result<()> {
+fn compare(common: &Common, names: &[String], threads: &Threads) -> Result<()> {
     let policies: Vec<Policy> = if names.is_empty() {
         Policy::ALL.to_vec()
     } else {
         names.iter().map(|p| p.parse().map_err(anyhow::Error::msg).context("--policy")).collect::<Result<_>>()?
     };
     let l = load(common)?;
-    let mut reports = Vec::new();
-    for p in policies {
-        let report = simulate(&l, &l.cluster, &config(common, p, l.placement))?;
+    let bars = MultiProgress::new();
+    let reports = each(&policies, threads, |&p| {
+        let report = simulate(&l, &l.cluster, &config(common, p, l.placement), p.name(), &bars)?;
         write_one(&common.out.join(p.name()), &report)?;
-        reports.push(report);
-    }
+        Ok(report)
+    })?;
     let refs: Vec<&Report> = reports.iter().collect();
     plots::jct_plot(&common.out.join("jct_cdf.svg"), &refs)?;
     let summaries: Vec<_> = reports.iter().map(|r| r.summary.clone()).collect();
@@ -249,23 +280,28 @@ fn parse_vary(spec: &str) -> Result<Vary> {
     Ok(Vary { kind: kind.to_owned(), name: name.to_owned(), steps: (from..=to).step_by(step as usize).collect() })
 }
 
-fn sweep(common: &Common, policy: &str, vary: &str) -> Result<()> {
+fn sweep(common: &Common, policy: &str, vary: &str, threads: &Threads) -> Result<()> {
     let policy: Policy = policy.parse().map_err(anyhow::Error::msg).context("--policy")?;
     let v = parse_vary(vary)?;
     let l = load(common)?;
     let teams = qm_sim::team_names(&l.jobs);
-    let mut rows = Vec::new();
-    let mut table =
-        format!("{:>8} {:>10} {:>14} {:>12} {:>10}\n", v.kind, "completed", "p95 wait (h)", "avg JCT (h)", "util");
-    for &step in &v.steps {
+    let bars = MultiProgress::new();
+    let summaries = each(&v.steps, threads, |&step| {
         let cluster = match v.kind.as_str() {
             "pool" => l.cluster.with_pool_size(&v.name, step),
             _ => l.cluster.with_nominal(&teams, &v.name, step),
         }
         .map_err(anyhow::Error::msg)
         .context("--vary")?;
-        let report = simulate(&l, &cluster, &config(common, policy, l.placement))?;
-        let s = &report.summary;
+        let label = format!("{} {step}", v.kind);
+        let report = simulate(&l, &cluster, &config(common, policy, l.placement), &label, &bars)?;
+        output::write_run(&common.out.join(format!("{}-{step}", v.kind)), &report)?;
+        Ok(report.summary)
+    })?;
+    let mut table =
+        format!("{:>8} {:>10} {:>14} {:>12} {:>10}\n", v.kind, "completed", "p95 wait (h)", "avg JCT (h)", "util");
+    let mut rows = Vec::new();
+    for (&step, s) in v.steps.iter().zip(&summaries) {
         table += &format!(
             "{step:>8} {:>10} {:>14.2} {:>12.2} {:>10.3}\n",
             s.jobs_completed,
@@ -273,7 +309,6 @@ fn sweep(common: &Common, policy: &str, vary: &str) -> Result<()> {
             s.avg_jct_s / 3600.0,
             s.gpu_utilization
         );
-        output::write_run(&common.out.join(format!("{}-{step}", v.kind)), &report)?;
         rows.push((f64::from(step), s.p95_wait_s, s.gpu_utilization));
     }
     std::fs::create_dir_all(&common.out)?;

@@ -114,6 +114,63 @@ fn sim_run_writes_the_summary_the_jobs_and_the_plots() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// Every file under `dir`, by path relative to it, with its bytes.
+fn files(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                out.insert(path.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn sim_compare_and_sweep_write_the_same_files_on_one_thread_or_several() {
+    let base = std::env::temp_dir().join(format!("qm-sim-threads-{}", std::process::id()));
+    let tables =
+        |o: &Output| text(&o.stdout).lines().filter(|l| !l.starts_with("wrote")).collect::<Vec<_>>().join("\n");
+    let policies = ["--policy", "strict-fifo", "--policy", "las", "--policy", "default"];
+    let mut written = Vec::new();
+    for threads in ["1", "3"] {
+        let out = base.join(threads);
+        let cmp = sim("compare", &out.join("compare"), &[&policies[..], &["--threads", threads]].concat());
+        assert!(cmp.status.success(), "{}", text(&cmp.stderr));
+        let sweep = sim("sweep", &out.join("sweep"), &["--vary", "pool:node=2..4", "--threads", threads]);
+        assert!(sweep.status.success(), "{}", text(&sweep.stderr));
+        written.push((files(&out), tables(&cmp), tables(&sweep)));
+    }
+    let (one, several) = (&written[0], &written[1]);
+    for expected in ["compare/las/jobs.csv", "compare/comparison.txt", "sweep/pool-4/summary.json", "sweep/sweep.svg"] {
+        assert!(one.0.contains_key(std::path::Path::new(expected)), "{expected}: {:?}", one.0.keys());
+    }
+    assert_eq!(one.0.keys().collect::<Vec<_>>(), several.0.keys().collect::<Vec<_>>());
+    for (path, bytes) in &one.0 {
+        assert!(*bytes == several.0[path], "{} differs between one thread and three", path.display());
+    }
+    assert_eq!((&one.1, &one.2), (&several.1, &several.2));
+    let header = one.1.lines().next().unwrap_or_default();
+    let at = |p: &str| header.find(p).unwrap_or_else(|| panic!("{p} in {header}"));
+    assert!(at("strict-fifo") < at("las") && at("las") < at("default"), "{header}");
+    let steps: Vec<&str> = one.2.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(steps, ["2", "3", "4"]);
+    let alone = sim("run", &base.join("las"), &["--policy", "las"]);
+    assert!(alone.status.success(), "{}", text(&alone.stderr));
+    for file in ["summary.json", "jobs.csv"] {
+        let ran = std::fs::read(base.join("las").join(file)).unwrap();
+        assert!(ran == one.0[&std::path::Path::new("compare/las").join(file)], "{file}: compare and run differ");
+    }
+    let out = sim("sweep", &base.join("zero"), &["--vary", "pool:node=2..4", "--threads", "0"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("--threads"), "{}", text(&out.stderr));
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
 #[test]
 fn sim_bad_input_names_file_line_and_field() {
     let dir = std::env::temp_dir().join(format!("qm-sim-bad-{}", std::process::id()));
