@@ -75,7 +75,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Plan(args) => plan::run(&args),
-        Command::Sim(cmd) => sim::run(&cmd),
+        Command::Sim(cmd) => sim::run(&cmd, cli.target.json()),
         Command::Server(args) => server::serve(&args),
         Command::Dev(args) => server::dev(&args),
         Command::Client(cmd) => client::run(&cli.target, &cmd),

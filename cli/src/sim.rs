@@ -6,11 +6,13 @@ use clap::{Args, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use qm_sim::cluster::Cluster;
 use qm_sim::engine::{FailureModel, RunConfig};
+use qm_sim::metrics::Summary;
 use qm_sim::policy::{Placement, Policy};
 use qm_sim::trace::synthetic::Synthetic;
 use qm_sim::trace::{self, Format, TraceJob};
 use qm_sim::{output, plots, Report};
 use rayon::prelude::*;
+use serde::Serialize;
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::num::NonZeroUsize;
@@ -202,8 +204,9 @@ fn each<T: Sync, R: Send>(
     pool.install(|| items.par_iter().map(run).collect::<Vec<_>>()).into_iter().collect()
 }
 
-/// Runs `qm sim ...`.
-pub fn run(cmd: &SimCommand) -> Result<()> {
+/// Runs `qm sim ...`; `json` prints what the tables say as JSON instead (summaries as in
+/// `summary.json`), and nothing else.
+pub fn run(cmd: &SimCommand, json: bool) -> Result<()> {
     match cmd {
         SimCommand::Run { common, policy } => {
             let policy: Policy = policy.parse().map_err(anyhow::Error::msg).context("--policy")?;
@@ -211,14 +214,22 @@ pub fn run(cmd: &SimCommand) -> Result<()> {
             let report =
                 simulate(&l, &l.cluster, &config(common, policy, l.placement), policy.name(), &MultiProgress::new())?;
             write_one(&common.out, &report)?;
+            if json {
+                return print_json(&report.summary);
+            }
             print!("{}", output::table(&report.summary));
             print_unfit(&report);
             println!("wrote {}", common.out.display());
             Ok(())
         }
-        SimCommand::Compare { common, policy, threads } => compare(common, policy, threads),
-        SimCommand::Sweep { common, policy, vary, threads } => sweep(common, policy, vary, threads),
+        SimCommand::Compare { common, policy, threads } => compare(common, policy, threads, json),
+        SimCommand::Sweep { common, policy, vary, threads } => sweep(common, policy, vary, threads, json),
     }
+}
+
+fn print_json(value: &impl Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
 }
 
 fn write_one(dir: &Path, report: &Report) -> Result<()> {
@@ -236,7 +247,7 @@ fn print_unfit(report: &Report) {
     }
 }
 
-fn compare(common: &Common, names: &[String], threads: &Threads) -> Result<()> {
+fn compare(common: &Common, names: &[String], threads: &Threads, json: bool) -> Result<()> {
     let policies: Vec<Policy> = if names.is_empty() {
         Policy::ALL.to_vec()
     } else {
@@ -254,6 +265,9 @@ fn compare(common: &Common, names: &[String], threads: &Threads) -> Result<()> {
     let summaries: Vec<_> = reports.iter().map(|r| r.summary.clone()).collect();
     let table = output::comparison(&summaries);
     std::fs::write(common.out.join("comparison.txt"), &table).context("writing comparison.txt")?;
+    if json {
+        return print_json(&summaries);
+    }
     print!("{table}");
     println!("wrote {}", common.out.display());
     Ok(())
@@ -280,7 +294,16 @@ fn parse_vary(spec: &str) -> Result<Vary> {
     Ok(Vary { kind: kind.to_owned(), name: name.to_owned(), steps: (from..=to).step_by(step as usize).collect() })
 }
 
-fn sweep(common: &Common, policy: &str, vary: &str, threads: &Threads) -> Result<()> {
+/// One step of a sweep, as `--json` prints it.
+#[derive(Serialize)]
+struct Step<'a> {
+    vary: &'a str,
+    name: &'a str,
+    step: u32,
+    summary: &'a Summary,
+}
+
+fn sweep(common: &Common, policy: &str, vary: &str, threads: &Threads, json: bool) -> Result<()> {
     let policy: Policy = policy.parse().map_err(anyhow::Error::msg).context("--policy")?;
     let v = parse_vary(vary)?;
     let l = load(common)?;
@@ -315,6 +338,11 @@ fn sweep(common: &Common, policy: &str, vary: &str, threads: &Threads) -> Result
     let what = format!("{} {}", v.kind, v.name);
     plots::sweep_plot(&common.out.join("sweep.svg"), &what, &rows)?;
     std::fs::write(common.out.join("sweep.txt"), &table)?;
+    if json {
+        let steps = v.steps.iter().zip(&summaries);
+        let (vary, name) = (v.kind.as_str(), v.name.as_str());
+        return print_json(&steps.map(|(&step, summary)| Step { vary, name, step, summary }).collect::<Vec<_>>());
+    }
     print!("{table}");
     println!("wrote {}", common.out.display());
     Ok(())

@@ -172,6 +172,34 @@ fn sim_compare_and_sweep_write_the_same_files_on_one_thread_or_several() {
 }
 
 #[test]
+fn sim_commands_print_json_for_scripts() {
+    let out = std::env::temp_dir().join(format!("qm-sim-json-{}", std::process::id()));
+    let json = |o: &Output| -> serde_json::Value {
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o.stdout)))
+    };
+    let run = json(&sim("run", &out.join("run"), &["--policy", "las", "--json"]));
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("run/summary.json")).unwrap()).unwrap();
+    assert_eq!(run, written);
+    assert_eq!(run["policy"], "las");
+    let cmp = json(&sim("compare", &out.join("cmp"), &["--policy", "sjf", "--policy", "backfill", "--json"]));
+    let policies: Vec<&str> = cmp.as_array().unwrap().iter().map(|s| s["policy"].as_str().unwrap()).collect();
+    assert_eq!(policies, ["sjf", "backfill"]);
+    let sweep = json(&sim("sweep", &out.join("sweep"), &["--vary", "pool:node=2..4", "--json"]));
+    let steps = sweep.as_array().unwrap();
+    assert_eq!(steps.iter().map(|s| s["step"].as_u64().unwrap()).collect::<Vec<_>>(), [2, 3, 4]);
+    for s in steps {
+        assert_eq!((s["vary"].as_str(), s["name"].as_str()), (Some("pool"), Some("node")));
+        let step = s["step"].as_u64().unwrap();
+        let path = out.join(format!("sweep/pool-{step}/summary.json"));
+        let written: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        assert_eq!(s["summary"], written, "step {step}");
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
 fn sim_bad_input_names_file_line_and_field() {
     let dir = std::env::temp_dir().join(format!("qm-sim-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -32,6 +32,14 @@ pub struct Target {
     json: bool,
 }
 
+impl Target {
+    /// Whether `--json` asks for JSON instead of tables (every command that prints a table
+    /// honours it).
+    pub fn json(&self) -> bool {
+        self.json
+    }
+}
+
 /// The client commands.
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
