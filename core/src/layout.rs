@@ -5,12 +5,17 @@
 
 use crate::ids::{DeviceId, JobId, NodeId};
 use crate::resource::{Flavor, Health, NodeSpec};
+use std::sync::Arc;
 
 /// A node's devices as bit masks, computed once per registration for the scheduler.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeLayout {
     /// The device ids, in inventory order (bit `i` of a mask is device `i`).
     pub devices: Vec<DeviceId>,
+    /// Each device alone, as the shared list that an assignment of that one device holds:
+    /// built once per registration, so that placing a one-device replica (most jobs of real
+    /// traces) allocates no list and freeing it frees none.
+    pub singles: Vec<Arc<[DeviceId]>>,
     /// Devices of each flavor, in order of first appearance.
     pub slots: Vec<(Flavor, u64)>,
     /// Devices of each locality group (NVLink domain and NUMA node).
@@ -30,6 +35,7 @@ impl NodeLayout {
     pub fn of(spec: &NodeSpec) -> Self {
         let mut layout = Self {
             devices: spec.devices.iter().map(|d| d.id.clone()).collect(),
+            singles: spec.devices.iter().map(|d| Arc::from([d.id.clone()])).collect(),
             rack: spec.rack().map(str::to_owned),
             cpu_millis: spec.cpu_millis,
             mem_mib: spec.mem_mib,
@@ -61,7 +67,7 @@ impl NodeLayout {
     /// pointer equality finds them without comparing strings.
     pub fn device_index(&self, id: &DeviceId) -> Option<usize> {
         let ids = &self.devices;
-        ids.iter().position(|d| std::sync::Arc::ptr_eq(&d.0, &id.0)).or_else(|| ids.iter().position(|d| d == id))
+        ids.iter().position(|d| Arc::ptr_eq(&d.0, &id.0)).or_else(|| ids.iter().position(|d| d == id))
     }
 
     /// The devices among `ids` that this node has, as a mask (ids it lacks are left out).
@@ -143,7 +149,7 @@ impl NodeAllocs {
     /// (ids are unique, so that id is the node's own).
     pub fn locate(&self, id: &NodeId, hint: PositionHint) -> Option<usize> {
         match hint.0.map(|h| h as usize) {
-            Some(h) if self.ids.get(h).is_some_and(|at| std::sync::Arc::ptr_eq(&at.0, &id.0)) => Some(h),
+            Some(h) if self.ids.get(h).is_some_and(|at| Arc::ptr_eq(&at.0, &id.0)) => Some(h),
             _ => self.position(id),
         }
     }

@@ -211,22 +211,10 @@ impl<'s> Cycle<'s> {
     fn assignment(&self, f: FlavorIx, picks: &[Pick]) -> Assignment {
         let replicas = picks
             .iter()
-            .map(|p| {
-                let ids = self.view.device_ids(p.node);
-                // Mapped from a range, so that the shared list is allocated once, at its size.
-                let mut mask = p.mask;
-                let devices = (0..mask.count_ones())
-                    .map(|_| {
-                        let i = mask.trailing_zeros() as usize;
-                        mask &= mask - 1;
-                        ids[i].clone()
-                    })
-                    .collect();
-                ReplicaAssignment {
-                    node: self.view.node_ids[p.node as usize].clone(),
-                    devices,
-                    position: PositionHint(Some(p.node)),
-                }
+            .map(|p| ReplicaAssignment {
+                node: self.view.node_ids[p.node as usize].clone(),
+                devices: self.view.device_list(p.node, p.mask),
+                position: PositionHint(Some(p.node)),
             })
             .collect();
         Assignment { flavor: self.view.flavors[f as usize].clone(), replicas }

@@ -348,3 +348,21 @@ fn a_request_naming_no_model_takes_the_flavors_of_its_kind_in_flavor_order() {
     assert_eq!(node_of_job(on_tpu), "t");
     assert_eq!(node_of_job(second), "l", "GPUs only, once the H100s are taken");
 }
+
+#[test]
+fn a_one_device_replica_shares_its_node_s_list_of_that_device_and_larger_ones_list_theirs() {
+    let mut s = cluster(1, &[("vision", 8, None)]);
+    let one = submit(&mut s, job("vision", 1, 1), 0);
+    let three = submit(&mut s, job("vision", 1, 3), 0);
+    let plan = schedule(&s, &PolicyConfig::default(), 0);
+    let replica = |id| &plan.decisions.placements.iter().find(|p| p.job == id).unwrap().assignment.replicas[0];
+    let layout = &s.allocs.at(0).layout;
+    let single = &replica(one).devices;
+    assert_eq!(single.len(), 1);
+    let i = layout.device_index(&single[0]).unwrap();
+    assert!(std::sync::Arc::ptr_eq(single, &layout.singles[i]), "the layout's own list, not a new one");
+    let listed = &replica(three).devices;
+    let positions: Vec<usize> = listed.iter().map(|d| layout.device_index(d).unwrap()).collect();
+    assert_eq!(positions.len(), 3);
+    assert!(positions.windows(2).all(|w| w[0] < w[1]) && !positions.contains(&i), "{positions:?}, single {i}");
+}

@@ -12,6 +12,7 @@ use crate::resource::Flavor;
 use crate::state::State;
 use crate::team::FlavorQuota;
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use super::nodes::span;
 pub(crate) use super::nodes::{FlavorIx, NodeView};
@@ -100,9 +101,20 @@ impl<'s> View<'s> {
         self.nodes.bucket_count(f)
     }
 
-    /// Node `n`'s device ids, in inventory order.
-    pub fn device_ids(&self, n: u32) -> &'s [DeviceId] {
-        &self.state.allocs.at(n as usize).layout.devices
+    /// Node `n`'s devices in `mask`, in inventory order, as the list an assignment shares:
+    /// the layout's own for one device; else built once, at its size (mapped from a range).
+    pub fn device_list(&self, n: u32, mut mask: u64) -> Arc<[DeviceId]> {
+        let layout = &self.state.allocs.at(n as usize).layout;
+        if mask.count_ones() == 1 {
+            return Arc::clone(&layout.singles[mask.trailing_zeros() as usize]);
+        }
+        (0..mask.count_ones())
+            .map(|_| {
+                let i = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                layout.devices[i].clone()
+            })
+            .collect()
     }
 
     /// Number of distinct racks.
