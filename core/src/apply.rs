@@ -200,7 +200,13 @@ impl State {
     }
 
     fn job_mut(&mut self, id: JobId) -> Result<&mut Job, ApplyError> {
-        self.data.jobs.get_mut(&id).ok_or(ApplyError::UnknownJob(id))
+        self.data.jobs.get_mut(&id).ok_or_else(|| ApplyError::UnknownJob(id))
+    }
+
+    /// The job, to read: unlike `job_mut`, copies no chunk of the job table that a snapshot
+    /// still shares.
+    fn job_ref(&self, id: JobId) -> Result<&Job, ApplyError> {
+        self.data.jobs.get(&id).ok_or_else(|| ApplyError::UnknownJob(id))
     }
 
     fn cancel(&mut self, id: JobId, at_ms: u64, out: &mut Outcome) -> Result<(), ApplyError> {
@@ -260,8 +266,8 @@ impl State {
 
     /// Refuses a report about an attempt other than the job's current one (a late exit of a
     /// preempted attempt must not end the attempt that replaced it).
-    fn check_attempt(&mut self, id: JobId, attempt: Option<u32>) -> Result<(), ApplyError> {
-        let current = self.job_mut(id)?.attempt;
+    fn check_attempt(&self, id: JobId, attempt: Option<u32>) -> Result<(), ApplyError> {
+        let current = self.job_ref(id)?.attempt;
         match attempt {
             Some(a) if a != current => Err(ApplyError::StaleAttempt { job: id, attempt: a, current }),
             _ => Ok(()),
@@ -275,7 +281,7 @@ impl State {
         failure: Option<String>,
         out: &mut Outcome,
     ) -> Result<(), ApplyError> {
-        let job = self.job_mut(id)?;
+        let job = self.job_ref(id)?;
         if !job.state.holds_devices() {
             return Err(ApplyError::WrongState { job: id, state: job.state, action: "mark exited" });
         }

@@ -72,10 +72,11 @@ pub fn verify(decisions: &Decisions, state: &State, at_ms: u64) -> Vec<Rejection
 
 impl State {
     pub(crate) fn apply_plan(&mut self, decisions: Decisions, at_ms: u64, out: &mut Outcome) {
-        let mut seen = BTreeSet::new();
+        // A plan of one decision (most of them) cannot name a job twice: no set to fill.
         let single = decisions.expired.len() + decisions.preemptions.len() + decisions.placements.len() == 1;
+        let mut seen = (!single).then(BTreeSet::new);
         let mut reject = |job: JobId, out: &mut Outcome| {
-            let fresh = single || seen.insert(job);
+            let fresh = seen.as_mut().is_none_or(|seen| seen.insert(job));
             if !fresh {
                 out.rejected.push(Rejection { job, reason: StaleReason::Duplicate });
             }

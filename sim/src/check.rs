@@ -13,7 +13,10 @@ pub(crate) fn invariants(sim: &Sim<'_>) -> Result<(), String> {
         match job.state {
             s if s.holds_devices() => {
                 holding += 1;
-                let a = job.assignment.as_ref().ok_or(format!("job {} holds devices without an assignment", job.id))?;
+                let a = job
+                    .assignment
+                    .as_ref()
+                    .ok_or_else(|| format!("job {} holds devices without an assignment", job.id))?;
                 for r in &a.replicas {
                     for d in r.devices.iter() {
                         if !held.insert((r.node.clone(), d.clone())) {
