@@ -20,7 +20,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Exp};
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::BinaryHeap;
 
 /// Node failures: each node fails after an exponential time with this mean, and comes back
 /// after `repair_s`.
@@ -358,14 +358,18 @@ impl<'a> Sim<'a> {
         self.apply_absorbing(Command::JobFinished { job, attempt: None, at_ms: self.now })
     }
 
-    /// Applies a command into the kept outcome buffer and follows up on what it did.
+    /// Applies a command into the kept outcome buffer and follows up on what it did. Only the
+    /// two lists the follow-up reads are taken out of the buffer (and put back, keeping their
+    /// room): replacing the whole buffer cost a drop of an empty one per command.
     fn apply_absorbing(&mut self, command: Command) -> Result<(), SimError> {
-        let mut out = std::mem::take(&mut self.outcome);
-        let applied = self.state.apply_into(command, &mut out);
+        let applied = self.state.apply_into(command, &mut self.outcome);
         if applied.is_ok() {
-            self.absorb(&out);
+            let effects = std::mem::take(&mut self.outcome.effects);
+            let changed = std::mem::take(&mut self.outcome.changed);
+            self.absorb(&effects, &changed);
+            self.outcome.effects = effects;
+            self.outcome.changed = changed;
         }
-        self.outcome = out;
         Ok(applied?)
     }
 
@@ -409,18 +413,20 @@ impl<'a> Sim<'a> {
 
     /// Follows up on what a command did: start the placed jobs, time the exits of the stopped
     /// ones, and account the work of jobs that went back to the queue or ended.
-    fn absorb(&mut self, out: &Outcome) {
-        let mut stopped = BTreeSet::new();
-        for e in &out.effects {
+    fn absorb(&mut self, effects: &[Effect], changed: &[(JobId, JobState)]) {
+        // A job stopped on several nodes has a stop order per node; it exits once.
+        let mut stopped: Vec<JobId> = Vec::new();
+        for e in effects {
             match e {
                 Effect::Start { job, replica: 0, .. } => self.start(*job),
-                Effect::Stop { job, grace_ms, reason, .. } if stopped.insert(*job) => {
+                Effect::Stop { job, grace_ms, reason, .. } if !stopped.contains(job) => {
+                    stopped.push(*job);
                     self.stop(*job, *grace_ms, *reason)
                 }
                 _ => {}
             }
         }
-        for &(job, state) in &out.changed {
+        for &(job, state) in changed {
             match state {
                 JobState::Pending => self.requeued(job),
                 s if s.is_terminal() => self.ended(job, s),
