@@ -75,10 +75,12 @@ pub(crate) fn validate_job_with(spec: &JobSpec, team_known: bool) -> Result<(), 
     if gang.devices.models.len() > MAX_MODELS {
         return Err(FieldError::new("gang.devices.models", format!("more than {MAX_MODELS} models")));
     }
-    let mut seen = BTreeSet::new();
-    for (i, m) in gang.devices.models.iter().enumerate() {
+    // At most MAX_MODELS, usually none: a scan of the earlier ones, with no set to build and
+    // drop per submission.
+    let models = &gang.devices.models;
+    for (i, m) in models.iter().enumerate() {
         name(&format!("gang.devices.models[{i}]"), m)?;
-        if !seen.insert(m) {
+        if models[..i].contains(m) {
             return Err(FieldError::new(format!("gang.devices.models[{i}]"), format!("model {m:?} listed twice")));
         }
     }
@@ -168,6 +170,19 @@ mod tests {
             return Err(FieldError::new(field, "contains control characters"));
         }
         Ok(())
+    }
+
+    #[test]
+    fn a_model_listed_twice_is_named_at_its_second_place() {
+        let mut spec = crate::testkit::job("vision", 1, 1);
+        spec.gang.devices.models = vec!["h100".into(), "a100".into(), "l4".into()];
+        assert_eq!(validate_job(&spec), Ok(()));
+        spec.gang.devices.models.push("a100".into());
+        let err = validate_job(&spec).unwrap_err();
+        assert_eq!(err.field, "gang.devices.models[3]");
+        assert!(err.reason.contains("listed twice"), "{err}");
+        spec.gang.devices.models[1] = " ".into();
+        assert_eq!(validate_job(&spec).unwrap_err().field, "gang.devices.models[1]", "names are checked first");
     }
 
     proptest! {
