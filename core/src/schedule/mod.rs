@@ -52,10 +52,10 @@ pub fn schedule_with(state: &State, policy: &PolicyConfig, now_ms: u64, scratch:
         policy,
         now_ms,
         plan: Plan { at_ms: now_ms, ..Plan::default() },
-        failed: BTreeMap::new(),
-        unfit: BTreeMap::new(),
-        victims: BTreeSet::new(),
-        victim_devices: BTreeMap::new(),
+        failed: None,
+        unfit: None,
+        victims: None,
+        victim_devices: None,
         running: None,
         preemption_attempts: 0,
     };
@@ -107,17 +107,19 @@ enum Verdict {
     Unschedulable(Rc<Failure>),
 }
 
+/// A cycle's memos are built at their first entry (`None` until then): a cycle that only
+/// places, as most of a simulated run's do, builds and drops no map.
 pub(crate) struct Cycle<'s> {
     view: View<'s>,
     policy: &'s PolicyConfig,
     now_ms: u64,
     plan: Plan,
-    failed: BTreeMap<ShapeKey, Rc<Failure>>,
+    failed: Option<BTreeMap<ShapeKey, Rc<Failure>>>,
     /// Shapes that did not fit the free devices: whoever asks, they will not fit this cycle.
-    unfit: BTreeMap<Shape, AttemptOutcome>,
-    victims: BTreeSet<JobId>,
+    unfit: Option<BTreeMap<Shape, AttemptOutcome>>,
+    victims: Option<BTreeSet<JobId>>,
     /// Devices per (team row, flavor) that this cycle's victims will give back.
-    victim_devices: BTreeMap<(usize, FlavorIx), u32>,
+    victim_devices: Option<BTreeMap<(usize, FlavorIx), u32>>,
     running: Option<BTreeMap<FlavorIx, Vec<preempt::Candidate<'s>>>>,
     preemption_attempts: u32,
 }
@@ -142,7 +144,7 @@ impl<'s> Cycle<'s> {
     /// say why not.
     fn try_job(&mut self, job: &'s Job, t: usize, flavors: &[FlavorIx]) -> Verdict {
         // The key is built only once a shape failed: most jobs are placed at their first look.
-        let cached = if self.failed.is_empty() { None } else { self.failed.get(&Self::key(job, t, flavors)) };
+        let cached = self.failed.as_ref().and_then(|failed| failed.get(&Self::key(job, t, flavors)));
         if let Some(f) = cached {
             self.plan.stats.cache_hits += 1;
             return Verdict::Unschedulable(Rc::clone(f));
@@ -162,7 +164,7 @@ impl<'s> Cycle<'s> {
             }
         }
         let failure = Rc::new(Failure { attempts, preemption });
-        self.failed.insert(Self::key(job, t, flavors), Rc::clone(&failure));
+        self.failed.get_or_insert_default().insert(Self::key(job, t, flavors), Rc::clone(&failure));
         Verdict::Unschedulable(failure)
     }
 
@@ -177,7 +179,7 @@ impl<'s> Cycle<'s> {
     fn try_flavor(&mut self, job: &Job, t: usize, f: FlavorIx) -> Result<(), AttemptOutcome> {
         self.admit(job, t, f).map_err(AttemptOutcome::Quota)?;
         let shape = Self::shape(job, f);
-        if let Some(outcome) = self.unfit.get(&shape) {
+        if let Some(outcome) = self.unfit.as_ref().and_then(|unfit| unfit.get(&shape)) {
             return Err(outcome.clone());
         }
         if self.place(job, t, &shape) {
@@ -185,7 +187,7 @@ impl<'s> Cycle<'s> {
         }
         let (counts, never) = self.view.filter_counts(&shape);
         let outcome = if never { AttemptOutcome::NeverFits(counts) } else { AttemptOutcome::NoFit(counts) };
-        self.unfit.insert(shape, outcome.clone());
+        self.unfit.get_or_insert_default().insert(shape, outcome.clone());
         Err(outcome)
     }
 

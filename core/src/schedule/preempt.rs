@@ -70,7 +70,7 @@ impl<'s> Cycle<'s> {
             .get(&f)
             .into_iter()
             .flatten()
-            .filter(|c| !victims.contains(&c.job.id))
+            .filter(|c| !victims.as_ref().is_some_and(|v| v.contains(&c.job.id)))
             .filter(|c| {
                 if las {
                     policy.las_level(c.job.attained_at(now)) > level
@@ -87,6 +87,11 @@ impl<'s> Cycle<'s> {
         out
     }
 
+    /// Victims chosen so far in this cycle.
+    fn victim_count(&self) -> usize {
+        self.victims.as_ref().map_or(0, |v| v.len())
+    }
+
     /// Devices the trial's victims hold, per node.
     fn freed(&self, trial: &Trial<'_>) -> BTreeMap<u32, u64> {
         let mut extra: BTreeMap<u32, u64> = BTreeMap::new();
@@ -100,7 +105,7 @@ impl<'s> Cycle<'s> {
 
     /// Devices of team row `t` freed by the trial's victims and by victims chosen earlier.
     fn removed(&self, trial: &Trial<'_>, t: usize, f: FlavorIx) -> u32 {
-        let earlier = self.victim_devices.get(&(t, f)).copied().unwrap_or(0);
+        let earlier = self.victim_devices.as_ref().and_then(|d| d.get(&(t, f))).copied().unwrap_or(0);
         earlier + trial.chosen.iter().filter(|v| v.team == t).map(|v| v.job.spec.gang.total_devices()).sum::<u32>()
     }
 
@@ -139,7 +144,7 @@ impl<'s> Cycle<'s> {
     pub(crate) fn preempt(&mut self, job: &Job, t: usize, shape: &Shape) -> Result<Found, String> {
         let f = shape.flavor;
         let budget = self.policy.max_victims_per_cycle as usize;
-        if self.victims.len() >= budget {
+        if self.victim_count() >= budget {
             return Err(format!("the cycle's victim budget ({budget}) is spent"));
         }
         let candidates = self.candidates(job, t, f);
@@ -176,7 +181,7 @@ impl<'s> Cycle<'s> {
         let mut trial = Trial::default();
         let mut picks = None;
         for c in candidates {
-            if self.victims.len() + trial.chosen.len() >= budget {
+            if self.victim_count() + trial.chosen.len() >= budget {
                 break;
             }
             if !self.las() && c.team != t && !self.reclaimable(c, shape.flavor, &trial) {
@@ -220,8 +225,9 @@ impl<'s> Cycle<'s> {
             })
             .collect();
         for v in &trial.chosen {
-            *self.victim_devices.entry((v.team, f)).or_default() += v.job.spec.gang.total_devices();
-            self.victims.insert(v.job.id);
+            *self.victim_devices.get_or_insert_default().entry((v.team, f)).or_default() +=
+                v.job.spec.gang.total_devices();
+            self.victims.get_or_insert_default().insert(v.job.id);
             self.view.add_releasing(v.job);
         }
         Found { victims, picks }
