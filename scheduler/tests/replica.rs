@@ -290,3 +290,60 @@ async fn a_backup_starts_a_new_cluster_with_the_same_state() {
     assert_eq!(again.into_inner().job_ids.len(), 50, "request ids survive the backup");
     new.stop().await;
 }
+
+/// Status reads while the Raft thread applies a stream of writes: every read answers. (The
+/// status handler once took the state machine's read lock twice; with the Raft thread's write
+/// queued in between, the second read waited on the writer and the writer on the first read.)
+/// The replica runs on a runtime of its own thread, so that a deadlock fails this test after a
+/// deadline instead of hanging it.
+#[test]
+fn status_reads_answer_while_writes_are_applied() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
+        let _ = tx.send(runtime.block_on(reads_during_writes()));
+    });
+    let (written, read) = rx.recv_timeout(Duration::from_secs(60)).expect("reads and writes finish: no deadlock");
+    assert!(written > 10 && read > 10, "{written} writes, {read} reads");
+}
+
+/// Submits jobs one at a time for three seconds while three clients read the status; returns
+/// the writes and the reads done.
+async fn reads_during_writes() -> (u64, u64) {
+    let replica = Replica::start(&[1], 4 * 1024 * 1024);
+    let channel = replica.channel().await;
+    let mut admin = AdminServiceClient::new(channel.clone());
+    wait_leader(&mut admin).await;
+    set_team(&mut admin).await;
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut jobs = JobServiceClient::new(channel);
+    let writer = tokio::spawn(async move {
+        let mut written = 0;
+        while Instant::now() < until {
+            let request = SubmitRequest { jobs: vec![job(&format!("w{written}"), 1)], request_id: String::new() };
+            jobs.submit(request).await.unwrap();
+            written += 1;
+        }
+        written
+    });
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let mut admin = admin.clone();
+            tokio::spawn(async move {
+                let mut reads = 0;
+                while Instant::now() < until {
+                    admin.cluster_status(ClusterStatusRequest {}).await.unwrap();
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    let written = writer.await.unwrap();
+    let mut read = 0;
+    for r in readers {
+        read += r.await.unwrap();
+    }
+    replica.stop().await;
+    (written, read)
+}

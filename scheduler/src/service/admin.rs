@@ -1,6 +1,7 @@
 //! `AdminService`: teams and quotas, priority classes, nodes, cluster status and membership.
 
 use super::{before_read, status_of};
+use crate::fsm::Fsm;
 use crate::node::{Handle, Membership};
 use qm_core::{Command, JobState, NodeId};
 use qm_proto::convert::{flavor_to, node_to, priority_class_from, team_from, team_to};
@@ -42,17 +43,21 @@ impl AdminServer {
     /// The members as replicated (as of the last applied change), with this replica's view of
     /// who leads.
     fn members(&self) -> Vec<Member> {
-        let leader = self.node.status().leader;
-        self.node
-            .fsm()
-            .members
-            .iter()
-            .map(|(id, address)| {
-                let role = if *id == leader { MemberRole::Leader } else { MemberRole::Follower };
-                Member { id: *id, address: address.clone(), role: role as i32, match_index: 0 }
-            })
-            .collect()
+        members_of(&self.node.fsm(), self.node.status().leader)
     }
+}
+
+/// The members in `fsm`, `leader` marked. Takes the state machine already read: a handler that
+/// holds its read guard must not take a second one (a writer queued between the two blocks
+/// the second, and waits on the first: the replica's Raft thread and the handler deadlock).
+fn members_of(fsm: &Fsm, leader: u64) -> Vec<Member> {
+    fsm.members
+        .iter()
+        .map(|(id, address)| {
+            let role = if *id == leader { MemberRole::Leader } else { MemberRole::Follower };
+            Member { id: *id, address: address.clone(), role: role as i32, match_index: 0 }
+        })
+        .collect()
 }
 
 type ChunkStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SnapshotChunk, Status>> + Send>>;
@@ -178,7 +183,7 @@ impl AdminService for AdminServer {
             term: status.term,
             commit_index: status.commit,
             applied_index: fsm.applied,
-            members: self.members(),
+            members: members_of(&fsm, status.leader),
             capacity,
             pending_jobs: s.pending_count() as u64,
             running_jobs: s.running().len() as u64,
