@@ -105,14 +105,17 @@ async fn leader(c: &Cluster) -> u64 {
 }
 
 /// Submits until acknowledged, rotating over the replicas; the request id makes retries safe.
+/// A request in flight to the replica that is killed ends `Cancelled` (its connection closed)
+/// or `Unknown`; one to a replica without a leader ends `Unavailable`: all are retried.
 async fn submit(endpoints: &[String], name: String, start: usize) -> u64 {
+    use tonic::Code::{Cancelled, Unavailable, Unknown};
     let req = SubmitRequest { jobs: vec![gpu_job(&name, "research", 1, &["train"])], request_id: name.clone() };
     for attempt in 0..400 {
         let endpoint = &endpoints[(start + attempt) % endpoints.len()];
         if let Some(channel) = connect(endpoint).await {
             match JobServiceClient::new(channel).submit(req.clone()).await {
                 Ok(r) => return r.into_inner().job_ids[0],
-                Err(s) if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown => {}
+                Err(s) if matches!(s.code(), Unavailable | Unknown | Cancelled) => {}
                 Err(s) => panic!("{name}: {s:?}"),
             }
         }
