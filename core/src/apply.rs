@@ -238,6 +238,10 @@ impl State {
                 self.track(id);
                 out.changed.push((id, JobState::Stopping));
             }
+            // Cancelling a cancelled job changes nothing and is not refused, so that a client
+            // may send a cancel again when its connection failed before the answer came (the
+            // first may have been applied).
+            JobState::Cancelled => {}
             state => return Err(ApplyError::WrongState { job: id, state, action: "cancel" }),
         }
         Ok(())

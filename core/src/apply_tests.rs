@@ -147,8 +147,22 @@ fn cancel_of_a_running_job_waits_for_its_exit() {
     assert_eq!(s.usage(&TeamId("vision".into()), &h100()), 8, "devices stay held until the process exits");
     s.apply(Command::JobFailed { job: id, attempt: None, message: "SIGTERM".into(), at_ms: 6 }).unwrap();
     assert_eq!(state_of(&s, id), JobState::Cancelled);
-    let err = s.apply(Command::Cancel { job: id, at_ms: 7 }).unwrap_err();
-    assert!(matches!(err, ApplyError::WrongState { .. }));
+    let before = s.hash();
+    let again = s.apply(Command::Cancel { job: id, at_ms: 7 }).unwrap();
+    assert_eq!((again.effects.len(), again.changed.len()), (0, 0), "a second cancel does nothing");
+    assert_eq!(s.hash(), before);
+}
+
+#[test]
+fn a_job_that_ended_otherwise_cannot_be_cancelled() {
+    let mut s = one_node();
+    let id = submit(&mut s, job("vision", 1, 1), 0);
+    cycle(&mut s, &PolicyConfig::default(), 0);
+    s.apply(Command::JobFinished { job: id, attempt: None, at_ms: 2 }).unwrap();
+    let before = s.hash();
+    let err = s.apply(Command::Cancel { job: id, at_ms: 3 }).unwrap_err();
+    assert!(matches!(err, ApplyError::WrongState { state: JobState::Succeeded, .. }), "{err:?}");
+    assert_eq!(s.hash(), before);
 }
 
 #[test]
@@ -158,6 +172,9 @@ fn cancel_of_a_pending_job_removes_it_from_the_queue() {
     s.apply(Command::Cancel { job: id, at_ms: 1 }).unwrap();
     assert_eq!(state_of(&s, id), JobState::Cancelled);
     assert_eq!(s.pending_count(), 0);
+    let before = s.hash();
+    assert!(s.apply(Command::Cancel { job: id, at_ms: 2 }).unwrap().changed.is_empty(), "a second cancel does nothing");
+    assert_eq!((s.hash(), s.job(id).unwrap().finished_ms), (before, Some(1)));
 }
 
 #[test]
