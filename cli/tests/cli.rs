@@ -248,17 +248,38 @@ fn sim_runs_the_shipped_synthetic_workload() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// A `qm dev` process on a free loopback port, killed when dropped.
+struct Dev {
+    addr: String,
+    child: std::process::Child,
+}
+
+impl Dev {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(env!("CARGO_BIN_EXE_qm"))
+            .args(["dev", "--listen", &addr])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("qm dev starts");
+        Self { addr, child }
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// `qm dev`, then the client commands against it, as a newcomer would type them.
 #[test]
 fn dev_serves_the_client_commands() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut dev = Command::new(env!("CARGO_BIN_EXE_qm"))
-        .args(["dev", "--listen", &addr])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("qm dev starts");
+    let dev = Dev::start();
+    let addr = &dev.addr;
     let server = format!("--server={addr}");
     let quota =
         ["quota", "set", &server, "--team", "research", "--flavor", "gpu/nvidia-h100-80gb-hbm3", "--nominal", "8"];
@@ -283,6 +304,47 @@ fn dev_serves_the_client_commands() {
     let status = qm(&["status", &server, "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
     assert_eq!((status["leader"].as_u64(), status["pending_jobs"].as_u64()), (Some(1), Some(1)));
-    dev.kill().unwrap();
-    dev.wait().unwrap();
+}
+
+/// A replica that dies under a request: it takes each connection, reads what the client sends
+/// (the request included) until the client waits for the answer, and closes the connection.
+fn dying_replica() -> String {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            conn.set_read_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
+            let mut buf = [0u8; 4096];
+            while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+        }
+    });
+    addr
+}
+
+/// A request whose replica dies under it goes to the next `--server` when sending it twice is
+/// safe (submissions carry a request id; a second cancel does nothing); a membership change is
+/// not sent twice, and the client says its outcome is unknown.
+#[test]
+fn a_request_whose_replica_dies_under_it_goes_to_the_next() {
+    let dev = Dev::start();
+    let dying = dying_replica();
+    let both = format!("--server={dying},{}", dev.addr);
+    let set =
+        qm(&["quota", "set", &both, "--team", "research", "--flavor", "gpu/nvidia-h100-80gb-hbm3", "--nominal", "8"]);
+    assert!(set.status.success(), "{}", text(&set.stderr));
+    let submitted = qm(&["submit", &both, "--team", "research", "--name", "hello", "--", "python", "t.py"]);
+    assert_eq!(text(&submitted.stdout).trim(), "submitted job 1", "{}", text(&submitted.stderr));
+    for _ in 0..2 {
+        let cancelled = qm(&["cancel", &both, "1"]);
+        assert_eq!(text(&cancelled.stdout).trim(), "job 1: cancelled", "{}", text(&cancelled.stderr));
+    }
+    let jobs = qm(&["jobs", &both, "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&jobs.stdout).expect("JSON");
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "one job, whatever the retries");
+    let removed = qm(&["admin", "members", "remove", "--id", "2", &both]);
+    assert!(!removed.status.success());
+    let err = text(&removed.stderr);
+    assert!(err.contains(&format!("{dying}: the connection failed before the answer came")), "{err}");
+    assert!(err.contains("may or may not have been applied"), "{err}");
 }

@@ -1,6 +1,6 @@
 //! The operators' commands: nodes, teams and quotas, cluster status, members, backups.
 
-use super::{admin_client, call, print_or_json, Target};
+use super::{admin_client, call, call_with, print_or_json, Resend, Target};
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use qm_proto::v1::*;
@@ -129,7 +129,7 @@ pub(super) async fn admin(t: &Target, cmd: &AdminCommand) -> Result<()> {
         }
         AdminCommand::Members(MembersCommand::Add { id, address }) => {
             let req = AddMemberRequest { id: *id, address: address.clone(), learner: false };
-            call(t, |c| {
+            call_with(t, Resend::Never, |c| {
                 let req = req.clone();
                 async move { admin_client(c).add_member(req).await }
             })
@@ -137,9 +137,11 @@ pub(super) async fn admin(t: &Target, cmd: &AdminCommand) -> Result<()> {
             .members
         }
         AdminCommand::Members(MembersCommand::Remove { id }) => {
-            call(t, |c| async move { admin_client(c).remove_member(RemoveMemberRequest { id: *id }).await })
-                .await?
-                .members
+            call_with(t, Resend::Never, |c| async move {
+                admin_client(c).remove_member(RemoveMemberRequest { id: *id }).await
+            })
+            .await?
+            .members
         }
         AdminCommand::Cordon { node } | AdminCommand::Uncordon { node } | AdminCommand::Drain { node } => {
             let req = NodeRequest { node: node.clone() };

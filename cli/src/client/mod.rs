@@ -163,9 +163,32 @@ fn admin_client(c: Channel) -> AdminServiceClient<Channel> {
     AdminServiceClient::new(c)
 }
 
-/// Calls `f` on each replica in turn until one answers; `Unavailable` and connection failures
-/// move on to the next, for up to 10 s.
+/// Whether a request may be sent again when its connection failed after it was sent and
+/// before the answer came: the replica may have applied it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resend {
+    /// Sending it twice does no more than sending it once: reads, submissions (their request id
+    /// makes the second a no-op), cancels (a cancelled job's cancel is a no-op), quotas and node
+    /// settings (absolute values).
+    Safe,
+    /// A second may be refused although the first was applied (membership changes): the
+    /// client reports that the outcome is unknown instead.
+    Never,
+}
+
+/// Calls `f` on each replica in turn until one answers: `Unavailable` and connection failures
+/// move on to the next, for up to 10 s; so does a connection that failed under the request
+/// (the replica died mid-request), since this request is safe to send again.
 async fn call<T, F, Fut>(t: &Target, f: F) -> Result<T>
+where
+    F: Fn(Channel) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    call_with(t, Resend::Safe, f).await
+}
+
+/// `call`, saying whether the request may be sent again after a connection failed under it.
+async fn call_with<T, F, Fut>(t: &Target, resend: Resend, f: F) -> Result<T>
 where
     F: Fn(Channel) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -188,6 +211,14 @@ where
             match f(channel).await {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(s) if s.code() == tonic::Code::Unavailable => last = format!("{addr}: {}", s.message()),
+                Err(s) if connection_lost(&s) => match resend {
+                    Resend::Safe => last = format!("{addr}: connection lost: {}", s.message()),
+                    Resend::Never => bail!(
+                        "{addr}: the connection failed before the answer came ({}); the change may or may not \
+                         have been applied: check with `qm status`",
+                        s.message()
+                    ),
+                },
                 Err(s) => bail!("{}", s.message()),
             }
         }
@@ -196,6 +227,13 @@ where
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Whether a status is this client's own report of a connection that failed under the request
+/// (its source is the transport's error) rather than an answer a replica sent (no source).
+fn connection_lost(s: &tonic::Status) -> bool {
+    use tonic::Code::{Cancelled, Internal, Unknown};
+    std::error::Error::source(s).is_some() && matches!(s.code(), Cancelled | Unknown | Internal)
 }
 
 fn print_or_json(t: &Target, value: serde_json::Value, table: impl FnOnce() -> String) {
