@@ -1,8 +1,8 @@
 //! The client commands (`qm submit`, `qm jobs`, `qm job`, `qm cancel`, `qm why`, `qm nodes`,
 //! `qm teams`, `qm quota set`, `qm status`): gRPC calls to any replica of `--server`, failing
-//! over to the next address when one is down or has no quorum. Tables by default, `--json` for
-//! scripts. `admin.rs` holds the operators' commands (nodes, teams and quotas, status,
-//! members, backups).
+//! over to the next address when one is down or has no quorum, or dies under a request that is
+//! safe to send twice (`Resend`). Tables by default, `--json` for scripts. `admin.rs` holds the
+//! operators' commands (nodes, teams and quotas, status, members, backups).
 
 mod admin;
 
