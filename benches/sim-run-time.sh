@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Times `qm sim run` as a user runs it, on the whole Philly trace (82,247 jobs) on 300 nodes x 8
+# GPUs: reading the CSV, simulating, writing summary.json, jobs.csv and the plots. hyperfine
+# gives each policy's median, mean and range over repeated runs; GNU time gives one run's
+# maximum resident memory. Needs: apt-get install hyperfine time
+# Usage: benches/sim-run-time.sh [qm binary] [runs]   (from the repository root)
+set -euo pipefail
+ROOT_DIR=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT_DIR"
+QM=${1:-target/release/qm}
+RUNS=${2:-10}
+if [ "$QM" = target/release/qm ]; then
+  cargo build --release -p qm-cli --bin qm
+fi
+OUT=$(mktemp -d)
+trap 'rm -rf "$OUT"' EXIT
+TRACE=../shared/traces/philly/philly.csv
+echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), family $(grep -m1 'cpu family' /proc/cpuinfo | cut -d: -f2 | xargs)"
+for policy in strict-fifo default; do
+  cmd="$QM sim run --cluster 300x8 --trace $TRACE --format philly --policy $policy --out $OUT/$policy"
+  hyperfine --style basic --warmup 1 --runs "$RUNS" --export-json "$OUT/$policy.json" "$cmd" >/dev/null
+  python3 - "$OUT/$policy.json" "$policy" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["results"][0]
+print(f"sim_run_{sys.argv[2].replace('-', '_')}_s median={r['median']:.3f} mean={r['mean']:.3f} "
+      f"min={r['min']:.3f} max={r['max']:.3f} runs={len(r['times'])}")
+PY
+  /usr/bin/time -o "$OUT/rss" -f "sim_run_${policy//-/_}_max_rss_kb=%M" $cmd >/dev/null
+  cat "$OUT/rss"
+done
+EVENTS=$(sed -n 's/.*"events": *\([0-9]*\).*/\1/p' "$OUT/strict-fifo/summary.json")
+echo "sim_run_events=$EVENTS"
