@@ -307,14 +307,15 @@ fn dev_serves_the_client_commands() {
 }
 
 /// A replica that dies under a request: it takes each connection, reads what the client sends
-/// (the request included) until the client waits for the answer, and closes the connection.
+/// (the request included) until the client has waited 500 ms for the answer, and closes the
+/// connection.
 fn dying_replica() -> String {
     use std::io::Read;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     std::thread::spawn(move || {
         for mut conn in listener.incoming().flatten() {
-            conn.set_read_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
+            conn.set_read_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
             let mut buf = [0u8; 4096];
             while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
         }
