@@ -14,7 +14,7 @@ fi
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" "$QM" sim run --cluster 300x8 \
-  --trace ../shared/traces/philly/philly.csv --format philly --policy strict-fifo --out "$OUT/run" \
+  --trace traces/philly/philly.csv --format philly --policy strict-fifo --out "$OUT/run" \
   >/dev/null 2>"$OUT/valgrind.log"
 EVENTS=$(sed -n 's/.*"events": *\([0-9]*\).*/\1/p' "$OUT/run/summary.json")
 callgrind_annotate --inclusive=yes "$OUT/callgrind.out" >"$OUT/annotated.txt"

@@ -14,7 +14,7 @@ if [ "$QM" = target/release/qm ]; then
 fi
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
-TRACE=../shared/traces/philly/philly.csv
+TRACE=traces/philly/philly.csv
 echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), family $(grep -m1 'cpu family' /proc/cpuinfo | cut -d: -f2 | xargs)"
 for policy in strict-fifo default; do
   cmd="$QM sim run --cluster 300x8 --trace $TRACE --format philly --policy $policy --out $OUT/$policy"

@@ -1,4 +1,4 @@
-//! The simulator's speed on the real Philly trace (`../shared/traces/philly/philly.csv`):
+//! The simulator's speed on the real Philly trace (`traces/philly/philly.csv`):
 //! - `strict_fifo_vc103959`: the calibration run (1,934 jobs, 8 x 4 GPUs, strict FIFO, pool);
 //!   events per second are printed;
 //! - `strict_fifo_philly_300x8`: all 82,247 jobs under strict FIFO on 300 x 8 GPUs;
@@ -22,7 +22,7 @@ use std::time::Instant;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn philly() -> Vec<TraceJob> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces/philly/philly.csv");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../traces/philly/philly.csv");
     read(&path, Format::Philly, false).expect("the Philly trace reads").jobs
 }
 

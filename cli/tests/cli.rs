@@ -80,7 +80,7 @@ fn bad_input_names_the_file_and_the_field() {
 
 /// `qm sim CMD` on the Tiresias sample trace and a 4 x 4 cluster, writing into `out`.
 fn sim(cmd: &str, out: &std::path::Path, extra: &[&str]) -> Output {
-    let common = ["--cluster", "4x4", "--trace", "../shared/traces/tiresias/60_job.csv", "--format", "tiresias"];
+    let common = ["--cluster", "4x4", "--trace", "traces/tiresias/60_job.csv", "--format", "tiresias"];
     qm(&[&["sim", cmd], &common[..], &["--out", out.to_str().unwrap()], extra].concat())
 }
 

@@ -1,4 +1,4 @@
-//! Fidelity: the calibration point of `../shared/traces/README.md`. The Tiresias simulator's
+//! Fidelity: the calibration point of `docs/simulator.md`. The Tiresias simulator's
 //! strict FIFO with `count` placement on Philly virtual cluster 103959 (1,934 jobs) and 32 GPUs
 //! gives an average JCT of 97,749 s and a makespan of 7,914,913 s; ours, with strict FIFO and
 //! `pool` placement, must be within 0.5% of both.
@@ -10,7 +10,7 @@ use qm_sim::trace::{read, Format};
 use std::path::PathBuf;
 
 fn philly() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces/philly/philly.csv")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../traces/philly/philly.csv")
 }
 
 fn within(got: f64, want: f64, tolerance: f64) -> bool {

@@ -9,8 +9,8 @@ use qm_sim::trace::{read, Format, TraceJob};
 use qm_sim::{simulate, Report, SimError};
 use std::path::PathBuf;
 
-fn shared(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces").join(path)
+fn trace_file(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../traces").join(path)
 }
 
 fn workload(seed: u64) -> Vec<TraceJob> {
@@ -153,18 +153,18 @@ fn a_team_missing_from_the_cluster_file_is_an_error() {
 }
 
 #[test]
-fn every_shared_trace_reads() {
-    assert_eq!(read(&shared("tiresias/60_job.csv"), Format::Tiresias, false).unwrap().jobs.len(), 60);
-    assert_eq!(read(&shared("gavel/max_min_fairness.trace"), Format::Gavel, false).unwrap().jobs.len(), 96);
-    assert_eq!(read(&shared("gavel/minimize_makespan.trace"), Format::Gavel, false).unwrap().jobs.len(), 100);
-    let swf = read(&shared("swf-nasa-ipsc/NASA-iPSC-1993-3.1-cln.swf"), Format::Swf, false).unwrap();
+fn every_shipped_trace_reads() {
+    assert_eq!(read(&trace_file("tiresias/60_job.csv"), Format::Tiresias, false).unwrap().jobs.len(), 60);
+    assert_eq!(read(&trace_file("gavel/max_min_fairness.trace"), Format::Gavel, false).unwrap().jobs.len(), 96);
+    assert_eq!(read(&trace_file("gavel/minimize_makespan.trace"), Format::Gavel, false).unwrap().jobs.len(), 100);
+    let swf = read(&trace_file("swf-nasa-ipsc/NASA-iPSC-1993-3.1-cln.swf"), Format::Swf, false).unwrap();
     assert_eq!(swf.jobs.len(), 18_239);
-    assert_eq!(read(&shared("philly/philly.csv"), Format::Philly, false).unwrap().jobs.len(), 82_247);
+    assert_eq!(read(&trace_file("philly/philly.csv"), Format::Philly, false).unwrap().jobs.len(), 82_247);
 }
 
 #[test]
 fn the_tiresias_sample_runs_on_nodes_and_on_a_pool() {
-    let jobs = read(&shared("tiresias/60_job.csv"), Format::Tiresias, false).unwrap().jobs;
+    let jobs = read(&trace_file("tiresias/60_job.csv"), Format::Tiresias, false).unwrap().jobs;
     let cluster = Cluster::load("4x4").unwrap();
     for placement in [Placement::Nodes, Placement::Pool] {
         let config = RunConfig { placement, check: true, ..RunConfig::default() };

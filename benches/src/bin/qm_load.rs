@@ -1,5 +1,5 @@
 //! `qm_load`: a load driver for a 3-replica `qm server` cluster on loopback, the counterpart of
-//! `../shared/peers/etcd/etcd_bench.sh` (same shapes: one sequential client, 64 concurrent
+//! `benches/peers/etcd/etcd_bench.sh` (same shapes: one sequential client, 64 concurrent
 //! clients over 64 connections, the leader killed with SIGKILL). It starts the replicas itself
 //! (from `--qm`, a release build), measures, stops them, and prints `qm_*=` lines:
 //! - sequential submissions, one job per request: rate, p50 and p99 latency;

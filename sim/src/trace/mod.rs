@@ -1,4 +1,4 @@
-//! Workload traces: readers for the formats of `../shared/traces/` and the synthetic generator.
+//! Workload traces: readers for the formats of the traces in `traces/` and the synthetic generator.
 //! Every reader turns its format into `TraceJob`s; `docs/simulator.md` documents the mapping of
 //! each format's fields.
 
