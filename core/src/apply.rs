@@ -62,6 +62,7 @@ impl State {
             }
             Command::SetTeam { team } => self.set_team(team)?,
             Command::SetPriorityClass { class } => self.set_priority_class(class)?,
+            Command::DeletePriorityClass { name } => self.delete_priority_class(&name)?,
             Command::Cordon { node, cordoned } => self.with_node_change(|s| s.cordon(&node, cordoned))?,
             Command::Drain { node } => self.with_node_change(|s| s.drain(&node, out))?,
         }
@@ -179,16 +180,7 @@ impl State {
             .ok_or_else(|| ApplyError::UnknownTeam { field: format!("{}.team", field()), team: spec.team.clone() })?;
         debug_assert!(self.data.teams.contains_key(&spec.team), "the accounts know only the teams set");
         if !self.accounts.accepts_any(slot, &spec.gang.devices) {
-            let req = &spec.gang.devices;
-            return Err(ApplyError::NoQuotaForRequest {
-                field: format!("{}.gang.devices", field()),
-                team: spec.team.clone(),
-                request: format!(
-                    "{}/{}",
-                    req.kind,
-                    if req.models.is_empty() { "*".to_owned() } else { req.models.join("|") }
-                ),
-            });
+            return Err(self.no_quota_for(spec, &field()));
         }
         let priority = match &spec.priority_class {
             None => 0,
@@ -197,6 +189,30 @@ impl State {
             })?,
         };
         Ok(Checked { team: self.accounts.team_id(slot).clone(), slot, priority })
+    }
+
+    /// The refusal of a request that no flavor of the team's quota matches, with the flavors
+    /// the team and the cluster have, so that the user can pick one.
+    #[cold]
+    fn no_quota_for(&self, spec: &JobSpec, field: &str) -> ApplyError {
+        let req = &spec.gang.devices;
+        let team_flavors = self
+            .data
+            .teams
+            .get(&spec.team)
+            .map_or_else(Vec::new, |t| t.quotas.keys().map(ToString::to_string).collect());
+        let cluster_flavors = self.capacity().iter().map(|(f, n)| format!("{f} ({n} devices)")).collect();
+        ApplyError::NoQuotaForRequest {
+            field: format!("{field}.gang.devices"),
+            team: spec.team.clone(),
+            request: format!(
+                "{}/{}",
+                req.kind,
+                if req.models.is_empty() { "*".to_owned() } else { req.models.join("|") }
+            ),
+            team_flavors,
+            cluster_flavors,
+        }
     }
 
     // These two match rather than `ok_or`: an error built eagerly is dropped on every call
@@ -347,6 +363,13 @@ impl State {
         }
         self.data.classes.insert(class.name.clone(), class);
         Ok(())
+    }
+
+    fn delete_priority_class(&mut self, name: &str) -> Result<(), ApplyError> {
+        match self.data.classes.remove(name) {
+            Some(_) => Ok(()),
+            None => Err(ApplyError::UnknownPriorityClass { field: "name".into(), class: name.to_owned() }),
+        }
     }
 
     fn node_mut_checked(&mut self, node: &NodeId) -> Result<(), ApplyError> {

@@ -92,6 +92,9 @@ fn unknown_team_class_and_flavor_are_refused() {
     j.gang.devices.models = vec!["amd-mi300x".into()];
     let err = s.apply(Command::Submit { jobs: vec![j], at_ms: 0 }).unwrap_err();
     assert!(matches!(err, ApplyError::NoQuotaForRequest { .. }), "{err}");
+    let text = err.to_string();
+    let h100 = format!("gpu/{H100}");
+    assert!(text.contains(&format!("its quota covers {h100}; the cluster has {h100} (8 devices)")), "{text}");
     let mut only_l4 = team("vision", 0, None);
     only_l4.quotas = std::collections::BTreeMap::from([(
         l4(),
@@ -522,4 +525,21 @@ fn a_placement_the_team_quota_no_longer_admits_is_refused() {
     let mut p = on_one_node(&s, more, 2);
     p.assignment.replicas.remove(0);
     assert!(matches!(refusal(&mut s, p), Some(StaleReason::Quota(..))), "4 held and 4 more, over a nominal of 6");
+}
+
+#[test]
+fn a_deleted_priority_class_refuses_new_jobs_and_leaves_queued_ones_their_priority() {
+    let mut s = one_node();
+    let mut high = job("vision", 1, 1);
+    high.priority_class = Some("high".into());
+    let queued = submit(&mut s, high.clone(), 0);
+    let before = s.hash();
+    let err = s.apply(Command::DeletePriorityClass { name: "vip".into() }).unwrap_err();
+    assert!(matches!(err, ApplyError::UnknownPriorityClass { ref field, .. } if field == "name"), "{err}");
+    assert_eq!(s.hash(), before, "a refused delete changes nothing");
+    s.apply(Command::DeletePriorityClass { name: "high".into() }).unwrap();
+    assert!(!s.priority_classes().contains_key("high"));
+    assert_eq!(s.job(queued).unwrap().priority, 100, "a queued job keeps the priority it was given");
+    let err = s.apply(Command::Submit { jobs: vec![high], at_ms: 1 }).unwrap_err();
+    assert!(matches!(err, ApplyError::UnknownPriorityClass { .. }), "{err}");
 }

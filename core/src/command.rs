@@ -101,6 +101,13 @@ pub enum Command {
         /// The node.
         node: NodeId,
     },
+    /// Delete a priority class. Jobs already submitted keep the priority they were given; new
+    /// submissions that name the class are refused. Appended last: the log encodes variants by
+    /// position.
+    DeletePriorityClass {
+        /// The class's name.
+        name: String,
+    },
 }
 
 /// An order for an agent.

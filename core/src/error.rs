@@ -49,7 +49,10 @@ pub enum ApplyError {
         class: String,
     },
     /// The team has no quota for any flavor the job accepts.
-    #[error("{field}: team \"{team}\" has no quota for any flavor the job accepts ({request})")]
+    #[error(
+        "{field}: team \"{team}\" has no quota for any flavor the job accepts ({request}); its quota covers {}; the cluster has {}",
+        list_or_none(.team_flavors), list_or_none(.cluster_flavors)
+    )]
     NoQuotaForRequest {
         /// The field that names the request.
         field: String,
@@ -57,6 +60,10 @@ pub enum ApplyError {
         team: TeamId,
         /// The request, as `kind/model|model`.
         request: String,
+        /// The flavors the team has quota for, as `kind/model`.
+        team_flavors: Vec<String>,
+        /// The flavors of the cluster's devices, as `kind/model (N devices)`.
+        cluster_flavors: Vec<String>,
     },
     /// No such job.
     #[error("unknown job {0}")]
@@ -84,4 +91,12 @@ pub enum ApplyError {
         /// The job's current attempt.
         current: u32,
     },
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(", ")
+    }
 }

@@ -64,6 +64,7 @@ impl GangSpec {
 
 /// The signal a job receives when it must stop; the agent kills it after the grace period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum StopSignal {
     /// SIGTERM (the default).
     Term,
@@ -106,6 +107,7 @@ pub struct JobSpec {
 
 /// Where a job is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Waiting for devices.
     Pending,
@@ -153,6 +155,7 @@ impl JobState {
 
 /// Why a job was told to stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum StopReason {
     /// Preempted; requeued once it exits.
     Preempted,

@@ -80,7 +80,9 @@
 //! - [`verify`]: re-checking a plan on apply; stale decisions are rejected with a reason.
 //! - [`scenario`]: the TOML scenario files of `qm plan` and the golden tests.
 //! - [`render`]: plain-text rendering of plans and placement reports.
+//! - [`cause`]: the root cause of a waiting job in one line (`qm why`'s first line).
 
+pub mod cause;
 pub mod command;
 pub mod error;
 pub mod ids;

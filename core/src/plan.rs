@@ -17,6 +17,7 @@ pub struct Placement {
 
 /// Which rule allowed a preemption.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PreemptionRule {
     /// The preemptor fits its team's nominal; the victim's team runs above its nominal.
     Reclaim,
@@ -57,6 +58,7 @@ impl Decisions {
 
 /// Why quota does not admit a request of one flavor.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum QuotaDenial {
     /// Usage + request would pass nominal + borrowing limit.
     OverBorrowingLimit {
@@ -116,6 +118,7 @@ pub struct NodeFilterCounts {
 
 /// What happened when a flavor was tried for a job.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AttemptOutcome {
     /// Quota refused it.
     Quota(QuotaDenial),
@@ -136,6 +139,7 @@ pub struct FlavorAttempt {
 
 /// Why a job is still pending after this cycle.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PendingReason {
     /// No acceptable flavor was admitted or fitted; see the attempts.
     Unschedulable,

@@ -16,6 +16,7 @@ pub const RACK_LABEL: &str = "rack";
 
 /// The kinds of accelerator Quartermaster schedules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AcceleratorKind {
     /// A GPU (NVIDIA, AMD, Intel).
     Gpu,
@@ -95,6 +96,7 @@ impl FromStr for Flavor {
 
 /// Whether a device may be given to jobs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Health {
     /// Usable.
     Healthy,
@@ -166,6 +168,7 @@ impl NodeSpec {
 
 /// Whether the scheduler hears from a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum NodeStatus {
     /// Registered and heartbeating.
     Ready,

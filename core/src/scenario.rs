@@ -136,11 +136,14 @@ pub struct QuotaFile {
     pub lending_limit: Option<u32>,
 }
 
-/// `--jobs FILE`: the queue, and jobs already running.
+/// `--jobs FILE`: the queue, and jobs already running. `qm submit --file` reads the same file
+/// and submits every job as pending (`now_s`, `state` and `submit_s` mean nothing to a live
+/// cluster and are ignored there).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobsFile {
-    /// When the cycle runs, in seconds.
+    /// When the cycle runs, in seconds; 0 when absent.
+    #[serde(default)]
     pub now_s: u64,
     /// The jobs, in submission order.
     #[serde(rename = "job")]
@@ -185,6 +188,9 @@ pub struct JobFile {
     pub state: ScenarioJobState,
     /// Submission time of a pending job, in seconds; default `now_s`.
     pub submit_s: Option<u64>,
+    /// The command each replica runs; `sleep infinity` when absent.
+    #[serde(default)]
+    pub command: Vec<String>,
 }
 
 fn gpu() -> String {
@@ -315,7 +321,11 @@ impl JobFile {
                 cpu_millis: self.cpu_millis,
                 mem_mib: self.mem_mib,
             },
-            command: vec!["sleep".to_owned(), "infinity".to_owned()],
+            command: if self.command.is_empty() {
+                vec!["sleep".to_owned(), "infinity".to_owned()]
+            } else {
+                self.command.clone()
+            },
             env: BTreeMap::new(),
             max_runtime_ms: None,
             preemptible: self.preemptible,
@@ -393,8 +403,8 @@ fn in_job(e: ApplyError, i: usize) -> ApplyError {
         ApplyError::UnknownPriorityClass { field, class } => {
             ApplyError::UnknownPriorityClass { field: at(field), class }
         }
-        ApplyError::NoQuotaForRequest { field, team, request } => {
-            ApplyError::NoQuotaForRequest { field: at(field), team, request }
+        ApplyError::NoQuotaForRequest { field, team, request, team_flavors, cluster_flavors } => {
+            ApplyError::NoQuotaForRequest { field: at(field), team, request, team_flavors, cluster_flavors }
         }
         other => other,
     }

@@ -17,6 +17,7 @@ use thiserror::Error;
 
 /// Why a decision of a plan no longer holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Error)]
+#[serde(rename_all = "snake_case")]
 pub enum StaleReason {
     /// No such job.
     #[error("job does not exist")]
