@@ -72,9 +72,20 @@ pub enum ServerError {
 
 /// Runs a replica until `shutdown` completes.
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    run_notify(config, shutdown, |_| {}).await
+}
+
+/// `run`, calling `ready` with the address bound (the port chosen when `listen` asked for
+/// port 0) once the replica serves requests.
+pub async fn run_notify(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), ServerError> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+    let bound = listener.local_addr().map_err(|source| ServerError::Listen { addr: config.listen, source })?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| StorageError::Io(e.into()))?;
     let store = SledStore::open(&config.data_dir)?;
     if let Some(backup) = &config.restore {
@@ -85,7 +96,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
     let (id, cluster_id) = (config.node.id, config.cluster_id);
     let (handle, thread) =
         node::spawn(config.node.clone(), store, |inbox| GrpcTransport::new(id, cluster_id, inbox, runtime))?;
-    tracing::info!(replica = id, listen = %config.listen, data = %config.data_dir.display(), "replica started");
+    tracing::info!(replica = id, listen = %bound, data = %config.data_dir.display(), "replica started");
     let leader = tokio::spawn(leader::run(handle.clone(), config.leader.clone()));
     let max = config.max_message_bytes;
     let jobs = JobServiceServer::new(JobServer::new(handle.clone(), config.leader.policy.clone()))
@@ -117,6 +128,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
             let _ = stop_rx.await;
         });
     let serving = tokio::spawn(serve);
+    ready(bound);
     let result = tokio::select! {
         _ = shutdown => Ok(()),
         why = fatal => Err(ServerError::Node(why)),

@@ -124,6 +124,20 @@ impl AdminService for AdminServer {
         Ok(Response::new(SetPriorityClassResponse {}))
     }
 
+    async fn delete_priority_class(
+        &self,
+        request: Request<DeletePriorityClassRequest>,
+    ) -> Result<Response<DeletePriorityClassResponse>, Status> {
+        let name = request.into_inner().name;
+        if name.trim().is_empty() {
+            return Err(Status::invalid_argument("name: required"));
+        }
+        match self.write(Command::DeletePriorityClass { name }).await {
+            Err(s) if s.code() == tonic::Code::InvalidArgument => Err(Status::not_found(s.message().to_owned())),
+            other => other.map(|_| Response::new(DeletePriorityClassResponse {})),
+        }
+    }
+
     async fn list_priority_classes(
         &self,
         _request: Request<ListPriorityClassesRequest>,

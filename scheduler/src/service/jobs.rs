@@ -132,7 +132,9 @@ impl JobService for JobServer {
         let policy = PolicyConfig { explain: true, ..self.policy.clone() };
         let plan = qm_core::schedule(&fsm.state, &policy, now);
         let report = plan.reports.iter().find(|r| r.job.0 == id);
-        let text = match (report, plan.decisions.placements.iter().any(|p| p.job.0 == id)) {
+        let placed = plan.decisions.placements.iter().any(|p| p.job.0 == id);
+        let cause = qm_core::cause::cause(&fsm.state, JobId(id), report, placed);
+        let text = match (report, placed) {
             (Some(r), _) => qm_core::render::report(&fsm.state, r),
             (None, true) => "the next scheduling cycle places it".to_owned(),
             (None, false) => format!(
@@ -140,6 +142,6 @@ impl JobService for JobServer {
                 fsm.state.job(JobId(id)).map_or("gone", |j| j.state.as_str())
             ),
         };
-        Ok(Response::new(WhyResponse { job: Some(job), report: report.map(report_to), cycle_at_ms: now, text }))
+        Ok(Response::new(WhyResponse { job: Some(job), report: report.map(report_to), cycle_at_ms: now, text, cause }))
     }
 }
