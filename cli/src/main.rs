@@ -5,14 +5,17 @@
 //! - `sim`: `qm sim run | compare | sweep`, the simulator.
 //! - `server`: `qm server` (one replica) and `qm dev` (a one-replica scheduler in a temp dir).
 //! - `client`: the gRPC client commands (`qm submit`, `qm jobs`, `qm status`, ...).
+//! - `out`: stdout that ends quietly on a closed pipe, exit codes, errors as text or JSON.
 
 mod client;
+mod out;
 mod plan;
 mod server;
 mod sim;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use out::say;
 use std::process::ExitCode;
 
 /// mimalloc instead of the system allocator: the simulator and the replicas allocate small
@@ -23,13 +26,15 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Quartermaster: a scheduler for shared accelerator fleets (GPU, TPU, FPGA, IPU).
+///
+/// Client commands reach the replicas named by --server or QM_SERVER (default
+/// 127.0.0.1:7070). Exit codes: 0 ok, 1 failed, 2 usage or invalid request, 3 not found,
+/// 4 unavailable, 5 refused by the cluster's state or policy.
 #[derive(Debug, Parser)]
-#[command(name = "qm", version, about, long_about = None)]
+#[command(name = "qm", version, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    #[command(flatten)]
-    target: client::Target,
 }
 
 #[derive(Debug, Subcommand)]
@@ -44,30 +49,58 @@ enum Command {
     Sim(sim::SimCommand),
     /// Runs one scheduler replica.
     Server(server::ServerArgs),
-    /// Runs a one-replica scheduler with its data in a temporary directory.
+    /// Runs a one-replica scheduler with its data in a temporary directory, with the usual
+    /// priority classes.
     Dev(server::DevArgs),
+    /// Prints a shell completion script: `qm completions bash > /etc/bash_completion.d/qm`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     #[command(flatten)]
     Client(client::ClientCommand),
 }
 
+impl Command {
+    /// Whether the command asked for JSON, so that its errors come as JSON too.
+    fn json(&self) -> bool {
+        match self {
+            Self::Plan(p) => p.json,
+            Self::Sim(s) => s.json(),
+            Self::Client(c) => c.target().json,
+            _ => false,
+        }
+    }
+
+    /// The default log filter: a replica says where it listens and what it does.
+    fn log_filter(&self) -> &'static str {
+        match self {
+            Self::Server(_) => "info",
+            _ => "warn",
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("QM_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QM_LOG").unwrap_or_else(|_| cli.command.log_filter().into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()) {
+    let json = cli.command.json();
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("qm: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => out::report(&e, json),
     }
 }
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Version => {
-            println!(
+            say!(
                 "qm {} (api quartermaster.v1, snapshot format {})",
                 env!("CARGO_PKG_VERSION"),
                 qm_core::state::SNAPSHOT_VERSION
@@ -75,9 +108,15 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Plan(args) => plan::run(&args),
-        Command::Sim(cmd) => sim::run(&cmd, cli.target.json()),
+        Command::Sim(cmd) => sim::run(&cmd),
         Command::Server(args) => server::serve(&args),
         Command::Dev(args) => server::dev(&args),
-        Command::Client(cmd) => client::run(&cli.target, &cmd),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "qm", &mut script);
+            out::write(format_args!("{}", String::from_utf8_lossy(&script)));
+            Ok(())
+        }
+        Command::Client(cmd) => client::run(&cmd),
     }
 }

@@ -1,6 +1,7 @@
 //! `qm plan`: builds the state a cluster, teams and jobs file describe, runs one scheduling
 //! cycle, and prints the plan (or writes it as JSON).
 
+use crate::out::say;
 use anyhow::{Context, Result};
 use clap::Args;
 use qm_core::scenario::{ClusterFile, JobsFile, Scenario, TeamsFile};
@@ -22,7 +23,7 @@ pub struct PlanArgs {
     jobs: PathBuf,
     /// Print the plan as JSON instead of text.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 fn read<T: DeserializeOwned>(path: &Path) -> Result<T> {
@@ -40,9 +41,9 @@ pub fn run(args: &PlanArgs) -> Result<()> {
     let stale = verify(&plan.decisions, &scenario.state, scenario.now_ms);
     anyhow::ensure!(stale.is_empty(), "internal error: the plan fails its own verification: {stale:?}");
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&plan)?);
+        say!("{}", serde_json::to_string_pretty(&plan)?);
     } else {
-        print!("{}", render::plan(&scenario.state, &plan));
+        crate::out::write(format_args!("{}", render::plan(&scenario.state, &plan)));
     }
     Ok(())
 }

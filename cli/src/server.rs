@@ -1,11 +1,13 @@
 //! `qm server` (one replica of a cluster) and `qm dev` (a one-replica scheduler with its data in
 //! a temporary directory).
 
+use crate::client::{set_class, Target, DEFAULT_CLASSES};
+use crate::out::say;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use qm_scheduler::leader::LeaderConfig;
 use qm_scheduler::node::NodeConfig;
-use qm_scheduler::server::{run, ServerConfig};
+use qm_scheduler::server::{run, run_notify, ServerConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -123,9 +125,28 @@ pub fn serve(args: &ServerArgs) -> Result<()> {
 /// Flags of `qm dev`.
 #[derive(Debug, Args)]
 pub struct DevArgs {
-    /// Address for clients.
+    /// Address for clients (port 0 picks a free port; the banner prints it).
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
+}
+
+/// Sets the usual priority classes on the fresh replica, then prints how to use it.
+async fn welcome(addr: SocketAddr, data: PathBuf) -> Result<()> {
+    let target = Target::new(vec![addr.to_string()]);
+    for (name, value) in DEFAULT_CLASSES {
+        set_class(&target, name, value).await.with_context(|| format!("setting the priority class {name}"))?;
+    }
+    let classes: Vec<String> = DEFAULT_CLASSES.iter().map(|(n, v)| format!("{n} ({v})")).collect();
+    say!("qm dev: one replica on {addr}, data in {} (removed on exit).", data.display());
+    say!("Priority classes: {}.", classes.join(", "));
+    say!("In another terminal:");
+    say!("  export QM_SERVER={addr}");
+    say!("  qm apply -f examples/teams.toml        # teams, quotas and classes of the example");
+    say!("  qm submit -f examples/jobs.toml        # the example's jobs");
+    say!("  qm jobs");
+    say!("  qm why 1");
+    say!("Jobs stay pending until a node agent registers accelerators. Ctrl-C stops.");
+    Ok(())
 }
 
 /// Runs `qm dev`.
@@ -146,14 +167,22 @@ pub fn dev(args: &DevArgs) -> Result<()> {
         node_lease_ms: 10_000,
     };
     let config = config(&server)?;
-    let addr = args.listen;
-    println!("qm dev: one replica on {addr}, data in {} (removed on exit). Try:", dir.path().display());
-    println!("  qm quota set --server {addr} --team research --flavor gpu/nvidia-h100-80gb-hbm3 --nominal 8");
-    println!("  qm submit --server {addr} --team research --gpus 1 --name hello -- python train.py");
-    println!("  qm jobs --server {addr}");
-    println!("  qm why --server {addr} 1");
-    println!("Jobs stay pending until a node agent registers accelerators. Ctrl-C stops.");
+    let data = dir.path().to_owned();
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(run(config, ctrl_c()))?;
-    Ok(())
+    rt.block_on(async move {
+        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+        let greeter = tokio::spawn(async move {
+            let addr = bound_rx.await.context("the replica stopped before it served")?;
+            welcome(addr, data).await
+        });
+        let served = run_notify(config, ctrl_c(), move |addr| {
+            let _ = bound_tx.send(addr);
+        })
+        .await;
+        match greeter.await {
+            Ok(Err(e)) if served.is_ok() => return Err(e),
+            _ => {}
+        }
+        served.map_err(anyhow::Error::from)
+    })
 }

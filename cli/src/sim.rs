@@ -1,6 +1,7 @@
 //! `qm sim run | compare | sweep`: replay a workload through the production policy and the
 //! baselines, and write tables, `summary.json`, `jobs.csv` and SVG plots.
 
+use crate::out::say;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -108,6 +109,9 @@ pub struct Common {
     /// Check the invariants after every event (slower).
     #[arg(long)]
     check: bool,
+    /// Print the summaries as JSON (as in summary.json) instead of tables.
+    #[arg(long)]
+    json: bool,
 }
 
 struct Loaded {
@@ -204,9 +208,19 @@ fn each<T: Sync, R: Send>(
     pool.install(|| items.par_iter().map(run).collect::<Vec<_>>()).into_iter().collect()
 }
 
-/// Runs `qm sim ...`; `json` prints what the tables say as JSON instead (summaries as in
+impl SimCommand {
+    /// Whether `--json` was given.
+    pub fn json(&self) -> bool {
+        match self {
+            Self::Run { common, .. } | Self::Compare { common, .. } | Self::Sweep { common, .. } => common.json,
+        }
+    }
+}
+
+/// Runs `qm sim ...`; `--json` prints what the tables say as JSON instead (summaries as in
 /// `summary.json`), and nothing else.
-pub fn run(cmd: &SimCommand, json: bool) -> Result<()> {
+pub fn run(cmd: &SimCommand) -> Result<()> {
+    let json = cmd.json();
     match cmd {
         SimCommand::Run { common, policy } => {
             let policy: Policy = policy.parse().map_err(anyhow::Error::msg).context("--policy")?;
@@ -217,9 +231,9 @@ pub fn run(cmd: &SimCommand, json: bool) -> Result<()> {
             if json {
                 return print_json(&report.summary);
             }
-            print!("{}", output::table(&report.summary));
+            crate::out::write(format_args!("{}", output::table(&report.summary)));
             print_unfit(&report);
-            println!("wrote {}", common.out.display());
+            say!("wrote {}", common.out.display());
             Ok(())
         }
         SimCommand::Compare { common, policy, threads } => compare(common, policy, threads, json),
@@ -228,7 +242,7 @@ pub fn run(cmd: &SimCommand, json: bool) -> Result<()> {
 }
 
 fn print_json(value: &impl Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    say!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -240,10 +254,10 @@ fn write_one(dir: &Path, report: &Report) -> Result<()> {
 
 fn print_unfit(report: &Report) {
     for u in report.unfit.iter().take(5) {
-        println!("never fits, left out: trace line {} (team {}): {}", u.job.line, u.job.team, u.reason);
+        say!("never fits, left out: trace line {} (team {}): {}", u.job.line, u.job.team, u.reason);
     }
     if report.unfit.len() > 5 {
-        println!("... and {} more (see jobs.csv)", report.unfit.len() - 5);
+        say!("... and {} more (see jobs.csv)", report.unfit.len() - 5);
     }
 }
 
@@ -268,8 +282,8 @@ fn compare(common: &Common, names: &[String], threads: &Threads, json: bool) -> 
     if json {
         return print_json(&summaries);
     }
-    print!("{table}");
-    println!("wrote {}", common.out.display());
+    crate::out::write(format_args!("{table}"));
+    say!("wrote {}", common.out.display());
     Ok(())
 }
 
@@ -343,7 +357,7 @@ fn sweep(common: &Common, policy: &str, vary: &str, threads: &Threads, json: boo
         let (vary, name) = (v.kind.as_str(), v.name.as_str());
         return print_json(&steps.map(|(&step, summary)| Step { vary, name, step, summary }).collect::<Vec<_>>());
     }
-    print!("{table}");
-    println!("wrote {}", common.out.display());
+    crate::out::write(format_args!("{table}"));
+    say!("wrote {}", common.out.display());
     Ok(())
 }

@@ -1,10 +1,15 @@
 //! The operators' commands: nodes, teams and quotas, cluster status, members, backups.
 
-use super::{admin_client, call, call_with, print_or_json, Resend, Target};
+use super::connect::{call, call_with, endpoint, Resend};
+use super::words::{self, table};
+use super::{admin_client, print_or_json, Target};
+use crate::out::{say, Failure};
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use qm_proto::convert::flavor_to;
 use qm_proto::v1::*;
 use serde_json::json;
+use std::time::Duration;
 
 /// `qm admin`.
 #[derive(Debug, Subcommand)]
@@ -76,7 +81,7 @@ pub enum MembersCommand {
 /// `qm quota`.
 #[derive(Debug, Subcommand)]
 pub enum QuotaCommand {
-    /// Sets a team's quota for one flavor.
+    /// Sets a team's quota for one flavor (creating the team if needed).
     Set {
         /// The team.
         #[arg(long)]
@@ -93,6 +98,16 @@ pub enum QuotaCommand {
         /// Most idle nominal others may borrow (all when absent).
         #[arg(long)]
         lending_limit: Option<u32>,
+        /// The team's fair-share weight (kept when absent; 1 for a new team).
+        #[arg(long)]
+        weight: Option<f64>,
+    },
+    /// Lists every team's quotas and usage, one row per team and flavor.
+    List,
+    /// Shows one team's weight, quotas and usage.
+    Get {
+        /// The team.
+        team: String,
     },
 }
 
@@ -173,25 +188,41 @@ pub(super) async fn admin(t: &Target, cmd: &AdminCommand) -> Result<()> {
 
 pub(super) async fn nodes(t: &Target) -> Result<()> {
     let r = call(t, |c| async move { admin_client(c).list_nodes(ListNodesRequest { consistency: 0 }).await }).await?;
-    let rows: Vec<(String, usize, bool, bool)> = r
-        .nodes
-        .iter()
-        .map(|n| {
-            let inv = n.inventory.clone().unwrap_or_default();
-            (inv.name, inv.devices.len(), n.cordoned, n.draining)
-        })
-        .collect();
-    let value = json!(rows
-        .iter()
-        .map(|(n, d, c, dr)| json!({"node": n, "devices": d, "cordoned": c, "draining": dr}))
-        .collect::<Vec<_>>());
-    print_or_json(t, value, || {
-        let mut out = format!("{:<24} {:>7} {:>9} {:>8}", "NODE", "DEVICES", "CORDONED", "DRAINING");
-        for (n, d, c, dr) in &rows {
-            out += &format!("\n{n:<24} {d:>7} {c:>9} {dr:>8}");
-        }
-        out
+    let row = |n: &Node| {
+        let inv = n.inventory.clone().unwrap_or_default();
+        let status = NodeStatus::try_from(n.status)
+            .map_or("?".into(), |s| s.as_str_name().trim_start_matches("NODE_STATUS_").to_lowercase());
+        let flavors: std::collections::BTreeSet<String> =
+            inv.devices.iter().map(|d| format!("{}/{}", words::kind(d.kind), d.model)).collect();
+        let held = inv.devices.iter().filter(|d| d.held_by_job.is_some()).count();
+        (
+            inv.name,
+            status,
+            flavors.into_iter().collect::<Vec<_>>().join(","),
+            inv.devices.len(),
+            held,
+            n.cordoned,
+            n.draining,
+        )
+    };
+    let rows: Vec<_> = r.nodes.iter().map(row).collect();
+    if t.json {
+        let value: Vec<_> = rows
+            .iter()
+            .map(|(n, s, f, d, h, c, dr)| json!({"node": n, "status": s, "flavors": f, "devices": d, "used": h, "cordoned": c, "draining": dr}))
+            .collect();
+        say!("{}", json!(value));
+        return Ok(());
+    }
+    let lines = rows.iter().map(|(n, s, f, d, h, c, dr)| {
+        let sched = match (c, dr) {
+            (_, true) => "draining",
+            (true, false) => "cordoned",
+            _ => "yes",
+        };
+        vec![n.clone(), s.clone(), sched.to_owned(), f.clone(), d.to_string(), h.to_string()]
     });
+    say!("{}", table(&["NODE", "STATUS", "SCHEDULABLE", "FLAVORS", "DEVICES", "USED"], &["DEVICES", "USED"], lines));
     Ok(())
 }
 
@@ -199,70 +230,152 @@ async fn list_teams(t: &Target) -> Result<Vec<TeamStatus>> {
     Ok(call(t, |c| async move { admin_client(c).list_teams(ListTeamsRequest { consistency: 0 }).await }).await?.teams)
 }
 
-fn flavor_name(f: Option<&Flavor>) -> String {
-    f.map_or_else(String::new, |f| {
-        let kind = AcceleratorKind::try_from(f.kind)
-            .map_or("?".into(), |k| k.as_str_name().trim_start_matches("ACCELERATOR_KIND_").to_lowercase());
-        format!("{kind}/{}", f.model)
-    })
+/// One row per team and flavor: quota, usage and pending jobs.
+fn quota_rows(teams: &[TeamStatus]) -> Vec<serde_json::Value> {
+    let mut rows = Vec::new();
+    for ts in teams {
+        let team = ts.team.clone().unwrap_or_default();
+        for q in &team.quotas {
+            let flavor = words::flavor(q.flavor.as_ref());
+            let used = ts.usage.iter().find(|u| words::flavor(u.flavor.as_ref()) == flavor).map_or(0, |u| u.used);
+            rows.push(json!({"team": team.name, "weight": team.weight, "flavor": flavor, "nominal": q.nominal,
+                "borrowing_limit": q.borrowing_limit, "lending_limit": q.lending_limit, "used": used,
+                "borrowed": used.saturating_sub(q.nominal), "pending_jobs": ts.pending_jobs}));
+        }
+    }
+    rows
+}
+
+fn print_quotas(t: &Target, rows: Vec<serde_json::Value>) {
+    if t.json {
+        say!("{}", json!(rows));
+        return;
+    }
+    let limit = |v: &serde_json::Value| v.as_u64().map_or("-".to_owned(), |n| n.to_string());
+    let lines = rows.iter().map(|r| {
+        vec![
+            r["team"].as_str().unwrap_or_default().to_owned(),
+            r["weight"].to_string(),
+            r["flavor"].as_str().unwrap_or_default().to_owned(),
+            r["nominal"].to_string(),
+            limit(&r["borrowing_limit"]),
+            limit(&r["lending_limit"]),
+            r["used"].to_string(),
+            r["borrowed"].to_string(),
+            r["pending_jobs"].to_string(),
+        ]
+    });
+    let header = ["TEAM", "WEIGHT", "FLAVOR", "NOMINAL", "BORROW LIMIT", "LEND LIMIT", "USED", "BORROWED", "PENDING"];
+    say!("{}", table(&header, &header[3..], lines));
 }
 
 pub(super) async fn teams(t: &Target) -> Result<()> {
-    let teams = list_teams(t).await?;
-    let mut rows = Vec::new();
-    for ts in &teams {
-        let team = ts.team.clone().unwrap_or_default();
-        for q in &team.quotas {
-            let flavor = flavor_name(q.flavor.as_ref());
-            let used = ts.usage.iter().find(|u| flavor_name(u.flavor.as_ref()) == flavor).map_or(0, |u| u.used);
-            rows.push((team.name.clone(), flavor, q.nominal, q.borrowing_limit, used, ts.pending_jobs));
-        }
-    }
-    let value = json!(rows.iter().map(|(n, f, nom, b, u, p)| json!({"team": n, "flavor": f, "nominal": nom, "borrowing_limit": b, "used": u, "pending_jobs": p})).collect::<Vec<_>>());
-    print_or_json(t, value, || {
-        let mut out =
-            format!("{:<16} {:<32} {:>7} {:>9} {:>5} {:>7}", "TEAM", "FLAVOR", "NOMINAL", "BORROW", "USED", "PENDING");
-        for (n, f, nom, b, u, p) in &rows {
-            let b = b.map_or("-".to_owned(), |b| b.to_string());
-            out += &format!("\n{n:<16} {f:<32} {nom:>7} {b:>9} {u:>5} {p:>7}");
-        }
-        out
-    });
+    print_quotas(t, quota_rows(&list_teams(t).await?));
     Ok(())
 }
 
-pub(super) async fn quota_set(t: &Target, team: &str, quota: FlavorQuota) -> Result<()> {
+pub(super) async fn quota(t: &Target, cmd: &QuotaCommand) -> Result<()> {
+    match cmd {
+        QuotaCommand::List => teams(t).await,
+        QuotaCommand::Get { team } => {
+            let teams = list_teams(t).await?;
+            let found: Vec<TeamStatus> =
+                teams.into_iter().filter(|s| s.team.as_ref().is_some_and(|x| &x.name == team)).collect();
+            if found.is_empty() {
+                return Err(Failure::new(crate::out::Exit::NotFound, format!("team: no team {team:?}")).into());
+            }
+            print_quotas(t, quota_rows(&found));
+            Ok(())
+        }
+        QuotaCommand::Set { team, flavor, nominal, borrowing_limit, lending_limit, weight } => {
+            let flavor: qm_core::Flavor = flavor.parse().map_err(|e| Failure::usage(format!("--flavor: {e}")))?;
+            let q = FlavorQuota {
+                flavor: Some(flavor_to(&flavor)),
+                nominal: *nominal,
+                borrowing_limit: *borrowing_limit,
+                lending_limit: *lending_limit,
+            };
+            quota_set(t, team, q, *weight).await
+        }
+    }
+}
+
+async fn quota_set(t: &Target, team: &str, quota: FlavorQuota, weight: Option<f64>) -> Result<()> {
     let existing = list_teams(t).await?.into_iter().filter_map(|s| s.team).find(|x| x.name == team);
     let mut spec = existing.unwrap_or(Team { name: team.to_owned(), weight: 1.0, quotas: vec![] });
     spec.quotas.retain(|q| q.flavor != quota.flavor);
     spec.quotas.push(quota);
-    let req = SetTeamRequest { team: Some(spec) };
+    if let Some(w) = weight {
+        spec.weight = w;
+    }
+    set_team(t, spec).await?;
+    print_or_json(t, json!({ "team": team, "ok": true }), || format!("team {team}: quota set"));
+    Ok(())
+}
+
+/// Creates or replaces a team.
+pub(super) async fn set_team(t: &Target, team: Team) -> Result<()> {
+    let req = SetTeamRequest { team: Some(team) };
     call(t, |c| {
         let req = req.clone();
         async move { admin_client(c).set_team(req).await }
     })
     .await?;
-    print_or_json(t, json!({ "team": team, "ok": true }), || format!("team {team}: quota set"));
     Ok(())
+}
+
+/// Whether the replica at `address` answers a status request within a short time.
+async fn answers(address: &str) -> bool {
+    let Ok(endpoint) = endpoint(address) else { return false };
+    let endpoint = endpoint.connect_timeout(Duration::from_millis(500)).timeout(Duration::from_secs(1));
+    match endpoint.connect().await {
+        Ok(c) => admin_client(c).cluster_status(ClusterStatusRequest {}).await.is_ok(),
+        Err(_) => false,
+    }
 }
 
 pub(super) async fn status(t: &Target) -> Result<()> {
     let r = call(t, |c| async move { admin_client(c).cluster_status(ClusterStatusRequest {}).await }).await?;
     let hash: String = r.state_hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    let members: Vec<serde_json::Value> =
-        r.members.iter().map(|m| json!({"id": m.id, "address": m.address, "leader": m.id == r.leader_id})).collect();
-    let value = json!({ "replica": r.replica_id, "leader": r.leader_id, "term": r.term, "commit": r.commit_index,
-        "applied": r.applied_index, "members": members, "pending_jobs": r.pending_jobs, "running_jobs": r.running_jobs, "state_hash": hash });
-    print_or_json(t, value, || {
-        let mut out = format!(
-            "replica {} | leader {} | term {} | commit {} | applied {} | pending {} | running {} | state {hash}",
-            r.replica_id, r.leader_id, r.term, r.commit_index, r.applied_index, r.pending_jobs, r.running_jobs
+    let mut reachable = Vec::new();
+    for m in &r.members {
+        reachable.push(m.id == r.replica_id || answers(&m.address).await);
+    }
+    let role = |m: &Member| if m.id == r.leader_id { "leader" } else { "follower" };
+    let members: Vec<serde_json::Value> = r
+        .members
+        .iter()
+        .zip(&reachable)
+        .map(|(m, ok)| json!({"id": m.id, "address": m.address, "role": role(m), "reachable": ok}))
+        .collect();
+    let capacity: Vec<serde_json::Value> = r
+        .capacity
+        .iter()
+        .map(|c| json!({"flavor": words::flavor(c.flavor.as_ref()), "total": c.total, "used": c.used}))
+        .collect();
+    if t.json {
+        say!(
+            "{}",
+            json!({ "replica": r.replica_id, "leader": r.leader_id, "term": r.term, "commit": r.commit_index,
+            "applied": r.applied_index, "members": members, "capacity": capacity, "pending_jobs": r.pending_jobs,
+            "running_jobs": r.running_jobs, "state_hash": hash })
         );
-        for m in &r.members {
-            let role = if m.id == r.leader_id { "leader" } else { "follower" };
-            out += &format!("\n  member {} {} {role}", m.id, m.address);
-        }
-        out
+        return Ok(());
+    }
+    say!(
+        "replica {} | leader {} | term {} | commit {} | applied {} | pending {} | running {} | state {hash}",
+        r.replica_id,
+        r.leader_id,
+        r.term,
+        r.commit_index,
+        r.applied_index,
+        r.pending_jobs,
+        r.running_jobs
+    );
+    let rows = r.members.iter().zip(&reachable).map(|(m, ok)| {
+        let reach = if *ok { "yes" } else { "UNREACHABLE" };
+        vec![m.id.to_string(), m.address.clone(), role(m).to_owned(), reach.to_owned()]
     });
+    say!("{}", table(&["MEMBER", "ADDRESS", "ROLE", "REACHABLE"], &["MEMBER"], rows));
     Ok(())
 }

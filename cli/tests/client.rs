@@ -1,0 +1,167 @@
+//! The client commands against a real `qm dev`, as a newcomer types them: addresses, exit
+//! codes, JSON, priority classes, files, kinds, and failover.
+
+mod common;
+
+use common::{qm, qm_env, text, Dev};
+use serde_json::Value;
+use std::process::Output;
+
+fn json(o: &Output) -> Value {
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o.stdout)))
+}
+
+/// `qm dev`, then the commands of the README's quick start, as a newcomer would type them.
+#[test]
+fn dev_serves_the_client_commands() {
+    let dev = Dev::start();
+    let server = dev.flag();
+    assert!(dev.banner.contains(&format!("export QM_SERVER={}", dev.addr)), "{}", dev.banner);
+    let quota =
+        ["quota", "set", &server, "--team", "research", "--flavor", "gpu/nvidia-h100-80gb-hbm3", "--nominal", "8"];
+    let set = qm(&quota);
+    assert!(set.status.success(), "{}", text(&set.stderr));
+    let submitted =
+        qm(&["submit", &server, "--team", "research", "--gpus", "2", "--name", "hello", "--", "python", "t.py"]);
+    assert_eq!(text(&submitted.stdout).trim(), "submitted job 1", "{}", text(&submitted.stderr));
+    let bad = qm(&["submit", &server, "--team", "research", "--gpus", "0", "--", "true"]);
+    assert!(text(&bad.stderr).contains("jobs[0].gang.devices.count"), "{}", text(&bad.stderr));
+    assert_eq!(bad.status.code(), Some(2), "an invalid request is a usage error");
+    let listed = json(&qm(&["jobs", &server, "--json"]));
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    assert_eq!((listed[0]["devices"].as_u64(), listed[0]["state"].as_str()), (Some(2), Some("pending")));
+    assert_eq!(listed[0]["flavor"], "gpu/*");
+    let table = text(&qm(&["jobs", &server]).stdout);
+    let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(header, ["ID", "NAME", "TEAM", "STATE", "PRIORITY", "FLAVOR", "DEVICES", "NODE", "AGE"]);
+    let why = text(&qm(&["why", &server, "1"]).stdout);
+    assert!(why.starts_with("job 1 (pending): no node agent has registered"), "{why}");
+    let why = json(&qm(&["why", &server, "1", "--json"]));
+    assert!(why["cause"].as_str().is_some_and(|c| c.starts_with("no node agent")), "{why}");
+    assert_eq!(why["report"]["reason"], "unschedulable");
+    assert!(why["report"]["attempts"][0]["outcome"]["never_fits"]["nodes"].is_number(), "{why}");
+    let job = text(&qm(&["job", &server, "1"]).stdout);
+    let labels: Vec<&str> = job.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(labels[..9], ["Name", "Team", "State", "Command", "Flavor", "Devices", "Priority", "Nodes", "Attempts"]);
+    assert!(job.contains("Command  python t.py"), "{job}");
+    let status = json(&qm(&["status", &server, "--json"]));
+    assert_eq!((status["leader"].as_u64(), status["pending_jobs"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(status["members"][0]["reachable"], true);
+}
+
+#[test]
+fn the_examples_apply_and_submit_as_they_are_with_the_usual_classes() {
+    let dev = Dev::start();
+    let server = dev.flag();
+    let classes = json(&qm(&["priority-class", "list", &server, "--json"]));
+    let names: Vec<&str> = classes.as_array().unwrap().iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["production", "high", "default", "low"], "highest first");
+    let applied = qm(&["apply", "-f", "examples/teams.toml", &server]);
+    assert!(applied.status.success(), "{}", text(&applied.stderr));
+    let submitted = json(&qm(&["submit", "--file", "examples/jobs.toml", &server, "--json"]));
+    assert_eq!(submitted["job_ids"].as_array().map(Vec::len), Some(7), "every job of the file");
+    let first = json(&qm(&["job", "1", &server, "--json"]));
+    assert_eq!((first["priority_class"].as_str(), first["priority"].as_i64()), (Some("production"), Some(1000)));
+    let set = qm(&["priority-class", "set", "urgent", "5000", &server]);
+    assert!(set.status.success(), "{}", text(&set.stderr));
+    let deleted = qm(&["priority-class", "delete", "urgent", &server]);
+    assert!(deleted.status.success(), "{}", text(&deleted.stderr));
+    let again = qm(&["priority-class", "delete", "urgent", &server, "--json"]);
+    assert_eq!(again.status.code(), Some(3), "a class that is gone is not found");
+    let err: Value = serde_json::from_slice(&again.stderr).expect("a JSON error on stderr");
+    assert_eq!(err["error"]["code"], "not_found");
+    assert!(err["error"]["message"].as_str().is_some_and(|m| m.contains("urgent")), "{err}");
+    let research = json(&qm(&["quota", "get", "research", &server, "--json"]));
+    assert_eq!((research[0]["nominal"].as_u64(), research[0]["weight"].as_f64()), (Some(16), Some(1.0)));
+    let weighted = ["quota", "set", "--team", "research", "--flavor", "gpu/nvidia-h100-80gb-hbm3", "--nominal", "12"];
+    assert!(qm(&[&weighted[..], &["--weight", "3", &server]].concat()).status.success());
+    let research = json(&qm(&["quota", "get", "research", &server, "--json"]));
+    assert_eq!((research[0]["nominal"].as_u64(), research[0]["weight"].as_f64()), (Some(12), Some(3.0)));
+    assert_eq!(json(&qm(&["quota", "list", &server, "--json"])).as_array().map(Vec::len), Some(5));
+    assert_eq!(qm(&["quota", "get", "nobody", &server]).status.code(), Some(3));
+}
+
+#[test]
+fn kinds_and_models_are_checked_against_the_quota_with_the_flavors_named() {
+    let dev = Dev::start();
+    let server = dev.flag();
+    let quota = ["quota", "set", &server, "--team", "ml", "--flavor", "tpu/google-tpu-v5e", "--nominal", "8"];
+    assert!(qm(&quota).status.success());
+    let tpu = json(&qm(&["submit", &server, "--team", "ml", "--kind", "tpu", "--gpus", "4", "--json", "--", "t"]));
+    assert_eq!(tpu["job_ids"][0], 1);
+    assert_eq!(json(&qm(&["job", "1", &server, "--json"]))["flavor"], "tpu/*");
+    let gpu = qm(&["submit", &server, "--team", "ml", "--model", "nvidia-a10", "--", "t"]);
+    assert_eq!(gpu.status.code(), Some(2));
+    let err = text(&gpu.stderr);
+    assert!(err.contains("(gpu/nvidia-a10); its quota covers tpu/google-tpu-v5e"), "{err}");
+    let bad = qm(&["submit", &server, "--team", "ml", "--kind", "npu", "--", "t"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
+}
+
+#[test]
+fn the_address_comes_from_qm_server_and_a_refusal_is_immediate_and_says_what_to_do() {
+    let dev = Dev::start();
+    let url = format!("http://{}", dev.addr);
+    let status = qm_env(&["status", "--json"], &[("QM_SERVER", &url)]);
+    assert_eq!(json(&status)["leader"], 1, "QM_SERVER with an http:// address");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let refused = qm_env(&["jobs"], &[("QM_SERVER", &closed)]);
+    assert_eq!(refused.status.code(), Some(4));
+    let err = text(&refused.stderr);
+    assert!(err.contains(&format!("cannot reach a Quartermaster replica at {closed}")), "{err}");
+    assert!(err.contains("qm dev") && err.contains("QM_SERVER"), "{err}");
+    let flag_wins = qm_env(&["status", "--json", &dev.flag()], &[("QM_SERVER", &closed)]);
+    assert_eq!(json(&flag_wins)["leader"], 1, "--server overrides QM_SERVER");
+    let missing = qm(&["job", "42", &dev.flag()]);
+    assert_eq!(missing.status.code(), Some(3));
+    assert!(text(&missing.stderr).contains("no job 42"), "{}", text(&missing.stderr));
+    let usage = qm(&["submit", &dev.flag(), "--", "true"]);
+    assert_eq!(usage.status.code(), Some(2));
+    assert!(text(&usage.stderr).contains("--team: required"), "{}", text(&usage.stderr));
+    let not_an_address = qm(&["jobs", "--server", "nope"]);
+    assert_eq!(not_an_address.status.code(), Some(2));
+}
+
+/// A replica that dies under a request: it takes each connection, reads what the client sends
+/// (the request included) until the client has waited 500 ms for the answer, and closes the
+/// connection.
+fn dying_replica() -> String {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            conn.set_read_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
+            let mut buf = [0u8; 4096];
+            while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+        }
+    });
+    addr
+}
+
+/// A request whose replica dies under it goes to the next `--server` when sending it twice is
+/// safe (submissions carry a request id; a second cancel does nothing); a membership change is
+/// not sent twice, and the client says its outcome is unknown.
+#[test]
+fn a_request_whose_replica_dies_under_it_goes_to_the_next() {
+    let dev = Dev::start();
+    let dying = dying_replica();
+    let both = format!("--server={dying},{}", dev.addr);
+    let set =
+        qm(&["quota", "set", &both, "--team", "research", "--flavor", "gpu/nvidia-h100-80gb-hbm3", "--nominal", "8"]);
+    assert!(set.status.success(), "{}", text(&set.stderr));
+    let submitted = qm(&["submit", &both, "--team", "research", "--name", "hello", "--", "python", "t.py"]);
+    assert_eq!(text(&submitted.stdout).trim(), "submitted job 1", "{}", text(&submitted.stderr));
+    for _ in 0..2 {
+        let cancelled = qm(&["cancel", &both, "1"]);
+        assert_eq!(text(&cancelled.stdout).trim(), "job 1: cancelled", "{}", text(&cancelled.stderr));
+    }
+    let listed = json(&qm(&["jobs", &both, "--json"]));
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "one job, whatever the retries");
+    let removed = qm(&["admin", "members", "remove", "--id", "2", &both]);
+    assert!(!removed.status.success());
+    let err = text(&removed.stderr);
+    assert!(err.contains(&format!("{dying}: the connection failed before the answer came")), "{err}");
+    assert!(err.contains("may or may not have been applied"), "{err}");
+}
