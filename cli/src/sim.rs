@@ -53,6 +53,10 @@ pub enum SimCommand {
         /// `quota:TEAM=FROM..TO[:STEP]`.
         #[arg(long)]
         vary: String,
+        /// The p95 wait the planner aims at, in hours: drawn on the plot, and the table marks
+        /// the steps that meet it.
+        #[arg(long, default_value_t = 1.0)]
+        target_p95_wait_h: f64,
         #[command(flatten)]
         threads: Threads,
     },
@@ -227,7 +231,7 @@ pub fn run(cmd: &SimCommand) -> Result<()> {
             let l = load(common)?;
             let report =
                 simulate(&l, &l.cluster, &config(common, policy, l.placement), policy.name(), &MultiProgress::new())?;
-            write_one(&common.out, &report)?;
+            write_one(&common.out, &report, common)?;
             if json {
                 return print_json(&report.summary);
             }
@@ -237,7 +241,9 @@ pub fn run(cmd: &SimCommand) -> Result<()> {
             Ok(())
         }
         SimCommand::Compare { common, policy, threads } => compare(common, policy, threads, json),
-        SimCommand::Sweep { common, policy, vary, threads } => sweep(common, policy, vary, threads, json),
+        SimCommand::Sweep { common, policy, vary, threads, target_p95_wait_h } => {
+            sweep(common, policy, vary, threads, *target_p95_wait_h, json)
+        }
     }
 }
 
@@ -246,10 +252,16 @@ fn print_json(value: &impl Serialize) -> Result<()> {
     Ok(())
 }
 
-fn write_one(dir: &Path, report: &Report) -> Result<()> {
+fn write_one(dir: &Path, report: &Report, common: &Common) -> Result<()> {
     output::write_run(dir, report)?;
-    plots::run_plots(dir, report)?;
+    plots::run_plots(dir, report, &plot_context(common))?;
     Ok(())
+}
+
+/// What the plots' titles say of the inputs: the cluster and the trace by file name.
+fn plot_context(c: &Common) -> plots::Context {
+    let name = |s: &str| Path::new(s).file_name().map_or_else(|| s.to_owned(), |n| n.to_string_lossy().into_owned());
+    plots::Context { cluster: name(&c.cluster), trace: name(&c.trace.to_string_lossy()) }
 }
 
 fn print_unfit(report: &Report) {
@@ -271,11 +283,11 @@ fn compare(common: &Common, names: &[String], threads: &Threads, json: bool) -> 
     let bars = MultiProgress::new();
     let reports = each(&policies, threads, |&p| {
         let report = simulate(&l, &l.cluster, &config(common, p, l.placement), p.name(), &bars)?;
-        write_one(&common.out.join(p.name()), &report)?;
+        write_one(&common.out.join(p.name()), &report, common)?;
         Ok(report)
     })?;
     let refs: Vec<&Report> = reports.iter().collect();
-    plots::jct_plot(&common.out.join("jct_cdf.svg"), &refs)?;
+    plots::jct_plot(&common.out.join("jct_cdf.svg"), &refs, &plot_context(common))?;
     let summaries: Vec<_> = reports.iter().map(|r| r.summary.clone()).collect();
     let table = output::comparison(&summaries);
     std::fs::write(common.out.join("comparison.txt"), &table).context("writing comparison.txt")?;
@@ -317,7 +329,10 @@ struct Step<'a> {
     summary: &'a Summary,
 }
 
-fn sweep(common: &Common, policy: &str, vary: &str, threads: &Threads, json: bool) -> Result<()> {
+fn sweep(common: &Common, policy: &str, vary: &str, threads: &Threads, target_wait_h: f64, json: bool) -> Result<()> {
+    if !(target_wait_h.is_finite() && target_wait_h >= 0.0) {
+        bail!("--target-p95-wait-h: {target_wait_h} is not a number of hours");
+    }
     let policy: Policy = policy.parse().map_err(anyhow::Error::msg).context("--policy")?;
     let v = parse_vary(vary)?;
     let l = load(common)?;
@@ -335,22 +350,29 @@ fn sweep(common: &Common, policy: &str, vary: &str, threads: &Threads, json: boo
         output::write_run(&common.out.join(format!("{}-{step}", v.kind)), &report)?;
         Ok(report.summary)
     })?;
-    let mut table =
-        format!("{:>8} {:>10} {:>14} {:>12} {:>10}\n", v.kind, "completed", "p95 wait (h)", "avg JCT (h)", "util");
+    let mut table = format!(
+        "{:>8} {:>10} {:>14} {:>12} {:>10}  meets p95 wait <= {target_wait_h} h\n",
+        v.kind, "completed", "p95 wait (h)", "avg JCT (h)", "util"
+    );
     let mut rows = Vec::new();
     for (&step, s) in v.steps.iter().zip(&summaries) {
         table += &format!(
-            "{step:>8} {:>10} {:>14.2} {:>12.2} {:>10.3}\n",
+            "{step:>8} {:>10} {:>14.2} {:>12.2} {:>10.3}  {}\n",
             s.jobs_completed,
             s.p95_wait_s / 3600.0,
             s.avg_jct_s / 3600.0,
-            s.gpu_utilization
+            s.gpu_utilization,
+            if s.p95_wait_s <= target_wait_h * 3600.0 { "yes" } else { "no" }
         );
-        rows.push((f64::from(step), s.p95_wait_s, s.gpu_utilization));
+        rows.push((step, s.p95_wait_s, s.gpu_utilization));
     }
     std::fs::create_dir_all(&common.out)?;
-    let what = format!("{} {}", v.kind, v.name);
-    plots::sweep_plot(&common.out.join("sweep.svg"), &what, &rows)?;
+    let what = match v.kind.as_str() {
+        "pool" => format!("nodes in pool {}", v.name),
+        _ => format!("nominal quota of team {}", v.name),
+    };
+    let plot = common.out.join("sweep.svg");
+    plots::sweep_plot(&plot, &what, policy.name(), &rows, target_wait_h, &plot_context(common))?;
     std::fs::write(common.out.join("sweep.txt"), &table)?;
     if json {
         let steps = v.steps.iter().zip(&summaries);

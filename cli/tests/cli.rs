@@ -93,15 +93,24 @@ fn sim_run_writes_the_summary_the_jobs_and_the_plots() {
     }
     assert_eq!(std::fs::read_to_string(out.join("jobs.csv")).unwrap().lines().count(), 61);
     for plot in ["utilization.svg", "queue.svg", "team_share.svg", "jct_cdf.svg"] {
-        assert!(std::fs::read_to_string(out.join(plot)).unwrap().starts_with("<svg"), "{plot}");
+        let svg = std::fs::read_to_string(out.join(plot)).unwrap();
+        assert!(svg.starts_with("<svg"), "{plot}");
+        assert!(svg.contains("policy default | cluster 4x4 | trace 60_job.csv"), "{plot} is titled with its inputs");
     }
+    let cdf = std::fs::read_to_string(out.join("jct_cdf.svg")).unwrap();
+    assert!(cdf.contains("\n10min\n") && cdf.contains("(log scale)"), "round times on a log axis");
+    let share = std::fs::read_to_string(out.join("team_share.svg")).unwrap();
+    assert!(share.contains("tiresias: nominal 16 devices (100.0%)"), "one panel per team with its nominal");
+    assert!(stdout.contains("nominal   avg wait   p95 wait"), "{stdout}");
     let cmp = sim("compare", &out, &["--policy", "strict-fifo", "--policy", "backfill"]);
     assert!(cmp.status.success(), "{}", text(&cmp.stderr));
     assert!(text(&cmp.stdout).contains("strict-fifo") && out.join("backfill/summary.json").exists());
     let sweep = sim("sweep", &out, &["--vary", "pool:node=2..4"]);
     assert!(sweep.status.success(), "{}", text(&sweep.stderr));
     assert_eq!(text(&sweep.stdout).lines().filter(|l| l.trim_start().starts_with(char::is_numeric)).count(), 3);
-    assert!(out.join("sweep.svg").exists());
+    let plot = std::fs::read_to_string(out.join("sweep.svg")).unwrap();
+    assert!(plot.contains("Sweep of nodes in pool node") && plot.contains("target p95 wait 1h"), "{plot}");
+    assert_eq!(plot.matches("<circle").count(), 6, "a marker per step in each of the two panels");
     std::fs::remove_dir_all(&out).unwrap();
 }
 

@@ -95,8 +95,8 @@ pub struct RunOutput {
     pub samples: Vec<Sample>,
     /// The teams, in the order of `Sample::team_busy` (the state's own ids).
     pub teams: Vec<TeamId>,
-    /// Each team's nominal share of the cluster's devices.
-    pub nominal_share: Vec<f64>,
+    /// Each team's nominal quota, in devices summed over its flavors.
+    pub nominal: Vec<u64>,
     /// Devices in the cluster.
     pub devices: u64,
     /// Events handled.
@@ -158,10 +158,7 @@ impl<'a> Sim<'a> {
         let mut state = State::new();
         state.apply(Command::SetPriorityClass { class: PriorityClass { name: "default".into(), value: 0 } })?;
         let devices: u64 = cluster.capacity().values().map(|&c| u64::from(c)).sum();
-        let nominal_share = teams
-            .iter()
-            .map(|t| t.quotas.values().map(|q| f64::from(q.nominal)).sum::<f64>() / devices.max(1) as f64)
-            .collect();
+        let nominal = teams.iter().map(|t| t.quotas.values().map(|q| u64::from(q.nominal)).sum()).collect();
         let names = teams.iter().map(|t| t.name.clone()).collect();
         for team in teams {
             state.apply(Command::SetTeam { team })?;
@@ -194,7 +191,7 @@ impl<'a> Sim<'a> {
             tick_pending: false,
             trace_of: Vec::with_capacity(jobs.len()),
             progress: Vec::with_capacity(jobs.len()),
-            out: RunOutput { teams: names, nominal_share, devices, ..RunOutput::default() },
+            out: RunOutput { teams: names, nominal, devices, ..RunOutput::default() },
             scratch: Scratch::default(),
             outcome: Outcome::default(),
             started: Outcome::default(),

@@ -86,6 +86,8 @@ pub struct TeamSummary {
     pub gpu_hours: f64,
     /// Share of all GPU-hours done.
     pub share: f64,
+    /// Devices its nominal quota guarantees (over all flavors).
+    pub nominal_devices: u64,
     /// Share of the cluster its nominal quota guarantees.
     pub nominal_share: f64,
     /// Mean wait, s.
@@ -197,7 +199,8 @@ fn team_summary(out: &RunOutput, i: usize, mine: &[&JobRecord], total_gpu_ms: f6
         jobs: mine.len(),
         gpu_hours: work / 3_600_000.0,
         share: if total_gpu_ms > 0.0 { work / total_gpu_ms } else { 0.0 },
-        nominal_share: out.nominal_share[i],
+        nominal_devices: out.nominal[i],
+        nominal_share: out.nominal[i] as f64 / out.devices.max(1) as f64,
         avg_wait_s: mean(&waits),
         p95_wait_s: percentile(&waits, 95.0),
     }

@@ -71,11 +71,14 @@ pub fn table(s: &Summary) -> String {
         ("jobs completed", s.jobs_completed.to_string()),
         ("jobs that never fit (left out)", s.jobs_unfit.to_string()),
         ("malformed lines skipped", s.lines_skipped.to_string()),
-        ("average JCT", hours(s.avg_jct_s)),
-        ("p50 / p95 / p99 JCT", format!("{} / {} / {}", hours(s.p50_jct_s), hours(s.p95_jct_s), hours(s.p99_jct_s))),
-        ("average wait", hours(s.avg_wait_s)),
-        ("p95 wait", hours(s.p95_wait_s)),
-        ("makespan", hours(s.makespan_s)),
+        ("average JCT", duration(s.avg_jct_s)),
+        (
+            "p50 / p95 / p99 JCT",
+            format!("{} / {} / {}", duration(s.p50_jct_s), duration(s.p95_jct_s), duration(s.p99_jct_s)),
+        ),
+        ("average wait", duration(s.avg_wait_s)),
+        ("p95 wait", duration(s.p95_wait_s)),
+        ("makespan", duration(s.makespan_s)),
         ("GPU utilization", format!("{:.3}", s.gpu_utilization)),
         ("preemptions", s.preemptions.to_string()),
         ("GPU-hours lost to preemption", format!("{:.1}", s.gpu_hours_lost_to_preemption)),
@@ -87,30 +90,34 @@ pub fn table(s: &Summary) -> String {
     }
     let _ = writeln!(
         out,
-        "  {:<16} {:>7} {:>11} {:>7} {:>8} {:>10}",
-        "team", "jobs", "GPU-hours", "share", "nominal", "avg wait"
+        "  {:<16} {:>7} {:>11} {:>7} {:>8} {:>10} {:>10}",
+        "team", "jobs", "GPU-hours", "share", "nominal", "avg wait", "p95 wait"
     );
     for t in &s.teams {
         let _ = writeln!(
             out,
-            "  {:<16} {:>7} {:>11.1} {:>7.3} {:>8.3} {:>10}",
+            "  {:<16} {:>7} {:>11.1} {:>7.3} {:>8} {:>10} {:>10}",
             t.team,
             t.jobs,
             t.gpu_hours,
             t.share,
-            t.nominal_share,
-            hours(t.avg_wait_s)
+            t.nominal_devices,
+            duration(t.avg_wait_s),
+            duration(t.p95_wait_s)
         );
     }
     out
 }
 
-/// Seconds, and hours when large.
-pub fn hours(s: f64) -> String {
-    if s >= 3600.0 {
-        format!("{s:.0} s ({:.1} h)", s / 3600.0)
-    } else {
+/// A time in seconds in one format by magnitude: seconds under an hour, hours under two days,
+/// days beyond (`583.9 s`, `1.0 h`, `108.9 d`).
+pub fn duration(s: f64) -> String {
+    if s < 3600.0 {
         format!("{s:.1} s")
+    } else if s < 172_800.0 {
+        format!("{:.1} h", s / 3600.0)
+    } else {
+        format!("{:.1} d", s / 86_400.0)
     }
 }
 
