@@ -263,7 +263,7 @@ mod tests {
         Flavor::new(kind, MODELS[m])
     }
 
-    /// The acceptable flavors as DESIGN defines them, most preferred first: the listed models
+    /// The acceptable flavors as docs/design.md defines them, most preferred first: the listed models
     /// the team has quota for, or every flavor of the kind it has quota for.
     fn listed(spec: &TeamSpec, request: &DeviceRequest) -> Vec<Flavor> {
         if request.models.is_empty() {

@@ -29,7 +29,7 @@ pub enum QueueingStrategy {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum QueueOrder {
-    /// DESIGN's order: within a team by priority then age; across teams, demand within nominal
+    /// The order of docs/design.md: within a team by priority then age; across teams, demand within nominal
     /// first, then borrowers by weighted dominant share, then age.
     #[default]
     FairShare,

@@ -1,4 +1,4 @@
-//! The invariants of DESIGN.md, checked after every event when `RunConfig::check` is on (the
+//! The invariants of docs/design.md, checked after every event when `RunConfig::check` is on (the
 //! tests turn it on): no device is held by two jobs, no team holds more than nominal + borrowing
 //! limit, and every job is accounted for.
 

@@ -1,5 +1,5 @@
 //! Property tests over random clusters, teams and command sequences: the invariants of
-//! DESIGN.md hold after every command, and apply is deterministic.
+//! docs/design.md hold after every command, and apply is deterministic.
 
 use crate::command::Command;
 use crate::ids::{JobId, NodeId, TeamId};

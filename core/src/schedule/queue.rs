@@ -1,4 +1,4 @@
-//! Queue order. With `QueueOrder::FairShare` (the default, DESIGN's order): within a team,
+//! Queue order. With `QueueOrder::FairShare` (the default, the order of docs/design.md): within a team,
 //! priority, then submission time (the state keeps each team's queue sorted); across teams, the
 //! next job is the team head with the smallest key:
 //! 1. demand that fits the team's nominal before demand that must borrow;
