@@ -16,6 +16,7 @@ mod sim;
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
 use out::say;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 /// mimalloc instead of the system allocator: the simulator and the replicas allocate small
@@ -89,6 +90,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("QM_LOG").unwrap_or_else(|_| cli.command.log_filter().into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let json = cli.command.json();
     match run(cli) {

@@ -154,6 +154,20 @@ async fn all_jobs(endpoint: &str) -> Vec<Job> {
     }
 }
 
+/// `qm status --json` through the replica at `addr`: whether each member answered.
+async fn qm_status_reachable(addr: &str) -> BTreeMap<u64, bool> {
+    let server = format!("--server={addr}");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_qm")).args(["status", "--json", &server]).output().expect("qm runs")
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let members = status["members"].as_array().expect("members");
+    members.iter().map(|m| (m["id"].as_u64().unwrap(), m["reachable"].as_bool().unwrap())).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_processes_survive_a_leader_killed_mid_stream() {
     let mut c = Cluster::new();
@@ -186,6 +200,9 @@ async fn three_processes_survive_a_leader_killed_mid_stream() {
     let at_kill = count.load(Ordering::Relaxed);
     let second = leader(&c).await;
     assert_ne!(second, first);
+    let reachable = qm_status_reachable(&c.addrs[second as usize - 1].to_string()).await;
+    let expected: BTreeMap<u64, bool> = (1..=3).map(|id| (id, id != first)).collect();
+    assert_eq!(reachable, expected, "qm status marks the killed replica unreachable");
     for client in clients {
         client.await.unwrap();
     }
@@ -229,4 +246,7 @@ async fn three_processes_survive_a_leader_killed_mid_stream() {
         }
         assert_eq!(held.len(), 16, "replica {id}: the two nodes' 16 GPUs are all in use");
     }
+    let log = std::fs::read_to_string(c.dir.path().join("2.log")).unwrap();
+    let started = log.lines().find(|l| l.contains("replica started")).expect("qm server logs its start by default");
+    assert!(started.contains(&format!("listen={}", c.addrs[1])), "{started}");
 }
