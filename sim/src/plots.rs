@@ -93,7 +93,13 @@ fn time_lines(
         .y_label_area_size(60)
         .build_cartesian_2d(x0..x1, 0.0..y1 * 1.05)
         .map_err(|e| plot_err(path, e))?;
-    chart.configure_mesh().x_desc("days since the first submission").y_desc(y).draw().map_err(|e| plot_err(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc("days since the first submission")
+        .y_desc(y)
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
     for (i, s) in series.iter().enumerate() {
         chart
             .draw_series(LineSeries::new(s.points.iter().copied(), color(i).stroke_width(2)))
@@ -198,7 +204,7 @@ fn human_time(s: f64) -> String {
     let (v, unit) = match s {
         s if s < 60.0 => (s, "s"),
         s if s < 3600.0 => (s / 60.0, "min"),
-        s if s < 172_800.0 => (s / 3600.0, "h"),
+        s if s < 86_400.0 => (s / 3600.0, "h"),
         s => (s / 86_400.0, "d"),
     };
     if v < 10.0 && v.fract() > 0.05 {
@@ -350,10 +356,10 @@ mod tests {
             (100.0, "1.7min"),
             (1000.0, "17min"),
             (10_000.0, "2.8h"),
-            (1e5, "28h"),
+            (1e5, "1.2d"),
             (1e6, "12d"),
             (60.0, "1min"),
-            (86_400.0, "24h"),
+            (86_400.0, "1d"),
         ];
         for (s, want) in cases {
             assert_eq!(human_time(s), want, "{s} s");
