@@ -171,18 +171,19 @@ pub fn dev(args: &DevArgs) -> Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-        let greeter = tokio::spawn(async move {
+        let server = run_notify(config, ctrl_c(), move |addr| {
+            let _ = bound_tx.send(addr);
+        });
+        tokio::pin!(server);
+        let greeting = async move {
             let addr = bound_rx.await.context("the replica stopped before it served")?;
             welcome(addr, data).await
-        });
-        let served = run_notify(config, ctrl_c(), move |addr| {
-            let _ = bound_tx.send(addr);
-        })
-        .await;
-        match greeter.await {
-            Ok(Err(e)) if served.is_ok() => return Err(e),
-            _ => {}
+        };
+        // A replica that cannot set its classes is not the one the banner promises: stop.
+        tokio::select! {
+            served = &mut server => return served.map_err(anyhow::Error::from),
+            greeted = greeting => greeted?,
         }
-        served.map_err(anyhow::Error::from)
+        server.await.map_err(anyhow::Error::from)
     })
 }

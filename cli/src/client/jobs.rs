@@ -88,7 +88,7 @@ pub struct JobsArgs {
 
 /// A job named by its id.
 #[derive(Debug, Args)]
-pub struct JobId {
+pub struct JobRef {
     /// The job id.
     pub id: u64,
 }

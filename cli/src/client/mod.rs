@@ -21,7 +21,7 @@ use admin::{AdminCommand, QuotaCommand};
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use classes::{ApplyArgs, ClassCommand};
-use jobs::{JobId, JobsArgs, SubmitArgs};
+use jobs::{JobRef, JobsArgs, SubmitArgs};
 use qm_proto::v1::admin_service_client::AdminServiceClient;
 use qm_proto::v1::job_service_client::JobServiceClient;
 use tonic::transport::Channel;
@@ -80,11 +80,11 @@ pub enum ClientCommand {
     /// Lists jobs, newest last.
     Jobs(On<JobsArgs>),
     /// Shows one job: what it runs, where, and what happened to it.
-    Job(On<JobId>),
+    Job(On<JobRef>),
     /// Cancels a job (a cancelled job's cancel does nothing).
-    Cancel(On<JobId>),
+    Cancel(On<JobRef>),
     /// Says why a job waits: the root cause first, then each flavor tried.
-    Why(On<JobId>),
+    Why(On<JobRef>),
     /// Lists nodes, their flavors and whether they take work.
     Nodes(On<Nothing>),
     /// Lists teams with their quotas and usage (as `qm quota list`).
