@@ -1,4 +1,18 @@
-//! The node agent (`qm agent`): accelerator probes (NVML, sysfs), the inventory and heartbeat
-//! stream to the scheduler, and the executor that runs job processes.
+//! The node agent (`qm agent`): finds the node's accelerators, keeps a session with the
+//! scheduler's leader, and runs the replicas placed on the node.
 //!
-//! Module map: empty until the agent issue lands; it speaks `AgentService` from `qm-proto`.
+//! Module map:
+//! - [`inventory`]: the `Probe` trait, the static (TOML) probe, fake GPUs for `qm dev`, and the
+//!   node's inventory built from every probe.
+//! - [`env`]: the environment contract of a replica (identity, gang rendezvous, device
+//!   visibility).
+//! - [`executor`]: runs replicas in process groups with per-replica logs; signal, grace, kill.
+//! - [`session`]: the session with the scheduler: register, heartbeat, orders, reports, and
+//!   reconnection to the leader with backoff and jitter.
+//! - [`logs`]: the `ReplicaLogs` service that `qm logs` reads.
+
+pub mod env;
+pub mod executor;
+pub mod inventory;
+pub mod logs;
+pub mod session;

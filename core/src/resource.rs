@@ -14,6 +14,10 @@ pub const MAX_DEVICES_PER_NODE: usize = 64;
 /// The label that names a node's rack (or switch); the replicas of a gang prefer one rack.
 pub const RACK_LABEL: &str = "rack";
 
+/// The label a node agent sets to the address it serves on (`HOST:PORT`): where `qm logs` reads
+/// a replica's output and where a gang's replicas meet (the host of replica 0's node).
+pub const ADDRESS_LABEL: &str = "qm/address";
+
 /// The kinds of accelerator Quartermaster schedules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

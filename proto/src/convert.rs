@@ -285,12 +285,29 @@ pub fn inventory_from(p: &v1::NodeInventory) -> Result<NodeSpec> {
 /// The wire form of a node, with each device's holder.
 pub fn node_to(n: &Node, alloc: Option<&NodeAlloc>) -> v1::Node {
     let held = |i: usize| alloc.and_then(|a| a.holders.get(i).copied().flatten()).map(|j| j.0);
-    let devices = n
-        .spec
+    let mut inventory = inventory_to(&n.spec);
+    for (i, d) in inventory.devices.iter_mut().enumerate() {
+        d.held_by_job = held(i);
+    }
+    v1::Node {
+        inventory: Some(inventory),
+        status: match n.status {
+            NodeStatus::Ready => v1::NodeStatus::Ready,
+            NodeStatus::Lost => v1::NodeStatus::Lost,
+        } as i32,
+        cordoned: n.cordoned,
+        draining: n.draining,
+        cpu_used_millis: alloc.map_or(0, |a| a.cpu_used),
+        mem_used_mib: alloc.map_or(0, |a| a.mem_used),
+    }
+}
+
+/// The wire form of a node's inventory (what an agent registers).
+pub fn inventory_to(spec: &NodeSpec) -> v1::NodeInventory {
+    let devices = spec
         .devices
         .iter()
-        .enumerate()
-        .map(|(i, d)| v1::Device {
+        .map(|d| v1::Device {
             id: d.id.0.to_string(),
             kind: kind_to(d.kind) as i32,
             vendor: d.vendor.clone(),
@@ -300,25 +317,15 @@ pub fn node_to(n: &Node, alloc: Option<&NodeAlloc>) -> v1::Node {
             numa_node: d.numa_node,
             pci_bus_id: d.pci_bus_id.clone(),
             interconnect_group: d.interconnect_group.clone(),
-            held_by_job: held(i),
+            held_by_job: None,
         })
         .collect();
-    v1::Node {
-        inventory: Some(v1::NodeInventory {
-            name: n.spec.id.0.to_string(),
-            labels: n.spec.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            devices,
-            cpu_millis: n.spec.cpu_millis,
-            mem_mib: n.spec.mem_mib,
-        }),
-        status: match n.status {
-            NodeStatus::Ready => v1::NodeStatus::Ready,
-            NodeStatus::Lost => v1::NodeStatus::Lost,
-        } as i32,
-        cordoned: n.cordoned,
-        draining: n.draining,
-        cpu_used_millis: alloc.map_or(0, |a| a.cpu_used),
-        mem_used_mib: alloc.map_or(0, |a| a.mem_used),
+    v1::NodeInventory {
+        name: spec.id.0.to_string(),
+        labels: spec.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        devices,
+        cpu_millis: spec.cpu_millis,
+        mem_mib: spec.mem_mib,
     }
 }
 

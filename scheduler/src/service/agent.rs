@@ -50,6 +50,13 @@ pub struct AgentServer {
     heartbeat: Duration,
 }
 
+/// The port replica 0 of a job's attempt offers for the gang's rendezvous (`MASTER_PORT`): in
+/// 29500..39500, spread by job and attempt so that gangs that share a first node rarely collide,
+/// and the same on every replica of the gang.
+pub fn rendezvous_port(job: JobId, attempt: u32) -> u32 {
+    29_500 + ((job.0.wrapping_mul(7_919).wrapping_add(u64::from(attempt))) % 10_000) as u32
+}
+
 type Orders = mpsc::Sender<Result<SchedulerMessage, Status>>;
 type OrderStream = Pin<Box<dyn Stream<Item = Result<SchedulerMessage, Status>> + Send>>;
 
@@ -187,7 +194,7 @@ impl AgentServer {
                     let i = i as u32;
                     match job.state {
                         JobState::Starting if !runs(job.id, i, job.attempt) => {
-                            out.push(Self::start_order(job, i, &r.devices));
+                            out.push(Self::start_order(&fsm.state, job, i, &r.devices));
                         }
                         JobState::Running if !runs(job.id, i, job.attempt) => lost.push((job.id, job.attempt)),
                         JobState::Stopping | JobState::Preempted => {
@@ -227,9 +234,20 @@ impl AgentServer {
         }
     }
 
-    /// The order to start replica `replica` of `job` on `devices` (pure: callers hold the
-    /// state's lock once, never twice, which could deadlock behind a waiting writer).
-    fn start_order(job: &Job, replica: u32, devices: &[qm_core::DeviceId]) -> Result<SchedulerMessage, Status> {
+    /// The order to start replica `replica` of `job` on `devices`, with where the gang meets
+    /// (pure: callers hold the state's lock once, never twice, which could deadlock behind a
+    /// waiting writer).
+    fn start_order(
+        state: &qm_core::State,
+        job: &Job,
+        replica: u32,
+        devices: &[qm_core::DeviceId],
+    ) -> Result<SchedulerMessage, Status> {
+        let first = job.assignment.as_ref().and_then(|a| a.replicas.first());
+        let host = first
+            .and_then(|r| state.nodes().get(&r.node))
+            .and_then(|n| n.spec.labels.get(qm_core::resource::ADDRESS_LABEL))
+            .map_or_else(String::new, |a| a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h).to_owned());
         down(Down::Start(StartReplica {
             job_id: job.id.0,
             replica,
@@ -239,6 +257,12 @@ impl AgentServer {
             env: job.spec.env.clone().into_iter().collect(),
             cpu_millis: job.spec.gang.cpu_millis,
             mem_mib: job.spec.gang.mem_mib,
+            replicas: job.spec.gang.replicas,
+            kind: qm_proto::convert::kind_to(job.spec.gang.devices.kind) as i32,
+            rendezvous_host: host,
+            rendezvous_port: rendezvous_port(job.id, job.attempt),
+            job_name: job.spec.name.clone(),
+            team: job.spec.team.as_str().to_owned(),
         }))
     }
 
@@ -262,7 +286,7 @@ impl AgentServer {
         let fsm = self.node.fsm();
         match effect {
             Effect::Start { job, replica, node: n, devices } if &n == node => {
-                Some(Self::start_order(fsm.state.job(job)?, replica, &devices))
+                Some(Self::start_order(&fsm.state, fsm.state.job(job)?, replica, &devices))
             }
             Effect::Stop { job, node: n, signal, grace_ms, reason } if &n == node => {
                 Some(Self::stop_order(fsm.state.job(job)?, signal, grace_ms, Some(reason)))
