@@ -5,8 +5,10 @@
 //! - `sim`: `qm sim run | compare | sweep`, the simulator.
 //! - `server`: `qm server` (one replica) and `qm dev` (a one-replica scheduler in a temp dir).
 //! - `client`: the gRPC client commands (`qm submit`, `qm jobs`, `qm status`, ...).
+//! - `agent`: `qm agent` (a node agent) and `qm agent probe`.
 //! - `out`: stdout that ends quietly on a closed pipe, exit codes, errors as text or JSON.
 
+mod agent;
 mod client;
 mod out;
 mod plan;
@@ -50,9 +52,12 @@ enum Command {
     Sim(sim::SimCommand),
     /// Runs one scheduler replica.
     Server(server::ServerArgs),
-    /// Runs a one-replica scheduler with its data in a temporary directory, with the usual
-    /// priority classes.
+    /// Runs a one-replica scheduler and a local agent with fake GPUs, data in a temporary
+    /// directory, with the usual priority classes and a team `dev`.
     Dev(server::DevArgs),
+    /// Runs the node agent: reports the node's accelerators and runs the jobs placed on it
+    /// (`qm agent probe` prints what it finds).
+    Agent(agent::AgentArgs),
     /// Prints a shell completion script: `qm completions bash > /etc/bash_completion.d/qm`.
     Completions {
         /// The shell.
@@ -77,7 +82,7 @@ impl Command {
     /// The default log filter: a replica says where it listens and what it does.
     fn log_filter(&self) -> &'static str {
         match self {
-            Self::Server(_) => "info",
+            Self::Server(_) | Self::Agent(_) => "info",
             _ => "warn",
         }
     }
@@ -113,6 +118,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sim(cmd) => sim::run(&cmd),
         Command::Server(args) => server::serve(&args),
         Command::Dev(args) => server::dev(&args),
+        Command::Agent(args) => agent::agent(&args),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "qm", &mut script);

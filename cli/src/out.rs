@@ -31,6 +31,19 @@ pub fn write(args: fmt::Arguments<'_>) {
     }
 }
 
+/// Writes bytes on stdout as they are (a replica's log), with `write`'s handling of a closed
+/// pipe.
+pub fn write_bytes(bytes: &[u8]) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        if e.kind() == ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("qm: writing to stdout: {e}");
+        std::process::exit(Exit::Failed as i32);
+    }
+}
+
 /// The exit codes, as documented in `docs/cli.md`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {

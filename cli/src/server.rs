@@ -1,13 +1,17 @@
 //! `qm server` (one replica of a cluster) and `qm dev` (a one-replica scheduler with its data in
 //! a temporary directory).
 
-use crate::client::{set_class, Target, DEFAULT_CLASSES};
+use crate::client::{set_class, set_team, wait_for_nodes, Target, DEFAULT_CLASSES};
 use crate::out::say;
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use qm_agent::inventory::{FakeGpus, FAKE_MODEL};
+use qm_agent::session::AgentConfig;
+use qm_proto::v1::{AcceleratorKind, Flavor, FlavorQuota, Team};
 use qm_scheduler::leader::LeaderConfig;
 use qm_scheduler::node::NodeConfig;
 use qm_scheduler::server::{run, run_notify, ServerConfig};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -99,7 +103,7 @@ fn config(args: &ServerArgs) -> Result<ServerConfig> {
 }
 
 /// Completes on Ctrl-C or SIGTERM, for a clean stop (the storage is flushed and closed).
-async fn ctrl_c() {
+pub(crate) async fn ctrl_c() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -128,24 +132,74 @@ pub struct DevArgs {
     /// Address for clients (port 0 picks a free port; the banner prints it).
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
+    /// Fake GPUs of the local agent (model `fake-gpu`); 0 runs no agent.
+    #[arg(long, default_value_t = 4)]
+    fake_gpus: u32,
 }
 
-/// Sets the usual priority classes on the fresh replica, then prints how to use it.
-async fn welcome(addr: SocketAddr, data: PathBuf) -> Result<()> {
+/// The team `qm dev` creates, with quota for the local agent's GPUs.
+const DEV_TEAM: &str = "dev";
+
+/// Starts the local agent and waits until its node is registered.
+async fn local_agent(target: &Target, server: SocketAddr, data: PathBuf, gpus: u32) -> Result<()> {
+    let config = AgentConfig {
+        name: "dev-node".into(),
+        servers: vec![server.to_string()],
+        labels: BTreeMap::new(),
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        advertise: None,
+        data_dir: data,
+        probes: vec![Box::new(FakeGpus { count: gpus })],
+        rescan: Duration::from_secs(10),
+    };
+    tokio::spawn(async move {
+        if let Err(e) = qm_agent::session::run(config, std::future::pending(), |_| {}).await {
+            tracing::error!("the local agent stopped: {e}");
+        }
+    });
+    set_team(
+        target,
+        Team {
+            name: DEV_TEAM.into(),
+            weight: 1.0,
+            quotas: vec![FlavorQuota {
+                flavor: Some(Flavor { kind: AcceleratorKind::Gpu as i32, model: FAKE_MODEL.into() }),
+                nominal: gpus,
+                borrowing_limit: None,
+                lending_limit: None,
+            }],
+        },
+    )
+    .await?;
+    wait_for_nodes(target, 1).await
+}
+
+/// Sets the usual priority classes and, with an agent, the team `dev`; then prints how to use
+/// the cluster.
+async fn welcome(addr: SocketAddr, data: PathBuf, gpus: u32) -> Result<()> {
     let target = Target::new(vec![addr.to_string()]);
     for (name, value) in DEFAULT_CLASSES {
         set_class(&target, name, value).await.with_context(|| format!("setting the priority class {name}"))?;
     }
+    if gpus > 0 {
+        local_agent(&target, addr, data.join("agent"), gpus).await.context("starting the local agent")?;
+    }
     let classes: Vec<String> = DEFAULT_CLASSES.iter().map(|(n, v)| format!("{n} ({v})")).collect();
     say!("qm dev: one replica on {addr}, data in {} (removed on exit).", data.display());
     say!("Priority classes: {}.", classes.join(", "));
+    if gpus > 0 {
+        say!("A local agent runs jobs on {gpus} fake GPUs (gpu/{FAKE_MODEL}); team {DEV_TEAM} has quota for them.");
+    }
     say!("In another terminal:");
-    say!("  export QM_SERVER={addr}");
+    say!("  export QM_SERVER={addr} QM_TEAM={DEV_TEAM}");
+    if gpus > 0 {
+        say!("  qm submit --gpus 2 -- python3 -c 'import os; print(os.environ[\"CUDA_VISIBLE_DEVICES\"])'");
+        say!("  qm jobs");
+        say!("  qm logs 1");
+    }
     say!("  qm apply -f examples/teams.toml        # teams, quotas and classes of the example");
-    say!("  qm submit -f examples/jobs.toml        # the example's jobs");
-    say!("  qm jobs");
     say!("  qm why 1");
-    say!("Jobs stay pending until a node agent registers accelerators. Ctrl-C stops.");
+    say!("Ctrl-C stops.");
     Ok(())
 }
 
@@ -158,7 +212,7 @@ pub fn dev(args: &DevArgs) -> Result<()> {
         peers: vec![],
         join: false,
         restore: None,
-        data: dir.path().to_owned(),
+        data: dir.path().join("server"),
         cluster_id: 1,
         tick_ms: 10,
         snapshot_every: 10_000,
@@ -168,6 +222,7 @@ pub fn dev(args: &DevArgs) -> Result<()> {
     };
     let config = config(&server)?;
     let data = dir.path().to_owned();
+    let gpus = args.fake_gpus;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
@@ -177,7 +232,7 @@ pub fn dev(args: &DevArgs) -> Result<()> {
         tokio::pin!(server);
         let greeting = async move {
             let addr = bound_rx.await.context("the replica stopped before it served")?;
-            welcome(addr, data).await
+            welcome(addr, data, gpus).await
         };
         // A replica that cannot set its classes is not the one the banner promises: stop.
         tokio::select! {

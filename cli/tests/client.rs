@@ -17,7 +17,7 @@ fn json(o: &Output) -> Value {
 fn dev_serves_the_client_commands() {
     let dev = Dev::start();
     let server = dev.flag();
-    assert!(dev.banner.contains(&format!("export QM_SERVER={}", dev.addr)), "{}", dev.banner);
+    assert!(dev.banner.contains(&format!("export QM_SERVER={} QM_TEAM=dev", dev.addr)), "{}", dev.banner);
     let quota =
         ["quota", "set", &server, "--team", "research", "--flavor", "gpu/nvidia-h100-80gb-hbm3", "--nominal", "8"];
     let set = qm(&quota);

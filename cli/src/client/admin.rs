@@ -313,8 +313,22 @@ async fn quota_set(t: &Target, team: &str, quota: FlavorQuota, weight: Option<f6
     Ok(())
 }
 
+/// Waits until at least `count` nodes are registered (for up to 10 s).
+pub async fn wait_for_nodes(t: &Target, count: usize) -> Result<()> {
+    for _ in 0..100 {
+        let r =
+            call(t, |c| async move { admin_client(c).list_nodes(ListNodesRequest { consistency: 0 }).await }).await?;
+        if r.nodes.len() >= count {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(Failure::new(crate::out::Exit::Unavailable, format!("fewer than {count} node(s) registered within 10 s"))
+        .into())
+}
+
 /// Creates or replaces a team.
-pub(super) async fn set_team(t: &Target, team: Team) -> Result<()> {
+pub async fn set_team(t: &Target, team: Team) -> Result<()> {
     let req = SetTeamRequest { team: Some(team) };
     call(t, |c| {
         let req = req.clone();

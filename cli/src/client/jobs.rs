@@ -40,10 +40,10 @@ impl Kind {
 pub struct SubmitArgs {
     /// A TOML file of `[[job]]` entries: the jobs file `qm plan` reads (examples/jobs.toml).
     /// Every job is submitted as pending; `now_s`, `state` and `submit_s` are ignored.
-    #[arg(long, short = 'f', conflicts_with_all = ["team", "command"])]
+    #[arg(long, short = 'f', conflicts_with = "command")]
     file: Option<std::path::PathBuf>,
-    /// The team.
-    #[arg(long)]
+    /// The team (default: `QM_TEAM`).
+    #[arg(long, env = "QM_TEAM")]
     team: Option<String>,
     /// Job name.
     #[arg(long, default_value = "job")]
@@ -298,8 +298,8 @@ pub async fn job(t: &Target, id: u64) -> Result<()> {
     let mut lines = vec![
         ("Name", format!("{} (job {})", spec.name, j.id)),
         ("Team", spec.team.clone()),
-        ("State", if j.message.is_empty() { state } else { format!("{state}: {}", j.message) }),
-        ("Command", spec.command.join(" ")),
+        ("State", if j.message.is_empty() || j.message == state { state } else { format!("{state}: {}", j.message) }),
+        ("Command", spec.command.iter().map(|a| shell_word(a)).collect::<Vec<_>>().join(" ")),
         ("Flavor", job_flavor(&j)),
         (
             "Devices",
@@ -324,6 +324,16 @@ pub async fn job(t: &Target, id: u64) -> Result<()> {
         say!("  {:>9}  {what}", ago(now, at));
     }
     Ok(())
+}
+
+/// An argument as a shell would need it typed: as it is when plain, else in single quotes.
+fn shell_word(arg: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c);
+    if !arg.is_empty() && arg.chars().all(plain) {
+        arg.to_owned()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
 }
 
 /// Runs `qm cancel`.
@@ -391,4 +401,16 @@ pub async fn why(t: &Target, id: u64) -> Result<()> {
         say!("{}", r.text.trim_end());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_word;
+
+    #[test]
+    fn commands_are_shown_as_they_would_be_typed() {
+        let words = ["python3", "-c", "print('hi')", "a b", ""];
+        let shown: Vec<String> = words.iter().map(|w| shell_word(w)).collect();
+        assert_eq!(shown.join(" "), r#"python3 -c 'print('\''hi'\'')' 'a b' ''"#);
+    }
 }

@@ -6,14 +6,17 @@
 //! - `jobs`: the ML engineer's commands (`submit`, `jobs`, `job`, `cancel`, `why`).
 //! - `admin`: the operators' commands (nodes, teams and quotas, status, members, backups).
 //! - `classes`: priority classes, and `qm apply` of a teams file.
+//! - `logs`: `qm logs`, a replica's output read from its node's agent.
 //! - `words`: the words, times and tables the commands print.
 
 mod admin;
 mod classes;
 mod connect;
 mod jobs;
-mod words;
+mod logs;
+pub(crate) mod words;
 
+pub use admin::{set_team, wait_for_nodes};
 pub use classes::{set_class, DEFAULT_CLASSES};
 
 use crate::out::say;
@@ -85,6 +88,8 @@ pub enum ClientCommand {
     Cancel(On<JobRef>),
     /// Says why a job waits: the root cause first, then each flavor tried.
     Why(On<JobRef>),
+    /// Prints a replica's output (stdout and stderr), read from the agent that ran it.
+    Logs(On<logs::LogsArgs>),
     /// Lists nodes, their flavors and whether they take work.
     Nodes(On<Nothing>),
     /// Lists teams with their quotas and usage (as `qm quota list`).
@@ -111,6 +116,7 @@ impl ClientCommand {
             Self::Submit(c) => &c.target,
             Self::Jobs(c) => &c.target,
             Self::Job(c) | Self::Cancel(c) | Self::Why(c) => &c.target,
+            Self::Logs(c) => &c.target,
             Self::Nodes(c) | Self::Teams(c) | Self::Status(c) => &c.target,
             Self::Quota(g) => &g.target,
             Self::PriorityClass(g) => &g.target,
@@ -134,6 +140,7 @@ async fn dispatch(command: &ClientCommand) -> Result<()> {
         ClientCommand::Job(c) => jobs::job(t, c.args.id).await,
         ClientCommand::Cancel(c) => jobs::cancel(t, c.args.id).await,
         ClientCommand::Why(c) => jobs::why(t, c.args.id).await,
+        ClientCommand::Logs(c) => logs::logs(t, &c.args).await,
         ClientCommand::Nodes(_) => admin::nodes(t).await,
         ClientCommand::Teams(_) => admin::teams(t).await,
         ClientCommand::Quota(g) => admin::quota(t, &g.command).await,

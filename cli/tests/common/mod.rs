@@ -44,10 +44,15 @@ pub struct Dev {
 }
 
 impl Dev {
-    /// Starts one and waits for its banner.
+    /// Starts one without an agent and waits for its banner.
     pub fn start() -> Self {
+        Self::with_agent(0)
+    }
+
+    /// Starts one whose local agent has `gpus` fake GPUs, and waits for its banner.
+    pub fn with_agent(gpus: u32) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_qm"))
-            .args(["dev", "--listen", "127.0.0.1:0"])
+            .args(["dev", "--listen", "127.0.0.1:0", "--fake-gpus", &gpus.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -1,0 +1,174 @@
+//! `qm agent` (a node agent) and `qm agent probe` (the local inventory, printed).
+
+use crate::client::words::table;
+use crate::out::{say, Failure};
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use qm_agent::inventory::{collect, host_resources, FakeGpus, Probe, StaticProbe};
+use qm_agent::session::{run, AgentConfig};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `qm agent`: runs the agent, or `probe` prints the inventory.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    command: Option<AgentCommand>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// `qm agent probe`.
+#[derive(Debug, Subcommand)]
+enum AgentCommand {
+    /// Prints the devices the probes find and their health, and exits: the first command to run
+    /// on a new node.
+    Probe {
+        #[command(flatten)]
+        probes: ProbeArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where devices come from.
+#[derive(Debug, Args, Clone)]
+pub struct ProbeArgs {
+    /// A static inventory: a TOML file of `[[device]]` entries (id, kind, vendor, model,
+    /// memory_mib, numa_node, pci_bus_id, interconnect_group, health).
+    #[arg(long, value_name = "FILE")]
+    inventory: Option<PathBuf>,
+    /// Report this many fake NVIDIA GPUs (model `fake-gpu`), for development without
+    /// accelerators.
+    #[arg(long, value_name = "N")]
+    fake_gpus: Option<u32>,
+}
+
+impl ProbeArgs {
+    fn probes(&self) -> Result<Vec<Box<dyn Probe>>> {
+        let mut probes: Vec<Box<dyn Probe>> = Vec::new();
+        if let Some(path) = &self.inventory {
+            probes.push(Box::new(StaticProbe::new(path).map_err(|e| Failure::usage(format!("--inventory: {e}")))?));
+        }
+        if let Some(count) = self.fake_gpus {
+            probes.push(Box::new(FakeGpus { count }));
+        }
+        Ok(probes)
+    }
+}
+
+/// Flags of `qm agent`.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Scheduler replicas (HOST:PORT), comma-separated or repeated; tried in turn.
+    #[arg(long, env = "QM_SERVER", value_delimiter = ',', default_value = "127.0.0.1:7070")]
+    server: Vec<String>,
+    /// The node's name, unique in the cluster (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// A label, KEY=VALUE (repeat): `rack=r1` keeps gangs in one rack.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    #[command(flatten)]
+    probes: ProbeArgs,
+    /// Where the agent serves its replicas' logs.
+    #[arg(long, default_value = "0.0.0.0:7071")]
+    listen: SocketAddr,
+    /// The address others reach the agent at (default: the host name and the listen port).
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// Logs and working directories of replicas.
+    #[arg(long, default_value = "/var/lib/qm-agent")]
+    data: PathBuf,
+    /// Seconds between two reads of the inventory.
+    #[arg(long, default_value_t = 10)]
+    rescan_s: u64,
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or_else(|_| "localhost".to_owned(), |h| h.trim().to_owned())
+}
+
+fn labels(raw: &[String]) -> Result<BTreeMap<String, String>> {
+    raw.iter()
+        .map(|l| {
+            let (k, v) =
+                l.split_once('=').ok_or_else(|| Failure::usage(format!("--label {l:?}: expected KEY=VALUE")))?;
+            Ok((k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+/// Runs `qm agent ...`.
+pub fn agent(args: &AgentArgs) -> Result<()> {
+    if let Some(AgentCommand::Probe { probes, json }) = &args.command {
+        return probe(probes, *json);
+    }
+    let r = &args.run;
+    let advertise = r
+        .advertise
+        .clone()
+        .or_else(|| r.listen.ip().is_unspecified().then(|| format!("{}:{}", host_name(), r.listen.port())));
+    let config = AgentConfig {
+        name: r.name.clone().unwrap_or_else(host_name),
+        servers: r.server.clone(),
+        labels: labels(&r.labels)?,
+        listen: r.listen,
+        advertise,
+        data_dir: r.data.clone(),
+        probes: r.probes.probes()?,
+        rescan: Duration::from_secs(r.rescan_s.max(1)),
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(run(config, crate::server::ctrl_c(), |_| {})).context("qm agent")
+}
+
+fn probe(args: &ProbeArgs, json: bool) -> Result<()> {
+    let probes = args.probes()?;
+    let (spec, mut notes) = collect(&host_name(), &BTreeMap::new(), &probes, host_resources());
+    if probes.is_empty() {
+        notes.push("no probe given: --inventory FILE or --fake-gpus N".into());
+    }
+    if json {
+        let devices: Vec<_> = spec
+            .devices
+            .iter()
+            .map(|d| {
+                json!({ "id": d.id.as_str(), "kind": d.kind.as_str(), "vendor": d.vendor, "model": d.model,
+                "flavor": d.flavor().to_string(), "memory_mib": d.memory_mib, "numa_node": d.numa_node,
+                "pci_bus_id": d.pci_bus_id, "interconnect_group": d.interconnect_group, "health": d.health })
+            })
+            .collect();
+        say!(
+            "{}",
+            json!({ "node": spec.id.as_str(), "cpu_millis": spec.cpu_millis, "mem_mib": spec.mem_mib, "devices": devices, "notes": notes })
+        );
+        return Ok(());
+    }
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let rows = spec.devices.iter().map(|d| {
+        vec![
+            d.id.as_str().to_owned(),
+            d.flavor().to_string(),
+            d.memory_mib.to_string(),
+            opt(d.numa_node.map(|n| n.to_string())),
+            opt(d.pci_bus_id.clone()),
+            opt(d.interconnect_group.clone()),
+            format!("{:?}", d.health).to_lowercase(),
+        ]
+    });
+    say!(
+        "{}",
+        table(&["DEVICE", "FLAVOR", "MEMORY MIB", "NUMA", "PCI", "GROUP", "HEALTH"], &["MEMORY MIB", "NUMA"], rows)
+    );
+    for n in notes {
+        say!("note: {n}");
+    }
+    Ok(())
+}

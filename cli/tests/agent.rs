@@ -1,0 +1,76 @@
+//! `qm dev` with its local agent: jobs run for real on fake GPUs, with their devices and gang
+//! variables in their environment, their output readable with `qm logs`, and cancels that
+//! reach the process.
+
+mod common;
+
+use common::{qm, qm_env, text, Dev};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// `qm job ID --json` once its state is one of `states` (within 30 s).
+fn wait_for(dev: &Dev, id: u64, states: &[&str]) -> Value {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = qm(&["job", &id.to_string(), "--json", &dev.flag()]);
+        let job: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if states.iter().any(|s| job["state"] == *s) {
+            return job;
+        }
+        assert!(Instant::now() < until, "job {id} never reached {states:?}: {job}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn submit(dev: &Dev, args: &[&str]) -> u64 {
+    let out = qm_env(&[&["submit", "--json", &dev.flag()], args].concat(), &[("QM_TEAM", "dev")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ids: Value = serde_json::from_slice(&out.stdout).unwrap();
+    ids["job_ids"][0].as_u64().unwrap()
+}
+
+#[test]
+fn a_job_runs_with_its_devices_and_its_output_is_read_back() {
+    let dev = Dev::with_agent(4);
+    let id = submit(&dev, &["--gpus", "2", "--name", "env", "--", "env"]);
+    let job = wait_for(&dev, id, &["succeeded", "failed"]);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let logs = qm(&["logs", &id.to_string(), &dev.flag()]);
+    assert!(logs.status.success(), "{}", text(&logs.stderr));
+    let env: std::collections::BTreeMap<String, String> = text(&logs.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect();
+    let gpus: Vec<&str> = env["CUDA_VISIBLE_DEVICES"].split(',').collect();
+    assert_eq!(gpus.len(), 2, "{env:?}");
+    assert!(gpus.iter().all(|g| g.starts_with("GPU-")), "GPU UUIDs: {env:?}");
+    assert_eq!(env["NVIDIA_VISIBLE_DEVICES"], env["CUDA_VISIBLE_DEVICES"]);
+    assert_eq!(env["HIP_VISIBLE_DEVICES"], "", "another vendor's devices are hidden");
+    let ids: Vec<&str> = ["QM_JOB_ID", "QM_REPLICA", "QM_REPLICAS", "RANK", "WORLD_SIZE", "MASTER_ADDR"]
+        .iter()
+        .map(|k| env[*k].as_str())
+        .collect();
+    assert_eq!(ids, [id.to_string().as_str(), "0", "1", "0", "1", "127.0.0.1"]);
+}
+
+#[test]
+fn a_failing_job_fails_and_a_cancelled_one_is_signalled() {
+    let dev = Dev::with_agent(2);
+    let failing = submit(&dev, &["--name", "bad", "--", "sh", "-c", "echo trying; exit 3"]);
+    let job = wait_for(&dev, failing, &["failed"]);
+    assert!(job["message"].as_str().is_some_and(|m| m.contains("exited with code 3")), "{job}");
+    let long = submit(
+        &dev,
+        &["--name", "long", "--", "sh", "-c", "trap 'echo stopping; exit 0' TERM; echo up; sleep 60 & wait"],
+    );
+    wait_for(&dev, long, &["running"]);
+    let until = Instant::now() + Duration::from_secs(30);
+    while !text(&qm(&["logs", &long.to_string(), &dev.flag()]).stdout).contains("up") {
+        assert!(Instant::now() < until, "the job never printed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(qm(&["cancel", &long.to_string(), &dev.flag()]).status.success());
+    wait_for(&dev, long, &["cancelled"]);
+    let logs = text(&qm(&["logs", &long.to_string(), &dev.flag()]).stdout);
+    assert_eq!(logs, "up\nstopping\n", "the job got its signal and stopped on its own");
+}
