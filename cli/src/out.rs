@@ -22,20 +22,17 @@ pub(crate) use say;
 /// ends it with code 1.
 pub fn write(args: fmt::Arguments<'_>) {
     let mut stdout = std::io::stdout().lock();
-    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
-        if e.kind() == ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
-        eprintln!("qm: writing to stdout: {e}");
-        std::process::exit(Exit::Failed as i32);
-    }
+    written(stdout.write_fmt(args).and_then(|()| stdout.flush()));
 }
 
-/// Writes bytes on stdout as they are (a replica's log), with `write`'s handling of a closed
-/// pipe.
+/// Writes bytes on stdout as they are (a replica's log), as `write` does.
 pub fn write_bytes(bytes: &[u8]) {
     let mut stdout = std::io::stdout().lock();
-    if let Err(e) = stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+    written(stdout.write_all(bytes).and_then(|()| stdout.flush()));
+}
+
+fn written(result: std::io::Result<()>) {
+    if let Err(e) = result {
         if e.kind() == ErrorKind::BrokenPipe {
             std::process::exit(0);
         }
