@@ -8,7 +8,7 @@ use crate::ids::{JobId, NodeId, TeamId};
 use crate::job::{counted, Job, JobSpec, JobState, StopReason};
 use crate::layout::PositionHint;
 use crate::limits::{validate_job_with, validate_node, validate_team, MAX_BATCH};
-use crate::resource::{Node, NodeSpec, NodeStatus};
+use crate::resource::{Health, Node, NodeSpec, NodeStatus};
 use crate::state::{NodeLayout, State};
 use crate::team::{PriorityClass, TeamSpec};
 use std::collections::{BTreeMap, BTreeSet};
@@ -95,6 +95,13 @@ impl State {
             old.spec.devices.iter().zip(&self.allocs[&id].holders).map(|(d, h)| (d.id.clone(), *h)).collect();
         self.add_capacity(&id, -1);
         let holders: Vec<Option<JobId>> = spec.devices.iter().map(|d| kept.get(&d.id).copied().flatten()).collect();
+        let sick: BTreeSet<JobId> = spec
+            .devices
+            .iter()
+            .zip(&holders)
+            .filter(|(d, _)| d.health == Health::Unhealthy)
+            .filter_map(|(_, h)| *h)
+            .collect();
         let alloc = self.allocs.get_mut(&id).expect("alloc exists for every node");
         alloc.held = holders.iter().enumerate().filter(|(_, h)| h.is_some()).fold(0, |m, (i, _)| m | 1 << i);
         alloc.holders = holders;
@@ -105,7 +112,18 @@ impl State {
         node.registered_ms = at_ms;
         self.sync_schedulable(&id);
         self.add_capacity(&id, 1);
+        self.stop_on_unhealthy(sick, out);
         Ok(())
+    }
+
+    /// Stops the running jobs that hold a device now unhealthy: they get their signal and grace
+    /// period and are requeued once they exit, without counting a failure.
+    fn stop_on_unhealthy(&mut self, jobs: BTreeSet<JobId>, out: &mut Outcome) {
+        for job in jobs {
+            if matches!(self.data.jobs[&job].state, JobState::Starting | JobState::Running) {
+                self.order_stop(job, StopReason::DeviceUnhealthy, JobState::Stopping, out);
+            }
+        }
     }
 
     fn jobs_on(&self, node: &NodeId) -> BTreeSet<JobId> {
@@ -323,7 +341,8 @@ impl State {
         let job = self.data.jobs.get_mut(&id).expect("caller checked the job exists");
         job.attained_device_ms = job.attained_at(at_ms);
         let next = match (job.state, job.stop_reason) {
-            (JobState::Preempted, _) | (_, Some(StopReason::Drained | StopReason::Preempted)) => JobState::Pending,
+            (JobState::Preempted, _)
+            | (_, Some(StopReason::Drained | StopReason::Preempted | StopReason::DeviceUnhealthy)) => JobState::Pending,
             (_, Some(StopReason::Cancelled)) => JobState::Cancelled,
             (_, Some(StopReason::MaxRuntime)) => JobState::Failed,
             (_, Some(StopReason::NodeLost)) => count_failure(job),

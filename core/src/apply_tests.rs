@@ -4,6 +4,7 @@ use crate::ids::{JobId, NodeId, TeamId};
 use crate::job::{JobSpec, JobState, StopReason};
 use crate::plan::{Decisions, Placement};
 use crate::policy::PolicyConfig;
+use crate::resource::Health;
 use crate::state::State;
 use crate::testkit::*;
 use crate::verify::StaleReason;
@@ -194,6 +195,31 @@ fn a_lost_node_requeues_its_jobs_and_stops_their_other_replicas() {
     assert_eq!(state_of(&s, gang), JobState::Pending);
     assert_eq!(s.job(gang).unwrap().failures, 1);
     assert_eq!(s.capacity()[&h100()], 8, "the lost node's devices leave the capacity");
+}
+
+#[test]
+fn a_device_turned_unhealthy_stops_its_gang_and_requeues_it_without_a_failure() {
+    let mut s = cluster(2, &[("vision", 16, None)]);
+    let gang = submit(&mut s, job("vision", 2, 8), 0);
+    cycle(&mut s, &PolicyConfig::default(), 0);
+    let mut sick = node("n0", 8, None);
+    sick.devices[3].health = Health::Unhealthy;
+    let out = s.apply(Command::RegisterNode { node: sick, at_ms: 50 }).unwrap();
+    assert_eq!(state_of(&s, gang), JobState::Stopping);
+    let stopped: Vec<&str> = out
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Stop { node, reason: StopReason::DeviceUnhealthy, .. } => Some(node.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stopped, ["n0", "n1"], "every replica of the gang is told to stop");
+    s.apply(Command::JobFinished { job: gang, attempt: None, at_ms: 60 }).unwrap();
+    assert_eq!(state_of(&s, gang), JobState::Pending);
+    assert_eq!(s.job(gang).unwrap().failures, 0, "the device failed, not the job");
+    let plan = crate::schedule(&s, &PolicyConfig::default(), 70);
+    assert!(plan.decisions.placements.is_empty(), "7 healthy devices on n0 cannot hold a replica of 8");
 }
 
 #[test]

@@ -167,6 +167,9 @@ pub enum StopReason {
     MaxRuntime,
     /// Another replica's node was lost; requeued (counting a failure) once it exits.
     NodeLost,
+    /// A device it holds turned unhealthy; requeued once it exits, without counting a failure
+    /// (the device failed, not the job). Appended last: the log encodes variants by position.
+    DeviceUnhealthy,
 }
 
 /// The devices of one replica.

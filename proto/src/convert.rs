@@ -455,6 +455,7 @@ pub fn stop_reason_to(r: StopReason) -> v1::StopReason {
         StopReason::Drained => v1::StopReason::Drained,
         StopReason::MaxRuntime => v1::StopReason::MaxRuntime,
         StopReason::NodeLost => v1::StopReason::NodeLost,
+        StopReason::DeviceUnhealthy => v1::StopReason::DeviceUnhealthy,
     }
 }
 
