@@ -88,6 +88,7 @@ impl State {
             .filter_map(|(_, h)| *h)
             .collect();
         for job in vanished {
+            self.stop_effects(job, StopReason::DeviceUnhealthy, out);
             self.exit(job, at_ms, Some(format!("a device on node {id} disappeared")), out);
         }
         let old = &self.data.nodes[&id];
@@ -287,13 +288,19 @@ impl State {
         job.state = state;
         job.stop_reason = Some(reason);
         job.message = format!("told to stop: {reason:?}").into();
+        self.stop_effects(id, reason, out);
+        self.track(id);
+        out.changed.push((id, state));
+    }
+
+    /// The orders that stop a job's replicas, one per node of its assignment.
+    fn stop_effects(&self, id: JobId, reason: StopReason, out: &mut Outcome) {
+        let job = &self.data.jobs[&id];
         let nodes: BTreeSet<&NodeId> = job.assignment.iter().flat_map(|a| a.replicas.iter().map(|r| &r.node)).collect();
         for node in nodes {
             let (signal, grace_ms) = (job.spec.stop_signal, job.spec.grace_ms);
             out.effects.push(Effect::Stop { job: id, node: node.clone(), signal, grace_ms, reason });
         }
-        self.track(id);
-        out.changed.push((id, state));
     }
 
     fn job_started(&mut self, id: JobId, at_ms: u64, out: &mut Outcome) -> Result<(), ApplyError> {

@@ -248,13 +248,18 @@ fn drain_stops_jobs_and_requeues_them_without_a_failure() {
 }
 
 #[test]
-fn a_device_that_disappears_requeues_its_job() {
+fn a_device_that_disappears_stops_and_requeues_its_job() {
     let mut s = one_node();
     let id = submit(&mut s, job("vision", 1, 8), 0);
     cycle(&mut s, &PolicyConfig::default(), 0);
     let mut smaller = node("n0", 8, None);
     smaller.devices.pop();
-    s.apply(Command::RegisterNode { node: smaller, at_ms: 20 }).unwrap();
+    let out = s.apply(Command::RegisterNode { node: smaller, at_ms: 20 }).unwrap();
+    assert!(
+        matches!(&out.effects[..], [Effect::Stop { node, reason: StopReason::DeviceUnhealthy, .. }] if node.as_str() == "n0"),
+        "its replicas are told to stop: {:?}",
+        out.effects
+    );
     assert_eq!(state_of(&s, id), JobState::Pending);
     assert_eq!(s.job(id).unwrap().failures, 1);
     assert_eq!(s.capacity()[&h100()], 7);
