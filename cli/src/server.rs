@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use qm_agent::inventory::{FakeGpus, FAKE_MODEL};
 use qm_agent::session::AgentConfig;
+use qm_core::PolicyConfig;
 use qm_proto::v1::{AcceleratorKind, Flavor, FlavorQuota, Team};
 use qm_scheduler::leader::LeaderConfig;
 use qm_scheduler::node::NodeConfig;
@@ -57,6 +58,24 @@ pub struct ServerArgs {
     /// A node whose agent is silent this long is lost and its jobs are requeued.
     #[arg(long, default_value_t = 10_000)]
     node_lease_ms: u64,
+    /// The scheduling policy: a TOML file whose `[policy]` table sets any of the knobs of
+    /// docs/concepts.md (other tables are ignored, so a teams file serves); defaults when absent.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+}
+
+/// A file with a `[policy]` table.
+#[derive(Debug, serde::Deserialize)]
+struct PolicyFile {
+    #[serde(default)]
+    policy: PolicyConfig,
+}
+
+fn read_policy(path: &std::path::Path) -> Result<PolicyConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("--policy {}", path.display()))?;
+    let file: PolicyFile =
+        toml::from_str(&text).map_err(|e| crate::out::Failure::usage(format!("--policy {}: {e}", path.display())))?;
+    Ok(file.policy)
 }
 
 fn parse_peer(s: &str) -> Result<(u64, String)> {
@@ -91,7 +110,13 @@ fn config(args: &ServerArgs) -> Result<ServerConfig> {
         cluster_id: args.cluster_id,
         listen: args.listen,
         data_dir: args.data.clone(),
-        leader: LeaderConfig::default(),
+        leader: match &args.policy {
+            Some(path) => LeaderConfig {
+                policy: PolicyConfig { explain: false, ..read_policy(path)? },
+                ..LeaderConfig::default()
+            },
+            None => LeaderConfig::default(),
+        },
         max_message_bytes: args.max_message_bytes,
         heartbeat: Duration::from_secs(1),
         node_lease: Duration::from_millis(args.node_lease_ms.max(1)),
@@ -219,6 +244,7 @@ pub fn dev(args: &DevArgs) -> Result<()> {
         keep_entries: 1_000,
         max_message_bytes: 16 * 1024 * 1024,
         node_lease_ms: 10_000,
+        policy: None,
     };
     let config = config(&server)?;
     let data = dir.path().to_owned();

@@ -64,6 +64,9 @@ pub struct SubmitArgs {
     /// Priority class (`qm priority-class list`).
     #[arg(long)]
     priority_class: Option<String>,
+    /// Times the job is started again after it fails or its node is lost.
+    #[arg(long, default_value_t = 3)]
+    max_retries: u32,
     /// Retry token: a retried submission with the same token is not created twice.
     #[arg(long)]
     request_id: Option<String>,
@@ -153,6 +156,7 @@ fn flag_spec(args: &SubmitArgs) -> Result<JobSpec> {
             mem_mib: 0,
         }),
         command: args.command.clone(),
+        max_retries: args.max_retries,
         ..JobSpec::default()
     })
 }

@@ -1,0 +1,252 @@
+//! Three `qm server` replicas and three `qm agent` processes with static inventories, on
+//! loopback: jobs and gangs of two teams run for real (each writes its environment to a file the
+//! test reads), a team reclaiming its quota preempts a borrower that gets its signal, is
+//! requeued and completes, and a job survives the loss of its agent, a device turning unhealthy
+//! and the loss of the leader, started once per attempt.
+
+mod common;
+
+use common::{qm_env, text};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const MODEL: &str = "nvidia-h100-80gb-hbm3";
+
+struct Fleet {
+    dir: tempfile::TempDir,
+    servers: Vec<(String, Option<Child>)>,
+    agents: Vec<Option<Child>>,
+}
+
+fn free_addr() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
+}
+
+fn spawn(args: &[&str], log: &Path) -> Child {
+    let log = std::fs::File::create(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_qm"))
+        .args(args)
+        .env_remove("QM_SERVER")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("qm starts")
+}
+
+impl Fleet {
+    /// Three replicas (a node lost after 1.5 s of silence) and `agents` agents of 4 GPUs each.
+    fn start(agents: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
+        let peers: Vec<String> = addrs.iter().enumerate().map(|(i, a)| format!("--peer={}={a}", i + 1)).collect();
+        let policy = dir.path().join("policy.toml");
+        std::fs::write(&policy, "[policy]\nmin_runtime_ms = 0\n").unwrap();
+        let mut servers = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let data = dir.path().join(format!("server{}", i + 1));
+            let id = (i + 1).to_string();
+            let mut args = vec!["server", "--id", &id, "--listen", addr, "--data", data.to_str().unwrap()];
+            args.extend(["--tick-ms", "20", "--node-lease-ms", "1500", "--policy", policy.to_str().unwrap()]);
+            args.extend(peers.iter().map(String::as_str));
+            let child = spawn(&args, &dir.path().join(format!("server{}.log", i + 1)));
+            servers.push((addr.clone(), Some(child)));
+        }
+        let mut fleet = Self { dir, servers, agents: Vec::new() };
+        fleet.wait(|f| f.qm(&["status"]).status.success(), "the replicas serve");
+        let applied = fleet.qm(&["apply", "-f", "examples/teams.toml"]);
+        assert!(applied.status.success(), "{}", text(&applied.stderr));
+        for team in ["research", "product"] {
+            fleet.ok(&["quota", "set", "--team", team, "--flavor", &format!("gpu/{MODEL}"), "--nominal", "6"]);
+        }
+        for n in 0..agents {
+            fleet.agents.push(None);
+            fleet.start_agent(n);
+        }
+        fleet.wait(|f| f.json(&["nodes", "--json"]).as_array().is_some_and(|n| n.len() == agents), "agents registered");
+        fleet
+    }
+
+    fn inventory(&self, n: usize) -> PathBuf {
+        self.dir.path().join(format!("inventory{n}.toml"))
+    }
+
+    /// Writes agent `n`'s inventory: 4 GPUs, those in `sick` unhealthy.
+    fn write_inventory(&self, n: usize, sick: &[usize]) {
+        let devices: String = (0..4)
+            .map(|d| {
+                let health = if sick.contains(&d) { "unhealthy" } else { "healthy" };
+                format!("[[device]]\nid = \"GPU-n{n}-{d}\"\nvendor = \"nvidia\"\nmodel = \"{MODEL}\"\nhealth = \"{health}\"\n")
+            })
+            .collect();
+        std::fs::write(self.inventory(n), devices).unwrap();
+    }
+
+    fn start_agent(&mut self, n: usize) {
+        self.write_inventory(n, &[]);
+        let servers: Vec<&str> = self.servers.iter().map(|(a, _)| a.as_str()).collect();
+        let server = format!("--server={}", servers.join(","));
+        let (name, data) = (format!("node{n}"), self.dir.path().join(format!("agent{n}")));
+        let inventory = self.inventory(n);
+        let args = [
+            "agent",
+            &server,
+            "--name",
+            &name,
+            "--inventory",
+            inventory.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data.to_str().unwrap(),
+            "--rescan-s",
+            "1",
+        ];
+        self.agents[n] = Some(spawn(&args, &self.dir.path().join(format!("agent{n}.log"))));
+    }
+
+    fn kill(child: &mut Option<Child>) {
+        if let Some(mut c) = child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn qm(&self, args: &[&str]) -> std::process::Output {
+        let live: Vec<&str> = self.servers.iter().filter(|(_, c)| c.is_some()).map(|(a, _)| a.as_str()).collect();
+        qm_env(args, &[("QM_SERVER", &live.join(","))])
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.qm(args);
+        assert!(out.status.success(), "qm {args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_slice(&self.qm(args).stdout).unwrap_or(Value::Null)
+    }
+
+    fn wait(&self, done: impl Fn(&Self) -> bool, what: &str) {
+        let until = Instant::now() + Duration::from_secs(60);
+        while !done(self) {
+            assert!(Instant::now() < until, "timed out waiting: {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn job(&self, id: u64) -> Value {
+        self.json(&["job", &id.to_string(), "--json"])
+    }
+
+    fn wait_state(&self, id: u64, state: &str) -> Value {
+        self.wait(|f| f.job(id)["state"] == state, &format!("job {id} {state}"));
+        self.job(id)
+    }
+
+    /// Submits a job whose replicas run `script` (with `$OUT` the test's folder).
+    fn submit(&self, team: &str, replicas: u32, gpus: u32, script: &str) -> u64 {
+        let script = format!("OUT={}; {script}", self.dir.path().display());
+        let (r, g) = (replicas.to_string(), gpus.to_string());
+        let args = ["submit", "--json", "--team", team, "--replicas", &r, "--gpus", &g, "--", "sh", "-c", &script];
+        let out: Value = serde_json::from_str(&self.ok(&args)).unwrap();
+        out["job_ids"][0].as_u64().unwrap()
+    }
+
+    fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for a in &mut self.agents {
+            Self::kill(a);
+        }
+        for (_, s) in &mut self.servers {
+            Self::kill(s);
+        }
+    }
+}
+
+/// A marker per started replica and attempt, created exclusively: a second start of the same
+/// attempt writes `twice` into it.
+const STARTED: &str =
+    "set -C; f=$OUT/start-$QM_JOB_ID-$QM_ATTEMPT-$QM_REPLICA; (echo once > $f) 2>/dev/null || echo twice >> $f";
+
+fn env_of(fleet: &Fleet, file: &str) -> std::collections::BTreeMap<String, String> {
+    fleet.read(file).lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+}
+
+#[test]
+fn gangs_and_single_jobs_of_two_teams_run_and_a_reclaimed_borrower_completes_later() {
+    let fleet = Fleet::start(3);
+    let gang = fleet.submit("research", 2, 2, "env > $OUT/env-$QM_JOB_ID-$QM_REPLICA");
+    let single = fleet.submit("product", 1, 1, "env > $OUT/env-$QM_JOB_ID-$QM_REPLICA");
+    fleet.wait_state(gang, "succeeded");
+    fleet.wait_state(single, "succeeded");
+    let (r0, r1) = (env_of(&fleet, &format!("env-{gang}-0")), env_of(&fleet, &format!("env-{gang}-1")));
+    assert_eq!((r0["RANK"].as_str(), r1["RANK"].as_str(), r0["WORLD_SIZE"].as_str()), ("0", "1", "2"));
+    assert_eq!((&r0["MASTER_ADDR"], &r0["MASTER_PORT"]), (&r1["MASTER_ADDR"], &r1["MASTER_PORT"]));
+    assert_eq!(r0["CUDA_VISIBLE_DEVICES"].split(',').count(), 2, "{r0:?}");
+    let one = env_of(&fleet, &format!("env-{single}-0"));
+    assert!(one["CUDA_VISIBLE_DEVICES"].starts_with("GPU-n") && !one["CUDA_VISIBLE_DEVICES"].contains(','));
+
+    // research borrows all 12 GPUs; on its second attempt it finishes at once.
+    let borrower = fleet.submit(
+        "research",
+        3,
+        4,
+        &format!("{STARTED}; [ $QM_ATTEMPT -gt 1 ] && exit 0; trap 'echo got TERM >> $OUT/term-$QM_REPLICA; exit 0' TERM; sleep 20 & wait"),
+    );
+    fleet.wait_state(borrower, "running");
+    let owner = fleet.submit("product", 1, 4, "exit 0");
+    fleet.wait_state(owner, "succeeded");
+    let done = fleet.wait_state(borrower, "succeeded");
+    assert_eq!((done["attempt"].as_u64(), done["preemptions"].as_u64()), (Some(2), Some(1)), "{done}");
+    assert!((0..3).any(|r| fleet.read(&format!("term-{r}")).contains("got TERM")), "the borrower got its signal");
+    for attempt in 1..=2 {
+        for r in 0..3 {
+            assert_eq!(
+                fleet.read(&format!("start-{borrower}-{attempt}-{r}")),
+                "once\n",
+                "attempt {attempt} replica {r}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_job_outlives_its_agent_an_unhealthy_device_and_the_leader() {
+    let mut fleet = Fleet::start(3);
+    let long = format!("{STARTED}; sleep 20");
+    let first = fleet.submit("research", 1, 4, &long);
+    let running = fleet.wait_state(first, "running");
+    let node: String = running["nodes"][0].as_str().unwrap().to_owned();
+    let n: usize = node.trim_start_matches("node").parse().unwrap();
+    Fleet::kill(&mut fleet.agents[n]);
+    fleet.wait(
+        |f| f.job(first)["attempt"] == 2 && f.job(first)["state"] == "running",
+        "rescheduled after the node was lost",
+    );
+    let moved = fleet.job(first);
+    assert_ne!(moved["nodes"][0].as_str(), Some(node.as_str()), "{moved}");
+
+    let m: usize = moved["nodes"][0].as_str().unwrap().trim_start_matches("node").parse().unwrap();
+    fleet.write_inventory(m, &[2]);
+    fleet
+        .wait(|f| f.job(first)["attempt"] == 3 && f.job(first)["state"] == "running", "moved off the unhealthy device");
+    let third = fleet.job(first);
+    assert_eq!(third["failures"].as_u64(), Some(1), "the lost node counted, the sick device did not: {third}");
+
+    let leader = fleet.json(&["status", "--json"])["leader"].as_u64().unwrap() as usize;
+    Fleet::kill(&mut fleet.servers[leader - 1].1);
+    let after = fleet.submit("product", 1, 1, &format!("{STARTED}; exit 0"));
+    fleet.wait_state(after, "succeeded");
+    assert_eq!(fleet.job(first)["attempt"], 3, "no attempt was started again by the failover: {}", fleet.job(first));
+    for attempt in 1..=3 {
+        assert_eq!(fleet.read(&format!("start-{first}-{attempt}-0")), "once\n", "attempt {attempt} started once");
+    }
+    assert_eq!(fleet.read(&format!("start-{first}-4-0")), "", "no fourth attempt");
+}
