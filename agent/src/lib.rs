@@ -10,9 +10,13 @@
 //! - [`session`]: the session with the scheduler: register, heartbeat, orders, reports, and
 //!   reconnection to the leader with backoff and jitter.
 //! - [`logs`]: the `ReplicaLogs` service that `qm logs` reads.
+//! - [`nvml`]: the NVIDIA probe over an NVML source (health rules, MIG, NVLink groups, telemetry).
+//! - [`nvml_real`]: the NVML source of `libnvidia-ml.so` (loaded at run time) and its XID watcher.
 
 pub mod env;
 pub mod executor;
 pub mod inventory;
 pub mod logs;
+pub mod nvml;
+pub mod nvml_real;
 pub mod session;

@@ -5,6 +5,8 @@ use crate::out::{say, Failure};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use qm_agent::inventory::{collect, host_resources, FakeGpus, Probe, StaticProbe};
+use qm_agent::nvml::NvmlProbe;
+use qm_agent::nvml_real::RealNvml;
 use qm_agent::session::{run, AgentConfig};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -47,11 +49,18 @@ pub struct ProbeArgs {
     /// accelerators.
     #[arg(long, value_name = "N")]
     fake_gpus: Option<u32>,
+    /// Do not read NVIDIA devices through NVML (read by default; a node without the driver
+    /// reports none and says why).
+    #[arg(long)]
+    no_nvml: bool,
 }
 
 impl ProbeArgs {
     fn probes(&self) -> Result<Vec<Box<dyn Probe>>> {
         let mut probes: Vec<Box<dyn Probe>> = Vec::new();
+        if !self.no_nvml {
+            probes.push(Box::new(NvmlProbe::new(RealNvml::load())));
+        }
         if let Some(path) = &self.inventory {
             probes.push(Box::new(StaticProbe::new(path).map_err(|e| Failure::usage(format!("--inventory: {e}")))?));
         }
@@ -133,7 +142,7 @@ fn probe(args: &ProbeArgs, json: bool) -> Result<()> {
     let probes = args.probes()?;
     let (spec, mut notes) = collect(&host_name(), &BTreeMap::new(), &probes, host_resources());
     if probes.is_empty() {
-        notes.push("no probe given: --inventory FILE or --fake-gpus N".into());
+        notes.push("no probe: NVML is off (--no-nvml) and neither --inventory nor --fake-gpus is given".into());
     }
     if json {
         let devices: Vec<_> = spec

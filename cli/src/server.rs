@@ -5,10 +5,13 @@ use crate::client::{set_class, set_team, wait_for_nodes, Target, DEFAULT_CLASSES
 use crate::out::say;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use qm_agent::inventory::{FakeGpus, FAKE_MODEL};
+use qm_agent::inventory::{collect, FakeGpus, Probe};
+use qm_agent::nvml::NvmlProbe;
+use qm_agent::nvml_real::RealNvml;
 use qm_agent::session::AgentConfig;
 use qm_core::PolicyConfig;
-use qm_proto::v1::{AcceleratorKind, Flavor, FlavorQuota, Team};
+use qm_proto::convert::flavor_to;
+use qm_proto::v1::{FlavorQuota, Team};
 use qm_scheduler::leader::LeaderConfig;
 use qm_scheduler::node::NodeConfig;
 use qm_scheduler::server::{run, run_notify, ServerConfig};
@@ -157,16 +160,41 @@ pub struct DevArgs {
     /// Address for clients (port 0 picks a free port; the banner prints it).
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
-    /// Fake GPUs of the local agent (model `fake-gpu`); 0 runs no agent.
-    #[arg(long, default_value_t = 4)]
-    fake_gpus: u32,
+    /// The local agent reports this many fake GPUs (model `fake-gpu`) instead of the machine's
+    /// own; 0 runs no agent. By default it runs on the NVIDIA GPUs NVML finds, or on 4 fake GPUs
+    /// when there are none.
+    #[arg(long, value_name = "N")]
+    fake_gpus: Option<u32>,
+}
+
+/// The local agent's devices: the machine's NVIDIA GPUs unless fake ones are asked for or none
+/// is found.
+fn dev_probes(fake: Option<u32>) -> Vec<Box<dyn Probe>> {
+    if fake.is_none() {
+        let real = NvmlProbe::new(RealNvml::load());
+        if !real.probe().devices.is_empty() {
+            return vec![Box::new(real)];
+        }
+    }
+    vec![Box::new(FakeGpus { count: fake.unwrap_or(4) })]
 }
 
 /// The team `qm dev` creates, with quota for the local agent's GPUs.
 const DEV_TEAM: &str = "dev";
 
-/// Starts the local agent and waits until its node is registered.
-async fn local_agent(target: &Target, server: SocketAddr, data: PathBuf, gpus: u32) -> Result<()> {
+/// Starts the local agent, gives the team `dev` quota for every flavor it has, and waits until
+/// its node is registered; returns the flavors with their device counts.
+async fn local_agent(
+    target: &Target,
+    server: SocketAddr,
+    data: PathBuf,
+    probes: Vec<Box<dyn Probe>>,
+) -> Result<Vec<(String, u32)>> {
+    let (spec, _) = collect("dev-node", &BTreeMap::new(), &probes, (0, 0));
+    let mut flavors: BTreeMap<qm_core::Flavor, u32> = BTreeMap::new();
+    for d in &spec.devices {
+        *flavors.entry(d.flavor()).or_default() += 1;
+    }
     let config = AgentConfig {
         name: "dev-node".into(),
         servers: vec![server.to_string()],
@@ -174,7 +202,7 @@ async fn local_agent(target: &Target, server: SocketAddr, data: PathBuf, gpus: u
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         advertise: None,
         data_dir: data,
-        probes: vec![Box::new(FakeGpus { count: gpus })],
+        probes,
         rescan: Duration::from_secs(10),
     };
     tokio::spawn(async move {
@@ -182,43 +210,44 @@ async fn local_agent(target: &Target, server: SocketAddr, data: PathBuf, gpus: u
             tracing::error!("the local agent stopped: {e}");
         }
     });
-    set_team(
-        target,
-        Team {
-            name: DEV_TEAM.into(),
-            weight: 1.0,
-            quotas: vec![FlavorQuota {
-                flavor: Some(Flavor { kind: AcceleratorKind::Gpu as i32, model: FAKE_MODEL.into() }),
-                nominal: gpus,
-                borrowing_limit: None,
-                lending_limit: None,
-            }],
-        },
-    )
-    .await?;
-    wait_for_nodes(target, 1).await
+    let quotas = flavors
+        .iter()
+        .map(|(f, n)| FlavorQuota {
+            flavor: Some(flavor_to(f)),
+            nominal: *n,
+            borrowing_limit: None,
+            lending_limit: None,
+        })
+        .collect();
+    set_team(target, Team { name: DEV_TEAM.into(), weight: 1.0, quotas }).await?;
+    wait_for_nodes(target, 1).await?;
+    Ok(flavors.into_iter().map(|(f, n)| (f.to_string(), n)).collect())
 }
 
 /// Sets the usual priority classes and, with an agent, the team `dev`; then prints how to use
 /// the cluster.
-async fn welcome(addr: SocketAddr, data: PathBuf, gpus: u32) -> Result<()> {
+async fn welcome(addr: SocketAddr, data: PathBuf, fake: Option<u32>) -> Result<()> {
     let target = Target::new(vec![addr.to_string()]);
     for (name, value) in DEFAULT_CLASSES {
         set_class(&target, name, value).await.with_context(|| format!("setting the priority class {name}"))?;
     }
-    if gpus > 0 {
-        local_agent(&target, addr, data.join("agent"), gpus).await.context("starting the local agent")?;
-    }
+    let flavors = match fake {
+        Some(0) => vec![],
+        _ => local_agent(&target, addr, data.join("agent"), dev_probes(fake))
+            .await
+            .context("starting the local agent")?,
+    };
     let classes: Vec<String> = DEFAULT_CLASSES.iter().map(|(n, v)| format!("{n} ({v})")).collect();
     say!("qm dev: one replica on {addr}, data in {} (removed on exit).", data.display());
     say!("Priority classes: {}.", classes.join(", "));
-    if gpus > 0 {
-        say!("A local agent runs jobs on {gpus} fake GPUs (gpu/{FAKE_MODEL}); team {DEV_TEAM} has quota for them.");
+    if !flavors.is_empty() {
+        let devices: Vec<String> = flavors.iter().map(|(f, n)| format!("{n} x {f}")).collect();
+        say!("A local agent runs jobs on {}; team {DEV_TEAM} has quota for them.", devices.join(", "));
     }
     say!("In another terminal:");
     say!("  export QM_SERVER={addr} QM_TEAM={DEV_TEAM}");
-    if gpus > 0 {
-        say!("  qm submit --gpus 2 -- python3 -c 'import os; print(os.environ[\"CUDA_VISIBLE_DEVICES\"])'");
+    if !flavors.is_empty() {
+        say!("  qm submit --gpus 1 -- python3 -c 'import os; print(os.environ[\"CUDA_VISIBLE_DEVICES\"])'");
         say!("  qm jobs");
         say!("  qm logs 1");
     }
@@ -248,7 +277,7 @@ pub fn dev(args: &DevArgs) -> Result<()> {
     };
     let config = config(&server)?;
     let data = dir.path().to_owned();
-    let gpus = args.fake_gpus;
+    let fake = args.fake_gpus;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
@@ -258,7 +287,7 @@ pub fn dev(args: &DevArgs) -> Result<()> {
         tokio::pin!(server);
         let greeting = async move {
             let addr = bound_rx.await.context("the replica stopped before it served")?;
-            welcome(addr, data, gpus).await
+            welcome(addr, data, fake).await
         };
         // A replica that cannot set its classes is not the one the banner promises: stop.
         tokio::select! {

@@ -74,3 +74,24 @@ fn a_failing_job_fails_and_a_cancelled_one_is_signalled() {
     let logs = text(&qm(&["logs", &long.to_string(), &dev.flag()]).stdout);
     assert_eq!(logs, "up\nstopping\n", "the job got its signal and stopped on its own");
 }
+
+#[test]
+fn agent_probe_prints_the_inventory_and_says_why_a_probe_found_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let inventory = dir.path().join("inv.toml");
+    let device = "[[device]]\nid = \"/dev/accel0\"\nkind = \"tpu\"\nvendor = \"google\"\nmodel = \"google-tpu-v5e\"\n";
+    std::fs::write(&inventory, device).unwrap();
+    let out = qm(&["agent", "probe", "--inventory", inventory.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let probed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(probed["devices"][0]["flavor"], "tpu/google-tpu-v5e");
+    assert_eq!(probed["devices"][0]["health"], "healthy");
+    let nvml_notes =
+        probed["notes"].as_array().unwrap().iter().filter(|n| n.as_str().unwrap().starts_with("nvml: ")).count();
+    assert!(nvml_notes <= 1, "NVML found devices, or one note says why not: {probed}");
+    let table = text(&qm(&["agent", "probe", "--no-nvml"]).stdout);
+    assert!(table.starts_with("DEVICE") && table.contains("note: no probe"), "{table}");
+    let bad = qm(&["agent", "probe", "--no-nvml", "--inventory", "/nonexistent.toml"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad.stderr).contains("--inventory: /nonexistent.toml"), "{}", text(&bad.stderr));
+}

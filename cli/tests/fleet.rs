@@ -102,6 +102,7 @@ impl Fleet {
             data.to_str().unwrap(),
             "--rescan-s",
             "1",
+            "--no-nvml",
         ];
         self.agents[n] = Some(spawn(&args, &self.dir.path().join(format!("agent{n}.log"))));
     }
