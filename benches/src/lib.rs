@@ -1,7 +1,8 @@
 //! Workloads for the benchmarks: a large fleet and queue, built from a seed.
 //!
-//! Module map: this file only; `benches/schedule.rs` (criterion) and `benches/memory.rs`
-//! (a driver that prints bytes per pending job) use it.
+//! Module map: this file, which `benches/schedule.rs` (criterion) and `benches/memory.rs`
+//! (a driver that prints bytes per pending job) use; and [`procfs`], the CPU time and memory of
+//! processes and latency percentiles, which the load drivers (`src/bin/`) print.
 
 use qm_core::{
     AcceleratorKind, Command, Decisions, Device, DeviceId, DeviceRequest, Flavor, FlavorQuota, GangSpec, Health,
@@ -129,4 +130,37 @@ pub fn build(f: Fleet) -> State {
 pub fn apply(state: &mut State, decisions: Decisions, at_ms: u64) {
     let out = state.apply(Command::ApplyPlan { decisions, at_ms }).expect("apply plan");
     assert!(out.rejected.is_empty(), "a fresh plan is never stale: {:?}", out.rejected.first());
+}
+
+/// What the load drivers read of the processes they start, and how they summarise latencies.
+pub mod procfs {
+    use std::time::Duration;
+
+    /// CPU seconds (user and system) process `pid` has used.
+    pub fn cpu_seconds(pid: &str) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        (ticks(11) + ticks(12)) as f64 / 100.0
+    }
+
+    /// Resident memory of process `pid`, KiB.
+    pub fn rss_kib(pid: u32) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The `p` quantile (0 to 1) of sorted latencies, in ms; NaN when there are none.
+    pub fn percentile(sorted: &[Duration], p: f64) -> f64 {
+        if sorted.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted[i].as_secs_f64() * 1000.0
+    }
 }

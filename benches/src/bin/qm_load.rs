@@ -13,6 +13,7 @@
 //! - submission to placement decision at a fixed rate (p50, p99), with fake nodes registered;
 //! - resident memory of the leader holding 100,000 jobs.
 
+use qm_benches::procfs::{cpu_seconds, percentile, rss_kib};
 use qm_proto::build::{gpu_inventory, gpu_job, gpu_team};
 use qm_proto::v1::admin_service_client::AdminServiceClient;
 use qm_proto::v1::agent_message::Body as Up;
@@ -123,13 +124,7 @@ impl Cluster {
     }
 
     fn rss_kib(&self, id: u64) -> u64 {
-        let pid = self.procs[&id].id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        rss_kib(self.procs[&id].id())
     }
 
     async fn leader(&self) -> u64 {
@@ -210,21 +205,6 @@ fn report(name: &str, run: &Run, jobs_per_request: usize) {
 
 /// CPU seconds (user and system, all threads) a process has used, from `/proc/PID/stat`, in
 /// clock ticks of 1/100 s (the `USER_HZ` of Linux on every architecture it runs on here).
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-    (ticks(11) + ticks(12)) as f64 / 100.0
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
-}
 
 /// What each client of a load sends, one request after the other.
 #[derive(Clone, Copy, Debug)]
