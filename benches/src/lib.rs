@@ -136,7 +136,9 @@ pub fn apply(state: &mut State, decisions: Decisions, at_ms: u64) {
 pub mod procfs {
     use std::time::Duration;
 
-    /// CPU seconds (user and system) process `pid` has used.
+    /// CPU seconds (user and system, all threads) process `pid` has used, from
+    /// `/proc/PID/stat`, in clock ticks of 1/100 s (the `USER_HZ` of Linux on every
+    /// architecture it runs on here).
     pub fn cpu_seconds(pid: &str) -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);

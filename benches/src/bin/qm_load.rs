@@ -203,9 +203,6 @@ fn report(name: &str, run: &Run, jobs_per_request: usize) {
     );
 }
 
-/// CPU seconds (user and system, all threads) a process has used, from `/proc/PID/stat`, in
-/// clock ticks of 1/100 s (the `USER_HZ` of Linux on every architecture it runs on here).
-
 /// What each client of a load sends, one request after the other.
 #[derive(Clone, Copy, Debug)]
 enum Ask {
