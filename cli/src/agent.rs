@@ -35,6 +35,10 @@ enum AgentCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Read the devices this many times and report the mean time of a read per device
+        /// (`scan_us_per_device`): the cost of the agent's rescans.
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
     },
 }
 
@@ -116,8 +120,8 @@ fn labels(raw: &[String]) -> Result<BTreeMap<String, String>> {
 
 /// Runs `qm agent ...`.
 pub fn agent(args: &AgentArgs) -> Result<()> {
-    if let Some(AgentCommand::Probe { probes, json }) = &args.command {
-        return probe(probes, *json);
+    if let Some(AgentCommand::Probe { probes, json, repeat }) = &args.command {
+        return probe(probes, *json, *repeat);
     }
     let r = &args.run;
     let advertise = r
@@ -138,9 +142,15 @@ pub fn agent(args: &AgentArgs) -> Result<()> {
     rt.block_on(run(config, crate::server::ctrl_c(), |_| {})).context("qm agent")
 }
 
-fn probe(args: &ProbeArgs, json: bool) -> Result<()> {
+fn probe(args: &ProbeArgs, json: bool, repeat: u32) -> Result<()> {
     let probes = args.probes()?;
     let (spec, mut notes) = collect(&host_name(), &BTreeMap::new(), &probes, host_resources());
+    let started = std::time::Instant::now();
+    for _ in 1..repeat {
+        collect(&host_name(), &BTreeMap::new(), &probes, host_resources());
+    }
+    let reads = f64::from(repeat.saturating_sub(1).max(1));
+    let per_device = started.elapsed().as_secs_f64() * 1e6 / reads / spec.devices.len().max(1) as f64;
     if probes.is_empty() {
         notes.push("no probe: NVML is off (--no-nvml) and neither --inventory nor --fake-gpus is given".into());
     }
@@ -156,7 +166,8 @@ fn probe(args: &ProbeArgs, json: bool) -> Result<()> {
             .collect();
         say!(
             "{}",
-            json!({ "node": spec.id.as_str(), "cpu_millis": spec.cpu_millis, "mem_mib": spec.mem_mib, "devices": devices, "notes": notes })
+            json!({ "node": spec.id.as_str(), "cpu_millis": spec.cpu_millis, "mem_mib": spec.mem_mib,
+                "devices": devices, "notes": notes, "scan_us_per_device": (repeat > 1).then_some(per_device) })
         );
         return Ok(());
     }
@@ -178,6 +189,9 @@ fn probe(args: &ProbeArgs, json: bool) -> Result<()> {
     );
     for n in notes {
         say!("note: {n}");
+    }
+    if repeat > 1 {
+        say!("scan: {per_device:.1} us per device (mean of {} reads)", repeat - 1);
     }
     Ok(())
 }
