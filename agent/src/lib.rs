@@ -12,6 +12,9 @@
 //! - [`logs`]: the `ReplicaLogs` service that `qm logs` reads.
 //! - [`nvml`]: the NVIDIA probe over an NVML source (health rules, MIG, NVLink groups, telemetry).
 //! - [`nvml_real`]: the NVML source of `libnvidia-ml.so` (loaded at run time) and its XID watcher.
+//! - [`sysfs`]: the PCI probe (AMD with KFD topology, Intel, Gaudi, TPU, FPGA, IPU, and NVIDIA
+//!   devices without a driver) under a configurable root.
+//! - [`pci_ids`]: the one table of accelerator vendors and device models.
 
 pub mod env;
 pub mod executor;
@@ -19,4 +22,6 @@ pub mod inventory;
 pub mod logs;
 pub mod nvml;
 pub mod nvml_real;
+pub mod pci_ids;
 pub mod session;
+pub mod sysfs;

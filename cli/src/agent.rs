@@ -8,6 +8,7 @@ use qm_agent::inventory::{collect, host_resources, FakeGpus, Probe, StaticProbe}
 use qm_agent::nvml::NvmlProbe;
 use qm_agent::nvml_real::RealNvml;
 use qm_agent::session::{run, AgentConfig};
+use qm_agent::sysfs::SysfsProbe;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -57,6 +58,13 @@ pub struct ProbeArgs {
     /// reports none and says why).
     #[arg(long)]
     no_nvml: bool,
+    /// Do not look for accelerators on the PCI bus (AMD, Intel, Gaudi, TPU, FPGA, IPU, and
+    /// NVIDIA devices without a driver), which is done by default.
+    #[arg(long)]
+    no_pci: bool,
+    /// The root of the sysfs tree the PCI probe reads.
+    #[arg(long, default_value = "/", value_name = "DIR")]
+    sysfs_root: PathBuf,
 }
 
 impl ProbeArgs {
@@ -64,6 +72,9 @@ impl ProbeArgs {
         let mut probes: Vec<Box<dyn Probe>> = Vec::new();
         if !self.no_nvml {
             probes.push(Box::new(NvmlProbe::new(RealNvml::load())));
+        }
+        if !self.no_pci {
+            probes.push(Box::new(SysfsProbe::new(&self.sysfs_root)));
         }
         if let Some(path) = &self.inventory {
             probes.push(Box::new(StaticProbe::new(path).map_err(|e| Failure::usage(format!("--inventory: {e}")))?));
@@ -152,7 +163,10 @@ fn probe(args: &ProbeArgs, json: bool, repeat: u32) -> Result<()> {
     let reads = f64::from(repeat.saturating_sub(1).max(1));
     let per_device = started.elapsed().as_secs_f64() * 1e6 / reads / spec.devices.len().max(1) as f64;
     if probes.is_empty() {
-        notes.push("no probe: NVML is off (--no-nvml) and neither --inventory nor --fake-gpus is given".into());
+        notes.push(
+            "no probe: NVML and PCI are off (--no-nvml, --no-pci) and neither --inventory nor --fake-gpus is given"
+                .into(),
+        );
     }
     if json {
         let devices: Vec<_> = spec

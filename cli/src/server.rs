@@ -9,6 +9,7 @@ use qm_agent::inventory::{collect, FakeGpus, Probe};
 use qm_agent::nvml::NvmlProbe;
 use qm_agent::nvml_real::RealNvml;
 use qm_agent::session::AgentConfig;
+use qm_agent::sysfs::SysfsProbe;
 use qm_core::PolicyConfig;
 use qm_proto::convert::flavor_to;
 use qm_proto::v1::{FlavorQuota, Team};
@@ -171,9 +172,11 @@ pub struct DevArgs {
 /// is found.
 fn dev_probes(fake: Option<u32>) -> Vec<Box<dyn Probe>> {
     if fake.is_none() {
-        let real = NvmlProbe::new(RealNvml::load());
-        if !real.probe().devices.is_empty() {
-            return vec![Box::new(real)];
+        let real: Vec<Box<dyn Probe>> =
+            vec![Box::new(NvmlProbe::new(RealNvml::load())), Box::new(SysfsProbe::new(std::path::Path::new("/")))];
+        let (spec, _) = collect("dev-node", &BTreeMap::new(), &real, (0, 0));
+        if spec.devices.iter().any(|d| d.health == qm_core::Health::Healthy) {
+            return real;
         }
     }
     vec![Box::new(FakeGpus { count: fake.unwrap_or(4) })]

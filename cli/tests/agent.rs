@@ -89,9 +89,9 @@ fn agent_probe_prints_the_inventory_and_says_why_a_probe_found_nothing() {
     let nvml_notes =
         probed["notes"].as_array().unwrap().iter().filter(|n| n.as_str().unwrap().starts_with("nvml: ")).count();
     assert!(nvml_notes <= 1, "NVML found devices, or one note says why not: {probed}");
-    let table = text(&qm(&["agent", "probe", "--no-nvml"]).stdout);
+    let table = text(&qm(&["agent", "probe", "--no-nvml", "--no-pci"]).stdout);
     assert!(table.starts_with("DEVICE") && table.contains("note: no probe"), "{table}");
-    let bad = qm(&["agent", "probe", "--no-nvml", "--inventory", "/nonexistent.toml"]);
+    let bad = qm(&["agent", "probe", "--no-nvml", "--no-pci", "--inventory", "/nonexistent.toml"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad.stderr).contains("--inventory: /nonexistent.toml"), "{}", text(&bad.stderr));
 }

@@ -103,6 +103,7 @@ impl Fleet {
             "--rescan-s",
             "1",
             "--no-nvml",
+            "--no-pci",
         ];
         self.agents[n] = Some(spawn(&args, &self.dir.path().join(format!("agent{n}.log"))));
     }
