@@ -2,6 +2,11 @@
 //! with its environment, stdout and stderr appended to one log file per replica and attempt. A
 //! stop sends the job's signal to the group, then SIGKILL after the grace period. Every phase
 //! (started, failed to start, exited with a code or a signal) is reported on a channel.
+//!
+//! Replicas outlive the agent. Each is started under a small `sh` that writes the command's exit
+//! code to a file, and a record of its process group is kept in `ROOT/replicas/`; an agent that
+//! starts again adopts the groups still alive (and reports those that ended meanwhile, with
+//! their exit code), so a restart neither forgets a replica nor runs it twice.
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -32,6 +37,7 @@ pub fn latest_attempt(root: &Path, job: u64) -> Option<u32> {
 #[derive(Debug, Clone)]
 pub struct Executor {
     root: PathBuf,
+    boot_id: String,
     running: Arc<Mutex<BTreeMap<Key, i32>>>,
     reports: mpsc::UnboundedSender<ReplicaStatus>,
 }
@@ -41,9 +47,10 @@ fn status(key: Key, phase: ReplicaPhase) -> ReplicaStatus {
 }
 
 impl Executor {
-    /// An executor keeping logs and working directories under `root`; phases go to `reports`.
-    pub fn new(root: &Path, reports: mpsc::UnboundedSender<ReplicaStatus>) -> Self {
-        Self { root: root.to_owned(), running: Arc::default(), reports }
+    /// An executor keeping logs, working directories and records under `root`, on the host
+    /// boot `boot_id`; phases go to `reports`.
+    pub fn new(root: &Path, boot_id: &str, reports: mpsc::UnboundedSender<ReplicaStatus>) -> Self {
+        Self { root: root.to_owned(), boot_id: boot_id.to_owned(), running: Arc::default(), reports }
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, i32>> {
@@ -60,6 +67,79 @@ impl Executor {
         self.table().contains_key(&(job, replica, attempt))
     }
 
+    fn record(&self, key: Key) -> PathBuf {
+        self.root.join("replicas").join(format!("{}.{}.{}", key.0, key.1, key.2))
+    }
+
+    /// Adopts the replicas a previous agent of this boot left running, and reports those that
+    /// ended while no agent watched them.
+    pub fn recover(&self, boot_id: &str) {
+        let Ok(entries) = std::fs::read_dir(self.root.join("replicas")) else { return };
+        for path in entries.flatten().map(|e| e.path()) {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+            let parts: Vec<&str> = name.split('.').collect();
+            if parts.len() != 3 {
+                continue;
+            }
+            let [Ok(job), Ok(replica), Ok(attempt)] = [parts.first(), parts.get(1), parts.get(2)]
+                .map(|p| p.map_or(Err(()), |p| p.parse::<u64>().map_err(|_| ())))
+            else {
+                continue;
+            };
+            let key = (job, replica as u32, attempt as u32);
+            let content = std::fs::read_to_string(&path).unwrap_or_default();
+            let (pgid, boot) = content.trim().split_once(' ').unwrap_or(("0", ""));
+            let pgid: i32 = pgid.parse().unwrap_or(0);
+            if boot != boot_id || pgid <= 0 {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            if alive(pgid) {
+                tracing::info!(job, replica, attempt, pgid, "adopted a replica that outlived the agent");
+                self.table().insert(key, pgid);
+                tokio::spawn(self.clone().watch_orphan(key, pgid));
+            } else {
+                self.ended_unwatched(key);
+            }
+        }
+    }
+
+    /// Polls an adopted replica's group until it is gone, then reports how it ended.
+    async fn watch_orphan(self, key: Key, pgid: i32) {
+        while alive(pgid) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        self.table().remove(&key);
+        self.ended_unwatched(key);
+    }
+
+    /// Reports a replica that ended while no agent was its parent, from its exit file.
+    fn ended_unwatched(&self, key: Key) {
+        let record = self.record(key);
+        let code = std::fs::read_to_string(record.with_extension(format!("{}.exit", key.2)))
+            .ok()
+            .and_then(|c| c.trim().parse::<i32>().ok());
+        let _ = std::fs::remove_file(record.with_extension(format!("{}.exit", key.2)));
+        let _ = std::fs::remove_file(&record);
+        let report = match code {
+            Some(c) => ReplicaStatus { exit_code: c, ..status(key, ReplicaPhase::Exited) },
+            None => ReplicaStatus {
+                exit_code: -1,
+                message: "its exit status is unknown: it ended while no agent watched it".into(),
+                ..status(key, ReplicaPhase::Exited)
+            },
+        };
+        tracing::info!(
+            job = key.0,
+            replica = key.1,
+            attempt = key.2,
+            code = report.exit_code,
+            "an unwatched replica ended"
+        );
+        let _ = self.reports.send(report);
+    }
+
     /// Starts a replica (a start of one already running is ignored: orders may come twice).
     pub fn start(&self, order: &StartReplica, env: BTreeMap<String, String>) {
         let key = (order.job_id, order.replica, order.attempt);
@@ -69,6 +149,13 @@ impl Executor {
         match self.spawn(order, env) {
             Ok(child) => {
                 let pgid = child.id().map_or(0, |p| p as i32);
+                let record = self.record(key);
+                if let Err(e) = std::fs::write(&record, format!("{pgid} {}", self.boot_id)) {
+                    tracing::warn!(
+                        "{}: {e}: this replica will not be found again after an agent restart",
+                        record.display()
+                    );
+                }
                 self.table().insert(key, pgid);
                 let _ = self.reports.send(status(key, ReplicaPhase::Started));
                 tokio::spawn(self.clone().wait(key, pgid, child));
@@ -82,10 +169,14 @@ impl Executor {
 
     fn spawn(&self, order: &StartReplica, env: BTreeMap<String, String>) -> Result<tokio::process::Child, String> {
         let (program, args) = order.command.split_first().ok_or("the command is empty")?;
+        let path = env.get("PATH").cloned().or_else(|| std::env::var("PATH").ok()).unwrap_or_default();
+        let program = resolve(program, &path).ok_or_else(|| format!("{program}: not found (PATH={path})"))?;
         let log = log_path(&self.root, order.job_id, order.attempt, order.replica);
         let work = self.root.join("work").join(order.job_id.to_string()).join(order.attempt.to_string());
         let work = work.join(order.replica.to_string());
-        for dir in [log.parent().unwrap_or(&self.root), &work] {
+        let record = self.record((order.job_id, order.replica, order.attempt));
+        let exit_file = record.with_extension(format!("{}.exit", order.attempt));
+        for dir in [log.parent().unwrap_or(&self.root), &work, record.parent().unwrap_or(&self.root)] {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
         let out = std::fs::OpenOptions::new()
@@ -94,7 +185,12 @@ impl Executor {
             .open(&log)
             .map_err(|e| format!("{}: {e}", log.display()))?;
         let err = out.try_clone().map_err(|e| format!("{}: {e}", log.display()))?;
-        tokio::process::Command::new(program)
+        let _ = std::fs::remove_file(&exit_file);
+        tokio::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(WRAPPER)
+            .arg(&exit_file)
+            .arg(&program)
             .args(args)
             .env_clear()
             .envs(inherited())
@@ -105,7 +201,7 @@ impl Executor {
             .stderr(err)
             .process_group(0)
             .spawn()
-            .map_err(|e| format!("{program}: {e}"))
+            .map_err(|e| format!("{}: {e}", program.display()))
     }
 
     /// Waits for a replica's process, reports how it ended, and kills what is left of its group.
@@ -113,6 +209,9 @@ impl Executor {
         let ended = child.wait().await;
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         self.table().remove(&key);
+        let record = self.record(key);
+        let _ = std::fs::remove_file(record.with_extension(format!("{}.exit", key.2)));
+        let _ = std::fs::remove_file(record);
         let report = match ended {
             Ok(s) => ReplicaStatus {
                 exit_code: s.code().unwrap_or(-1),
@@ -141,6 +240,31 @@ impl Executor {
             });
         }
     }
+}
+
+/// The shell a replica runs under: it survives the stop signal (a handler, which the command
+/// does not inherit, where ignoring it would be inherited), runs the command, and writes its exit
+/// code to the file named by `$0`, for an agent that was not there to see it end.
+const WRAPPER: &str = r#"trap : HUP INT TERM USR1 USR2; "$@"; c=$?; echo "$c" > "$0"; exit "$c""#;
+
+/// Whether a replica's group leader (the wrapper shell, whose pid is the group's id) still runs:
+/// present in `/proc` and not a zombie. When it has ended, the replica has.
+fn alive(pgid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pgid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    matches!(state, Some(s) if s != "Z" && s != "X")
+}
+
+/// Where `program` is: itself when it names a path, else the first executable of that name on
+/// `path`.
+fn resolve(program: &str, path: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return executable(&p).then_some(p);
+    }
+    path.split(':').filter(|d| !d.is_empty()).map(|d| Path::new(d).join(program)).find(|p| executable(p))
 }
 
 /// The agent's own variables a replica keeps: where programs are, and the locale.
@@ -172,7 +296,7 @@ mod tests {
     async fn a_replica_runs_with_its_environment_and_logs_its_output() {
         let dir = tempfile::tempdir().unwrap();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let ex = Executor::new(dir.path(), tx);
+        let ex = Executor::new(dir.path(), "boot", tx);
         let env = BTreeMap::from([("GREETING".to_owned(), "hello".to_owned())]);
         ex.start(&order(3, &["sh", "-c", "echo $GREETING; pwd; echo oops >&2; exit 7"]), env);
         assert_eq!(next(&mut rx).await.phase, ReplicaPhase::Started as i32);
@@ -188,7 +312,7 @@ mod tests {
     async fn a_stop_signals_the_group_then_kills_it_after_the_grace_period() {
         let dir = tempfile::tempdir().unwrap();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let ex = Executor::new(dir.path(), tx);
+        let ex = Executor::new(dir.path(), "boot", tx);
         let script = "trap 'echo got TERM' TERM; echo ready; sleep 60 & wait; sleep 60 & wait";
         ex.start(&order(4, &["sh", "-c", script]), BTreeMap::new());
         assert_eq!(next(&mut rx).await.phase, ReplicaPhase::Started as i32);
@@ -207,11 +331,65 @@ mod tests {
         assert!(log.contains("got TERM"), "the job received its signal first: {log}");
     }
 
+    /// Starts `command` under an executor on a runtime of its own, then drops that runtime (the
+    /// agent dies; the replica's process group lives on).
+    fn start_and_abandon(root: &Path, job: u64, command: &[&str]) {
+        let (root, command): (PathBuf, Vec<String>) =
+            (root.to_owned(), command.iter().map(|s| s.to_string()).collect());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let (tx, mut rx) = mpsc::unbounded_channel();
+                let command: Vec<&str> = command.iter().map(String::as_str).collect();
+                Executor::new(&root, "boot", tx).start(&order(job, &command), BTreeMap::new());
+                assert_eq!(next(&mut rx).await.phase, ReplicaPhase::Started as i32);
+            });
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_new_agent_adopts_live_replicas_and_reports_those_that_ended_with_their_code() {
+        let dir = tempfile::tempdir().unwrap();
+        start_and_abandon(dir.path(), 8, &["sh", "-c", "sleep 1; exit 3"]);
+        start_and_abandon(dir.path(), 9, &["sh", "-c", "exit 5"]);
+        start_and_abandon(dir.path(), 10, &["sleep", "30"]);
+        let stale = Executor::new(dir.path(), "boot", mpsc::unbounded_channel().0).record((10, 0, 1));
+        let pgid = std::fs::read_to_string(&stale).unwrap().split(' ').next().unwrap().parse::<i32>().unwrap();
+        std::fs::write(&stale, format!("{pgid} an-earlier-boot")).unwrap();
+        let ended = async {
+            while std::fs::read_to_string(dir.path().join("replicas/9.0.1.exit")).is_err() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), ended).await.expect("job 9 ends");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let ex = Executor::new(dir.path(), "boot", tx);
+        ex.recover("boot");
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        assert_eq!(
+            ex.running(),
+            [RunningReplica { job_id: 8, replica: 0, attempt: 1 }],
+            "adopted; job 10's record is of another boot"
+        );
+        let first = next(&mut rx).await;
+        assert_eq!(
+            (first.job_id, first.phase, first.exit_code),
+            (9, ReplicaPhase::Exited as i32, 5),
+            "ended while unwatched"
+        );
+        let second = next(&mut rx).await;
+        assert_eq!((second.job_id, second.exit_code), (8, 3), "the adopted replica's own exit code");
+        assert!(ex.running().is_empty());
+        assert_eq!(std::fs::read_dir(dir.path().join("replicas")).unwrap().count(), 0, "no record is left");
+    }
+
     #[tokio::test]
     async fn a_command_that_cannot_start_is_reported_with_the_reason() {
         let dir = tempfile::tempdir().unwrap();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let ex = Executor::new(dir.path(), tx);
+        let ex = Executor::new(dir.path(), "boot", tx);
         ex.start(&order(5, &["/nonexistent/program"]), BTreeMap::new());
         let failed = next(&mut rx).await;
         assert_eq!(failed.phase, ReplicaPhase::FailedToStart as i32);

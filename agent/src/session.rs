@@ -85,7 +85,8 @@ pub async fn run(
         .map_err(|source| AgentError::Listen { addr: config.listen, source })?;
     let bound = listener.local_addr().map_err(|source| AgentError::Listen { addr: config.listen, source })?;
     let (reports_tx, reports) = mpsc::unbounded_channel();
-    let executor = Executor::new(&config.data_dir, reports_tx);
+    let executor = Executor::new(&config.data_dir, &boot_id(), reports_tx);
+    executor.recover(&boot_id());
     let logs = ReplicaLogsServer::new(LogServer::new(config.data_dir.clone(), executor.clone()));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let serving = tokio::spawn(tonic::transport::Server::builder().add_service(logs).serve_with_incoming(incoming));

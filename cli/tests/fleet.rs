@@ -252,3 +252,16 @@ fn a_job_outlives_its_agent_an_unhealthy_device_and_the_leader() {
     }
     assert_eq!(fleet.read(&format!("start-{first}-4-0")), "", "no fourth attempt");
 }
+
+#[test]
+fn an_agent_that_restarts_keeps_its_running_replicas() {
+    let mut fleet = Fleet::start(1);
+    let job = fleet.submit("research", 1, 2, &format!("{STARTED}; sleep 3; echo done > $OUT/done-$QM_JOB_ID"));
+    fleet.wait_state(job, "running");
+    Fleet::kill(&mut fleet.agents[0]);
+    fleet.start_agent(0);
+    let done = fleet.wait_state(job, "succeeded");
+    assert_eq!((done["attempt"].as_u64(), done["failures"].as_u64()), (Some(1), Some(0)), "{done}");
+    assert_eq!(fleet.read(&format!("start-{job}-1-0")), "once\n", "the replica ran once, through the restart");
+    assert_eq!(fleet.read(&format!("done-{job}")), "done\n");
+}
