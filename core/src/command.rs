@@ -110,6 +110,27 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// When the command happened, for the commands that carry their time.
+    pub fn at_ms(&self) -> Option<u64> {
+        match self {
+            Self::RegisterNode { at_ms, .. }
+            | Self::NodeLost { at_ms, .. }
+            | Self::Submit { at_ms, .. }
+            | Self::Cancel { at_ms, .. }
+            | Self::ApplyPlan { at_ms, .. }
+            | Self::JobStarted { at_ms, .. }
+            | Self::JobFinished { at_ms, .. }
+            | Self::JobFailed { at_ms, .. } => Some(*at_ms),
+            Self::SetTeam { .. }
+            | Self::SetPriorityClass { .. }
+            | Self::Cordon { .. }
+            | Self::Drain { .. }
+            | Self::DeletePriorityClass { .. } => None,
+        }
+    }
+}
+
 /// An order for an agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Effect {

@@ -13,6 +13,8 @@ pub struct Applied {
     pub seq: u64,
     /// The command's outcome, or why the state refused it.
     pub result: Result<Outcome, ApplyError>,
+    /// When the command happened, when it carries its time.
+    pub at_ms: Option<u64>,
 }
 
 /// The state machine of one replica.
@@ -79,6 +81,7 @@ impl Fsm {
     }
 
     fn apply_one(&mut self, p: Proposal) -> Applied {
+        let at_ms = p.command.at_ms();
         let seen = match (&p.request_id, &p.command) {
             (Some(id), Command::Submit { .. }) => self.dedup.get(id),
             _ => None,
@@ -95,7 +98,7 @@ impl Fsm {
                 result
             }
         };
-        Applied { origin: p.origin, seq: p.seq, result }
+        Applied { origin: p.origin, seq: p.seq, result, at_ms }
     }
 }
 
@@ -134,6 +137,8 @@ mod tests {
         assert_eq!(ids(&again[1]), vec![JobId(2)]);
         assert_eq!(f.state.jobs().len(), 2);
         assert_eq!(f.applied, 2);
+        let times: Vec<Option<u64>> = again.iter().map(|a| a.at_ms).collect();
+        assert_eq!(times, [Some(2), Some(3)], "each change carries its command's time, for watchers");
     }
 
     #[test]

@@ -64,7 +64,8 @@ impl<S: LogStore, T: Transport> Node<S, T> {
         let results = self.shared.fsm.write().unwrap_or_else(|p| p.into_inner()).apply(e.index, proposals);
         for r in results {
             if let Ok(out) = &r.result {
-                changes.extend(out.changed.iter().map(|&(job, state)| JobChange { index: e.index, job, state }));
+                let at_ms = r.at_ms;
+                changes.extend(out.changed.iter().map(|&(job, state)| JobChange { index: e.index, job, state, at_ms }));
                 for effect in &out.effects {
                     let _ = self.shared.effects.send(effect.clone());
                 }

@@ -138,6 +138,8 @@ pub struct JobChange {
     pub job: JobId,
     /// Its new state.
     pub state: JobState,
+    /// When the command that changed it happened (ms since the Unix epoch), when it says.
+    pub at_ms: Option<u64>,
 }
 
 /// What a replica says about itself.

@@ -117,7 +117,9 @@ impl JobService for JobServer {
                 job_id: change.job.0,
                 state: qm_proto::convert::state_to(change.state) as i32,
                 message: job.message.to_string(),
-                at_ms: job.finished_ms.or(job.started_ms).or(job.placed_ms).unwrap_or(job.submitted_ms),
+                at_ms: change.at_ms.unwrap_or_else(|| {
+                    job.finished_ms.or(job.started_ms).or(job.placed_ms).unwrap_or(job.submitted_ms)
+                }),
             }))
         });
         Ok(Response::new(Box::pin(stream)))
