@@ -8,6 +8,7 @@
 //! starts again adopts the groups still alive (and reports those that ended meanwhile, with
 //! their exit code), so a restart neither forgets a replica nor runs it twice.
 
+use crate::cgroup::Cgroups;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use qm_proto::v1::{ReplicaPhase, ReplicaStatus, RunningReplica, StartReplica};
@@ -38,6 +39,7 @@ pub fn latest_attempt(root: &Path, job: u64) -> Option<u32> {
 pub struct Executor {
     root: PathBuf,
     boot_id: String,
+    cgroups: Option<Cgroups>,
     running: Arc<Mutex<BTreeMap<Key, i32>>>,
     reports: mpsc::UnboundedSender<ReplicaStatus>,
 }
@@ -50,7 +52,36 @@ impl Executor {
     /// An executor keeping logs, working directories and records under `root`, on the host
     /// boot `boot_id`; phases go to `reports`.
     pub fn new(root: &Path, boot_id: &str, reports: mpsc::UnboundedSender<ReplicaStatus>) -> Self {
-        Self { root: root.to_owned(), boot_id: boot_id.to_owned(), running: Arc::default(), reports }
+        Self { root: root.to_owned(), boot_id: boot_id.to_owned(), cgroups: None, running: Arc::default(), reports }
+    }
+
+    /// Replicas get cgroups of their own with CPU and memory limits, under `cgroups`.
+    pub fn with_cgroups(mut self, cgroups: Cgroups) -> Self {
+        self.cgroups = Some(cgroups);
+        self
+    }
+
+    fn cgroup_name(key: Key) -> String {
+        format!("{}.{}.{}", key.0, key.1, key.2)
+    }
+
+    /// The file a replica's shell writes its pid to, in its new cgroup; empty without cgroups.
+    fn cgroup(&self, order: &StartReplica) -> String {
+        let Some(cg) = &self.cgroups else { return String::new() };
+        let name = Self::cgroup_name((order.job_id, order.replica, order.attempt));
+        match cg.replica(&name, order.cpu_millis, order.mem_mib) {
+            Ok(procs) => procs.display().to_string(),
+            Err(e) => {
+                tracing::warn!(job = order.job_id, "no cgroup, so no CPU and memory limits: {e}");
+                String::new()
+            }
+        }
+    }
+
+    fn drop_cgroup(&self, key: Key) {
+        if let Some(cg) = &self.cgroups {
+            cg.remove(&Self::cgroup_name(key));
+        }
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, i32>> {
@@ -122,6 +153,7 @@ impl Executor {
             .and_then(|c| c.trim().parse::<i32>().ok());
         let _ = std::fs::remove_file(record.with_extension(format!("{}.exit", key.2)));
         let _ = std::fs::remove_file(&record);
+        self.drop_cgroup(key);
         let report = match code {
             Some(c) => ReplicaStatus { exit_code: c, ..status(key, ReplicaPhase::Exited) },
             None => ReplicaStatus {
@@ -190,6 +222,7 @@ impl Executor {
             .arg("-c")
             .arg(WRAPPER)
             .arg(&exit_file)
+            .arg(self.cgroup(order))
             .arg(&program)
             .args(args)
             .env_clear()
@@ -212,6 +245,7 @@ impl Executor {
         let record = self.record(key);
         let _ = std::fs::remove_file(record.with_extension(format!("{}.exit", key.2)));
         let _ = std::fs::remove_file(record);
+        self.drop_cgroup(key);
         let report = match ended {
             Ok(s) => ReplicaStatus {
                 exit_code: s.code().unwrap_or(-1),
@@ -242,10 +276,12 @@ impl Executor {
     }
 }
 
-/// The shell a replica runs under: it survives the stop signal (a handler, which the command
-/// does not inherit, where ignoring it would be inherited), runs the command, and writes its exit
-/// code to the file named by `$0`, for an agent that was not there to see it end.
-const WRAPPER: &str = r#"trap : HUP INT TERM USR1 USR2; "$@"; c=$?; echo "$c" > "$0"; exit "$c""#;
+/// The shell a replica runs under: it moves itself into the replica's cgroup (the file named by
+/// `$1`, when not empty) before anything else runs, survives the stop signal (a handler, which the
+/// command does not inherit, where ignoring it would be inherited), runs the command, and writes
+/// its exit code to the file named by `$0`, for an agent that was not there to see it end.
+const WRAPPER: &str =
+    r#"[ -z "$1" ] || echo $$ > "$1"; shift; trap : HUP INT TERM USR1 USR2; "$@"; c=$?; echo "$c" > "$0"; exit "$c""#;
 
 /// Whether a replica's group leader (the wrapper shell, whose pid is the group's id) still runs:
 /// present in `/proc` and not a zombie. When it has ended, the replica has.
@@ -383,6 +419,26 @@ mod tests {
         assert_eq!((second.job_id, second.exit_code), (8, 3), "the adopted replica's own exit code");
         assert!(ex.running().is_empty());
         assert_eq!(std::fs::read_dir(dir.path().join("replicas")).unwrap().count(), 0, "no record is left");
+    }
+
+    #[tokio::test]
+    async fn a_replica_enters_its_cgroup_before_its_command_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mount = dir.path().join("cgroup");
+        std::fs::create_dir_all(&mount).unwrap();
+        std::fs::write(mount.join("cgroup.controllers"), "cpu memory").unwrap();
+        let cgroups = Cgroups::setup(&mount, "0::/agent.service", 1).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let ex = Executor::new(dir.path(), "boot", tx).with_cgroups(cgroups);
+        let order = StartReplica { cpu_millis: 1_500, mem_mib: 512, ..order(11, &["sh", "-c", "echo $$ > pid"]) };
+        ex.start(&order, BTreeMap::new());
+        assert_eq!(next(&mut rx).await.phase, ReplicaPhase::Started as i32);
+        assert_eq!(next(&mut rx).await.exit_code, 0);
+        let group = mount.join("agent.service/replicas/11.0.1");
+        let read = |f: &str| std::fs::read_to_string(group.join(f)).unwrap_or_default().trim().to_owned();
+        assert_eq!((read("cpu.max"), read("memory.max")), ("150000 100000".into(), "536870912".into()));
+        let shell: u32 = read("cgroup.procs").parse().unwrap_or(0);
+        assert!(shell > 0, "the replica's shell wrote its pid into the cgroup");
     }
 
     #[tokio::test]

@@ -6,7 +6,9 @@
 //!   node's inventory built from every probe.
 //! - [`env`]: the environment contract of a replica (identity, gang rendezvous, device
 //!   visibility).
-//! - [`executor`]: runs replicas in process groups with per-replica logs; signal, grace, kill.
+//! - [`executor`]: runs replicas in process groups with per-replica logs; signal, grace, kill;
+//!   replicas outlive an agent restart and are adopted again.
+//! - [`cgroup`]: CPU and memory limits for replicas through cgroup v2, where writable.
 //! - [`session`]: the session with the scheduler: register, heartbeat, orders, reports, and
 //!   reconnection to the leader with backoff and jitter.
 //! - [`logs`]: the `ReplicaLogs` service that `qm logs` reads.
@@ -16,6 +18,7 @@
 //!   devices without a driver) under a configurable root.
 //! - [`pci_ids`]: the one table of accelerator vendors and device models.
 
+pub mod cgroup;
 pub mod env;
 pub mod executor;
 pub mod inventory;

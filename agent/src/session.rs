@@ -4,6 +4,7 @@
 //! they happen, and carries out start and stop orders. A lost session is opened again with
 //! exponential backoff and jitter; a follower's `NotLeader` sends the agent to the leader at once.
 
+use crate::cgroup::Cgroups;
 use crate::env::replica_env;
 use crate::executor::Executor;
 use crate::inventory::{collect, host_resources, Probe};
@@ -46,6 +47,8 @@ pub struct AgentConfig {
     pub probes: Vec<Box<dyn Probe>>,
     /// How often the inventory is read again.
     pub rescan: Duration,
+    /// The cgroup v2 mount under which replicas get CPU and memory limits; none when absent.
+    pub cgroup_root: Option<PathBuf>,
 }
 
 /// Why the agent stopped.
@@ -85,7 +88,14 @@ pub async fn run(
         .map_err(|source| AgentError::Listen { addr: config.listen, source })?;
     let bound = listener.local_addr().map_err(|source| AgentError::Listen { addr: config.listen, source })?;
     let (reports_tx, reports) = mpsc::unbounded_channel();
-    let executor = Executor::new(&config.data_dir, &boot_id(), reports_tx);
+    let mut executor = Executor::new(&config.data_dir, &boot_id(), reports_tx);
+    if let Some(mount) = &config.cgroup_root {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        match Cgroups::setup(mount, &own, std::process::id()) {
+            Ok(cgroups) => executor = executor.with_cgroups(cgroups),
+            Err(why) => tracing::info!("replicas run without CPU and memory limits: {why}"),
+        }
+    }
     executor.recover(&boot_id());
     let logs = ReplicaLogsServer::new(LogServer::new(config.data_dir.clone(), executor.clone()));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);

@@ -112,6 +112,13 @@ struct RunArgs {
     /// Seconds between two reads of the inventory.
     #[arg(long, default_value_t = 10)]
     rescan_s: u64,
+    /// The cgroup v2 mount under which replicas get CPU and memory limits (when the agent's own
+    /// cgroup is writable, as with systemd's `Delegate=yes`).
+    #[arg(long, default_value = "/sys/fs/cgroup", value_name = "DIR")]
+    cgroup_root: PathBuf,
+    /// Run replicas without cgroups of their own.
+    #[arg(long)]
+    no_cgroups: bool,
 }
 
 fn host_name() -> String {
@@ -148,6 +155,7 @@ pub fn agent(args: &AgentArgs) -> Result<()> {
         data_dir: r.data.clone(),
         probes: r.probes.probes()?,
         rescan: Duration::from_secs(r.rescan_s.max(1)),
+        cgroup_root: (!r.no_cgroups).then(|| r.cgroup_root.clone()),
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(run(config, crate::server::ctrl_c(), |_| {})).context("qm agent")

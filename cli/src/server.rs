@@ -207,6 +207,7 @@ async fn local_agent(
         data_dir: data,
         probes,
         rescan: Duration::from_secs(10),
+        cgroup_root: None,
     };
     tokio::spawn(async move {
         if let Err(e) = qm_agent::session::run(config, std::future::pending(), |_| {}).await {

@@ -104,6 +104,7 @@ impl Fleet {
             "1",
             "--no-nvml",
             "--no-pci",
+            "--no-cgroups",
         ];
         self.agents[n] = Some(spawn(&args, &self.dir.path().join(format!("agent{n}.log"))));
     }

@@ -138,7 +138,10 @@ async fn main() {
                     &a.gpus.to_string(),
                 ];
                 let mut args: Vec<String> = args.map(String::from).to_vec();
-                args.extend(["--no-nvml", "--no-pci", "--listen", "127.0.0.1:0", "--data", &data].map(String::from));
+                args.extend(
+                    ["--no-nvml", "--no-pci", "--no-cgroups", "--listen", "127.0.0.1:0", "--data", &data]
+                        .map(String::from),
+                );
                 start(&a.qm, &args)
             })
             .collect(),
