@@ -153,6 +153,10 @@ impl<S: LogStore, T: Transport> Node<S, T> {
                     saved_ms = started.elapsed().as_millis() as u64 - encoded_ms,
                     "snapshot"
                 );
+                // Closed before the Raft thread hears of it: a stopping replica waits for this
+                // message, then its storage must be free to open again (at low priority, this
+                // thread could otherwise still hold it for a while after sending).
+                drop(store);
                 let _ = inbox.send(Input::Snapshotted(applied, error));
             })
             .map_err(|e| Fatal::Snapshot { index: applied, reason: e.to_string() })?;

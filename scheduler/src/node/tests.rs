@@ -223,7 +223,12 @@ async fn a_restarted_replica_catches_up_by_snapshot_and_everyone_recovers_from_o
     for i in 0..40 {
         submit_acked(c.handle(leader), format!("j{i:02}")).await;
     }
-    assert!(c.handle(leader).status().snapshot_index >= 30);
+    // The leader snapshots on a low-priority thread: wait for it to finish, not for a guess.
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while c.handle(leader).status().snapshot_index < 30 {
+        assert!(std::time::Instant::now() < until, "the leader never saved a snapshot at index 30 or later");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     c.start(follower);
     c.converged().await;
     assert!(c.handle(follower).status().snapshot_index > 0, "the follower installed the leader's snapshot");
