@@ -102,6 +102,18 @@ impl Executor {
         self.root.join("replicas").join(format!("{}.{}.{}", key.0, key.1, key.2))
     }
 
+    /// Where a replica's shell writes its command's exit code.
+    fn exit_file(&self, key: Key) -> PathBuf {
+        self.root.join("replicas").join(format!("{}.{}.{}.exit", key.0, key.1, key.2))
+    }
+
+    /// Removes what a replica left behind once it ended: its record, exit file and cgroup.
+    fn forget(&self, key: Key) {
+        let _ = std::fs::remove_file(self.exit_file(key));
+        let _ = std::fs::remove_file(self.record(key));
+        self.drop_cgroup(key);
+    }
+
     /// Adopts the replicas a previous agent of this boot left running, and reports those that
     /// ended while no agent watched them.
     pub fn recover(&self, boot_id: &str) {
@@ -147,13 +159,8 @@ impl Executor {
 
     /// Reports a replica that ended while no agent was its parent, from its exit file.
     fn ended_unwatched(&self, key: Key) {
-        let record = self.record(key);
-        let code = std::fs::read_to_string(record.with_extension(format!("{}.exit", key.2)))
-            .ok()
-            .and_then(|c| c.trim().parse::<i32>().ok());
-        let _ = std::fs::remove_file(record.with_extension(format!("{}.exit", key.2)));
-        let _ = std::fs::remove_file(&record);
-        self.drop_cgroup(key);
+        let code = std::fs::read_to_string(self.exit_file(key)).ok().and_then(|c| c.trim().parse::<i32>().ok());
+        self.forget(key);
         let report = match code {
             Some(c) => ReplicaStatus { exit_code: c, ..status(key, ReplicaPhase::Exited) },
             None => ReplicaStatus {
@@ -206,9 +213,8 @@ impl Executor {
         let log = log_path(&self.root, order.job_id, order.attempt, order.replica);
         let work = self.root.join("work").join(order.job_id.to_string()).join(order.attempt.to_string());
         let work = work.join(order.replica.to_string());
-        let record = self.record((order.job_id, order.replica, order.attempt));
-        let exit_file = record.with_extension(format!("{}.exit", order.attempt));
-        for dir in [log.parent().unwrap_or(&self.root), &work, record.parent().unwrap_or(&self.root)] {
+        let exit_file = self.exit_file((order.job_id, order.replica, order.attempt));
+        for dir in [log.parent().unwrap_or(&self.root), &work, &self.root.join("replicas")] {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
         let out = std::fs::OpenOptions::new()
@@ -242,10 +248,7 @@ impl Executor {
         let ended = child.wait().await;
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         self.table().remove(&key);
-        let record = self.record(key);
-        let _ = std::fs::remove_file(record.with_extension(format!("{}.exit", key.2)));
-        let _ = std::fs::remove_file(record);
-        self.drop_cgroup(key);
+        self.forget(key);
         let report = match ended {
             Ok(s) => ReplicaStatus {
                 exit_code: s.code().unwrap_or(-1),

@@ -10,6 +10,7 @@ use qm_agent::nvml::NvmlProbe;
 use qm_agent::nvml_real::RealNvml;
 use qm_agent::session::AgentConfig;
 use qm_agent::sysfs::SysfsProbe;
+use qm_core::NodeSpec;
 use qm_core::PolicyConfig;
 use qm_proto::convert::flavor_to;
 use qm_proto::v1::{FlavorQuota, Team};
@@ -168,18 +169,23 @@ pub struct DevArgs {
     fake_gpus: Option<u32>,
 }
 
-/// The local agent's devices: the machine's NVIDIA GPUs unless fake ones are asked for or none
-/// is found.
-fn dev_probes(fake: Option<u32>) -> Vec<Box<dyn Probe>> {
+/// The local agent's probes and the inventory they read once: the machine's accelerators
+/// (NVML, PCI) unless fake GPUs are asked for or no healthy device is found.
+fn dev_probes(fake: Option<u32>) -> (Vec<Box<dyn Probe>>, NodeSpec) {
+    let read = |probes: Vec<Box<dyn Probe>>| {
+        let (spec, _) = collect("dev-node", &BTreeMap::new(), &probes, (0, 0));
+        (probes, spec)
+    };
     if fake.is_none() {
-        let real: Vec<Box<dyn Probe>> =
-            vec![Box::new(NvmlProbe::new(RealNvml::load())), Box::new(SysfsProbe::new(std::path::Path::new("/")))];
-        let (spec, _) = collect("dev-node", &BTreeMap::new(), &real, (0, 0));
-        if spec.devices.iter().any(|d| d.health == qm_core::Health::Healthy) {
+        let real = read(vec![
+            Box::new(NvmlProbe::new(RealNvml::load())),
+            Box::new(SysfsProbe::new(std::path::Path::new("/"))),
+        ]);
+        if real.1.devices.iter().any(|d| d.health == qm_core::Health::Healthy) {
             return real;
         }
     }
-    vec![Box::new(FakeGpus { count: fake.unwrap_or(4) })]
+    read(vec![Box::new(FakeGpus { count: fake.unwrap_or(4) })])
 }
 
 /// The team `qm dev` creates, with quota for the local agent's GPUs.
@@ -191,9 +197,8 @@ async fn local_agent(
     target: &Target,
     server: SocketAddr,
     data: PathBuf,
-    probes: Vec<Box<dyn Probe>>,
+    (probes, spec): (Vec<Box<dyn Probe>>, NodeSpec),
 ) -> Result<Vec<(String, u32)>> {
-    let (spec, _) = collect("dev-node", &BTreeMap::new(), &probes, (0, 0));
     let mut flavors: BTreeMap<qm_core::Flavor, u32> = BTreeMap::new();
     for d in &spec.devices {
         *flavors.entry(d.flavor()).or_default() += 1;
