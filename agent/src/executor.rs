@@ -7,11 +7,15 @@
 //! code to a file, and a record of its process group is kept in `ROOT/replicas/`; an agent that
 //! starts again adopts the groups still alive (and reports those that ended meanwhile, with
 //! their exit code), so a restart neither forgets a replica nor runs it twice.
+//!
+//! Each running replica has a usage meter over the devices it holds (`observe` feeds it the
+//! node's telemetry); its summary goes out with the replica's exit report.
 
 use crate::cgroup::Cgroups;
+use crate::usage::Meter;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use qm_proto::v1::{ReplicaPhase, ReplicaStatus, RunningReplica, StartReplica};
+use qm_proto::v1::{DeviceTelemetry, ReplicaPhase, ReplicaStatus, RunningReplica, StartReplica};
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -22,6 +26,13 @@ use tokio::sync::mpsc;
 
 /// A replica's key: job, replica index, attempt.
 type Key = (u64, u32, u32);
+
+/// A running replica: its process group and the usage of its devices so far.
+#[derive(Debug)]
+struct Running {
+    pgid: i32,
+    meter: Meter,
+}
 
 /// Where a replica's output goes: `ROOT/logs/JOB/ATTEMPT/REPLICA.log`.
 pub fn log_path(root: &Path, job: u64, attempt: u32, replica: u32) -> PathBuf {
@@ -40,7 +51,7 @@ pub struct Executor {
     root: PathBuf,
     boot_id: String,
     cgroups: Option<Cgroups>,
-    running: Arc<Mutex<BTreeMap<Key, i32>>>,
+    running: Arc<Mutex<BTreeMap<Key, Running>>>,
     reports: mpsc::UnboundedSender<ReplicaStatus>,
 }
 
@@ -84,13 +95,25 @@ impl Executor {
         }
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, i32>> {
+    fn table(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Running>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The replicas running now, as a registration lists them.
     pub fn running(&self) -> Vec<RunningReplica> {
         self.table().keys().map(|&(job_id, replica, attempt)| RunningReplica { job_id, replica, attempt }).collect()
+    }
+
+    /// Adds one telemetry sample to the meter of every running replica.
+    pub fn observe(&self, samples: &[DeviceTelemetry]) {
+        for r in self.table().values_mut() {
+            r.meter.observe(samples);
+        }
+    }
+
+    /// Ends a replica's entry: its usage so far, if it was running.
+    fn remove(&self, key: Key) -> Vec<qm_proto::v1::DeviceUsage> {
+        self.table().remove(&key).map(|r| r.meter.report()).unwrap_or_default()
     }
 
     /// Whether a replica of `job`'s `attempt` runs here.
@@ -131,18 +154,20 @@ impl Executor {
             };
             let key = (job, replica as u32, attempt as u32);
             let content = std::fs::read_to_string(&path).unwrap_or_default();
-            let (pgid, boot) = content.trim().split_once(' ').unwrap_or(("0", ""));
+            let mut lines = content.lines();
+            let (pgid, boot) = lines.next().unwrap_or_default().trim().split_once(' ').unwrap_or(("0", ""));
             let pgid: i32 = pgid.parse().unwrap_or(0);
+            let devices: Vec<String> = lines.map(str::to_owned).collect();
             if boot != boot_id || pgid <= 0 {
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
             if alive(pgid) {
                 tracing::info!(job, replica, attempt, pgid, "adopted a replica that outlived the agent");
-                self.table().insert(key, pgid);
+                self.table().insert(key, Running { pgid, meter: Meter::new(key.1, &devices) });
                 tokio::spawn(self.clone().watch_orphan(key, pgid));
             } else {
-                self.ended_unwatched(key);
+                self.ended_unwatched(key, Vec::new());
             }
         }
     }
@@ -153,19 +178,21 @@ impl Executor {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-        self.table().remove(&key);
-        self.ended_unwatched(key);
+        let usage = self.remove(key);
+        self.ended_unwatched(key, usage);
     }
 
-    /// Reports a replica that ended while no agent was its parent, from its exit file.
-    fn ended_unwatched(&self, key: Key) {
+    /// Reports a replica that ended while no agent was its parent, from its exit file, with
+    /// the usage metered since it was adopted.
+    fn ended_unwatched(&self, key: Key, usage: Vec<qm_proto::v1::DeviceUsage>) {
         let code = std::fs::read_to_string(self.exit_file(key)).ok().and_then(|c| c.trim().parse::<i32>().ok());
         self.forget(key);
         let report = match code {
-            Some(c) => ReplicaStatus { exit_code: c, ..status(key, ReplicaPhase::Exited) },
+            Some(c) => ReplicaStatus { exit_code: c, usage, ..status(key, ReplicaPhase::Exited) },
             None => ReplicaStatus {
                 exit_code: -1,
                 message: "its exit status is unknown: it ended while no agent watched it".into(),
+                usage,
                 ..status(key, ReplicaPhase::Exited)
             },
         };
@@ -189,13 +216,15 @@ impl Executor {
             Ok(child) => {
                 let pgid = child.id().map_or(0, |p| p as i32);
                 let record = self.record(key);
-                if let Err(e) = std::fs::write(&record, format!("{pgid} {}", self.boot_id)) {
+                let lines: Vec<String> =
+                    std::iter::once(format!("{pgid} {}", self.boot_id)).chain(order.devices.iter().cloned()).collect();
+                if let Err(e) = std::fs::write(&record, lines.join("\n")) {
                     tracing::warn!(
                         "{}: {e}: this replica will not be found again after an agent restart",
                         record.display()
                     );
                 }
-                self.table().insert(key, pgid);
+                self.table().insert(key, Running { pgid, meter: Meter::new(key.1, &order.devices) });
                 let _ = self.reports.send(status(key, ReplicaPhase::Started));
                 tokio::spawn(self.clone().wait(key, pgid, child));
             }
@@ -247,15 +276,18 @@ impl Executor {
     async fn wait(self, key: Key, pgid: i32, mut child: tokio::process::Child) {
         let ended = child.wait().await;
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-        self.table().remove(&key);
+        let usage = self.remove(key);
         self.forget(key);
         let report = match ended {
             Ok(s) => ReplicaStatus {
                 exit_code: s.code().unwrap_or(-1),
                 signal: s.signal(),
+                usage,
                 ..status(key, ReplicaPhase::Exited)
             },
-            Err(e) => ReplicaStatus { exit_code: -1, message: e.to_string(), ..status(key, ReplicaPhase::Exited) },
+            Err(e) => {
+                ReplicaStatus { exit_code: -1, message: e.to_string(), usage, ..status(key, ReplicaPhase::Exited) }
+            }
         };
         tracing::info!(job = key.0, replica = key.1, attempt = key.2, code = report.exit_code, signal = ?report.signal, "replica ended");
         let _ = self.reports.send(report);
@@ -264,13 +296,13 @@ impl Executor {
     /// Signals every replica of `job`'s `attempt` here, and kills their groups after `grace`.
     pub fn stop(&self, job: u64, attempt: u32, signal: Signal, grace: Duration) {
         let groups: Vec<(Key, i32)> =
-            self.table().iter().filter(|(k, _)| k.0 == job && k.2 == attempt).map(|(k, p)| (*k, *p)).collect();
+            self.table().iter().filter(|(k, _)| k.0 == job && k.2 == attempt).map(|(k, r)| (*k, r.pgid)).collect();
         for (key, pgid) in groups {
             let _ = killpg(Pid::from_raw(pgid), signal);
             let me = self.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;
-                if me.table().get(&key) == Some(&pgid) {
+                if me.table().get(&key).map(|r| r.pgid) == Some(pgid) {
                     tracing::info!(job = key.0, replica = key.1, "grace period over: killing");
                     let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
                 }
@@ -323,8 +355,23 @@ mod tests {
             job_id: job,
             attempt: 1,
             command: command.iter().map(|s| s.to_string()).collect(),
+            devices: vec!["GPU-a".into()],
             ..StartReplica::default()
         }
+    }
+
+    /// One reading of the device every order holds.
+    fn sample(util: u32) -> Vec<DeviceTelemetry> {
+        let gpu = DeviceTelemetry { device: "GPU-a".into(), utilization_pct: Some(util), ..DeviceTelemetry::default() };
+        vec![
+            gpu,
+            DeviceTelemetry { device: "GPU-other".into(), utilization_pct: Some(1), ..DeviceTelemetry::default() },
+        ]
+    }
+
+    /// The utilization samples and their sum that a report carries for GPU-a.
+    fn metered(report: &ReplicaStatus) -> Vec<(String, u64, u64)> {
+        report.usage.iter().map(|u| (u.device.clone(), u.utilization_samples, u.utilization_pct_sum)).collect()
     }
 
     async fn next(rx: &mut mpsc::UnboundedReceiver<ReplicaStatus>) -> ReplicaStatus {
@@ -363,9 +410,12 @@ mod tests {
             }
         };
         tokio::time::timeout(Duration::from_secs(20), ready).await.expect("the trap is set");
+        ex.observe(&sample(80));
+        ex.observe(&sample(60));
         ex.stop(4, 1, Signal::SIGTERM, Duration::from_millis(300));
         let ended = next(&mut rx).await;
         assert_eq!(ended.signal, Some(Signal::SIGKILL as i32), "ignored TERM, so killed after the grace: {ended:?}");
+        assert_eq!(metered(&ended), [("GPU-a".to_owned(), 2, 140)], "its device's samples, no other's");
         let log = std::fs::read_to_string(log_path(dir.path(), 4, 1, 0)).unwrap();
         assert!(log.contains("got TERM"), "the job received its signal first: {log}");
     }
@@ -396,9 +446,14 @@ mod tests {
         start_and_abandon(dir.path(), 10, &["sleep", "30"]);
         let stale = Executor::new(dir.path(), "boot", mpsc::unbounded_channel().0).record((10, 0, 1));
         let pgid = std::fs::read_to_string(&stale).unwrap().split(' ').next().unwrap().parse::<i32>().unwrap();
+        let record = std::fs::read_to_string(dir.path().join("replicas/8.0.1")).unwrap();
+        assert!(record.ends_with(" boot\nGPU-a"), "the record keeps the devices: {record:?}");
         std::fs::write(&stale, format!("{pgid} an-earlier-boot")).unwrap();
+        let record = std::fs::read_to_string(dir.path().join("replicas/9.0.1")).unwrap();
+        let nine: i32 = record.split(' ').next().unwrap().parse().unwrap();
+        // Its shell writes the exit file just before it exits: wait until it is gone.
         let ended = async {
-            while std::fs::read_to_string(dir.path().join("replicas/9.0.1.exit")).is_err() {
+            while std::fs::read_to_string(dir.path().join("replicas/9.0.1.exit")).is_err() || alive(nine) {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         };
@@ -406,6 +461,7 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let ex = Executor::new(dir.path(), "boot", tx);
         ex.recover("boot");
+        ex.observe(&sample(30));
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         assert_eq!(
             ex.running(),
@@ -420,6 +476,8 @@ mod tests {
         );
         let second = next(&mut rx).await;
         assert_eq!((second.job_id, second.exit_code), (8, 3), "the adopted replica's own exit code");
+        assert_eq!(metered(&second), [("GPU-a".to_owned(), 1, 30)], "metered since it was adopted");
+        assert!(first.usage.is_empty(), "nobody metered a replica that ended unwatched");
         assert!(ex.running().is_empty());
         assert_eq!(std::fs::read_dir(dir.path().join("replicas")).unwrap().count(), 0, "no record is left");
     }

@@ -3,6 +3,7 @@
 //! development, tests and simulated nodes) and the fake GPUs `qm dev` runs on.
 
 use qm_core::{AcceleratorKind, Device, DeviceId, Health, NodeId, NodeSpec};
+use qm_proto::v1::DeviceTelemetry;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,11 @@ pub trait Probe: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &str;
     /// Reads the devices now.
     fn probe(&self) -> ProbeReport;
+    /// The devices' readings now (utilization, memory in use, power, temperature), one entry per
+    /// device that offers any; none by default.
+    fn telemetry(&self) -> Vec<DeviceTelemetry> {
+        Vec::new()
+    }
 }
 
 /// Why an inventory file was refused.

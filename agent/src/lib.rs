@@ -17,6 +17,7 @@
 //! - [`sysfs`]: the PCI probe (AMD with KFD topology, Intel, Gaudi, TPU, FPGA, IPU, and NVIDIA
 //!   devices without a driver) under a configurable root.
 //! - [`pci_ids`]: the one table of accelerator vendors and device models.
+//! - [`usage`]: a running replica's usage meter (telemetry of its devices, summed).
 
 pub mod cgroup;
 pub mod env;
@@ -28,3 +29,4 @@ pub mod nvml_real;
 pub mod pci_ids;
 pub mod session;
 pub mod sysfs;
+pub mod usage;

@@ -1,11 +1,13 @@
 //! The NVIDIA probe: GPUs and MIG instances read through NVML, as devices with health and
 //! telemetry. The readings come from an `NvmlSource`: the real library (`nvml_real`), or, in
 //! tests, a fake built from real captures. Health rules, each with its reason: volatile
-//! uncorrected ECC errors, pages pending retirement, a critical XID event, a temperature at or
-//! past the slowdown threshold, and a device that stops answering.
+//! uncorrected ECC errors, pages pending retirement, a row remapping that failed or waits for a
+//! reset, a critical XID event, a temperature at or past the slowdown threshold, and a device
+//! that stops answering.
 
 use crate::inventory::{Probe, ProbeReport};
 use qm_core::{AcceleratorKind, Device, DeviceId, Health};
+use qm_proto::v1::DeviceTelemetry;
 use std::collections::BTreeMap;
 
 /// One MIG instance of a GPU.
@@ -17,6 +19,8 @@ pub struct MigReading {
     pub name: String,
     /// Its memory.
     pub memory_mib: u64,
+    /// Its memory in use.
+    pub memory_used_mib: Option<u64>,
 }
 
 /// What NVML says about one GPU.
@@ -46,6 +50,10 @@ pub struct GpuReading {
     pub ecc_uncorrected: Option<u64>,
     /// Pages waiting to be retired.
     pub pages_pending_retirement: Option<bool>,
+    /// A row remapping failed (the memory has an error it cannot repair).
+    pub row_remap_failed: Option<bool>,
+    /// A row remapping waits for a GPU reset to take effect.
+    pub row_remap_pending: Option<bool>,
     /// Temperature, Celsius.
     pub temperature_c: Option<u32>,
     /// Temperature at which the GPU slows down.
@@ -64,21 +72,6 @@ pub trait NvmlSource: Send + Sync + std::fmt::Debug {
     fn read(&self) -> Result<Vec<GpuReading>, String>;
     /// The last critical XID event seen per GPU UUID.
     fn xids(&self) -> BTreeMap<String, u64>;
-}
-
-/// A device's telemetry at one instant.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Telemetry {
-    /// The GPU's UUID.
-    pub uuid: String,
-    /// Utilization, percent.
-    pub utilization_pct: Option<u32>,
-    /// Memory used.
-    pub memory_used_mib: Option<u64>,
-    /// Power draw, milliwatts.
-    pub power_mw: Option<u32>,
-    /// Temperature, Celsius.
-    pub temperature_c: Option<u32>,
 }
 
 /// The probe of NVIDIA devices through an NVML source.
@@ -101,6 +94,10 @@ pub fn health(r: &GpuReading, xid: Option<u64>) -> (Health, Option<String>) {
         Some(format!("{n} volatile uncorrected ECC error(s)"))
     } else if r.pages_pending_retirement == Some(true) {
         Some("memory pages pending retirement".to_owned())
+    } else if r.row_remap_failed == Some(true) {
+        Some("row remapping failed".to_owned())
+    } else if r.row_remap_pending == Some(true) {
+        Some("row remapping pending: the GPU needs a reset".to_owned())
     } else if let Some(x) = xid {
         Some(format!("critical XID {x}"))
     } else if let (Some(t), Some(limit)) = (r.temperature_c, r.slowdown_c.filter(|&l| l > 0)) {
@@ -146,27 +143,35 @@ impl<S: NvmlSource> NvmlProbe<S> {
     pub fn new(source: S) -> Self {
         Self { source }
     }
+}
 
-    /// Every GPU's telemetry now.
-    pub fn telemetry(&self) -> Vec<Telemetry> {
-        self.source
-            .read()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|g| Telemetry {
-                uuid: g.uuid,
-                utilization_pct: g.utilization_pct,
-                memory_used_mib: g.memory_used_mib,
-                power_mw: g.power_mw,
-                temperature_c: g.temperature_c,
-            })
-            .collect()
+/// A GPU's readings, or with MIG on, each instance's memory in use (NVML reads no
+/// utilization per instance) with the GPU's power and temperature.
+fn gpu_telemetry(g: GpuReading) -> Vec<DeviceTelemetry> {
+    if !g.mig_enabled {
+        let (utilization_pct, memory_used_mib) = (g.utilization_pct, g.memory_used_mib);
+        let (power_mw, temperature_c) = (g.power_mw, g.temperature_c);
+        return vec![DeviceTelemetry { device: g.uuid, utilization_pct, memory_used_mib, power_mw, temperature_c }];
     }
+    g.mig
+        .into_iter()
+        .map(|m| DeviceTelemetry {
+            device: m.uuid,
+            utilization_pct: None,
+            memory_used_mib: m.memory_used_mib,
+            power_mw: g.power_mw,
+            temperature_c: g.temperature_c,
+        })
+        .collect()
 }
 
 impl<S: NvmlSource> Probe for NvmlProbe<S> {
     fn name(&self) -> &str {
         "nvml"
+    }
+
+    fn telemetry(&self) -> Vec<DeviceTelemetry> {
+        self.source.read().unwrap_or_default().into_iter().flat_map(gpu_telemetry).collect()
     }
 
     fn probe(&self) -> ProbeReport {
@@ -225,6 +230,24 @@ impl NvmlSource for FakeNvml {
     fn xids(&self) -> BTreeMap<String, u64> {
         self.xids.clone()
     }
+}
+
+/// A fake NVML over a capture file (`nvidia-smi --query-gpu=... --format=csv` output that names
+/// at least `uuid`, `name` and `memory.total`): a simulated node that looks like the captured
+/// machine, telemetry included. The error names the file, the row and the missing column.
+pub fn capture(path: &std::path::Path) -> Result<FakeNvml, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let gpus = readings_from_csv(&text);
+    if gpus.is_empty() {
+        return Err(format!("{}: no GPU row under the header", path.display()));
+    }
+    for (i, g) in gpus.iter().enumerate() {
+        let missing = [("uuid", g.uuid.is_empty()), ("name", g.name.is_empty()), ("memory.total", g.memory_mib == 0)];
+        if let Some((column, _)) = missing.iter().find(|(_, m)| *m) {
+            return Err(format!("{}: row {}: {column}: missing or empty", path.display(), i + 1));
+        }
+    }
+    Ok(FakeNvml { gpus: Ok(gpus), xids: BTreeMap::new() })
 }
 
 /// Readings from `nvidia-smi --query-gpu=... --format=csv` output: one per row, fields by the

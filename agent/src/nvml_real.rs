@@ -4,8 +4,12 @@
 
 use crate::nvml::{GpuReading, MigReading, NvmlSource};
 use nvml_wrapper::enum_wrappers::device::{EccCounter, MemoryError, TemperatureSensor, TemperatureThreshold};
+use nvml_wrapper::enums::device::SampleValue;
 use nvml_wrapper::enums::event::XidError;
 use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::struct_wrappers::device::FieldValueSample;
+use nvml_wrapper::structs::device::FieldId;
+use nvml_wrapper::sys_exports::field_id::{NVML_FI_DEV_REMAPPED_FAILURE, NVML_FI_DEV_REMAPPED_PENDING};
 use nvml_wrapper::{Device, Nvml};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -69,6 +73,22 @@ fn watch_xids(seen: &Mutex<BTreeMap<String, u64>>) -> Result<(), NvmlError> {
     }
 }
 
+/// Whether a row remapping is pending and whether one failed, as NVML's field values give them
+/// (`None` where the GPU does not remap rows: before Ampere).
+fn row_remapping(d: &Device<'_>) -> (Option<bool>, Option<bool>) {
+    let ids = [FieldId(NVML_FI_DEV_REMAPPED_PENDING), FieldId(NVML_FI_DEV_REMAPPED_FAILURE)];
+    let flag = |s: Option<&Result<FieldValueSample, NvmlError>>| match s?.as_ref().ok()?.value.as_ref().ok()? {
+        SampleValue::U32(v) => Some(*v != 0),
+        SampleValue::U64(v) => Some(*v != 0),
+        SampleValue::I64(v) => Some(*v != 0),
+        SampleValue::F64(v) => Some(*v != 0.0),
+    };
+    match d.field_values_for(&ids) {
+        Ok(values) => (flag(values.first()), flag(values.get(1))),
+        Err(_) => (None, None),
+    }
+}
+
 /// One GPU's reading; a call that fails with the device gone or not answering marks it
 /// unresponsive, and optional readings the card does not support are left out.
 fn read_gpu(d: &Device<'_>, index: u32) -> GpuReading {
@@ -83,6 +103,7 @@ fn read_gpu(d: &Device<'_>, index: u32) -> GpuReading {
         }
     };
     let memory = d.memory_info();
+    let remapping = row_remapping(d);
     let mut g = GpuReading {
         uuid,
         name: d.name().unwrap_or_default(),
@@ -98,6 +119,8 @@ fn read_gpu(d: &Device<'_>, index: u32) -> GpuReading {
         mig_enabled: d.mig_mode().is_ok_and(|m| m.current == 1),
         ecc_uncorrected: d.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile).ok(),
         pages_pending_retirement: d.are_pages_pending_retired().ok(),
+        row_remap_pending: remapping.0,
+        row_remap_failed: remapping.1,
         temperature_c: d.temperature(TemperatureSensor::Gpu).ok(),
         slowdown_c: d.temperature_threshold(TemperatureThreshold::Slowdown).ok(),
         utilization_pct: d.utilization_rates().ok().map(|u| u.gpu),
@@ -112,8 +135,10 @@ fn read_gpu(d: &Device<'_>, index: u32) -> GpuReading {
         g.mig = (0..count)
             .filter_map(|i| d.mig_device_by_index(i).ok())
             .filter_map(|m| {
-                let memory_mib = m.memory_info().map_or(0, |i| mib(i.total));
-                Some(MigReading { uuid: m.uuid().ok()?, name: m.name().ok()?, memory_mib })
+                let memory = m.memory_info();
+                let memory_mib = memory.as_ref().map_or(0, |i| mib(i.total));
+                let memory_used_mib = memory.ok().map(|i| mib(i.used));
+                Some(MigReading { uuid: m.uuid().ok()?, name: m.name().ok()?, memory_mib, memory_used_mib })
             })
             .collect();
     }

@@ -1,7 +1,8 @@
 //! The agent as a process: it serves its replicas' logs, and keeps one session with the
 //! scheduler's leader. A session registers the node's inventory and the replicas still running,
-//! heartbeats at the interval the scheduler gives, sends inventory changes and replica phases as
-//! they happen, and carries out start and stop orders. A lost session is opened again with
+//! heartbeats at the interval the scheduler gives (each heartbeat carries the devices' telemetry,
+//! read then, which also feeds the running replicas' usage meters), sends inventory changes and
+//! replica phases as they happen, and carries out start and stop orders. A lost session is opened again with
 //! exponential backoff and jitter; a follower's `NotLeader` sends the agent to the leader at once.
 
 use crate::cgroup::Cgroups;
@@ -134,6 +135,11 @@ impl Node {
         collect(&self.config.name, &self.labels, &self.config.probes, host_resources())
     }
 
+    /// Every device's readings now, from every probe.
+    fn telemetry(&self) -> Vec<DeviceTelemetry> {
+        self.config.probes.iter().flat_map(|p| p.telemetry()).collect()
+    }
+
     /// Opens sessions until shutdown: the leader named by a follower first, then each address.
     async fn sessions(mut self, mut shutdown: Shutdown) {
         let seed = self.config.name.bytes().fold(u64::from(std::process::id()), |h, b| h.rotate_left(5) ^ u64::from(b));
@@ -215,7 +221,9 @@ impl Node {
                 _ = &mut *shutdown => return Ended::Shutdown,
                 _ = beat.tick() => {
                     seq += 1;
-                    if tx.send(AgentMessage { body: Some(Up::Heartbeat(Heartbeat { seq })) }).await.is_err() {
+                    let telemetry = self.telemetry();
+                    self.executor.observe(&telemetry);
+                    if tx.send(AgentMessage { body: Some(Up::Heartbeat(Heartbeat { seq, telemetry })) }).await.is_err() {
                         return Ended::Lost("the stream to the scheduler closed".into());
                     }
                 }

@@ -89,11 +89,13 @@ fn injected_faults_mark_the_device_unhealthy_with_the_reason() {
         f(&mut g);
         g
     };
-    let cases: [(GpuReading, Option<u64>, &str); 5] = [
+    let cases: [(GpuReading, Option<u64>, &str); 7] = [
         (h100(), Some(79), "critical XID 79"),
         (with(&|g| g.ecc_uncorrected = Some(2)), None, "2 volatile uncorrected ECC error(s)"),
         (with(&|g| g.unresponsive = Some("Timeout".into())), None, "stopped answering: Timeout"),
         (with(&|g| g.pages_pending_retirement = Some(true)), None, "memory pages pending retirement"),
+        (with(&|g| g.row_remap_failed = Some(true)), None, "row remapping failed"),
+        (with(&|g| g.row_remap_pending = Some(true)), None, "row remapping pending: the GPU needs a reset"),
         (with(&|g| g.slowdown_c = Some(38)), None, "temperature 38 C at or past the slowdown threshold 38 C"),
     ];
     for (reading, xid, reason) in cases {
@@ -114,12 +116,21 @@ fn mig_instances_are_devices_of_their_own_flavor() {
             uuid: format!("MIG-{i}"),
             name: "NVIDIA H100 80GB HBM3 MIG 1g.10gb".into(),
             memory_mib: 9_984,
+            memory_used_mib: Some(100 * i),
         })
         .collect();
     let report = probe(vec![g.clone()]);
     let flavors: Vec<String> = report.devices.iter().map(|d| d.flavor().to_string()).collect();
     assert_eq!(flavors, ["gpu/nvidia-h100-80gb-hbm3-mig-1g.10gb"; 2]);
     assert_eq!(report.devices[1].id.as_str(), "MIG-1");
+    let source = FakeNvml { gpus: Ok(vec![g.clone()]), xids: BTreeMap::new() };
+    let readings: Vec<(String, Option<u32>, Option<u64>)> = NvmlProbe::new(source)
+        .telemetry()
+        .into_iter()
+        .map(|t| (t.device, t.utilization_pct, t.memory_used_mib))
+        .collect();
+    let per_instance = vec![("MIG-0".into(), None, Some(0)), ("MIG-1".into(), None, Some(100))];
+    assert_eq!(readings, per_instance, "each instance's memory; NVML reads no utilization per instance");
     g.mig.clear();
     let empty = probe(vec![g]);
     assert!(empty.devices.is_empty() && empty.notes[0].contains("no instance is configured"), "{empty:?}");

@@ -5,7 +5,7 @@ use crate::out::{say, Failure};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use qm_agent::inventory::{collect, host_resources, FakeGpus, Probe, StaticProbe};
-use qm_agent::nvml::NvmlProbe;
+use qm_agent::nvml::{capture, NvmlProbe};
 use qm_agent::nvml_real::RealNvml;
 use qm_agent::session::{run, AgentConfig};
 use qm_agent::sysfs::SysfsProbe;
@@ -65,12 +65,20 @@ pub struct ProbeArgs {
     /// The root of the sysfs tree the PCI probe reads.
     #[arg(long, default_value = "/", value_name = "DIR")]
     sysfs_root: PathBuf,
+    /// Read NVIDIA GPUs from a capture instead of NVML: `nvidia-smi --query-gpu=...
+    /// --format=csv` output with at least uuid, name and memory.total (a simulated node that
+    /// looks like the captured machine, telemetry included).
+    #[arg(long, value_name = "FILE", conflicts_with = "no_nvml")]
+    nvml_capture: Option<PathBuf>,
 }
 
 impl ProbeArgs {
     fn probes(&self) -> Result<Vec<Box<dyn Probe>>> {
         let mut probes: Vec<Box<dyn Probe>> = Vec::new();
-        if !self.no_nvml {
+        if let Some(path) = &self.nvml_capture {
+            let source = capture(path).map_err(|e| Failure::usage(format!("--nvml-capture: {e}")))?;
+            probes.push(Box::new(NvmlProbe::new(source)));
+        } else if !self.no_nvml {
             probes.push(Box::new(NvmlProbe::new(RealNvml::load())));
         }
         if !self.no_pci {

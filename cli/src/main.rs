@@ -108,7 +108,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Version => {
             say!(
-                "qm {} (api quartermaster.v1, snapshot format {})",
+                "qm {} (api quartermaster.v1, snapshot formats 1 to {})",
                 env!("CARGO_PKG_VERSION"),
                 qm_core::state::SNAPSHOT_VERSION
             );

@@ -6,7 +6,7 @@ use crate::out::say;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use qm_agent::inventory::{collect, FakeGpus, Probe};
-use qm_agent::nvml::NvmlProbe;
+use qm_agent::nvml::{capture, NvmlProbe};
 use qm_agent::nvml_real::RealNvml;
 use qm_agent::session::AgentConfig;
 use qm_agent::sysfs::SysfsProbe;
@@ -167,25 +167,41 @@ pub struct DevArgs {
     /// when there are none.
     #[arg(long, value_name = "N")]
     fake_gpus: Option<u32>,
+    /// The local agent reads NVIDIA GPUs from a capture (see `qm agent --nvml-capture`), as if
+    /// it ran on the captured machine.
+    #[arg(long, value_name = "FILE", conflicts_with = "fake_gpus")]
+    nvml_capture: Option<PathBuf>,
 }
 
-/// The local agent's probes and the inventory they read once: the machine's accelerators
-/// (NVML, PCI) unless fake GPUs are asked for or no healthy device is found.
-fn dev_probes(fake: Option<u32>) -> (Vec<Box<dyn Probe>>, NodeSpec) {
+/// The local agent's probes and the inventory they read once.
+type Local = (Vec<Box<dyn Probe>>, NodeSpec);
+
+/// The local agent's probes and the inventory they read once: the capture when given, else the
+/// machine's accelerators (NVML, PCI) unless fake GPUs are asked for or no healthy device is
+/// found; none with `--fake-gpus 0`.
+fn dev_probes(args: &DevArgs) -> Result<Option<Local>> {
     let read = |probes: Vec<Box<dyn Probe>>| {
         let (spec, _) = collect("dev-node", &BTreeMap::new(), &probes, (0, 0));
-        (probes, spec)
+        Some((probes, spec))
     };
+    if let Some(path) = &args.nvml_capture {
+        let source = capture(path).map_err(|e| anyhow::anyhow!("--nvml-capture: {e}"))?;
+        return Ok(read(vec![Box::new(NvmlProbe::new(source))]));
+    }
+    let fake = args.fake_gpus;
+    if fake == Some(0) {
+        return Ok(None);
+    }
     if fake.is_none() {
         let real = read(vec![
             Box::new(NvmlProbe::new(RealNvml::load())),
             Box::new(SysfsProbe::new(std::path::Path::new("/"))),
         ]);
-        if real.1.devices.iter().any(|d| d.health == qm_core::Health::Healthy) {
-            return real;
+        if real.as_ref().is_some_and(|r| r.1.devices.iter().any(|d| d.health == qm_core::Health::Healthy)) {
+            return Ok(real);
         }
     }
-    read(vec![Box::new(FakeGpus { count: fake.unwrap_or(4) })])
+    Ok(read(vec![Box::new(FakeGpus { count: fake.unwrap_or(4) })]))
 }
 
 /// The team `qm dev` creates, with quota for the local agent's GPUs.
@@ -197,7 +213,7 @@ async fn local_agent(
     target: &Target,
     server: SocketAddr,
     data: PathBuf,
-    (probes, spec): (Vec<Box<dyn Probe>>, NodeSpec),
+    (probes, spec): Local,
 ) -> Result<Vec<(String, u32)>> {
     let mut flavors: BTreeMap<qm_core::Flavor, u32> = BTreeMap::new();
     for d in &spec.devices {
@@ -235,16 +251,16 @@ async fn local_agent(
 
 /// Sets the usual priority classes and, with an agent, the team `dev`; then prints how to use
 /// the cluster.
-async fn welcome(addr: SocketAddr, data: PathBuf, fake: Option<u32>) -> Result<()> {
+async fn welcome(addr: SocketAddr, data: PathBuf, local: Option<Local>) -> Result<()> {
     let target = Target::new(vec![addr.to_string()]);
     for (name, value) in DEFAULT_CLASSES {
         set_class(&target, name, value).await.with_context(|| format!("setting the priority class {name}"))?;
     }
-    let flavors = match fake {
-        Some(0) => vec![],
-        _ => local_agent(&target, addr, data.join("agent"), dev_probes(fake))
-            .await
-            .context("starting the local agent")?,
+    let flavors = match local {
+        None => vec![],
+        Some(probes) => {
+            local_agent(&target, addr, data.join("agent"), probes).await.context("starting the local agent")?
+        }
     };
     let classes: Vec<String> = DEFAULT_CLASSES.iter().map(|(n, v)| format!("{n} ({v})")).collect();
     say!("qm dev: one replica on {addr}, data in {} (removed on exit).", data.display());
@@ -286,7 +302,7 @@ pub fn dev(args: &DevArgs) -> Result<()> {
     };
     let config = config(&server)?;
     let data = dir.path().to_owned();
-    let fake = args.fake_gpus;
+    let local = dev_probes(args)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
@@ -296,7 +312,7 @@ pub fn dev(args: &DevArgs) -> Result<()> {
         tokio::pin!(server);
         let greeting = async move {
             let addr = bound_rx.await.context("the replica stopped before it served")?;
-            welcome(addr, data, fake).await
+            welcome(addr, data, local).await
         };
         // A replica that cannot set its classes is not the one the banner promises: stop.
         tokio::select! {

@@ -95,3 +95,42 @@ fn agent_probe_prints_the_inventory_and_says_why_a_probe_found_nothing() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad.stderr).contains("--inventory: /nonexistent.toml"), "{}", text(&bad.stderr));
 }
+
+#[test]
+fn a_job_on_a_captured_h100_reports_how_it_used_the_gpu() {
+    let dev = Dev::with_capture("agent/testdata/nvml/h100-80gb-hbm3-busy/nvml-busy-query.csv");
+    assert!(dev.banner.contains("1 x gpu/nvidia-h100-80gb-hbm3"), "{}", dev.banner);
+    let gpu = "GPU-69adae66-5077-37dc-b9b4-bd4282d73a61";
+    let id = submit(&dev, &["--gpus", "1", "--", "sleep", "2.5"]);
+    let job = wait_for(&dev, id, &["succeeded", "failed"]);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let used = &job["usage"]["devices"][0];
+    assert_eq!((used["device"].as_str(), used["node"].as_str()), (Some(gpu), Some("dev-node")), "{job}");
+    assert!(used["utilization_samples"].as_u64().unwrap() >= 1, "sampled at each heartbeat: {job}");
+    let means = (&used["utilization_pct_mean"], &used["memory_used_mib_peak"], &job["usage"]["attempt"]);
+    assert_eq!(means, (&Value::from(100.0), &Value::from(9203), &Value::from(1)), "{job}");
+    let shown = text(&qm(&["job", &id.to_string(), &dev.flag()]).stdout);
+    let row = shown.lines().find(|l| l.contains(gpu)).unwrap_or_else(|| panic!("{shown}"));
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>(),
+        ["0", "dev-node", gpu, "100%", "100%", "9.0", "GiB", "9.0", "GiB"]
+    );
+    let nodes: Value = serde_json::from_slice(&qm(&["nodes", "--json", &dev.flag()]).stdout).unwrap();
+    let live = &nodes[0]["telemetry"][0];
+    assert_eq!((live["device"].as_str(), live["power_mw"].as_u64()), (Some(gpu), Some(700_620)), "{nodes}");
+    assert_eq!(nodes[0]["utilization_pct"], 100.0, "{nodes}");
+}
+
+#[test]
+fn a_capture_without_the_columns_a_node_needs_is_refused_by_name() {
+    let out = qm(&[
+        "dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--nvml-capture",
+        "agent/testdata/nvml/h100-80gb-hbm3-busy/nvidia-smi-query-busy.csv",
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("--nvml-capture") && err.contains("row 1: name: missing or empty"), "{err}");
+}

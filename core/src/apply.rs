@@ -65,6 +65,10 @@ impl State {
             Command::DeletePriorityClass { name } => self.delete_priority_class(&name)?,
             Command::Cordon { node, cordoned } => self.with_node_change(|s| s.cordon(&node, cordoned))?,
             Command::Drain { node } => self.with_node_change(|s| s.drain(&node, out))?,
+            Command::RecordUsage { job, attempt, replica, devices } => {
+                self.check_attempt(job, Some(attempt))?;
+                self.record_usage(job, attempt, replica, devices)?
+            }
         }
         Ok(())
     }

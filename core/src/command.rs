@@ -5,6 +5,7 @@ use crate::job::{JobSpec, JobState, StopReason, StopSignal};
 use crate::plan::Decisions;
 use crate::resource::NodeSpec;
 use crate::team::{PriorityClass, TeamSpec};
+use crate::usage::DeviceUsage;
 use crate::verify::StaleReason;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -108,6 +109,18 @@ pub enum Command {
         /// The class's name.
         name: String,
     },
+    /// An agent's summary of how one replica used its devices during an attempt (sent when the
+    /// replica exits). Appended last: the log encodes variants by position.
+    RecordUsage {
+        /// The job.
+        job: JobId,
+        /// The attempt the replica belonged to; a report about an earlier one is refused as stale.
+        attempt: u32,
+        /// The replica.
+        replica: u32,
+        /// One entry per device it held.
+        devices: Vec<DeviceUsage>,
+    },
 }
 
 impl Command {
@@ -126,7 +139,8 @@ impl Command {
             | Self::SetPriorityClass { .. }
             | Self::Cordon { .. }
             | Self::Drain { .. }
-            | Self::DeletePriorityClass { .. } => None,
+            | Self::DeletePriorityClass { .. }
+            | Self::RecordUsage { .. } => None,
         }
     }
 }

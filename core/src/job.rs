@@ -3,6 +3,7 @@
 use crate::ids::{DeviceId, JobId, NodeId, TeamId};
 use crate::layout::PositionHint;
 use crate::resource::{AcceleratorKind, Flavor};
+use crate::usage::JobUsage;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -228,6 +229,11 @@ pub struct Job {
     pub attained_device_ms: u64,
     /// The last thing that happened to it, for `qm job`.
     pub message: Message,
+    /// How its latest reporting attempt used its devices. Encoded after the job table, in the
+    /// snapshot's trailer (see `state.rs`), so that snapshots without usage keep the first
+    /// format.
+    #[serde(skip)]
+    pub usage: Option<Arc<JobUsage>>,
     /// Its team's slot in the state's accounts, set on admission: spares looking the team up
     /// by name whenever the job takes or frees devices (not encoded, and no part of the job's
     /// value).
@@ -254,6 +260,7 @@ impl Job {
             failures: 0,
             attained_device_ms: 0,
             message: "submitted".into(),
+            usage: None,
             team_slot: PositionHint::default(),
         }
     }

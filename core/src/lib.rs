@@ -81,6 +81,7 @@
 //! - [`scenario`]: the TOML scenario files of `qm plan` and the golden tests.
 //! - [`render`]: plain-text rendering of plans and placement reports.
 //! - [`cause`]: the root cause of a waiting job in one line (`qm why`'s first line).
+//! - [`usage`]: how a job used its devices (telemetry summed per replica and device).
 
 pub mod cause;
 pub mod command;
@@ -101,6 +102,7 @@ pub mod schedule;
 pub mod state;
 pub mod table;
 pub mod team;
+pub mod usage;
 pub mod verify;
 
 mod accounts;
@@ -118,4 +120,5 @@ pub use resource::{AcceleratorKind, Device, Flavor, Health, Node, NodeSpec, Node
 pub use schedule::{schedule, schedule_with, Scratch};
 pub use state::{State, StateCut};
 pub use team::{FlavorQuota, PriorityClass, TeamSpec};
+pub use usage::{DeviceUsage, JobUsage};
 pub use verify::{verify, StaleReason};

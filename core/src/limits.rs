@@ -26,7 +26,7 @@ pub const MAX_MODELS: usize = 16;
 /// Most jobs in one submission batch.
 pub const MAX_BATCH: usize = 10_000;
 
-fn name(field: &str, value: &str) -> Result<(), FieldError> {
+pub(crate) fn name(field: &str, value: &str) -> Result<(), FieldError> {
     // Bytewise for an ASCII name (every job has two): blankness is decided by the first byte
     // that is not white space, usually the first.
     let (blank, control) = if value.is_ascii() {

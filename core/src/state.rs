@@ -14,6 +14,7 @@ use crate::resource::{Flavor, Health, Node};
 use crate::schedule::{NodeIndex, TeamRows};
 use crate::table::JobTable;
 use crate::team::{PriorityClass, TeamSpec};
+use crate::usage::JobUsage;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::cmp::Reverse;
@@ -21,8 +22,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
 use thiserror::Error;
 
-/// Snapshot format version; bump on any change of `Persistent`'s encoding.
-pub const SNAPSHOT_VERSION: u16 = 1;
+/// Newest snapshot format version; bump on any change of `Persistent`'s encoding. Version 2
+/// is version 1 followed by a trailer of job usage records; a state without usage is written
+/// as version 1, so that releases that know only version 1 read it.
+pub const SNAPSHOT_VERSION: u16 = 2;
+/// The first snapshot format: the persistent state alone.
+const FIRST_VERSION: u16 = 1;
 const SNAPSHOT_MAGIC: &[u8; 4] = b"QMSS";
 
 /// Order of pending jobs in the shortest-first queue: (runtime estimate, age, id).
@@ -46,10 +51,36 @@ impl Persistent {
     }
 
     fn to_bytes(&self) -> Vec<u8> {
+        let usage: Vec<(JobId, &JobUsage)> =
+            self.jobs.values().filter_map(|j| Some((j.id, j.usage.as_deref()?))).collect();
+        let version = if usage.is_empty() { FIRST_VERSION } else { SNAPSHOT_VERSION };
         let mut out = Vec::with_capacity(64 * 1024);
         out.extend_from_slice(SNAPSHOT_MAGIC);
-        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-        postcard::to_extend(self, out).expect("encoding to a Vec cannot fail")
+        out.extend_from_slice(&version.to_le_bytes());
+        let out = postcard::to_extend(self, out).expect("encoding to a Vec cannot fail");
+        if usage.is_empty() {
+            return out;
+        }
+        postcard::to_extend(&usage, out).expect("encoding to a Vec cannot fail")
+    }
+
+    /// Decodes a body of format `version`: the persistent state, then, from version 2, the
+    /// usage records of its jobs.
+    fn from_body(version: u16, body: &[u8]) -> Result<Self, SnapshotError> {
+        let corrupt = |e: postcard::Error| SnapshotError::Corrupt(e.to_string());
+        if version == FIRST_VERSION {
+            return postcard::from_bytes(body).map_err(corrupt);
+        }
+        let (mut data, trailer): (Self, _) = postcard::take_from_bytes(body).map_err(corrupt)?;
+        let usage: Vec<(JobId, JobUsage)> = postcard::from_bytes(trailer).map_err(corrupt)?;
+        for (id, u) in usage {
+            let job = data
+                .jobs
+                .get_mut(&id)
+                .ok_or_else(|| SnapshotError::Corrupt(format!("usage of job {id}, which is not in the table")))?;
+            job.usage = Some(Arc::new(u));
+        }
+        Ok(data)
     }
 }
 
@@ -125,7 +156,9 @@ pub enum SnapshotError {
     #[error("not a state snapshot (bad magic)")]
     BadMagic,
     /// Written by a version this build does not know.
-    #[error("snapshot format version {found} is not supported (this build reads {SNAPSHOT_VERSION})")]
+    #[error(
+        "snapshot format version {found} is not supported (this build reads {FIRST_VERSION} to {SNAPSHOT_VERSION})"
+    )]
     UnsupportedVersion {
         /// The version found.
         found: u16,
@@ -276,10 +309,10 @@ impl State {
             return Err(SnapshotError::BadMagic);
         }
         let found = u16::from_le_bytes([bytes[4], bytes[5]]);
-        if found != SNAPSHOT_VERSION {
+        if !(FIRST_VERSION..=SNAPSHOT_VERSION).contains(&found) {
             return Err(SnapshotError::UnsupportedVersion { found });
         }
-        let data: Persistent = postcard::from_bytes(&bytes[6..]).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+        let data = Persistent::from_body(found, &bytes[6..])?;
         if let Some(job) = data.jobs.values().find(|j| !data.teams.contains_key(&j.spec.team)) {
             return Err(SnapshotError::Corrupt(format!(
                 "job {}: its team {:?} is not set",

@@ -11,8 +11,9 @@ use qm_core::limits::{validate_job, validate_node, validate_team, MAX_BATCH};
 use qm_core::plan::{AttemptOutcome, NodeFilterCounts, PendingReason, PlacementReport, QuotaDenial};
 use qm_core::state::NodeAlloc;
 use qm_core::{
-    AcceleratorKind, Assignment, Device, DeviceId, DeviceRequest, FieldError, Flavor, FlavorQuota, GangSpec, Health,
-    Job, JobSpec, JobState, Node, NodeId, NodeSpec, NodeStatus, PriorityClass, StopSignal, TeamId, TeamSpec,
+    AcceleratorKind, Assignment, Device, DeviceId, DeviceRequest, DeviceUsage, FieldError, Flavor, FlavorQuota,
+    GangSpec, Health, Job, JobSpec, JobState, Node, NodeId, NodeSpec, NodeStatus, PriorityClass, StopSignal, TeamId,
+    TeamSpec,
 };
 use std::collections::BTreeMap;
 use thiserror::Error;
@@ -243,6 +244,38 @@ pub fn job_to(j: &Job) -> v1::Job {
         preemptions: j.preemptions,
         failures: j.failures,
         message: j.message.to_string(),
+        usage: j.usage.iter().flat_map(|u| &u.devices).map(usage_to).collect(),
+        usage_attempt: j.usage.as_ref().map_or(0, |u| u.attempt),
+    }
+}
+
+/// A replica's use of a device, for the API.
+pub fn usage_to(u: &DeviceUsage) -> v1::DeviceUsage {
+    v1::DeviceUsage {
+        replica: u.replica,
+        node: u.node.to_string(),
+        device: u.device.to_string(),
+        utilization_samples: u.utilization_samples,
+        utilization_pct_sum: u.utilization_pct_sum,
+        utilization_pct_peak: u.utilization_pct_peak,
+        memory_samples: u.memory_samples,
+        memory_used_mib_sum: u.memory_used_mib_sum,
+        memory_used_mib_peak: u.memory_used_mib_peak,
+    }
+}
+
+/// An agent's report of a device's use, on `node` (the session's: the report's own is ignored).
+pub fn usage_from(u: &v1::DeviceUsage, node: &NodeId) -> DeviceUsage {
+    DeviceUsage {
+        replica: u.replica,
+        node: node.clone(),
+        device: DeviceId::from(u.device.as_str()),
+        utilization_samples: u.utilization_samples,
+        utilization_pct_sum: u.utilization_pct_sum,
+        utilization_pct_peak: u.utilization_pct_peak,
+        memory_samples: u.memory_samples,
+        memory_used_mib_sum: u.memory_used_mib_sum,
+        memory_used_mib_peak: u.memory_used_mib_peak,
     }
 }
 
@@ -299,6 +332,8 @@ pub fn node_to(n: &Node, alloc: Option<&NodeAlloc>) -> v1::Node {
         draining: n.draining,
         cpu_used_millis: alloc.map_or(0, |a| a.cpu_used),
         mem_used_mib: alloc.map_or(0, |a| a.mem_used),
+        telemetry: Vec::new(),
+        telemetry_age_ms: None,
     }
 }
 

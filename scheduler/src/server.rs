@@ -8,6 +8,7 @@ use crate::service::admin::AdminServer;
 use crate::service::agent::AgentServer;
 use crate::service::jobs::JobServer;
 use crate::service::raft::RaftServer;
+use crate::service::readings::Readings;
 use crate::storage::{SledStore, StorageError};
 use crate::transport::grpc::GrpcTransport;
 use qm_proto::v1::admin_service_server::AdminServiceServer;
@@ -101,8 +102,10 @@ pub async fn run_notify(
     let max = config.max_message_bytes;
     let jobs = JobServiceServer::new(JobServer::new(handle.clone(), config.leader.policy.clone()))
         .max_decoding_message_size(max);
-    let admin = AdminServiceServer::new(AdminServer::new(handle.clone())).max_decoding_message_size(max);
-    let agents = AgentServer::new(handle.clone(), config.heartbeat);
+    let readings = Readings::default();
+    let admin =
+        AdminServiceServer::new(AdminServer::new(handle.clone(), readings.clone())).max_decoding_message_size(max);
+    let agents = AgentServer::new(handle.clone(), config.heartbeat, readings);
     let liveness = tokio::spawn(agents.clone().liveness(config.node_lease));
     let dispatch = tokio::spawn(agents.clone().dispatch());
     let agents = AgentServiceServer::new(agents).max_decoding_message_size(max);

@@ -144,27 +144,47 @@ impl FakeAgent {
     }
 
     async fn report(&self, job_id: u64, phase: ReplicaPhase, exit_code: i32) {
+        self.report_with(job_id, phase, exit_code, vec![]).await;
+    }
+
+    async fn report_with(&self, job_id: u64, phase: ReplicaPhase, exit_code: i32, usage: Vec<DeviceUsage>) {
         let status = ReplicaStatus {
             job_id,
             replica: 0,
             attempt: 1,
             phase: phase as i32,
             exit_code,
+            usage,
             ..ReplicaStatus::default()
         };
         self.up.send(AgentMessage { body: Some(Up::Status(status)) }).await.unwrap();
     }
 }
 
+/// One replica leading, the team set, and a fake agent of node-a (8 GPUs) registered.
+struct WithAgent {
+    replica: Replica,
+    admin: AdminServiceClient<Channel>,
+    jobs: JobServiceClient<Channel>,
+    agent: FakeAgent,
+}
+
+impl WithAgent {
+    async fn start() -> Self {
+        let replica = Replica::start(&[1], 4 * 1024 * 1024);
+        let channel = replica.channel().await;
+        let mut admin = AdminServiceClient::new(channel.clone());
+        let jobs = JobServiceClient::new(channel.clone());
+        wait_leader(&mut admin).await;
+        set_team(&mut admin).await;
+        let agent = FakeAgent::connect(channel, inventory("node-a", 8)).await;
+        Self { replica, admin, jobs, agent }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_orders_a_fake_agent_and_records_what_it_reports() {
-    let replica = Replica::start(&[1], 4 * 1024 * 1024);
-    let channel = replica.channel().await;
-    let mut admin = AdminServiceClient::new(channel.clone());
-    let mut jobs = JobServiceClient::new(channel.clone());
-    wait_leader(&mut admin).await;
-    set_team(&mut admin).await;
-    let mut agent = FakeAgent::connect(channel.clone(), inventory("node-a", 8)).await;
+    let WithAgent { replica, mut admin, mut jobs, mut agent } = WithAgent::start().await;
     let watch = jobs.watch(WatchJobsRequest { team: "research".into(), job_ids: vec![] });
     let mut watch = watch.await.unwrap().into_inner();
 
@@ -346,4 +366,49 @@ async fn reads_during_writes() -> (u64, u64) {
     }
     replica.stop().await;
     (written, read)
+}
+
+/// A job started on the fake agent's node, running.
+async fn running_job(jobs: &mut JobServiceClient<Channel>, agent: &mut FakeAgent, name: &str) -> (u64, Vec<String>) {
+    let id = jobs.submit(SubmitRequest { jobs: vec![job(name, 1)], request_id: String::new() }).await.unwrap();
+    let id = id.into_inner().job_ids[0];
+    let Down::Start(start) = agent.next().await else { panic!("expected a start order") };
+    agent.report(id, ReplicaPhase::Started, 0).await;
+    wait_state(jobs, id, JobState::Running).await;
+    (id, start.devices)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_reports_land_on_the_job_and_heartbeat_readings_on_the_node() {
+    let WithAgent { replica, mut admin, mut jobs, mut agent } = WithAgent::start().await;
+    let reading = DeviceTelemetry { device: "GPU-0".into(), utilization_pct: Some(97), ..DeviceTelemetry::default() };
+    let beat = Heartbeat { seq: 1, telemetry: vec![reading.clone()] };
+    agent.up.send(AgentMessage { body: Some(Up::Heartbeat(beat)) }).await.unwrap();
+
+    let (good, devices) = running_job(&mut jobs, &mut agent, "good").await;
+    let used = DeviceUsage {
+        device: devices[0].clone(),
+        node: "a name the agent may not choose".into(),
+        utilization_samples: 4,
+        utilization_pct_sum: 300,
+        utilization_pct_peak: 90,
+        ..DeviceUsage::default()
+    };
+    agent.report_with(good, ReplicaPhase::Exited, 0, vec![used.clone()]).await;
+    wait_state(&mut jobs, good, JobState::Succeeded).await;
+    let record = jobs.get(GetJobRequest { job_id: good, consistency: 0 }).await.unwrap().into_inner().job.unwrap();
+    assert_eq!(record.usage, [DeviceUsage { node: "node-a".into(), ..used.clone() }], "the session's node");
+    assert_eq!(record.usage_attempt, 1);
+
+    let (bad, _) = running_job(&mut jobs, &mut agent, "bad").await;
+    let impossible = DeviceUsage { utilization_pct_peak: 150, ..used };
+    agent.report_with(bad, ReplicaPhase::Exited, 0, vec![impossible]).await;
+    wait_state(&mut jobs, bad, JobState::Succeeded).await;
+    let record = jobs.get(GetJobRequest { job_id: bad, consistency: 0 }).await.unwrap().into_inner().job.unwrap();
+    assert!(record.usage.is_empty(), "an impossible report is dropped; the exit it came with counts");
+
+    let nodes = admin.list_nodes(ListNodesRequest { consistency: 0 }).await.unwrap().into_inner().nodes;
+    assert_eq!(nodes[0].telemetry, [reading], "the leader shows the last heartbeat's readings");
+    assert!(nodes[0].telemetry_age_ms.is_some());
+    replica.stop().await;
 }

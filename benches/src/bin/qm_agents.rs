@@ -1,7 +1,8 @@
 //! `qm_agents`: many simulated agents against one replica. It starts a one-replica `qm server`
 //! (from `--qm`, a release build) and opens `--agents` agent sessions (8 fake GPUs each, over
-//! `--connections` HTTP/2 connections), each heartbeating at the interval the server gives and
-//! answering start orders like a real agent (started at once, exited with 0 after `--run-ms`).
+//! `--connections` HTTP/2 connections), each heartbeating at the interval the server gives with
+//! its 8 devices' telemetry, and answering start orders like a real agent (started at once,
+//! exited with 0 after `--run-ms`, with a usage summary of the devices it held).
 //! It prints `qm_agents_*=` lines: the time to register them all; the leader's CPU share and
 //! resident memory while the cluster idles; and, under `--rate` one-GPU submissions per second
 //! for `--seconds`, placement to start (the job's `starting` to its `running` event) p50 and p99.
@@ -65,10 +66,40 @@ fn inventory(n: usize) -> NodeInventory {
     inv
 }
 
+/// Readings of every device, as a real agent sends them with each heartbeat.
+fn telemetry(inventory: &NodeInventory, seq: u64) -> Vec<DeviceTelemetry> {
+    let reading = |(i, d): (usize, &Device)| DeviceTelemetry {
+        device: d.id.clone(),
+        utilization_pct: Some(((seq + i as u64) % 101) as u32),
+        memory_used_mib: Some(1_000 + seq % 70_000),
+        power_mw: Some(350_000),
+        temperature_c: Some(45),
+    };
+    inventory.devices.iter().enumerate().map(reading).collect()
+}
+
+/// What a real agent reports of a replica that ran `run` on `devices`: a sample per second.
+fn usage(replica: u32, devices: &[String], run: Duration) -> Vec<DeviceUsage> {
+    let samples = run.as_secs().max(1);
+    let used = |d: &String| DeviceUsage {
+        replica,
+        device: d.clone(),
+        utilization_samples: samples,
+        utilization_pct_sum: 90 * samples,
+        utilization_pct_peak: 100,
+        memory_samples: samples,
+        memory_used_mib_sum: 60_000 * samples,
+        memory_used_mib_peak: 70_000,
+        ..DeviceUsage::default()
+    };
+    devices.iter().map(used).collect()
+}
+
 /// One simulated agent: registers, heartbeats, answers start orders.
 async fn agent(channel: Channel, n: usize, run: Duration, registered: Arc<AtomicUsize>) {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let register = Register { inventory: Some(inventory(n)), agent_version: "sim".into(), ..Register::default() };
+    let inventory = inventory(n);
+    let register = Register { inventory: Some(inventory.clone()), agent_version: "sim".into(), ..Register::default() };
     let _ = tx.send(AgentMessage { body: Some(Up::Register(register)) }).await;
     let Ok(stream) = AgentServiceClient::new(channel).session(tokio_stream::wrappers::ReceiverStream::new(rx)).await
     else {
@@ -81,7 +112,8 @@ async fn agent(channel: Channel, n: usize, run: Duration, registered: Arc<Atomic
         tokio::select! {
             _ = beat.tick() => {
                 seq += 1;
-                if tx.send(AgentMessage { body: Some(Up::Heartbeat(Heartbeat { seq })) }).await.is_err() { return; }
+                let telemetry = telemetry(&inventory, seq);
+                if tx.send(AgentMessage { body: Some(Up::Heartbeat(Heartbeat { seq, telemetry })) }).await.is_err() { return; }
             }
             m = down.message() => match m {
                 Ok(Some(SchedulerMessage { body: Some(Down::Registered(r)) })) => {
@@ -91,7 +123,8 @@ async fn agent(channel: Channel, n: usize, run: Duration, registered: Arc<Atomic
                 Ok(Some(SchedulerMessage { body: Some(Down::Start(s)) })) => {
                     let phase = |p: ReplicaPhase| ReplicaStatus { job_id: s.job_id, replica: s.replica, attempt: s.attempt, phase: p as i32, ..ReplicaStatus::default() };
                     let _ = tx.send(AgentMessage { body: Some(Up::Status(phase(ReplicaPhase::Started))) }).await;
-                    let (tx, exited) = (tx.clone(), phase(ReplicaPhase::Exited));
+                    let exited = ReplicaStatus { usage: usage(s.replica, &s.devices, run), ..phase(ReplicaPhase::Exited) };
+                    let tx = tx.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(run).await;
                         let _ = tx.send(AgentMessage { body: Some(Up::Status(exited)) }).await;

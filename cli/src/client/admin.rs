@@ -186,43 +186,49 @@ pub(super) async fn admin(t: &Target, cmd: &AdminCommand) -> Result<()> {
     Ok(())
 }
 
+/// A node as `qm nodes --json` shows it, with its devices' latest readings.
+fn node_json(n: &Node) -> serde_json::Value {
+    let inv = n.inventory.clone().unwrap_or_default();
+    let status = NodeStatus::try_from(n.status)
+        .map_or("?".into(), |s| s.as_str_name().trim_start_matches("NODE_STATUS_").to_lowercase());
+    let flavors: std::collections::BTreeSet<String> =
+        inv.devices.iter().map(|d| format!("{}/{}", words::kind(d.kind), d.model)).collect();
+    let utils: Vec<u32> = n.telemetry.iter().filter_map(|r| r.utilization_pct).collect();
+    let mean = (!utils.is_empty()).then(|| utils.iter().map(|&u| f64::from(u)).sum::<f64>() / utils.len() as f64);
+    let readings: Vec<serde_json::Value> = n
+        .telemetry
+        .iter()
+        .map(|r| {
+            json!({"device": r.device, "utilization_pct": r.utilization_pct, "memory_used_mib": r.memory_used_mib,
+            "power_mw": r.power_mw, "temperature_c": r.temperature_c})
+        })
+        .collect();
+    json!({"node": inv.name, "status": status, "flavors": flavors.into_iter().collect::<Vec<_>>().join(","),
+        "devices": inv.devices.len(), "used": inv.devices.iter().filter(|d| d.held_by_job.is_some()).count(),
+        "cordoned": n.cordoned, "draining": n.draining, "utilization_pct": mean, "telemetry": readings,
+        "telemetry_age_ms": n.telemetry_age_ms})
+}
+
 pub(super) async fn nodes(t: &Target) -> Result<()> {
     let r = call(t, |c| async move { admin_client(c).list_nodes(ListNodesRequest { consistency: 0 }).await }).await?;
-    let row = |n: &Node| {
-        let inv = n.inventory.clone().unwrap_or_default();
-        let status = NodeStatus::try_from(n.status)
-            .map_or("?".into(), |s| s.as_str_name().trim_start_matches("NODE_STATUS_").to_lowercase());
-        let flavors: std::collections::BTreeSet<String> =
-            inv.devices.iter().map(|d| format!("{}/{}", words::kind(d.kind), d.model)).collect();
-        let held = inv.devices.iter().filter(|d| d.held_by_job.is_some()).count();
-        (
-            inv.name,
-            status,
-            flavors.into_iter().collect::<Vec<_>>().join(","),
-            inv.devices.len(),
-            held,
-            n.cordoned,
-            n.draining,
-        )
-    };
-    let rows: Vec<_> = r.nodes.iter().map(row).collect();
+    let rows: Vec<serde_json::Value> = r.nodes.iter().map(node_json).collect();
     if t.json {
-        let value: Vec<_> = rows
-            .iter()
-            .map(|(n, s, f, d, h, c, dr)| json!({"node": n, "status": s, "flavors": f, "devices": d, "used": h, "cordoned": c, "draining": dr}))
-            .collect();
-        say!("{}", json!(value));
+        say!("{}", json!(rows));
         return Ok(());
     }
-    let lines = rows.iter().map(|(n, s, f, d, h, c, dr)| {
-        let sched = match (c, dr) {
-            (_, true) => "draining",
-            (true, false) => "cordoned",
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let lines = rows.iter().map(|r| {
+        let sched = match (r["cordoned"].as_bool(), r["draining"].as_bool()) {
+            (_, Some(true)) => "draining",
+            (Some(true), _) => "cordoned",
             _ => "yes",
         };
-        vec![n.clone(), s.clone(), sched.to_owned(), f.clone(), d.to_string(), h.to_string()]
+        let util = r["utilization_pct"].as_f64().map_or("-".to_owned(), |u| format!("{u:.0}%"));
+        let (devices, used) = (r["devices"].to_string(), r["used"].to_string());
+        vec![text(&r["node"]), text(&r["status"]), sched.to_owned(), text(&r["flavors"]), devices, used, util]
     });
-    say!("{}", table(&["NODE", "STATUS", "SCHEDULABLE", "FLAVORS", "DEVICES", "USED"], &["DEVICES", "USED"], lines));
+    let header = ["NODE", "STATUS", "SCHEDULABLE", "FLAVORS", "DEVICES", "USED", "UTIL"];
+    say!("{}", table(&header, &["DEVICES", "USED", "UTIL"], lines));
     Ok(())
 }
 

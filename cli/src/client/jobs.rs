@@ -1,6 +1,7 @@
 //! The ML engineer's commands: `qm submit`, `qm jobs`, `qm job`, `qm cancel`, `qm why`.
 
 use super::connect::call;
+use super::usage::{usage_json, usage_lines};
 use super::words::{self, ago, devices, job_flavor, nodes, table};
 use super::{jobs_client, Target};
 use crate::out::{say, Failure};
@@ -288,7 +289,7 @@ pub async fn job(t: &Target, id: u64) -> Result<()> {
             events(&j).into_iter().map(|(at, what)| json!({ "at_ms": at, "event": what })).collect();
         let extra = json!({ "command": spec.command, "preemptions": j.preemptions, "failures": j.failures,
             "placed_ms": j.placed_ms, "started_ms": j.started_ms, "finished_ms": j.finished_ms,
-            "assignment": replicas, "events": events });
+            "assignment": replicas, "events": events, "usage": usage_json(&j) });
         if let (Some(row), Some(extra)) = (row.as_object_mut(), extra.as_object()) {
             row.extend(extra.clone());
         }
@@ -302,7 +303,7 @@ pub async fn job(t: &Target, id: u64) -> Result<()> {
     let mut lines = vec![
         ("Name", format!("{} (job {})", spec.name, j.id)),
         ("Team", spec.team.clone()),
-        ("State", if j.message.is_empty() || j.message == state { state } else { format!("{state}: {}", j.message) }),
+        ("State", state_line(&state, &j.message)),
         ("Command", spec.command.iter().map(|a| shell_word(a)).collect::<Vec<_>>().join(" ")),
         ("Flavor", job_flavor(&j)),
         (
@@ -323,11 +324,27 @@ pub async fn job(t: &Target, id: u64) -> Result<()> {
     for (label, value) in lines {
         say!("{label:<8} {value}");
     }
+    for line in usage_lines(&j) {
+        say!("{line}");
+    }
     say!("Events");
     for (at, what) in events(&j) {
         say!("  {:>9}  {what}", ago(now, at));
     }
     Ok(())
+}
+
+/// The state and the last message, without saying the state twice (`running (attempt 2)`).
+fn state_line(state: &str, message: &str) -> String {
+    if message.is_empty() || message.starts_with(state) {
+        if message.is_empty() {
+            state.to_owned()
+        } else {
+            message.to_owned()
+        }
+    } else {
+        format!("{state}: {message}")
+    }
 }
 
 /// An argument as a shell would need it typed: as it is when plain, else in single quotes.
@@ -409,7 +426,14 @@ pub async fn why(t: &Target, id: u64) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::shell_word;
+    use super::{shell_word, state_line};
+
+    #[test]
+    fn the_state_is_said_once() {
+        assert_eq!(state_line("running", "running (attempt 2)"), "running (attempt 2)");
+        assert_eq!(state_line("pending", ""), "pending");
+        assert_eq!(state_line("failed", "replica 0 exited with code 3"), "failed: replica 0 exited with code 3");
+    }
 
     #[test]
     fn commands_are_shown_as_they_would_be_typed() {

@@ -7,6 +7,7 @@
 //! - `admin`: the operators' commands (nodes, teams and quotas, status, members, backups).
 //! - `classes`: priority classes, and `qm apply` of a teams file.
 //! - `logs`: `qm logs`, a replica's output read from its node's agent.
+//! - `usage`: how a job used its devices, as `qm job` shows it.
 //! - `words`: the words, times and tables the commands print.
 
 mod admin;
@@ -14,6 +15,7 @@ mod classes;
 mod connect;
 mod jobs;
 mod logs;
+mod usage;
 pub(crate) mod words;
 
 pub use admin::{set_team, wait_for_nodes};

@@ -51,8 +51,19 @@ impl Dev {
 
     /// Starts one whose local agent has `gpus` fake GPUs, and waits for its banner.
     pub fn with_agent(gpus: u32) -> Self {
+        Self::launch(&["--fake-gpus", &gpus.to_string()])
+    }
+
+    /// Starts one whose local agent reads the NVIDIA capture at `path` (from the root).
+    pub fn with_capture(path: &str) -> Self {
+        Self::launch(&["--nvml-capture", path])
+    }
+
+    fn launch(args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_qm"))
-            .args(["dev", "--listen", "127.0.0.1:0", "--fake-gpus", &gpus.to_string()])
+            .args(["dev", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .current_dir(root())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -1,5 +1,6 @@
 //! `AdminService`: teams and quotas, priority classes, nodes, cluster status and membership.
 
+use super::readings::Readings;
 use super::{before_read, status_of};
 use crate::fsm::Fsm;
 use crate::node::{Handle, Membership};
@@ -13,12 +14,20 @@ use tonic::{Request, Response, Status};
 #[derive(Debug, Clone)]
 pub struct AdminServer {
     node: Handle,
+    readings: Readings,
 }
 
 impl AdminServer {
-    /// Serves `node`.
-    pub fn new(node: Handle) -> Self {
-        Self { node }
+    /// Serves `node`, showing the devices' telemetry from `readings`.
+    pub fn new(node: Handle, readings: Readings) -> Self {
+        Self { node, readings }
+    }
+
+    /// A node's wire form with its devices' latest readings.
+    fn node_of(&self, node: &qm_core::Node, alloc: Option<&qm_core::state::NodeAlloc>) -> qm_proto::v1::Node {
+        let mut wire = node_to(node, alloc);
+        self.readings.fill(&mut wire);
+        wire
     }
 
     async fn write(&self, command: Command) -> Result<(), Status> {
@@ -29,7 +38,7 @@ impl AdminServer {
         let fsm = self.node.fsm();
         let id = NodeId::from(name);
         let node = fsm.state.nodes().get(&id).ok_or_else(|| Status::not_found(format!("node: no node \"{name}\"")))?;
-        Ok(Response::new(NodeResponse { node: Some(node_to(node, fsm.state.alloc(&id))) }))
+        Ok(Response::new(NodeResponse { node: Some(self.node_of(node, fsm.state.alloc(&id))) }))
     }
 
     async fn node_command(&self, name: String, command: Command) -> Result<Response<NodeResponse>, Status> {
@@ -156,7 +165,7 @@ impl AdminService for AdminServer {
     async fn list_nodes(&self, request: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
         before_read(&self.node, request.into_inner().consistency).await?;
         let fsm = self.node.fsm();
-        let nodes = fsm.state.nodes().iter().map(|(id, n)| node_to(n, fsm.state.alloc(id))).collect();
+        let nodes = fsm.state.nodes().iter().map(|(id, n)| self.node_of(n, fsm.state.alloc(id))).collect();
         Ok(Response::new(ListNodesResponse { nodes }))
     }
 

@@ -1,15 +1,17 @@
 //! `AgentService.Session`: one stream per node agent, served by the leader only (a follower
 //! answers `NotLeader` with the leader's address). Up: the agent registers its inventory
-//! (proposed as `RegisterNode`), heartbeats (kept in memory, never logged) and reports replica
-//! phases (proposed as `JobStarted` once every replica of the attempt started, `JobFinished` or
-//! `JobFailed` on exit). Down: the `Start` and `Stop` effects of applied commands for this node,
+//! (proposed as `RegisterNode`), heartbeats (kept in memory with the devices' readings, never
+//! logged) and reports replica phases (proposed as `JobStarted` once every replica of the attempt
+//! started, `JobFinished` or `JobFailed` on exit, after a `RecordUsage` of the usage summary the
+//! exit report carries). Down: the `Start` and `Stop` effects of applied commands for this node,
 //! and on registration whatever the agent missed (reconciliation). A liveness task proposes
 //! `NodeLost` for nodes silent longer than the lease.
 
+use super::readings::Readings;
 use super::{now_ms, status_of};
 use crate::node::Handle;
-use qm_core::{Command, Effect, Job, JobId, JobState, NodeId, NodeStatus};
-use qm_proto::convert::{inventory_from, stop_reason_to, stop_signal_to};
+use qm_core::{Command, DeviceUsage, Effect, Job, JobId, JobState, NodeId, NodeStatus};
+use qm_proto::convert::{inventory_from, stop_reason_to, stop_signal_to, usage_from};
 use qm_proto::v1::agent_message::Body as Up;
 use qm_proto::v1::agent_service_server::AgentService;
 use qm_proto::v1::scheduler_message::Body as Down;
@@ -48,6 +50,7 @@ pub struct AgentServer {
     node: Handle,
     agents: Arc<Mutex<Agents>>,
     heartbeat: Duration,
+    readings: Readings,
 }
 
 /// The port replica 0 of a job's attempt offers for the gang's rendezvous (`MASTER_PORT`): in
@@ -65,9 +68,9 @@ fn down(body: Down) -> Result<SchedulerMessage, Status> {
 }
 
 impl AgentServer {
-    /// Serves `node`; agents heartbeat every `heartbeat`.
-    pub fn new(node: Handle, heartbeat: Duration) -> Self {
-        Self { node, agents: Arc::default(), heartbeat }
+    /// Serves `node`; agents heartbeat every `heartbeat`, and their readings go to `readings`.
+    pub fn new(node: Handle, heartbeat: Duration, readings: Readings) -> Self {
+        Self { node, agents: Arc::default(), heartbeat, readings }
     }
 
     fn agents(&self) -> std::sync::MutexGuard<'_, Agents> {
@@ -295,6 +298,25 @@ impl AgentServer {
         }
     }
 
+    /// The usage summary an exit report carries, as a command, when there is one and it is about
+    /// the job's current attempt (a report that breaks the rules is logged and dropped: the exit
+    /// it came with still counts).
+    fn usage_command(&self, node: &NodeId, s: &ReplicaStatus) -> Option<Command> {
+        if s.usage.is_empty() || s.phase != ReplicaPhase::Exited as i32 {
+            return None;
+        }
+        let current = self.node.fsm().state.job(JobId(s.job_id)).map(|j| j.attempt);
+        if current != Some(s.attempt) {
+            return None;
+        }
+        let devices: Vec<DeviceUsage> = s.usage.iter().map(|u| usage_from(u, node)).collect();
+        if let Err(e) = qm_core::usage::validate_usage(&devices) {
+            tracing::warn!(job = s.job_id, node = %node, "a usage report was dropped: usage.{e}");
+            return None;
+        }
+        Some(Command::RecordUsage { job: JobId(s.job_id), attempt: s.attempt, replica: s.replica, devices })
+    }
+
     /// Turns a replica's phase into a command, if it calls for one.
     fn phase_command(&self, node: &NodeId, s: &ReplicaStatus) -> Option<Command> {
         let fsm = self.node.fsm();
@@ -368,7 +390,8 @@ impl AgentServer {
     async fn on_message(&self, node: &NodeId, m: AgentMessage, orders: &Orders) {
         self.agents().last_seen.insert(node.clone(), Instant::now());
         match m.body {
-            Some(Up::Heartbeat(_)) | None => {}
+            Some(Up::Heartbeat(h)) => self.readings.put(node, h.telemetry),
+            None => {}
             Some(Up::Register(r)) => {
                 if let Err(e) = self.register(r, orders).await {
                     let _ = orders.send(Err(e)).await;
@@ -387,6 +410,11 @@ impl AgentServer {
                 }
             },
             Some(Up::Status(s)) => {
+                if let Some(command) = self.usage_command(node, &s) {
+                    if let Err(e) = self.node.propose(command, None).await {
+                        tracing::warn!(job = s.job_id, "could not record a replica's usage: {e}");
+                    }
+                }
                 if let Some(command) = self.phase_command(node, &s) {
                     if let Err(e) = self.node.propose(command, None).await {
                         tracing::warn!(job = s.job_id, "could not record a replica's phase: {e}");
