@@ -9,6 +9,7 @@ use qm_agent::nvml::{capture, NvmlProbe};
 use qm_agent::nvml_real::RealNvml;
 use qm_agent::session::{run, AgentConfig};
 use qm_agent::sysfs::SysfsProbe;
+use qm_proto::v1::DeviceTelemetry;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -169,40 +170,57 @@ pub fn agent(args: &AgentArgs) -> Result<()> {
     rt.block_on(run(config, crate::server::ctrl_c(), |_| {})).context("qm agent")
 }
 
+/// Mean microseconds per device of `repeat - 1` more runs of `read` (`None` for one run).
+fn timed(repeat: u32, devices: usize, mut read: impl FnMut()) -> Option<f64> {
+    let started = std::time::Instant::now();
+    for _ in 1..repeat {
+        read();
+    }
+    let reads = f64::from(repeat.saturating_sub(1).max(1));
+    (repeat > 1).then(|| started.elapsed().as_secs_f64() * 1e6 / reads / devices.max(1) as f64)
+}
+
 fn probe(args: &ProbeArgs, json: bool, repeat: u32) -> Result<()> {
     let probes = args.probes()?;
     let (spec, mut notes) = collect(&host_name(), &BTreeMap::new(), &probes, host_resources());
-    let started = std::time::Instant::now();
-    for _ in 1..repeat {
+    let telemetry: Vec<DeviceTelemetry> = probes.iter().flat_map(|p| p.telemetry()).collect();
+    let scan = timed(repeat, spec.devices.len(), || {
         collect(&host_name(), &BTreeMap::new(), &probes, host_resources());
-    }
-    let reads = f64::from(repeat.saturating_sub(1).max(1));
-    let per_device = started.elapsed().as_secs_f64() * 1e6 / reads / spec.devices.len().max(1) as f64;
+    });
+    let readings = timed(repeat, telemetry.len(), || {
+        probes.iter().for_each(|p| drop(p.telemetry()));
+    });
     if probes.is_empty() {
         notes.push(
             "no probe: NVML and PCI are off (--no-nvml, --no-pci) and neither --inventory nor --fake-gpus is given"
                 .into(),
         );
     }
+    let reading = |id: &str| telemetry.iter().find(|t| t.device == id);
     if json {
         let devices: Vec<_> = spec
             .devices
             .iter()
             .map(|d| {
+                let t = reading(d.id.as_str());
                 json!({ "id": d.id.as_str(), "kind": d.kind.as_str(), "vendor": d.vendor, "model": d.model,
                 "flavor": d.flavor().to_string(), "memory_mib": d.memory_mib, "numa_node": d.numa_node,
-                "pci_bus_id": d.pci_bus_id, "interconnect_group": d.interconnect_group, "health": d.health })
+                "pci_bus_id": d.pci_bus_id, "interconnect_group": d.interconnect_group, "health": d.health,
+                "utilization_pct": t.and_then(|t| t.utilization_pct), "memory_used_mib": t.and_then(|t| t.memory_used_mib),
+                "power_mw": t.and_then(|t| t.power_mw), "temperature_c": t.and_then(|t| t.temperature_c) })
             })
             .collect();
         say!(
             "{}",
             json!({ "node": spec.id.as_str(), "cpu_millis": spec.cpu_millis, "mem_mib": spec.mem_mib,
-                "devices": devices, "notes": notes, "scan_us_per_device": (repeat > 1).then_some(per_device) })
+                "devices": devices, "notes": notes, "scan_us_per_device": scan,
+                "telemetry_us_per_device": readings })
         );
         return Ok(());
     }
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     let rows = spec.devices.iter().map(|d| {
+        let t = reading(d.id.as_str());
         vec![
             d.id.as_str().to_owned(),
             d.flavor().to_string(),
@@ -211,17 +229,21 @@ fn probe(args: &ProbeArgs, json: bool, repeat: u32) -> Result<()> {
             opt(d.pci_bus_id.clone()),
             opt(d.interconnect_group.clone()),
             format!("{:?}", d.health).to_lowercase(),
+            opt(t.and_then(|t| t.utilization_pct).map(|u| format!("{u}%"))),
+            opt(t.and_then(|t| t.memory_used_mib).map(|m| m.to_string())),
+            opt(t.and_then(|t| t.temperature_c).map(|c| c.to_string())),
         ]
     });
-    say!(
-        "{}",
-        table(&["DEVICE", "FLAVOR", "MEMORY MIB", "NUMA", "PCI", "GROUP", "HEALTH"], &["MEMORY MIB", "NUMA"], rows)
-    );
+    let header = ["DEVICE", "FLAVOR", "MEMORY MIB", "NUMA", "PCI", "GROUP", "HEALTH", "UTIL", "USED MIB", "TEMP C"];
+    say!("{}", table(&header, &["MEMORY MIB", "NUMA", "UTIL", "USED MIB", "TEMP C"], rows));
     for n in notes {
         say!("note: {n}");
     }
-    if repeat > 1 {
-        say!("scan: {per_device:.1} us per device (mean of {} reads)", repeat - 1);
+    if let Some(us) = scan {
+        say!("scan: {us:.1} us per device (mean of {} reads)", repeat - 1);
+    }
+    if let Some(us) = readings {
+        say!("telemetry: {us:.1} us per device (mean of {} reads)", repeat - 1);
     }
     Ok(())
 }

@@ -134,3 +134,19 @@ fn a_capture_without_the_columns_a_node_needs_is_refused_by_name() {
     let err = text(&out.stderr);
     assert!(err.contains("--nvml-capture") && err.contains("row 1: name: missing or empty"), "{err}");
 }
+
+#[test]
+fn agent_probe_shows_each_devices_readings_and_times_both_scans() {
+    let capture = "agent/testdata/nvml/h100-80gb-hbm3-busy/nvml-busy-query.csv";
+    let out = qm(&["agent", "probe", "--no-pci", "--nvml-capture", capture, "--json", "--repeat", "3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let probed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let gpu = &probed["devices"][0];
+    let read = (&gpu["utilization_pct"], &gpu["memory_used_mib"], &gpu["temperature_c"], &gpu["power_mw"]);
+    assert_eq!(read, (&Value::from(100), &Value::from(9203), &Value::from(57), &Value::from(700_620)), "{probed}");
+    assert!(probed["scan_us_per_device"].is_f64() && probed["telemetry_us_per_device"].is_f64(), "{probed}");
+    let once: Value =
+        serde_json::from_slice(&qm(&["agent", "probe", "--no-pci", "--nvml-capture", capture, "--json"]).stdout)
+            .unwrap();
+    assert!(once["telemetry_us_per_device"].is_null(), "one read times nothing: {once}");
+}
