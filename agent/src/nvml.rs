@@ -70,6 +70,11 @@ pub struct GpuReading {
 pub trait NvmlSource: Send + Sync + std::fmt::Debug {
     /// Every GPU now, or why NVML cannot be read (no driver, library not found).
     fn read(&self) -> Result<Vec<GpuReading>, String>;
+    /// Every GPU's telemetry now: at least the UUID, memory in use, utilization, power,
+    /// temperature and MIG instances; a source may leave the rest out to read faster.
+    fn telemetry(&self) -> Result<Vec<GpuReading>, String> {
+        self.read()
+    }
     /// The last critical XID event seen per GPU UUID.
     fn xids(&self) -> BTreeMap<String, u64>;
 }
@@ -171,7 +176,7 @@ impl<S: NvmlSource> Probe for NvmlProbe<S> {
     }
 
     fn telemetry(&self) -> Vec<DeviceTelemetry> {
-        self.source.read().unwrap_or_default().into_iter().flat_map(gpu_telemetry).collect()
+        self.source.telemetry().unwrap_or_default().into_iter().flat_map(gpu_telemetry).collect()
     }
 
     fn probe(&self) -> ProbeReport {

@@ -145,12 +145,40 @@ fn read_gpu(d: &Device<'_>, index: u32) -> GpuReading {
     g
 }
 
-impl NvmlSource for RealNvml {
-    fn read(&self) -> Result<Vec<GpuReading>, String> {
+/// One GPU's telemetry alone: UUID, memory in use, utilization, power, temperature, and with
+/// MIG on each instance's memory in use (a handful of NVML calls, for every heartbeat).
+fn read_telemetry(d: &Device<'_>) -> GpuReading {
+    let mig_enabled = d.mig_mode().is_ok_and(|m| m.current == 1);
+    let mig = if mig_enabled {
+        (0..d.mig_device_count().unwrap_or(0))
+            .filter_map(|i| d.mig_device_by_index(i).ok())
+            .filter_map(|m| {
+                let memory_used_mib = m.memory_info().ok().map(|i| mib(i.used));
+                Some(MigReading { uuid: m.uuid().ok()?, memory_used_mib, ..MigReading::default() })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    GpuReading {
+        uuid: d.uuid().unwrap_or_default(),
+        memory_used_mib: d.memory_info().ok().map(|m| mib(m.used)),
+        utilization_pct: d.utilization_rates().ok().map(|u| u.gpu),
+        power_mw: d.power_usage().ok(),
+        temperature_c: d.temperature(TemperatureSensor::Gpu).ok(),
+        mig_enabled,
+        mig,
+        ..GpuReading::default()
+    }
+}
+
+impl RealNvml {
+    /// Every GPU through `read_one`; a GPU NVML cannot open is reported as not answering.
+    fn each(&self, read_one: impl Fn(&Device<'_>, u32) -> GpuReading) -> Result<Vec<GpuReading>, String> {
         let count = self.nvml.device_count().map_err(|e| format!("NVML device count: {e}"))?;
         Ok((0..count)
             .map(|i| match self.nvml.device_by_index(i) {
-                Ok(d) => read_gpu(&d, i),
+                Ok(d) => read_one(&d, i),
                 Err(e) => GpuReading {
                     uuid: format!("nvml-index-{i}"),
                     unresponsive: Some(e.to_string()),
@@ -158,6 +186,16 @@ impl NvmlSource for RealNvml {
                 },
             })
             .collect())
+    }
+}
+
+impl NvmlSource for RealNvml {
+    fn read(&self) -> Result<Vec<GpuReading>, String> {
+        self.each(read_gpu)
+    }
+
+    fn telemetry(&self) -> Result<Vec<GpuReading>, String> {
+        self.each(|d, _| read_telemetry(d))
     }
 
     fn xids(&self) -> BTreeMap<String, u64> {
@@ -170,6 +208,13 @@ impl NvmlSource for Result<RealNvml, String> {
     fn read(&self) -> Result<Vec<GpuReading>, String> {
         match self {
             Ok(nvml) => nvml.read(),
+            Err(why) => Err(why.clone()),
+        }
+    }
+
+    fn telemetry(&self) -> Result<Vec<GpuReading>, String> {
+        match self {
+            Ok(nvml) => nvml.telemetry(),
             Err(why) => Err(why.clone()),
         }
     }
