@@ -89,6 +89,16 @@ pub enum QuotaDenial {
     },
     /// The team has no quota entry for this flavor.
     NoQuota,
+    /// The job would borrow and may not be preempted: a loan must be possible to pay back, so a
+    /// non-preemptible job runs within its team's nominal only.
+    NotPreemptible {
+        /// Devices the team holds.
+        usage: u32,
+        /// Devices asked for.
+        request: u32,
+        /// The team's nominal.
+        nominal: u32,
+    },
 }
 
 /// Why nodes were rejected for a request, counted over every node.

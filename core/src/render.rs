@@ -26,6 +26,9 @@ pub fn quota_denial(d: &QuotaDenial) -> String {
             format!("would borrow {borrow_needed} but only {lendable} idle lendable device(s) exist")
         }
         QuotaDenial::NoQuota => "the team has no quota for this flavor".to_owned(),
+        QuotaDenial::NotPreemptible { usage, request, nominal } => format!(
+            "a job that may not be preempted may not borrow: {usage} held or reserved + {request} requested > nominal {nominal}"
+        ),
     }
 }
 

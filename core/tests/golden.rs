@@ -40,4 +40,15 @@ macro_rules! golden {
     };
 }
 
-golden!(reclaim, within_team, gang, lending_borrowing, unhealthy, cordoned, model_preference);
+golden!(
+    reclaim,
+    within_team,
+    gang,
+    lending_borrowing,
+    unhealthy,
+    cordoned,
+    model_preference,
+    reclaim_before_self_preemption,
+    candidate_cap,
+    non_preemptible_borrowing,
+);

@@ -432,6 +432,10 @@ fn quota_denial_to(d: &QuotaDenial) -> v1::QuotaDenial {
             out.kind = K::NoLendableCapacity as i32;
         }
         QuotaDenial::NoQuota => out.kind = K::NoQuota as i32,
+        QuotaDenial::NotPreemptible { usage, request, nominal } => {
+            out = v1::QuotaDenial { usage, request, nominal, ..out };
+            out.kind = K::NotPreemptible as i32;
+        }
     }
     out
 }

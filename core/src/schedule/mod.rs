@@ -90,8 +90,19 @@ fn nothing_to_do(state: &State, policy: &PolicyConfig) -> Option<u32> {
     (u64::from(job.spec.gang.total_devices()) > state.free_for(job)?).then_some(pending)
 }
 
-/// Jobs alike in everything placement looks at.
-type ShapeKey = (usize, Vec<FlavorIx>, u32, u32, u64, u64, i32);
+/// Jobs alike in everything admission, placement and preemption look at: in one cycle, a job
+/// with the key of a job that failed fails alike, so its failure is reused.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct ShapeKey {
+    team: usize,
+    flavors: Vec<FlavorIx>,
+    replicas: u32,
+    count: u32,
+    cpu: u64,
+    mem: u64,
+    priority: i32,
+    preemptible: bool,
+}
 
 /// What a failed shape got, reused for the jobs of the same shape.
 struct Failure {
@@ -127,7 +138,16 @@ pub(crate) struct Cycle<'s> {
 impl<'s> Cycle<'s> {
     fn key(job: &Job, t: usize, flavors: &[FlavorIx]) -> ShapeKey {
         let g = &job.spec.gang;
-        (t, flavors.to_vec(), g.replicas, g.devices.count, g.cpu_millis, g.mem_mib, job.priority)
+        ShapeKey {
+            team: t,
+            flavors: flavors.to_vec(),
+            replicas: g.replicas,
+            count: g.devices.count,
+            cpu: g.cpu_millis,
+            mem: g.mem_mib,
+            priority: job.priority,
+            preemptible: job.spec.preemptible,
+        }
     }
 
     /// Whether the least-attained-service preemption rule is on.
@@ -168,11 +188,16 @@ impl<'s> Cycle<'s> {
         Verdict::Unschedulable(failure)
     }
 
-    /// Whether quota admits the job on flavor `f` now.
+    /// Whether quota admits the job on flavor `f` now. A job that may not be preempted may not
+    /// borrow: its loan could never be paid back.
     fn admit(&self, job: &Job, t: usize, f: FlavorIx) -> Result<Admission, QuotaDenial> {
         let q = self.view.quota(t, f).expect("acceptable flavors have quota");
-        let total = job.spec.gang.total_devices();
-        self.view.ledgers[f as usize].admit(&q, self.view.usage(t, f), total, self.policy.borrowing)
+        let (usage, request) = (self.view.usage(t, f), job.spec.gang.total_devices());
+        let admission = self.view.ledgers[f as usize].admit(&q, usage, request, self.policy.borrowing)?;
+        if admission == Admission::Borrowing && !job.spec.preemptible {
+            return Err(QuotaDenial::NotPreemptible { usage, request, nominal: q.nominal });
+        }
+        Ok(admission)
     }
 
     /// Quota, then placement on free devices, for one flavor.

@@ -58,33 +58,31 @@ impl<'s> Cycle<'s> {
         self.running.as_ref().expect("just built")
     }
 
-    /// Running jobs of flavor `f` that may be victims of `job` (of team row `t`), cheapest first.
+    /// Running jobs of flavor `f` that may be victims of `job` (of team row `t`), at most
+    /// `max_preemption_candidates` of them. Under the quota rules, first the jobs of other teams
+    /// that hold more than their nominal (taking one pays back a loan), then the team's own
+    /// lower-priority jobs; cheapest first within each. Jobs that can never be victims are left
+    /// out before the cap, so that they cannot crowd out those that can.
     fn candidates(&mut self, job: &Job, t: usize, f: FlavorIx) -> Vec<Candidate<'s>> {
         let policy = self.policy;
         let limit = policy.max_preemption_candidates as usize;
         let (las, now) = (self.las(), self.now_ms);
         let level = policy.las_level(job.attained_at(now));
-        let victims = std::mem::take(&mut self.victims);
-        let out = self
-            .preemptible()
-            .get(&f)
-            .into_iter()
-            .flatten()
-            .filter(|c| !victims.as_ref().is_some_and(|v| v.contains(&c.job.id)))
-            .filter(|c| {
-                if las {
-                    policy.las_level(c.job.attained_at(now)) > level
-                } else if c.team == t {
-                    policy.within_team_preemption && c.job.priority < job.priority
-                } else {
-                    policy.reclaim
-                }
-            })
-            .take(limit)
-            .cloned()
-            .collect();
-        self.victims = victims;
-        out
+        self.preemptible();
+        let all = self.running.as_ref().and_then(|r| r.get(&f)).map_or(&[][..], Vec::as_slice);
+        let taken = |c: &Candidate<'_>| self.victims.as_ref().is_some_and(|v| v.contains(&c.job.id));
+        let eligible = all.iter().filter(|c| !taken(c));
+        if las {
+            return eligible
+                .filter(|c| policy.las_level(c.job.attained_at(now)) > level)
+                .take(limit)
+                .cloned()
+                .collect();
+        }
+        let reclaim =
+            eligible.clone().filter(|c| c.team != t && policy.reclaim && self.reclaimable(c, f, &Trial::default()));
+        let own = eligible.filter(|c| c.team == t && policy.within_team_preemption && c.job.priority < job.priority);
+        reclaim.chain(own).take(limit).cloned().collect()
     }
 
     /// Victims chosen so far in this cycle.
@@ -148,9 +146,6 @@ impl<'s> Cycle<'s> {
             return Err(format!("the cycle's victim budget ({budget}) is spent"));
         }
         let candidates = self.candidates(job, t, f);
-        if candidates.is_empty() {
-            return Err(format!("no running job of {} may be preempted for it", self.view.flavors[f as usize]));
-        }
         let own: u32 = candidates.iter().filter(|c| c.team == t).map(|c| c.job.spec.gang.total_devices()).sum();
         let nominal = self.nominal(t, f);
         let best = self.view.usage(t, f).saturating_sub(self.removed(&Trial::default(), t, f) + own);
@@ -159,6 +154,9 @@ impl<'s> Cycle<'s> {
                 "it would not fit the team's nominal of {nominal} even after preempting the team's own \
                  lower-priority jobs; nobody preempts in order to borrow"
             ));
+        }
+        if candidates.is_empty() {
+            return Err(format!("no running job of {} may be preempted for it", self.view.flavors[f as usize]));
         }
         if self.preemption_attempts >= self.policy.max_preemption_attempts_per_cycle {
             return Err("the cycle's preemption search budget is spent".to_owned());

@@ -29,7 +29,7 @@ fn the_minimum_run_time_protects_young_jobs() {
 
 #[test]
 fn non_preemptible_jobs_are_never_victims() {
-    let mut s = cluster(1, &[("vision", 8, None)]);
+    let mut s = cluster(1, &[("vision", 16, None)]);
     let mut pinned = job("vision", 1, 8);
     pinned.preemptible = false;
     submit(&mut s, pinned, 0);
