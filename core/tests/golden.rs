@@ -51,4 +51,5 @@ golden!(
     reclaim_before_self_preemption,
     candidate_cap,
     non_preemptible_borrowing,
+    within_team_while_borrowing,
 );

@@ -1,7 +1,9 @@
 //! Preemption: a pure, bounded search on the cycle's scratch view (after Kueue): take the
 //! cheapest eligible victims one by one until the preemptor fits, then give back every victim
 //! that is not needed, most expensive first. The preemptor must end within its team's nominal
-//! quota: nobody preempts in order to borrow.
+//! quota (nobody preempts in order to borrow), or, when all its victims are its own team's, at
+//! no more than the team holds now (a team that borrows may still put its priorities in order,
+//! as long as it borrows no more).
 
 use super::place::{Pick, Shape};
 use super::view::{FlavorIx, NodeView};
@@ -111,13 +113,22 @@ impl<'s> Cycle<'s> {
         self.view.quota(t, f).map_or(0, |q| q.nominal)
     }
 
+    /// The most team row `t` may hold on `f` once the preemptor runs: its nominal, or, when
+    /// every victim is its own, what it will hold once the victims chosen before this search
+    /// exit (it then borrows no more than it does).
+    fn ceiling(&self, t: usize, f: FlavorIx, own_only: bool) -> u64 {
+        let nominal = self.nominal(t, f);
+        let settled = self.view.usage(t, f).saturating_sub(self.removed(&Trial::default(), t, f));
+        u64::from(if own_only { nominal.max(settled) } else { nominal })
+    }
+
     /// Where the preemptor would go if the trial's victims exited; `None` if it would not fit,
     /// or would not be within its nominal quota.
     fn fits(&self, t: usize, shape: &Shape, base: &[u32], trial: &Trial<'_>) -> Option<Vec<Pick>> {
         let f = shape.flavor;
         let kept = self.view.usage(t, f).saturating_sub(self.removed(trial, t, f));
         let after = u64::from(kept) + u64::from(shape.replicas) * u64::from(shape.count);
-        if !self.las() && after > u64::from(self.nominal(t, f)) {
+        if !self.las() && after > self.ceiling(t, f, trial.chosen.iter().all(|v| v.team == t)) {
             return None;
         }
         let extra = self.freed(trial);
@@ -149,7 +160,7 @@ impl<'s> Cycle<'s> {
         let own: u32 = candidates.iter().filter(|c| c.team == t).map(|c| c.job.spec.gang.total_devices()).sum();
         let nominal = self.nominal(t, f);
         let best = self.view.usage(t, f).saturating_sub(self.removed(&Trial::default(), t, f) + own);
-        if !self.las() && u64::from(best) + u64::from(job.spec.gang.total_devices()) > u64::from(nominal) {
+        if !self.las() && u64::from(best) + u64::from(job.spec.gang.total_devices()) > self.ceiling(t, f, true) {
             return Err(format!(
                 "it would not fit the team's nominal of {nominal} even after preempting the team's own \
                  lower-priority jobs; nobody preempts in order to borrow"

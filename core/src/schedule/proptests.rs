@@ -196,9 +196,16 @@ fn check_node_index(s: &State) -> Result<(), TestCaseError> {
 }
 
 fn check_quotas(s: &State) -> Result<(), TestCaseError> {
+    let mut pinned: BTreeMap<(TeamId, Flavor), u32> = BTreeMap::new();
+    for j in s.jobs().values().filter(|j| j.state.holds_devices() && !j.spec.preemptible) {
+        let f = j.assignment.as_ref().expect("holds devices").flavor.clone();
+        *pinned.entry((j.spec.team.clone(), f)).or_default() += j.spec.gang.total_devices();
+    }
     for (name, t) in s.teams() {
         for (f, q) in &t.quotas {
             prop_assert!(u64::from(s.usage(name, f)) <= q.ceiling(), "team {name} over nominal + borrowing");
+            let held = pinned.get(&(name.clone(), f.clone())).copied().unwrap_or(0);
+            prop_assert!(held <= q.nominal, "team {name}'s non-preemptible jobs hold {held} of {f}: they borrow");
         }
     }
     Ok(())
@@ -220,6 +227,11 @@ fn check_reclaims(before: &State, plan: &Plan) -> Result<(), TestCaseError> {
                 v.id,
                 v.spec.team
             );
+        }
+        let preemptor = before.job(p.preemptor).unwrap();
+        if p.rule == PreemptionRule::WithinTeam {
+            prop_assert_eq!(&v.spec.team, &preemptor.spec.team);
+            prop_assert!(v.priority < preemptor.priority, "job {} preempted its equal {}", preemptor.id, v.id);
         }
         prop_assert!(v.spec.preemptible);
         *given_back.entry(key).or_default() += v.spec.gang.total_devices();
