@@ -226,6 +226,13 @@ fn field(prefix: &str, e: FieldError) -> ApplyError {
 impl ClusterFile {
     /// The nodes of every pool.
     pub fn nodes(&self) -> Result<Vec<(NodeSpec, bool)>, FieldError> {
+        if let Some((first, again)) = repeated(self.pools.iter().map(|p| p.name.as_str())) {
+            let name = &self.pools[again].name;
+            return Err(FieldError::new(
+                format!("pool[{again}].name"),
+                format!("{name:?} is also pool[{first}]'s name"),
+            ));
+        }
         let mut out = Vec::new();
         for (p, pool) in self.pools.iter().enumerate() {
             let at = |f: &str| format!("pool[{p}].{f}");
@@ -277,9 +284,36 @@ impl ClusterFile {
     }
 }
 
+/// The first name given twice: the positions of its first and second use.
+fn repeated<'a>(names: impl Iterator<Item = &'a str>) -> Option<(usize, usize)> {
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, name) in names.enumerate() {
+        if let Some(&first) = seen.get(name) {
+            return Some((first, i));
+        }
+        seen.insert(name, i);
+    }
+    None
+}
+
 impl TeamsFile {
-    /// The teams as core specs.
+    /// The teams as core specs, once the file is checked: no team and no priority class named
+    /// twice (the second would silently replace the first).
     pub fn teams(&self) -> Result<Vec<TeamSpec>, FieldError> {
+        if let Some((first, again)) = repeated(self.teams.iter().map(|t| t.name.as_str())) {
+            let name = &self.teams[again].name;
+            return Err(FieldError::new(
+                format!("team[{again}].name"),
+                format!("{name:?} is also team[{first}]'s name"),
+            ));
+        }
+        if let Some((first, again)) = repeated(self.priority_classes.iter().map(|c| c.name.as_str())) {
+            let name = &self.priority_classes[again].name;
+            return Err(FieldError::new(
+                format!("priority_class[{again}].name"),
+                format!("{name:?} is also priority_class[{first}]'s name"),
+            ));
+        }
         self.teams
             .iter()
             .enumerate()

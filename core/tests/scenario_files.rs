@@ -1,0 +1,37 @@
+//! Scenario files that name something twice are refused, naming the field and both uses: the
+//! second entry would otherwise silently replace the first (an H100 node turned A100).
+
+use qm_core::scenario::{ClusterFile, JobsFile, Scenario, TeamsFile};
+
+fn cluster(text: &str) -> ClusterFile {
+    toml::from_str(text).unwrap()
+}
+
+fn teams(text: &str) -> TeamsFile {
+    toml::from_str(text).unwrap()
+}
+
+const POOL: &str = "kind = \"gpu\"\ndevices = 8\ncount = 1\n";
+
+#[test]
+fn a_pool_named_twice_is_refused() {
+    let text = format!(
+        "[[pool]]\nname = \"dgx\"\nmodel = \"nvidia-h100-80gb-hbm3\"\n{POOL}\n[[pool]]\nname = \"dgx\"\nmodel = \"nvidia-a100-80gb\"\n{POOL}"
+    );
+    let err = cluster(&text).nodes().unwrap_err().to_string();
+    assert_eq!(err, "pool[1].name: \"dgx\" is also pool[0]'s name");
+}
+
+#[test]
+fn a_team_or_a_priority_class_named_twice_is_refused() {
+    let quota = "[[team.quota]]\nflavor = \"gpu/m\"\nnominal = 8\n";
+    let twice = teams(&format!("[[team]]\nname = \"vision\"\n{quota}\n[[team]]\nname = \"vision\"\n{quota}"));
+    assert_eq!(twice.teams().unwrap_err().to_string(), "team[1].name: \"vision\" is also team[0]'s name");
+    let classes = format!("[[priority_class]]\nname = \"high\"\nvalue = 100\n\n[[priority_class]]\nname = \"high\"\nvalue = 5\n\n[[team]]\nname = \"vision\"\n{quota}");
+    let err = teams(&classes).teams().unwrap_err().to_string();
+    assert_eq!(err, "priority_class[1].name: \"high\" is also priority_class[0]'s name");
+    let jobs: JobsFile = toml::from_str("now_s = 0\njob = []").unwrap();
+    let built =
+        Scenario::build(&cluster(&format!("[[pool]]\nname = \"p\"\nmodel = \"m\"\n{POOL}")), &teams(&classes), &jobs);
+    assert!(built.unwrap_err().to_string().contains("priority_class[1].name"), "qm plan refuses it too");
+}
