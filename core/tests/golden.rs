@@ -52,4 +52,5 @@ golden!(
     candidate_cap,
     non_preemptible_borrowing,
     within_team_while_borrowing,
+    every_team_gets_a_turn,
 );

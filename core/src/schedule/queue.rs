@@ -6,8 +6,11 @@
 //!    flavor, the largest, divided by the team's weight);
 //! 3. then age, then job id.
 //!
-//! A team's key is recomputed after each of its jobs, since only its own usage moved. The other
-//! orders (the simulator's baselines) put every pending job in one global queue.
+//! A team's key is recomputed after each of its jobs, since only its own usage moved. Every team
+//! gets its turn: a team that used its fair part of the cycle's `max_jobs_per_cycle` (the
+//! budget over the teams with pending jobs) waits until every other team had its turn, so ten
+//! thousand jobs of one team that cannot run do not hide another team's jobs from the cycle.
+//! The other orders (the simulator's baselines) put every pending job in one global queue.
 //!
 //! Strict FIFO stops a queue (a team's, or the global one) at its first job that is not placed;
 //! the jobs behind it are counted as blocked and get no report of their own.
@@ -96,11 +99,24 @@ impl<'s> Cycle<'s> {
                 heap.push(Reverse(k));
             }
         }
+        let fair = (self.policy.max_jobs_per_cycle / (heap.len() as u32).max(1)).max(1);
+        let mut looked = vec![0u32; cursors.len()];
+        let mut deferred = Vec::new();
         let mut position = 0u32;
-        while let Some(Reverse((_, _, _, _, slot))) = heap.pop() {
+        while let Some(Reverse(key)) = heap.pop().or_else(|| {
+            heap.extend(deferred.drain(..));
+            heap.pop()
+        }) {
+            let slot = key.4;
             if self.bounded() {
                 break;
             }
+            if looked[slot] == fair {
+                looked[slot] += 1;
+                deferred.push(Reverse(key));
+                continue;
+            }
+            looked[slot] = looked[slot].saturating_add(1);
             let cursor = &mut cursors[slot];
             let (job, flavors) = cursor.head.take().expect("a queued team has a head");
             if !self.consider(job, cursor.row, &flavors, position) {

@@ -139,10 +139,7 @@ impl JobService for JobServer {
         let text = match (report, placed) {
             (Some(r), _) => qm_core::render::report(&fsm.state, r),
             (None, true) => "the next scheduling cycle places it".to_owned(),
-            (None, false) => format!(
-                "job {id} is {}: nothing holds it back",
-                fsm.state.job(JobId(id)).map_or("gone", |j| j.state.as_str())
-            ),
+            (None, false) => cause.clone(),
         };
         Ok(Response::new(WhyResponse { job: Some(job), report: report.map(report_to), cycle_at_ms: now, text, cause }))
     }
