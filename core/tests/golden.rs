@@ -53,4 +53,5 @@ golden!(
     non_preemptible_borrowing,
     within_team_while_borrowing,
     every_team_gets_a_turn,
+    nominal_flavor_first,
 );

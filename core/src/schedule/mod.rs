@@ -26,6 +26,7 @@ use crate::state::State;
 pub(crate) use nodes::NodeIndex;
 use place::{Pick, Shape};
 pub(crate) use rows::TeamRows;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 pub use view::Scratch;
@@ -170,14 +171,15 @@ impl<'s> Cycle<'s> {
             return Verdict::Unschedulable(Rc::clone(f));
         }
         let mut attempts = Vec::new();
-        for &f in flavors {
+        let ordered = self.nominal_first(job, t, flavors);
+        for &f in ordered.iter() {
             match self.try_flavor(job, t, f) {
                 Ok(()) => return Verdict::Placed,
                 Err(outcome) => attempts.push(FlavorAttempt { flavor: self.view.flavors[f as usize].clone(), outcome }),
             }
         }
         let mut preemption = None;
-        for &f in flavors {
+        for &f in ordered.iter() {
             match self.make_room(job, t, f) {
                 Ok(v) => return v,
                 Err(why) => preemption = preemption.or(why),
@@ -186,6 +188,24 @@ impl<'s> Cycle<'s> {
         let failure = Rc::new(Failure { attempts, preemption });
         self.failed.get_or_insert_default().insert(Self::key(job, t, flavors), Rc::clone(&failure));
         Verdict::Unschedulable(failure)
+    }
+
+    /// The flavors to try, in order. A job that names models tries them in its order; one that
+    /// names none tries first the flavors where it fits its team's nominal, then those where it
+    /// would borrow, each in flavor order: it never borrows another team's devices while its
+    /// own guaranteed ones are idle.
+    fn nominal_first<'f>(&self, job: &Job, t: usize, flavors: &'f [FlavorIx]) -> Cow<'f, [FlavorIx]> {
+        if !job.spec.gang.devices.models.is_empty() || flavors.len() < 2 {
+            return Cow::Borrowed(flavors);
+        }
+        let total = job.spec.gang.total_devices();
+        let borrows = |f: &FlavorIx| {
+            let nominal = self.view.quota(t, *f).map_or(0, |q| q.nominal);
+            u64::from(self.view.usage(t, *f)) + u64::from(total) > u64::from(nominal)
+        };
+        let mut ordered = flavors.to_vec();
+        ordered.sort_by_key(borrows);
+        Cow::Owned(ordered)
     }
 
     /// Whether quota admits the job on flavor `f` now. A job that may not be preempted may not
