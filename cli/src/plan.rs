@@ -37,6 +37,9 @@ pub fn run(args: &PlanArgs) -> Result<()> {
     let teams: TeamsFile = read(&args.teams)?;
     let jobs: JobsFile = read(&args.jobs)?;
     let scenario = Scenario::build(&cluster, &teams, &jobs).context("building the scenario")?;
+    for (flavor, nominal, capacity) in scenario.state.overcommitted() {
+        eprintln!("qm: warning: {}", render::overcommitted(&flavor, nominal, capacity));
+    }
     let plan = schedule(&scenario.state, &scenario.policy, scenario.now_ms);
     let stale = verify(&plan.decisions, &scenario.state, scenario.now_ms);
     anyhow::ensure!(stale.is_empty(), "internal error: the plan fails its own verification: {stale:?}");

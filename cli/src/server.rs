@@ -244,8 +244,8 @@ async fn local_agent(
             lending_limit: None,
         })
         .collect();
-    set_team(target, Team { name: DEV_TEAM.into(), weight: 1.0, quotas }).await?;
     wait_for_nodes(target, 1).await?;
+    set_team(target, Team { name: DEV_TEAM.into(), weight: 1.0, quotas }).await?;
     Ok(flavors.into_iter().map(|(f, n)| (f.to_string(), n)).collect())
 }
 

@@ -22,6 +22,7 @@ fn help_and_version() {
 fn the_example_plan_shows_a_reclaim_and_a_within_team_preemption_with_reasons() {
     let out = qm(&EXAMPLE);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains("warning"), "the example's nominals fit: {}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("\"research-ablation\" (team research, priority 0) for job 4: Reclaim"), "{stdout}");
     assert!(stdout.contains("\"product-sweep\" (team product, priority 0) for job 4: WithinTeam"), "{stdout}");
@@ -290,4 +291,16 @@ fn client_flags_show_only_on_client_commands_and_completions_print() {
         let script = qm(&["completions", shell]);
         assert!(script.status.success() && text(&script.stdout).contains("priority-class"), "{shell}");
     }
+}
+
+#[test]
+fn qm_plan_warns_when_nominal_quotas_add_up_past_the_cluster() {
+    let case = "core/testdata/every_team_gets_a_turn";
+    let (cluster, teams, jobs) =
+        (format!("{case}/cluster.toml"), format!("{case}/teams.toml"), format!("{case}/jobs.toml"));
+    let out = qm(&["plan", "--cluster", &cluster, "--teams", &teams, "--jobs", &jobs]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let expected = "qm: warning: gpu/nvidia-b200: the teams' nominal quotas add up to 64 device(s), more than the 0 \
+                    the cluster has: not every team can have its nominal at once\n";
+    assert_eq!(text(&out.stderr), expected);
 }

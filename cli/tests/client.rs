@@ -22,6 +22,8 @@ fn dev_serves_the_client_commands() {
         ["quota", "set", &server, "--team", "research", "--flavor", "gpu/nvidia-h100-80gb-hbm3", "--nominal", "8"];
     let set = qm(&quota);
     assert!(set.status.success(), "{}", text(&set.stderr));
+    let warning = "gpu/nvidia-h100-80gb-hbm3: the teams' nominal quotas add up to 8 device(s), more than the 0";
+    assert!(text(&set.stderr).contains(warning), "no node yet: {}", text(&set.stderr));
     let submitted =
         qm(&["submit", &server, "--team", "research", "--gpus", "2", "--name", "hello", "--", "python", "t.py"]);
     assert_eq!(text(&submitted.stdout).trim(), "submitted job 1", "{}", text(&submitted.stderr));

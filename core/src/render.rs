@@ -13,6 +13,14 @@ fn job_label(state: &State, id: JobId) -> String {
     }
 }
 
+/// The warning for a flavor whose nominal quotas add up past the cluster's devices.
+pub fn overcommitted(flavor: &crate::resource::Flavor, nominal: u64, capacity: u64) -> String {
+    format!(
+        "{flavor}: the teams' nominal quotas add up to {nominal} device(s), more than the {capacity} \
+         the cluster has: not every team can have its nominal at once"
+    )
+}
+
 /// One line for a quota refusal.
 pub fn quota_denial(d: &QuotaDenial) -> String {
     match d {

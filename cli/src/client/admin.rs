@@ -333,14 +333,17 @@ pub async fn wait_for_nodes(t: &Target, count: usize) -> Result<()> {
         .into())
 }
 
-/// Creates or replaces a team.
+/// Creates or replaces a team; the server's warnings (overcommitted nominals) go to stderr.
 pub async fn set_team(t: &Target, team: Team) -> Result<()> {
     let req = SetTeamRequest { team: Some(team) };
-    call(t, |c| {
+    let r = call(t, |c| {
         let req = req.clone();
         async move { admin_client(c).set_team(req).await }
     })
     .await?;
+    for w in r.warnings {
+        eprintln!("qm: warning: {w}");
+    }
     Ok(())
 }
 

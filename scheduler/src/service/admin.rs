@@ -98,8 +98,17 @@ impl AdminService for AdminServer {
     async fn set_team(&self, request: Request<SetTeamRequest>) -> Result<Response<SetTeamResponse>, Status> {
         let team = request.into_inner().team.ok_or_else(|| Status::invalid_argument("team: required"))?;
         let team = team_from(&team).map_err(|e| Status::invalid_argument(format!("team.{e}")))?;
+        let flavors: Vec<qm_core::Flavor> = team.quotas.keys().cloned().collect();
         self.write(Command::SetTeam { team }).await?;
-        Ok(Response::new(SetTeamResponse {}))
+        let fsm = self.node.fsm();
+        let warnings = fsm
+            .state
+            .overcommitted()
+            .into_iter()
+            .filter(|(f, _, _)| flavors.contains(f))
+            .map(|(f, nominal, capacity)| qm_core::render::overcommitted(&f, nominal, capacity))
+            .collect();
+        Ok(Response::new(SetTeamResponse { warnings }))
     }
 
     async fn list_teams(&self, request: Request<ListTeamsRequest>) -> Result<Response<ListTeamsResponse>, Status> {
