@@ -127,6 +127,11 @@ struct Loaded {
 
 fn load(c: &Common) -> Result<Loaded> {
     let cluster = Cluster::load(&c.cluster).map_err(anyhow::Error::msg).context("--cluster")?;
+    let capacity = cluster.capacity();
+    let devices = |f: &qm_core::Flavor| u64::from(capacity.get(f).copied().unwrap_or(0));
+    for (flavor, nominal, capacity) in qm_core::quota::overcommitted(&cluster.teams, devices) {
+        eprintln!("qm: warning: {}", qm_core::render::overcommitted(&flavor, nominal, capacity));
+    }
     let placement: Placement = c.placement.parse().map_err(anyhow::Error::msg).context("--placement")?;
     let (mut jobs, skipped) = if c.format == "synthetic" {
         let text = std::fs::read_to_string(&c.trace).with_context(|| format!("reading {}", c.trace.display()))?;

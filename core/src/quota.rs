@@ -3,7 +3,26 @@
 //! idle, lendable nominal of other teams, up to its borrowing limit.
 
 use crate::plan::QuotaDenial;
-use crate::team::FlavorQuota;
+use crate::resource::Flavor;
+use crate::team::{FlavorQuota, TeamSpec};
+use std::collections::BTreeMap;
+
+/// Flavors whose teams' nominal quotas add up to more than `capacity` gives for the flavor:
+/// (flavor, the sum, the capacity).
+pub fn overcommitted<'a>(
+    teams: impl IntoIterator<Item = &'a TeamSpec>,
+    capacity: impl Fn(&Flavor) -> u64,
+) -> Vec<(Flavor, u64, u64)> {
+    let mut nominal: BTreeMap<&Flavor, u64> = BTreeMap::new();
+    for (f, q) in teams.into_iter().flat_map(|t| &t.quotas) {
+        *nominal.entry(f).or_default() += u64::from(q.nominal);
+    }
+    nominal
+        .into_iter()
+        .map(|(f, sum)| (f.clone(), sum, capacity(f)))
+        .filter(|(_, sum, capacity)| sum > capacity)
+        .collect()
+}
 
 /// How a request is admitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

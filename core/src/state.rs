@@ -252,15 +252,7 @@ impl State {
     /// devices of the flavor, with the sum and the capacity: there, not every team can have its
     /// nominal at once, and a team's guarantee holds only while others leave theirs unused.
     pub fn overcommitted(&self) -> Vec<(Flavor, u64, u64)> {
-        let mut nominal: BTreeMap<&Flavor, u64> = BTreeMap::new();
-        for q in self.data.teams.values().flat_map(|t| &t.quotas) {
-            *nominal.entry(q.0).or_default() += u64::from(q.1.nominal);
-        }
-        nominal
-            .into_iter()
-            .map(|(f, sum)| (f.clone(), sum, self.capacity.get(f).copied().unwrap_or(0)))
-            .filter(|(_, sum, capacity)| sum > capacity)
-            .collect()
+        crate::quota::overcommitted(self.data.teams.values(), |f| self.capacity.get(f).copied().unwrap_or(0))
     }
 
     /// Quota totals per flavor over all teams, at the current usage (flavors whose totals are
