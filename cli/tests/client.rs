@@ -30,6 +30,12 @@ fn dev_serves_the_client_commands() {
     let bad = qm(&["submit", &server, "--team", "research", "--gpus", "0", "--", "true"]);
     assert!(text(&bad.stderr).contains("jobs[0].gang.devices.count"), "{}", text(&bad.stderr));
     assert_eq!(bad.status.code(), Some(2), "an invalid request is a usage error");
+    let models = ["--model", "nvidia-h100-80gb-hbm3", "--model", "nvidia-h1OO"];
+    let typo = qm(&[&["submit", &server, "--team", "research"][..], &models, &["--", "true"]].concat());
+    assert_eq!(typo.status.code(), Some(2));
+    let expected =
+        "jobs[0].gang.devices.models[1]: no flavor gpu/nvidia-h1OO in team \"research\"'s quota or in the cluster";
+    assert!(text(&typo.stderr).contains(expected), "{}", text(&typo.stderr));
     let listed = json(&qm(&["jobs", &server, "--json"]));
     assert_eq!(listed.as_array().map(Vec::len), Some(1));
     assert_eq!((listed[0]["devices"].as_u64(), listed[0]["state"].as_str()), (Some(2), Some("pending")));

@@ -79,7 +79,7 @@ fn unschedulable(attempts: &[FlavorAttempt], preemption: Option<&str>) -> String
 
 /// Whether no node in service has the flavor while some nodes are out of service (cordoned,
 /// draining or lost): bringing those back is then the first thing to try.
-fn unavailable(c: &NodeFilterCounts) -> bool {
+pub(crate) fn unavailable(c: &NodeFilterCounts) -> bool {
     let in_service = c.nodes - c.not_ready - c.cordoned;
     c.not_ready + c.cordoned > 0 && c.no_flavor == in_service
 }

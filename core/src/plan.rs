@@ -124,6 +124,9 @@ pub struct NodeFilterCounts {
     pub fit: u32,
     /// Replicas all fitting nodes could take together.
     pub replicas_fit: u32,
+    /// Rejected: fewer devices of the flavor in all than one replica needs (healthy or not).
+    #[serde(default)]
+    pub too_small: u32,
 }
 
 /// What happened when a flavor was tried for a job.

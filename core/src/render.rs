@@ -46,6 +46,7 @@ pub fn node_counts(c: &NodeFilterCounts) -> String {
         (c.not_ready, "lost"),
         (c.cordoned, "cordoned or draining"),
         (c.no_flavor, "without the flavor"),
+        (c.too_small, "with fewer devices of the flavor than one replica needs"),
         (c.unhealthy, "too few healthy devices"),
         (c.busy, "too few free devices"),
         (c.cpu, "too little CPU"),
@@ -71,6 +72,9 @@ pub fn report(state: &State, r: &PlacementReport) -> String {
     for a in &r.attempts {
         let why = match &a.outcome {
             AttemptOutcome::Quota(d) => quota_denial(d),
+            AttemptOutcome::NeverFits(c) | AttemptOutcome::NoFit(c) if crate::cause::unavailable(c) => {
+                format!("no node in service has the flavor: {}", node_counts(c))
+            }
             AttemptOutcome::NoFit(c) => format!("no fit: {}", node_counts(c)),
             AttemptOutcome::NeverFits(c) => format!("can never fit this cluster: {}", node_counts(c)),
         };

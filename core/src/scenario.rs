@@ -341,6 +341,28 @@ impl TeamsFile {
     }
 }
 
+impl JobsFile {
+    /// What the jobs must agree on among themselves: names given once (the plan names jobs by
+    /// them), and no submission after `now_s` (such a job would not exist yet).
+    pub fn check(&self) -> Result<(), FieldError> {
+        if let Some((first, again)) = repeated(self.jobs.iter().map(|j| j.name.as_str())) {
+            let name = &self.jobs[again].name;
+            return Err(FieldError::new(format!("job[{again}].name"), format!("{name:?} is also job[{first}]'s name")));
+        }
+        match self.jobs.iter().enumerate().find(|(_, j)| j.submit_s.is_some_and(|s| s > self.now_s)) {
+            Some((i, j)) => Err(FieldError::new(
+                format!("job[{i}].submit_s"),
+                format!(
+                    "{} is after now_s {}: the job would not be submitted yet",
+                    j.submit_s.unwrap_or(0),
+                    self.now_s
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
 impl JobFile {
     /// The job as a core spec.
     pub fn spec(&self) -> Result<JobSpec, FieldError> {
@@ -389,15 +411,21 @@ impl Scenario {
             }
         }
         let now_ms = jobs.now_s.saturating_mul(1000);
-        let specs = |want: ScenarioJobState| -> Result<Vec<(usize, JobSpec)>, ApplyError> {
+        jobs.check().map_err(|e| field("jobs", e))?;
+        let specs = |state: &State, want: ScenarioJobState| -> Result<Vec<(usize, JobSpec)>, ApplyError> {
             let mut out = Vec::new();
             for (i, j) in jobs.jobs.iter().enumerate().filter(|(_, j)| j.state == want) {
-                out.push((i, j.spec().map_err(|e| field(&format!("jobs.job[{i}]"), e))?));
+                let spec = j.spec().map_err(|e| field(&format!("jobs.job[{i}]"), e))?;
+                if let Some(e) = state.unknown_model(&spec) {
+                    return Err(field(&format!("jobs.job[{i}]"), e));
+                }
+                out.push((i, spec));
             }
             Ok(out)
         };
-        Self::start_running(&mut state, specs(ScenarioJobState::Running)?, &teams.policy)?;
-        for (i, spec) in specs(ScenarioJobState::Pending)? {
+        let (running, pending) = (specs(&state, ScenarioJobState::Running)?, specs(&state, ScenarioJobState::Pending)?);
+        Self::start_running(&mut state, running, &teams.policy)?;
+        for (i, spec) in pending {
             let at_ms = jobs.jobs[i].submit_s.map_or(now_ms, |s| s.saturating_mul(1000));
             state.apply(Command::Submit { jobs: vec![spec], at_ms }).map_err(|e| in_job(e, i))?;
         }

@@ -248,6 +248,28 @@ impl State {
         &self.capacity
     }
 
+    /// A model that job `spec` lists beside one that exists, and that neither its team's quota
+    /// nor the cluster has, as a field error naming its place (`gang.devices.models[1]: ...`):
+    /// most likely a typo. (A list of unknown models alone is refused by `apply`, with the
+    /// flavors the team and the cluster have.) Checked where requests come in (the API, scenario files), not
+    /// in `apply`, so that logs written before the check replay the same.
+    pub fn unknown_model(&self, spec: &crate::job::JobSpec) -> Option<crate::error::FieldError> {
+        let req = &spec.gang.devices;
+        let team = self.data.teams.get(&spec.team)?;
+        let known = |m: &str| {
+            let is = |f: &Flavor| f.kind == req.kind && &*f.model == m;
+            team.quotas.keys().any(is) || self.capacity.keys().any(is)
+        };
+        if !req.models.iter().any(|m| known(m)) {
+            return None;
+        }
+        let (k, model) = req.models.iter().enumerate().find(|(_, m)| !known(m))?;
+        Some(crate::error::FieldError::new(
+            format!("gang.devices.models[{k}]"),
+            format!("no flavor {}/{model} in team {:?}'s quota or in the cluster", req.kind, spec.team.as_str()),
+        ))
+    }
+
     /// Flavors whose teams' nominal quotas add up to more than the cluster's schedulable healthy
     /// devices of the flavor, with the sum and the capacity: there, not every team can have its
     /// nominal at once, and a team's guarantee holds only while others leave theirs unused.

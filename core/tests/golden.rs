@@ -54,4 +54,6 @@ golden!(
     within_team_while_borrowing,
     every_team_gets_a_turn,
     nominal_flavor_first,
+    min_runtime_named,
+    out_of_service_and_too_small,
 );

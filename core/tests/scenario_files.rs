@@ -35,3 +35,28 @@ fn a_team_or_a_priority_class_named_twice_is_refused() {
         Scenario::build(&cluster(&format!("[[pool]]\nname = \"p\"\nmodel = \"m\"\n{POOL}")), &teams(&classes), &jobs);
     assert!(built.unwrap_err().to_string().contains("priority_class[1].name"), "qm plan refuses it too");
 }
+
+fn build(jobs: &str) -> Result<Scenario, String> {
+    let cluster = cluster(&format!("[[pool]]\nname = \"dgx\"\nmodel = \"nvidia-h100-80gb-hbm3\"\n{POOL}"));
+    let teams =
+        teams("[[team]]\nname = \"vision\"\n[[team.quota]]\nflavor = \"gpu/nvidia-h100-80gb-hbm3\"\nnominal = 8\n");
+    let jobs: JobsFile = toml::from_str(jobs).unwrap();
+    Scenario::build(&cluster, &teams, &jobs).map_err(|e| e.to_string())
+}
+
+#[test]
+fn jobs_named_twice_submitted_later_than_now_or_with_an_unknown_model_are_refused() {
+    let job =
+        |name: &str, extra: &str| format!("[[job]]\nname = \"{name}\"\nteam = \"vision\"\ndevices = 1\n{extra}\n");
+    assert!(build(&format!("now_s = 10\n{}{}", job("a", ""), job("b", "submit_s = 10"))).is_ok());
+    let twice = build(&format!("now_s = 10\n{}{}", job("a", ""), job("a", ""))).unwrap_err();
+    assert_eq!(twice, "invalid jobs.job[1].name: \"a\" is also job[0]'s name");
+    let later = build(&format!("now_s = 10\n{}", job("a", "submit_s = 11"))).unwrap_err();
+    assert_eq!(later, "invalid jobs.job[0].submit_s: 11 is after now_s 10: the job would not be submitted yet");
+    let models = "models = [\"nvidia-h100-80gb-hbm3\", \"nvidia-h1OO\"]";
+    let typo = build(&format!("now_s = 10\n{}", job("a", models))).unwrap_err();
+    assert_eq!(
+        typo,
+        "invalid jobs.job[0].gang.devices.models[1]: no flavor gpu/nvidia-h1OO in team \"vision\"'s quota or in the cluster"
+    );
+}

@@ -452,6 +452,7 @@ fn counts_to(c: &NodeFilterCounts) -> v1::NodeFilterCounts {
         memory: c.memory,
         fit: c.fit,
         replicas_fit: c.replicas_fit,
+        too_small: c.too_small,
     }
 }
 

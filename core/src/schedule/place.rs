@@ -256,6 +256,8 @@ impl View<'_> {
                 replicas_empty.saturating_add(replicas_fit(shape, healthy, node.cpu_total, node.mem_total));
             if mask == 0 {
                 c.no_flavor += 1;
+            } else if mask.count_ones() < shape.count {
+                c.too_small += 1;
             } else if healthy < shape.count {
                 c.unhealthy += 1;
             } else if free < shape.count {

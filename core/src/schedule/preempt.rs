@@ -167,7 +167,7 @@ impl<'s> Cycle<'s> {
             ));
         }
         if candidates.is_empty() {
-            return Err(format!("no running job of {} may be preempted for it", self.view.flavors[f as usize]));
+            return Err(self.none_preemptible(job, t, f));
         }
         if self.preemption_attempts >= self.policy.max_preemption_attempts_per_cycle {
             return Err("the cycle's preemption search budget is spent".to_owned());
@@ -176,6 +176,36 @@ impl<'s> Cycle<'s> {
         let base = self.partial_nodes(shape);
         let (trial, picks) = self.search(t, shape, &base, &candidates, budget)?;
         Ok(self.take_victims(job, t, f, trial, picks))
+    }
+
+    /// Why no running job may be preempted for `job`: none would qualify, or those that would
+    /// are still within their minimum run time (named, with when the first is free).
+    fn none_preemptible(&self, job: &Job, t: usize, f: FlavorIx) -> String {
+        let (state, policy, now) = (self.view.state, self.policy, self.now_ms);
+        let flavor = &self.view.flavors[f as usize];
+        let qualifies = |j: &Job| match self.view.team_of(j) {
+            Some(team) if team == t => policy.within_team_preemption && j.priority < job.priority,
+            Some(team) => policy.reclaim && state.usage(&j.spec.team, flavor) > self.nominal(team, f),
+            None => false,
+        };
+        let free_at: Vec<u64> = state
+            .running()
+            .iter()
+            .map(|id| &state.jobs()[&id])
+            .filter(|j| j.spec.preemptible && j.assignment.as_ref().is_some_and(|a| &a.flavor == flavor))
+            .filter(|j| !j.preemptible_at(now, policy.min_runtime_ms) && qualifies(j))
+            .filter_map(|j| j.started_ms.map(|s| s.saturating_add(policy.min_runtime_ms)))
+            .collect();
+        match free_at.iter().min() {
+            Some(first) => format!(
+                "no running job of {flavor} may be preempted for it yet: {} that could be ran less than the minimum \
+                 run time ({} s); the first may be preempted in {} s",
+                free_at.len(),
+                policy.min_runtime_ms / 1000,
+                first.saturating_sub(now).div_ceil(1000)
+            ),
+            None => format!("no running job of {flavor} may be preempted for it"),
+        }
     }
 
     /// Adds the cheapest candidates until the preemptor fits, then gives back the unneeded.

@@ -39,6 +39,13 @@ impl JobService for JobServer {
     async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {
         let req = request.into_inner();
         let jobs = submit_from(&req).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        {
+            let fsm = self.node.fsm();
+            let unknown = jobs.iter().enumerate().find_map(|(i, j)| fsm.state.unknown_model(j).map(|e| (i, e)));
+            if let Some((i, e)) = unknown {
+                return Err(Status::invalid_argument(e.within(&format!("jobs[{i}]")).to_string()));
+            }
+        }
         let request_id = (!req.request_id.is_empty()).then_some(req.request_id);
         let out = self.node.propose(Command::Submit { jobs, at_ms: now_ms() }, request_id).await.map_err(status_of)?;
         Ok(Response::new(SubmitResponse { job_ids: out.submitted.iter().map(|j| j.0).collect() }))
