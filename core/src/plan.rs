@@ -163,6 +163,12 @@ pub enum PendingReason {
     },
     /// Jobs preempted earlier are still stopping; their devices are reserved for it.
     WaitingForRelease,
+    /// It waited long for free devices: the free devices of the nodes it needs are held back
+    /// from later jobs (see the attempts for why it does not fit yet).
+    Reserved {
+        /// Devices held back for it this cycle.
+        devices: u32,
+    },
 }
 
 /// Why a pending job was not placed: what `qm why` shows.

@@ -82,6 +82,11 @@ pub struct PolicyConfig {
     /// With `LeastAttained`: a job may preempt running jobs of a higher service level, whatever
     /// the teams' quotas (a baseline, not the production policy).
     pub las_preemption: bool,
+    /// A job within its team's nominal that waited this long for free devices gets a
+    /// reservation (see `schedule/reserve.rs`).
+    pub reserve_after_ms: u64,
+    /// Most reservations one cycle makes; 0 turns reservations off.
+    pub max_reservations_per_cycle: u32,
 }
 
 impl PolicyConfig {
@@ -110,6 +115,8 @@ impl Default for PolicyConfig {
             explain: true,
             las_thresholds_device_s: vec![3_600, 36_000],
             las_preemption: false,
+            reserve_after_ms: 4 * 60 * 60 * 1000,
+            max_reservations_per_cycle: 4,
         }
     }
 }

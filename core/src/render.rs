@@ -67,6 +67,9 @@ pub fn report(state: &State, r: &PlacementReport) -> String {
         PendingReason::Unschedulable => "unschedulable".to_owned(),
         PendingReason::Preempting { victims } => format!("preempting {victims} job(s); starts once they exit"),
         PendingReason::WaitingForRelease => "waiting for preempted jobs to release devices reserved for it".to_owned(),
+        PendingReason::Reserved { devices } => {
+            format!("waited long: {devices} free device(s) of the nodes it needs are held for it")
+        }
     };
     let _ = writeln!(out, "  {} [queue position {}]: {reason}", job_label(state, r.job), r.position);
     for a in &r.attempts {

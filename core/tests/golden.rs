@@ -56,4 +56,6 @@ golden!(
     nominal_flavor_first,
     min_runtime_named,
     out_of_service_and_too_small,
+    reclaim_keeps_the_victim_team_at_nominal,
+    reservation_for_a_waiting_gang,
 );

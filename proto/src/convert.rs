@@ -471,6 +471,10 @@ pub fn report_to(r: &PlacementReport) -> v1::PlacementReport {
             v1::PendingReason::Preempting
         }
         PendingReason::WaitingForRelease => v1::PendingReason::WaitingForRelease,
+        PendingReason::Reserved { devices } => {
+            out.reserved_devices = devices;
+            v1::PendingReason::Reserved
+        }
     } as i32;
     out.attempts = r
         .attempts

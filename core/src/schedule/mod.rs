@@ -4,7 +4,8 @@
 //! A cycle: build a scratch view (`view.rs`); walk the pending jobs in queue order (`queue.rs`);
 //! for each, try its acceptable flavors in preference order: quota admission (`quota.rs`), then
 //! placement on free devices (`place.rs`); if none fits, wait for devices that stopping jobs
-//! are releasing, or search for victims (`preempt.rs`). Jobs of a shape that failed are answered
+//! are releasing, or search for victims (`preempt.rs`), or, for a job that waited long enough,
+//! reserve the nodes it needs (`reserve.rs`). Jobs of a shape that failed are answered
 //! from a per-cycle cache: capacity only shrinks within a cycle, so the answer stands.
 
 mod nodes;
@@ -12,6 +13,7 @@ mod overlay;
 mod place;
 mod preempt;
 mod queue;
+mod reserve;
 mod rows;
 mod view;
 
@@ -59,6 +61,7 @@ pub fn schedule_with(state: &State, policy: &PolicyConfig, now_ms: u64, scratch:
         victim_devices: None,
         running: None,
         preemption_attempts: 0,
+        reservations: 0,
     };
     cycle.plan.decisions.expired = state.expired(now_ms).collect();
     cycle.run();
@@ -117,6 +120,8 @@ enum Verdict {
     Preempting(u32),
     Waiting,
     Unschedulable(Rc<Failure>),
+    /// Unschedulable, and devices were reserved for it (how many).
+    Reserved(Rc<Failure>, u32),
 }
 
 /// A cycle's memos are built at their first entry (`None` until then): a cycle that only
@@ -134,6 +139,8 @@ pub(crate) struct Cycle<'s> {
     victim_devices: Option<BTreeMap<(usize, FlavorIx), u32>>,
     running: Option<BTreeMap<FlavorIx, Vec<preempt::Candidate<'s>>>>,
     preemption_attempts: u32,
+    /// Reservations made so far.
+    reservations: u32,
 }
 
 impl<'s> Cycle<'s> {
@@ -187,7 +194,10 @@ impl<'s> Cycle<'s> {
         }
         let failure = Rc::new(Failure { attempts, preemption });
         self.failed.get_or_insert_default().insert(Self::key(job, t, flavors), Rc::clone(&failure));
-        Verdict::Unschedulable(failure)
+        match self.reserve_for_waiting(job, t, &ordered, &failure) {
+            Some(devices) => Verdict::Reserved(failure, devices),
+            None => Verdict::Unschedulable(failure),
+        }
     }
 
     /// The flavors to try, in order. A job that names models tries them in its order; one that

@@ -55,13 +55,13 @@ fn per(resource: u64, need: u64) -> u64 {
 }
 
 /// Replicas of `shape` that fit in `devices` free devices and the given CPU and memory.
-fn replicas_fit(shape: &Shape, devices: u32, cpu: u64, mem: u64) -> u32 {
+pub(crate) fn replicas_fit(shape: &Shape, devices: u32, cpu: u64, mem: u64) -> u32 {
     let by_devices = u64::from(devices / shape.count);
     by_devices.min(per(cpu, shape.cpu)).min(per(mem, shape.mem)) as u32
 }
 
 /// The lowest `k` set bits of `mask`.
-fn lowest_bits(mut mask: u64, k: u32) -> u64 {
+pub(crate) fn lowest_bits(mut mask: u64, k: u32) -> u64 {
     let mut out = 0;
     for _ in 0..k {
         let bit = mask & mask.wrapping_neg();

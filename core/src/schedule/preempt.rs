@@ -81,8 +81,9 @@ impl<'s> Cycle<'s> {
                 .cloned()
                 .collect();
         }
-        let reclaim =
-            eligible.clone().filter(|c| c.team != t && policy.reclaim && self.reclaimable(c, f, &Trial::default()));
+        let reclaim = eligible
+            .clone()
+            .filter(|c| c.team != t && policy.reclaim && self.reclaimable(c, f, &Trial::default(), false));
         let own = eligible.filter(|c| c.team == t && policy.within_team_preemption && c.job.priority < job.priority);
         reclaim.chain(own).take(limit).cloned().collect()
     }
@@ -140,12 +141,15 @@ impl<'s> Cycle<'s> {
     }
 
     /// Whether victim `c` of another team may be taken: its team holds more than its nominal,
-    /// counting what it will hold once the victims chosen so far exit. Usage is the committed
-    /// one: work placed in this very cycle is not running yet and cannot be a victim, so it
-    /// must not make an older job look borrowed.
-    fn reclaimable(&self, c: &Candidate<'_>, f: FlavorIx, trial: &Trial<'_>) -> bool {
+    /// counting what it will hold once the victims chosen so far exit; with `keep_nominal`, it
+    /// must still hold at least its nominal once `c` exits too. Usage is the committed one: work
+    /// placed in this very cycle is not running yet and cannot be a victim, so it must not make
+    /// an older job look borrowed.
+    fn reclaimable(&self, c: &Candidate<'_>, f: FlavorIx, trial: &Trial<'_>, keep_nominal: bool) -> bool {
         let committed = self.view.state.usage(&c.job.spec.team, &self.view.flavors[f as usize]);
-        committed.saturating_sub(self.removed(trial, c.team, f)) > self.nominal(c.team, f)
+        let kept = committed.saturating_sub(self.removed(trial, c.team, f));
+        let nominal = self.nominal(c.team, f);
+        kept > nominal && (!keep_nominal || kept.saturating_sub(c.job.spec.gang.total_devices()) >= nominal)
     }
 
     /// Searches a minimal set of whole gangs whose preemption makes room for `job` (of team row
@@ -174,7 +178,9 @@ impl<'s> Cycle<'s> {
         }
         self.preemption_attempts += 1;
         let base = self.partial_nodes(shape);
-        let (trial, picks) = self.search(t, shape, &base, &candidates, budget)?;
+        let (trial, picks) = self
+            .search(t, shape, &base, &candidates, budget, true)
+            .or_else(|_| self.search(t, shape, &base, &candidates, budget, false))?;
         Ok(self.take_victims(job, t, f, trial, picks))
     }
 
@@ -208,7 +214,10 @@ impl<'s> Cycle<'s> {
         }
     }
 
-    /// Adds the cheapest candidates until the preemptor fits, then gives back the unneeded.
+    /// Adds the cheapest candidates until the preemptor fits, then gives back the unneeded. With
+    /// `keep_nominal`, no victim may leave its team under its nominal (the first search; the
+    /// second, only when the first found no room, allows it, so that a team's guarantee is not
+    /// held hostage by another team's large borrowing job).
     fn search(
         &self,
         t: usize,
@@ -216,6 +225,7 @@ impl<'s> Cycle<'s> {
         base: &[u32],
         candidates: &[Candidate<'s>],
         budget: usize,
+        keep_nominal: bool,
     ) -> Result<(Trial<'s>, Vec<Pick>), String> {
         let mut trial = Trial::default();
         let mut picks = None;
@@ -223,7 +233,7 @@ impl<'s> Cycle<'s> {
             if self.victim_count() + trial.chosen.len() >= budget {
                 break;
             }
-            if !self.las() && c.team != t && !self.reclaimable(c, shape.flavor, &trial) {
+            if !self.las() && c.team != t && !self.reclaimable(c, shape.flavor, &trial, keep_nominal) {
                 continue;
             }
             trial.chosen.push(c.clone());

@@ -290,9 +290,13 @@ proptest! {
 }
 
 /// Jobs ahead of the new one in queue order may take the free device, the victims or the
-/// devices being released first; the property asks that the capacity went to somebody.
+/// devices being released first, or hold free devices in a reservation (for work within its
+/// own team's nominal); the property asks that the capacity went to somebody.
 fn earlier_took_it(plan: &Plan, id: JobId) -> bool {
-    use crate::plan::PendingReason::{Preempting, WaitingForRelease};
+    use crate::plan::PendingReason::{Preempting, Reserved, WaitingForRelease};
     plan.decisions.placements.iter().any(|p| p.job != id)
-        || plan.reports.iter().any(|r| r.job != id && matches!(r.reason, Preempting { .. } | WaitingForRelease))
+        || plan
+            .reports
+            .iter()
+            .any(|r| r.job != id && matches!(r.reason, Preempting { .. } | WaitingForRelease | Reserved { .. }))
 }

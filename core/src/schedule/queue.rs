@@ -175,6 +175,7 @@ impl<'s> Cycle<'s> {
             Verdict::Preempting(victims) => self.report(job, position, PendingReason::Preempting { victims }, None),
             Verdict::Waiting => self.report(job, position, PendingReason::WaitingForRelease, None),
             Verdict::Unschedulable(f) => self.report(job, position, PendingReason::Unschedulable, Some(f)),
+            Verdict::Reserved(f, devices) => self.report(job, position, PendingReason::Reserved { devices }, Some(f)),
         }
         self.policy.queueing != QueueingStrategy::StrictFifo
     }
