@@ -22,6 +22,9 @@ fn dev_serves_the_client_commands() {
         ["quota", "set", &server, "--team", "research", "--flavor", "gpu/nvidia-h100-80gb-hbm3", "--nominal", "8"];
     let set = qm(&quota);
     assert!(set.status.success(), "{}", text(&set.stderr));
+    let zero = qm(&[&quota[..], &["--weight", "0"]].concat());
+    assert_eq!(zero.status.code(), Some(2), "a weight of 0 is refused, not read as absent");
+    assert!(text(&zero.stderr).contains("--weight: must be in (0, 1000], got 0"), "{}", text(&zero.stderr));
     let warning = "gpu/nvidia-h100-80gb-hbm3: the teams' nominal quotas add up to 8 device(s), more than the 0";
     assert!(text(&set.stderr).contains(warning), "no node yet: {}", text(&set.stderr));
     let submitted =

@@ -307,6 +307,10 @@ pub(super) async fn quota(t: &Target, cmd: &QuotaCommand) -> Result<()> {
 }
 
 async fn quota_set(t: &Target, team: &str, quota: FlavorQuota, weight: Option<f64>) -> Result<()> {
+    if let Some(w) = weight.filter(|w| !(w.is_finite() && *w > 0.0 && *w <= 1000.0)) {
+        // The wire reads a weight of 0 as "absent" (1): refuse it here rather than set 1.
+        return Err(Failure::usage(format!("--weight: must be in (0, 1000], got {w}")));
+    }
     let existing = list_teams(t).await?.into_iter().filter_map(|s| s.team).find(|x| x.name == team);
     let mut spec = existing.unwrap_or(Team { name: team.to_owned(), weight: 1.0, quotas: vec![] });
     spec.quotas.retain(|q| q.flavor != quota.flavor);
