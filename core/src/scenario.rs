@@ -8,8 +8,9 @@
 
 use crate::command::Command;
 use crate::error::{ApplyError, FieldError};
-use crate::ids::{DeviceId, NodeId, TeamId};
+use crate::ids::{DeviceId, JobId, NodeId, TeamId};
 use crate::job::{DeviceRequest, GangSpec, JobSpec, StopSignal};
+use crate::plan::{Decisions, Preemption, PreemptionRule};
 use crate::policy::PolicyConfig;
 use crate::resource::{AcceleratorKind, Device, Flavor, Health, NodeSpec, RACK_LABEL};
 use crate::schedule::schedule;
@@ -188,6 +189,9 @@ pub struct JobFile {
     pub state: ScenarioJobState,
     /// Submission time of a pending job, in seconds; default `now_s`.
     pub submit_s: Option<u64>,
+    /// With `state = "preempted"`: the name of the pending job it was preempted for.
+    #[serde(default)]
+    pub preempted_for: Option<String>,
     /// The command each replica runs; `sleep infinity` when absent.
     #[serde(default)]
     pub command: Vec<String>,
@@ -197,7 +201,7 @@ fn gpu() -> String {
     "gpu".to_owned()
 }
 
-/// Whether a scenario job is already running.
+/// Where a scenario job is when the cycle runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ScenarioJobState {
@@ -206,6 +210,19 @@ pub enum ScenarioJobState {
     Pending,
     /// Placed and started at time 0.
     Running,
+    /// Placed and started at time 0, then cancelled at `now_s`: it holds its devices until it
+    /// exits.
+    Stopping,
+    /// Placed and started at time 0, then preempted at `now_s` for the pending job that
+    /// `preempted_for` names: it holds its devices, reserved for that job, until it exits.
+    Preempted,
+}
+
+impl ScenarioJobState {
+    /// Whether the job was placed and started at time 0.
+    fn started(self) -> bool {
+        !matches!(self, Self::Pending)
+    }
 }
 
 /// A scenario ready for a cycle.
@@ -412,9 +429,9 @@ impl Scenario {
         }
         let now_ms = jobs.now_s.saturating_mul(1000);
         jobs.check().map_err(|e| field("jobs", e))?;
-        let specs = |state: &State, want: ScenarioJobState| -> Result<Vec<(usize, JobSpec)>, ApplyError> {
+        let specs = |state: &State, started: bool| -> Result<Vec<(usize, JobSpec)>, ApplyError> {
             let mut out = Vec::new();
-            for (i, j) in jobs.jobs.iter().enumerate().filter(|(_, j)| j.state == want) {
+            for (i, j) in jobs.jobs.iter().enumerate().filter(|(_, j)| j.state.started() == started) {
                 let spec = j.spec().map_err(|e| field(&format!("jobs.job[{i}]"), e))?;
                 if let Some(e) = state.unknown_model(&spec) {
                     return Err(field(&format!("jobs.job[{i}]"), e));
@@ -423,20 +440,73 @@ impl Scenario {
             }
             Ok(out)
         };
-        let (running, pending) = (specs(&state, ScenarioJobState::Running)?, specs(&state, ScenarioJobState::Pending)?);
-        Self::start_running(&mut state, running, &teams.policy)?;
+        let (running, pending) = (specs(&state, true)?, specs(&state, false)?);
+        let mut ids = Self::start_running(&mut state, running, &teams.policy)?;
         for (i, spec) in pending {
             let at_ms = jobs.jobs[i].submit_s.map_or(now_ms, |s| s.saturating_mul(1000));
-            state.apply(Command::Submit { jobs: vec![spec], at_ms }).map_err(|e| in_job(e, i))?;
+            let out = state.apply(Command::Submit { jobs: vec![spec], at_ms }).map_err(|e| in_job(e, i))?;
+            ids.push((i, out.submitted[0]));
         }
+        Self::stop(&mut state, jobs, &ids, now_ms)?;
         Ok(Self { state, policy: teams.policy.clone(), now_ms })
+    }
+
+    /// Cancels the `stopping` jobs and preempts the `preempted` ones, at `now_ms`; `ids` gives
+    /// each job's id by its place in the file.
+    fn stop(state: &mut State, jobs: &JobsFile, ids: &[(usize, JobId)], now_ms: u64) -> Result<(), ApplyError> {
+        let id_of = |i: usize| ids.iter().find(|(j, _)| *j == i).map(|(_, id)| *id);
+        for (i, j) in jobs.jobs.iter().enumerate() {
+            let at = |f: &str| format!("jobs.job[{i}].{f}");
+            let victim = id_of(i).expect("every job was submitted");
+            match (j.state, &j.preempted_for) {
+                (ScenarioJobState::Stopping, None) => {
+                    state.apply(Command::Cancel { job: victim, at_ms: now_ms })?;
+                }
+                (ScenarioJobState::Preempted, Some(name)) => {
+                    let preemptor = jobs
+                        .jobs
+                        .iter()
+                        .position(|p| &p.name == name && p.state == ScenarioJobState::Pending)
+                        .and_then(id_of)
+                        .ok_or_else(|| {
+                            ApplyError::Invalid(FieldError::new(
+                                at("preempted_for"),
+                                format!("no pending job {name:?}"),
+                            ))
+                        })?;
+                    let same_team = jobs.jobs.iter().any(|p| &p.name == name && p.team == j.team);
+                    let rule = if same_team { PreemptionRule::WithinTeam } else { PreemptionRule::Reclaim };
+                    let decisions =
+                        Decisions { preemptions: vec![Preemption { victim, preemptor, rule }], ..Decisions::default() };
+                    let out = state.apply(Command::ApplyPlan { decisions, at_ms: now_ms })?;
+                    if let Some(r) = out.rejected.first() {
+                        let why = format!("the preemption is refused: {:?}", r.reason);
+                        return Err(ApplyError::Invalid(FieldError::new(at("preempted_for"), why)));
+                    }
+                }
+                (ScenarioJobState::Preempted, None) => {
+                    return Err(ApplyError::Invalid(FieldError::new(
+                        at("preempted_for"),
+                        "required with state = \"preempted\"",
+                    )));
+                }
+                (_, Some(_)) => {
+                    return Err(ApplyError::Invalid(FieldError::new(
+                        at("preempted_for"),
+                        "only with state = \"preempted\"",
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     fn start_running(
         state: &mut State,
         running: Vec<(usize, JobSpec)>,
         policy: &PolicyConfig,
-    ) -> Result<(), ApplyError> {
+    ) -> Result<Vec<(usize, JobId)>, ApplyError> {
         let mut ids = Vec::new();
         for (i, spec) in running {
             let out = state.apply(Command::Submit { jobs: vec![spec], at_ms: 0 }).map_err(|e| in_job(e, i))?;
@@ -444,15 +514,15 @@ impl Scenario {
         }
         let plan = schedule(state, policy, 0);
         state.apply(Command::ApplyPlan { decisions: plan.decisions, at_ms: 0 })?;
-        for (i, id) in ids {
+        for &(i, id) in &ids {
             state.apply(Command::JobStarted { job: id, attempt: None, at_ms: 0 }).map_err(|_| {
                 ApplyError::Invalid(FieldError::new(
                     format!("jobs.job[{i}].state"),
-                    "running, but it does not fit the cluster at time 0",
+                    "started, but it does not fit the cluster at time 0",
                 ))
             })?;
         }
-        Ok(())
+        Ok(ids)
     }
 }
 

@@ -58,4 +58,5 @@ golden!(
     out_of_service_and_too_small,
     reclaim_keeps_the_victim_team_at_nominal,
     reservation_for_a_waiting_gang,
+    preempted_and_stopping,
 );

@@ -60,3 +60,17 @@ fn jobs_named_twice_submitted_later_than_now_or_with_an_unknown_model_are_refuse
         "invalid jobs.job[0].gang.devices.models[1]: no flavor gpu/nvidia-h1OO in team \"vision\"'s quota or in the cluster"
     );
 }
+
+#[test]
+fn a_preempted_job_names_a_pending_preemptor() {
+    let running = "[[job]]\nname = \"a\"\nteam = \"vision\"\ndevices = 4\n";
+    let pending = "[[job]]\nname = \"b\"\nteam = \"vision\"\ndevices = 4\n";
+    let missing = build(&format!("now_s = 10\n{running}state = \"preempted\"\n")).unwrap_err();
+    assert_eq!(missing, "invalid jobs.job[0].preempted_for: required with state = \"preempted\"");
+    let unknown = build(&format!("now_s = 10\n{running}state = \"preempted\"\npreempted_for = \"zz\"\n")).unwrap_err();
+    assert_eq!(unknown, "invalid jobs.job[0].preempted_for: no pending job \"zz\"");
+    let stray = build(&format!("now_s = 10\n{running}state = \"running\"\npreempted_for = \"b\"\n{pending}")).unwrap_err();
+    assert_eq!(stray, "invalid jobs.job[0].preempted_for: only with state = \"preempted\"");
+    let ok = build(&format!("now_s = 10\n{running}state = \"stopping\"\n{pending}")).unwrap();
+    assert_eq!(ok.state.job(qm_core::JobId(1)).unwrap().state, qm_core::JobState::Stopping);
+}
