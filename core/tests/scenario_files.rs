@@ -69,7 +69,8 @@ fn a_preempted_job_names_a_pending_preemptor() {
     assert_eq!(missing, "invalid jobs.job[0].preempted_for: required with state = \"preempted\"");
     let unknown = build(&format!("now_s = 10\n{running}state = \"preempted\"\npreempted_for = \"zz\"\n")).unwrap_err();
     assert_eq!(unknown, "invalid jobs.job[0].preempted_for: no pending job \"zz\"");
-    let stray = build(&format!("now_s = 10\n{running}state = \"running\"\npreempted_for = \"b\"\n{pending}")).unwrap_err();
+    let stray =
+        build(&format!("now_s = 10\n{running}state = \"running\"\npreempted_for = \"b\"\n{pending}")).unwrap_err();
     assert_eq!(stray, "invalid jobs.job[0].preempted_for: only with state = \"preempted\"");
     let ok = build(&format!("now_s = 10\n{running}state = \"stopping\"\n{pending}")).unwrap();
     assert_eq!(ok.state.job(qm_core::JobId(1)).unwrap().state, qm_core::JobState::Stopping);

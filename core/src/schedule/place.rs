@@ -122,13 +122,19 @@ fn fits_one_group(avail: u64, groups: &[u64], count: u32) -> bool {
 
 impl View<'_> {
     /// Candidate nodes from the free-device index: scanned in bin-pack (or spread) order until
-    /// they can hold the gang and at least `extra` nodes were seen, or until ranking more could
-    /// not change the assignment (see `settles`).
+    /// they can hold the gang and at least `extra` nodes were seen (and, for a gang on a cluster
+    /// with racks, one rack's candidates hold it whole, or every node was seen), or until ranking
+    /// more could not change the assignment (see `settles`).
     pub fn fast_candidates(&self, shape: &Shape, strategy: PlacementStrategy, extra: u32, out: &mut Vec<u32>) {
         out.clear();
         let (low, top) = (shape.count as usize, self.bucket_count(shape.flavor));
         let mut total = 0u32;
-        let mut settled = self.rack_count() == 0 || shape.replicas == 1;
+        let racks = self.rack_count();
+        let mut settled = racks == 0 || shape.replicas == 1;
+        // Replicas each rack's candidates hold (a gang on a cluster with racks): the scan goes on
+        // until one rack holds the whole gang, so that `assign` can keep it in one rack.
+        let mut per_rack = vec![0u32; if settled { 0 } else { racks }];
+        let mut one_rack = settled;
         for i in 0..top.saturating_sub(low) {
             let k = match strategy {
                 PlacementStrategy::BinPack => low + i,
@@ -141,7 +147,11 @@ impl View<'_> {
                     out.push(n);
                     total = total.saturating_add(fits);
                     settled = settled && self.settles(n, shape);
-                    if total >= shape.replicas && (settled || out.len() as u32 >= extra) {
+                    if let Some(held) = node.rack.and_then(|r| per_rack.get_mut(r as usize)) {
+                        *held = held.saturating_add(fits);
+                        one_rack = one_rack || *held >= shape.replicas;
+                    }
+                    if total >= shape.replicas && (settled || (out.len() as u32 >= extra && one_rack)) {
                         return;
                     }
                 }
@@ -283,6 +293,7 @@ mod tests {
     use crate::state::State;
     use crate::testkit::node;
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
     fn candidates(view: &View, shape: &Shape, strategy: PlacementStrategy, extra: u32) -> Vec<u32> {
         let mut out = Vec::new();
@@ -290,8 +301,9 @@ mod tests {
         out
     }
 
-    /// The candidates of a scan that stops only once it holds the gang and saw `extra` nodes:
-    /// `fast_candidates` without its early stop.
+    /// The candidates of a scan that stops only once it holds the gang, saw `extra` nodes, and
+    /// (a gang on a cluster with racks) holds the gang in one rack: `fast_candidates` without
+    /// its early stop.
     fn full_scan(view: &View, shape: &Shape, strategy: PlacementStrategy, extra: u32) -> Vec<u32> {
         let (low, top) = (shape.count as usize, view.bucket_count(shape.flavor));
         let ks: Vec<usize> = match strategy {
@@ -299,6 +311,8 @@ mod tests {
             PlacementStrategy::Spread => (low..top).rev().collect(),
         };
         let (mut out, mut total) = (Vec::new(), 0u32);
+        let mut per_rack: BTreeMap<u32, u32> = BTreeMap::new();
+        let gang_with_racks = view.rack_count() > 0 && shape.replicas > 1;
         for k in ks {
             for &n in view.bucket(shape.flavor, k) {
                 let node = view.node(n);
@@ -306,7 +320,11 @@ mod tests {
                 if fits > 0 {
                     out.push(n);
                     total += fits;
-                    if total >= shape.replicas && out.len() as u32 >= extra {
+                    if let Some(r) = node.rack {
+                        *per_rack.entry(r).or_default() += fits;
+                    }
+                    let one_rack = !gang_with_racks || per_rack.values().any(|&h| h >= shape.replicas);
+                    if total >= shape.replicas && out.len() as u32 >= extra && one_rack {
                         return out;
                     }
                 }

@@ -366,3 +366,17 @@ fn a_one_device_replica_shares_its_node_s_list_of_that_device_and_larger_ones_li
     assert_eq!(positions.len(), 3);
     assert!(positions.windows(2).all(|w| w[0] < w[1]) && !positions.contains(&i), "{positions:?}, single {i}");
 }
+
+#[test]
+fn a_gang_finds_the_rack_that_holds_it_beyond_the_first_candidates() {
+    let mut s = cluster(0, &[("llm", 96, None)]);
+    let racks = ["r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r10"];
+    for (i, rack) in racks.iter().enumerate() {
+        s.apply(Command::RegisterNode { node: node(&format!("n{i:02}"), 8, Some(rack)), at_ms: 0 }).unwrap();
+    }
+    let id = submit(&mut s, job("llm", 2, 8), 0);
+    let plan = schedule(&s, &PolicyConfig::default(), 1);
+    let placed = plan.decisions.placements.iter().find(|p| p.job == id).expect("the gang is placed");
+    let nodes: Vec<&str> = placed.assignment.replicas.iter().map(|r| r.node.as_str()).collect();
+    assert_eq!(nodes, ["n10", "n11"], "rack r10 holds the whole gang, though its nodes come last");
+}
