@@ -60,7 +60,8 @@ fn bad_input_names_the_file_and_the_field() {
     let dir = std::env::temp_dir().join(format!("qm-cli-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let err = plan_with_jobs(&dir, "now_s = 10\n[[job]]\nname = \"x\"\nteam = \"research\"\ndevices = 0\n");
-    assert!(err.contains("jobs.job[0].gang.devices.count"), "{err}");
+    assert!(err.contains("jobs.job[0].devices: must be 1..=64"), "the file's key: {err}");
+    assert_eq!(err.matches("must be 1..=64").count(), 1, "said once: {err}");
     let err = plan_with_jobs(&dir, "now_s = 10\n[[job]]\nname = \"x\"\nteam = \"research\"\ndevices = 1\ncolour = 3\n");
     assert!(err.contains("parsing") && err.contains("colour"), "{err}");
     let err = plan_with_jobs(&dir, "now_s = 10\n[[job]]\nname = \"x\"\nteam = \"nobody\"\ndevices = 1\n");

@@ -31,13 +31,13 @@ fn dev_serves_the_client_commands() {
         qm(&["submit", &server, "--team", "research", "--gpus", "2", "--name", "hello", "--", "python", "t.py"]);
     assert_eq!(text(&submitted.stdout).trim(), "submitted job 1", "{}", text(&submitted.stderr));
     let bad = qm(&["submit", &server, "--team", "research", "--gpus", "0", "--", "true"]);
-    assert!(text(&bad.stderr).contains("jobs[0].gang.devices.count"), "{}", text(&bad.stderr));
+    let said = text(&bad.stderr);
+    assert!(said.contains("qm: --gpus: must be 1..=64 devices per replica, got 0"), "the flag, not the field: {said}");
     assert_eq!(bad.status.code(), Some(2), "an invalid request is a usage error");
     let models = ["--model", "nvidia-h100-80gb-hbm3", "--model", "nvidia-h1OO"];
     let typo = qm(&[&["submit", &server, "--team", "research"][..], &models, &["--", "true"]].concat());
     assert_eq!(typo.status.code(), Some(2));
-    let expected =
-        "jobs[0].gang.devices.models[1]: no flavor gpu/nvidia-h1OO in team \"research\"'s quota or in the cluster";
+    let expected = "--model[1]: no flavor gpu/nvidia-h1OO in team \"research\"'s quota or in the cluster";
     assert!(text(&typo.stderr).contains(expected), "{}", text(&typo.stderr));
     let listed = json(&qm(&["jobs", &server, "--json"]));
     assert_eq!(listed.as_array().map(Vec::len), Some(1));

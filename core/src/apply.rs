@@ -380,7 +380,7 @@ impl State {
     }
 
     fn set_team(&mut self, team: TeamSpec) -> Result<(), ApplyError> {
-        validate_team(&team).map_err(|e| e.within("team"))?;
+        validate_team(&team).map_err(|e| e.within(&format!("team[{:?}]", team.name.as_str())))?;
         self.accounts.open(&team);
         self.data.teams.insert(team.name.clone(), team);
         self.quotas_changed();

@@ -26,12 +26,19 @@ impl FieldError {
     }
 }
 
+impl From<FieldError> for ApplyError {
+    fn from(e: FieldError) -> Self {
+        Self::Invalid(e)
+    }
+}
+
 /// Why `State::apply` refused a command.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum ApplyError {
-    /// The command's content breaks a rule.
+    /// The command's content breaks a rule. (Not the error's source: the message already
+    /// says all of it, and a chain of causes would print it twice.)
     #[error("invalid {0}")]
-    Invalid(#[from] FieldError),
+    Invalid(FieldError),
     /// The job names a team that does not exist.
     #[error("{field}: unknown team \"{team}\"")]
     UnknownTeam {

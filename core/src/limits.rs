@@ -144,7 +144,7 @@ pub fn validate_team(spec: &TeamSpec) -> Result<(), FieldError> {
         if let Some(l) = q.lending_limit {
             if l > q.nominal {
                 return Err(FieldError::new(
-                    format!("quotas.{flavor}.lending_limit"),
+                    format!("quotas[{:?}].lending_limit", flavor.to_string()),
                     format!("{l} is more than nominal {}", q.nominal),
                 ));
             }

@@ -434,7 +434,7 @@ impl Scenario {
             for (i, j) in jobs.jobs.iter().enumerate().filter(|(_, j)| j.state.started() == started) {
                 let spec = j.spec().map_err(|e| field(&format!("jobs.job[{i}]"), e))?;
                 if let Some(e) = state.unknown_model(&spec) {
-                    return Err(field(&format!("jobs.job[{i}]"), e));
+                    return Err(in_job(ApplyError::Invalid(e.within("jobs[0]")), i));
                 }
                 out.push((i, spec));
             }
@@ -526,9 +526,17 @@ impl Scenario {
     }
 }
 
-/// Renames `jobs[0]` (a one-job batch) to the job's place in the file.
+/// The request's paths of a job's gang, as the keys of a `[[job]]` entry.
+const FILE_KEYS: [(&str, &str); 3] =
+    [(".gang.devices.count", ".devices"), (".gang.devices.models", ".models"), (".gang.replicas", ".replicas")];
+
+/// Renames `jobs[0]` (a one-job batch) to the job's place in the file, and the gang's paths to
+/// the file's keys (`jobs.job[2].devices`).
 fn in_job(e: ApplyError, i: usize) -> ApplyError {
-    let at = |f: String| f.replacen("jobs[0]", &format!("jobs.job[{i}]"), 1);
+    let at = |f: String| {
+        let f = f.replacen("jobs[0]", &format!("jobs.job[{i}]"), 1);
+        FILE_KEYS.iter().fold(f, |f, (path, key)| f.replacen(path, key, 1))
+    };
     match e {
         ApplyError::Invalid(f) => ApplyError::Invalid(FieldError::new(at(f.field), f.reason)),
         ApplyError::UnknownTeam { field, team } => ApplyError::UnknownTeam { field: at(field), team },

@@ -57,7 +57,7 @@ fn jobs_named_twice_submitted_later_than_now_or_with_an_unknown_model_are_refuse
     let typo = build(&format!("now_s = 10\n{}", job("a", models))).unwrap_err();
     assert_eq!(
         typo,
-        "invalid jobs.job[0].gang.devices.models[1]: no flavor gpu/nvidia-h1OO in team \"vision\"'s quota or in the cluster"
+        "invalid jobs.job[0].models[1]: no flavor gpu/nvidia-h1OO in team \"vision\"'s quota or in the cluster"
     );
 }
 

@@ -114,7 +114,11 @@ pub async fn submit(t: &Target, args: &SubmitArgs) -> Result<()> {
         let req = req.clone();
         async move { jobs_client(c).submit(req).await }
     })
-    .await?;
+    .await;
+    let r = match r {
+        Err(e) if args.file.is_none() => return Err(in_flag_words(e)),
+        other => other?,
+    };
     if t.json {
         say!("{}", json!({ "job_ids": r.job_ids }));
     } else {
@@ -123,6 +127,28 @@ pub async fn submit(t: &Target, args: &SubmitArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The request's field paths that a flag sets, as the flag (most specific first).
+const FLAG_FIELDS: [(&str, &str); 9] = [
+    ("jobs[0].gang.devices.count", "--gpus"),
+    ("jobs[0].gang.devices.models", "--model"),
+    ("jobs[0].gang.devices", "--kind/--model"),
+    ("jobs[0].gang.replicas", "--replicas"),
+    ("jobs[0].priority_class", "--priority-class"),
+    ("jobs[0].max_retries", "--max-retries"),
+    ("jobs[0].command", "the command"),
+    ("jobs[0].team", "--team"),
+    ("jobs[0].name", "--name"),
+];
+
+/// A refusal of a submission made from flags, naming the flag rather than the request's field.
+fn in_flag_words(e: anyhow::Error) -> anyhow::Error {
+    let Some(f) = e.downcast_ref::<Failure>() else { return e };
+    match FLAG_FIELDS.iter().find(|(field, _)| f.message.starts_with(field)) {
+        Some((field, flag)) => Failure::new(f.exit, format!("{flag}{}", &f.message[field.len()..])).into(),
+        None => e,
+    }
 }
 
 fn file_specs(path: &std::path::Path) -> Result<Vec<JobSpec>> {
