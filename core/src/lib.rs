@@ -66,7 +66,8 @@
 //! - [`error`]: the error type of `apply`.
 //! - [`command`]: `Command`, and the `Outcome` (agent orders, state changes) of applying one.
 //! - [`layout`]: a node's devices as bit masks, and who holds them.
-//! - [`state`]: `State`, its indexes, snapshots to and from bytes, the state hash.
+//! - [`state`]: `State`, its indexes, snapshots to and from bytes, the state hash, and
+//!   `check_invariants` (every derived index against its rebuild).
 //! - `accounts` (private): devices held per team and free per flavor, on dense slots.
 //! - [`queues`]: every team's pending jobs in queue order.
 //! - [`table`]: the job table, indexed by the dense job ids.

@@ -22,6 +22,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
 use thiserror::Error;
 
+mod invariants;
+
 /// Newest snapshot format version; bump on any change of `Persistent`'s encoding. Version 2
 /// is version 1 followed by a trailer of job usage records; a state without usage is written
 /// as version 1, so that releases that know only version 1 read it.

@@ -13,7 +13,7 @@ use crate::trace::synthetic::subseed;
 use crate::trace::TraceJob;
 use crate::SimError;
 use qm_core::{
-    AcceleratorKind, Command, DeviceRequest, Effect, GangSpec, JobId, JobSpec, JobState, NodeId, Outcome, PolicyConfig,
+    AcceleratorKind, Command, DeviceRequest, Effect, GangSpec, JobId, JobSpec, JobState, Outcome, PolicyConfig,
     PriorityClass, QueueOrder, QueueingStrategy, Scratch, State, StopReason, StopSignal, TeamId,
 };
 use rand::rngs::StdRng;
@@ -495,11 +495,6 @@ impl<'a> Sim<'a> {
         let team_busy: Vec<u32> = self.out.teams.iter().map(|id| self.state.team_held(id)).collect();
         let busy = team_busy.iter().map(|&b| u64::from(b)).sum();
         self.out.samples.push(Sample { t_ms: t, busy, queued: self.state.pending_count() as u64, team_busy });
-    }
-
-    /// Node ids of the cluster, for the checks.
-    pub fn node_ids(&self) -> impl Iterator<Item = &NodeId> {
-        self.cluster.nodes.iter().map(|(n, _)| &n.id)
     }
 
     /// Jobs that have arrived.

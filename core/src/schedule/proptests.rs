@@ -12,7 +12,7 @@ use crate::state::State;
 use crate::team::FlavorQuota;
 use crate::testkit::*;
 use proptest::prelude::*;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 const TEAMS: [&str; 3] = ["a", "b", "c"];
 
@@ -148,54 +148,9 @@ fn run(w: &World, mut check: impl FnMut(&State, &State, Option<&Plan>)) -> State
     s
 }
 
-fn check_devices(s: &State) -> Result<(), TestCaseError> {
-    let mut held = BTreeSet::new();
-    for j in s.jobs().values().filter(|j| j.state.holds_devices()) {
-        let a = j.assignment.as_ref().expect("a job holding devices has an assignment");
-        for r in &a.replicas {
-            for d in r.devices.iter() {
-                prop_assert!(held.insert((r.node.clone(), d.clone())), "device {d} on {} held twice", r.node);
-                let alloc = s.alloc(&r.node).unwrap();
-                let i = alloc.layout.device_index(d).unwrap();
-                prop_assert_eq!(alloc.holders[i], Some(j.id));
-            }
-        }
-    }
-    let total: usize = s.nodes().keys().map(|n| s.alloc(n).unwrap().holders.iter().flatten().count()).sum();
-    prop_assert_eq!(total, held.len(), "holders match assignments");
-    let mut free: BTreeMap<Flavor, u64> = BTreeMap::new();
-    for (id, node) in s.nodes().iter().filter(|(_, n)| n.schedulable()) {
-        let holders = &s.alloc(id).unwrap().holders;
-        for (d, h) in node.spec.devices.iter().zip(holders) {
-            if h.is_none() && d.health == crate::resource::Health::Healthy {
-                *free.entry(d.flavor()).or_default() += 1;
-            }
-        }
-    }
-    prop_assert_eq!(free, s.free_by_flavor(), "free-device counters match the nodes");
-    Ok(())
-}
-
-/// The node index, team rows, quota totals and global queues kept between cycles are what
-/// computing them from scratch gives.
-fn check_node_index(s: &State) -> Result<(), TestCaseError> {
-    prop_assert!(
-        s.node_index() == &super::NodeIndex::build(s.nodes(), &s.allocs),
-        "the node index drifted from the state"
-    );
-    prop_assert!(
-        s.node_index().index.iter().all(|f| f.buckets.first().is_none_or(Vec::is_empty)),
-        "a node with no free device of a flavor is in none of its buckets"
-    );
-    let fresh = State::from_bytes(&s.to_bytes()).expect("own snapshot");
-    prop_assert_eq!(s.ledgers(), fresh.ledgers(), "the quota totals drifted from the state");
-    prop_assert_eq!(s.team_rows(), fresh.team_rows(), "the team rows drifted from the state");
-    prop_assert_eq!(s.fifo(), fresh.fifo(), "the global FIFO drifted from the team queues");
-    prop_assert_eq!(s.shortest(), fresh.shortest(), "the shortest-first queue drifted from the team queues");
-    Ok(())
-}
-
-fn check_quotas(s: &State) -> Result<(), TestCaseError> {
+/// The state's own invariants, and the policy's: non-preemptible jobs never borrow.
+fn check_state(s: &State) -> Result<(), TestCaseError> {
+    s.check_invariants().map_err(TestCaseError::fail)?;
     let mut pinned: BTreeMap<(TeamId, Flavor), u32> = BTreeMap::new();
     for j in s.jobs().values().filter(|j| j.state.holds_devices() && !j.spec.preemptible) {
         let f = j.assignment.as_ref().expect("holds devices").flavor.clone();
@@ -203,7 +158,6 @@ fn check_quotas(s: &State) -> Result<(), TestCaseError> {
     }
     for (name, t) in s.teams() {
         for (f, q) in &t.quotas {
-            prop_assert!(u64::from(s.usage(name, f)) <= q.ceiling(), "team {name} over nominal + borrowing");
             let held = pinned.get(&(name.clone(), f.clone())).copied().unwrap_or(0);
             prop_assert!(held <= q.nominal, "team {name}'s non-preemptible jobs hold {held} of {f}: they borrow");
         }
@@ -245,10 +199,7 @@ proptest! {
         let mut failure = Ok(());
         run(&w, |before, after, plan| {
             if failure.is_ok() {
-                failure = check_devices(after)
-                    .and_then(|_| check_quotas(after))
-                    .and_then(|_| check_node_index(after))
-                    .and_then(|_| plan.map_or(Ok(()), |p| check_reclaims(before, p)));
+                failure = check_state(after).and_then(|_| plan.map_or(Ok(()), |p| check_reclaims(before, p)));
             }
         });
         failure?;
