@@ -28,8 +28,21 @@ use std::cmp::Reverse;
 use std::collections::btree_set;
 use std::collections::BinaryHeap;
 
-/// Order key of a team's head job: (borrowing?, weighted share, submitted, id, team slot).
-type HeadKey = (bool, u64, u64, JobId, usize);
+/// Order key of a team's head job; teams are served smallest key first (fields compare in
+/// order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct HeadKey {
+    /// Whether the job must borrow (within-nominal demand goes first).
+    borrowing: bool,
+    /// The team's weighted dominant share of borrowing, in millionths (0 within nominal).
+    share: u64,
+    /// When the job was submitted.
+    submitted: u64,
+    /// The job.
+    id: JobId,
+    /// The team's cursor.
+    slot: usize,
+}
 
 struct TeamCursor<'s> {
     row: usize,
@@ -69,7 +82,7 @@ impl<'s> Cycle<'s> {
         let flavors = &cursor.head.as_ref().expect("just set").1;
         let borrowing = !self.within_nominal(job, cursor.row, flavors);
         let share = if borrowing { self.share(cursor.row) } else { 0 };
-        Some((borrowing, share, submitted, id, slot))
+        Some(HeadKey { borrowing, share, submitted, id, slot })
     }
 
     fn bounded(&self) -> bool {
@@ -107,7 +120,7 @@ impl<'s> Cycle<'s> {
             heap.extend(deferred.drain(..));
             heap.pop()
         }) {
-            let slot = key.4;
+            let slot = key.slot;
             if self.bounded() {
                 break;
             }
