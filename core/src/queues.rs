@@ -11,8 +11,24 @@ use crate::ids::{JobId, TeamId};
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
 
-/// Order of pending jobs within a team: priority (high first), then age, then id.
-pub type QueueKey = (Reverse<i32>, u64, JobId);
+/// Order of pending jobs within a team: priority (high first), then age, then id (fields compare
+/// in that order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct QueueKey {
+    /// The job's priority, reversed: the highest first.
+    pub priority: Reverse<i32>,
+    /// When it was submitted.
+    pub submitted_ms: u64,
+    /// The job.
+    pub id: JobId,
+}
+
+impl QueueKey {
+    /// The key of `job`.
+    pub fn of(job: &crate::job::Job) -> Self {
+        Self { priority: Reverse(job.priority), submitted_ms: job.submitted_ms, id: job.id }
+    }
+}
 
 /// Every team's queue, by the team's slot in the state's accounts (so that queueing a job
 /// finds its team's queue by the job's hint, without a search by name), and the teams with a
@@ -86,7 +102,7 @@ mod tests {
     #[test]
     fn queues_that_emptied_are_not_part_of_equality() {
         let (a, b) = (TeamId::from("a"), TeamId::from("b"));
-        let key = |id| (Reverse(0), 5, JobId(id));
+        let key = |id| QueueKey { priority: Reverse(0), submitted_ms: 5, id: JobId(id) };
         let mut live = TeamQueues::default();
         assert!(live.insert(0, &a, key(1)) && live.insert(1, &b, key(2)));
         assert!(!live.insert(0, &a, key(1)), "already queued");
@@ -102,7 +118,7 @@ mod tests {
 
     #[test]
     fn queues_go_in_name_order_whatever_their_slots() {
-        let key = |id| (Reverse(0), 5, JobId(id));
+        let key = |id| QueueKey { priority: Reverse(0), submitted_ms: 5, id: JobId(id) };
         let mut q = TeamQueues::default();
         for (t, name) in [(2, "c"), (0, "a"), (5, "b")] {
             q.insert(t, &TeamId::from(name), key(u64::from(t)));

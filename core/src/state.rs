@@ -17,7 +17,6 @@ use crate::team::{PriorityClass, TeamSpec};
 use crate::usage::JobUsage;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
 use thiserror::Error;
@@ -231,7 +230,7 @@ impl State {
 
     /// A team's pending jobs in queue order.
     pub fn queue(&self, team: &TeamId) -> impl Iterator<Item = JobId> + '_ {
-        self.queues.get(team).into_iter().flat_map(|q| q.iter().map(|k| k.2))
+        self.queues.get(team).into_iter().flat_map(|q| q.iter().map(|k| k.id))
     }
 
     /// Per-team queues in team order.
@@ -500,7 +499,7 @@ impl State {
 
     pub(crate) fn enqueue(&mut self, id: JobId) {
         let job = &self.data.jobs[&id];
-        let key = (Reverse(job.priority), job.submitted_ms, id);
+        let key = QueueKey::of(job);
         let t = self.accounts.team_of(job).expect("every job's team has a slot");
         self.pending += usize::from(self.queues.insert(t, &job.spec.team, key));
         if let Some(set) = self.fifo.0.get_mut() {
@@ -513,7 +512,7 @@ impl State {
 
     pub(crate) fn dequeue(&mut self, id: JobId) {
         let job = &self.data.jobs[&id];
-        let key = (Reverse(job.priority), job.submitted_ms, id);
+        let key = QueueKey::of(job);
         if let Some(set) = self.fifo.0.get_mut() {
             set.remove(id);
         }
@@ -542,7 +541,7 @@ impl State {
     }
 
     fn pending_ids(&self) -> impl Iterator<Item = JobId> + '_ {
-        self.queues.iter().flat_map(|(_, q)| q).map(|k| k.2)
+        self.queues.iter().flat_map(|(_, q)| q).map(|k| k.id)
     }
 
     /// Marks the devices of a job's assignment as held and charges its team.

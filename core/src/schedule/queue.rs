@@ -76,7 +76,7 @@ impl<'s> Cycle<'s> {
     }
 
     fn head_key(&self, cursor: &mut TeamCursor<'s>, slot: usize) -> Option<HeadKey> {
-        let &(_, submitted, id) = cursor.jobs.next()?;
+        let &QueueKey { submitted_ms: submitted, id, .. } = cursor.jobs.next()?;
         let job = &self.view.state.jobs()[&id];
         cursor.head = Some((job, self.view.acceptable(cursor.row, &job.spec.gang.devices)));
         let flavors = &cursor.head.as_ref().expect("just set").1;
