@@ -59,4 +59,5 @@ golden!(
     reclaim_keeps_the_victim_team_at_nominal,
     reservation_for_a_waiting_gang,
     preempted_and_stopping,
+    minimal_victims_mixed,
 );

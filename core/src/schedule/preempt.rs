@@ -1,9 +1,9 @@
 //! Preemption: a pure, bounded search on the cycle's scratch view (after Kueue): take the
 //! cheapest eligible victims one by one until the preemptor fits, then give back every victim
-//! that is not needed, most expensive first. The preemptor must end within its team's nominal
-//! quota (nobody preempts in order to borrow), or, when all its victims are its own team's, at
-//! no more than the team holds now (a team that borrows may still put its priorities in order,
-//! as long as it borrows no more).
+//! that is not needed, most expensive first, until no victim can be left out. The preemptor
+//! must end within its team's nominal quota (nobody preempts in order to borrow), or, when all
+//! its victims are its own team's, at no more than the team holds now (a team that borrows may
+//! still put its priorities in order, as long as it borrows no more).
 
 use super::place::{Pick, Shape};
 use super::view::{FlavorIx, NodeView};
@@ -249,14 +249,22 @@ impl<'s> Cycle<'s> {
                 trial.chosen.len()
             ));
         };
-        for i in (0..trial.chosen.len()).rev() {
-            let v = trial.chosen.remove(i);
-            match self.fits(t, shape, base, &trial) {
-                Some(p) => picks = p,
-                None => trial.chosen.insert(i, v),
+        // Give back, most expensive first, every victim the others make unneeded; again until a
+        // pass gives back none (a victim given back can make another unneeded: the team's own
+        // victims alone may let it stay above its nominal). Then no victim can be left out.
+        loop {
+            let before = trial.chosen.len();
+            for i in (0..trial.chosen.len()).rev() {
+                let v = trial.chosen.remove(i);
+                match self.fits(t, shape, base, &trial) {
+                    Some(p) => picks = p,
+                    None => trial.chosen.insert(i, v),
+                }
+            }
+            if trial.chosen.len() == before {
+                return Ok((trial, picks));
             }
         }
-        Ok((trial, picks))
     }
 
     fn take_victims(&mut self, job: &Job, t: usize, f: FlavorIx, trial: Trial<'s>, picks: Vec<Pick>) -> Found {
