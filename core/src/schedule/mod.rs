@@ -182,7 +182,7 @@ impl<'s> Cycle<'s> {
         for &f in ordered.iter() {
             match self.try_flavor(job, t, f) {
                 Ok(()) => return Verdict::Placed,
-                Err(outcome) => attempts.push(FlavorAttempt { flavor: self.view.flavors[f as usize].clone(), outcome }),
+                Err(outcome) => attempts.push(FlavorAttempt { flavor: self.view.flavors[f.ix()].clone(), outcome }),
             }
         }
         let mut preemption = None;
@@ -223,7 +223,7 @@ impl<'s> Cycle<'s> {
     fn admit(&self, job: &Job, t: usize, f: FlavorIx) -> Result<Admission, QuotaDenial> {
         let q = self.view.quota(t, f).expect("acceptable flavors have quota");
         let (usage, request) = (self.view.usage(t, f), job.spec.gang.total_devices());
-        let admission = self.view.ledgers[f as usize].admit(&q, usage, request, self.policy.borrowing)?;
+        let admission = self.view.ledgers[f.ix()].admit(&q, usage, request, self.policy.borrowing)?;
         if admission == Admission::Borrowing && !job.spec.preemptible {
             return Err(QuotaDenial::NotPreemptible { usage, request, nominal: q.nominal });
         }
@@ -274,7 +274,7 @@ impl<'s> Cycle<'s> {
                 position: PositionHint(Some(p.node)),
             })
             .collect();
-        Assignment { flavor: self.view.flavors[f as usize].clone(), replicas }
+        Assignment { flavor: self.view.flavors[f.ix()].clone(), replicas }
     }
 
     /// Nodes with any free device of the shape's flavor, and nodes with releasing devices.

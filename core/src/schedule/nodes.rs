@@ -18,8 +18,23 @@ use crate::resource::{Flavor, Node, NodeStatus};
 use crate::state::{NodeAlloc, NodeAllocs};
 use std::collections::BTreeMap;
 
-/// Interned flavor.
-pub(crate) type FlavorIx = u16;
+/// An interned flavor: its place in the cycle's flavor list (a node index's slots, the team
+/// rows and the ledgers are indexed by it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct FlavorIx(pub u16);
+
+impl FlavorIx {
+    /// Its place, to index a list by.
+    pub fn ix(self) -> usize {
+        usize::from(self.0)
+    }
+
+    /// The flavor at place `i` (at most 65,535 flavors: `MAX_DEVICES_PER_NODE` per node bounds
+    /// them far below).
+    pub fn at(i: usize) -> Self {
+        Self(i as u16)
+    }
+}
 
 /// The devices of one flavor on a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,7 +152,7 @@ impl NodeIndex {
         if buckets.len() <= devices {
             buckets.resize_with(devices + 1, Vec::new);
         }
-        f as FlavorIx
+        FlavorIx::at(f)
     }
 
     /// Calls `f` with the buckets and device mask of each flavor of node `n`, if the node is
@@ -148,7 +163,7 @@ impl NodeIndex {
             return;
         }
         for slot in &self.slots[span(node.slots)] {
-            f(&mut self.index[slot.flavor as usize].buckets, slot.mask);
+            f(&mut self.index[slot.flavor.ix()].buckets, slot.mask);
         }
     }
 

@@ -60,7 +60,7 @@ impl Drop for NodeOverlay<'_> {
             s.pos[slot as usize] = UNSET;
         }
         for (f, k) in s.copied.drain(..) {
-            if let Some(mut copy) = s.buckets[f as usize][k as usize].take() {
+            if let Some(mut copy) = s.buckets[f.ix()][k as usize].take() {
                 copy.clear();
                 s.spare.push(copy);
             }
@@ -107,14 +107,14 @@ impl<'s> NodeOverlay<'s> {
 
     /// Number of free-device buckets of flavor `f` (none for a flavor no node has).
     pub fn bucket_count(&self, f: FlavorIx) -> usize {
-        self.base.index.get(f as usize).map_or(0, |i| i.buckets.len())
+        self.base.index.get(f.ix()).map_or(0, |i| i.buckets.len())
     }
 
     /// The schedulable nodes with exactly `k` free devices of flavor `f`.
     pub fn bucket(&self, f: FlavorIx, k: usize) -> &[u32] {
-        match self.s.buckets.get(f as usize).and_then(|b| b.get(k)).and_then(Option::as_ref) {
+        match self.s.buckets.get(f.ix()).and_then(|b| b.get(k)).and_then(Option::as_ref) {
             Some(own) => own,
-            None => &self.base.index[f as usize].buckets[k],
+            None => &self.base.index[f.ix()].buckets[k],
         }
     }
 
@@ -125,7 +125,7 @@ impl<'s> NodeOverlay<'s> {
 
     /// Bucket `k` of flavor `f`, to change: copied at its first change.
     fn owned(&mut self, f: FlavorIx, k: usize) -> &mut Vec<u32> {
-        let (fi, count) = (f as usize, self.bucket_count(f));
+        let (fi, count) = (f.ix(), self.bucket_count(f));
         let s = &mut *self.s;
         if s.buckets.len() <= fi {
             s.buckets.resize_with(fi + 1, Vec::new);
@@ -156,7 +156,7 @@ impl<'s> NodeOverlay<'s> {
     fn position(&self, s: usize, n: u32, f: FlavorIx, k: usize) -> usize {
         match self.s.pos.get(s) {
             Some(&at) if at != UNSET => at as usize,
-            _ => self.base.index[f as usize].buckets[k].binary_search(&n).expect("an indexed node is in its bucket"),
+            _ => self.base.index[f.ix()].buckets[k].binary_search(&n).expect("an indexed node is in its bucket"),
         }
     }
 
@@ -261,7 +261,7 @@ mod tests {
                     reference_take(&mut buckets, &mut free, n, mask);
                 }
                 for (k, bucket) in buckets.iter().enumerate() {
-                    prop_assert_eq!(overlay.bucket(0, k), bucket.as_slice(), "bucket {}", k);
+                    prop_assert_eq!(overlay.bucket(FlavorIx(0), k), bucket.as_slice(), "bucket {}", k);
                 }
                 for (n, f) in free.iter().enumerate() {
                     prop_assert_eq!(overlay.node(n as u32).free, *f);

@@ -350,7 +350,7 @@ mod tests {
         let mut scratch = Scratch::default();
         let mut view = View::build(&s, &mut scratch);
         view.take(1, 0b0111_1111, 0, 0);
-        let shape = Shape { flavor: 0, replicas: 1, count: 1, cpu: 0, mem: 0 };
+        let shape = Shape { flavor: FlavorIx(0), replicas: 1, count: 1, cpu: 0, mem: 0 };
         assert_eq!(candidates(&view, &shape, PlacementStrategy::BinPack, 8), vec![1]);
         // Two devices on node 1 would span its two groups: the scan ranks the others too.
         let pair = Shape { count: 2, ..shape };
@@ -379,7 +379,7 @@ mod tests {
                 view.take(n as u32, mask & view.node(n as u32).free, 0, 0);
             }
             let strategy = if spread { PlacementStrategy::Spread } else { PlacementStrategy::BinPack };
-            let shape = Shape { flavor: 0, replicas, count, cpu: 0, mem: 0 };
+            let shape = Shape { flavor: FlavorIx(0), replicas, count, cpu: 0, mem: 0 };
             let fast = candidates(&view, &shape, strategy, extra);
             let full = full_scan(&view, &shape, strategy, extra);
             prop_assert!(full.starts_with(&fast));
@@ -418,7 +418,7 @@ mod tests {
 
     #[test]
     fn replicas_fit_is_bounded_by_every_resource() {
-        let s = Shape { flavor: 0, replicas: 4, count: 2, cpu: 1000, mem: 0 };
+        let s = Shape { flavor: FlavorIx(0), replicas: 4, count: 2, cpu: 1000, mem: 0 };
         assert_eq!(replicas_fit(&s, 8, 3000, 10), 3);
         assert_eq!(replicas_fit(&s, 3, 9000, 10), 1);
     }

@@ -46,7 +46,7 @@ impl<'s> Cycle<'s> {
             for j in running.filter(|j| j.preemptible_at(now, policy.min_runtime_ms)) {
                 let (Some(a), Some(team)) = (&j.assignment, self.view.team_of(j)) else { continue };
                 let Some(f) = self.view.flavors.iter().position(|x| x == &a.flavor) else { continue };
-                by_flavor.entry(f as FlavorIx).or_default().push(Candidate {
+                by_flavor.entry(FlavorIx::at(f)).or_default().push(Candidate {
                     job: j,
                     team,
                     masks: self.view.job_masks(j).into(),
@@ -146,7 +146,7 @@ impl<'s> Cycle<'s> {
     /// placed in this very cycle is not running yet and cannot be a victim, so it must not make
     /// an older job look borrowed.
     fn reclaimable(&self, c: &Candidate<'_>, f: FlavorIx, trial: &Trial<'_>, keep_nominal: bool) -> bool {
-        let committed = self.view.state.usage(&c.job.spec.team, &self.view.flavors[f as usize]);
+        let committed = self.view.state.usage(&c.job.spec.team, &self.view.flavors[f.ix()]);
         let kept = committed.saturating_sub(self.removed(trial, c.team, f));
         let nominal = self.nominal(c.team, f);
         kept > nominal && (!keep_nominal || kept.saturating_sub(c.job.spec.gang.total_devices()) >= nominal)
@@ -188,7 +188,7 @@ impl<'s> Cycle<'s> {
     /// are still within their minimum run time (named, with when the first is free).
     fn none_preemptible(&self, job: &Job, t: usize, f: FlavorIx) -> String {
         let (state, policy, now) = (self.view.state, self.policy, self.now_ms);
-        let flavor = &self.view.flavors[f as usize];
+        let flavor = &self.view.flavors[f.ix()];
         let qualifies = |j: &Job| match self.view.team_of(j) {
             Some(team) if team == t => policy.within_team_preemption && j.priority < job.priority,
             Some(team) => policy.reclaim && state.usage(&j.spec.team, flavor) > self.nominal(team, f),
@@ -243,7 +243,7 @@ impl<'s> Cycle<'s> {
             }
         }
         let Some(mut picks) = picks else {
-            let flavor = &self.view.flavors[shape.flavor as usize];
+            let flavor = &self.view.flavors[shape.flavor.ix()];
             return Err(format!(
                 "preempting all {} eligible job(s) of {flavor} would not make room within the team's nominal",
                 trial.chosen.len()

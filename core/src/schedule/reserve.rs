@@ -32,7 +32,7 @@ impl<'s> Cycle<'s> {
             return None;
         }
         let busy = |f: FlavorIx| {
-            let flavor = &self.view.flavors[f as usize];
+            let flavor = &self.view.flavors[f.ix()];
             failure.attempts.iter().any(|a| &a.flavor == flavor && matches!(a.outcome, AttemptOutcome::NoFit(_)))
         };
         let f = flavors.iter().copied().find(|&f| busy(f) && self.admit(job, t, f) == Ok(Admission::WithinNominal))?;

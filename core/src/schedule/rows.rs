@@ -30,7 +30,7 @@ pub(crate) struct TeamRows {
     /// The row of each team slot of the accounts, and the column of each flavor slot (a
     /// translation that depends on the accounts' history, so no part of equality).
     row_of: Vec<Option<u32>>,
-    column_of: Vec<Option<u16>>,
+    column_of: Vec<Option<FlavorIx>>,
 }
 
 impl PartialEq for TeamRows {
@@ -52,22 +52,22 @@ impl TeamRows {
             }
         }
         let mut rows = Self { weights: teams.values().map(|t| t.weight_milli).collect(), ..Self::default() };
-        let mut sorted: Vec<FlavorIx> = (0..flavors.len() as FlavorIx).collect();
-        sorted.sort_by(|a, b| flavors[*a as usize].cmp(&flavors[*b as usize]));
+        let mut sorted: Vec<FlavorIx> = (0..flavors.len()).map(FlavorIx::at).collect();
+        sorted.sort_by(|a, b| flavors[a.ix()].cmp(&flavors[b.ix()]));
         for (row, (id, spec)) in teams.iter().enumerate() {
             for f in &flavors {
                 rows.usage.push(accounts.held(id, f));
                 rows.quota.push(spec.quotas.get(f).copied());
             }
             let quota = &rows.quota[row * flavors.len()..];
-            rows.with_quota.push(sorted.iter().copied().filter(|f| quota[*f as usize].is_some()).collect());
+            rows.with_quota.push(sorted.iter().copied().filter(|f| quota[f.ix()].is_some()).collect());
             if let Some(t) = accounts.team(id) {
                 set_at(&mut rows.row_of, t as usize, row as u32);
             }
         }
         for (column, f) in flavors.iter().enumerate() {
             if let Some(slot) = accounts.flavor(f) {
-                set_at(&mut rows.column_of, slot as usize, column as u16);
+                set_at(&mut rows.column_of, slot as usize, FlavorIx::at(column));
             }
         }
         rows.flavors = flavors;
@@ -84,7 +84,7 @@ impl TeamRows {
     /// were built).
     pub fn set_usage(&mut self, t: TeamNo, f: FlavorNo, devices: u32) -> Option<Option<FlavorQuota>> {
         let row = self.row(t)?;
-        let column = (*self.column_of.get(f as usize)?)? as usize;
+        let column = (*self.column_of.get(f as usize)?)?.ix();
         let at = row * self.flavors.len() + column;
         self.usage[at] = devices;
         Some(self.quota[at])

@@ -130,12 +130,12 @@ impl<'s> View<'s> {
 
     /// Devices team `t` holds of flavor `f`.
     pub fn usage(&self, t: usize, f: FlavorIx) -> u32 {
-        self.usage[t * self.flavors.len() + f as usize]
+        self.usage[t * self.flavors.len() + f.ix()]
     }
 
     /// Team `t`'s quota of flavor `f`, if it has one.
     pub fn quota(&self, t: usize, f: FlavorIx) -> Option<FlavorQuota> {
-        self.quota[t * self.flavors.len() + f as usize]
+        self.quota[t * self.flavors.len() + f.ix()]
     }
 
     /// Team `t`'s usage of every flavor, in flavor order.
@@ -165,7 +165,7 @@ impl<'s> View<'s> {
     /// interned. Borrowed from the team rows when the request names no model and the team has
     /// quota for flavors of its kind only (the usual case: no list to build per job).
     pub fn acceptable(&self, team: usize, request: &DeviceRequest) -> Cow<'s, [FlavorIx]> {
-        let of_kind = |f: &FlavorIx| self.flavors[*f as usize].kind == request.kind;
+        let of_kind = |f: &FlavorIx| self.flavors[f.ix()].kind == request.kind;
         if request.models.is_empty() {
             let all: &'s [FlavorIx] = &self.rows.with_quota[team];
             if all.iter().all(of_kind) {
@@ -178,7 +178,7 @@ impl<'s> View<'s> {
             .models
             .iter()
             .filter_map(|m| self.flavors.iter().position(|f| f.kind == request.kind && *f.model == **m))
-            .map(|i| i as FlavorIx)
+            .map(FlavorIx::at)
             .filter(has_quota)
             .collect()
     }
@@ -224,10 +224,10 @@ impl<'s> View<'s> {
     /// Charges `devices` more of flavor `f` to team `t`.
     pub fn charge(&mut self, t: usize, f: FlavorIx, devices: u32) {
         let q = self.quota(t, f).expect("charged flavors have quota");
-        let at = t * self.flavors.len() + f as usize;
+        let at = t * self.flavors.len() + f.ix();
         let before = self.usage[at];
         self.usage[at] += devices;
-        self.ledgers[f as usize].update(&q, before, before + devices);
+        self.ledgers[f.ix()].update(&q, before, before + devices);
     }
 
     /// Takes devices, CPU and memory on a node, keeping the index in step.
