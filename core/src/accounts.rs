@@ -18,11 +18,37 @@ use crate::team::{FlavorQuota, TeamSpec};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// A flavor's slot.
-pub(crate) type FlavorNo = u32;
+/// A flavor's slot in the accounts (given in the order flavors first appear, never reused).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct FlavorNo(pub u32);
 
-/// A team's slot.
-pub(crate) type TeamNo = u32;
+/// A team's slot in the accounts (given in the order teams are set, never reused).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct TeamNo(pub u32);
+
+impl FlavorNo {
+    /// Its place, to index a list by.
+    pub fn ix(self) -> usize {
+        self.0 as usize
+    }
+
+    /// The slot at place `i`.
+    pub fn at(i: usize) -> Self {
+        Self(i as u32)
+    }
+}
+
+impl TeamNo {
+    /// Its place, to index a list by.
+    pub fn ix(self) -> usize {
+        self.0 as usize
+    }
+
+    /// The slot at place `i`.
+    pub fn at(i: usize) -> Self {
+        Self(i as u32)
+    }
+}
 
 /// Devices each team holds and devices free, per flavor.
 #[derive(Clone, Debug, Default)]
@@ -49,7 +75,7 @@ impl Accounts {
 
     /// The slot of a flavor seen before.
     pub fn flavor(&self, flavor: &Flavor) -> Option<FlavorNo> {
-        self.flavors.iter().position(|f| f == flavor).map(|f| f as FlavorNo)
+        self.flavors.iter().position(|f| f == flavor).map(FlavorNo::at)
     }
 
     /// The slot of a flavor, given one on first sight.
@@ -57,7 +83,7 @@ impl Accounts {
         self.flavor(flavor).unwrap_or_else(|| {
             self.flavors.push(flavor.clone());
             self.free.push(0);
-            (self.flavors.len() - 1) as FlavorNo
+            FlavorNo::at(self.flavors.len() - 1)
         })
     }
 
@@ -65,14 +91,14 @@ impl Accounts {
     pub fn team(&self, team: &TeamId) -> Option<TeamNo> {
         let h = name_hash(team);
         let same = &self.by_hash[self.by_hash.partition_point(|&(x, _)| x < h)..];
-        same.iter().take_while(|&&(x, _)| x == h).map(|&(_, t)| t).find(|&t| self.teams[t as usize] == *team)
+        same.iter().take_while(|&&(x, _)| x == h).map(|&(_, t)| t).find(|&t| self.teams[t.ix()] == *team)
     }
 
     /// The slot of a team, trying `hint` first: it holds when the team there shares the
     /// name's string (the state's jobs share their team's).
     pub fn team_hinted(&self, hint: PositionHint, team: &TeamId) -> Option<TeamNo> {
-        match hint.0 {
-            Some(t) if self.teams.get(t as usize).is_some_and(|x| Arc::ptr_eq(&x.0, &team.0)) => Some(t),
+        match hint.0.map(TeamNo) {
+            Some(t) if self.teams.get(t.ix()).is_some_and(|x| Arc::ptr_eq(&x.0, &team.0)) => Some(t),
             _ => self.team(team),
         }
     }
@@ -87,7 +113,7 @@ impl Accounts {
         if let Some(t) = self.team(team) {
             return t;
         }
-        let t = self.teams.len() as TeamNo;
+        let t = TeamNo::at(self.teams.len());
         self.teams.push(team.clone());
         self.held.push(Vec::new());
         let entry = (name_hash(team), t);
@@ -99,7 +125,7 @@ impl Accounts {
     /// Gives a team and the flavors it has quota for their slots, so that the scheduler's team
     /// rows find them, and records its quotas by flavor slot.
     pub fn open(&mut self, team: &TeamSpec) {
-        let t = self.team_slot(&team.name) as usize;
+        let t = self.team_slot(&team.name).ix();
         let quotas = team.quotas.iter().map(|(f, q)| (self.flavor_slot(f), *q)).collect();
         if self.quotas.len() <= t {
             self.quotas.resize(t + 1, Vec::new());
@@ -109,7 +135,7 @@ impl Accounts {
 
     /// Team slot `t`'s quotas, by flavor slot.
     fn quotas_of(&self, t: TeamNo) -> &[(FlavorNo, FlavorQuota)] {
-        self.quotas.get(t as usize).map_or(&[], Vec::as_slice)
+        self.quotas.get(t.ix()).map_or(&[], Vec::as_slice)
     }
 
     /// Team slot `t`'s quota of flavor slot `f`, if it has one.
@@ -123,12 +149,12 @@ impl Accounts {
     /// listed models in their order, or every flavor of the kind in flavor order; see
     /// `View::acceptable`.)
     pub fn quota_for(&self, t: TeamNo, f: FlavorNo, request: &DeviceRequest) -> Option<FlavorQuota> {
-        self.quota(t, f).filter(|_| request.matches(&self.flavors[f as usize]))
+        self.quota(t, f).filter(|_| request.matches(&self.flavors[f.ix()]))
     }
 
     /// The flavor slots that team slot `t` may use for `request` (see `quota_for`).
     fn usable<'a>(&'a self, t: TeamNo, request: &'a DeviceRequest) -> impl Iterator<Item = usize> + 'a {
-        self.quotas_of(t).iter().map(|&(f, _)| f as usize).filter(|&f| request.matches(&self.flavors[f]))
+        self.quotas_of(t).iter().map(|&(f, _)| f.ix()).filter(|&f| request.matches(&self.flavors[f]))
     }
 
     /// Whether team slot `t` has quota for some flavor that `request` matches.
@@ -138,7 +164,7 @@ impl Accounts {
 
     /// The name of team slot `t`.
     pub fn team_id(&self, t: TeamNo) -> &TeamId {
-        &self.teams[t as usize]
+        &self.teams[t.ix()]
     }
 
     /// Free devices of the flavors that team slot `t` has quota for and `request` matches.
@@ -158,22 +184,22 @@ impl Accounts {
 
     /// Devices of every flavor that `team` holds.
     pub fn held_total(&self, team: &TeamId) -> u32 {
-        self.team(team).map_or(0, |t| self.held[t as usize].iter().sum())
+        self.team(team).map_or(0, |t| self.held[t.ix()].iter().sum())
     }
 
     /// Devices of flavor slot `f` that team slot `t` holds.
     pub fn held_at(&self, t: TeamNo, f: FlavorNo) -> u32 {
-        self.held[t as usize].get(f as usize).copied().unwrap_or(0)
+        self.held[t.ix()].get(f.ix()).copied().unwrap_or(0)
     }
 
     /// Changes what team slot `t` holds of flavor slot `f` with `change`; returns it before and
     /// after.
     pub fn change_held(&mut self, t: TeamNo, f: FlavorNo, change: impl FnOnce(u32) -> u32) -> (u32, u32) {
-        let row = &mut self.held[t as usize];
-        if row.len() <= f as usize {
-            row.resize(f as usize + 1, 0);
+        let row = &mut self.held[t.ix()];
+        if row.len() <= f.ix() {
+            row.resize(f.ix() + 1, 0);
         }
-        let cell = &mut row[f as usize];
+        let cell = &mut row[f.ix()];
         let before = *cell;
         *cell = change(before);
         (before, *cell)
@@ -181,13 +207,13 @@ impl Accounts {
 
     /// Adds `delta` to the free devices of flavor slot `f`.
     pub fn add_free(&mut self, f: FlavorNo, delta: i64) {
-        let cell = &mut self.free[f as usize];
+        let cell = &mut self.free[f.ix()];
         *cell = cell.saturating_add_signed(delta);
     }
 
     /// Free devices of `flavor`.
     pub fn free(&self, flavor: &Flavor) -> u64 {
-        self.flavor(flavor).map_or(0, |f| self.free[f as usize])
+        self.flavor(flavor).map_or(0, |f| self.free[f.ix()])
     }
 
     /// Whether no device at all is free.
@@ -241,12 +267,12 @@ mod tests {
     fn slots_are_kept_and_lookups_go_by_name() {
         let mut a = Accounts::default();
         let (b, c) = (a.team_slot(&"b".into()), a.team_slot(&"a".into()));
-        assert_eq!((b, c), (0, 1), "slots in order of first sight");
-        assert_eq!(a.team_slot(&"b".into()), 0);
-        assert_eq!(a.team(&"a".into()), Some(1));
+        assert_eq!((b, c), (TeamNo(0), TeamNo(1)), "slots in order of first sight");
+        assert_eq!(a.team_slot(&"b".into()), TeamNo(0));
+        assert_eq!(a.team(&"a".into()), Some(TeamNo(1)));
         assert_eq!(a.team(&"c".into()), None);
         let (h, l) = (a.flavor_slot(&flavor("h100")), a.flavor_slot(&flavor("l4")));
-        assert_eq!((h, l), (0, 1));
+        assert_eq!((h, l), (FlavorNo(0), FlavorNo(1)));
         assert_eq!(a.change_held(c, l, |n| n + 3), (0, 3));
         assert_eq!(a.change_held(c, l, |n| n - 1), (3, 2));
         assert_eq!(a.held(&"a".into(), &flavor("l4")), 2);
@@ -313,12 +339,12 @@ mod tests {
         let mut a = Accounts::default();
         let names: Vec<TeamId> = (0..2000).map(|i| TeamId::from(format!("vc{i:x}").as_str())).collect();
         for (i, n) in names.iter().enumerate() {
-            assert_eq!(a.team_slot(n), i as TeamNo);
+            assert_eq!(a.team_slot(n), TeamNo::at(i));
         }
         for (i, n) in names.iter().enumerate() {
             let fresh = TeamId::from(n.as_str());
-            assert_eq!(a.team(&fresh), Some(i as TeamNo), "found by its string, not its address");
-            assert_eq!(a.team_slot(&fresh), i as TeamNo, "no second slot");
+            assert_eq!(a.team(&fresh), Some(TeamNo::at(i)), "found by its string, not its address");
+            assert_eq!(a.team_slot(&fresh), TeamNo::at(i), "no second slot");
             assert_eq!(a.team(&TeamId::from(format!("{n}.").as_str())), None);
         }
     }
@@ -328,8 +354,8 @@ mod tests {
         let mut a = Accounts::default();
         let (x, y) = (TeamId::from("x"), TeamId::from("y"));
         let (tx, ty) = (a.team_slot(&x), a.team_slot(&y));
-        assert_eq!(a.team_hinted(PositionHint(Some(ty)), &y), Some(ty));
-        assert_eq!(a.team_hinted(PositionHint(Some(ty)), &x), Some(tx), "a wrong hint falls back to the name");
+        assert_eq!(a.team_hinted(PositionHint(Some(ty.0)), &y), Some(ty));
+        assert_eq!(a.team_hinted(PositionHint(Some(ty.0)), &x), Some(tx), "a wrong hint falls back to the name");
         assert_eq!(a.team_hinted(PositionHint(Some(7)), &x), Some(tx), "a hint out of range too");
         assert_eq!(a.team_hinted(PositionHint(None), &TeamId::from("z")), None);
     }

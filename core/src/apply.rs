@@ -185,7 +185,7 @@ impl State {
         self.data.next_job += 1;
         let id = JobId(self.data.next_job);
         let mut job = Job::submitted(id, spec, checked.priority, at_ms);
-        job.team_slot = PositionHint(Some(checked.slot));
+        job.team_slot = PositionHint(Some(checked.slot.0));
         self.data.jobs.insert(id, job);
         self.enqueue(id);
         out.submitted.push(id);

@@ -50,7 +50,7 @@ impl Eq for TeamQueues {}
 
 impl TeamQueues {
     fn at(&self, t: TeamNo) -> Option<&(TeamId, BTreeSet<QueueKey>)> {
-        self.by_slot.get(t as usize).and_then(Option::as_ref)
+        self.by_slot.get(t.ix()).and_then(Option::as_ref)
     }
 
     /// The team of a slot in `order`.
@@ -81,17 +81,17 @@ impl TeamQueues {
         if self.at(t).is_none() {
             let i = self.order.partition_point(|&s| self.name(s) < team);
             self.order.insert(i, t);
-            if self.by_slot.len() <= t as usize {
-                self.by_slot.resize_with(t as usize + 1, || None);
+            if self.by_slot.len() <= t.ix() {
+                self.by_slot.resize_with(t.ix() + 1, || None);
             }
-            self.by_slot[t as usize] = Some((team.clone(), BTreeSet::new()));
+            self.by_slot[t.ix()] = Some((team.clone(), BTreeSet::new()));
         }
-        self.by_slot[t as usize].as_mut().expect("just ensured").1.insert(key)
+        self.by_slot[t.ix()].as_mut().expect("just ensured").1.insert(key)
     }
 
     /// Takes a job out of the queue of team slot `t`; false if it was not there.
     pub(crate) fn remove(&mut self, t: TeamNo, key: &QueueKey) -> bool {
-        self.by_slot.get_mut(t as usize).and_then(Option::as_mut).is_some_and(|(_, queue)| queue.remove(key))
+        self.by_slot.get_mut(t.ix()).and_then(Option::as_mut).is_some_and(|(_, queue)| queue.remove(key))
     }
 }
 
@@ -104,15 +104,15 @@ mod tests {
         let (a, b) = (TeamId::from("a"), TeamId::from("b"));
         let key = |id| QueueKey { priority: Reverse(0), submitted_ms: 5, id: JobId(id) };
         let mut live = TeamQueues::default();
-        assert!(live.insert(0, &a, key(1)) && live.insert(1, &b, key(2)));
-        assert!(!live.insert(0, &a, key(1)), "already queued");
-        assert!(live.remove(0, &key(1)) && !live.remove(0, &key(1)));
+        assert!(live.insert(TeamNo(0), &a, key(1)) && live.insert(TeamNo(1), &b, key(2)));
+        assert!(!live.insert(TeamNo(0), &a, key(1)), "already queued");
+        assert!(live.remove(TeamNo(0), &key(1)) && !live.remove(TeamNo(0), &key(1)));
         let mut rebuilt = TeamQueues::default();
-        rebuilt.insert(3, &b, key(2));
+        rebuilt.insert(TeamNo(3), &b, key(2));
         assert_eq!(live, rebuilt, "slots differ, the queues are the same");
         assert_eq!(live.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), ["b"]);
         assert!(live.get(&a).is_some_and(BTreeSet::is_empty));
-        rebuilt.insert(0, &a, key(3));
+        rebuilt.insert(TeamNo(0), &a, key(3));
         assert_ne!(live, rebuilt);
     }
 
@@ -121,7 +121,7 @@ mod tests {
         let key = |id| QueueKey { priority: Reverse(0), submitted_ms: 5, id: JobId(id) };
         let mut q = TeamQueues::default();
         for (t, name) in [(2, "c"), (0, "a"), (5, "b")] {
-            q.insert(t, &TeamId::from(name), key(u64::from(t)));
+            q.insert(TeamNo(t), &TeamId::from(name), key(u64::from(t)));
         }
         assert_eq!(q.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
         assert_eq!(q.get(&TeamId::from("b")).map(BTreeSet::len), Some(1));

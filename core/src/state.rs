@@ -293,7 +293,7 @@ impl State {
 
     /// The quota totals of flavor slot `f` of the accounts.
     pub(crate) fn slot_ledger(&self, f: FlavorNo) -> Ledger {
-        self.slot_ledgers().get(f as usize).copied().unwrap_or_default()
+        self.slot_ledgers().get(f.ix()).copied().unwrap_or_default()
     }
 
     /// The quota totals by flavor slot of the accounts, counted here if teams or nodes changed.
@@ -309,7 +309,7 @@ impl State {
             .collect();
         for (team, spec) in &self.data.teams {
             for (flavor, q) in &spec.quotas {
-                let f = self.accounts.flavor(flavor).expect("teams' flavors have slots") as usize;
+                let f = self.accounts.flavor(flavor).expect("teams' flavors have slots").ix();
                 out[f].add_team(q, self.usage(team, flavor));
             }
         }
@@ -586,7 +586,7 @@ impl State {
             }
         };
         if let Some(ledgers) = self.ledgers.0.get_mut() {
-            match (quota, ledgers.get_mut(f as usize)) {
+            match (quota, ledgers.get_mut(f.ix())) {
                 (Some(q), Some(ledger)) => ledger.update(&q, used, next),
                 (None, _) => {}
                 (Some(_), None) => self.ledgers = Derived::default(),

@@ -62,12 +62,12 @@ impl TeamRows {
             let quota = &rows.quota[row * flavors.len()..];
             rows.with_quota.push(sorted.iter().copied().filter(|f| quota[f.ix()].is_some()).collect());
             if let Some(t) = accounts.team(id) {
-                set_at(&mut rows.row_of, t as usize, row as u32);
+                set_at(&mut rows.row_of, t.ix(), row as u32);
             }
         }
         for (column, f) in flavors.iter().enumerate() {
             if let Some(slot) = accounts.flavor(f) {
-                set_at(&mut rows.column_of, slot as usize, FlavorIx::at(column));
+                set_at(&mut rows.column_of, slot.ix(), FlavorIx::at(column));
             }
         }
         rows.flavors = flavors;
@@ -76,7 +76,7 @@ impl TeamRows {
 
     /// The row of team slot `t`, if the rows have it.
     pub fn row(&self, t: TeamNo) -> Option<usize> {
-        self.row_of.get(t as usize).copied().flatten().map(|r| r as usize)
+        self.row_of.get(t.ix()).copied().flatten().map(|r| r as usize)
     }
 
     /// Sets the devices of flavor slot `f` that team slot `t` holds; returns the team's quota
@@ -84,7 +84,7 @@ impl TeamRows {
     /// were built).
     pub fn set_usage(&mut self, t: TeamNo, f: FlavorNo, devices: u32) -> Option<Option<FlavorQuota>> {
         let row = self.row(t)?;
-        let column = (*self.column_of.get(f as usize)?)?.ix();
+        let column = (*self.column_of.get(f.ix())?)?.ix();
         let at = row * self.flavors.len() + column;
         self.usage[at] = devices;
         Some(self.quota[at])
