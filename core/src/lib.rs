@@ -65,13 +65,13 @@
 //! - [`limits`]: validation rules and size limits for everything users and agents send.
 //! - [`error`]: the error type of `apply`.
 //! - [`command`]: `Command`, and the `Outcome` (agent orders, state changes) of applying one.
-//! - [`layout`]: a node's devices as bit masks, and who holds them.
 //! - [`state`]: `State`, its indexes, snapshots to and from bytes, the state hash, and
-//!   `check_invariants` (every derived index against its rebuild).
-//! - `accounts` (private): devices held per team and free per flavor, on dense slots.
-//! - [`queues`]: every team's pending jobs in queue order.
-//! - [`table`]: the job table, indexed by the dense job ids.
-//! - [`jobset`]: sets of job ids as bitsets over the dense ids (running and stopping jobs).
+//!   `check_invariants` (every derived index against its rebuild). Its derived indexes live
+//!   under it: [`layout`] (a node's devices as bit masks, and who holds them), `accounts`
+//!   (devices held per team and free per flavor, on dense slots), [`queues`] (every team's
+//!   pending jobs in queue order), [`table`] (the job table, indexed by the dense job ids),
+//!   [`jobset`] (sets of job ids as bitsets), and the scheduler's node index and team rows,
+//!   which the scheduler reads and never the other way round.
 //! - `apply` (private): `State::apply` for every command.
 //! - [`quota`]: admission arithmetic (nominal, borrowing, lending).
 //! - [`plan`]: what a cycle decides and why jobs stay pending.
@@ -89,25 +89,22 @@ pub mod command;
 pub mod error;
 pub mod ids;
 pub mod job;
-pub mod jobset;
-pub mod layout;
 pub mod limits;
 pub mod plan;
 pub mod policy;
-pub mod queues;
 pub mod quota;
 pub mod render;
 pub mod resource;
 pub mod scenario;
 pub mod schedule;
 pub mod state;
-pub mod table;
 pub mod team;
 pub mod usage;
 pub mod verify;
 
-mod accounts;
 mod apply;
+use state::accounts;
+pub use state::{jobset, layout, queues, table};
 #[cfg(test)]
 mod testkit;
 

@@ -1,7 +1,8 @@
 //! The replicated state: what every replica holds, built only by `apply` (see `apply.rs`).
 //! Indexes derived from the persistent part (device holders, usage, queues, capacity, the
 //! scheduler's node index, the quota totals) are rebuilt on load, so a snapshot carries each
-//! fact once.
+//! fact once. They live in this module's children: `layout`, `accounts`, `queues`, `table`,
+//! `jobset`, `nodes` (the node index) and `rows` (the team rows); `invariants` checks them.
 
 use crate::accounts::{Accounts, FlavorNo};
 use crate::ids::{DeviceId, JobId, NodeId, TeamId};
@@ -11,17 +12,25 @@ pub use crate::layout::{NodeAlloc, NodeAllocs, NodeLayout};
 pub use crate::queues::{QueueKey, TeamQueues};
 use crate::quota::Ledger;
 use crate::resource::{Flavor, Health, Node};
-use crate::schedule::{NodeIndex, TeamRows};
 use crate::table::JobTable;
 use crate::team::{PriorityClass, TeamSpec};
 use crate::usage::JobUsage;
+use nodes::NodeIndex;
+use rows::TeamRows;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
 use thiserror::Error;
 
+pub(crate) mod accounts;
 mod invariants;
+pub mod jobset;
+pub mod layout;
+pub(crate) mod nodes;
+pub mod queues;
+pub(crate) mod rows;
+pub mod table;
 
 /// Newest snapshot format version; bump on any change of `Persistent`'s encoding. Version 2
 /// is version 1 followed by a trailer of job usage records; a state without usage is written

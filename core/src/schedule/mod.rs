@@ -8,13 +8,11 @@
 //! reserve the nodes it needs (`reserve.rs`). Jobs of a shape that failed are answered
 //! from a per-cycle cache: capacity only shrinks within a cycle, so the answer stands.
 
-mod nodes;
 mod overlay;
 mod place;
 mod preempt;
 mod queue;
 mod reserve;
-mod rows;
 mod view;
 
 use crate::ids::JobId;
@@ -24,10 +22,9 @@ use crate::plan::{AttemptOutcome, FlavorAttempt, PendingReason, Placement, Place
 use crate::policy::{PolicyConfig, QueueOrder, QueueingStrategy};
 use crate::quota::Admission;
 use crate::resource::Flavor;
+use crate::state::nodes;
 use crate::state::State;
-pub(crate) use nodes::NodeIndex;
 use place::{Pick, Shape};
-pub(crate) use rows::TeamRows;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;

@@ -18,7 +18,7 @@ use super::nodes::span;
 pub(crate) use super::nodes::{FlavorIx, NodeView};
 use super::overlay::{NodeOverlay, OverlayScratch};
 use super::place::Placing;
-use super::rows::TeamRows;
+use crate::state::rows::TeamRows;
 
 /// A cycle's buffers, kept between cycles by a caller that runs many (`schedule_with`): the
 /// overlay's, and the per-cycle copies of the team usage and the quota totals.
