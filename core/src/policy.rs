@@ -14,6 +14,18 @@ pub enum PlacementStrategy {
     Spread,
 }
 
+/// Whether a gang's replicas must share a rack (on a cluster whose nodes carry `rack` labels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RackPlacement {
+    /// One rack whenever some rack can hold the gang; split across racks otherwise.
+    #[default]
+    Preferred,
+    /// One rack or not at all: a gang that no rack can hold waits (nodes without a rack label
+    /// form no rack).
+    Required,
+}
+
 /// What a team's queue does when its first job cannot be placed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -87,6 +99,8 @@ pub struct PolicyConfig {
     pub reserve_after_ms: u64,
     /// Most reservations one cycle makes; 0 turns reservations off.
     pub max_reservations_per_cycle: u32,
+    /// Whether a gang's replicas must share a rack.
+    pub rack_placement: RackPlacement,
 }
 
 impl PolicyConfig {
@@ -117,6 +131,7 @@ impl Default for PolicyConfig {
             las_preemption: false,
             reserve_after_ms: 4 * 60 * 60 * 1000,
             max_reservations_per_cycle: 4,
+            rack_placement: RackPlacement::Preferred,
         }
     }
 }

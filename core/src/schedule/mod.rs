@@ -160,9 +160,12 @@ impl<'s> Cycle<'s> {
         self.policy.las_preemption && self.policy.order == crate::policy::QueueOrder::LeastAttained
     }
 
-    fn shape(job: &Job, f: FlavorIx) -> Shape {
+    fn shape(&self, job: &Job, f: FlavorIx) -> Shape {
         let g = &job.spec.gang;
-        Shape { flavor: f, replicas: g.replicas, count: g.devices.count, cpu: g.cpu_millis, mem: g.mem_mib }
+        let one_rack = self.policy.rack_placement == crate::policy::RackPlacement::Required
+            && g.replicas > 1
+            && self.view.rack_count() > 0;
+        Shape { flavor: f, replicas: g.replicas, count: g.devices.count, cpu: g.cpu_millis, mem: g.mem_mib, one_rack }
     }
 
     /// Looks at one job of team row `t`, which accepts `flavors`: place it, or find it room, or
@@ -230,7 +233,7 @@ impl<'s> Cycle<'s> {
     /// Quota, then placement on free devices, for one flavor.
     fn try_flavor(&mut self, job: &Job, t: usize, f: FlavorIx) -> Result<(), AttemptOutcome> {
         self.admit(job, t, f).map_err(AttemptOutcome::Quota)?;
-        let shape = Self::shape(job, f);
+        let shape = self.shape(job, f);
         if let Some(outcome) = self.unfit.as_ref().and_then(|unfit| unfit.get(&shape)) {
             return Err(outcome.clone());
         }
@@ -288,7 +291,7 @@ impl<'s> Cycle<'s> {
     /// When free devices are not enough: wait for devices being released, or preempt.
     /// `Err(Some(why))` says why preemption could not help.
     fn make_room(&mut self, job: &Job, t: usize, f: FlavorIx) -> Result<Verdict, Option<String>> {
-        let shape = Self::shape(job, f);
+        let shape = self.shape(job, f);
         if self.admit(job, t, f).is_ok() && !self.view.releasing_nodes.is_empty() {
             let base = self.partial_nodes(&shape);
             let picks = self.view.picks(&shape, &base, self.policy.placement, |_, n| n.free | n.releasing);

@@ -22,6 +22,9 @@ pub(crate) struct Shape {
     pub count: u32,
     pub cpu: u64,
     pub mem: u64,
+    /// All replicas in one rack, or not placed (`RackPlacement::Required`, on a cluster with
+    /// racks).
+    pub one_rack: bool,
 }
 
 /// One replica's devices.
@@ -209,6 +212,9 @@ impl View<'_> {
             ranked.sort_by_key(|c| c.key);
         }
         for c in ranked.iter() {
+            if shape.one_rack && picks.len() as u32 != shape.replicas && (c.key.0 || c.rack == no_rack) {
+                return false;
+            }
             let groups = self.groups_of(c.node);
             let mut left = c.avail;
             for _ in 0..c.fits {
@@ -248,6 +254,8 @@ impl View<'_> {
     pub fn filter_counts(&self, shape: &Shape) -> (NodeFilterCounts, bool) {
         let mut c = NodeFilterCounts::default();
         let mut replicas_empty = 0u32;
+        // With `one_rack`, what each rack could hold empty: the gang never fits if no rack can.
+        let mut per_rack = vec![0u32; if shape.one_rack { self.rack_count() } else { 0 }];
         for n in 0..self.node_count() {
             let node = self.node(n);
             c.nodes += 1;
@@ -262,8 +270,11 @@ impl View<'_> {
                 c.cordoned += 1;
                 continue;
             }
-            replicas_empty =
-                replicas_empty.saturating_add(replicas_fit(shape, healthy, node.cpu_total, node.mem_total));
+            let empty = replicas_fit(shape, healthy, node.cpu_total, node.mem_total);
+            replicas_empty = replicas_empty.saturating_add(empty);
+            if let Some(held) = node.rack.and_then(|r| per_rack.get_mut(r as usize)) {
+                *held = held.saturating_add(empty);
+            }
             if mask == 0 {
                 c.no_flavor += 1;
             } else if mask.count_ones() < shape.count {
@@ -281,7 +292,12 @@ impl View<'_> {
                 c.replicas_fit = c.replicas_fit.saturating_add(replicas_fit(shape, free, node.cpu_free, node.mem_free));
             }
         }
-        (c, replicas_empty < shape.replicas)
+        let never = if shape.one_rack {
+            per_rack.iter().all(|&held| held < shape.replicas)
+        } else {
+            replicas_empty < shape.replicas
+        };
+        (c, never)
     }
 }
 
@@ -350,7 +366,7 @@ mod tests {
         let mut scratch = Scratch::default();
         let mut view = View::build(&s, &mut scratch);
         view.take(1, 0b0111_1111, 0, 0);
-        let shape = Shape { flavor: FlavorIx(0), replicas: 1, count: 1, cpu: 0, mem: 0 };
+        let shape = Shape { flavor: FlavorIx(0), replicas: 1, count: 1, cpu: 0, mem: 0, one_rack: false };
         assert_eq!(candidates(&view, &shape, PlacementStrategy::BinPack, 8), vec![1]);
         // Two devices on node 1 would span its two groups: the scan ranks the others too.
         let pair = Shape { count: 2, ..shape };
@@ -379,7 +395,7 @@ mod tests {
                 view.take(n as u32, mask & view.node(n as u32).free, 0, 0);
             }
             let strategy = if spread { PlacementStrategy::Spread } else { PlacementStrategy::BinPack };
-            let shape = Shape { flavor: FlavorIx(0), replicas, count, cpu: 0, mem: 0 };
+            let shape = Shape { flavor: FlavorIx(0), replicas, count, cpu: 0, mem: 0, one_rack: false };
             let fast = candidates(&view, &shape, strategy, extra);
             let full = full_scan(&view, &shape, strategy, extra);
             prop_assert!(full.starts_with(&fast));
@@ -418,7 +434,7 @@ mod tests {
 
     #[test]
     fn replicas_fit_is_bounded_by_every_resource() {
-        let s = Shape { flavor: FlavorIx(0), replicas: 4, count: 2, cpu: 1000, mem: 0 };
+        let s = Shape { flavor: FlavorIx(0), replicas: 4, count: 2, cpu: 1000, mem: 0, one_rack: false };
         assert_eq!(replicas_fit(&s, 8, 3000, 10), 3);
         assert_eq!(replicas_fit(&s, 3, 9000, 10), 1);
     }

@@ -36,7 +36,7 @@ impl<'s> Cycle<'s> {
             failure.attempts.iter().any(|a| &a.flavor == flavor && matches!(a.outcome, AttemptOutcome::NoFit(_)))
         };
         let f = flavors.iter().copied().find(|&f| busy(f) && self.admit(job, t, f) == Ok(Admission::WithinNominal))?;
-        let shape = Self::shape(job, f);
+        let shape = self.shape(job, f);
         let picks = self.reserved_nodes(&shape)?;
         let devices = picks.iter().map(|p| p.mask.count_ones()).sum();
         self.view.commit(&Shape { cpu: 0, mem: 0, ..shape }, &picks);

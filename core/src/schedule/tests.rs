@@ -380,3 +380,31 @@ fn a_gang_finds_the_rack_that_holds_it_beyond_the_first_candidates() {
     let nodes: Vec<&str> = placed.assignment.replicas.iter().map(|r| r.node.as_str()).collect();
     assert_eq!(nodes, ["n10", "n11"], "rack r10 holds the whole gang, though its nodes come last");
 }
+
+#[test]
+fn a_gang_that_requires_one_rack_waits_rather_than_split() {
+    let mut s = cluster(0, &[("llm", 96, None)]);
+    for (name, rack) in [("a2", "r2"), ("a3", "r2"), ("n0", "r0"), ("n1", "r1")] {
+        s.apply(Command::RegisterNode { node: node(name, 8, Some(rack)), at_ms: 0 }).unwrap();
+    }
+    let required = PolicyConfig { rack_placement: crate::policy::RackPlacement::Required, ..PolicyConfig::default() };
+    let busy = submit(&mut s, job("llm", 1, 8), 0);
+    cycle(&mut s, &required, 0);
+    assert_eq!(s.job(busy).unwrap().assignment.as_ref().unwrap().replicas[0].node.as_str(), "a2");
+    let gang = submit(&mut s, job("llm", 2, 8), 1);
+    let placed = |plan: &crate::plan::Plan| {
+        let p = plan.decisions.placements.iter().find(|p| p.job == gang)?;
+        Some(p.assignment.replicas.iter().map(|r| r.node.as_str().to_owned()).collect::<Vec<_>>())
+    };
+    let plan = schedule(&s, &required, 2);
+    assert_eq!(placed(&plan), None, "rack r2 has one free node, r0 and r1 one each: the gang waits");
+    let report = plan.reports.iter().find(|r| r.job == gang).unwrap();
+    assert!(matches!(report.attempts[0].outcome, crate::plan::AttemptOutcome::NoFit(_)), "it fits rack r2 once free");
+    assert_eq!(placed(&schedule(&s, &PolicyConfig::default(), 2)).unwrap().len(), 2, "preferred splits it");
+    s.apply(Command::JobFinished { job: busy, attempt: None, at_ms: 3 }).unwrap();
+    assert_eq!(placed(&schedule(&s, &required, 4)).unwrap(), ["a2", "a3"], "the one rack that holds it");
+    let wide = submit(&mut s, job("llm", 3, 8), 5);
+    let plan = schedule(&s, &required, 6);
+    let report = plan.reports.iter().find(|r| r.job == wide).unwrap();
+    assert!(matches!(report.attempts[0].outcome, crate::plan::AttemptOutcome::NeverFits(_)), "no rack holds 3 nodes");
+}
