@@ -36,9 +36,10 @@ pub fn cause(state: &State, id: JobId, report: Option<&PlacementReport>, placed:
         }
         PendingReason::WaitingForRelease => "devices of preempted jobs are being released for it".to_owned(),
         PendingReason::Unschedulable => unschedulable(&report.attempts, report.preemption.as_deref()),
-        PendingReason::Reserved { devices } => format!(
-            "{}; it waited long, so {devices} free device(s) of the nodes it needs are held for it as others free up",
-            unschedulable(&report.attempts, report.preemption.as_deref())
+        PendingReason::Reserved { devices, starts_within_ms } => format!(
+            "{}; it waited long, so {devices} free device(s) of the nodes it needs are held for it as others free up{}",
+            unschedulable(&report.attempts, report.preemption.as_deref()),
+            crate::render::reserved_start(*starts_within_ms)
         ),
     }
 }

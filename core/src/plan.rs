@@ -168,6 +168,10 @@ pub enum PendingReason {
     Reserved {
         /// Devices held back for it this cycle.
         devices: u32,
+        /// How long after the cycle it can start at the latest, by the maximum runtimes of the
+        /// jobs it waits for; later jobs that end by then may use the held devices (backfill).
+        /// `None` when some job it waits for has no maximum runtime.
+        starts_within_ms: Option<u64>,
     },
 }
 
@@ -201,6 +205,8 @@ pub struct CycleStats {
     pub victims: u32,
     /// Jobs answered from the cycle's cache of failed shapes.
     pub cache_hits: u32,
+    /// Jobs placed on devices held for a reservation, ending before it starts.
+    pub backfilled: u32,
     /// Jobs not looked at because strict FIFO blocked their queue behind a stuck job.
     pub blocked: u32,
 }

@@ -60,6 +60,16 @@ pub fn node_counts(c: &NodeFilterCounts) -> String {
     out
 }
 
+/// When a reserved job starts at the latest, and what that lets in; nothing when unknown.
+pub fn reserved_start(starts_within_ms: Option<u64>) -> String {
+    starts_within_ms.map_or_else(String::new, |ms| {
+        format!(
+            "; it starts within {} s at the latest, and jobs whose maximum runtime ends by then may use them",
+            ms.div_ceil(1000)
+        )
+    })
+}
+
 /// The lines explaining why a job is pending.
 pub fn report(state: &State, r: &PlacementReport) -> String {
     let mut out = String::new();
@@ -67,8 +77,11 @@ pub fn report(state: &State, r: &PlacementReport) -> String {
         PendingReason::Unschedulable => "unschedulable".to_owned(),
         PendingReason::Preempting { victims } => format!("preempting {victims} job(s); starts once they exit"),
         PendingReason::WaitingForRelease => "waiting for preempted jobs to release devices reserved for it".to_owned(),
-        PendingReason::Reserved { devices } => {
-            format!("waited long: {devices} free device(s) of the nodes it needs are held for it")
+        PendingReason::Reserved { devices, starts_within_ms } => {
+            format!(
+                "waited long: {devices} free device(s) of the nodes it needs are held for it{}",
+                reserved_start(*starts_within_ms)
+            )
         }
     };
     let _ = writeln!(out, "  {} [queue position {}]: {reason}", job_label(state, r.job), r.position);
@@ -93,9 +106,10 @@ pub fn report(state: &State, r: &PlacementReport) -> String {
 pub fn plan(state: &State, plan: &Plan) -> String {
     let mut out = String::new();
     let s = &plan.stats;
+    let backfilled = if s.backfilled > 0 { format!(" ({} backfilled)", s.backfilled) } else { String::new() };
     let _ = writeln!(
         out,
-        "cycle at {} ms: {} pending, {} considered, {} placed, {} preempted",
+        "cycle at {} ms: {} pending, {} considered, {} placed{backfilled}, {} preempted",
         plan.at_ms, s.pending, s.considered, s.placed, s.victims
     );
     let d = &plan.decisions;

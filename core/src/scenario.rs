@@ -184,6 +184,10 @@ pub struct JobFile {
     /// Grace period in seconds.
     #[serde(default = "default_grace")]
     pub grace_s: u64,
+    /// Maximum runtime in seconds: the scheduler stops the job past it (a running job started
+    /// at time 0). None by default.
+    #[serde(default)]
+    pub max_runtime_s: Option<u64>,
     /// `running` (placed at time 0) or `pending` (the default).
     #[serde(default)]
     pub state: ScenarioJobState,
@@ -400,7 +404,7 @@ impl JobFile {
                 self.command.clone()
             },
             env: BTreeMap::new(),
-            max_runtime_ms: None,
+            max_runtime_ms: self.max_runtime_s.map(|s| s.saturating_mul(1000)),
             preemptible: self.preemptible,
             stop_signal: StopSignal::Term,
             grace_ms: self.grace_s.saturating_mul(1000),

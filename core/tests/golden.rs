@@ -60,4 +60,5 @@ golden!(
     reservation_for_a_waiting_gang,
     preempted_and_stopping,
     minimal_victims_mixed,
+    backfill_before_a_reservation,
 );

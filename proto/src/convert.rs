@@ -471,8 +471,9 @@ pub fn report_to(r: &PlacementReport) -> v1::PlacementReport {
             v1::PendingReason::Preempting
         }
         PendingReason::WaitingForRelease => v1::PendingReason::WaitingForRelease,
-        PendingReason::Reserved { devices } => {
+        PendingReason::Reserved { devices, starts_within_ms } => {
             out.reserved_devices = devices;
+            out.reserved_starts_within_ms = starts_within_ms;
             v1::PendingReason::Reserved
         }
     } as i32;

@@ -400,7 +400,9 @@ fn report_json(id: u64, r: &PlacementReport) -> Value {
     let reason = match PendingReason::try_from(r.reason).unwrap_or(PendingReason::Unspecified) {
         PendingReason::Preempting => json!({ "preempting": { "victims": r.victims } }),
         PendingReason::Blocked => json!({ "blocked": { "by": r.blocked_by } }),
-        PendingReason::Reserved => json!({ "reserved": { "devices": r.reserved_devices } }),
+        PendingReason::Reserved => {
+            json!({ "reserved": { "devices": r.reserved_devices, "starts_within_ms": r.reserved_starts_within_ms } })
+        }
         other => json!(other.as_str_name().trim_start_matches("PENDING_REASON_").to_lowercase()),
     };
     let attempts: Vec<Value> = r.attempts.iter().map(attempt_json).collect();

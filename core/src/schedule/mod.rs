@@ -5,7 +5,8 @@
 //! for each, try its acceptable flavors in preference order: quota admission (`quota.rs`), then
 //! placement on free devices (`place.rs`); if none fits, wait for devices that stopping jobs
 //! are releasing, or search for victims (`preempt.rs`), or, for a job that waited long enough,
-//! reserve the nodes it needs (`reserve.rs`). Jobs of a shape that failed are answered
+//! reserve the nodes it needs, and let in later jobs that end before the reservation starts
+//! (`reserve.rs`). Jobs of a shape that failed are answered
 //! from a per-cycle cache: capacity only shrinks within a cycle, so the answer stands.
 
 mod overlay;
@@ -58,7 +59,7 @@ pub fn schedule_with(state: &State, policy: &PolicyConfig, now_ms: u64, scratch:
         victim_devices: None,
         running: None,
         preemption_attempts: 0,
-        reservations: 0,
+        held: Vec::new(),
     };
     cycle.plan.decisions.expired = state.expired(now_ms).collect();
     cycle.run();
@@ -117,8 +118,8 @@ enum Verdict {
     Preempting(u32),
     Waiting,
     Unschedulable(Rc<Failure>),
-    /// Unschedulable, and devices were reserved for it (how many).
-    Reserved(Rc<Failure>, u32),
+    /// Unschedulable, and devices were reserved for it.
+    Reserved(Rc<Failure>, reserve::Reservation),
 }
 
 /// A cycle's memos are built at their first entry (`None` until then): a cycle that only
@@ -136,8 +137,8 @@ pub(crate) struct Cycle<'s> {
     victim_devices: Option<BTreeMap<(usize, FlavorIx), u32>>,
     running: Option<BTreeMap<FlavorIx, Vec<preempt::Candidate<'s>>>>,
     preemption_attempts: u32,
-    /// Reservations made so far.
-    reservations: u32,
+    /// Devices held back for the reservations made so far.
+    held: Vec<reserve::Held>,
 }
 
 impl<'s> Cycle<'s> {
@@ -173,9 +174,12 @@ impl<'s> Cycle<'s> {
     fn try_job(&mut self, job: &'s Job, t: usize, flavors: &[FlavorIx]) -> Verdict {
         // The key is built only once a shape failed: most jobs are placed at their first look.
         let cached = self.failed.as_ref().and_then(|failed| failed.get(&Self::key(job, t, flavors)));
-        if let Some(f) = cached {
+        if let Some(f) = cached.map(Rc::clone) {
             self.plan.stats.cache_hits += 1;
-            return Verdict::Unschedulable(Rc::clone(f));
+            if self.backfill(job, t, &self.nominal_first(job, t, flavors)) {
+                return Verdict::Placed;
+            }
+            return Verdict::Unschedulable(f);
         }
         let mut attempts = Vec::new();
         let ordered = self.nominal_first(job, t, flavors);
@@ -184,6 +188,9 @@ impl<'s> Cycle<'s> {
                 Ok(()) => return Verdict::Placed,
                 Err(outcome) => attempts.push(FlavorAttempt { flavor: self.view.flavors[f.ix()].clone(), outcome }),
             }
+        }
+        if self.backfill(job, t, &ordered) {
+            return Verdict::Placed;
         }
         let mut preemption = None;
         for &f in ordered.iter() {
@@ -195,7 +202,7 @@ impl<'s> Cycle<'s> {
         let failure = Rc::new(Failure { attempts, preemption });
         self.failed.get_or_insert_default().insert(Self::key(job, t, flavors), Rc::clone(&failure));
         match self.reserve_for_waiting(job, t, &ordered, &failure) {
-            Some(devices) => Verdict::Reserved(failure, devices),
+            Some(reservation) => Verdict::Reserved(failure, reservation),
             None => Verdict::Unschedulable(failure),
         }
     }
@@ -342,6 +349,8 @@ impl<'s> Cycle<'s> {
     }
 }
 
+#[cfg(test)]
+mod backfill_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]

@@ -188,7 +188,13 @@ impl<'s> Cycle<'s> {
             Verdict::Preempting(victims) => self.report(job, position, PendingReason::Preempting { victims }, None),
             Verdict::Waiting => self.report(job, position, PendingReason::WaitingForRelease, None),
             Verdict::Unschedulable(f) => self.report(job, position, PendingReason::Unschedulable, Some(f)),
-            Verdict::Reserved(f, devices) => self.report(job, position, PendingReason::Reserved { devices }, Some(f)),
+            Verdict::Reserved(f, r) => {
+                let reason = PendingReason::Reserved {
+                    devices: r.devices,
+                    starts_within_ms: r.start_ms.map(|s| s - self.now_ms),
+                };
+                self.report(job, position, reason, Some(f));
+            }
         }
         self.policy.queueing != QueueingStrategy::StrictFifo
     }
