@@ -165,12 +165,15 @@ impl<'s> Cycle<'s> {
         None
     }
 
-    /// The jobs holding devices on node `n` in the state, and their devices there.
-    fn holders_on(&self, n: u32) -> BTreeMap<JobId, u64> {
-        let mut out: BTreeMap<JobId, u64> = BTreeMap::new();
+    /// The jobs holding devices on node `n` in the state, and their devices there (a node
+    /// holds few jobs: a list beats a map).
+    fn holders_on(&self, n: u32) -> Vec<(JobId, u64)> {
+        let mut out: Vec<(JobId, u64)> = Vec::new();
         for (i, holder) in self.view.state.allocs.at(n as usize).holders.iter().enumerate() {
-            if let Some(id) = holder {
-                *out.entry(*id).or_default() |= 1 << i;
+            let Some(id) = holder else { continue };
+            match out.iter_mut().find(|(j, _)| j == id) {
+                Some((_, mask)) => *mask |= 1 << i,
+                None => out.push((*id, 1 << i)),
             }
         }
         out
