@@ -61,4 +61,5 @@ golden!(
     preempted_and_stopping,
     minimal_victims_mixed,
     backfill_before_a_reservation,
+    reclaim_spends_no_overage_in_vain,
 );

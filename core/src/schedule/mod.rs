@@ -355,3 +355,5 @@ mod backfill_tests;
 mod proptests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod victim_proptests;

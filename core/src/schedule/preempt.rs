@@ -5,6 +5,8 @@
 //! its victims are its own team's, at no more than the team holds now (a team that borrows may
 //! still put its priorities in order, as long as it borrows no more).
 
+mod exact;
+
 use super::place::{Pick, Shape};
 use super::view::{FlavorIx, NodeView};
 use super::Cycle;
@@ -178,8 +180,10 @@ impl<'s> Cycle<'s> {
         }
         self.preemption_attempts += 1;
         let base = self.partial_nodes(shape);
+        let room = budget - self.victim_count();
         let (trial, picks) = self
             .search(t, shape, &base, &candidates, budget, true)
+            .or_else(|why| self.exact_search(t, shape, &base, &candidates, room).ok_or(why))
             .or_else(|_| self.search(t, shape, &base, &candidates, budget, false))?;
         Ok(self.take_victims(job, t, f, trial, picks))
     }
@@ -215,9 +219,11 @@ impl<'s> Cycle<'s> {
     }
 
     /// Adds the cheapest candidates until the preemptor fits, then gives back the unneeded. With
-    /// `keep_nominal`, no victim may leave its team under its nominal (the first search; the
-    /// second, only when the first found no room, allows it, so that a team's guarantee is not
-    /// held hostage by another team's large borrowing job).
+    /// `keep_nominal`, no victim may leave its team under its nominal (the first search; being
+    /// greedy, it can spend a team's overage on a victim that does not help and then pass over
+    /// one that would, so for a few candidates the exact search follows it). The last search,
+    /// only when those found no room, allows it, so that a team's guarantee is not held hostage
+    /// by another team's large borrowing job.
     fn search(
         &self,
         t: usize,
