@@ -176,7 +176,7 @@ impl<'s> Cycle<'s> {
         let cached = self.failed.as_ref().and_then(|failed| failed.get(&Self::key(job, t, flavors)));
         if let Some(f) = cached.map(Rc::clone) {
             self.plan.stats.cache_hits += 1;
-            if self.backfill(job, t, &self.nominal_first(job, t, flavors)) {
+            if self.may_backfill(job) && self.backfill(job, t, &self.nominal_first(job, t, flavors)) {
                 return Verdict::Placed;
             }
             return Verdict::Unschedulable(f);
@@ -189,7 +189,7 @@ impl<'s> Cycle<'s> {
                 Err(outcome) => attempts.push(FlavorAttempt { flavor: self.view.flavors[f.ix()].clone(), outcome }),
             }
         }
-        if self.backfill(job, t, &ordered) {
+        if self.may_backfill(job) && self.backfill(job, t, &ordered) {
             return Verdict::Placed;
         }
         let mut preemption = None;

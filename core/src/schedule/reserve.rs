@@ -23,7 +23,7 @@ use crate::job::{Job, JobState};
 use crate::plan::{AttemptOutcome, Placement};
 use crate::quota::Admission;
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Devices held back this cycle for a reserved job.
 pub(super) struct Held {
@@ -93,6 +93,8 @@ impl<'s> Cycle<'s> {
     /// devices soonest first, then those with the most free devices of the flavor; the free
     /// devices on them that the gang would use, and when they all have room at the latest.
     fn reserved_nodes(&self, shape: &Shape) -> Option<(Vec<Pick>, Option<u64>)> {
+        let timed = self.timed_nodes();
+        let room_at = |n: u32, replicas: u32| self.room_at(n, shape, replicas, timed.contains(&n));
         let mut nodes: Vec<(u64, Reverse<u32>, u32, u32)> = (0..self.view.node_count())
             .filter_map(|n| {
                 let node = self.view.node(n);
@@ -101,7 +103,7 @@ impl<'s> Cycle<'s> {
                     return None;
                 }
                 let fits = replicas_fit(shape, (mask & node.healthy).count_ones(), node.cpu_total, node.mem_total);
-                let ready = self.room_at(n, shape, fits.min(shape.replicas));
+                let ready = room_at(n, fits.min(shape.replicas));
                 (fits > 0).then_some((ready.unwrap_or(u64::MAX), Reverse((mask & node.free).count_ones()), n, fits))
             })
             .collect();
@@ -113,7 +115,7 @@ impl<'s> Cycle<'s> {
             }
             let replicas = fits.min(left);
             left -= replicas;
-            let ready = self.room_at(n, shape, replicas);
+            let ready = room_at(n, replicas);
             start = start.zip(ready).map(|(a, b)| a.max(b));
             let free = self.view.mask_of(n, shape.flavor) & self.view.node(n).free;
             picks.push(Pick { node: n, mask: lowest_bits(free, replicas * shape.count) });
@@ -127,9 +129,20 @@ impl<'s> Cycle<'s> {
         self.held.iter().any(|h| h.picks.iter().any(|p| p.node == n))
     }
 
+    /// The nodes where some job ends at a known time: those of running jobs with a maximum
+    /// runtime, and those with devices being released. Elsewhere nothing is known to end.
+    fn timed_nodes(&self) -> BTreeSet<u32> {
+        let state = self.view.state;
+        let running = state.deadlines.iter().map(|(_, id)| &state.jobs()[id]);
+        let mut nodes: BTreeSet<u32> = running.flat_map(|j| self.view.job_masks(j)).map(|(n, _)| n).collect();
+        nodes.extend(&self.view.releasing_nodes);
+        nodes
+    }
+
     /// When node `n` has room for `replicas` replicas of `shape` at the latest (devices, CPU and
-    /// memory), by the maximum runtimes of the jobs on it; `None` if that is not known.
-    fn room_at(&self, n: u32, shape: &Shape, replicas: u32) -> Option<u64> {
+    /// memory), by the maximum runtimes of the jobs on it; `None` if that is not known. Only a
+    /// `timed` node (see `timed_nodes`) can have room later than now.
+    fn room_at(&self, n: u32, shape: &Shape, replicas: u32, timed: bool) -> Option<u64> {
         let node = self.view.node(n);
         let mask = self.view.mask_of(n, shape.flavor) & node.healthy;
         let r = u64::from(replicas);
@@ -137,6 +150,9 @@ impl<'s> Cycle<'s> {
         let mut have = Room { devices: (mask & node.free).count_ones(), cpu: node.cpu_free, mem: node.mem_free };
         if have.covers(&need) {
             return Some(self.now_ms);
+        }
+        if !timed {
+            return None;
         }
         let mut events: Vec<(u64, Room)> = self
             .holders_on(n)
@@ -179,8 +195,9 @@ impl<'s> Cycle<'s> {
         out
     }
 
-    /// When a job frees what it holds at the latest: a running one at its maximum runtime; a
-    /// victim of this cycle or a stopping job, whose devices a waiting job claimed, never.
+    /// When a job frees what it holds at the latest: a running one at its maximum runtime; one
+    /// still starting, a victim of this cycle, or a stopping job whose devices a waiting job
+    /// claimed: not known.
     fn frees_at(&self, job: &Job) -> Option<u64> {
         if self.victims.as_ref().is_some_and(|v| v.contains(&job.id)) {
             return None;
@@ -188,15 +205,19 @@ impl<'s> Cycle<'s> {
         let max = job.spec.max_runtime_ms?;
         match (job.state, job.started_ms) {
             (JobState::Running, Some(start)) => Some(start.saturating_add(max)),
-            (JobState::Starting, _) => Some(self.now_ms.saturating_add(max)),
             _ => None,
         }
+    }
+
+    /// Whether `job` may be backfilled at all: it has a maximum runtime, and devices are held.
+    pub(super) fn may_backfill(&self, job: &Job) -> bool {
+        job.spec.max_runtime_ms.is_some() && !self.held.is_empty()
     }
 
     /// Places `job` (of team row `t`) partly or wholly on held devices, if it has a maximum
     /// runtime that ends by the start of each reservation it would use; true if it did.
     pub(super) fn backfill(&mut self, job: &Job, t: usize, flavors: &[FlavorIx]) -> bool {
-        let Some(max) = job.spec.max_runtime_ms.filter(|_| !self.held.is_empty()) else { return false };
+        let Some(max) = job.spec.max_runtime_ms else { return false };
         let ends = self.now_ms.saturating_add(max);
         for &f in flavors {
             let mut extra: BTreeMap<u32, u64> = BTreeMap::new();
