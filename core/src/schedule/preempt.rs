@@ -148,7 +148,7 @@ impl<'s> Cycle<'s> {
     /// placed in this very cycle is not running yet and cannot be a victim, so it must not make
     /// an older job look borrowed.
     fn reclaimable(&self, c: &Candidate<'_>, f: FlavorIx, trial: &Trial<'_>, keep_nominal: bool) -> bool {
-        let committed = self.view.state.usage(&c.job.spec.team, &self.view.flavors[f.ix()]);
+        let committed = self.view.committed_usage(c.team, f);
         let kept = committed.saturating_sub(self.removed(trial, c.team, f));
         let nominal = self.nominal(c.team, f);
         kept > nominal && (!keep_nominal || kept.saturating_sub(c.job.spec.gang.total_devices()) >= nominal)

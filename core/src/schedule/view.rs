@@ -133,6 +133,12 @@ impl<'s> View<'s> {
         self.usage[t * self.flavors.len() + f.ix()]
     }
 
+    /// Devices team `t` holds of flavor `f` in the state, before this cycle's decisions (what
+    /// `State::usage` says, found by row instead of by name).
+    pub fn committed_usage(&self, t: usize, f: FlavorIx) -> u32 {
+        self.rows.usage[t * self.flavors.len() + f.ix()]
+    }
+
     /// Team `t`'s quota of flavor `f`, if it has one.
     pub fn quota(&self, t: usize, f: FlavorIx) -> Option<FlavorQuota> {
         self.quota[t * self.flavors.len() + f.ix()]

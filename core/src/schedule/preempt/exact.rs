@@ -5,11 +5,10 @@
 //! subset would have made room and come first.
 
 use super::{Candidate, Trial};
-use crate::ids::TeamId;
 use crate::schedule::place::{Pick, Shape};
 use crate::schedule::view::FlavorIx;
 use crate::schedule::Cycle;
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 /// The most candidates the exact search takes (2^10 - 1 subsets at most).
 pub(super) const EXACT_MAX: usize = 10;
@@ -43,12 +42,9 @@ impl<'s> Cycle<'s> {
     /// the trial's victims and the cycle's earlier ones exit (counted on committed usage, as
     /// `reclaimable` does).
     fn keeps_nominals(&self, t: usize, f: FlavorIx, trial: &Trial<'_>) -> bool {
-        let mut teams: BTreeMap<usize, &TeamId> = BTreeMap::new();
-        for v in trial.chosen.iter().filter(|v| v.team != t) {
-            teams.insert(v.team, &v.job.spec.team);
-        }
-        teams.into_iter().all(|(row, name)| {
-            let committed = self.view.state.usage(name, &self.view.flavors[f.ix()]);
+        let teams: BTreeSet<usize> = trial.chosen.iter().map(|v| v.team).filter(|&row| row != t).collect();
+        teams.into_iter().all(|row| {
+            let committed = self.view.committed_usage(row, f);
             committed.saturating_sub(self.removed(trial, row, f)) >= self.nominal(row, f)
         })
     }
