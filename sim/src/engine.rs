@@ -12,6 +12,7 @@ use crate::policy::{Placement, Policy};
 use crate::trace::synthetic::subseed;
 use crate::trace::TraceJob;
 use crate::SimError;
+use qm_core::schedule::same_decisions_between;
 use qm_core::{
     AcceleratorKind, Command, DeviceRequest, Effect, GangSpec, JobId, JobSpec, JobState, Outcome, PolicyConfig,
     PriorityClass, QueueOrder, QueueingStrategy, Scratch, State, StopReason, StopSignal, TeamId,
@@ -122,6 +123,10 @@ pub(crate) struct Sim<'a> {
     pub now: u64,
     dirty: bool,
     tick_pending: bool,
+    /// When the last cycle ran, if it decided nothing and nothing happened since: a periodic
+    /// cycle then decides nothing either, unless a rule that reads the time changes its answer
+    /// (`qm_core::schedule::same_decisions_between`), and is answered without walking the queue.
+    quiet_since: Option<u64>,
     /// Trace index of each job id (ids are handed out in arrival order).
     pub trace_of: Vec<usize>,
     progress: Vec<Progress>,
@@ -189,6 +194,7 @@ impl<'a> Sim<'a> {
             now: 0,
             dirty: false,
             tick_pending: false,
+            quiet_since: None,
             trace_of: Vec::with_capacity(jobs.len()),
             progress: Vec::with_capacity(jobs.len()),
             out: RunOutput { teams: names, nominal, devices, ..RunOutput::default() },
@@ -276,6 +282,9 @@ impl<'a> Sim<'a> {
     }
 
     fn handle(&mut self, event: Event) -> Result<(), SimError> {
+        if !matches!(event, Event::Tick) {
+            self.quiet_since = None;
+        }
         match event {
             Event::Arrive(i) => self.arrive(i)?,
             Event::Finish(job, attempt) => self.finish(job, attempt)?,
@@ -389,7 +398,23 @@ impl<'a> Sim<'a> {
     fn cycle(&mut self) -> Result<(), SimError> {
         self.dirty = false;
         self.out.cycles += 1;
+        let quiet =
+            self.quiet_since.is_some_and(|last| same_decisions_between(&self.state, &self.policy, last, self.now));
+        if !quiet {
+            self.run_cycle()?;
+        }
+        let preempts = self.policy.reclaim || self.policy.within_team_preemption || self.policy.las_preemption;
+        if preempts && self.state.pending_count() > 0 && !self.tick_pending {
+            self.tick_pending = true;
+            self.push(self.now + self.config.interval_ms, Event::Tick);
+        }
+        Ok(())
+    }
+
+    /// Plans a cycle and applies its decisions.
+    fn run_cycle(&mut self) -> Result<(), SimError> {
         let plan = qm_core::schedule_with(&self.state, &self.policy, self.now, &mut self.scratch);
+        self.quiet_since = plan.decisions.is_empty().then_some(self.now);
         if !plan.decisions.is_empty() {
             self.apply_absorbing(Command::ApplyPlan { decisions: plan.decisions, at_ms: self.now })?;
             if let Some(r) = self.outcome.rejected.first() {
@@ -399,11 +424,6 @@ impl<'a> Sim<'a> {
                     seed: self.config.seed,
                 });
             }
-        }
-        let preempts = self.policy.reclaim || self.policy.within_team_preemption || self.policy.las_preemption;
-        if preempts && self.state.pending_count() > 0 && !self.tick_pending {
-            self.tick_pending = true;
-            self.push(self.now + self.config.interval_ms, Event::Tick);
         }
         Ok(())
     }

@@ -13,6 +13,7 @@ mod overlay;
 mod place;
 mod preempt;
 mod queue;
+mod quiet;
 mod reserve;
 mod view;
 
@@ -26,6 +27,7 @@ use crate::resource::Flavor;
 use crate::state::nodes;
 use crate::state::State;
 use place::{Pick, Shape};
+pub use quiet::same_decisions_between;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;

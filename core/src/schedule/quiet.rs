@@ -1,0 +1,160 @@
+//! Quiet cycles: a cycle is a pure function of the state, the policy and the time, and only a
+//! few rules read the time. When none of them changes its answer between two times, a cycle at
+//! the later one decides what a cycle at the earlier one decided on the same state: a caller that
+//! applied nothing since a cycle that decided nothing (the simulator's periodic cycles on a full
+//! cluster) may skip the walk of the queue.
+//!
+//! The rules that read the time: maximum runtimes running out; the minimum run time that
+//! protects a young job from preemption; least-attained-service levels, which grow while jobs
+//! run; the wait after which a job gets a reservation; and backfill, which compares a job's
+//! maximum runtime with a reservation's start.
+
+use crate::policy::{PolicyConfig, QueueOrder};
+use crate::state::State;
+
+/// Whether a cycle at `now_ms` decides what a cycle at `last_ms` (earlier) decided, on the
+/// same `state`: no rule that reads the time can change its answer in between. False when in
+/// doubt.
+pub fn same_decisions_between(state: &State, policy: &PolicyConfig, last_ms: u64, now_ms: u64) -> bool {
+    let crossed = |t: u64| last_ms < t && t <= now_ms;
+    if now_ms < last_ms
+        || (policy.las_preemption && policy.order == QueueOrder::LeastAttained)
+        || state.expired(now_ms).next().is_some()
+    {
+        return false;
+    }
+    let jobs = state.jobs();
+    if policy.reclaim || policy.within_team_preemption {
+        let protected_until = |id| {
+            let j = &jobs[&id];
+            j.spec.preemptible.then_some(j.started_ms?.saturating_add(policy.min_runtime_ms))
+        };
+        if state.running().iter().filter_map(protected_until).any(crossed) {
+            return false;
+        }
+    }
+    state.queues().iter().flat_map(|(_, q)| q).all(|k| {
+        jobs[&k.id].spec.max_runtime_ms.is_none() && !crossed(k.submitted_ms.saturating_add(policy.reserve_after_ms))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Command;
+    use crate::job::JobState;
+    use crate::state::State;
+    use crate::testkit::*;
+    use proptest::prelude::*;
+
+    /// Jobs (team, replicas, devices, high priority) submitted together, then the seconds to the
+    /// next round.
+    type Round = (Vec<(usize, u32, u32, bool)>, u64);
+
+    /// Rounds of jobs submitted and placed without
+    /// preemption, `advance_s` apart, so that jobs start at different times and some borrow;
+    /// then the default policy's cycles until one decides nothing. Returns the state and the
+    /// time of that cycle.
+    fn quiet_state(nodes: usize, nominals: &[u32], rounds: &[Round]) -> (State, u64) {
+        const TEAMS: [&str; 3] = ["a", "b", "c"];
+        let teams: Vec<(&str, u32, Option<u32>)> = TEAMS.iter().zip(nominals).map(|(t, n)| (*t, *n, None)).collect();
+        let mut s = cluster(nodes, &teams);
+        let fill = PolicyConfig { reclaim: false, within_team_preemption: false, ..PolicyConfig::default() };
+        let mut now = 0;
+        for (jobs, advance_s) in rounds {
+            now += advance_s * 1000;
+            for &(team, replicas, count, high) in jobs {
+                let mut spec = job(TEAMS[team], replicas, count);
+                spec.priority_class = Some(if high { "high" } else { "low" }.into());
+                submit(&mut s, spec, now);
+            }
+            cycle(&mut s, &fill, now);
+        }
+        let policy = PolicyConfig::default();
+        for _ in 0..8 {
+            if crate::schedule(&s, &policy, now).decisions.is_empty() {
+                break;
+            }
+            now += 1;
+            let plan = crate::schedule(&s, &policy, now);
+            s.apply(Command::ApplyPlan { decisions: plan.decisions, at_ms: now }).unwrap();
+            let exited: Vec<_> = s
+                .jobs()
+                .values()
+                .filter(|j| j.state.holds_devices() && j.state != JobState::Running && j.state != JobState::Starting)
+                .map(|j| j.id)
+                .collect();
+            for job in exited {
+                s.apply(Command::JobFinished { job, attempt: None, at_ms: now }).unwrap();
+            }
+            let starting: Vec<_> = s.jobs().values().filter(|j| j.state == JobState::Starting).map(|j| j.id).collect();
+            for job in starting {
+                s.apply(Command::JobStarted { job, attempt: None, at_ms: now }).unwrap();
+            }
+        }
+        (s, now)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+        /// On random clusters brought to a cycle that decides nothing, a later cycle that the
+        /// predicate calls alike decides nothing either.
+        #[test]
+        fn alike_cycles_decide_alike(
+            nodes in 1..4usize,
+            nominals in prop::collection::vec(0..17u32, 3),
+            rounds in prop::collection::vec((prop::collection::vec((0..3usize, 1..3u32, 1..9u32, any::<bool>()), 1..6), 0..400u64), 1..5),
+            later_s in 1..20_000u64,
+        ) {
+            let policy = PolicyConfig::default();
+            let (s, last) = quiet_state(nodes, &nominals, &rounds);
+            prop_assume!(crate::schedule(&s, &policy, last).decisions.is_empty());
+            let now = last + later_s * 1000;
+            if same_decisions_between(&s, &policy, last, now) {
+                prop_assert!(crate::schedule(&s, &policy, now).decisions.is_empty(), "decisions appeared by {}", now);
+            }
+        }
+    }
+
+    /// A job protected by the minimum run time becomes a victim once it is over: the cycles
+    /// before and after are not alike.
+    #[test]
+    fn the_minimum_run_time_running_out_is_a_change() {
+        let policy = PolicyConfig::default();
+        let mut s = cluster(1, &[("vision", 0, None), ("nlp", 8, None)]);
+        submit(&mut s, job("vision", 1, 8), 0);
+        cycle(&mut s, &policy, 0);
+        submit(&mut s, job("nlp", 1, 8), 1);
+        let before = crate::schedule(&s, &policy, 2);
+        assert!(before.decisions.is_empty(), "the borrower is protected");
+        assert!(same_decisions_between(&s, &policy, 2, policy.min_runtime_ms - 1));
+        assert!(!same_decisions_between(&s, &policy, 2, policy.min_runtime_ms));
+        assert_eq!(crate::schedule(&s, &policy, policy.min_runtime_ms).decisions.preemptions.len(), 1);
+    }
+
+    /// A maximum runtime running out is a decision (the job is stopped), and so a change
+    /// (the job may not be preempted, so that its minimum run time is no change).
+    #[test]
+    fn a_maximum_runtime_running_out_is_a_change() {
+        let policy = PolicyConfig::default();
+        let mut s = cluster(1, &[("vision", 8, None)]);
+        let mut spec = job("vision", 1, 8);
+        spec.max_runtime_ms = Some(3_600_000);
+        spec.preemptible = false;
+        submit(&mut s, spec, 0);
+        cycle(&mut s, &policy, 0);
+        assert!(crate::schedule(&s, &policy, 1).decisions.is_empty());
+        assert!(same_decisions_between(&s, &policy, 1, 3_599_999));
+        assert!(!same_decisions_between(&s, &policy, 1, 3_600_000));
+        assert_eq!(crate::schedule(&s, &policy, 3_600_000).decisions.expired.len(), 1);
+    }
+
+    /// Least-attained-service levels grow with time: no two times are alike under them.
+    #[test]
+    fn least_attained_service_is_never_alike() {
+        let las = PolicyConfig { order: QueueOrder::LeastAttained, las_preemption: true, ..PolicyConfig::default() };
+        let s = cluster(1, &[("vision", 8, None)]);
+        assert!(!same_decisions_between(&s, &las, 1, 2));
+        assert!(same_decisions_between(&s, &PolicyConfig::default(), 1, 2));
+    }
+}
