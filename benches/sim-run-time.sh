@@ -5,15 +5,9 @@
 # maximum resident memory. Needs: apt-get install hyperfine time
 # Usage: benches/sim-run-time.sh [qm binary] [runs]   (from the repository root)
 set -euo pipefail
-ROOT_DIR=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT_DIR"
-QM=${1:-target/release/qm}
-RUNS=${2:-10}
-if [ "$QM" = target/release/qm ]; then
-  cargo build --release -p qm-cli --bin qm
-fi
-OUT=$(mktemp -d)
-trap 'rm -rf "$OUT"' EXIT
+DEFAULT_RUNS=10
+# shellcheck source=benches/qm-binary.sh
+source "$(dirname "$0")/qm-binary.sh"
 TRACE=traces/philly/philly.csv
 echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), family $(grep -m1 'cpu family' /proc/cpuinfo | cut -d: -f2 | xargs)"
 for policy in strict-fifo default; do
