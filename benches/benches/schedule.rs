@@ -1,14 +1,18 @@
 //! `schedule` on the fleet: 10,000 nodes x 8 GPUs of four models, 20 teams, 100,000
-//! pending jobs of mixed gang sizes. Three cases:
+//! pending jobs of mixed gang sizes. Four cases:
 //! - `cycle_1000`: one cycle bounded to 1,000 placements (the leader's normal cycle);
 //! - `drain`: one unbounded cycle that places everything that fits (placements per second);
 //! - `apply_1000`: applying the 1,000 placements on a replica (verify + commit), on a state
 //!   decoded from a snapshot whose node index a cycle built, as a replica holds it (a clone of
 //!   the benchmark's state would share its job chunks, and the first write to each would copy
-//!   it, which a replica pays only while a snapshot of it is being encoded).
+//!   it, which a replica pays only while a snapshot of it is being encoded);
+//! - `quiet_check`: what a leader pays for a periodic cycle when its last cycle decided nothing
+//!   and nothing was applied since: `same_decisions_between` over the 100,000 pending jobs,
+//!   instead of a cycle.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use qm_benches::{apply, build, Fleet};
+use qm_core::schedule::same_decisions_between;
 use qm_core::{schedule, PolicyConfig, State};
 use std::hint::black_box;
 use std::time::Instant;
@@ -36,6 +40,7 @@ fn bench(c: &mut Criterion) {
     g.sample_size(20);
     g.bench_function("cycle_1000", |b| b.iter(|| black_box(schedule(&state, &bounded, 1))));
     g.bench_function("drain", |b| b.iter(|| black_box(schedule(&state, &drain, 1))));
+    g.bench_function("quiet_check", |b| b.iter(|| black_box(same_decisions_between(&state, &bounded, 1, 1_001))));
     let plan = schedule(&state, &bounded, 1);
     let bytes = state.to_bytes();
     let one = PolicyConfig { max_placements_per_cycle: 1, ..PolicyConfig::default() };

@@ -4,7 +4,13 @@
 //! so a burst of submissions costs one cycle, not one per job, and at least three times the
 //! last cycle's duration apart, so that scheduling (which reads the state under its lock) takes
 //! at most a quarter of the leader's time and never starves the Raft loop's applies.
+//!
+//! A cycle that decided nothing is remembered with the log index its state was at: the next
+//! cycle, if nothing was applied since and no rule that reads the time changes its answer
+//! (`qm_core::schedule::same_decisions_between`), decides nothing either and is not planned, so
+//! a leader with a backlog that cannot run idles instead of walking the queue every second.
 
+use crate::fsm::Fsm;
 use crate::node::Handle;
 use crate::service::now_ms;
 use qm_core::{Command, PolicyConfig, Scratch};
@@ -31,9 +37,25 @@ impl Default for LeaderConfig {
     }
 }
 
+/// The last cycle, when it decided nothing: its time and the log index of its state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Quiet {
+    at_ms: u64,
+    applied: u64,
+}
+
+/// Whether a cycle at `now_ms` on `fsm` would decide what the quiet cycle `quiet` decided:
+/// nothing.
+fn still_quiet(quiet: Option<Quiet>, fsm: &Fsm, policy: &PolicyConfig, now_ms: u64) -> bool {
+    quiet.is_some_and(|q| {
+        q.applied == fsm.applied && qm_core::schedule::same_decisions_between(&fsm.state, policy, q.at_ms, now_ms)
+    })
+}
+
 /// Runs until the node stops.
 pub async fn run(node: Handle, config: LeaderConfig) {
     let mut scratch = Scratch::default();
+    let mut quiet = None;
     loop {
         tokio::select! {
             _ = node.shared().work.notified() => {}
@@ -45,7 +67,7 @@ pub async fn run(node: Handle, config: LeaderConfig) {
         }
         let mut gap = config.min_gap;
         if status.leader == status.id {
-            gap = gap.max(cycle(&node, &config.policy, &mut scratch).await * 3);
+            gap = gap.max(cycle(&node, &config.policy, &mut scratch, &mut quiet).await * 3);
         }
         tokio::time::sleep(gap).await;
     }
@@ -53,12 +75,17 @@ pub async fn run(node: Handle, config: LeaderConfig) {
 
 /// One cycle: plan on the current state, propose what changed. Returns how long planning held
 /// the state (not the wait for the plan to commit).
-async fn cycle(node: &Handle, policy: &PolicyConfig, scratch: &mut Scratch) -> Duration {
+async fn cycle(node: &Handle, policy: &PolicyConfig, scratch: &mut Scratch, quiet: &mut Option<Quiet>) -> Duration {
     let now = now_ms();
     let started = std::time::Instant::now();
     let decisions = {
         let fsm = node.fsm();
-        qm_core::schedule_with(&fsm.state, policy, now, scratch).decisions
+        if still_quiet(*quiet, &fsm, policy, now) {
+            return started.elapsed();
+        }
+        let decisions = qm_core::schedule_with(&fsm.state, policy, now, scratch).decisions;
+        *quiet = decisions.is_empty().then_some(Quiet { at_ms: now, applied: fsm.applied });
+        decisions
     };
     let planning = started.elapsed();
     if decisions.is_empty() {
@@ -70,4 +97,23 @@ async fn cycle(node: &Handle, policy: &PolicyConfig, scratch: &mut Scratch) -> D
         Err(e) => tracing::warn!("a plan was not applied: {e}"),
     }
     planning
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A remembered quiet cycle holds only while nothing was applied and no rule that reads the
+    /// time has changed its answer.
+    #[test]
+    fn a_quiet_cycle_holds_until_an_entry_is_applied() {
+        let policy = PolicyConfig::default();
+        let mut fsm = Fsm { applied: 7, ..Fsm::default() };
+        let quiet = Some(Quiet { at_ms: 1_000, applied: 7 });
+        assert!(!still_quiet(None, &fsm, &policy, 2_000), "nothing remembered");
+        assert!(still_quiet(quiet, &fsm, &policy, 2_000));
+        assert!(!still_quiet(quiet, &fsm, &policy, 500), "the clock went back");
+        fsm.applied = 8;
+        assert!(!still_quiet(quiet, &fsm, &policy, 2_000), "an entry was applied since");
+    }
 }
