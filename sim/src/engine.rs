@@ -52,6 +52,9 @@ pub struct RunConfig {
     pub failures: Option<FailureModel>,
     /// Time between two samples of the time series.
     pub sample_ms: u64,
+    /// Answer a cycle that provably decides nothing (see `quiet_since`) without planning it;
+    /// off only to check that this changes nothing.
+    pub skip_quiet: bool,
 }
 
 impl Default for RunConfig {
@@ -65,6 +68,7 @@ impl Default for RunConfig {
             check: false,
             failures: None,
             sample_ms: 3_600_000,
+            skip_quiet: true,
         }
     }
 }
@@ -398,8 +402,8 @@ impl<'a> Sim<'a> {
     fn cycle(&mut self) -> Result<(), SimError> {
         self.dirty = false;
         self.out.cycles += 1;
-        let quiet =
-            self.quiet_since.is_some_and(|last| same_decisions_between(&self.state, &self.policy, last, self.now));
+        let quiet = self.config.skip_quiet
+            && self.quiet_since.is_some_and(|last| same_decisions_between(&self.state, &self.policy, last, self.now));
         if !quiet {
             self.run_cycle()?;
         }
