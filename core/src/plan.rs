@@ -207,8 +207,22 @@ pub struct CycleStats {
     pub cache_hits: u32,
     /// Jobs placed on devices held for a reservation, ending before it starts.
     pub backfilled: u32,
+    /// Jobs for which devices were held back: reservations, and waits for devices that
+    /// preempted jobs are releasing.
+    pub held: u32,
     /// Jobs not looked at because strict FIFO blocked their queue behind a stuck job.
     pub blocked: u32,
+}
+
+impl Plan {
+    /// Whether the cycle looked at every pending job and none changed what the jobs after it
+    /// saw: no decision, no devices held back, no queue stopped. Every job then stays pending
+    /// whatever the order it is looked at in, and a job that arrives later is the only one
+    /// whose answer is not known (`schedule::arrivals_inert`).
+    pub fn is_inert(&self) -> bool {
+        let s = &self.stats;
+        self.decisions.is_empty() && s.held == 0 && s.blocked == 0 && s.considered == s.pending
+    }
 }
 
 /// The result of one scheduling cycle.

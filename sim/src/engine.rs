@@ -12,7 +12,7 @@ use crate::policy::{Placement, Policy};
 use crate::trace::synthetic::subseed;
 use crate::trace::TraceJob;
 use crate::SimError;
-use qm_core::schedule::same_decisions_between;
+use qm_core::schedule::{arrivals_inert, same_decisions_between};
 use qm_core::{
     AcceleratorKind, Command, DeviceRequest, Effect, GangSpec, JobId, JobSpec, JobState, Outcome, PolicyConfig,
     PriorityClass, QueueOrder, QueueingStrategy, Scratch, State, StopReason, StopSignal, TeamId,
@@ -31,6 +31,18 @@ pub struct FailureModel {
     pub mtbf_s: f64,
     /// Time to repair.
     pub repair_s: f64,
+}
+
+/// The last cycle planned, when it decided nothing. A cycle after it, with nothing applied but
+/// the submissions of `arrived`, decides nothing either when no rule that reads the time changes
+/// its answer (`qm_core::schedule::same_decisions_between`) and, if it was inert (it looked at
+/// every job and held nothing back), when the arrivals alone would stay pending
+/// (`qm_core::schedule::arrivals_inert`); such a cycle is answered without walking the queue.
+#[derive(Clone, Debug)]
+struct Quiet {
+    at_ms: u64,
+    inert: bool,
+    arrived: Vec<JobId>,
 }
 
 /// How to run a simulation.
@@ -52,7 +64,7 @@ pub struct RunConfig {
     pub failures: Option<FailureModel>,
     /// Time between two samples of the time series.
     pub sample_ms: u64,
-    /// Answer a cycle that provably decides nothing (see `quiet_since`) without planning it;
+    /// Answer a cycle that provably decides nothing (see `Quiet`) without planning it;
     /// off only to check that this changes nothing.
     pub skip_quiet: bool,
 }
@@ -127,10 +139,8 @@ pub(crate) struct Sim<'a> {
     pub now: u64,
     dirty: bool,
     tick_pending: bool,
-    /// When the last cycle ran, if it decided nothing and nothing happened since: a periodic
-    /// cycle then decides nothing either, unless a rule that reads the time changes its answer
-    /// (`qm_core::schedule::same_decisions_between`), and is answered without walking the queue.
-    quiet_since: Option<u64>,
+    /// The last cycle planned, if it decided nothing and nothing but arrivals happened since.
+    quiet: Option<Quiet>,
     /// Trace index of each job id (ids are handed out in arrival order).
     pub trace_of: Vec<usize>,
     progress: Vec<Progress>,
@@ -198,7 +208,7 @@ impl<'a> Sim<'a> {
             now: 0,
             dirty: false,
             tick_pending: false,
-            quiet_since: None,
+            quiet: None,
             trace_of: Vec::with_capacity(jobs.len()),
             progress: Vec::with_capacity(jobs.len()),
             out: RunOutput { teams: names, nominal, devices, ..RunOutput::default() },
@@ -286,8 +296,9 @@ impl<'a> Sim<'a> {
     }
 
     fn handle(&mut self, event: Event) -> Result<(), SimError> {
-        if !matches!(event, Event::Tick) {
-            self.quiet_since = None;
+        match event {
+            Event::Tick | Event::Arrive(_) => {}
+            _ => self.quiet = None,
         }
         match event {
             Event::Arrive(i) => self.arrive(i)?,
@@ -345,6 +356,11 @@ impl<'a> Sim<'a> {
         self.trace_of.push(i);
         self.progress.push(Progress { remaining_ms: self.jobs[i].duration_ms, ..Progress::default() });
         self.dirty |= self.arrival_matters();
+        let id = self.outcome.submitted[0];
+        match &mut self.quiet {
+            Some(q) if q.inert => q.arrived.push(id),
+            _ => self.quiet = None,
+        }
         Ok(())
     }
 
@@ -402,9 +418,7 @@ impl<'a> Sim<'a> {
     fn cycle(&mut self) -> Result<(), SimError> {
         self.dirty = false;
         self.out.cycles += 1;
-        let quiet = self.config.skip_quiet
-            && self.quiet_since.is_some_and(|last| same_decisions_between(&self.state, &self.policy, last, self.now));
-        if !quiet {
+        if !(self.config.skip_quiet && self.still_quiet()) {
             self.run_cycle()?;
         }
         let preempts = self.policy.reclaim || self.policy.within_team_preemption || self.policy.las_preemption;
@@ -415,10 +429,22 @@ impl<'a> Sim<'a> {
         Ok(())
     }
 
+    /// Whether a cycle now provably decides nothing (see `Quiet`); the arrivals it checked are
+    /// known to change nothing from then on.
+    fn still_quiet(&mut self) -> bool {
+        let (state, policy, now) = (&self.state, &self.policy, self.now);
+        let Some(q) = &mut self.quiet else { return false };
+        let quiet = same_decisions_between(state, policy, q.at_ms, now)
+            && arrivals_inert(state, policy, now, &q.arrived, &mut self.scratch);
+        q.arrived.clear();
+        quiet
+    }
+
     /// Plans a cycle and applies its decisions.
     fn run_cycle(&mut self) -> Result<(), SimError> {
         let plan = qm_core::schedule_with(&self.state, &self.policy, self.now, &mut self.scratch);
-        self.quiet_since = plan.decisions.is_empty().then_some(self.now);
+        let inert = plan.is_inert();
+        self.quiet = plan.decisions.is_empty().then(|| Quiet { at_ms: self.now, inert, arrived: Vec::new() });
         if !plan.decisions.is_empty() {
             self.apply_absorbing(Command::ApplyPlan { decisions: plan.decisions, at_ms: self.now })?;
             if let Some(r) = self.outcome.rejected.first() {

@@ -27,7 +27,7 @@ use crate::resource::Flavor;
 use crate::state::nodes;
 use crate::state::State;
 use place::{Pick, Shape};
-pub use quiet::same_decisions_between;
+pub use quiet::{arrivals_inert, same_decisions_between};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
@@ -50,19 +50,7 @@ pub fn schedule_with(state: &State, policy: &PolicyConfig, now_ms: u64, scratch:
         plan.stats.blocked = blocked;
         return plan;
     }
-    let mut cycle = Cycle {
-        view: View::build(state, scratch),
-        policy,
-        now_ms,
-        plan: Plan { at_ms: now_ms, ..Plan::default() },
-        failed: None,
-        unfit: None,
-        victims: None,
-        victim_devices: None,
-        running: None,
-        preemption_attempts: 0,
-        held: Vec::new(),
-    };
+    let mut cycle = Cycle::new(state, policy, now_ms, scratch);
     cycle.plan.decisions.expired = state.expired(now_ms).collect();
     cycle.run();
     cycle.plan
@@ -144,6 +132,22 @@ pub(crate) struct Cycle<'s> {
 }
 
 impl<'s> Cycle<'s> {
+    fn new(state: &'s State, policy: &'s PolicyConfig, now_ms: u64, scratch: &'s mut Scratch) -> Self {
+        Cycle {
+            view: View::build(state, scratch),
+            policy,
+            now_ms,
+            plan: Plan { at_ms: now_ms, ..Plan::default() },
+            failed: None,
+            unfit: None,
+            victims: None,
+            victim_devices: None,
+            running: None,
+            preemption_attempts: 0,
+            held: Vec::new(),
+        }
+    }
+
     fn key(job: &Job, t: usize, flavors: &[FlavorIx]) -> ShapeKey {
         let g = &job.spec.gang;
         ShapeKey {

@@ -186,9 +186,13 @@ impl<'s> Cycle<'s> {
                 return true;
             }
             Verdict::Preempting(victims) => self.report(job, position, PendingReason::Preempting { victims }, None),
-            Verdict::Waiting => self.report(job, position, PendingReason::WaitingForRelease, None),
+            Verdict::Waiting => {
+                self.plan.stats.held += 1;
+                self.report(job, position, PendingReason::WaitingForRelease, None);
+            }
             Verdict::Unschedulable(f) => self.report(job, position, PendingReason::Unschedulable, Some(f)),
             Verdict::Reserved(f, r) => {
+                self.plan.stats.held += 1;
                 let reason = PendingReason::Reserved {
                     devices: r.devices,
                     starts_within_ms: r.start_ms.map(|s| s - self.now_ms),

@@ -12,6 +12,8 @@
 //! are the same at both times (every known end lies after both), and a job that did not end
 //! before a start at the earlier time ends later still at the later one.
 
+use super::{Cycle, Scratch, Verdict};
+use crate::ids::JobId;
 use crate::policy::{PolicyConfig, QueueOrder};
 use crate::state::State;
 
@@ -37,6 +39,30 @@ pub fn same_decisions_between(state: &State, policy: &PolicyConfig, last_ms: u64
         }
     }
     !state.queues().iter().flat_map(|(_, q)| q).any(|k| crossed(k.submitted_ms.saturating_add(policy.reserve_after_ms)))
+}
+
+/// Whether the jobs `arrived` since an inert cycle (`Plan::is_inert`) on this state, with
+/// nothing but their submissions applied since, leave a cycle at `now_ms` deciding nothing, given
+/// `same_decisions_between` holds since that cycle. The jobs the inert cycle looked at see the
+/// same devices and usage whatever comes before them, as long as what comes before decides
+/// nothing and holds nothing back; so only the arrivals need looking at, each in a cycle of its
+/// own (its own search budgets: in the whole cycle it has these or fewer, and fewer only fails
+/// sooner). False when any would be placed, preempt, wait for released devices or get a
+/// reservation.
+pub fn arrivals_inert(
+    state: &State,
+    policy: &PolicyConfig,
+    now_ms: u64,
+    arrived: &[JobId],
+    scratch: &mut Scratch,
+) -> bool {
+    arrived.iter().all(|id| {
+        let Some(job) = state.job(*id).filter(|j| j.state == crate::job::JobState::Pending) else { return true };
+        let mut cycle = Cycle::new(state, policy, now_ms, scratch);
+        let Some(row) = cycle.view.team_of(job) else { return false };
+        let flavors = cycle.view.acceptable(row, &job.spec.gang.devices);
+        matches!(cycle.try_job(job, row, &flavors), Verdict::Unschedulable(_))
+    })
 }
 
 #[cfg(test)]
@@ -159,5 +185,27 @@ mod tests {
         let s = cluster(1, &[("vision", 8, None)]);
         assert!(!same_decisions_between(&s, &las, 1, 2));
         assert!(same_decisions_between(&s, &PolicyConfig::default(), 1, 2));
+    }
+
+    /// After an inert cycle on a full node, an arrival that cannot run either leaves the next
+    /// cycle deciding nothing; one that fits the free devices, or may preempt, does not.
+    #[test]
+    fn only_the_arrivals_are_looked_at() {
+        let policy = PolicyConfig::default();
+        let mut s = cluster(1, &[("vision", 8, None)]);
+        submit(&mut s, job("vision", 1, 6), 0);
+        cycle(&mut s, &policy, 0);
+        submit(&mut s, job("vision", 1, 4), 1);
+        let plan = crate::schedule(&s, &policy, 2);
+        assert!(plan.is_inert(), "{:?}", plan.stats);
+        let mut scratch = Scratch::default();
+        let too_big = submit(&mut s, job("vision", 1, 3), 3);
+        assert!(arrivals_inert(&s, &policy, 4, &[too_big], &mut scratch));
+        let fits = submit(&mut s, job("vision", 1, 2), 5);
+        assert!(!arrivals_inert(&s, &policy, 6, &[too_big, fits], &mut scratch));
+        let mut urgent = job("vision", 1, 8);
+        urgent.priority_class = Some("high".into());
+        let urgent = submit(&mut s, urgent, 7);
+        assert!(!arrivals_inert(&s, &policy, policy.min_runtime_ms, &[urgent], &mut scratch), "it preempts");
     }
 }
