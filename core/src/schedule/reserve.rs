@@ -103,8 +103,11 @@ impl<'s> Cycle<'s> {
                     return None;
                 }
                 let fits = replicas_fit(shape, (mask & node.healthy).count_ones(), node.cpu_total, node.mem_total);
-                let ready = room_at(n, fits.min(shape.replicas));
-                (fits > 0).then_some((ready.unwrap_or(u64::MAX), Reverse((mask & node.free).count_ones()), n, fits))
+                if fits == 0 {
+                    return None;
+                }
+                let ready = room_at(n, fits.min(shape.replicas)).unwrap_or(u64::MAX);
+                Some((ready, Reverse((mask & node.free).count_ones()), n, fits))
             })
             .collect();
         nodes.sort_unstable();
