@@ -28,7 +28,7 @@ impl<'s> Cycle<'s> {
             return None;
         }
         let mut subsets: Vec<u32> = (1u32..1 << candidates.len()).filter(|s| s.count_ones() as usize <= room).collect();
-        subsets.sort_by_key(|&s| (s.count_ones(), positions(s)));
+        subsets.sort_by_cached_key(|&s| (s.count_ones(), positions(s)));
         subsets.into_iter().find_map(|s| {
             let trial = Trial { chosen: positions(s).into_iter().map(|i| candidates[i].clone()).collect() };
             if !self.keeps_nominals(t, shape.flavor, &trial) {
