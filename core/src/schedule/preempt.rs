@@ -162,15 +162,14 @@ impl<'s> Cycle<'s> {
         if self.victim_count() >= budget {
             return Err(format!("the cycle's victim budget ({budget}) is spent"));
         }
+        let own_lower = self.own_lower(job, t, f);
+        if !self.las() && !self.could_fit_nominal(job, t, f, own_lower) {
+            return Err(self.over_nominal(t, f));
+        }
         let candidates = self.candidates(job, t, f);
         let own: u32 = candidates.iter().filter(|c| c.team == t).map(|c| c.job.spec.gang.total_devices()).sum();
-        let nominal = self.nominal(t, f);
-        let best = self.view.usage(t, f).saturating_sub(self.removed(&Trial::default(), t, f) + own);
-        if !self.las() && u64::from(best) + u64::from(job.spec.gang.total_devices()) > self.ceiling(t, f, true) {
-            return Err(format!(
-                "it would not fit the team's nominal of {nominal} even after preempting the team's own \
-                 lower-priority jobs; nobody preempts in order to borrow"
-            ));
+        if !self.las() && !self.could_fit_nominal(job, t, f, own) {
+            return Err(self.over_nominal(t, f));
         }
         if candidates.is_empty() {
             return Err(self.none_preemptible(job, t, f));
@@ -188,11 +187,47 @@ impl<'s> Cycle<'s> {
         Ok(self.take_victims(job, t, f, trial, picks))
     }
 
+    /// Whether `job` (of team row `t`) would fit the most its team may hold on `f` if `own`
+    /// devices of the team's own jobs were preempted: nobody preempts in order to borrow.
+    fn could_fit_nominal(&self, job: &Job, t: usize, f: FlavorIx, own: u32) -> bool {
+        let best = self.view.usage(t, f).saturating_sub(self.removed(&Trial::default(), t, f) + own);
+        u64::from(best) + u64::from(job.spec.gang.total_devices()) <= self.ceiling(t, f, true)
+    }
+
+    fn over_nominal(&self, t: usize, f: FlavorIx) -> String {
+        format!(
+            "it would not fit the team's nominal of {} even after preempting the team's own lower-priority jobs; \
+             nobody preempts in order to borrow",
+            self.nominal(t, f)
+        )
+    }
+
+    /// Devices of every preemptible running job of team row `t` on `f` with a lower priority
+    /// than `job` that no victim set of this cycle holds: at least what its own candidates hold,
+    /// so a job that does not fit its nominal even with these fails before its candidates are
+    /// gathered. The running jobs are sorted by priority, lowest first.
+    fn own_lower(&mut self, job: &Job, t: usize, f: FlavorIx) -> u32 {
+        if !self.policy.within_team_preemption {
+            return 0;
+        }
+        self.preemptible();
+        let all = self.running.as_ref().and_then(|r| r.get(&f)).map_or(&[][..], Vec::as_slice);
+        let taken = |c: &Candidate<'_>| self.victims.as_ref().is_some_and(|v| v.contains(&c.job.id));
+        all.iter()
+            .take_while(|c| c.job.priority < job.priority)
+            .filter(|c| c.team == t && !taken(c))
+            .map(|c| c.job.spec.gang.total_devices())
+            .sum()
+    }
+
     /// Why no running job may be preempted for `job`: none would qualify, or those that would
     /// are still within their minimum run time (named, with when the first is free).
     fn none_preemptible(&self, job: &Job, t: usize, f: FlavorIx) -> String {
         let (state, policy, now) = (self.view.state, self.policy, self.now_ms);
         let flavor = &self.view.flavors[f.ix()];
+        if !policy.explain {
+            return format!("no running job of {flavor} may be preempted for it");
+        }
         let qualifies = |j: &Job| match self.view.team_of(j) {
             Some(team) if team == t => policy.within_team_preemption && j.priority < job.priority,
             Some(team) => policy.reclaim && state.usage(&j.spec.team, flavor) > self.nominal(team, f),
