@@ -128,13 +128,25 @@ impl<'s> Cycle<'s> {
     /// Where the preemptor would go if the trial's victims exited; `None` if it would not fit,
     /// or would not be within its nominal quota.
     fn fits(&self, t: usize, shape: &Shape, base: &[u32], trial: &Trial<'_>) -> Option<Vec<Pick>> {
+        self.fits_freeing(t, shape, base, trial, &self.freed(trial))
+    }
+
+    /// `fits`, given the devices the trial's victims hold (`freed`), which a search that adds
+    /// victims one by one keeps up to date.
+    fn fits_freeing(
+        &self,
+        t: usize,
+        shape: &Shape,
+        base: &[u32],
+        trial: &Trial<'_>,
+        extra: &BTreeMap<u32, u64>,
+    ) -> Option<Vec<Pick>> {
         let f = shape.flavor;
         let kept = self.view.usage(t, f).saturating_sub(self.removed(trial, t, f));
         let after = u64::from(kept) + u64::from(shape.replicas) * u64::from(shape.count);
         if !self.las() && after > self.ceiling(t, f, trial.chosen.iter().all(|v| v.team == t)) {
             return None;
         }
-        let extra = self.freed(trial);
         let mut nodes: Vec<u32> = base.iter().copied().chain(extra.keys().copied()).collect();
         nodes.sort_unstable();
         nodes.dedup();
@@ -179,6 +191,9 @@ impl<'s> Cycle<'s> {
         }
         self.preemption_attempts += 1;
         let base = self.partial_nodes(shape);
+        if !self.policy.explain && self.out_of_reach(shape, &base, &candidates) {
+            return Err("preempting every candidate would not make room".to_owned());
+        }
         let room = budget - self.victim_count();
         let (trial, picks) = self
             .search(t, shape, &base, &candidates, budget, true)
@@ -218,6 +233,28 @@ impl<'s> Cycle<'s> {
             .filter(|c| c.team == t && !taken(c))
             .map(|c| c.job.spec.gang.total_devices())
             .sum()
+    }
+
+    /// Whether no set of `candidates` could make room: even with all of them gone, the nodes
+    /// (`base` and theirs) could not hold the shape's replicas by their devices, CPU and
+    /// memory. Every search tries subsets of the candidates, and placement asks more than this
+    /// count (locality, racks), so they would all fail; this says so without trying.
+    fn out_of_reach(&self, shape: &Shape, base: &[u32], candidates: &[Candidate<'_>]) -> bool {
+        let mut extra: BTreeMap<u32, u64> = base.iter().map(|&n| (n, 0)).collect();
+        for c in candidates {
+            for &(n, m) in c.masks.iter() {
+                *extra.entry(n).or_default() |= m;
+            }
+        }
+        let room: u64 = extra
+            .iter()
+            .map(|(&n, &m)| {
+                let nv = self.view.node(n);
+                let avail = (nv.free | nv.releasing | (m & nv.healthy)) & self.view.mask_of(n, shape.flavor);
+                u64::from(super::place::replicas_fit(shape, avail.count_ones(), nv.cpu_free, nv.mem_free))
+            })
+            .sum();
+        room < u64::from(shape.replicas)
     }
 
     /// Why no running job may be preempted for `job`: none would qualify, or those that would
@@ -270,6 +307,7 @@ impl<'s> Cycle<'s> {
     ) -> Result<(Trial<'s>, Vec<Pick>), String> {
         let mut trial = Trial::default();
         let mut picks = None;
+        let mut extra = BTreeMap::new();
         for c in candidates {
             if self.victim_count() + trial.chosen.len() >= budget {
                 break;
@@ -278,7 +316,10 @@ impl<'s> Cycle<'s> {
                 continue;
             }
             trial.chosen.push(c.clone());
-            picks = self.fits(t, shape, base, &trial);
+            for &(n, m) in c.masks.iter() {
+                *extra.entry(n).or_default() |= m;
+            }
+            picks = self.fits_freeing(t, shape, base, &trial, &extra);
             if picks.is_some() {
                 break;
             }
