@@ -197,7 +197,7 @@ pub struct PlacementReport {
 pub struct CycleStats {
     /// Pending jobs in the state.
     pub pending: u32,
-    /// Jobs looked at.
+    /// Jobs looked at: examined, or answered from the cache of failed shapes.
     pub considered: u32,
     /// Jobs placed.
     pub placed: u32,
@@ -212,16 +212,20 @@ pub struct CycleStats {
     pub held: u32,
     /// Jobs not looked at because strict FIFO blocked their queue behind a stuck job.
     pub blocked: u32,
+    /// Jobs not looked at because every job their team had left was of a shape that failed
+    /// in the cycle (see `schedule::park`): each stays pending, as the cache would have said.
+    #[serde(default)]
+    pub parked: u32,
 }
 
 impl Plan {
-    /// Whether the cycle looked at every pending job and none changed what the jobs after it
+    /// Whether the cycle looked at (or parked) every pending job and none changed what the jobs after it
     /// saw: no decision, no devices held back, no queue stopped. Every job then stays pending
     /// whatever the order it is looked at in, and a job that arrives later is the only one
     /// whose answer is not known (`schedule::arrivals_inert`).
     pub fn is_inert(&self) -> bool {
         let s = &self.stats;
-        self.decisions.is_empty() && s.held == 0 && s.blocked == 0 && s.considered == s.pending
+        self.decisions.is_empty() && s.held == 0 && s.blocked == 0 && s.considered + s.parked == s.pending
     }
 }
 

@@ -508,9 +508,8 @@ impl State {
 
     pub(crate) fn enqueue(&mut self, id: JobId) {
         let job = &self.data.jobs[&id];
-        let key = QueueKey::of(job);
         let t = self.accounts.team_of(job).expect("every job's team has a slot");
-        self.pending += usize::from(self.queues.insert(t, &job.spec.team, key));
+        self.pending += usize::from(self.queues.insert(t, job));
         if let Some(set) = self.fifo.0.get_mut() {
             set.insert(id);
         }
@@ -521,7 +520,6 @@ impl State {
 
     pub(crate) fn dequeue(&mut self, id: JobId) {
         let job = &self.data.jobs[&id];
-        let key = QueueKey::of(job);
         if let Some(set) = self.fifo.0.get_mut() {
             set.remove(id);
         }
@@ -529,7 +527,7 @@ impl State {
             set.remove(&Self::shortest_key(job));
         }
         let t = self.accounts.team_of(job).expect("every job's team has a slot");
-        self.pending -= usize::from(self.queues.remove(t, &key));
+        self.pending -= usize::from(self.queues.remove(t, job));
     }
 
     fn shortest_key(job: &Job) -> GlobalKey {

@@ -53,6 +53,7 @@ golden!(
     non_preemptible_borrowing,
     within_team_while_borrowing,
     every_team_gets_a_turn,
+    passed_over_jobs_take_no_turn,
     nominal_flavor_first,
     min_runtime_named,
     out_of_service_and_too_small,

@@ -10,6 +10,7 @@
 //! from a per-cycle cache: capacity only shrinks within a cycle, so the answer stands.
 
 mod overlay;
+mod park;
 mod place;
 mod preempt;
 mod queue;
@@ -18,7 +19,7 @@ mod reserve;
 mod view;
 
 use crate::ids::JobId;
-use crate::job::{Assignment, Job, ReplicaAssignment};
+use crate::job::{Assignment, GangSpec, Job, ReplicaAssignment};
 use crate::layout::PositionHint;
 use crate::plan::{AttemptOutcome, FlavorAttempt, PendingReason, Placement, PlacementReport, Plan, QuotaDenial};
 use crate::policy::{PolicyConfig, QueueOrder, QueueingStrategy};
@@ -43,6 +44,12 @@ pub fn schedule(state: &State, policy: &PolicyConfig, now_ms: u64) -> Plan {
 /// `schedule`, with buffers kept between cycles by a caller that runs many (the plan is the
 /// same; only allocations are saved).
 pub fn schedule_with(state: &State, policy: &PolicyConfig, now_ms: u64, scratch: &mut Scratch) -> Plan {
+    plan_cycle(state, policy, now_ms, scratch, true)
+}
+
+/// `schedule_with`; with `parking` off, the jobs passed over are answered one by one (what a
+/// cycle that explains itself does), which decides the same.
+fn plan_cycle(state: &State, policy: &PolicyConfig, now_ms: u64, scratch: &mut Scratch, parking: bool) -> Plan {
     if let Some(blocked) = nothing_to_do(state, policy) {
         let mut plan = Plan { at_ms: now_ms, ..Plan::default() };
         plan.decisions.expired = state.expired(now_ms).collect();
@@ -51,6 +58,7 @@ pub fn schedule_with(state: &State, policy: &PolicyConfig, now_ms: u64, scratch:
         return plan;
     }
     let mut cycle = Cycle::new(state, policy, now_ms, scratch);
+    cycle.parking = parking;
     cycle.plan.decisions.expired = state.expired(now_ms).collect();
     cycle.run();
     cycle.plan
@@ -96,6 +104,21 @@ struct ShapeKey {
     preemptible: bool,
 }
 
+impl ShapeKey {
+    fn new(team: usize, flavors: &[FlavorIx], gang: &GangSpec, priority: i32, preemptible: bool) -> Self {
+        ShapeKey {
+            team,
+            flavors: flavors.to_vec(),
+            replicas: gang.replicas,
+            count: gang.devices.count,
+            cpu: gang.cpu_millis,
+            mem: gang.mem_mib,
+            priority,
+            preemptible,
+        }
+    }
+}
+
 /// What a failed shape got, reused for the jobs of the same shape.
 struct Failure {
     attempts: Vec<FlavorAttempt>,
@@ -129,6 +152,9 @@ pub(crate) struct Cycle<'s> {
     preemption_attempts: u32,
     /// Devices held back for the reservations made so far.
     held: Vec<reserve::Held>,
+    /// Whether the walk may park teams whose jobs left all failed (`park.rs`); off only to
+    /// check that parking changes no decision.
+    parking: bool,
 }
 
 impl<'s> Cycle<'s> {
@@ -145,21 +171,12 @@ impl<'s> Cycle<'s> {
             running: None,
             preemption_attempts: 0,
             held: Vec::new(),
+            parking: true,
         }
     }
 
     fn key(job: &Job, t: usize, flavors: &[FlavorIx]) -> ShapeKey {
-        let g = &job.spec.gang;
-        ShapeKey {
-            team: t,
-            flavors: flavors.to_vec(),
-            replicas: g.replicas,
-            count: g.devices.count,
-            cpu: g.cpu_millis,
-            mem: g.mem_mib,
-            priority: job.priority,
-            preemptible: job.spec.preemptible,
-        }
+        ShapeKey::new(t, flavors, &job.spec.gang, job.priority, job.spec.preemptible)
     }
 
     /// Whether the least-attained-service preemption rule is on.
@@ -357,6 +374,8 @@ impl<'s> Cycle<'s> {
 
 #[cfg(test)]
 mod backfill_tests;
+#[cfg(test)]
+mod park_proptests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]

@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 const TEAMS: [&str; 3] = ["a", "b", "c"];
 
 #[derive(Clone, Debug)]
-enum Op {
-    Submit { team: usize, replicas: u32, count: u32, high: bool, preemptible: bool },
+pub(super) enum Op {
+    Submit { team: usize, replicas: u32, count: u32, high: bool, preemptible: bool, bounded: bool },
     Cycle { advance_s: u64 },
     Finish(usize),
     Fail(usize),
@@ -31,8 +31,10 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0..3usize, 1..3u32, 1..9u32, any::<bool>(), prop::bool::weighted(0.8))
-            .prop_map(|(team, replicas, count, high, preemptible)| Op::Submit { team, replicas, count, high, preemptible }),
+        4 => (0..3usize, 1..3u32, 1..9u32, any::<bool>(), prop::bool::weighted(0.8), prop::bool::weighted(0.2))
+            .prop_map(|(team, replicas, count, high, preemptible, bounded)| {
+                Op::Submit { team, replicas, count, high, preemptible, bounded }
+            }),
         4 => (0..900u64).prop_map(|advance_s| Op::Cycle { advance_s }),
         2 => any::<usize>().prop_map(Op::Finish),
         1 => any::<usize>().prop_map(Op::Fail),
@@ -48,14 +50,14 @@ fn op() -> impl Strategy<Value = Op> {
 const MODELS: [&str; 2] = [H100, L4];
 
 #[derive(Clone, Debug)]
-struct World {
+pub(super) struct World {
     /// Each node's GPUs and model (an index into `MODELS`).
     nodes: Vec<(u32, usize)>,
     quotas: Vec<(u32, Option<u32>, Option<u32>)>,
-    ops: Vec<Op>,
+    pub ops: Vec<Op>,
 }
 
-fn world() -> impl Strategy<Value = World> {
+pub(super) fn world() -> impl Strategy<Value = World> {
     let quota = (0..17u32, prop::option::of(0..9u32), prop::option::of(0..17u32));
     let node = (1..9u32, prop::bool::weighted(0.3).prop_map(usize::from));
     (prop::collection::vec(node, 1..6), prop::collection::vec(quota, 3), prop::collection::vec(op(), 1..60))
@@ -97,23 +99,32 @@ fn node_id(w: &World, i: usize) -> NodeId {
 }
 
 /// Runs the ops; calls `check` after each command with the plan of the cycle, if any.
-fn run(w: &World, mut check: impl FnMut(&State, &State, Option<&Plan>)) -> State {
+fn run(w: &World, check: impl FnMut(&State, &State, Option<&Plan>)) -> State {
+    run_with(w, &PolicyConfig { min_runtime_ms: 60_000, ..PolicyConfig::default() }, check)
+}
+
+/// `run` under `policy`.
+pub(super) fn run_with(
+    w: &World,
+    policy: &PolicyConfig,
+    mut check: impl FnMut(&State, &State, Option<&Plan>),
+) -> State {
     let mut s = setup(w);
     let mut now = 0u64;
-    let policy = PolicyConfig { min_runtime_ms: 60_000, ..PolicyConfig::default() };
     for op in &w.ops {
         let before = s.clone();
         let mut plan = None;
         let cmd = match op {
-            Op::Submit { team, replicas, count, high, preemptible } => {
+            Op::Submit { team, replicas, count, high, preemptible, bounded } => {
                 let mut spec: JobSpec = job(TEAMS[*team], *replicas, *count);
                 spec.preemptible = *preemptible;
+                spec.max_runtime_ms = bounded.then_some(1_800_000);
                 spec.priority_class = Some(if *high { "high" } else { "low" }.into());
                 Some(Command::Submit { jobs: vec![spec], at_ms: now })
             }
             Op::Cycle { advance_s } => {
                 now += advance_s * 1000;
-                let p = schedule(&s, &policy, now);
+                let p = schedule(&s, policy, now);
                 let cmd = Command::ApplyPlan { decisions: p.decisions.clone(), at_ms: now };
                 plan = Some(p);
                 Some(cmd)

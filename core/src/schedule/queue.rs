@@ -15,8 +15,10 @@
 //! Strict FIFO stops a queue (a team's, or the global one) at its first job that is not placed;
 //! the jobs behind it are counted as blocked and get no report of their own.
 
+use super::park::{Look, Parking, ShapeCursor};
 use super::view::FlavorIx;
 use super::{Cycle, Verdict};
+use crate::accounts::TeamNo;
 use crate::ids::JobId;
 use crate::job::Job;
 use crate::plan::PendingReason;
@@ -45,10 +47,14 @@ struct HeadKey {
 }
 
 struct TeamCursor<'s> {
+    team: TeamNo,
     row: usize,
     /// The job at the head of the queue and the flavors it accepts.
     head: Option<(&'s Job, Cow<'s, [FlavorIx]>)>,
+    /// The team's queue, walked job by job.
     jobs: btree_set::Iter<'s, QueueKey>,
+    /// Where the team stands when the walk jumps over parked jobs instead.
+    shapes: ShapeCursor,
 }
 
 impl<'s> Cycle<'s> {
@@ -75,18 +81,38 @@ impl<'s> Cycle<'s> {
         })
     }
 
-    fn head_key(&self, cursor: &mut TeamCursor<'s>, slot: usize) -> Option<HeadKey> {
-        let &QueueKey { submitted_ms: submitted, id, .. } = cursor.jobs.next()?;
-        let job = &self.view.state.jobs()[&id];
-        cursor.head = Some((job, self.view.acceptable(cursor.row, &job.spec.gang.devices)));
-        let flavors = &cursor.head.as_ref().expect("just set").1;
-        let borrowing = !self.within_nominal(job, cursor.row, flavors);
-        let share = if borrowing { self.share(cursor.row) } else { 0 };
-        Some(HeadKey { borrowing, share, submitted, id, slot })
+    /// Makes the team's next job that is not passed over its head, and returns its key; a
+    /// walk that does not park answers the jobs passed over on the way (each at the next
+    /// position).
+    fn next_head(&mut self, cursor: &mut TeamCursor<'s>, slot: usize, position: &mut u32) -> Option<HeadKey> {
+        let parks = self.parks();
+        loop {
+            if self.bounded() {
+                return None;
+            }
+            let QueueKey { submitted_ms: submitted, id, .. } = if parks {
+                self.next_unparked(&mut cursor.shapes, cursor.team, cursor.row)?
+            } else {
+                *cursor.jobs.next()?
+            };
+            let job = &self.view.state.jobs()[&id];
+            let flavors = self.view.acceptable(cursor.row, &job.spec.gang.devices);
+            if !parks && self.passed_over(job, cursor.row, &flavors) {
+                self.consider(job, cursor.row, &flavors, *position);
+                *position += 1;
+                continue;
+            }
+            let borrowing = !self.within_nominal(job, cursor.row, &flavors);
+            let share = if borrowing { self.share(cursor.row) } else { 0 };
+            cursor.head = Some((job, flavors));
+            return Some(HeadKey { borrowing, share, submitted, id, slot });
+        }
     }
 
+    /// Whether the cycle examined or placed all it may: jobs answered from the cache of
+    /// failed shapes are not examined.
     fn bounded(&self) -> bool {
-        self.plan.stats.considered >= self.policy.max_jobs_per_cycle
+        self.plan.stats.considered - self.plan.stats.cache_hits >= self.policy.max_jobs_per_cycle
             || self.plan.stats.placed >= self.policy.max_placements_per_cycle
     }
 
@@ -104,18 +130,22 @@ impl<'s> Cycle<'s> {
         let mut cursors: Vec<TeamCursor<'s>> = state
             .queues()
             .slots()
-            .filter_map(|(t, _, q)| Some(TeamCursor { row: self.view.team_row(t)?, head: None, jobs: q.iter() }))
+            .filter_map(|(team, _, q)| {
+                let row = self.view.team_row(team)?;
+                Some(TeamCursor { team, row, head: None, jobs: q.iter(), shapes: ShapeCursor::default() })
+            })
             .collect();
+        let queued: usize = cursors.iter().map(|c| c.jobs.len()).sum();
+        let mut position = 0u32;
         let mut heap = BinaryHeap::with_capacity(cursors.len());
         for (slot, cursor) in cursors.iter_mut().enumerate() {
-            if let Some(k) = self.head_key(cursor, slot) {
+            if let Some(k) = self.next_head(cursor, slot, &mut position) {
                 heap.push(Reverse(k));
             }
         }
         let fair = (self.policy.max_jobs_per_cycle / (heap.len() as u32).max(1)).max(1);
         let mut looked = vec![0u32; cursors.len()];
         let mut deferred = Vec::new();
-        let mut position = 0u32;
         while let Some(Reverse(key)) = heap.pop().or_else(|| {
             heap.extend(deferred.drain(..));
             heap.pop()
@@ -137,9 +167,12 @@ impl<'s> Cycle<'s> {
                 continue;
             }
             position += 1;
-            if let Some(k) = self.head_key(&mut cursors[slot], slot) {
+            if let Some(k) = self.next_head(&mut cursors[slot], slot, &mut position) {
                 heap.push(Reverse(k));
             }
+        }
+        if self.parks() && !self.bounded() {
+            self.plan.stats.parked = queued as u32 - self.plan.stats.considered;
         }
     }
 
@@ -159,20 +192,52 @@ impl<'s> Cycle<'s> {
         }
     }
 
-    /// Considers the jobs of a global queue in order, until the bounds or a strict FIFO stop.
+    /// Considers the jobs of a global queue in order, until the bounds or a strict FIFO stop;
+    /// passes over the jobs of parked teams, and stops once every team is parked.
     fn walk_global(&mut self, ids: impl Iterator<Item = JobId>, total: usize) {
         let state = self.view.state;
+        let teams: Vec<TeamNo> =
+            state.queues().slots().filter(|(t, _, _)| self.view.team_row(*t).is_some()).map(|(t, ..)| t).collect();
+        let mut parking = self.parks().then(Parking::default);
+        let mut live = teams.len();
         for (position, id) in ids.enumerate() {
             if self.bounded() {
                 break;
             }
             let job = &state.jobs()[&id];
             let Some(row) = self.view.team_of(job) else { continue };
+            let t = state.accounts.team_of(job).expect("a team with a row has a slot");
+            if let Some(p) = parking.as_mut().filter(|p| p.is_parked(t)) {
+                p.pass(t);
+                self.plan.stats.parked += 1;
+                continue;
+            }
             let flavors = self.view.acceptable(row, &job.spec.gang.devices);
+            let before = self.plan.stats;
             if !self.consider(job, row, &flavors, position as u32) {
                 self.plan.stats.blocked += (total - position - 1) as u32;
                 break;
             }
+            let Some(p) = parking.as_mut() else { continue };
+            if self.after_look(p, t, row, job, self.look(&before)) || self.left(p, t) == 0 {
+                live -= 1;
+            }
+            if live == 0 {
+                self.plan.stats.parked += teams.iter().map(|&t| self.left(p, t)).sum::<u32>();
+                break;
+            }
+        }
+    }
+
+    /// What became of the job just looked at, from the counters before the look.
+    fn look(&self, before: &crate::plan::CycleStats) -> Look {
+        let now = &self.plan.stats;
+        if now.placed > before.placed {
+            Look::Placed
+        } else if now.cache_hits > before.cache_hits {
+            Look::Cached
+        } else {
+            Look::Examined
         }
     }
 

@@ -1,4 +1,6 @@
-//! The pending jobs of every team, each team's in queue order (priority, then age, then id).
+//! The pending jobs of every team, each team's in queue order (priority, then age, then id),
+//! and how many of them are of each shape (what lets a cycle see that every job left in a
+//! queue is of a shape that already failed, see `schedule/park.rs`).
 //!
 //! A team's queue stays, empty, once its last job leaves it: on a cluster with room most
 //! queues empty and refill with every job, and rebuilding one each time (a map entry, a tree
@@ -8,8 +10,9 @@
 
 use crate::accounts::TeamNo;
 use crate::ids::{JobId, TeamId};
+use crate::job::{GangSpec, Job};
 use std::cmp::Reverse;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Order of pending jobs within a team: priority (high first), then age, then id (fields compare
 /// in that order).
@@ -30,32 +33,70 @@ impl QueueKey {
     }
 }
 
+/// What makes two pending jobs of one team alike to a scheduling cycle: the same gang, priority
+/// and preemptibility give the same shape key there (`schedule::ShapeKey`), and a job with a
+/// maximum runtime may be backfilled where one without may not.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct JobShape {
+    pub gang: GangSpec,
+    pub priority: i32,
+    pub preemptible: bool,
+    pub bounded: bool,
+}
+
+impl JobShape {
+    /// The shape of `job`.
+    pub fn of(job: &Job) -> Self {
+        Self {
+            gang: job.spec.gang.clone(),
+            priority: job.priority,
+            preemptible: job.spec.preemptible,
+            bounded: job.spec.max_runtime_ms.is_some(),
+        }
+    }
+}
+
+/// One team's pending jobs in queue order, and again per shape.
+#[derive(Clone, Debug)]
+struct TeamQueue {
+    team: TeamId,
+    jobs: BTreeSet<QueueKey>,
+    shapes: BTreeMap<JobShape, BTreeSet<QueueKey>>,
+}
+
 /// Every team's queue, by the team's slot in the state's accounts (so that queueing a job
 /// finds its team's queue by the job's hint, without a search by name), and the teams with a
 /// queue in name order (what iterating and looking up by name go by).
 #[derive(Clone, Debug, Default)]
 pub struct TeamQueues {
-    by_slot: Vec<Option<(TeamId, BTreeSet<QueueKey>)>>,
+    by_slot: Vec<Option<TeamQueue>>,
     /// Slots that have a queue, in team name order.
     order: Vec<TeamNo>,
 }
 
 impl PartialEq for TeamQueues {
+    /// The non-empty queues, with their jobs per shape (which a consistent queue implies, so
+    /// that the invariant check sees an index that drifted).
     fn eq(&self, other: &Self) -> bool {
-        self.iter().eq(other.iter())
+        fn queues(q: &TeamQueues) -> Vec<&TeamQueue> {
+            q.order.iter().filter_map(|&t| q.at(t)).filter(|q| !q.jobs.is_empty()).collect()
+        }
+        let (a, b) = (queues(self), queues(other));
+        a.len() == b.len()
+            && a.iter().zip(&b).all(|(x, y)| x.team == y.team && x.jobs == y.jobs && x.shapes == y.shapes)
     }
 }
 
 impl Eq for TeamQueues {}
 
 impl TeamQueues {
-    fn at(&self, t: TeamNo) -> Option<&(TeamId, BTreeSet<QueueKey>)> {
+    fn at(&self, t: TeamNo) -> Option<&TeamQueue> {
         self.by_slot.get(t.ix()).and_then(Option::as_ref)
     }
 
     /// The team of a slot in `order`.
     fn name(&self, t: TeamNo) -> &TeamId {
-        &self.at(t).expect("ordered slots have queues").0
+        &self.at(t).expect("ordered slots have queues").team
     }
 
     /// The non-empty queues, in team order.
@@ -65,66 +106,122 @@ impl TeamQueues {
 
     /// The non-empty queues with their teams' slots, in team order.
     pub(crate) fn slots(&self) -> impl Iterator<Item = (TeamNo, &TeamId, &BTreeSet<QueueKey>)> {
-        let queues = self.order.iter().filter_map(|&t| self.at(t).map(|(id, q)| (t, id, q)));
+        let queues = self.order.iter().filter_map(|&t| self.at(t).map(|q| (t, &q.team, &q.jobs)));
         queues.filter(|(_, _, q)| !q.is_empty())
     }
 
     /// A team's queue, if it has one.
     pub fn get(&self, team: &TeamId) -> Option<&BTreeSet<QueueKey>> {
         let i = self.order.binary_search_by(|&t| self.name(t).cmp(team)).ok()?;
-        self.at(self.order[i]).map(|(_, q)| q)
+        self.at(self.order[i]).map(|q| &q.jobs)
     }
 
-    /// Adds a job to the queue of `team`, whose slot is `t` (the name is copied only for a
+    /// The shapes of the pending jobs of team slot `t`, with how many jobs each.
+    pub(crate) fn shapes(&self, t: TeamNo) -> impl Iterator<Item = (&JobShape, u32)> {
+        self.shape_queues(t).map(|(s, q)| (s, q.len() as u32))
+    }
+
+    /// The shapes of the pending jobs of team slot `t`, each with its jobs in queue order.
+    pub(crate) fn shape_queues(&self, t: TeamNo) -> impl Iterator<Item = (&JobShape, &BTreeSet<QueueKey>)> {
+        self.at(t).into_iter().flat_map(|q| q.shapes.iter())
+    }
+
+    /// Pending jobs of team slot `t` of `shape`.
+    pub(crate) fn shape_count(&self, t: TeamNo, shape: &JobShape) -> u32 {
+        self.at(t).and_then(|q| q.shapes.get(shape)).map_or(0, |q| q.len() as u32)
+    }
+
+    /// Adds `job` to the queue of its team, whose slot is `t` (the name is copied only for a
     /// team's first job); false if it was there already.
-    pub(crate) fn insert(&mut self, t: TeamNo, team: &TeamId, key: QueueKey) -> bool {
+    pub(crate) fn insert(&mut self, t: TeamNo, job: &Job) -> bool {
+        let team = &job.spec.team;
         if self.at(t).is_none() {
             let i = self.order.partition_point(|&s| self.name(s) < team);
             self.order.insert(i, t);
             if self.by_slot.len() <= t.ix() {
                 self.by_slot.resize_with(t.ix() + 1, || None);
             }
-            self.by_slot[t.ix()] = Some((team.clone(), BTreeSet::new()));
+            let queue = TeamQueue { team: team.clone(), jobs: BTreeSet::new(), shapes: BTreeMap::new() };
+            self.by_slot[t.ix()] = Some(queue);
         }
-        self.by_slot[t.ix()].as_mut().expect("just ensured").1.insert(key)
+        let queue = self.by_slot[t.ix()].as_mut().expect("just ensured");
+        let key = QueueKey::of(job);
+        let added = queue.jobs.insert(key);
+        if added {
+            queue.shapes.entry(JobShape::of(job)).or_default().insert(key);
+        }
+        added
     }
 
-    /// Takes a job out of the queue of team slot `t`; false if it was not there.
-    pub(crate) fn remove(&mut self, t: TeamNo, key: &QueueKey) -> bool {
-        self.by_slot.get_mut(t.ix()).and_then(Option::as_mut).is_some_and(|(_, queue)| queue.remove(key))
+    /// Takes `job` out of the queue of team slot `t`; false if it was not there.
+    pub(crate) fn remove(&mut self, t: TeamNo, job: &Job) -> bool {
+        let Some(queue) = self.by_slot.get_mut(t.ix()).and_then(Option::as_mut) else { return false };
+        let key = QueueKey::of(job);
+        if !queue.jobs.remove(&key) {
+            return false;
+        }
+        let shape = JobShape::of(job);
+        if let Some(jobs) = queue.shapes.get_mut(&shape) {
+            jobs.remove(&key);
+            if jobs.is_empty() {
+                queue.shapes.remove(&shape);
+            }
+        }
+        true
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::job;
+
+    /// Job `id` of `team`, submitted at 5 ms, with `count` devices.
+    fn queued(team: &str, id: u64, count: u32) -> Job {
+        Job::submitted(JobId(id), job(team, 1, count), 0, 5)
+    }
 
     #[test]
     fn queues_that_emptied_are_not_part_of_equality() {
-        let (a, b) = (TeamId::from("a"), TeamId::from("b"));
-        let key = |id| QueueKey { priority: Reverse(0), submitted_ms: 5, id: JobId(id) };
         let mut live = TeamQueues::default();
-        assert!(live.insert(TeamNo(0), &a, key(1)) && live.insert(TeamNo(1), &b, key(2)));
-        assert!(!live.insert(TeamNo(0), &a, key(1)), "already queued");
-        assert!(live.remove(TeamNo(0), &key(1)) && !live.remove(TeamNo(0), &key(1)));
+        assert!(live.insert(TeamNo(0), &queued("a", 1, 1)) && live.insert(TeamNo(1), &queued("b", 2, 1)));
+        assert!(!live.insert(TeamNo(0), &queued("a", 1, 1)), "already queued");
+        assert!(live.remove(TeamNo(0), &queued("a", 1, 1)) && !live.remove(TeamNo(0), &queued("a", 1, 1)));
         let mut rebuilt = TeamQueues::default();
-        rebuilt.insert(TeamNo(3), &b, key(2));
+        rebuilt.insert(TeamNo(3), &queued("b", 2, 1));
         assert_eq!(live, rebuilt, "slots differ, the queues are the same");
         assert_eq!(live.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), ["b"]);
-        assert!(live.get(&a).is_some_and(BTreeSet::is_empty));
-        rebuilt.insert(TeamNo(0), &a, key(3));
+        assert!(live.get(&TeamId::from("a")).is_some_and(BTreeSet::is_empty));
+        rebuilt.insert(TeamNo(0), &queued("a", 3, 1));
         assert_ne!(live, rebuilt);
     }
 
     #[test]
     fn queues_go_in_name_order_whatever_their_slots() {
-        let key = |id| QueueKey { priority: Reverse(0), submitted_ms: 5, id: JobId(id) };
         let mut q = TeamQueues::default();
         for (t, name) in [(2, "c"), (0, "a"), (5, "b")] {
-            q.insert(TeamNo(t), &TeamId::from(name), key(u64::from(t)));
+            q.insert(TeamNo(t), &queued(name, u64::from(t), 1));
         }
         assert_eq!(q.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
         assert_eq!(q.get(&TeamId::from("b")).map(BTreeSet::len), Some(1));
         assert!(q.get(&TeamId::from("d")).is_none());
+    }
+
+    /// Each shape is counted while a job of it is queued, and forgotten with its last job.
+    #[test]
+    fn shapes_are_counted_as_jobs_come_and_go() {
+        let mut q = TeamQueues::default();
+        let (one, two, eight) = (queued("a", 1, 1), queued("a", 2, 1), queued("a", 3, 8));
+        for j in [&one, &two, &eight] {
+            q.insert(TeamNo(0), j);
+        }
+        q.insert(TeamNo(0), &one);
+        let counts = |q: &TeamQueues| q.shapes(TeamNo(0)).map(|(s, n)| (s.gang.devices.count, n)).collect::<Vec<_>>();
+        assert_eq!(counts(&q), [(1, 2), (8, 1)], "a job queued twice counts once");
+        q.remove(TeamNo(0), &eight);
+        q.remove(TeamNo(0), &eight);
+        q.remove(TeamNo(0), &one);
+        assert_eq!(counts(&q), [(1, 1)]);
+        assert_eq!(q.shapes(TeamNo(7)).count(), 0, "a team with no queue has no shapes");
     }
 }
