@@ -31,6 +31,7 @@ pub(crate) mod nodes;
 pub mod queues;
 pub(crate) mod rows;
 pub mod table;
+mod times;
 
 /// Newest snapshot format version; bump on any change of `Persistent`'s encoding. Version 2
 /// is version 1 followed by a trailer of job usage records; a state without usage is written
@@ -129,6 +130,8 @@ pub struct State {
     /// Running jobs with a maximum runtime, by the time it runs out.
     pub(crate) deadlines: BTreeSet<(u64, JobId)>,
     deadline_of: BTreeMap<JobId, u64>,
+    /// Pending jobs by submission, running jobs by start (see `times.rs`).
+    pub(crate) times: times::Times,
     /// The scheduler's node index, kept between cycles (see `schedule/nodes.rs`).
     node_index: Derived<NodeIndex>,
     /// Quota totals per flavor slot of `accounts`, kept between cycles.
@@ -479,9 +482,11 @@ impl State {
         self.deadlines.range(..=(now_ms, JobId(u64::MAX))).map(|(_, id)| *id)
     }
 
-    /// Refreshes the `stopping`, `running` and `deadlines` indexes after a job changed state.
+    /// Refreshes the `stopping`, `running`, `deadlines` and start-time indexes after a job
+    /// changed state.
     pub(crate) fn track(&mut self, id: JobId) {
         let job = &self.data.jobs[&id];
+        self.times.track(job);
         if matches!(job.state, JobState::Preempted | JobState::Stopping) {
             self.stopping.insert(id);
         } else {
@@ -510,6 +515,7 @@ impl State {
         let job = &self.data.jobs[&id];
         let t = self.accounts.team_of(job).expect("every job's team has a slot");
         self.pending += usize::from(self.queues.insert(t, job));
+        self.times.enqueue(job);
         if let Some(set) = self.fifo.0.get_mut() {
             set.insert(id);
         }
@@ -520,6 +526,7 @@ impl State {
 
     pub(crate) fn dequeue(&mut self, id: JobId) {
         let job = &self.data.jobs[&id];
+        self.times.dequeue(job);
         if let Some(set) = self.fifo.0.get_mut() {
             set.remove(id);
         }

@@ -12,7 +12,7 @@ use super::view::{FlavorIx, NodeView};
 use super::Cycle;
 use crate::job::Job;
 use crate::plan::{Preemption, PreemptionRule};
-use std::cmp::Reverse;
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
@@ -22,12 +22,16 @@ pub(crate) struct Found {
     pub picks: Vec<Pick>,
 }
 
-/// A possible victim, its team row and the devices it holds (node index, mask).
+/// Device masks per node index, worked out once per cycle and shared by a candidate's clones.
+type LazyMasks = Rc<OnceCell<Box<[(u32, u64)]>>>;
+
+/// A possible victim, its team row and the devices it holds (node index, mask), worked out
+/// the first time a search asks (most candidates of a cycle are never asked).
 #[derive(Clone)]
 pub(crate) struct Candidate<'s> {
     job: &'s Job,
     team: usize,
-    masks: Rc<[(u32, u64)]>,
+    masks: LazyMasks,
 }
 
 /// The victims taken so far in one search.
@@ -44,18 +48,15 @@ impl<'s> Cycle<'s> {
         let (policy, now) = (self.policy, self.now_ms);
         if self.running.is_none() {
             let mut by_flavor: BTreeMap<FlavorIx, Vec<Candidate<'s>>> = BTreeMap::new();
-            let running = state.running().iter().map(|id| &state.jobs()[&id]);
+            // Latest start first (then by id): sorting by priority, stably, gives the order.
+            let running = state.times.running_by_start().map(|id| &state.jobs()[&id]);
             for j in running.filter(|j| j.preemptible_at(now, policy.min_runtime_ms)) {
                 let (Some(a), Some(team)) = (&j.assignment, self.view.team_of(j)) else { continue };
                 let Some(f) = self.view.flavors.iter().position(|x| x == &a.flavor) else { continue };
-                by_flavor.entry(FlavorIx::at(f)).or_default().push(Candidate {
-                    job: j,
-                    team,
-                    masks: self.view.job_masks(j).into(),
-                });
+                by_flavor.entry(FlavorIx::at(f)).or_default().push(Candidate { job: j, team, masks: Rc::default() });
             }
-            for list in by_flavor.values_mut() {
-                list.sort_by_key(|c| (c.job.priority, Reverse(c.job.started_ms), c.job.id));
+            for list in by_flavor.values_mut().filter(|l| !l.is_sorted_by_key(|c| c.job.priority)) {
+                list.sort_by_key(|c| c.job.priority);
             }
             self.running = Some(by_flavor);
         }
@@ -90,6 +91,11 @@ impl<'s> Cycle<'s> {
         reclaim.chain(own).take(limit).cloned().collect()
     }
 
+    /// The devices candidate `c` holds, per node index.
+    fn masks<'c>(&self, c: &'c Candidate<'_>) -> &'c [(u32, u64)] {
+        c.masks.get_or_init(|| self.view.job_masks(c.job).into())
+    }
+
     /// Victims chosen so far in this cycle.
     fn victim_count(&self) -> usize {
         self.victims.as_ref().map_or(0, |v| v.len())
@@ -99,7 +105,7 @@ impl<'s> Cycle<'s> {
     fn freed(&self, trial: &Trial<'_>) -> BTreeMap<u32, u64> {
         let mut extra: BTreeMap<u32, u64> = BTreeMap::new();
         for v in &trial.chosen {
-            for &(n, m) in v.masks.iter() {
+            for &(n, m) in self.masks(v) {
                 *extra.entry(n).or_default() |= m;
             }
         }
@@ -242,7 +248,7 @@ impl<'s> Cycle<'s> {
     fn out_of_reach(&self, shape: &Shape, base: &[u32], candidates: &[Candidate<'_>]) -> bool {
         let mut extra: BTreeMap<u32, u64> = base.iter().map(|&n| (n, 0)).collect();
         for c in candidates {
-            for &(n, m) in c.masks.iter() {
+            for &(n, m) in self.masks(c) {
                 *extra.entry(n).or_default() |= m;
             }
         }
@@ -316,7 +322,7 @@ impl<'s> Cycle<'s> {
                 continue;
             }
             trial.chosen.push(c.clone());
-            for &(n, m) in c.masks.iter() {
+            for &(n, m) in self.masks(c) {
                 *extra.entry(n).or_default() |= m;
             }
             picks = self.fits_freeing(t, shape, base, &trial, &extra);

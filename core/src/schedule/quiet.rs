@@ -21,24 +21,19 @@ use crate::state::State;
 /// same `state`: no rule that reads the time can change its answer in between. False when in
 /// doubt.
 pub fn same_decisions_between(state: &State, policy: &PolicyConfig, last_ms: u64, now_ms: u64) -> bool {
-    let crossed = |t: u64| last_ms < t && t <= now_ms;
     if now_ms < last_ms
         || (policy.las_preemption && policy.order == QueueOrder::LeastAttained)
         || state.expired(now_ms).next().is_some()
     {
         return false;
     }
-    let jobs = state.jobs();
-    if policy.reclaim || policy.within_team_preemption {
-        let protected_until = |id| {
-            let j = &jobs[&id];
-            j.spec.preemptible.then_some(j.started_ms?.saturating_add(policy.min_runtime_ms))
-        };
-        if state.running().iter().filter_map(protected_until).any(crossed) {
-            return false;
-        }
+    let times = &state.times;
+    if (policy.reclaim || policy.within_team_preemption)
+        && times.started_crossing(last_ms, now_ms, policy.min_runtime_ms).any(|id| state.jobs()[&id].spec.preemptible)
+    {
+        return false;
     }
-    !state.queues().iter().flat_map(|(_, q)| q).any(|k| crossed(k.submitted_ms.saturating_add(policy.reserve_after_ms)))
+    times.submitted_crossing(last_ms, now_ms, policy.reserve_after_ms).next().is_none()
 }
 
 /// Whether the jobs `arrived` since an inert cycle (`Plan::is_inert`) on this state, with

@@ -83,6 +83,9 @@ impl State {
         if self.deadlines != fresh.deadlines || self.deadline_of != fresh.deadline_of {
             return differs("deadlines");
         }
+        if self.times != fresh.times {
+            return differs("submission and start times");
+        }
         if self.node_index() != fresh.node_index() {
             return differs("node index");
         }
