@@ -149,6 +149,8 @@ pub(crate) struct Cycle<'s> {
     /// Devices per (team row, flavor) that this cycle's victims will give back.
     victim_devices: Option<BTreeMap<(usize, FlavorIx), u32>>,
     running: Option<BTreeMap<FlavorIx, Vec<preempt::Candidate<'s>>>>,
+    /// The device masks of the candidates in `running`, by their slot, filled when asked.
+    candidate_masks: Vec<preempt::LazyMasks>,
     preemption_attempts: u32,
     /// Devices held back for the reservations made so far.
     held: Vec<reserve::Held>,
@@ -169,6 +171,7 @@ impl<'s> Cycle<'s> {
             victims: None,
             victim_devices: None,
             running: None,
+            candidate_masks: Vec::new(),
             preemption_attempts: 0,
             held: Vec::new(),
             parking: true,

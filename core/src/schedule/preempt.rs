@@ -12,9 +12,9 @@ use super::view::{FlavorIx, NodeView};
 use super::Cycle;
 use crate::job::Job;
 use crate::plan::{Preemption, PreemptionRule};
+use crate::resource::Flavor;
 use std::cell::OnceCell;
 use std::collections::BTreeMap;
-use std::rc::Rc;
 
 /// A chosen victim set and the devices the preemptor will take once they exit.
 pub(crate) struct Found {
@@ -22,16 +22,17 @@ pub(crate) struct Found {
     pub picks: Vec<Pick>,
 }
 
-/// Device masks per node index, worked out once per cycle and shared by a candidate's clones.
-type LazyMasks = Rc<OnceCell<Box<[(u32, u64)]>>>;
+/// A candidate's device masks per node index, worked out when a search first asks.
+pub(crate) type LazyMasks = OnceCell<Box<[(u32, u64)]>>;
 
-/// A possible victim, its team row and the devices it holds (node index, mask), worked out
-/// the first time a search asks (most candidates of a cycle are never asked).
+/// A possible victim, its team row, and its slot in the cycle's `candidate_masks`: the devices
+/// it holds (node index, mask), worked out the first time a search asks (most candidates of a
+/// cycle are never asked).
 #[derive(Clone)]
 pub(crate) struct Candidate<'s> {
     job: &'s Job,
     team: usize,
-    masks: LazyMasks,
+    slot: usize,
 }
 
 /// The victims taken so far in one search.
@@ -50,10 +51,20 @@ impl<'s> Cycle<'s> {
             let mut by_flavor: BTreeMap<FlavorIx, Vec<Candidate<'s>>> = BTreeMap::new();
             // Latest start first (then by id): sorting by priority, stably, gives the order.
             let running = state.times.running_by_start().map(|id| &state.jobs()[&id]);
+            let mut last: Option<(&Flavor, FlavorIx)> = None;
             for j in running.filter(|j| j.preemptible_at(now, policy.min_runtime_ms)) {
                 let (Some(a), Some(team)) = (&j.assignment, self.view.team_of(j)) else { continue };
-                let Some(f) = self.view.flavors.iter().position(|x| x == &a.flavor) else { continue };
-                by_flavor.entry(FlavorIx::at(f)).or_default().push(Candidate { job: j, team, masks: Rc::default() });
+                let f = match last {
+                    Some((flavor, f)) if *flavor == a.flavor => f,
+                    _ => match self.view.flavors.iter().position(|x| x == &a.flavor) {
+                        Some(f) => FlavorIx::at(f),
+                        None => continue,
+                    },
+                };
+                last = Some((&a.flavor, f));
+                let slot = self.candidate_masks.len();
+                self.candidate_masks.push(OnceCell::new());
+                by_flavor.entry(f).or_default().push(Candidate { job: j, team, slot });
             }
             for list in by_flavor.values_mut().filter(|l| !l.is_sorted_by_key(|c| c.job.priority)) {
                 list.sort_by_key(|c| c.job.priority);
@@ -92,8 +103,8 @@ impl<'s> Cycle<'s> {
     }
 
     /// The devices candidate `c` holds, per node index.
-    fn masks<'c>(&self, c: &'c Candidate<'_>) -> &'c [(u32, u64)] {
-        c.masks.get_or_init(|| self.view.job_masks(c.job).into())
+    fn masks(&self, c: &Candidate<'_>) -> &[(u32, u64)] {
+        self.candidate_masks[c.slot].get_or_init(|| self.view.job_masks(c.job).into())
     }
 
     /// Victims chosen so far in this cycle.
