@@ -8,7 +8,10 @@
 //!   it, which a replica pays only while a snapshot of it is being encoded);
 //! - `quiet_check`: what a leader pays for a periodic cycle when its last cycle decided nothing
 //!   and nothing was applied since: `same_decisions_between` over the 100,000 pending jobs,
-//!   instead of a cycle.
+//!   instead of a cycle;
+//! - `parked_cycle`: a leader's cycle (nothing to explain) once the drain's placements are
+//!   applied: the fleet is full, the jobs left wait (none young enough to be a victim yet), and
+//!   the cycle tries each shape once and parks the rest of the queue.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use qm_benches::{apply, build, Fleet};
@@ -41,6 +44,18 @@ fn bench(c: &mut Criterion) {
     g.bench_function("cycle_1000", |b| b.iter(|| black_box(schedule(&state, &bounded, 1))));
     g.bench_function("drain", |b| b.iter(|| black_box(schedule(&state, &drain, 1))));
     g.bench_function("quiet_check", |b| b.iter(|| black_box(same_decisions_between(&state, &bounded, 1, 1_001))));
+    let mut full_fleet = state.clone();
+    apply(&mut full_fleet, full.decisions.clone(), 1);
+    let leader = PolicyConfig { explain: false, ..PolicyConfig::default() };
+    let parked = schedule(&full_fleet, &leader, 2);
+    eprintln!(
+        "parked_cycle: {} pending, {} examined, {} parked, {} decisions",
+        parked.stats.pending,
+        parked.stats.considered - parked.stats.cache_hits,
+        parked.stats.parked,
+        parked.decisions.placements.len() + parked.decisions.preemptions.len()
+    );
+    g.bench_function("parked_cycle", |b| b.iter(|| black_box(schedule(&full_fleet, &leader, 2))));
     let plan = schedule(&state, &bounded, 1);
     let bytes = state.to_bytes();
     let one = PolicyConfig { max_placements_per_cycle: 1, ..PolicyConfig::default() };

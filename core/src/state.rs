@@ -31,7 +31,7 @@ pub(crate) mod nodes;
 pub mod queues;
 pub(crate) mod rows;
 pub mod table;
-mod times;
+pub(crate) mod times;
 
 /// Newest snapshot format version; bump on any change of `Persistent`'s encoding. Version 2
 /// is version 1 followed by a trailer of job usage records; a state without usage is written

@@ -7,7 +7,9 @@
 //! are releasing, or search for victims (`preempt.rs`), or, for a job that waited long enough,
 //! reserve the nodes it needs, and let in later jobs that end before the reservation starts
 //! (`reserve.rs`). Jobs of a shape that failed are answered
-//! from a per-cycle cache: capacity only shrinks within a cycle, so the answer stands.
+//! from a per-cycle cache: capacity only shrinks within a cycle, so the answer stands; a cycle
+//! that explains nothing jumps over them (`park.rs`; the global queues by submission shape by
+//! shape, `streams.rs`).
 
 mod overlay;
 mod park;
@@ -16,6 +18,7 @@ mod preempt;
 mod queue;
 mod quiet;
 mod reserve;
+mod streams;
 mod view;
 
 use crate::ids::JobId;
@@ -148,9 +151,14 @@ pub(crate) struct Cycle<'s> {
     victims: Option<BTreeSet<JobId>>,
     /// Devices per (team row, flavor) that this cycle's victims will give back.
     victim_devices: Option<BTreeMap<(usize, FlavorIx), u32>>,
-    running: Option<BTreeMap<FlavorIx, Vec<preempt::Candidate<'s>>>>,
-    /// The device masks of the candidates in `running`, by their slot, filled when asked.
+    /// Each candidate's slot in `candidate_masks`, by job.
+    candidate_slots: BTreeMap<JobId, usize>,
+    /// The device masks of the candidates, by their slot, filled when asked.
     candidate_masks: Vec<preempt::LazyMasks>,
+    /// Least-attained-service candidates per (flavor, service level), until a victim is taken.
+    las_candidates: BTreeMap<(FlavorIx, usize), Rc<[preempt::Candidate<'s>]>>,
+    /// The devices a list of candidates holds, per node, for the last list a search asked.
+    all_freed: Option<preempt::AllFreed<'s>>,
     preemption_attempts: u32,
     /// Devices held back for the reservations made so far.
     held: Vec<reserve::Held>,
@@ -170,8 +178,10 @@ impl<'s> Cycle<'s> {
             unfit: None,
             victims: None,
             victim_devices: None,
-            running: None,
+            candidate_slots: BTreeMap::new(),
             candidate_masks: Vec::new(),
+            las_candidates: BTreeMap::new(),
+            all_freed: None,
             preemption_attempts: 0,
             held: Vec::new(),
             parking: true,

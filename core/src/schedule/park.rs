@@ -89,7 +89,7 @@ impl Cycle<'_> {
 
     /// Whether a job of `shape` of team row `row` is passed over: its shape failed in this
     /// cycle, and it may not be backfilled.
-    fn shape_failed(&self, row: usize, shape: &JobShape) -> bool {
+    pub(super) fn shape_failed(&self, row: usize, shape: &JobShape) -> bool {
         let flavors = self.view.acceptable(row, &shape.gang.devices);
         let key = ShapeKey::new(row, &flavors, &shape.gang, shape.priority, shape.preemptible);
         !shape.bounded && self.failed.as_ref().is_some_and(|f| f.contains_key(&key))

@@ -18,6 +18,8 @@ fn policy() -> impl Strategy<Value = PolicyConfig> {
         PolicyConfig {
             order,
             las_preemption: order == QueueOrder::LeastAttained,
+            // Low service levels, so that waiting jobs of every level meet in a queue.
+            las_thresholds_device_s: vec![600, 6_000],
             max_jobs_per_cycle: max_jobs,
             max_placements_per_cycle: max_placements,
             reserve_after_ms: reserve * 1_800_000,

@@ -5,6 +5,7 @@
 //! its victims are its own team's, at no more than the team holds now (a team that borrows may
 //! still put its priorities in order, as long as it borrows no more).
 
+mod candidates;
 mod exact;
 
 use super::place::{Pick, Shape};
@@ -12,9 +13,9 @@ use super::view::{FlavorIx, NodeView};
 use super::Cycle;
 use crate::job::Job;
 use crate::plan::{Preemption, PreemptionRule};
-use crate::resource::Flavor;
 use std::cell::OnceCell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 /// A chosen victim set and the devices the preemptor will take once they exit.
 pub(crate) struct Found {
@@ -24,6 +25,9 @@ pub(crate) struct Found {
 
 /// A candidate's device masks per node index, worked out when a search first asks.
 pub(crate) type LazyMasks = OnceCell<Box<[(u32, u64)]>>;
+
+/// A list of candidates, and the devices they hold, per node (node index, mask).
+pub(crate) type AllFreed<'s> = (Rc<[Candidate<'s>]>, Rc<BTreeMap<u32, u64>>);
 
 /// A possible victim, its team row, and its slot in the cycle's `candidate_masks`: the devices
 /// it holds (node index, mask), worked out the first time a search asks (most candidates of a
@@ -42,66 +46,6 @@ struct Trial<'s> {
 }
 
 impl<'s> Cycle<'s> {
-    /// Every running job that may be preempted now, per flavor, cheapest first; built once per
-    /// cycle, the first time a search needs it.
-    fn preemptible(&mut self) -> &BTreeMap<FlavorIx, Vec<Candidate<'s>>> {
-        let state = self.view.state;
-        let (policy, now) = (self.policy, self.now_ms);
-        if self.running.is_none() {
-            let mut by_flavor: BTreeMap<FlavorIx, Vec<Candidate<'s>>> = BTreeMap::new();
-            // Latest start first (then by id): sorting by priority, stably, gives the order.
-            let running = state.times.running_by_start().map(|id| &state.jobs()[&id]);
-            let mut last: Option<(&Flavor, FlavorIx)> = None;
-            for j in running.filter(|j| j.preemptible_at(now, policy.min_runtime_ms)) {
-                let (Some(a), Some(team)) = (&j.assignment, self.view.team_of(j)) else { continue };
-                let f = match last {
-                    Some((flavor, f)) if *flavor == a.flavor => f,
-                    _ => match self.view.flavors.iter().position(|x| x == &a.flavor) {
-                        Some(f) => FlavorIx::at(f),
-                        None => continue,
-                    },
-                };
-                last = Some((&a.flavor, f));
-                let slot = self.candidate_masks.len();
-                self.candidate_masks.push(OnceCell::new());
-                by_flavor.entry(f).or_default().push(Candidate { job: j, team, slot });
-            }
-            for list in by_flavor.values_mut().filter(|l| !l.is_sorted_by_key(|c| c.job.priority)) {
-                list.sort_by_key(|c| c.job.priority);
-            }
-            self.running = Some(by_flavor);
-        }
-        self.running.as_ref().expect("just built")
-    }
-
-    /// Running jobs of flavor `f` that may be victims of `job` (of team row `t`), at most
-    /// `max_preemption_candidates` of them. Under the quota rules, first the jobs of other teams
-    /// that hold more than their nominal (taking one pays back a loan), then the team's own
-    /// lower-priority jobs; cheapest first within each. Jobs that can never be victims are left
-    /// out before the cap, so that they cannot crowd out those that can.
-    fn candidates(&mut self, job: &Job, t: usize, f: FlavorIx) -> Vec<Candidate<'s>> {
-        let policy = self.policy;
-        let limit = policy.max_preemption_candidates as usize;
-        let (las, now) = (self.las(), self.now_ms);
-        let level = policy.las_level(job.attained_at(now));
-        self.preemptible();
-        let all = self.running.as_ref().and_then(|r| r.get(&f)).map_or(&[][..], Vec::as_slice);
-        let taken = |c: &Candidate<'_>| self.victims.as_ref().is_some_and(|v| v.contains(&c.job.id));
-        let eligible = all.iter().filter(|c| !taken(c));
-        if las {
-            return eligible
-                .filter(|c| policy.las_level(c.job.attained_at(now)) > level)
-                .take(limit)
-                .cloned()
-                .collect();
-        }
-        let reclaim = eligible
-            .clone()
-            .filter(|c| c.team != t && policy.reclaim && self.reclaimable(c, f, &Trial::default(), false));
-        let own = eligible.filter(|c| c.team == t && policy.within_team_preemption && c.job.priority < job.priority);
-        reclaim.chain(own).take(limit).cloned().collect()
-    }
-
     /// The devices candidate `c` holds, per node index.
     fn masks(&self, c: &Candidate<'_>) -> &[(u32, u64)] {
         self.candidate_masks[c.slot].get_or_init(|| self.view.job_masks(c.job).into())
@@ -112,10 +56,10 @@ impl<'s> Cycle<'s> {
         self.victims.as_ref().map_or(0, |v| v.len())
     }
 
-    /// Devices the trial's victims hold, per node.
-    fn freed(&self, trial: &Trial<'_>) -> BTreeMap<u32, u64> {
+    /// Devices the victims hold, per node.
+    fn freed(&self, victims: &[Candidate<'_>]) -> BTreeMap<u32, u64> {
         let mut extra: BTreeMap<u32, u64> = BTreeMap::new();
-        for v in &trial.chosen {
+        for v in victims {
             for &(n, m) in self.masks(v) {
                 *extra.entry(n).or_default() |= m;
             }
@@ -145,7 +89,7 @@ impl<'s> Cycle<'s> {
     /// Where the preemptor would go if the trial's victims exited; `None` if it would not fit,
     /// or would not be within its nominal quota.
     fn fits(&self, t: usize, shape: &Shape, base: &[u32], trial: &Trial<'_>) -> Option<Vec<Pick>> {
-        self.fits_freeing(t, shape, base, trial, &self.freed(trial))
+        self.fits_freeing(t, shape, base, trial, &self.freed(&trial.chosen))
     }
 
     /// `fits`, given the devices the trial's victims hold (`freed`), which a search that adds
@@ -177,10 +121,15 @@ impl<'s> Cycle<'s> {
     /// placed in this very cycle is not running yet and cannot be a victim, so it must not make
     /// an older job look borrowed.
     fn reclaimable(&self, c: &Candidate<'_>, f: FlavorIx, trial: &Trial<'_>, keep_nominal: bool) -> bool {
-        let committed = self.view.committed_usage(c.team, f);
-        let kept = committed.saturating_sub(self.removed(trial, c.team, f));
+        let kept = self.kept(c.team, f, trial);
         let nominal = self.nominal(c.team, f);
         kept > nominal && (!keep_nominal || kept.saturating_sub(c.job.spec.gang.total_devices()) >= nominal)
+    }
+
+    /// What team row `t` holds on `f`, committed, once the trial's victims and those chosen
+    /// before exit.
+    fn kept(&self, t: usize, f: FlavorIx, trial: &Trial<'_>) -> u32 {
+        self.view.committed_usage(t, f).saturating_sub(self.removed(trial, t, f))
     }
 
     /// Searches a minimal set of whole gangs whose preemption makes room for `job` (of team row
@@ -234,44 +183,26 @@ impl<'s> Cycle<'s> {
         )
     }
 
-    /// Devices of every preemptible running job of team row `t` on `f` with a lower priority
-    /// than `job` that no victim set of this cycle holds: at least what its own candidates hold,
-    /// so a job that does not fit its nominal even with these fails before its candidates are
-    /// gathered. The running jobs are sorted by priority, lowest first.
-    fn own_lower(&mut self, job: &Job, t: usize, f: FlavorIx) -> u32 {
-        if !self.policy.within_team_preemption {
-            return 0;
-        }
-        self.preemptible();
-        let all = self.running.as_ref().and_then(|r| r.get(&f)).map_or(&[][..], Vec::as_slice);
-        let taken = |c: &Candidate<'_>| self.victims.as_ref().is_some_and(|v| v.contains(&c.job.id));
-        all.iter()
-            .take_while(|c| c.job.priority < job.priority)
-            .filter(|c| c.team == t && !taken(c))
-            .map(|c| c.job.spec.gang.total_devices())
-            .sum()
-    }
-
     /// Whether no set of `candidates` could make room: even with all of them gone, the nodes
     /// (`base` and theirs) could not hold the shape's replicas by their devices, CPU and
     /// memory. Every search tries subsets of the candidates, and placement asks more than this
-    /// count (locality, racks), so they would all fail; this says so without trying.
-    fn out_of_reach(&self, shape: &Shape, base: &[u32], candidates: &[Candidate<'_>]) -> bool {
-        let mut extra: BTreeMap<u32, u64> = base.iter().map(|&n| (n, 0)).collect();
-        for c in candidates {
-            for &(n, m) in self.masks(c) {
-                *extra.entry(n).or_default() |= m;
+    /// count (locality, racks), so they would all fail; this says so without trying. What the
+    /// candidates free is kept for the next search with the same list (least attained service
+    /// shares one per service level).
+    fn out_of_reach(&mut self, shape: &Shape, base: &[u32], candidates: &Rc<[Candidate<'s>]>) -> bool {
+        let freed = match &self.all_freed {
+            Some((list, freed)) if Rc::ptr_eq(list, candidates) => Rc::clone(freed),
+            _ => {
+                let freed = Rc::new(self.freed(candidates));
+                self.all_freed = Some((Rc::clone(candidates), Rc::clone(&freed)));
+                freed
             }
+        };
+        let mut room = Room::new(self, shape, base);
+        for (&n, &m) in freed.iter() {
+            room.set(self, shape, n, m);
         }
-        let room: u64 = extra
-            .iter()
-            .map(|(&n, &m)| {
-                let nv = self.view.node(n);
-                let avail = (nv.free | nv.releasing | (m & nv.healthy)) & self.view.mask_of(n, shape.flavor);
-                u64::from(super::place::replicas_fit(shape, avail.count_ones(), nv.cpu_free, nv.mem_free))
-            })
-            .sum();
-        room < u64::from(shape.replicas)
+        !room.may_fit(shape)
     }
 
     /// Why no running job may be preempted for `job`: none would qualify, or those that would
@@ -325,6 +256,7 @@ impl<'s> Cycle<'s> {
         let mut trial = Trial::default();
         let mut picks = None;
         let mut extra = BTreeMap::new();
+        let mut room = Room::new(self, shape, base);
         for c in candidates {
             if self.victim_count() + trial.chosen.len() >= budget {
                 break;
@@ -336,7 +268,8 @@ impl<'s> Cycle<'s> {
             for &(n, m) in self.masks(c) {
                 *extra.entry(n).or_default() |= m;
             }
-            picks = self.fits_freeing(t, shape, base, &trial, &extra);
+            room.free(self, shape, self.masks(c));
+            picks = room.may_fit(shape).then(|| self.fits_freeing(t, shape, base, &trial, &extra)).flatten();
             if picks.is_some() {
                 break;
             }
@@ -380,6 +313,7 @@ impl<'s> Cycle<'s> {
                 },
             })
             .collect();
+        self.las_candidates.clear();
         for v in &trial.chosen {
             *self.victim_devices.get_or_insert_default().entry((v.team, f)).or_default() +=
                 v.job.spec.gang.total_devices();
@@ -387,5 +321,46 @@ impl<'s> Cycle<'s> {
             self.view.add_releasing(v.job);
         }
         Found { victims, picks }
+    }
+}
+
+/// How many of a shape's replicas some nodes could hold by their devices, CPU and memory, with
+/// the devices of the victims so far freed: what a placement needs at least (it asks more:
+/// locality, racks), kept up to date victim by victim for less than a placement costs.
+struct Room {
+    /// Per node: the devices its victims free, and the replicas it could hold.
+    nodes: BTreeMap<u32, (u64, u32)>,
+    total: u64,
+}
+
+impl Room {
+    /// The room on `base`, the nodes with free or releasing devices of the shape's flavor.
+    fn new(cycle: &Cycle<'_>, shape: &Shape, base: &[u32]) -> Self {
+        let mut room = Room { nodes: BTreeMap::new(), total: 0 };
+        for &n in base {
+            room.set(cycle, shape, n, 0);
+        }
+        room
+    }
+
+    /// Frees the devices of a victim (node index, mask).
+    fn free(&mut self, cycle: &Cycle<'_>, shape: &Shape, masks: &[(u32, u64)]) {
+        for &(n, m) in masks {
+            let freed = self.nodes.get(&n).map_or(0, |&(freed, _)| freed) | m;
+            self.set(cycle, shape, n, freed);
+        }
+    }
+
+    fn set(&mut self, cycle: &Cycle<'_>, shape: &Shape, n: u32, freed: u64) {
+        let nv = cycle.view.node(n);
+        let avail = (nv.free | nv.releasing | (freed & nv.healthy)) & cycle.view.mask_of(n, shape.flavor);
+        let fit = super::place::replicas_fit(shape, avail.count_ones(), nv.cpu_free, nv.mem_free);
+        let before = self.nodes.insert(n, (freed, fit)).map_or(0, |(_, fit)| fit);
+        self.total = self.total - u64::from(before) + u64::from(fit);
+    }
+
+    /// Whether the shape's replicas could fit by this count.
+    fn may_fit(&self, shape: &Shape) -> bool {
+        self.total >= u64::from(shape.replicas)
     }
 }

@@ -111,7 +111,7 @@ impl<'s> Cycle<'s> {
 
     /// Whether the cycle examined or placed all it may: jobs answered from the cache of
     /// failed shapes are not examined.
-    fn bounded(&self) -> bool {
+    pub(super) fn bounded(&self) -> bool {
         self.plan.stats.considered - self.plan.stats.cache_hits >= self.policy.max_jobs_per_cycle
             || self.plan.stats.placed >= self.policy.max_placements_per_cycle
     }
@@ -176,17 +176,23 @@ impl<'s> Cycle<'s> {
         }
     }
 
-    /// Walks one global queue (kept sorted by the state) lazily; least-attained-service sorts
-    /// the FIFO by service level first (stable, so FIFO within a level).
+    /// Walks one global queue (kept sorted by the state) lazily; least-attained-service walks
+    /// the FIFO once per service level, lowest first (FIFO within a level).
     fn run_global(&mut self, order: QueueOrder) {
         let state = self.view.state;
         match order {
+            QueueOrder::Fifo | QueueOrder::LeastAttained if self.parks() => {
+                self.walk_shapes(order == QueueOrder::LeastAttained);
+            }
             QueueOrder::ShortestFirst => self.walk_global(state.shortest().iter().map(|k| k.2), state.shortest().len()),
             QueueOrder::LeastAttained => {
-                let mut ids: Vec<JobId> = state.fifo().iter().collect();
-                ids.sort_by_key(|id| self.policy.las_level(state.jobs()[id].attained_device_ms));
-                let total = ids.len();
-                self.walk_global(ids.into_iter(), total);
+                // Each level's jobs in FIFO order, lowest level first, found lazily: a walk
+                // that stops early reads no further (a sort would read and order them all).
+                let (policy, fifo) = (self.policy, state.fifo());
+                let level = move |id: &JobId| policy.las_level(state.jobs()[id].attained_device_ms);
+                let levels = 0..=policy.las_thresholds_device_s.len();
+                let ids = levels.flat_map(move |l| fifo.iter().filter(move |id| level(id) == l));
+                self.walk_global(ids, fifo.len());
             }
             _ => self.walk_global(state.fifo().iter(), state.fifo().len()),
         }
@@ -230,7 +236,7 @@ impl<'s> Cycle<'s> {
     }
 
     /// What became of the job just looked at, from the counters before the look.
-    fn look(&self, before: &crate::plan::CycleStats) -> Look {
+    pub(super) fn look(&self, before: &crate::plan::CycleStats) -> Look {
         let now = &self.plan.stats;
         if now.placed > before.placed {
             Look::Placed
@@ -243,7 +249,7 @@ impl<'s> Cycle<'s> {
 
     /// Looks at one job and reports it if it stays pending. Returns false when strict FIFO
     /// stops its queue here.
-    fn consider(&mut self, job: &'s Job, row: usize, flavors: &[FlavorIx], position: u32) -> bool {
+    pub(super) fn consider(&mut self, job: &'s Job, row: usize, flavors: &[FlavorIx], position: u32) -> bool {
         self.plan.stats.considered += 1;
         match self.try_job(job, row, flavors) {
             Verdict::Placed => {

@@ -61,7 +61,16 @@ impl JobShape {
 struct TeamQueue {
     team: TeamId,
     jobs: BTreeSet<QueueKey>,
-    shapes: BTreeMap<JobShape, BTreeSet<QueueKey>>,
+    shapes: BTreeMap<JobShape, ShapeQueue>,
+}
+
+/// A team's pending jobs of one shape, in queue order and in id (submission) order, with the
+/// service each received (devices x ms, which stays put while a job waits): the global queues
+/// (`QueueOrder::Fifo`, and `LeastAttained` by service level) go by id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct ShapeQueue {
+    keys: BTreeSet<QueueKey>,
+    ids: BTreeMap<JobId, u64>,
 }
 
 /// Every team's queue, by the team's slot in the state's accounts (so that queueing a job
@@ -123,12 +132,18 @@ impl TeamQueues {
 
     /// The shapes of the pending jobs of team slot `t`, each with its jobs in queue order.
     pub(crate) fn shape_queues(&self, t: TeamNo) -> impl Iterator<Item = (&JobShape, &BTreeSet<QueueKey>)> {
-        self.at(t).into_iter().flat_map(|q| q.shapes.iter())
+        self.at(t).into_iter().flat_map(|q| q.shapes.iter().map(|(s, q)| (s, &q.keys)))
+    }
+
+    /// The shapes of the pending jobs of team slot `t`, each with its jobs in id order and the
+    /// service each attained.
+    pub(crate) fn shape_ids(&self, t: TeamNo) -> impl Iterator<Item = (&JobShape, &BTreeMap<JobId, u64>)> {
+        self.at(t).into_iter().flat_map(|q| q.shapes.iter().map(|(s, q)| (s, &q.ids)))
     }
 
     /// Pending jobs of team slot `t` of `shape`.
     pub(crate) fn shape_count(&self, t: TeamNo, shape: &JobShape) -> u32 {
-        self.at(t).and_then(|q| q.shapes.get(shape)).map_or(0, |q| q.len() as u32)
+        self.at(t).and_then(|q| q.shapes.get(shape)).map_or(0, |q| q.keys.len() as u32)
     }
 
     /// Adds `job` to the queue of its team, whose slot is `t` (the name is copied only for a
@@ -148,7 +163,9 @@ impl TeamQueues {
         let key = QueueKey::of(job);
         let added = queue.jobs.insert(key);
         if added {
-            queue.shapes.entry(JobShape::of(job)).or_default().insert(key);
+            let shape = queue.shapes.entry(JobShape::of(job)).or_default();
+            shape.keys.insert(key);
+            shape.ids.insert(job.id, job.attained_device_ms);
         }
         added
     }
@@ -162,8 +179,9 @@ impl TeamQueues {
         }
         let shape = JobShape::of(job);
         if let Some(jobs) = queue.shapes.get_mut(&shape) {
-            jobs.remove(&key);
-            if jobs.is_empty() {
+            jobs.keys.remove(&key);
+            jobs.ids.remove(&job.id);
+            if jobs.keys.is_empty() {
                 queue.shapes.remove(&shape);
             }
         }

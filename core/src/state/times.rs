@@ -2,19 +2,33 @@
 //! between two instants is a range query (see `schedule::same_decisions_between`, asked after
 //! every event of a simulation): pending jobs by submission time (the reservation threshold
 //! counts from it) and running jobs by start time (the minimum run time counts from it).
+//!
+//! The running jobs that may be preempted are kept per flavor and team too, in the order a
+//! preemption search takes its candidates (`VictimKey`), so that a search reads the teams it
+//! may take from and stops at its cap, instead of sorting every running job each cycle.
 
-use crate::ids::JobId;
+use crate::ids::{JobId, TeamId};
 use crate::job::{Job, JobState};
+use crate::resource::Flavor;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
-/// Pending jobs by submission time, running jobs by start time (latest first).
+/// The order of possible victims, cheapest first: lowest priority, then latest start, then id.
+pub(crate) type VictimKey = (i32, Reverse<u64>, JobId);
+
+/// Running jobs whose spec allows preemption, per flavor and team, cheapest first.
+type Victims = BTreeMap<Flavor, BTreeMap<TeamId, BTreeSet<VictimKey>>>;
+
+/// Pending jobs by submission time, running jobs by start time (latest first), and the running
+/// jobs that may be preempted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Times {
     submitted: BTreeSet<(u64, JobId)>,
     started: BTreeSet<(Reverse<u64>, JobId)>,
     start_of: BTreeMap<JobId, u64>,
+    victims: Victims,
+    victim_of: BTreeMap<JobId, (Flavor, TeamId, VictimKey)>,
 }
 
 /// The times `t` with `t + delay` in `(after, upto]`: `(t > lower, t <= upper)`, with no
@@ -41,6 +55,30 @@ impl Times {
             self.started.insert((Reverse(s), job.id));
             self.start_of.insert(job.id, s);
         }
+        self.track_victim(job);
+    }
+
+    fn track_victim(&mut self, job: &Job) {
+        if let Some((flavor, team, key)) = self.victim_of.remove(&job.id) {
+            let teams = self.victims.get_mut(&flavor).expect("a tracked victim's flavor is kept");
+            let keys = teams.get_mut(&team).expect("a tracked victim's team is kept");
+            keys.remove(&key);
+            if keys.is_empty() {
+                teams.remove(&team);
+                if teams.is_empty() {
+                    self.victims.remove(&flavor);
+                }
+            }
+        }
+        let (JobState::Running, Some(start), Some(a), true) =
+            (job.state, job.started_ms, &job.assignment, job.spec.preemptible)
+        else {
+            return;
+        };
+        let key = (job.priority, Reverse(start), job.id);
+        let teams = self.victims.entry(a.flavor.clone()).or_default();
+        teams.entry(job.spec.team.clone()).or_default().insert(key);
+        self.victim_of.insert(job.id, (a.flavor.clone(), job.spec.team.clone(), key));
     }
 
     /// Pending jobs whose submission time plus `delay` falls in `(after, upto]`.
@@ -63,16 +101,16 @@ impl Times {
         range.into_iter().flat_map(|r| self.started.range(r)).map(|(_, id)| *id)
     }
 
-    /// Running jobs with a start time, latest first (by id among equals).
-    pub fn running_by_start(&self) -> impl Iterator<Item = JobId> + '_ {
-        self.started.iter().map(|(_, id)| *id)
+    /// The running jobs on `flavor` whose spec allows preemption, per team, cheapest first.
+    pub fn victims(&self, flavor: &Flavor) -> impl Iterator<Item = (&TeamId, &BTreeSet<VictimKey>)> {
+        self.victims.get(flavor).into_iter().flatten()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::job;
+    use crate::testkit::{h100, job};
 
     fn at(id: u64, submitted: u64, started: Option<u64>) -> Job {
         let mut j = Job::submitted(JobId(id), job("a", 1, 1), 0, submitted);
@@ -101,6 +139,38 @@ mod tests {
         assert_eq!(ids(&mut t.started_crossing(50, 60, 0)), [6, 7]);
         assert_eq!(ids(&mut t.started_crossing(0, 100, 10)), [6, 7, 5], "latest first");
         t.track(&at(6, 0, None));
-        assert_eq!(ids(&mut t.running_by_start()), [7, 5], "a job that stopped running leaves");
+        assert_eq!(ids(&mut t.started_crossing(0, 100, 10)), [7, 5], "a job that stopped running leaves");
+    }
+
+    /// Job `id` of `team` with `priority`, running on an H100 since `start`.
+    fn running(id: u64, team: &str, priority: i32, start: u64) -> Job {
+        let mut j = at(id, 0, Some(start));
+        j.spec = job(team, 1, 1);
+        j.priority = priority;
+        j.assignment = Some(crate::job::Assignment { flavor: h100(), replicas: Vec::new() });
+        j
+    }
+
+    #[test]
+    fn victims_are_kept_per_flavor_and_team_cheapest_first() {
+        let mut t = Times::default();
+        for j in [running(1, "a", 5, 10), running(2, "a", 0, 10), running(3, "a", 0, 30), running(4, "b", 0, 20)] {
+            t.track(&j);
+        }
+        let mut guarded = running(5, "b", 0, 40);
+        guarded.spec.preemptible = false;
+        t.track(&guarded);
+        let by_team = |t: &Times| -> Vec<(String, Vec<u64>)> {
+            t.victims(&h100()).map(|(team, keys)| (team.to_string(), keys.iter().map(|k| k.2 .0).collect())).collect()
+        };
+        assert_eq!(by_team(&t), [("a".into(), vec![3, 2, 1]), ("b".into(), vec![4])], "lowest priority, latest first");
+        t.track(&at(4, 0, None));
+        t.track(&at(3, 0, None));
+        assert_eq!(by_team(&t), [("a".to_string(), vec![2, 1])], "stopped jobs leave, and their empty team");
+        let mut rebuilt = Times::default();
+        for j in [running(1, "a", 5, 10), running(2, "a", 0, 10), guarded] {
+            rebuilt.track(&j);
+        }
+        assert_eq!(t, rebuilt);
     }
 }
