@@ -155,6 +155,8 @@ pub(crate) struct Cycle<'s> {
     candidate_slots: BTreeMap<JobId, usize>,
     /// The device masks of the candidates, by their slot, filled when asked.
     candidate_masks: Vec<preempt::LazyMasks>,
+    /// Every running job of a flavor that may be preempted, for least-attained-service searches.
+    las_running: BTreeMap<FlavorIx, Rc<[(usize, &'s Job)]>>,
     /// Least-attained-service candidates per (flavor, service level), until a victim is taken.
     las_candidates: BTreeMap<(FlavorIx, usize), Rc<[preempt::Candidate<'s>]>>,
     /// The devices a list of candidates holds, per node, for the last list a search asked.
@@ -180,6 +182,7 @@ impl<'s> Cycle<'s> {
             victim_devices: None,
             candidate_slots: BTreeMap::new(),
             candidate_masks: Vec::new(),
+            las_running: BTreeMap::new(),
             las_candidates: BTreeMap::new(),
             all_freed: None,
             preemption_attempts: 0,

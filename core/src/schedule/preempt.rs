@@ -140,8 +140,7 @@ impl<'s> Cycle<'s> {
         if self.victim_count() >= budget {
             return Err(format!("the cycle's victim budget ({budget}) is spent"));
         }
-        let own_lower = self.own_lower(job, t, f);
-        if !self.las() && !self.could_fit_nominal(job, t, f, own_lower) {
+        if !self.las() && !self.could_fit_nominal(job, t, f, self.own_lower(job, t, f)) {
             return Err(self.over_nominal(t, f));
         }
         let candidates = self.candidates(job, t, f);

@@ -54,6 +54,17 @@ impl<'s> Cycle<'s> {
         Preemptible { state, teams, now_ms: self.now_ms, min_runtime_ms: self.policy.min_runtime_ms }
     }
 
+    /// Every running job of flavor `f` that may be preempted now, of every team, cheapest
+    /// first: what least-attained-service searches filter by level; read once per cycle.
+    fn running_on(&mut self, f: FlavorIx) -> Rc<[(usize, &'s Job)]> {
+        if let Some(all) = self.las_running.get(&f) {
+            return Rc::clone(all);
+        }
+        let all: Rc<[_]> = self.preemptible(f, |_| true).collect();
+        self.las_running.insert(f, Rc::clone(&all));
+        all
+    }
+
     /// Whether a victim set of this cycle holds `job`.
     fn taken(&self, job: &Job) -> bool {
         self.victims.as_ref().is_some_and(|v| v.contains(&job.id))
@@ -78,7 +89,8 @@ impl<'s> Cycle<'s> {
         }
         let found: Vec<(usize, &'s Job)> = if las {
             let higher = |j: &Job| policy.las_level(j.attained_at(now)) > level;
-            self.preemptible(f, |_| true).filter(|(_, j)| !self.taken(j) && higher(j)).take(limit).collect()
+            let all = self.running_on(f);
+            all.iter().filter(|(_, j)| !self.taken(j) && higher(j)).take(limit).copied().collect()
         } else {
             let lender = |row: usize| self.kept(row, f, &super::Trial::default()) > self.nominal(row, f);
             let reclaim = self.preemptible(f, |row| row != t && policy.reclaim && lender(row));
