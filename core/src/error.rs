@@ -88,6 +88,20 @@ pub enum ApplyError {
         /// What was asked.
         action: &'static str,
     },
+    /// A submission's request id names an earlier submission of other jobs (the replicated
+    /// server's table of request ids answers a retry with the first answer only when the retry
+    /// carries the same jobs).
+    #[error(
+        "request_id: {request_id:?} was used for a different submission (it created job(s) {}); \
+         retry with the same jobs, or use a new request id",
+        list_ids(jobs)
+    )]
+    RequestIdReused {
+        /// The request id.
+        request_id: String,
+        /// The jobs the first submission created.
+        jobs: Vec<JobId>,
+    },
     /// An agent's report about an attempt that is no longer the job's current one.
     #[error("job {job}: the report is about attempt {attempt}, the job is on attempt {current}")]
     StaleAttempt {
@@ -98,6 +112,10 @@ pub enum ApplyError {
         /// The job's current attempt.
         current: u32,
     },
+}
+
+fn list_ids(ids: &[JobId]) -> String {
+    ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
 fn list_or_none(items: &[String]) -> String {

@@ -2,7 +2,7 @@
 //! on every replica alike. A retried submission (same request id) gets the first answer.
 
 use crate::codec::{decode_snapshot, encode_snapshot, CodecError, Dedup, Members, Proposal};
-use qm_core::{ApplyError, Command, Outcome, State};
+use qm_core::{ApplyError, Command, JobId, JobSpec, Outcome, State};
 
 /// What applying one proposal gave, for the replica that proposed it.
 #[derive(Debug)]
@@ -83,11 +83,16 @@ impl Fsm {
     fn apply_one(&mut self, p: Proposal) -> Applied {
         let at_ms = p.command.at_ms();
         let seen = match (&p.request_id, &p.command) {
-            (Some(id), Command::Submit { .. }) => self.dedup.get(id),
+            (Some(id), Command::Submit { jobs, .. }) => {
+                self.dedup.get(id).map(|first| (id, first, self.same_jobs(first, jobs)))
+            }
             _ => None,
         };
         let result = match seen {
-            Some(jobs) => Ok(Outcome { submitted: jobs.to_vec(), ..Outcome::default() }),
+            Some((_, first, true)) => Ok(Outcome { submitted: first.to_vec(), ..Outcome::default() }),
+            Some((id, first, false)) => {
+                Err(ApplyError::RequestIdReused { request_id: id.clone(), jobs: first.to_vec() })
+            }
             None => {
                 let result = self.state.apply(p.command);
                 if let (Some(id), Ok(out)) = (p.request_id, &result) {
@@ -100,16 +105,27 @@ impl Fsm {
         };
         Applied { origin: p.origin, seq: p.seq, result, at_ms }
     }
+
+    /// Whether a retried submission of `jobs` is the one that created `first`: the same
+    /// number of jobs, each with the spec its job was created with. (A job the state no longer
+    /// holds leaves nothing to compare, and counts as the same.)
+    fn same_jobs(&self, first: &[JobId], jobs: &[JobSpec]) -> bool {
+        first.len() == jobs.len()
+            && first.iter().zip(jobs).all(|(id, spec)| self.state.job(*id).is_none_or(|j| j.spec == *spec))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qm_core::JobId;
 
     fn submit(seq: u64, request_id: Option<&str>) -> Proposal {
+        submit_named(seq, request_id, &format!("j{seq}"))
+    }
+
+    fn submit_named(seq: u64, request_id: Option<&str>, name: &str) -> Proposal {
         let mut spec = crate::testing::job_spec("t");
-        spec.name = format!("j{seq}");
+        spec.name = name.to_owned();
         Proposal {
             origin: 1,
             seq,
@@ -129,8 +145,8 @@ mod tests {
     #[test]
     fn a_retried_submission_gets_the_first_answer_and_creates_nothing() {
         let mut f = fsm();
-        let first = f.apply(1, vec![submit(1, Some("r"))]);
-        let again = f.apply(2, vec![submit(2, Some("r")), submit(3, None)]);
+        let first = f.apply(1, vec![submit_named(1, Some("r"), "train")]);
+        let again = f.apply(2, vec![submit_named(2, Some("r"), "train"), submit(3, None)]);
         let ids = |a: &Applied| a.result.as_ref().unwrap().submitted.clone();
         assert_eq!(ids(&first[0]), vec![JobId(1)]);
         assert_eq!(ids(&again[0]), vec![JobId(1)]);
@@ -139,6 +155,22 @@ mod tests {
         assert_eq!(f.applied, 2);
         let times: Vec<Option<u64>> = again.iter().map(|a| a.at_ms).collect();
         assert_eq!(times, [Some(2), Some(3)], "each change carries its command's time, for watchers");
+    }
+
+    #[test]
+    fn a_request_id_reused_for_other_jobs_is_refused_and_creates_nothing() {
+        let mut f = fsm();
+        f.apply(1, vec![submit_named(1, Some("r"), "train")]);
+        let before = f.state.hash();
+        let out = f.apply(2, vec![submit_named(2, Some("r"), "eval")]);
+        let err = out[0].result.as_ref().unwrap_err();
+        assert_eq!(err, &ApplyError::RequestIdReused { request_id: "r".into(), jobs: vec![JobId(1)] });
+        assert!(err.to_string().starts_with("request_id: \"r\" was used for a different submission"), "{err}");
+        assert_eq!(f.state.hash(), before);
+        let mut two = submit_named(3, Some("r"), "train");
+        let Command::Submit { jobs, .. } = &mut two.command else { unreachable!() };
+        jobs.push(jobs[0].clone());
+        assert!(f.apply(3, vec![two])[0].result.is_err(), "more jobs than the first submission");
     }
 
     #[test]
@@ -162,10 +194,10 @@ mod tests {
     #[test]
     fn a_snapshot_restores_state_and_request_ids() {
         let mut f = fsm();
-        f.apply(1, vec![submit(1, Some("r"))]);
+        f.apply(1, vec![submit_named(1, Some("r"), "train")]);
         let mut back = Fsm::restore(&f.snapshot(), 1).unwrap();
         assert_eq!(back.state.hash(), f.state.hash());
-        let again = back.apply(2, vec![submit(2, Some("r"))]);
+        let again = back.apply(2, vec![submit_named(2, Some("r"), "train")]);
         assert_eq!(again[0].result.as_ref().unwrap().submitted, vec![JobId(1)]);
     }
 }

@@ -303,11 +303,13 @@ async fn a_backup_starts_a_new_cluster_with_the_same_state() {
     assert_eq!(status.state_hash, old_hash);
     let listed = JobServiceClient::new(channel).list(ListJobsRequest::default()).await.unwrap().into_inner().jobs;
     assert_eq!(listed.len(), 50);
-    let again = JobServiceClient::new(new.channel().await)
-        .submit(SubmitRequest { jobs: vec![job("retry", 1)], request_id: "b".into() })
-        .await
-        .unwrap();
-    assert_eq!(again.into_inner().job_ids.len(), 50, "request ids survive the backup");
+    let mut jobs = JobServiceClient::new(new.channel().await);
+    let batch: Vec<_> = (0..50).map(|i| job(&format!("j{i}"), 1)).collect();
+    let again = jobs.submit(SubmitRequest { jobs: batch, request_id: "b".into() }).await.unwrap();
+    assert_eq!(again.into_inner().job_ids, (1..=50).collect::<Vec<u64>>(), "request ids survive the backup");
+    let other = jobs.submit(SubmitRequest { jobs: vec![job("retry", 1)], request_id: "b".into() }).await.unwrap_err();
+    assert_eq!(other.code(), tonic::Code::AlreadyExists, "{other:?}");
+    assert!(other.message().contains("request_id: \"b\" was used for a different submission"), "{other:?}");
     new.stop().await;
 }
 

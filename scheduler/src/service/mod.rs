@@ -31,6 +31,7 @@ pub fn status_of(e: NodeError) -> Status {
             | ApplyError::UnknownPriorityClass { .. }
             | ApplyError::NoQuotaForRequest { .. } => Status::invalid_argument(e.to_string()),
             ApplyError::UnknownJob(_) | ApplyError::UnknownNode(_) => Status::not_found(e.to_string()),
+            ApplyError::RequestIdReused { .. } => Status::already_exists(e.to_string()),
             _ => Status::failed_precondition(e.to_string()),
         },
     }
