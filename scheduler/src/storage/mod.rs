@@ -69,6 +69,15 @@ pub enum StorageError {
         /// The decoder's message.
         reason: String,
     },
+    /// Another process holds the data directory.
+    #[error(
+        "storage: {} is locked by another process (is another qm server running on this data directory?)",
+        .dir.display()
+    )]
+    Locked {
+        /// The data directory.
+        dir: std::path::PathBuf,
+    },
     /// The data directory was written by a newer format.
     #[error("storage: format version {found} is not known to this release (it knows {known}); upgrade qm")]
     Version {

@@ -16,13 +16,20 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use std::convert::Infallible;
+use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// The on-disk format this release writes.
 pub const FORMAT_VERSION: u32 = 2;
 /// The format before the snapshot moved to its own tree; opened and migrated.
 const FORMAT_ONE: u32 = 1;
+
+/// How long opening a store waits for a lock that a store dropped in this process still holds.
+pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(2);
+/// How often it looks again.
+const LOCK_POLL: Duration = Duration::from_millis(5);
 /// The tree of the snapshot.
 const SNAPSHOT_TREE: &str = "snapshot";
 
@@ -89,10 +96,44 @@ pub struct SledStore {
     meta: Arc<Mutex<Meta>>,
 }
 
+/// Whether sled could not open a directory because its lock is held. sled reports it as an
+/// error of kind `Other` whose message carries the `flock` error (`WouldBlock`), so the
+/// message is all there is to go by.
+fn lock_held(e: &io::Error) -> bool {
+    let message = e.to_string();
+    e.kind() == io::ErrorKind::WouldBlock
+        || (message.starts_with("could not acquire lock") && message.contains("WouldBlock"))
+}
+
+/// Opens the sled database in `dir`, waiting up to `wait` for its lock (see
+/// `SledStore::open_waiting`).
+pub(crate) fn open_db(dir: &Path, wait: Duration) -> Result<sled::Db, StorageError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match sled::Config::new().path(dir).open() {
+            Err(sled::Error::Io(e)) if lock_held(&e) => {
+                if Instant::now() >= deadline {
+                    return Err(StorageError::Locked { dir: dir.to_owned() });
+                }
+                std::thread::sleep(LOCK_POLL);
+            }
+            db => return Ok(db?),
+        }
+    }
+}
+
 impl SledStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
-        Self::from_db(sled::Config::new().path(dir).open()?)
+        Self::open_waiting(dir, LOCK_WAIT)
+    }
+
+    /// Opens the store in `dir`, waiting up to `wait` for its lock. A store dropped in this
+    /// process releases the lock only once sled's flusher thread has stopped, a moment after
+    /// the drop (sled does not join it), so a replica reopened at once (a restore, a test)
+    /// would otherwise fail; a lock held longer is another process's.
+    pub(crate) fn open_waiting(dir: &Path, wait: Duration) -> Result<Self, StorageError> {
+        Self::from_db(open_db(dir, wait)?)
     }
 
     /// A store that lives in a temporary directory and disappears when dropped.
