@@ -176,3 +176,44 @@ fn a_request_whose_replica_dies_under_it_goes_to_the_next() {
     assert!(err.contains(&format!("{dying}: the connection failed before the answer came")), "{err}");
     assert!(err.contains("may or may not have been applied"), "{err}");
 }
+
+/// A replica that takes connections and never answers (a paused process), counting them.
+fn paused_replica() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&count);
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            counted.fetch_add(1, Ordering::SeqCst);
+            held.push(conn);
+        }
+    });
+    (addr, count)
+}
+
+/// A paused replica costs a command one wait: `qm apply` makes a call per class and team, and
+/// after the first timed out on the paused replica, the rest go to the one that answered.
+/// When none answers, the error names each address with its own cause.
+#[test]
+fn a_paused_replica_costs_one_wait_per_command_and_every_address_is_explained() {
+    let dev = Dev::start();
+    let (paused, connections) = paused_replica();
+    let both = format!("--server={paused},{}", dev.addr);
+    let applied = qm(&["apply", "-f", "examples/teams.toml", &both]);
+    assert!(applied.status.success(), "{}", text(&applied.stderr));
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1, "tried once, then last");
+    let listed = json(&qm(&["teams", "--json", &dev.flag()]));
+    assert!(listed.as_array().is_some_and(|teams| !teams.is_empty()), "{listed}");
+    let closed = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let (a, b) = (closed(), closed());
+    let none = qm(&["jobs", &format!("--server={a},{b}")]);
+    assert_eq!(none.status.code(), Some(4));
+    let err = text(&none.stderr);
+    assert!(
+        err.contains(&format!("{a}: Connection refused")) && err.contains(&format!("{b}: Connection refused")),
+        "{err}"
+    );
+}

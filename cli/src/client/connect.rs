@@ -1,16 +1,58 @@
 //! Reaching the replicas: the addresses of `--server` / `QM_SERVER`, one call tried on each in
-//! turn, failing over when a replica is down, has no quorum, or dies under a request that is
-//! safe to send twice; and a clear, immediate error when no replica can be reached at all.
+//! turn, failing over when a replica is down, paused, has no quorum, or dies under a request
+//! that is safe to send twice; and a clear, immediate error when no replica can be reached at
+//! all, naming each address and what went wrong there.
+//!
+//! A command remembers what it learnt (`Seen`): the replica that answered is tried first by the
+//! command's next call (the next page of a list, the next item of `qm apply`), and one that
+//! failed is tried last, so that a dead or paused replica costs one short wait per command.
 
 use super::Target;
 use crate::out::{Exit, Failure};
 use anyhow::Result;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 
 /// How long a call keeps trying replicas that answer but cannot serve (no leader, no quorum).
 const PATIENCE: Duration = Duration::from_secs(10);
+
+/// How long one request waits for its answer: longer than a replica's 3 s deadline for a
+/// write to commit (which then answers `Unavailable` itself), short enough that a paused
+/// replica is passed over soon.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// What one command learnt of the replicas, by their position in `--server`.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// The replica that answered last.
+    answered: Option<usize>,
+    /// Replicas that could not be reached, timed out or could not serve.
+    failed: BTreeSet<usize>,
+}
+
+impl Seen {
+    /// The order to try `n` replicas in: the one that answered, then those not known to have
+    /// failed, in the order given, then those that failed.
+    fn order(&self, n: usize) -> Vec<usize> {
+        let fresh = (0..n).filter(|i| Some(*i) != self.answered && !self.failed.contains(i));
+        let failed = self.failed.iter().copied().filter(|i| Some(*i) != self.answered);
+        self.answered.into_iter().chain(fresh).chain(failed).collect()
+    }
+
+    fn answered(&mut self, i: usize) {
+        self.answered = Some(i);
+        self.failed.remove(&i);
+    }
+
+    fn failed(&mut self, i: usize) {
+        self.failed.insert(i);
+        if self.answered == Some(i) {
+            self.answered = None;
+        }
+    }
+}
 
 /// Whether a request may be sent again when its connection failed after it was sent and
 /// before the answer came: the replica may have applied it.
@@ -40,7 +82,7 @@ pub fn endpoint(addr: &str) -> Result<Endpoint> {
     Ok(Endpoint::from_shared(format!("http://{hostport}"))
         .map_err(|e| Failure::usage(format!("--server: {addr:?}: {e}")))?
         .connect_timeout(Duration::from_secs(1))
-        .timeout(PATIENCE))
+        .timeout(REQUEST_TIMEOUT))
 }
 
 /// The innermost error of a chain: the operating system's words ("Connection refused").
@@ -52,10 +94,10 @@ fn root_message(e: &(dyn std::error::Error + 'static)) -> String {
     last.to_string()
 }
 
-/// Calls `f` on each replica in turn until one answers: `Unavailable` and connection failures
-/// move on to the next, for up to 10 s; so does a connection that failed under the request
-/// (the replica died mid-request), since this request is safe to send again. When no replica
-/// could even be connected to, it fails at once.
+/// Calls `f` on each replica in turn until one answers: `Unavailable`, connection failures
+/// and requests that time out move on to the next, for up to 10 s; so does a connection that
+/// failed under the request (the replica died mid-request), since this request is safe to send
+/// again. When no replica could even be connected to, it fails at once.
 pub async fn call<T, F, Fut>(t: &Target, f: F) -> Result<T>
 where
     F: Fn(Channel) -> Fut,
@@ -72,58 +114,75 @@ where
 {
     let endpoints = t.servers().iter().map(|a| Ok((a.as_str(), endpoint(a)?))).collect::<Result<Vec<_>>>()?;
     let until = Instant::now() + PATIENCE;
-    let mut last = String::from("no --server given");
+    let mut causes: BTreeMap<usize, String> = BTreeMap::new();
     loop {
         let mut reached = false;
-        for (addr, endpoint) in &endpoints {
+        let order = t.seen().order(endpoints.len());
+        for i in order {
+            let (addr, endpoint) = &endpoints[i];
             let channel = match endpoint.connect().await {
                 Ok(c) => c,
                 Err(e) => {
-                    last = format!("{addr}: {}", root_message(&e));
+                    causes.insert(i, root_message(&e));
+                    t.seen().failed(i);
                     continue;
                 }
             };
             reached = true;
-            match f(channel).await {
-                Ok(r) => return Ok(r.into_inner()),
-                Err(s) if s.code() == tonic::Code::Unavailable => last = format!("{addr}: {}", s.message()),
-                Err(s) if connection_lost(&s) => match resend {
-                    Resend::Safe => last = format!("{addr}: connection lost: {}", s.message()),
-                    Resend::Never => {
-                        return Err(Failure::new(
-                            Exit::Unavailable,
-                            format!(
-                                "{addr}: the connection failed before the answer came ({}); the change may or may \
-                                 not have been applied: check with `qm status`",
-                                s.message()
-                            ),
-                        )
-                        .into())
-                    }
-                },
-                Err(s) => return Err(Failure::new(Exit::of_status(s.code()), s.message()).into()),
-            }
+            let status = match f(channel).await {
+                Ok(r) => {
+                    t.seen().answered(i);
+                    return Ok(r.into_inner());
+                }
+                Err(s) => s,
+            };
+            t.seen().failed(i);
+            match status {
+                s if s.code() == tonic::Code::Unavailable => causes.insert(i, s.message().to_owned()),
+                s if connection_lost(&s) && resend == Resend::Safe => {
+                    causes.insert(i, format!("no answer: {}", root_message(&s)))
+                }
+                s if connection_lost(&s) => return Err(outcome_unknown(addr, &s)),
+                s => return Err(Failure::new(Exit::of_status(s.code()), s.message()).into()),
+            };
         }
         if !reached {
-            return Err(unreachable(t, &last));
+            return Err(unreachable(t, &causes));
         }
         if Instant::now() >= until {
-            return Err(Failure::new(Exit::Unavailable, format!("no replica answered: {last}")).into());
+            let each = listed(t, &causes);
+            return Err(Failure::new(Exit::Unavailable, format!("no replica answered: {each}")).into());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-/// No replica accepted a connection: say where the client looked and how to point it
-/// elsewhere.
-fn unreachable(t: &Target, last: &str) -> anyhow::Error {
-    let tried = t.servers().join(", ");
+/// A change whose connection failed before its answer came, which is not sent twice.
+fn outcome_unknown(addr: &str, s: &tonic::Status) -> anyhow::Error {
+    let message = format!(
+        "{addr}: the connection failed before the answer came ({}); the change may or may not have been applied: \
+         check with `qm status`",
+        s.message()
+    );
+    Failure::new(Exit::Unavailable, message).into()
+}
+
+/// Every address with what went wrong there.
+fn listed(t: &Target, causes: &BTreeMap<usize, String>) -> String {
+    let each = causes.iter().map(|(&i, cause)| format!("{}: {cause}", t.servers()[i]));
+    each.collect::<Vec<_>>().join("; ")
+}
+
+/// No replica accepted a connection: say where the client looked, what each address said,
+/// and how to point it elsewhere.
+fn unreachable(t: &Target, causes: &BTreeMap<usize, String>) -> anyhow::Error {
     let hint = "start a scheduler with `qm dev`, or name yours with --server HOST:PORT or \
                 `export QM_SERVER=HOST:PORT[,HOST:PORT...]`";
+    let each = listed(t, causes);
     let message = if t.servers().len() == 1 {
-        format!("cannot reach a Quartermaster replica at {last}; {hint}")
+        format!("cannot reach a Quartermaster replica at {each}; {hint}")
     } else {
-        format!("cannot reach any Quartermaster replica ({tried}; last: {last}); {hint}")
+        format!("cannot reach any Quartermaster replica ({each}); {hint}")
     };
     Failure::new(Exit::Unavailable, message).into()
 }

@@ -41,17 +41,24 @@ pub struct Target {
     /// Print JSON instead of a table (errors too, on stderr).
     #[arg(long, global = true)]
     pub json: bool,
+    /// What this command learnt of the replicas so far.
+    #[arg(skip)]
+    seen: std::sync::Arc<std::sync::Mutex<connect::Seen>>,
 }
 
 impl Target {
     /// A target of these addresses, printing tables.
     pub fn new(server: Vec<String>) -> Self {
-        Self { server, json: false }
+        Self { server, json: false, seen: Default::default() }
     }
 
-    /// The replica addresses, in the order tried.
+    /// The replica addresses, as given.
     pub fn servers(&self) -> &[String] {
         &self.server
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, connect::Seen> {
+        self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
