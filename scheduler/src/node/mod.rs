@@ -274,11 +274,30 @@ pub fn spawn<S: LogStore, T: Transport>(
     });
     let deadline = config.deadline;
     let node = ready::Node::new(config, store, transport, (inbox.clone(), rx), Arc::clone(&shared))?;
+    let (id, watched) = (node.id(), Arc::clone(&shared));
     let thread = std::thread::Builder::new()
-        .name(format!("raft-{}", node.id()))
-        .spawn(move || node.run())
+        .name(format!("raft-{id}"))
+        .spawn(move || {
+            if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.run())) {
+                stop_on_panic(id, &watched, panic.as_ref());
+            }
+        })
         .expect("the OS can start a thread");
     Ok((Handle { inbox, shared, deadline }, thread))
+}
+
+/// A panic on the Raft thread is fatal: the replica can no longer commit or apply, so it says
+/// why and marks itself stopped (the server then exits with an error) instead of answering on
+/// as a zombie, every write refused and every read stale.
+fn stop_on_panic(id: u64, shared: &Shared, panic: &(dyn std::any::Any + Send)) {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message");
+    let why = format!("the Raft thread panicked: {message}");
+    tracing::error!(replica = id, "replica stopped: {why}");
+    shared.status.lock().unwrap_or_else(|p| p.into_inner()).fatal = Some(why);
 }
 
 #[cfg(test)]

@@ -85,10 +85,22 @@ impl Cluster {
         }
     }
 
+    /// Sets up the team, through the leader of the moment: a leader elected a moment ago may
+    /// step down under the first proposals (they are absolute settings, safe to send again).
     async fn set_up(&self) {
-        let leader = self.leader_of(&[1, 2, 3]).await;
         for c in setup("t", 8) {
-            self.handle(leader).propose(c, None).await.unwrap();
+            let mut tries = 0;
+            loop {
+                let leader = self.leader_of(&[1, 2, 3]).await;
+                match self.handle(leader).propose(c.clone(), None).await {
+                    Ok(_) => break,
+                    Err(NodeError::Unavailable(_)) if tries < 50 => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
         }
     }
 }
@@ -273,4 +285,30 @@ async fn members_are_added_and_removed_through_raft() {
     );
     let members: Vec<u64> = c.handle(leader).fsm().members.keys().copied().collect();
     assert_eq!(members.len(), 3, "three voters left: {members:?}");
+}
+
+/// Sends nothing: it panics, as the Raft thread once did on a log shorter than its commit index.
+struct Panicking;
+
+impl crate::transport::Transport for Panicking {
+    fn send(&mut self, _: Vec<raft::eraftpb::Message>) {
+        panic!("to_commit 9809 is out of range [last_index 9808]");
+    }
+    fn set_peer(&mut self, _: u64, _: &str) {}
+    fn remove_peer(&mut self, _: u64) {}
+}
+
+/// A panic on the Raft thread stops the replica with the panic's message (what the server
+/// exits on), and a proposal is refused as stopped instead of waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_on_the_raft_thread_stops_the_replica_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = NodeConfig::new(1, vec![1, 2, 3]);
+    config.tick = Duration::from_millis(10);
+    let (handle, thread) = spawn(config, SledStore::open(dir.path()).unwrap(), |_| Panicking).unwrap();
+    thread.join().expect("the thread ends without unwinding further");
+    let fatal = handle.status().fatal.expect("marked stopped");
+    assert_eq!(fatal, "the Raft thread panicked: to_commit 9809 is out of range [last_index 9808]");
+    let refused = handle.propose(submit("after".into()), None).await.unwrap_err();
+    assert!(refused.to_string().contains("the Raft thread panicked"), "{refused}");
 }
