@@ -44,8 +44,10 @@ pub trait LogStore: raft::Storage + Clone + Send + Sync + 'static {
     fn applied(&self) -> Result<u64, StorageError>;
     /// The latest snapshot, if any.
     fn latest_snapshot(&self) -> Result<Option<Snapshot>, StorageError>;
-    /// Reads and checks every stored entry; a replica calls it at start so that a corrupt log
-    /// stops it with a clear error instead of being applied.
+    /// Reads and checks every stored entry, and that the log reaches the commit index; a
+    /// replica calls it at start so that a corrupt or cut log stops it with a clear error
+    /// instead of being applied (or of a panic later, when Raft finds the commit index past
+    /// the log's end).
     fn verify(&self) -> Result<u64, StorageError>;
 }
 
@@ -68,6 +70,18 @@ pub enum StorageError {
         what: String,
         /// The decoder's message.
         reason: String,
+    },
+    /// The log ends before the commit index: entries that a majority acknowledged are gone
+    /// (a disk or a file system that lost the end of the log).
+    #[error(
+        "storage: the log ends at entry {last}, before the commit index {commit}: committed entries are missing; \
+         replace this replica (docs/operations.md, \"Its disk is lost or corrupt\")"
+    )]
+    Truncated {
+        /// The last entry stored (or the snapshot's index).
+        last: u64,
+        /// The commit index of the hard state.
+        commit: u64,
     },
     /// Another process holds the data directory.
     #[error(

@@ -402,10 +402,13 @@ impl LogStore for SledStore {
     }
 
     fn verify(&self) -> Result<u64, StorageError> {
-        let (first, last) = {
+        let (first, last, commit) = {
             let m = self.meta();
-            (m.first, m.last)
+            (m.first, m.last, m.hard.commit)
         };
+        if commit > last {
+            return Err(StorageError::Truncated { last, commit });
+        }
         let mut expected = first;
         for kv in self.tree.range(entry_key(first)..=entry_key(last)) {
             let (k, v) = kv?;

@@ -158,6 +158,29 @@ fn a_corrupt_entry_is_refused_with_its_index() {
     assert_eq!(entries(&store, 1, 2), vec![(1, 1)], "entries before the corrupt one still read");
 }
 
+/// A log that lost its end (what sled did when the newest entry was damaged) no longer reaches
+/// the commit index: the store says so at start instead of Raft panicking later.
+#[test]
+fn a_log_cut_before_its_commit_index_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        let ents: Vec<Entry> = (1..=3).map(|i| entry(i, 1, b"payload")).collect();
+        store.persist(Persist { entries: &ents, ..Persist::default() }).unwrap();
+        let hard = HardState { term: 1, commit: 3, ..HardState::default() };
+        store.persist(Persist { hard_state: Some(&hard), ..Persist::default() }).unwrap();
+        assert_eq!(store.verify().unwrap(), 3);
+    }
+    {
+        let db = open_db(dir.path(), LOCK_WAIT).unwrap();
+        db.remove(entry_key(3)).unwrap();
+        db.flush().unwrap();
+    }
+    let err = SledStore::open(dir.path()).unwrap().verify().unwrap_err();
+    assert!(matches!(err, StorageError::Truncated { last: 2, commit: 3 }), "{err:?}");
+    assert!(err.to_string().contains("replace this replica"), "{err}");
+}
+
 #[test]
 fn an_unknown_format_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
