@@ -85,9 +85,7 @@ fn max_size_returns_at_least_one_entry() {
 fn saving_a_snapshot_compacts_the_log_and_keeps_the_tail() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = SledStore::open(dir.path()).unwrap();
-        let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 1, b"")).collect();
-        store.persist(Persist { entries: &ents, ..Persist::default() }).unwrap();
+        let store = stored(dir.path(), 10, b"");
         store.save_snapshot(&snapshot(8, 1, vec![1, 2, 3]), 6).unwrap();
         assert_eq!(store.first_index().unwrap(), 6);
         assert!(matches!(store.term(4), Err(raft::Error::Store(raft::StorageError::Compacted))));
@@ -120,6 +118,14 @@ fn a_store_reopens_at_once_after_a_drop_and_a_held_one_is_named_locked() {
     assert!(err.to_string().contains(&dir.path().display().to_string()), "{err}");
 }
 
+/// A store in `dir` holding entries 1 to `last` of term 1 with `payload`.
+fn stored(dir: &std::path::Path, last: u64, payload: &[u8]) -> SledStore {
+    let store = SledStore::open(dir).unwrap();
+    let ents: Vec<Entry> = (1..=last).map(|i| entry(i, 1, payload)).collect();
+    store.persist(Persist { entries: &ents, ..Persist::default() }).unwrap();
+    store
+}
+
 #[test]
 fn applying_a_snapshot_replaces_the_log() {
     let store = SledStore::temporary().unwrap();
@@ -138,11 +144,7 @@ fn applying_a_snapshot_replaces_the_log() {
 #[test]
 fn a_corrupt_entry_is_refused_with_its_index() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let store = SledStore::open(dir.path()).unwrap();
-        let ents: Vec<Entry> = (1..=3).map(|i| entry(i, 1, b"payload")).collect();
-        store.persist(Persist { entries: &ents, ..Persist::default() }).unwrap();
-    }
+    stored(dir.path(), 3, b"payload");
     {
         let db = open_db(dir.path(), LOCK_WAIT).unwrap();
         let mut value = db.get(entry_key(2)).unwrap().unwrap().to_vec();
@@ -164,9 +166,7 @@ fn a_corrupt_entry_is_refused_with_its_index() {
 fn a_log_cut_before_its_commit_index_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = SledStore::open(dir.path()).unwrap();
-        let ents: Vec<Entry> = (1..=3).map(|i| entry(i, 1, b"payload")).collect();
-        store.persist(Persist { entries: &ents, ..Persist::default() }).unwrap();
+        let store = stored(dir.path(), 3, b"payload");
         let hard = HardState { term: 1, commit: 3, ..HardState::default() };
         store.persist(Persist { hard_state: Some(&hard), ..Persist::default() }).unwrap();
         assert_eq!(store.verify().unwrap(), 3);
