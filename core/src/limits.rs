@@ -25,6 +25,27 @@ pub const MAX_RETRIES: u32 = 100;
 pub const MAX_MODELS: usize = 16;
 /// Most jobs in one submission batch.
 pub const MAX_BATCH: usize = 10_000;
+/// Most host CPU of one replica or one node, in thousandths of a core: 100,000 cores.
+pub const MAX_CPU_MILLIS: u64 = 100_000_000;
+/// Most host memory of one replica or one node, in MiB: 64 TiB.
+pub const MAX_MEM_MIB: u64 = 64 * 1024 * 1024;
+/// Most labels on one node.
+pub const MAX_LABELS: usize = 64;
+/// Most flavors one team has quotas for.
+pub const MAX_FLAVORS_PER_TEAM: usize = 256;
+/// Longest request id of a submission.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// Checks host CPU and memory (of a replica, or of a node) against the limits.
+fn host(cpu_field: &str, cpu_millis: u64, mem_field: &str, mem_mib: u64) -> Result<(), FieldError> {
+    if cpu_millis > MAX_CPU_MILLIS {
+        return Err(FieldError::new(cpu_field, format!("{cpu_millis}, more than {MAX_CPU_MILLIS} (100,000 cores)")));
+    }
+    if mem_mib > MAX_MEM_MIB {
+        return Err(FieldError::new(mem_field, format!("{mem_mib} MiB, more than {MAX_MEM_MIB} (64 TiB)")));
+    }
+    Ok(())
+}
 
 pub(crate) fn name(field: &str, value: &str) -> Result<(), FieldError> {
     // Bytewise for an ASCII name (every job has two): blankness is decided by the first byte
@@ -72,6 +93,7 @@ pub(crate) fn validate_job_with(spec: &JobSpec, team_known: bool) -> Result<(), 
             format!("must be 1..={MAX_DEVICES_PER_REPLICA} devices per replica, got {count}"),
         ));
     }
+    host("gang.cpu_millis", gang.cpu_millis, "gang.mem_mib", gang.mem_mib)?;
     if gang.devices.models.len() > MAX_MODELS {
         return Err(FieldError::new("gang.devices.models", format!("more than {MAX_MODELS} models")));
     }
@@ -127,11 +149,14 @@ pub fn validate_node(spec: &NodeSpec) -> Result<(), FieldError> {
             return Err(FieldError::new(format!("devices[{i}].id"), format!("device {} reported twice", d.id)));
         }
     }
+    if spec.labels.len() > MAX_LABELS {
+        return Err(FieldError::new("labels", format!("{} labels, more than {MAX_LABELS}", spec.labels.len())));
+    }
     for (k, v) in &spec.labels {
         name("labels", k)?;
         name(&format!("labels.{k}"), v)?;
     }
-    Ok(())
+    host("cpu_millis", spec.cpu_millis, "mem_mib", spec.mem_mib)
 }
 
 /// Checks a team's quotas.
@@ -139,6 +164,12 @@ pub fn validate_team(spec: &TeamSpec) -> Result<(), FieldError> {
     name("name", spec.name.as_str())?;
     if spec.weight_milli == 0 {
         return Err(FieldError::new("weight", "must be positive"));
+    }
+    if spec.quotas.len() > MAX_FLAVORS_PER_TEAM {
+        return Err(FieldError::new(
+            "quotas",
+            format!("{} flavors, more than {MAX_FLAVORS_PER_TEAM}", spec.quotas.len()),
+        ));
     }
     for (flavor, q) in &spec.quotas {
         if let Some(l) = q.lending_limit {
@@ -183,6 +214,31 @@ mod tests {
         assert!(err.reason.contains("listed twice"), "{err}");
         spec.gang.devices.models[1] = " ".into();
         assert_eq!(validate_job(&spec).unwrap_err().field, "gang.devices.models[1]", "names are checked first");
+    }
+
+    #[test]
+    fn host_resources_labels_and_flavors_are_bounded_and_named() {
+        let mut spec = crate::testkit::job("vision", 1, 1);
+        spec.gang.cpu_millis = u64::MAX;
+        assert_eq!(validate_job(&spec).unwrap_err().field, "gang.cpu_millis");
+        spec.gang.cpu_millis = MAX_CPU_MILLIS;
+        spec.gang.mem_mib = MAX_MEM_MIB + 1;
+        let err = validate_job(&spec).unwrap_err();
+        assert_eq!(err.field, "gang.mem_mib");
+        assert!(err.reason.contains("64 TiB"), "{err}");
+        let mut node = crate::testkit::node("n1", 8, None);
+        node.labels = (0..=MAX_LABELS).map(|i| (format!("k{i}"), "v".to_owned())).collect();
+        assert_eq!(validate_node(&node).unwrap_err().field, "labels");
+        node.labels.clear();
+        node.mem_mib = u64::MAX;
+        assert_eq!(validate_node(&node).unwrap_err().field, "mem_mib");
+        let mut team = crate::testkit::team("t", 8, None);
+        let quota = *team.quotas.values().next().unwrap();
+        for i in 0..=MAX_FLAVORS_PER_TEAM {
+            let flavor = crate::resource::Flavor::new(crate::resource::AcceleratorKind::Gpu, &format!("m{i}"));
+            team.quotas.insert(flavor, quota);
+        }
+        assert_eq!(validate_team(&team).unwrap_err().field, "quotas");
     }
 
     proptest! {

@@ -7,7 +7,7 @@
 
 use crate::v1;
 use qm_core::job::StopReason;
-use qm_core::limits::{validate_job, validate_node, validate_team, MAX_BATCH};
+use qm_core::limits::{validate_job, validate_node, validate_team, MAX_BATCH, MAX_REQUEST_ID_BYTES};
 use qm_core::plan::{AttemptOutcome, NodeFilterCounts, PendingReason, PlacementReport, QuotaDenial};
 use qm_core::state::NodeAlloc;
 use qm_core::{
@@ -139,6 +139,9 @@ pub fn job_spec_from(p: &v1::JobSpec) -> Result<JobSpec> {
         runtime_estimate_ms: p.runtime_estimate_ms,
     };
     validate_job(&spec)?;
+    if spec.command.is_empty() {
+        return Err(ConvertError::new("command", "required: the program to run and its arguments"));
+    }
     Ok(spec)
 }
 
@@ -146,6 +149,12 @@ pub fn job_spec_from(p: &v1::JobSpec) -> Result<JobSpec> {
 pub fn submit_from(req: &v1::SubmitRequest) -> Result<Vec<JobSpec>> {
     if req.jobs.is_empty() {
         return Err(ConvertError::new("jobs", "at least one job is required"));
+    }
+    if req.request_id.len() > MAX_REQUEST_ID_BYTES {
+        return Err(ConvertError::new(
+            "request_id",
+            format!("{} bytes, more than {MAX_REQUEST_ID_BYTES}", req.request_id.len()),
+        ));
     }
     if req.jobs.len() > MAX_BATCH {
         return Err(ConvertError::new(
@@ -286,7 +295,11 @@ fn device_from(d: &v1::Device, field: &str) -> Result<Device> {
         vendor: d.vendor.clone(),
         model: d.model.clone(),
         memory_mib: d.memory_mib,
-        health: if d.health == v1::Health::Healthy as i32 { Health::Healthy } else { Health::Unhealthy },
+        health: match v1::Health::try_from(d.health) {
+            Ok(v1::Health::Healthy) => Health::Healthy,
+            Ok(v1::Health::Unspecified | v1::Health::Unhealthy) => Health::Unhealthy,
+            Err(_) => return Err(ConvertError::new(format!("{field}.health"), format!("unknown value {}", d.health))),
+        },
         numa_node: d.numa_node,
         pci_bus_id: d.pci_bus_id.clone(),
         interconnect_group: d.interconnect_group.clone(),

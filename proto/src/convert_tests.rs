@@ -72,6 +72,12 @@ fn each_bad_field_is_named() {
     let mut j = good_job();
     j.gang = None;
     assert_eq!(field_of(j), "jobs[1].gang");
+    let mut j = good_job();
+    j.command.clear();
+    assert_eq!(field_of(j), "jobs[1].command");
+    let mut j = good_job();
+    j.gang.as_mut().unwrap().mem_mib = u64::MAX;
+    assert_eq!(field_of(j), "jobs[1].gang.mem_mib");
 }
 
 #[test]
@@ -80,6 +86,10 @@ fn empty_and_oversize_batches_are_refused() {
     assert_eq!(submit_from(&none).unwrap_err().field(), "jobs");
     let many = v1::SubmitRequest { jobs: vec![good_job(); MAX_BATCH + 1], request_id: String::new() };
     assert_eq!(submit_from(&many).unwrap_err().field(), "jobs");
+    let long_id = v1::SubmitRequest { jobs: vec![good_job()], request_id: "r".repeat(MAX_REQUEST_ID_BYTES + 1) };
+    let err = submit_from(&long_id).unwrap_err();
+    assert_eq!(err.field(), "request_id");
+    assert!(err.to_string().contains("129 bytes, more than 128"), "{err}");
 }
 
 #[test]
@@ -130,6 +140,13 @@ fn inventories_are_validated() {
     assert_eq!(inventory_from(&twice).unwrap_err().field(), "devices[1].id");
     let unnamed = v1::NodeInventory { name: " ".into(), ..inv.clone() };
     assert_eq!(inventory_from(&unnamed).unwrap_err().field(), "name");
+    let odd = v1::NodeInventory { devices: vec![v1::Device { health: 99, ..dev("GPU-a") }], ..inv.clone() };
+    let err = inventory_from(&odd).unwrap_err();
+    assert_eq!(err.field(), "devices[0].health");
+    assert!(err.to_string().contains("unknown value 99"), "{err}");
+    let labelled =
+        v1::NodeInventory { labels: (0..100).map(|i| (format!("k{i}"), "v".repeat(250))).collect(), ..inv.clone() };
+    assert_eq!(inventory_from(&labelled).unwrap_err().field(), "labels");
     let many = v1::NodeInventory { devices: (0..65).map(|i| dev(&format!("g{i}"))).collect(), ..inv };
     assert_eq!(inventory_from(&many).unwrap_err().field(), "devices");
 }
