@@ -27,8 +27,9 @@ pub const MAX_MODELS: usize = 16;
 pub const MAX_BATCH: usize = 10_000;
 /// Most host CPU of one replica or one node, in thousandths of a core: 100,000 cores.
 pub const MAX_CPU_MILLIS: u64 = 100_000_000;
-/// Most host memory of one replica or one node, in MiB: 64 TiB.
-pub const MAX_MEM_MIB: u64 = 64 * 1024 * 1024;
+/// Most host memory of one replica or one node, in MiB: 1 PiB (what the simulator gives a
+/// node whose memory does not matter).
+pub const MAX_MEM_MIB: u64 = 1 << 30;
 /// Most labels on one node.
 pub const MAX_LABELS: usize = 64;
 /// Most flavors one team has quotas for.
@@ -42,7 +43,7 @@ fn host(cpu_field: &str, cpu_millis: u64, mem_field: &str, mem_mib: u64) -> Resu
         return Err(FieldError::new(cpu_field, format!("{cpu_millis}, more than {MAX_CPU_MILLIS} (100,000 cores)")));
     }
     if mem_mib > MAX_MEM_MIB {
-        return Err(FieldError::new(mem_field, format!("{mem_mib} MiB, more than {MAX_MEM_MIB} (64 TiB)")));
+        return Err(FieldError::new(mem_field, format!("{mem_mib} MiB, more than {MAX_MEM_MIB} (1 PiB)")));
     }
     Ok(())
 }
@@ -225,7 +226,7 @@ mod tests {
         spec.gang.mem_mib = MAX_MEM_MIB + 1;
         let err = validate_job(&spec).unwrap_err();
         assert_eq!(err.field, "gang.mem_mib");
-        assert!(err.reason.contains("64 TiB"), "{err}");
+        assert!(err.reason.contains("1 PiB"), "{err}");
         let mut node = crate::testkit::node("n1", 8, None);
         node.labels = (0..=MAX_LABELS).map(|i| (format!("k{i}"), "v".to_owned())).collect();
         assert_eq!(validate_node(&node).unwrap_err().field, "labels");
