@@ -42,9 +42,11 @@ impl<'s> Stream<'s> {
     /// The next job at `level` (`level_of` gives the level of a service), found the first
     /// time it is asked.
     fn head(&mut self, level: usize, level_of: impl Fn(u64) -> usize) -> Option<JobId> {
-        let after = self.after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut jobs = self.ids.range((after, Bound::Unbounded));
-        *self.head.get_or_insert_with(|| jobs.find(|(_, &attained)| level_of(attained) == level).map(|(&id, _)| id))
+        let (ids, after) = (self.ids, self.after.map_or(Bound::Unbounded, Bound::Excluded));
+        *self.head.get_or_insert_with(|| {
+            let mut jobs = ids.range((after, Bound::Unbounded));
+            jobs.find(|(_, &attained)| level_of(attained) == level).map(|(&id, _)| id)
+        })
     }
 
     /// Takes the head, `id`.

@@ -26,9 +26,16 @@ type Victims = BTreeMap<Flavor, BTreeMap<TeamId, BTreeSet<VictimKey>>>;
 pub(crate) struct Times {
     submitted: BTreeSet<(u64, JobId)>,
     started: BTreeSet<(Reverse<u64>, JobId)>,
-    start_of: BTreeMap<JobId, u64>,
+    start_of: BTreeMap<JobId, Started>,
     victims: Victims,
-    victim_of: BTreeMap<JobId, (Flavor, TeamId, VictimKey)>,
+}
+
+/// What the indexes hold of a running job: its start, and where it is kept among the victims
+/// (flavor, team, key), if its spec allows preemption.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Started {
+    at: u64,
+    victim: Option<(Flavor, TeamId, VictimKey)>,
 }
 
 /// The times `t` with `t + delay` in `(after, upto]`: `(t > lower, t <= upper)`, with no
@@ -46,39 +53,39 @@ impl Times {
         self.submitted.remove(&(job.submitted_ms, job.id));
     }
 
-    /// Refreshes a job's start after it changed state: kept while it runs.
+    /// Refreshes a job's start, and its place among the victims, after it changed state: kept
+    /// while it runs.
     pub fn track(&mut self, job: &Job) {
         if let Some(old) = self.start_of.remove(&job.id) {
-            self.started.remove(&(Reverse(old), job.id));
-        }
-        if let (JobState::Running, Some(s)) = (job.state, job.started_ms) {
-            self.started.insert((Reverse(s), job.id));
-            self.start_of.insert(job.id, s);
-        }
-        self.track_victim(job);
-    }
-
-    fn track_victim(&mut self, job: &Job) {
-        if let Some((flavor, team, key)) = self.victim_of.remove(&job.id) {
-            let teams = self.victims.get_mut(&flavor).expect("a tracked victim's flavor is kept");
-            let keys = teams.get_mut(&team).expect("a tracked victim's team is kept");
-            keys.remove(&key);
-            if keys.is_empty() {
-                teams.remove(&team);
-                if teams.is_empty() {
-                    self.victims.remove(&flavor);
-                }
+            self.started.remove(&(Reverse(old.at), job.id));
+            if let Some((flavor, team, key)) = old.victim {
+                self.forget_victim(&flavor, &team, &key);
             }
         }
-        let (JobState::Running, Some(start), Some(a), true) =
-            (job.state, job.started_ms, &job.assignment, job.spec.preemptible)
-        else {
-            return;
+        let (JobState::Running, Some(at)) = (job.state, job.started_ms) else { return };
+        self.started.insert((Reverse(at), job.id));
+        let victim = match (&job.assignment, job.spec.preemptible) {
+            (Some(a), true) => {
+                let key = (job.priority, Reverse(at), job.id);
+                let teams = self.victims.entry(a.flavor.clone()).or_default();
+                teams.entry(job.spec.team.clone()).or_default().insert(key);
+                Some((a.flavor.clone(), job.spec.team.clone(), key))
+            }
+            _ => None,
         };
-        let key = (job.priority, Reverse(start), job.id);
-        let teams = self.victims.entry(a.flavor.clone()).or_default();
-        teams.entry(job.spec.team.clone()).or_default().insert(key);
-        self.victim_of.insert(job.id, (a.flavor.clone(), job.spec.team.clone(), key));
+        self.start_of.insert(job.id, Started { at, victim });
+    }
+
+    fn forget_victim(&mut self, flavor: &Flavor, team: &TeamId, key: &VictimKey) {
+        let teams = self.victims.get_mut(flavor).expect("a tracked victim's flavor is kept");
+        let keys = teams.get_mut(team).expect("a tracked victim's team is kept");
+        keys.remove(key);
+        if keys.is_empty() {
+            teams.remove(team);
+            if teams.is_empty() {
+                self.victims.remove(flavor);
+            }
+        }
     }
 
     /// Pending jobs whose submission time plus `delay` falls in `(after, upto]`.
