@@ -59,9 +59,13 @@ fn contended() -> Cluster {
         [policy]
         min_runtime_ms = 120000
     "#;
+    // One file per call: the tests run on several threads of one process, and one writing the
+    // file while another read it made the reader see a cut file.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("qm-sim-runs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("cluster.toml");
+    let path = dir.join(format!("cluster-{call}.toml"));
     std::fs::write(&path, file).unwrap();
     Cluster::load(path.to_str().unwrap()).unwrap()
 }
