@@ -1,12 +1,20 @@
-//! `RaftService`: peers' message batches, decoded and handed to the node's inbox.
+//! `RaftService`: peers' message batches, decoded and handed to the node's inbox. A message too
+//! large for one batch (a snapshot of a large state) comes in pieces (`RaftChunk`), kept per
+//! sender until whole; a sender whose stream broke asks how much is held (`Received`) and goes
+//! on from there.
 
 use crate::node::{Inbox, Input};
 use protobuf::Message as PbMessage;
 use qm_proto::v1::raft_service_server::RaftService;
-use qm_proto::v1::{RaftAck, RaftBatch};
+use qm_proto::v1::{ChunkProgress, ChunkQuery, RaftAck, RaftBatch, RaftChunk};
 use raft::eraftpb::Message;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use tonic::{Request, Response, Status, Streaming};
+
+/// The largest message accepted in pieces: a state this large could not be held in memory by
+/// a replica of ours anyway.
+pub const MAX_CHUNKED_BYTES: u64 = 16 << 30;
 
 /// Receives Raft traffic for one replica.
 #[derive(Debug)]
@@ -14,28 +22,74 @@ pub struct RaftServer {
     id: u64,
     cluster_id: u64,
     inbox: Mutex<Inbox>,
+    /// Per sender, the message it is sending in pieces.
+    partial: Mutex<BTreeMap<u64, Partial>>,
+}
+
+/// The pieces of one message received so far.
+#[derive(Debug)]
+struct Partial {
+    crc: u32,
+    total: u64,
+    data: Vec<u8>,
 }
 
 impl RaftServer {
     /// The service of replica `id` of cluster `cluster_id`.
     pub fn new(id: u64, cluster_id: u64, inbox: Inbox) -> Self {
-        Self { id, cluster_id, inbox: Mutex::new(inbox) }
+        Self { id, cluster_id, inbox: Mutex::new(inbox), partial: Mutex::new(BTreeMap::new()) }
     }
 
-    fn check(&self, batch: &RaftBatch) -> Result<(), Status> {
-        if batch.cluster_id != self.cluster_id {
+    fn check(&self, cluster_id: u64, to: u64) -> Result<(), Status> {
+        if cluster_id != self.cluster_id {
             return Err(Status::permission_denied(format!(
-                "cluster_id: batch of cluster {} sent to cluster {}",
-                batch.cluster_id, self.cluster_id
+                "cluster_id: batch of cluster {cluster_id} sent to cluster {}",
+                self.cluster_id
             )));
         }
-        if batch.to != self.id {
-            return Err(Status::invalid_argument(format!(
-                "to: batch for replica {} sent to replica {}",
-                batch.to, self.id
-            )));
+        if to != self.id {
+            return Err(Status::invalid_argument(format!("to: batch for replica {to} sent to replica {}", self.id)));
         }
         Ok(())
+    }
+
+    /// Adds a piece of `from`'s message; the message once it is whole.
+    pub(crate) fn piece(&self, from: u64, chunk: RaftChunk) -> Result<Option<Message>, Status> {
+        if chunk.total > MAX_CHUNKED_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "chunk.total: {} bytes is over the limit of {MAX_CHUNKED_BYTES}",
+                chunk.total
+            )));
+        }
+        let mut partial = self.partial.lock().unwrap_or_else(|p| p.into_inner());
+        let held =
+            partial.get(&from).filter(|p| p.crc == chunk.crc && p.total == chunk.total).map_or(0, |p| p.data.len());
+        if chunk.offset != 0 && chunk.offset != held as u64 {
+            return Err(Status::failed_precondition(format!(
+                "chunk.offset: {} does not follow the {held} bytes held of this message",
+                chunk.offset
+            )));
+        }
+        let entry =
+            partial.entry(from).or_insert_with(|| Partial { crc: chunk.crc, total: chunk.total, data: Vec::new() });
+        if chunk.offset == 0 {
+            *entry = Partial { crc: chunk.crc, total: chunk.total, data: Vec::new() };
+        }
+        if entry.data.len() as u64 + chunk.data.len() as u64 > entry.total {
+            partial.remove(&from);
+            return Err(Status::invalid_argument("chunk.data: runs past the message's total length"));
+        }
+        entry.data.extend_from_slice(&chunk.data);
+        if (entry.data.len() as u64) < entry.total {
+            return Ok(None);
+        }
+        let whole = partial.remove(&from).expect("just filled");
+        if crc32fast::hash(&whole.data) != whole.crc {
+            return Err(Status::data_loss("chunk.crc: the reassembled message does not match its CRC-32"));
+        }
+        Message::parse_from_bytes(&whole.data)
+            .map(Some)
+            .map_err(|e| Status::invalid_argument(format!("chunk: not a raft message: {e}")))
     }
 }
 
@@ -44,16 +98,31 @@ impl RaftService for RaftServer {
     async fn stream(&self, request: Request<Streaming<RaftBatch>>) -> Result<Response<RaftAck>, Status> {
         let mut stream = request.into_inner();
         let inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let deliver =
+            |m: Message| inbox.send(Input::Raft(Box::new(m))).map_err(|_| Status::unavailable("replica stopped"));
         let mut batches = 0;
         while let Some(batch) = stream.message().await? {
-            self.check(&batch)?;
+            self.check(batch.cluster_id, batch.to)?;
             for (i, bytes) in batch.messages.iter().enumerate() {
                 let m = Message::parse_from_bytes(bytes)
                     .map_err(|e| Status::invalid_argument(format!("messages[{i}]: not a raft message: {e}")))?;
-                inbox.send(Input::Raft(Box::new(m))).map_err(|_| Status::unavailable("replica stopped"))?;
+                deliver(m)?;
+            }
+            if let Some(chunk) = batch.chunk {
+                if let Some(m) = self.piece(batch.from, chunk)? {
+                    deliver(m)?;
+                }
             }
             batches += 1;
         }
         Ok(Response::new(RaftAck { batches }))
+    }
+
+    async fn received(&self, request: Request<ChunkQuery>) -> Result<Response<ChunkProgress>, Status> {
+        let q = request.into_inner();
+        self.check(q.cluster_id, q.to)?;
+        let partial = self.partial.lock().unwrap_or_else(|p| p.into_inner());
+        let held = partial.get(&q.from).filter(|p| p.crc == q.crc && p.total == q.total);
+        Ok(Response::new(ChunkProgress { received: held.map_or(0, |p| p.data.len() as u64) }))
     }
 }

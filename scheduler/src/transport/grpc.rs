@@ -2,21 +2,32 @@
 //! batches whatever messages are queued. A peer that cannot be reached is reported to the node
 //! (`report_unreachable`) and retried with exponential backoff; messages queued meanwhile are
 //! dropped, and Raft sends them again.
+//!
+//! A batch holds at most `CHUNK_BYTES` of messages; a larger message (a snapshot of a large
+//! state) goes in pieces of that size, in order on the same stream, so that no batch nears the
+//! receiver's decode limit whatever the size of the state. Before the first piece the sender
+//! asks the receiver how much of that message it holds (`Received`): a transfer whose stream
+//! broke goes on where it stopped.
 
 use super::Transport;
 use crate::node::{Inbox, Input};
 use protobuf::Message as PbMessage;
 use qm_proto::v1::raft_service_client::RaftServiceClient;
-use qm_proto::v1::RaftBatch;
+use qm_proto::v1::{ChunkQuery, RaftBatch, RaftChunk};
 use raft::eraftpb::Message;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
 
 /// Messages sent in one batch at most.
 const MAX_BATCH: usize = 512;
+/// Bytes of messages in one batch at most, and the size of the pieces of a larger message.
+pub const CHUNK_BYTES: usize = 4 << 20;
+/// Batches queued for the stream at most (up to this many pieces of a large message).
+const QUEUED_BATCHES: usize = 16;
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -111,7 +122,7 @@ impl Link {
         }
     }
 
-    async fn connect(&self) -> Result<RaftServiceClient<tonic::transport::Channel>, tonic::transport::Error> {
+    async fn connect(&self) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", self.address))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true);
@@ -121,25 +132,74 @@ impl Link {
     /// Streams batches until the stream breaks (`Some`) or the transport is gone (`None`).
     async fn forward(
         &self,
-        mut client: RaftServiceClient<tonic::transport::Channel>,
+        client: RaftServiceClient<Channel>,
         rx: &mut mpsc::UnboundedReceiver<Message>,
     ) -> Option<()> {
-        let (tx, stream) = mpsc::channel::<RaftBatch>(64);
-        let call = tokio::spawn(async move { client.stream(ReceiverStream::new(stream)).await });
+        let (tx, stream) = mpsc::channel::<RaftBatch>(QUEUED_BATCHES);
+        let mut streaming = client.clone();
+        let call = tokio::spawn(async move { streaming.stream(ReceiverStream::new(stream)).await });
+        let mut next: Option<Vec<u8>> = None;
         loop {
-            let first = rx.recv().await?;
-            let mut messages = vec![first.write_to_bytes().expect("encoding into a Vec cannot fail")];
-            while messages.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(m) => messages.push(m.write_to_bytes().expect("encoding into a Vec cannot fail")),
-                    Err(_) => break,
+            let first = match next.take() {
+                Some(bytes) => bytes,
+                None => encode(&rx.recv().await?),
+            };
+            let sent = if first.len() > CHUNK_BYTES {
+                self.send_in_pieces(client.clone(), &tx, first).await
+            } else {
+                let mut size = first.len();
+                let mut messages = vec![first];
+                while let Some(m) = (messages.len() < MAX_BATCH).then(|| rx.try_recv().ok()).flatten() {
+                    let bytes = encode(&m);
+                    if size + bytes.len() > CHUNK_BYTES {
+                        next = Some(bytes);
+                        break;
+                    }
+                    size += bytes.len();
+                    messages.push(bytes);
                 }
-            }
-            let batch = RaftBatch { cluster_id: self.cluster_id, from: self.from, to: self.to, messages };
-            if tx.send(batch).await.is_err() || call.is_finished() {
+                tx.send(self.batch(messages, None)).await.is_ok()
+            };
+            if !sent || call.is_finished() {
                 call.abort();
                 return Some(());
             }
         }
     }
+
+    /// Sends one large encoded message in pieces, from where the receiver's copy stops; false
+    /// when the stream broke.
+    async fn send_in_pieces(
+        &self,
+        mut client: RaftServiceClient<Channel>,
+        tx: &mpsc::Sender<RaftBatch>,
+        bytes: Vec<u8>,
+    ) -> bool {
+        let (crc, total) = (crc32fast::hash(&bytes), bytes.len() as u64);
+        let query = ChunkQuery { cluster_id: self.cluster_id, from: self.from, to: self.to, crc, total };
+        let start = client.received(query).await.map_or(0, |r| r.into_inner().received).min(total);
+        if start > 0 {
+            tracing::info!(peer = self.to, start, total, "resuming a message sent in pieces");
+        }
+        for (i, data) in bytes[start as usize..].chunks(CHUNK_BYTES).enumerate() {
+            let offset = start + (i * CHUNK_BYTES) as u64;
+            let chunk = RaftChunk { crc, total, offset, data: data.to_vec() };
+            if tx.send(self.batch(Vec::new(), Some(chunk))).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn batch(&self, messages: Vec<Vec<u8>>, chunk: Option<RaftChunk>) -> RaftBatch {
+        RaftBatch { cluster_id: self.cluster_id, from: self.from, to: self.to, messages, chunk }
+    }
 }
+
+fn encode(m: &Message) -> Vec<u8> {
+    m.write_to_bytes().expect("encoding into a Vec cannot fail")
+}
+
+#[cfg(test)]
+#[path = "grpc_tests.rs"]
+mod tests;
