@@ -11,7 +11,10 @@
 //! - for each of these, the CPU time the replicas and the driver spent per request;
 //! - time from SIGKILL of the leader to the next acknowledged write;
 //! - submission to placement decision at a fixed rate (p50, p99), with fake nodes registered;
-//! - resident memory of the leader holding 100,000 jobs.
+//! - resident memory of the leader holding 100,000 jobs;
+//! - with `--phases large`: twelve clients submitting 15 MB each at once (125 jobs whose command
+//!   and environment hold 60,000 bytes each), half through a follower: the time until all are
+//!   acknowledged, the retries, and the elections meanwhile (there should be none).
 
 use qm_benches::procfs::{cpu_seconds, percentile, rss_kib};
 use qm_proto::build::{gpu_inventory, gpu_job, gpu_team};
@@ -65,6 +68,8 @@ enum Phase {
     Placement,
     /// The leader's resident memory with 100,000 jobs.
     Memory,
+    /// Twelve clients submitting 15 MB each at once, half of them through a follower.
+    Large,
 }
 
 struct Cluster {
@@ -371,6 +376,9 @@ async fn main() {
     if a.phases.contains(&Phase::Memory) {
         memory(&a).await;
     }
+    if a.phases.contains(&Phase::Large) {
+        large(&a).await;
+    }
 }
 
 async fn throughput(a: &Args) {
@@ -418,4 +426,54 @@ async fn memory(a: &Args) {
     }
     let held = status(&endpoint).await.map_or(0, |s| s.pending_jobs);
     println!("qm_memory_jobs={held} qm_leader_rss_mib={:.0}", c.rss_kib(leader) as f64 / 1024.0);
+}
+
+async fn large(a: &Args) {
+    let c = Cluster::start(a, a.base_port + 30);
+    let leader = c.leader().await;
+    let lead = c.endpoint(leader);
+    set_team(&lead, 16).await;
+    let term = status(&lead).await.expect("the leader answers").term;
+    let follower = c.endpoint(*c.procs.keys().find(|&&id| id != leader).expect("a follower"));
+    let started = Instant::now();
+    let clients: Vec<_> = (0..12)
+        .map(|client| {
+            let endpoint = if client % 2 == 0 { lead.clone() } else { follower.clone() };
+            tokio::spawn(async move { submit_large(&endpoint, client).await })
+        })
+        .collect();
+    let mut retries = 0;
+    for client in clients {
+        retries += client.await.expect("a client");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let after = status(&lead).await.expect("the leader answers");
+    println!(
+        "qm_large_s={secs:.2} qm_large_retries={retries} qm_large_elections={} qm_large_leader_kept={}",
+        after.term - term,
+        after.leader_id == leader
+    );
+}
+
+/// Submits one 15 MB request until acknowledged (retrying with its request id while the
+/// replica answers `Unavailable`); returns the retries.
+async fn submit_large(endpoint: &str, client: usize) -> u32 {
+    let jobs = (0..125)
+        .map(|i| {
+            let mut job = job(format!("large-{client}-{i}"));
+            job.command.push("c".repeat(60_000));
+            job.env.insert("PAYLOAD".into(), "e".repeat(60_000));
+            job
+        })
+        .collect();
+    let request = SubmitRequest { jobs, request_id: format!("large-{client}") };
+    for retries in 0..20 {
+        let mut jobs = JobServiceClient::new(connect(endpoint).await.expect("a replica answers"));
+        match jobs.submit(request.clone()).await {
+            Ok(_) => return retries,
+            Err(s) if s.code() == tonic::Code::Unavailable => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(s) => panic!("large submission {client}: {s:?}"),
+        }
+    }
+    panic!("large submission {client}: not acknowledged after 20 tries")
 }
