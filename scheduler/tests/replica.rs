@@ -220,7 +220,7 @@ async fn the_leader_orders_a_fake_agent_and_records_what_it_reports() {
     drop(agent);
     let until = Instant::now() + Duration::from_secs(5);
     loop {
-        let nodes = admin.list_nodes(ListNodesRequest { consistency: 0 }).await.unwrap().into_inner().nodes;
+        let nodes = admin.list_nodes(ListNodesRequest::default()).await.unwrap().into_inner().nodes;
         if nodes[0].status == NodeStatus::Lost as i32 {
             break;
         }
@@ -409,8 +409,80 @@ async fn usage_reports_land_on_the_job_and_heartbeat_readings_on_the_node() {
     let record = jobs.get(GetJobRequest { job_id: bad, consistency: 0 }).await.unwrap().into_inner().job.unwrap();
     assert!(record.usage.is_empty(), "an impossible report is dropped; the exit it came with counts");
 
-    let nodes = admin.list_nodes(ListNodesRequest { consistency: 0 }).await.unwrap().into_inner().nodes;
+    let nodes = admin.list_nodes(ListNodesRequest::default()).await.unwrap().into_inner().nodes;
     assert_eq!(nodes[0].telemetry, [reading], "the leader shows the last heartbeat's readings");
     assert!(nodes[0].telemetry_age_ms.is_some());
+    replica.stop().await;
+}
+
+/// A job whose command and environment hold 60,000 bytes each.
+fn large_job(i: usize) -> JobSpec {
+    let mut spec = job(&format!("large-{i}"), 1);
+    spec.command.push("c".repeat(60_000));
+    spec.env.insert("PAYLOAD".into(), "e".repeat(60_000));
+    spec
+}
+
+/// An inventory with the most labels a node may have, each 250 bytes of name and of value.
+fn labelled(i: usize) -> NodeInventory {
+    let mut inv = inventory(&format!("node-{i:03}"), 8);
+    inv.labels = (0..64).map(|l| (format!("{l:02}{}", "k".repeat(248)), "v".repeat(250))).collect();
+    inv
+}
+
+/// Jobs of 120 KB and nodes of 32 KB, 4.8 MB and 4.5 MB in all: through a client that decodes
+/// at most 4 MiB (gRPC's default), both lists come whole, a page at a time, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_larger_than_a_client_decodes_come_page_by_page() {
+    let replica = Replica::start(&[1], 16 << 20);
+    let channel = replica.channel().await;
+    let mut admin = AdminServiceClient::new(channel.clone());
+    let mut jobs = JobServiceClient::new(channel.clone());
+    wait_leader(&mut admin).await;
+    set_team(&mut admin).await;
+    for half in 0..2 {
+        let batch = (half * 20..half * 20 + 20).map(large_job).collect();
+        jobs.submit(SubmitRequest { jobs: batch, request_id: String::new() }).await.unwrap();
+    }
+    let (mut listed, mut token, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let req = ListJobsRequest { page_size: 1000, page_token: token, ..ListJobsRequest::default() };
+        let page = jobs.list(req).await.expect("a page fits the client").into_inner();
+        listed.extend(page.jobs.iter().map(|j| j.id));
+        pages += 1;
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert!(pages > 1, "4.8 MB of jobs do not fit one page");
+    assert_eq!(listed, (1..=40).collect::<Vec<u64>>(), "every job once, in order");
+
+    let mut agents = Vec::new();
+    for i in 0..140 {
+        agents.push(FakeAgent::connect(channel.clone(), labelled(i)).await);
+    }
+    let until = Instant::now() + Duration::from_secs(20);
+    let names = loop {
+        let (mut names, mut token, mut pages) = (Vec::new(), String::new(), 0);
+        loop {
+            let req = ListNodesRequest { page_token: token, ..ListNodesRequest::default() };
+            let page = admin.list_nodes(req).await.expect("a page fits the client").into_inner();
+            names.extend(page.nodes.iter().map(|n| n.inventory.as_ref().unwrap().name.clone()));
+            pages += 1;
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        if names.len() == 140 {
+            assert!(pages > 1, "4.5 MB of nodes do not fit one page");
+            break names;
+        }
+        assert!(Instant::now() < until, "{} of 140 nodes registered", names.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(names, (0..140).map(|i| format!("node-{i:03}")).collect::<Vec<_>>(), "every node once, by name");
+    drop(agents);
     replica.stop().await;
 }

@@ -147,9 +147,7 @@ async fn main() {
             .collect(),
     );
     let mut admin = AdminServiceClient::new(channel.clone());
-    while admin.list_nodes(ListNodesRequest { consistency: 0 }).await.map_or(0, |r| r.into_inner().nodes.len())
-        < a.agents
-    {
+    while admin.list_nodes(ListNodesRequest::default()).await.map_or(0, |r| r.into_inner().nodes.len()) < a.agents {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut events =

@@ -209,9 +209,26 @@ fn node_json(n: &Node) -> serde_json::Value {
         "telemetry_age_ms": n.telemetry_age_ms})
 }
 
+/// Every node, page by page (a page stays under what a client decodes).
+pub async fn all_nodes(t: &Target) -> Result<Vec<Node>> {
+    let (mut all, mut token) = (Vec::new(), String::new());
+    loop {
+        let req = ListNodesRequest { page_token: token, ..ListNodesRequest::default() };
+        let r = call(t, |c| {
+            let req = req.clone();
+            async move { admin_client(c).list_nodes(req).await }
+        })
+        .await?;
+        all.extend(r.nodes);
+        if r.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        token = r.next_page_token;
+    }
+}
+
 pub(super) async fn nodes(t: &Target) -> Result<()> {
-    let r = call(t, |c| async move { admin_client(c).list_nodes(ListNodesRequest { consistency: 0 }).await }).await?;
-    let rows: Vec<serde_json::Value> = r.nodes.iter().map(node_json).collect();
+    let rows: Vec<serde_json::Value> = all_nodes(t).await?.iter().map(node_json).collect();
     if t.json {
         say!("{}", json!(rows));
         return Ok(());
@@ -326,9 +343,7 @@ async fn quota_set(t: &Target, team: &str, quota: FlavorQuota, weight: Option<f6
 /// Waits until at least `count` nodes are registered (for up to 10 s).
 pub async fn wait_for_nodes(t: &Target, count: usize) -> Result<()> {
     for _ in 0..100 {
-        let r =
-            call(t, |c| async move { admin_client(c).list_nodes(ListNodesRequest { consistency: 0 }).await }).await?;
-        if r.nodes.len() >= count {
+        if all_nodes(t).await?.len() >= count {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -2,7 +2,7 @@
 //! that ran it (its address is the node's `qm/address` label).
 
 use super::connect::{call, endpoint};
-use super::{admin_client, jobs_client, Target};
+use super::{jobs_client, Target};
 use crate::out::{Exit, Failure};
 use anyhow::Result;
 use clap::Args;
@@ -38,10 +38,8 @@ async fn agents(t: &Target, args: &LogsArgs) -> Result<Vec<(String, String)>> {
     if let Some(a) = job.assignment.as_ref().filter(|a| a.replicas.len() <= args.replica as usize) {
         return Err(Failure::usage(format!("--replica: job {id} has {} replica(s)", a.replicas.len())));
     }
-    let nodes =
-        call(t, |c| async move { admin_client(c).list_nodes(ListNodesRequest { consistency: 0 }).await }).await?;
-    Ok(nodes
-        .nodes
+    Ok(super::admin::all_nodes(t)
+        .await?
         .into_iter()
         .filter_map(|n| n.inventory)
         .filter(|inv| node.as_ref().is_none_or(|name| &inv.name == name))

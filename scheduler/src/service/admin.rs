@@ -172,10 +172,19 @@ impl AdminService for AdminServer {
     }
 
     async fn list_nodes(&self, request: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
-        before_read(&self.node, request.into_inner().consistency).await?;
+        let req = request.into_inner();
+        before_read(&self.node, req.consistency).await?;
         let fsm = self.node.fsm();
-        let nodes = fsm.state.nodes().iter().map(|(id, n)| self.node_of(n, fsm.state.alloc(id))).collect();
-        Ok(Response::new(ListNodesResponse { nodes }))
+        let after = std::ops::Bound::Excluded(NodeId::from(req.page_token.as_str()));
+        let from = if req.page_token.is_empty() { std::ops::Bound::Unbounded } else { after };
+        let nodes = fsm.state.nodes().range((from, std::ops::Bound::Unbounded));
+        let max = if req.page_size == 0 { usize::MAX } else { req.page_size as usize };
+        let (nodes, more) = super::page(nodes.map(|(id, n)| self.node_of(n, fsm.state.alloc(id))), max);
+        let next_page_token = match nodes.last().and_then(|n| n.inventory.as_ref()) {
+            Some(last) if more => last.name.clone(),
+            _ => String::new(),
+        };
+        Ok(Response::new(ListNodesResponse { nodes, next_page_token }))
     }
 
     async fn cordon(&self, request: Request<NodeRequest>) -> Result<Response<NodeResponse>, Status> {

@@ -75,20 +75,17 @@ impl JobService for JobServer {
         };
         before_read(&self.node, req.consistency).await?;
         let fsm = self.node.fsm();
-        let mut jobs: Vec<Job> = fsm
+        let matching = fsm
             .state
             .jobs()
             .after(JobId(after))
             .filter(|j| req.team.is_empty() || j.spec.team.0.as_ref() == req.team)
             .filter(|j| states.is_empty() || states.contains(&j.state))
-            .take(page + 1)
-            .map(job_to)
-            .collect();
-        let next_page_token = if jobs.len() > page {
-            jobs.truncate(page);
-            jobs.last().map(|j| j.id.to_string()).unwrap_or_default()
-        } else {
-            String::new()
+            .map(job_to);
+        let (jobs, more) = super::page(matching, page);
+        let next_page_token = match jobs.last() {
+            Some(last) if more => last.id.to_string(),
+            _ => String::new(),
         };
         Ok(Response::new(ListJobsResponse { jobs, next_page_token }))
     }

@@ -20,6 +20,28 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Bytes of items in one page of a list reply at most: under the 4 MiB that gRPC clients
+/// decode by default, whatever the items hold (a job's command and environment may hold
+/// 128 KiB, a node 64 labels).
+pub const MAX_PAGE_BYTES: usize = 3 << 20;
+
+/// Takes `items` into a page, at most `max` of them and `MAX_PAGE_BYTES` of their encoding
+/// (always at least one); true when items are left.
+pub fn page<T: prost::Message>(items: impl Iterator<Item = T>, max: usize) -> (Vec<T>, bool) {
+    let mut items = items.peekable();
+    let (mut page, mut bytes) = (Vec::new(), 0);
+    while let Some(item) = items.peek() {
+        let size = item.encoded_len() + 8;
+        if page.len() == max || (!page.is_empty() && bytes + size > MAX_PAGE_BYTES) {
+            break;
+        }
+        bytes += size;
+        page.extend(items.next());
+    }
+    let more = items.peek().is_some();
+    (page, more)
+}
+
 /// A node error as a gRPC status.
 pub fn status_of(e: NodeError) -> Status {
     match e {
