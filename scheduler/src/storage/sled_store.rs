@@ -117,6 +117,9 @@ pub(crate) fn open_db(dir: &Path, wait: Duration) -> Result<sled::Db, StorageErr
                 }
                 std::thread::sleep(LOCK_POLL);
             }
+            Err(e @ sled::Error::Corruption { .. }) => {
+                return Err(StorageError::Corrupt { what: format!("the database in {} ({e})", dir.display()) })
+            }
             db => return Ok(db?),
         }
     }

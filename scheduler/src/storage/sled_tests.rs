@@ -160,6 +160,55 @@ fn a_corrupt_entry_is_refused_with_its_index() {
     assert_eq!(entries(&store, 1, 2), vec![(1, 1)], "entries before the corrupt one still read");
 }
 
+/// One flipped byte in the hard state, the configuration or the snapshot: the store refuses
+/// to open and names the record and the recovery (the issue saw "Read corrupted data at file
+/// offset None" for a damaged configuration).
+#[test]
+fn a_damaged_hard_state_configuration_or_snapshot_is_refused_by_name() {
+    for (tree, key, what) in
+        [(None, HARD, "hard state"), (None, CONF, "conf state"), (Some(SNAPSHOT_TREE), SNAP, "snapshot")]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = stored(dir.path(), 3, b"payload");
+            let hard = HardState { term: 1, commit: 3, ..HardState::default() };
+            store.persist(Persist { hard_state: Some(&hard), ..Persist::default() }).unwrap();
+            store.set_conf_state(&snapshot(0, 0, vec![1, 2, 3]).get_metadata().get_conf_state().clone()).unwrap();
+            store.save_snapshot(&snapshot(2, 1, vec![1, 2, 3]), 2).unwrap();
+        }
+        {
+            let db = open_db(dir.path(), LOCK_WAIT).unwrap();
+            let records = match tree {
+                Some(name) => db.open_tree(name).unwrap(),
+                None => std::ops::Deref::deref(&db).clone(),
+            };
+            let mut value = records.get(key).unwrap().unwrap_or_else(|| panic!("{what} stored")).to_vec();
+            let last = value.len() - 1;
+            value[last] ^= 0x5a;
+            records.insert(key, value).unwrap();
+            db.flush().unwrap();
+        }
+        let err = SledStore::open(dir.path()).err().unwrap_or_else(|| panic!("a damaged {what} opened")).to_string();
+        assert!(err.contains(&format!("{what} is corrupt")), "{err}");
+        assert!(err.contains("remove its data directory so it rejoins empty"), "{err}");
+    }
+}
+
+/// A flipped byte in sled's own `conf` file: refused as corrupt, naming the directory and the
+/// recovery, instead of sled's bare "Read corrupted data at file offset None".
+#[test]
+fn a_damaged_sled_configuration_file_is_refused_with_the_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(stored(dir.path(), 3, b"payload"));
+    let conf = dir.path().join("conf");
+    let mut bytes = std::fs::read(&conf).unwrap();
+    bytes[0] ^= 0x5a;
+    std::fs::write(&conf, bytes).unwrap();
+    let err = SledStore::open(dir.path()).expect_err("a damaged sled conf opened").to_string();
+    assert!(err.contains(&format!("the database in {}", dir.path().display())), "{err}");
+    assert!(err.contains("is corrupt") && err.contains("rejoins empty"), "{err}");
+}
+
 /// A log that lost its end (what sled did when the newest entry was damaged) no longer reaches
 /// the commit index: the store says so at start instead of Raft panicking later.
 #[test]
