@@ -1,7 +1,8 @@
 //! Three `qm server` processes on loopback. Several clients submit 1,000 jobs concurrently, the
 //! leader is killed with SIGKILL mid-stream and restarted. Every acknowledged job must be on
 //! every replica exactly once, the replicas must converge to one state hash, a new leader must
-//! accept writes, and no device may be held by two jobs.
+//! accept writes, and no device may be held by two jobs. A replica whose disk is lost is
+//! replaced with the commands and in the order that docs/operations.md gives.
 
 use qm_proto::build::{gpu_inventory, gpu_job, gpu_team};
 use qm_proto::v1::admin_service_client::AdminServiceClient;
@@ -38,6 +39,11 @@ impl Cluster {
     }
 
     fn start(&mut self, id: u64) {
+        self.start_with(id, &[]);
+    }
+
+    /// Starts replica `id` with `extra` flags besides the usual ones.
+    fn start_with(&mut self, id: u64, extra: &[&str]) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_qm"));
         cmd.args(["server", "--id", &id.to_string(), "--listen", &self.addrs[id as usize - 1].to_string()]);
         for (i, a) in self.addrs.iter().enumerate() {
@@ -54,7 +60,7 @@ impl Cluster {
             "--keep-entries",
             "20",
         ]);
-        cmd.args(["--node-lease-ms", "600000"]);
+        cmd.args(["--node-lease-ms", "600000"]).args(extra);
         let log = std::fs::File::create(self.dir.path().join(format!("{id}.log"))).unwrap();
         let child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("qm server starts");
         self.procs.insert(id, child);
@@ -154,6 +160,15 @@ async fn all_jobs(endpoint: &str) -> Vec<Job> {
     }
 }
 
+/// `qm ARGS` (a client command), which must succeed.
+async fn qm_ok(args: Vec<String>) {
+    let out = tokio::task::spawn_blocking(move || Command::new(env!("CARGO_BIN_EXE_qm")).args(&args).output())
+        .await
+        .unwrap()
+        .expect("qm runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// `qm status --json` through the replica at `addr`: whether each member answered.
 async fn qm_status_reachable(addr: &str) -> BTreeMap<u64, bool> {
     let server = format!("--server={addr}");
@@ -249,4 +264,46 @@ async fn three_processes_survive_a_leader_killed_mid_stream() {
     let log = std::fs::read_to_string(c.dir.path().join("2.log")).unwrap();
     let started = log.lines().find(|l| l.contains("replica started")).expect("qm server logs its start by default");
     assert!(started.contains(&format!("listen={}", c.addrs[1])), "{started}");
+}
+
+/// docs/operations.md, "Recovery", a replica whose disk is lost: "stop it and remove its id from
+/// the cluster first (`qm admin members remove`), then empty its data directory, start it with
+/// `--join`, and add it again (`qm admin members add`)". Done with those commands, in that
+/// order; the replacement catches up to the others' state and serves writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_whose_disk_is_lost_is_replaced_as_the_operations_guide_says() {
+    let mut c = Cluster::new();
+    let first = leader(&c).await;
+    let mut admin = AdminServiceClient::new(connect(&c.endpoint(first)).await.unwrap());
+    admin.set_team(SetTeamRequest { team: Some(gpu_team("research", MODEL, 16)) }).await.unwrap();
+    let endpoints: Vec<String> = (1..=3).map(|id| c.endpoint(id)).collect();
+    for i in 0..300 {
+        submit(&endpoints, format!("before-{i}"), i).await;
+    }
+    let lost = (1..=3).find(|&id| id != first).unwrap();
+    c.kill(lost);
+    let servers = format!("--server={}", c.addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
+    qm_ok(vec!["admin".into(), "members".into(), "remove".into(), format!("--id={lost}"), servers.clone()]).await;
+    std::fs::remove_dir_all(c.dir.path().join(lost.to_string())).unwrap();
+    c.start_with(lost, &["--join"]);
+    let address = format!("--address={}", c.addrs[lost as usize - 1]);
+    qm_ok(vec!["admin".into(), "members".into(), "add".into(), format!("--id={lost}"), address, servers]).await;
+
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ours, theirs) = (status(&c.endpoint(lost)).await, status(&c.endpoint(first)).await);
+        if let (Some(a), Some(b)) = (&ours, &theirs) {
+            if a.applied_index == b.applied_index && a.state_hash == b.state_hash && a.leader_id != 0 {
+                break;
+            }
+        }
+        let brief =
+            |s: &Option<ClusterStatusResponse>| s.as_ref().map(|s| (s.leader_id, s.applied_index, s.members.len()));
+        assert!(Instant::now() < until, "the replacement did not catch up: {:?} vs {:?}", brief(&ours), brief(&theirs));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = submit(&[c.endpoint(lost)], "after".into(), 0).await;
+    let mut jobs = JobServiceClient::new(connect(&c.endpoint(lost)).await.unwrap());
+    let job = jobs.get(GetJobRequest { job_id: after, consistency: 0 }).await.unwrap().into_inner().job.unwrap();
+    assert_eq!(job.spec.unwrap().name, "after", "the replacement serves writes and reads");
 }
