@@ -2,7 +2,8 @@
 //! leader is killed with SIGKILL mid-stream and restarted. Every acknowledged job must be on
 //! every replica exactly once, the replicas must converge to one state hash, a new leader must
 //! accept writes, and no device may be held by two jobs. A replica whose disk is lost is
-//! replaced with the commands and in the order that docs/operations.md gives.
+//! replaced, and a cluster that lost its majority is rebuilt, with the commands and in the
+//! order that docs/operations.md gives.
 
 use qm_proto::build::{gpu_inventory, gpu_job, gpu_team};
 use qm_proto::v1::admin_service_client::AdminServiceClient;
@@ -306,4 +307,44 @@ async fn a_replica_whose_disk_is_lost_is_replaced_as_the_operations_guide_says()
     let mut jobs = JobServiceClient::new(connect(&c.endpoint(lost)).await.unwrap());
     let job = jobs.get(GetJobRequest { job_id: after, consistency: 0 }).await.unwrap().into_inner().job.unwrap();
     assert_eq!(job.spec.unwrap().name, "after", "the replacement serves writes and reads");
+}
+
+/// docs/operations.md, "Recovery", the majority is lost: "Stop the survivor with the highest
+/// applied index (`qm status --server` on each, stale), export its data directory offline, and
+/// start a new cluster from the file: `qm admin snapshot export --data ... --out rescue.qmrs`,
+/// then `qm server ... --restore rescue.qmrs` on every new replica." Every job acknowledged
+/// before the loss is in the new cluster, which serves writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_that_lost_its_majority_is_rebuilt_as_the_operations_guide_says() {
+    let mut c = Cluster::new();
+    let first = leader(&c).await;
+    let mut admin = AdminServiceClient::new(connect(&c.endpoint(first)).await.unwrap());
+    admin.set_team(SetTeamRequest { team: Some(gpu_team("research", MODEL, 16)) }).await.unwrap();
+    let endpoints: Vec<String> = (1..=3).map(|id| c.endpoint(id)).collect();
+    let mut acked = BTreeSet::new();
+    for i in 0..50 {
+        submit(&endpoints, format!("acked-{i}"), i).await;
+        acked.insert(format!("acked-{i}"));
+    }
+    let survivor = (1..=3).find(|&id| id != first).unwrap();
+    for id in (1..=3).filter(|&id| id != survivor) {
+        c.kill(id);
+    }
+    qm_ok(vec!["status".into(), format!("--server={}", c.addrs[survivor as usize - 1])]).await;
+    c.kill(survivor);
+    let rescue = c.dir.path().join("rescue.qmrs");
+    let data = c.dir.path().join(survivor.to_string());
+    let (data, out) = (data.to_str().unwrap().to_owned(), rescue.to_str().unwrap().to_owned());
+    qm_ok(vec!["admin".into(), "snapshot".into(), "export".into(), format!("--data={data}"), format!("--out={out}")])
+        .await;
+    for id in 1..=3 {
+        std::fs::remove_dir_all(c.dir.path().join(id.to_string())).unwrap();
+        c.start_with(id, &["--restore", &out]);
+    }
+    let second = leader(&c).await;
+    let names: BTreeSet<String> =
+        all_jobs(&c.endpoint(second)).await.into_iter().map(|j| j.spec.unwrap().name).collect();
+    assert!(acked.is_subset(&names), "every acknowledged job is in the new cluster");
+    let endpoints: Vec<String> = (1..=3).map(|id| c.endpoint(id)).collect();
+    submit(&endpoints, "after".into(), 0).await;
 }
