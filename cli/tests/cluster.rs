@@ -161,6 +161,14 @@ async fn all_jobs(endpoint: &str) -> Vec<Job> {
     }
 }
 
+/// Waits for a leader and gives it the team `research` with 16 GPUs; returns the leader.
+async fn with_team(c: &Cluster) -> u64 {
+    let first = leader(c).await;
+    let mut admin = AdminServiceClient::new(connect(&c.endpoint(first)).await.unwrap());
+    admin.set_team(SetTeamRequest { team: Some(gpu_team("research", MODEL, 16)) }).await.unwrap();
+    first
+}
+
 /// `qm ARGS` (a client command), which must succeed.
 async fn qm_ok(args: Vec<String>) {
     let out = tokio::task::spawn_blocking(move || Command::new(env!("CARGO_BIN_EXE_qm")).args(&args).output())
@@ -274,9 +282,7 @@ async fn three_processes_survive_a_leader_killed_mid_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_whose_disk_is_lost_is_replaced_as_the_operations_guide_says() {
     let mut c = Cluster::new();
-    let first = leader(&c).await;
-    let mut admin = AdminServiceClient::new(connect(&c.endpoint(first)).await.unwrap());
-    admin.set_team(SetTeamRequest { team: Some(gpu_team("research", MODEL, 16)) }).await.unwrap();
+    let first = with_team(&c).await;
     let endpoints: Vec<String> = (1..=3).map(|id| c.endpoint(id)).collect();
     for i in 0..300 {
         submit(&endpoints, format!("before-{i}"), i).await;
@@ -317,9 +323,7 @@ async fn a_replica_whose_disk_is_lost_is_replaced_as_the_operations_guide_says()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_that_lost_its_majority_is_rebuilt_as_the_operations_guide_says() {
     let mut c = Cluster::new();
-    let first = leader(&c).await;
-    let mut admin = AdminServiceClient::new(connect(&c.endpoint(first)).await.unwrap());
-    admin.set_team(SetTeamRequest { team: Some(gpu_team("research", MODEL, 16)) }).await.unwrap();
+    let first = with_team(&c).await;
     let endpoints: Vec<String> = (1..=3).map(|id| c.endpoint(id)).collect();
     let mut acked = BTreeSet::new();
     for i in 0..50 {
