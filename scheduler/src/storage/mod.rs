@@ -2,6 +2,7 @@
 //! state, the latest snapshot and the applied index. `sled_store.rs` implements it on `sled`,
 //! with the entries' terms cached in memory (`terms.rs`).
 
+mod durable;
 mod sled_store;
 mod terms;
 

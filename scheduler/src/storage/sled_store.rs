@@ -9,6 +9,7 @@
 //! shared a leaf with the hard state, which changes on nearly every Raft round, so each flush
 //! rewrote the whole snapshot: megabytes per round, growing with the number of jobs.
 
+use super::durable::Durable;
 use super::terms::Terms;
 use super::{LogStore, Persist, StorageError};
 use protobuf::Message as PbMessage;
@@ -94,6 +95,8 @@ pub struct SledStore {
     tree: sled::Db,
     snaps: sled::Tree,
     meta: Arc<Mutex<Meta>>,
+    /// The barrier after each flush (`durable.rs`); none for a temporary store.
+    durable: Option<Arc<Durable>>,
 }
 
 /// Whether sled could not open a directory because its lock is held. sled reports it as an
@@ -126,6 +129,15 @@ pub(crate) fn open_db(dir: &Path, wait: Duration) -> Result<sled::Db, StorageErr
 }
 
 impl SledStore {
+    /// Flushes sled, then makes what it wrote durable.
+    fn flush(&self) -> Result<(), StorageError> {
+        self.tree.flush()?;
+        match &self.durable {
+            Some(d) => d.barrier().map_err(|e| StorageError::Io(e.into())),
+            None => Ok(()),
+        }
+    }
+
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
         Self::open_waiting(dir, LOCK_WAIT)
@@ -136,7 +148,9 @@ impl SledStore {
     /// the drop (sled does not join it), so a replica reopened at once (a restore, a test)
     /// would otherwise fail; a lock held longer is another process's.
     pub(crate) fn open_waiting(dir: &Path, wait: Duration) -> Result<Self, StorageError> {
-        Self::from_db(open_db(dir, wait)?)
+        let mut store = Self::from_db(open_db(dir, wait)?)?;
+        store.durable = Some(Arc::new(Durable::open(dir).map_err(|e| StorageError::Io(e.into()))?));
+        Ok(store)
     }
 
     /// A store that lives in a temporary directory and disappears when dropped.
@@ -178,7 +192,7 @@ impl SledStore {
         meta.last = last.unwrap_or(meta.snap.index).max(meta.snap.index);
         meta.first = first.unwrap_or(meta.last + 1);
         meta.terms = Terms::starting_at(meta.last + 1);
-        Ok(Self { tree, snaps, meta: Arc::new(Mutex::new(meta)) })
+        Ok(Self { tree, snaps, meta: Arc::new(Mutex::new(meta)), durable: None })
     }
 
     /// Format 1 to 2: the snapshot moves to its own tree. Copied and flushed before the old
@@ -313,7 +327,7 @@ impl LogStore for SledStore {
         }
         self.tree.apply_batch(batch)?;
         if !p.entries.is_empty() || p.hard_state.is_some() {
-            self.tree.flush()?;
+            self.flush()?;
         }
         m.terms.store(p.entries.iter().map(|e| (e.index, e.term)));
         if let (Some(first), Some(last)) = (p.entries.first(), p.entries.last()) {
@@ -350,7 +364,7 @@ impl LogStore for SledStore {
                 TransactionError::Storage(e) => StorageError::from(e),
                 TransactionError::Abort(never) => match never {},
             })?;
-        self.tree.flush()?;
+        self.flush()?;
         m.hard = hard;
         m.conf = md.get_conf_state().clone();
         m.snap = md.clone();
@@ -362,7 +376,7 @@ impl LogStore for SledStore {
 
     fn save_snapshot(&self, snapshot: &Snapshot, compact_to: u64) -> Result<(), StorageError> {
         self.snaps.insert(SNAP, encode(snapshot))?;
-        self.tree.flush()?;
+        self.flush()?;
         let md = snapshot.get_metadata();
         let stale = {
             let mut m = self.meta();
@@ -383,7 +397,7 @@ impl LogStore for SledStore {
 
     fn set_conf_state(&self, conf: &ConfState) -> Result<(), StorageError> {
         self.tree.insert(CONF, encode(conf))?;
-        self.tree.flush()?;
+        self.flush()?;
         self.meta().conf = conf.clone();
         Ok(())
     }
