@@ -175,8 +175,10 @@ impl AdminService for AdminServer {
         let req = request.into_inner();
         before_read(&self.node, req.consistency).await?;
         let fsm = self.node.fsm();
-        let after = std::ops::Bound::Excluded(NodeId::from(req.page_token.as_str()));
-        let from = if req.page_token.is_empty() { std::ops::Bound::Unbounded } else { after };
+        let from = match req.page_token.as_str() {
+            "" => std::ops::Bound::Unbounded,
+            last => std::ops::Bound::Excluded(NodeId::from(last)),
+        };
         let nodes = fsm.state.nodes().range((from, std::ops::Bound::Unbounded));
         let max = if req.page_size == 0 { usize::MAX } else { req.page_size as usize };
         let (nodes, more) = super::page(nodes.map(|(id, n)| self.node_of(n, fsm.state.alloc(id))), max);

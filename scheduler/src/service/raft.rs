@@ -70,11 +70,10 @@ impl RaftServer {
                 chunk.offset
             )));
         }
-        let entry =
-            partial.entry(from).or_insert_with(|| Partial { crc: chunk.crc, total: chunk.total, data: Vec::new() });
         if chunk.offset == 0 {
-            *entry = Partial { crc: chunk.crc, total: chunk.total, data: Vec::new() };
+            partial.insert(from, Partial { crc: chunk.crc, total: chunk.total, data: Vec::new() });
         }
+        let entry = partial.get_mut(&from).expect("a piece past the start follows the bytes held");
         if entry.data.len() as u64 + chunk.data.len() as u64 > entry.total {
             partial.remove(&from);
             return Err(Status::invalid_argument("chunk.data: runs past the message's total length"));
