@@ -40,6 +40,11 @@ pub struct NodeConfig {
     pub max_batch: usize,
     /// How long a proposal or read may wait before it fails with `Unavailable`.
     pub deadline: Duration,
+    /// A number that differs between two starts of this replica. It is the high half of the
+    /// sequence numbers that match log entries and read contexts to the clients waiting for
+    /// them, so that an entry proposed before a restart, and applied after it, never answers
+    /// a client of the new run with another command's outcome.
+    pub incarnation: u32,
 }
 
 impl NodeConfig {
@@ -56,8 +61,19 @@ impl NodeConfig {
             keep_entries: 1_000,
             max_batch: 4_096,
             deadline: Duration::from_secs(3),
+            incarnation: fresh_incarnation(id),
         }
     }
+}
+
+/// A number for this start of replica `id`: the wall clock's nanoseconds and the process id,
+/// mixed (two starts of one replica get the same one with a chance of one in 2^32).
+fn fresh_incarnation(id: u64) -> u32 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let mut h = (nanos as u64) ^ u64::from(std::process::id()).rotate_left(32) ^ id.rotate_left(48);
+    h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h = (h ^ (h >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    (h ^ (h >> 33)) as u32
 }
 
 /// Why a proposal or read did not go through.

@@ -109,6 +109,7 @@ impl<S: LogStore, T: Transport> Node<S, T> {
         let raw = RawNode::new(&raft_config, store, &logger)
             .map_err(|e| StorageError::Decode { what: "raft configuration".into(), reason: e.to_string() })?;
         *shared.fsm.write().unwrap_or_else(|p| p.into_inner()) = fsm;
+        let incarnation = config.incarnation;
         Ok(Self {
             raw,
             config,
@@ -119,9 +120,9 @@ impl<S: LogStore, T: Transport> Node<S, T> {
             snapshot_due: false,
             failed: None,
             shared,
-            proposals: Waiters::default(),
-            reads: Waiters::default(),
-            changes: Waiters::default(),
+            proposals: Waiters::new(incarnation),
+            reads: Waiters::new(incarnation),
+            changes: Waiters::new(incarnation),
             batch: Vec::new(),
             confirmed_reads: Vec::new(),
             applied_term,
