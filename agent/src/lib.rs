@@ -11,6 +11,7 @@
 //! - [`cgroup`]: CPU and memory limits for replicas through cgroup v2, where writable.
 //! - [`session`]: the session with the scheduler: register, heartbeat, orders, reports, and
 //!   reconnection to the leader with backoff and jitter.
+//! - [`outbox`]: replica reports awaiting the scheduler's `Recorded`, sent again until then.
 //! - [`logs`]: the `ReplicaLogs` service that `qm logs` reads.
 //! - [`nvml`]: the NVIDIA probe over an NVML source (health rules, MIG, NVLink groups, telemetry).
 //! - [`nvml_real`]: the NVML source of `libnvidia-ml.so` (loaded at run time) and its XID watcher.
@@ -26,6 +27,7 @@ pub mod inventory;
 pub mod logs;
 pub mod nvml;
 pub mod nvml_real;
+pub mod outbox;
 pub mod pci_ids;
 pub mod session;
 pub mod sysfs;

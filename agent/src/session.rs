@@ -10,6 +10,7 @@ use crate::env::replica_env;
 use crate::executor::Executor;
 use crate::inventory::{collect, host_resources, Probe};
 use crate::logs::LogServer;
+use crate::outbox::Outbox;
 use nix::sys::signal::Signal;
 use qm_core::resource::ADDRESS_LABEL;
 use qm_core::NodeSpec;
@@ -20,12 +21,12 @@ use qm_proto::v1::replica_logs_server::ReplicaLogsServer;
 use qm_proto::v1::scheduler_message::Body as Down;
 use qm_proto::v1::*;
 use rand::{Rng, SeedableRng};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -73,6 +74,12 @@ pub enum AgentError {
     },
 }
 
+/// Between two HTTP/2 pings to the scheduler, and how long one may go unanswered: a replica
+/// that stopped answering (paused, or its host gone) ends the session within twice this,
+/// rather than holding the agent (whose heartbeats it no longer reads) while the others
+/// elect a leader and, after the node lease, declare the node lost.
+const KEEPALIVE: Duration = Duration::from_secs(2);
+
 /// Longest wait between two attempts to reach the scheduler.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -105,7 +112,7 @@ pub async fn run(
     labels.insert(ADDRESS_LABEL.to_owned(), config.advertise.clone().unwrap_or_else(|| bound.to_string()));
     tracing::info!(node = %config.name, logs = %bound, "agent started");
     ready(bound);
-    let node = Node { config, labels, executor, reports, pending: VecDeque::new() };
+    let node = Node { config, labels, executor, reports, outbox: Outbox::default() };
     node.sessions(Box::pin(shutdown)).await;
     serving.abort();
     Ok(())
@@ -124,8 +131,8 @@ struct Node {
     labels: BTreeMap<String, String>,
     executor: Executor,
     reports: mpsc::UnboundedReceiver<ReplicaStatus>,
-    /// Phases not yet sent (the session broke): sent first on the next one.
-    pending: VecDeque<ReplicaStatus>,
+    /// Reports the scheduler has not recorded yet.
+    outbox: Outbox,
 }
 
 type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -177,7 +184,11 @@ impl Node {
     async fn session(&mut self, addr: &str, shutdown: &mut Shutdown) -> Ended {
         let host = addr.trim_start_matches("http://");
         let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{host}")) {
-            Ok(e) => e.connect_timeout(Duration::from_secs(1)),
+            Ok(e) => e
+                .connect_timeout(Duration::from_secs(1))
+                .http2_keep_alive_interval(KEEPALIVE)
+                .keep_alive_timeout(KEEPALIVE)
+                .keep_alive_while_idle(true),
             Err(e) => return Ended::Lost(format!("{addr:?} is not HOST:PORT: {e}")),
         };
         let channel = match endpoint.connect().await {
@@ -194,6 +205,7 @@ impl Node {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             boot_id: boot_id(),
             running: self.executor.running(),
+            unrecorded: self.outbox.all(Instant::now()),
         };
         let _ = tx.send(AgentMessage { body: Some(Up::Register(register)) }).await;
         let mut inbound = match AgentServiceClient::new(channel).session(ReceiverStream::new(rx)).await {
@@ -209,9 +221,6 @@ impl Node {
             Err(s) => return Ended::Lost(s.message().to_owned()),
         };
         tracing::info!(node = %self.config.name, server = %addr, "registered");
-        while let Some(r) = self.pending.pop_front() {
-            let _ = tx.send(AgentMessage { body: Some(Up::Status(r)) }).await;
-        }
         let mut beat = tokio::time::interval(heartbeat);
         let mut rescan = tokio::time::interval(self.config.rescan);
         rescan.tick().await;
@@ -226,6 +235,11 @@ impl Node {
                     if tx.send(AgentMessage { body: Some(Up::Heartbeat(Heartbeat { seq, telemetry })) }).await.is_err() {
                         return Ended::Lost("the stream to the scheduler closed".into());
                     }
+                    for r in self.outbox.due(Instant::now()) {
+                        if tx.send(AgentMessage { body: Some(Up::Status(r)) }).await.is_err() {
+                            return Ended::Lost("the stream to the scheduler closed".into());
+                        }
+                    }
                 }
                 _ = rescan.tick() => {
                     let (now, _) = self.inventory();
@@ -236,10 +250,8 @@ impl Node {
                     }
                 }
                 Some(r) = self.reports.recv() => {
-                    if let Err(e) = tx.send(AgentMessage { body: Some(Up::Status(r)) }).await {
-                        if let Some(Up::Status(r)) = e.0.body {
-                            self.pending.push_back(r);
-                        }
+                    let r = self.outbox.add(r, Instant::now());
+                    if tx.send(AgentMessage { body: Some(Up::Status(r)) }).await.is_err() {
                         return Ended::Lost("the stream to the scheduler closed".into());
                     }
                 }
@@ -257,8 +269,11 @@ impl Node {
     }
 
     /// Carries out one order; a `NotLeader` ends the session.
-    fn obey(&self, order: Down, spec: &NodeSpec) -> Option<Ended> {
+    fn obey(&mut self, order: Down, spec: &NodeSpec) -> Option<Ended> {
         match order {
+            Down::Start(start) if self.outbox.ended(start.job_id, start.replica, start.attempt) => {
+                tracing::info!(job = start.job_id, attempt = start.attempt, "start of a replica that ended: ignored");
+            }
             Down::Start(start) => {
                 tracing::info!(job = start.job_id, replica = start.replica, attempt = start.attempt, "start");
                 self.executor.start(&start, replica_env(&start, &spec.devices));
@@ -273,6 +288,7 @@ impl Node {
                 );
             }
             Down::NotLeader(n) => return Some(Ended::NotLeader(n.leader_address)),
+            Down::Recorded(r) => self.outbox.recorded(&r.seqs),
             Down::Registered(_) => {}
         }
         None

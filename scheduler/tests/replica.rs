@@ -39,6 +39,11 @@ impl Replica {
 
     /// Replica 1, restored from a backup when one is given.
     fn start_from(voters: &[u64], max_message_bytes: usize, restore: Option<Vec<u8>>) -> Self {
+        Self::start_leased(voters, max_message_bytes, restore, Duration::from_millis(600))
+    }
+
+    /// Replica 1, whose nodes are lost after `node_lease` without a message from their agent.
+    fn start_leased(voters: &[u64], max_message_bytes: usize, restore: Option<Vec<u8>>, node_lease: Duration) -> Self {
         let addr = free_addr();
         let dir = tempfile::tempdir().unwrap();
         let mut node = NodeConfig::new(1, voters.to_vec());
@@ -53,7 +58,7 @@ impl Replica {
             leader: LeaderConfig::default(),
             max_message_bytes,
             heartbeat: Duration::from_millis(100),
-            node_lease: Duration::from_millis(600),
+            node_lease,
             restore,
         };
         let (stop, rx) = oneshot::channel();
@@ -128,10 +133,12 @@ struct FakeAgent {
 
 impl FakeAgent {
     async fn connect(channel: Channel, inv: NodeInventory) -> Self {
+        Self::register(channel, Register { inventory: Some(inv), ..Register::default() }).await
+    }
+
+    async fn register(channel: Channel, register: Register) -> Self {
         let (up, rx) = mpsc::channel(16);
-        up.send(AgentMessage { body: Some(Up::Register(Register { inventory: Some(inv), ..Register::default() })) })
-            .await
-            .unwrap();
+        up.send(AgentMessage { body: Some(Up::Register(register)) }).await.unwrap();
         let down = AgentServiceClient::new(channel).session(ReceiverStream::new(rx)).await.unwrap().into_inner();
         let mut agent = Self { up, down };
         assert!(matches!(agent.next().await, Down::Registered(_)));
@@ -484,5 +491,48 @@ async fn lists_larger_than_a_client_decodes_come_page_by_page() {
     };
     assert_eq!(names, (0..140).map(|i| format!("node-{i:03}")).collect::<Vec<_>>(), "every node once, by name");
     drop(agents);
+    replica.stop().await;
+}
+
+/// A replica's report with the agent's number for it.
+fn numbered(job_id: u64, phase: ReplicaPhase, seq: u64) -> ReplicaStatus {
+    ReplicaStatus { job_id, replica: 0, attempt: 1, phase: phase as i32, seq, ..ReplicaStatus::default() }
+}
+
+/// Reports lost with a leader (sent, never committed) are not lost for good: the scheduler
+/// acknowledges each report once recorded, and the agent's next registration carries those it
+/// has not acknowledged, which the scheduler records before it reconciles. A job whose exit
+/// report was lost ends as it did (it was failed as "lost", or started again, before); and a
+/// job told to stop while its agent was away, whose replica the agent no longer runs, ends (it
+/// stayed stopping for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_are_acknowledged_and_an_unrecorded_end_counts_at_the_next_registration() {
+    let replica = Replica::start_leased(&[1], 4 * 1024 * 1024, None, Duration::from_secs(60));
+    let channel = replica.channel().await;
+    let (mut admin, mut jobs) = (AdminServiceClient::new(channel.clone()), JobServiceClient::new(channel.clone()));
+    wait_leader(&mut admin).await;
+    set_team(&mut admin).await;
+    let mut agent = FakeAgent::connect(channel.clone(), inventory("node-a", 8)).await;
+    let mut ids = Vec::new();
+    for (seq, name) in [(1, "ends-unseen"), (2, "stops-unseen")] {
+        let id = jobs.submit(SubmitRequest { jobs: vec![job(name, 1)], request_id: String::new() }).await.unwrap();
+        let id = id.into_inner().job_ids[0];
+        assert!(matches!(agent.next().await, Down::Start(_)));
+        agent.up.send(AgentMessage { body: Some(Up::Status(numbered(id, ReplicaPhase::Started, seq))) }).await.unwrap();
+        let Down::Recorded(r) = agent.next().await else { panic!("expected the report acknowledged") };
+        assert_eq!(r.seqs, [seq]);
+        wait_state(&mut jobs, id, JobState::Running).await;
+        ids.push(id);
+    }
+    drop(agent);
+    jobs.cancel(CancelJobRequest { job_id: ids[1] }).await.unwrap();
+    let exited = numbered(ids[0], ReplicaPhase::Exited, 3);
+    let register =
+        Register { inventory: Some(inventory("node-a", 8)), unrecorded: vec![exited], ..Register::default() };
+    let mut again = FakeAgent::register(channel, register).await;
+    let Down::Recorded(r) = again.next().await else { panic!("expected the unrecorded report acknowledged") };
+    assert_eq!(r.seqs, [3]);
+    wait_state(&mut jobs, ids[0], JobState::Succeeded).await;
+    wait_state(&mut jobs, ids[1], JobState::Cancelled).await;
     replica.stop().await;
 }

@@ -9,7 +9,7 @@
 
 use super::readings::Readings;
 use super::{now_ms, status_of};
-use crate::node::Handle;
+use crate::node::{Handle, NodeError};
 use qm_core::{Command, DeviceUsage, Effect, Job, JobId, JobState, NodeId, NodeStatus};
 use qm_proto::convert::{inventory_from, stop_reason_to, stop_signal_to, usage_from};
 use qm_proto::v1::agent_message::Body as Up;
@@ -177,64 +177,87 @@ impl AgentServer {
         self.agents().last_seen.insert(id.clone(), Instant::now());
         let interval = self.heartbeat.as_millis() as u64;
         let _ = orders.send(down(Down::Registered(Registered { heartbeat_interval_ms: interval }))).await;
-        self.reconcile(&id, &r.running, orders).await;
+        let mut seqs = Vec::new();
+        for s in &r.unrecorded {
+            if self.record(&id, s).await && s.seq != 0 {
+                seqs.push(s.seq);
+            }
+        }
+        if !seqs.is_empty() {
+            let _ = orders.send(down(Down::Recorded(Recorded { seqs }))).await;
+        }
+        self.reconcile(&id, Some(&r.running), orders).await;
         Ok(id)
     }
 
     /// Sends what the agent missed: starts of placed replicas it does not run, stops of jobs
-    /// told to stop, and stops for replicas it runs that the state does not place there.
-    async fn reconcile(&self, node: &NodeId, running: &[RunningReplica], orders: &Orders) {
-        let mut out = Vec::new();
-        let mut lost = Vec::new();
-        {
-            let fsm = self.node.fsm();
-            let runs = |job: JobId, replica: u32, attempt: u32| {
-                running.iter().any(|r| r.job_id == job.0 && r.replica == replica && r.attempt == attempt)
-            };
-            for job in fsm.state.jobs().values() {
-                let Some(a) = &job.assignment else { continue };
-                for (i, r) in a.replicas.iter().enumerate().filter(|(_, r)| &r.node == node) {
-                    let i = i as u32;
-                    match job.state {
-                        JobState::Starting if !runs(job.id, i, job.attempt) => {
-                            out.push(Self::start_order(&fsm.state, job, i, &r.devices));
-                        }
-                        JobState::Running if !runs(job.id, i, job.attempt) => lost.push((job.id, job.attempt)),
-                        JobState::Stopping | JobState::Preempted => {
-                            out.push(Self::stop_order(job, job.spec.stop_signal, job.spec.grace_ms, job.stop_reason));
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            for r in running {
-                let placed = fsm.state.job(JobId(r.job_id)).is_some_and(|j| {
-                    j.attempt == r.attempt
-                        && j.assignment
-                            .as_ref()
-                            .is_some_and(|a| a.replicas.get(r.replica as usize).is_some_and(|x| &x.node == node))
-                });
-                if !placed {
-                    out.push(down(Down::Stop(StopJob {
-                        job_id: r.job_id,
-                        attempt: r.attempt,
-                        signal: StopSignal::Term as i32,
-                        grace_ms: 0,
-                        reason: qm_proto::v1::StopReason::Cancelled as i32,
-                    })));
-                }
-            }
-        }
+    /// told to stop, and stops for replicas it runs that the state does not place there. With
+    /// the replicas the agent runs (at registration, after its unrecorded reports), a replica
+    /// the state has running that the agent does not run was lost, and one told to stop has
+    /// stopped; without (effects were missed), only the orders are sent again.
+    async fn reconcile(&self, node: &NodeId, running: Option<&[RunningReplica]>, orders: &Orders) {
+        let (out, ended) = self.missed(node, running);
         for order in out {
             let _ = orders.send(order).await;
         }
-        for (job, attempt) in lost {
-            let message = "a replica was lost when its agent restarted".to_owned();
-            let _ = self
-                .node
-                .propose(Command::JobFailed { job, attempt: Some(attempt), message, at_ms: now_ms() }, None)
-                .await;
+        for command in ended {
+            let _ = self.node.propose(command, None).await;
         }
+    }
+
+    /// The orders a node missed, and the commands that end the replicas it no longer runs.
+    fn missed(
+        &self,
+        node: &NodeId,
+        running: Option<&[RunningReplica]>,
+    ) -> (Vec<Result<SchedulerMessage, Status>>, Vec<Command>) {
+        let (mut out, mut ended) = (Vec::new(), Vec::new());
+        let fsm = self.node.fsm();
+        let runs = |job: JobId, replica: u32, attempt: u32| {
+            running
+                .is_none_or(|rs| rs.iter().any(|r| r.job_id == job.0 && r.replica == replica && r.attempt == attempt))
+        };
+        for job in fsm.state.jobs().values() {
+            let Some(a) = &job.assignment else { continue };
+            for (i, r) in a.replicas.iter().enumerate().filter(|(_, r)| &r.node == node) {
+                let (i, attempt, at_ms) = (i as u32, Some(job.attempt), now_ms());
+                let here = runs(job.id, i, job.attempt);
+                match job.state {
+                    JobState::Starting if running.is_none() || !here => {
+                        out.push(Self::start_order(&fsm.state, job, i, &r.devices));
+                    }
+                    JobState::Running if !here => {
+                        let message = "a replica was lost when its agent restarted".to_owned();
+                        ended.push(Command::JobFailed { job: job.id, attempt, message, at_ms });
+                    }
+                    JobState::Stopping | JobState::Preempted if !here => {
+                        ended.push(Command::JobFinished { job: job.id, attempt, at_ms });
+                    }
+                    JobState::Stopping | JobState::Preempted => {
+                        out.push(Self::stop_order(job, job.spec.stop_signal, job.spec.grace_ms, job.stop_reason));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for r in running.unwrap_or_default() {
+            let placed = fsm.state.job(JobId(r.job_id)).is_some_and(|j| {
+                j.attempt == r.attempt
+                    && j.assignment
+                        .as_ref()
+                        .is_some_and(|a| a.replicas.get(r.replica as usize).is_some_and(|x| &x.node == node))
+            });
+            if !placed {
+                out.push(down(Down::Stop(StopJob {
+                    job_id: r.job_id,
+                    attempt: r.attempt,
+                    signal: StopSignal::Term as i32,
+                    grace_ms: 0,
+                    reason: qm_proto::v1::StopReason::Cancelled as i32,
+                })));
+            }
+        }
+        (out, ended)
     }
 
     /// The order to start replica `replica` of `job` on `devices`, with where the gang meets
@@ -317,6 +340,43 @@ impl AgentServer {
         Some(Command::RecordUsage { job: JobId(s.job_id), attempt: s.attempt, replica: s.replica, devices })
     }
 
+    /// Records a replica's report and, once it is, acknowledges it if the agent numbered it.
+    async fn on_report(&self, node: &NodeId, s: &ReplicaStatus, orders: &Orders) {
+        if self.record(node, s).await && s.seq != 0 {
+            let _ = orders.send(down(Down::Recorded(Recorded { seqs: vec![s.seq] }))).await;
+        }
+    }
+
+    /// Records a replica's report: its usage, then its phase. True once both are decided
+    /// (applied, or refused as stale); false when this replica could not get them committed
+    /// (the agent sends the report again, to whichever replica leads then).
+    async fn record(&self, node: &NodeId, s: &ReplicaStatus) -> bool {
+        if let Some(command) = self.usage_command(node, s) {
+            if !self.decided(command, s, "usage").await {
+                return false;
+            }
+        }
+        match self.phase_command(node, s) {
+            Some(command) => self.decided(command, s, "phase").await,
+            None => true,
+        }
+    }
+
+    /// Proposes a command a report calls for; true unless it could not be committed.
+    async fn decided(&self, command: Command, s: &ReplicaStatus, what: &str) -> bool {
+        match self.node.propose(command, None).await {
+            Ok(_) => true,
+            Err(NodeError::Rejected(e)) => {
+                tracing::info!(job = s.job_id, attempt = s.attempt, "a replica's {what} was stale: {e}");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(job = s.job_id, attempt = s.attempt, "could not record a replica's {what}: {e}");
+                false
+            }
+        }
+    }
+
     /// Turns a replica's phase into a command, if it calls for one.
     fn phase_command(&self, node: &NodeId, s: &ReplicaStatus) -> Option<Command> {
         let fsm = self.node.fsm();
@@ -375,7 +435,7 @@ impl AgentServer {
                     Some(Routed::Effect(e)) => if let Some(order) = self.order_for(&node, e) {
                         if orders.send(order).await.is_err() { break; }
                     },
-                    Some(Routed::Reconcile) => self.reconcile(&node, &[], &orders).await,
+                    Some(Routed::Reconcile) => self.reconcile(&node, None, &orders).await,
                     None => break,
                 },
                 _ = check.tick() => if !self.leading() {
@@ -409,18 +469,7 @@ impl AgentServer {
                     let _ = orders.send(Err(Status::invalid_argument(format!("inventory.{e}")))).await;
                 }
             },
-            Some(Up::Status(s)) => {
-                if let Some(command) = self.usage_command(node, &s) {
-                    if let Err(e) = self.node.propose(command, None).await {
-                        tracing::warn!(job = s.job_id, "could not record a replica's usage: {e}");
-                    }
-                }
-                if let Some(command) = self.phase_command(node, &s) {
-                    if let Err(e) = self.node.propose(command, None).await {
-                        tracing::warn!(job = s.job_id, "could not record a replica's phase: {e}");
-                    }
-                }
-            }
+            Some(Up::Status(s)) => self.on_report(node, &s, orders).await,
         }
     }
 }
