@@ -2,7 +2,11 @@
 //!
 //! Module map: this file, which `benches/schedule.rs` (criterion) and `benches/memory.rs`
 //! (a driver that prints bytes per pending job) use; and [`procfs`], the CPU time and memory of
-//! processes and latency percentiles, which the load drivers (`src/bin/`) print.
+//! processes and latency percentiles, which the load drivers (`src/bin/`) print; and
+//! [`nemesis`], faults on a real cluster under a workload, checked against what was
+//! acknowledged (the `qm_nemesis` driver and a short run in the CLI's tests).
+
+pub mod nemesis;
 
 use qm_core::{
     AcceleratorKind, Command, Decisions, Device, DeviceId, DeviceRequest, Flavor, FlavorQuota, GangSpec, Health,
