@@ -76,6 +76,20 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
     run_notify(config, shutdown, |_| {}).await
 }
 
+/// Connections the kernel completes and queues before the server accepts them. Tokio's `bind`
+/// asks for 128: a thousand clients connecting at once overflowed it, and each dropped SYN
+/// cost its client the kernel's 1 s retransmission. The kernel caps it at `net.core.somaxconn`
+/// (4096 on current kernels).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with a backlog of [`LISTEN_BACKLOG`].
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// `run`, calling `ready` with the address bound (the port chosen when `listen` asked for
 /// port 0) once the replica serves requests.
 pub async fn run_notify(
@@ -83,9 +97,7 @@ pub async fn run_notify(
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), ServerError> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+    let listener = listen(config.listen).map_err(|source| ServerError::Listen { addr: config.listen, source })?;
     let bound = listener.local_addr().map_err(|source| ServerError::Listen { addr: config.listen, source })?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| StorageError::Io(e.into()))?;
     let store = SledStore::open(&config.data_dir)?;

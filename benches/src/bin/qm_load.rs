@@ -8,7 +8,9 @@
 //! - 64 clients, 100 jobs per request (reported separately: jobs per second);
 //! - 64 clients reading one job, stale, from the leader: the most requests per second that
 //!   gRPC alone allows on this machine, with the driver on the same cores;
-//! - for each of these, the CPU time the replicas and the driver spent per request;
+//! - for each of these, the CPU time the replicas and the driver spent per request, and how
+//!   long the clients took to connect (before the phase's clock starts; `--clients 1000` opens
+//!   a thousand connections at once);
 //! - time from SIGKILL of the leader to the next acknowledged write;
 //! - submission to placement decision at a fixed rate (p50, p99), with fake nodes registered;
 //! - resident memory of the leader holding 100,000 jobs;
@@ -224,19 +226,32 @@ async fn load(c: &Cluster, clients: usize, ask: Ask, seconds: u64, tag: &str) ->
     load_on(c, endpoints, clients, ask, seconds, tag).await
 }
 
-/// `load` on the given replicas only.
+/// `load` on the given replicas only. Every client connects before the clock starts: opening
+/// a thousand connections at once is measured on its own (`qm_TAG_connect_s`), not as part of
+/// the rate.
 async fn load_on(c: &Cluster, endpoints: Vec<String>, clients: usize, ask: Ask, seconds: u64, tag: &str) -> Run {
+    let connecting = Instant::now();
+    let mut opening = tokio::task::JoinSet::new();
+    for client in 0..clients {
+        let endpoint = endpoints[client % endpoints.len()].clone();
+        opening.spawn(async move { (client, connect_patiently(&endpoint).await) });
+    }
+    let mut channels: Vec<(usize, Channel)> = Vec::new();
+    while let Some(opened) = opening.join_next().await {
+        let (client, channel) = opened.expect("a connecting task");
+        channels.push((client, channel.unwrap_or_else(|| panic!("client {client}: no replica answered within 10 s"))));
+    }
+    println!("qm_{tag}_connect_s={:.3}", connecting.elapsed().as_secs_f64());
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let cpu_before = (c.cpu_seconds(), cpu_seconds("self"));
     let start = Instant::now();
     let until = start + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
-    for client in 0..clients {
-        let endpoint = endpoints[client % endpoints.len()].clone();
+    for (client, channel) in channels {
         let latencies = latencies.clone();
         let tag = tag.to_owned();
         tasks.push(tokio::spawn(async move {
-            let mut jobs = JobServiceClient::new(connect(&endpoint).await.expect("a replica answers"));
+            let mut jobs = JobServiceClient::new(channel);
             let mut mine = Vec::new();
             let mut n = 0u64;
             while Instant::now() < until {
@@ -257,6 +272,20 @@ async fn load_on(c: &Cluster, endpoints: Vec<String>, clients: usize, ask: Ask, 
     let mut latencies = std::mem::take(&mut *latencies.lock().await);
     latencies.sort();
     Run { latencies, wall, replicas_cpu, driver_cpu }
+}
+
+/// A connection to `endpoint`, waiting out a dropped SYN (the kernel sends it again after 1 s):
+/// attempts of 3 s each for 10 s.
+async fn connect_patiently(endpoint: &str) -> Option<Channel> {
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        let e = Channel::from_shared(endpoint.to_owned()).ok()?;
+        if let Ok(c) = e.connect_timeout(Duration::from_secs(3)).tcp_nodelay(true).connect().await {
+            return Some(c);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
 }
 
 /// Sends one request; true when it was answered with success.
