@@ -128,8 +128,9 @@ pub async fn run(cfg: &Config) -> Result<Report, String> {
         c.await.map_err(|e| format!("a client failed: {e}"))?;
     }
     let history = std::mem::take(&mut *history.lock().map_err(|_| "a client panicked".to_owned())?);
-    let mut report =
-        Report { unavailable: gaps(begin, end, &history.acks), history, faults, timeline, ..Report::default() };
+    let unavailable = gaps(begin, end, &history.acks);
+    let faulty = end - begin;
+    let mut report = Report { faulty, unavailable, history, faults, timeline, ..Report::default() };
     report.violations = report.history.violations.clone();
     settle(&endpoints, &report.history, &mut report.violations).await;
     report.violations.extend(procs.exited().into_iter().map(|e| Violation::new("exited", e)));

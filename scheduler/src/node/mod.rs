@@ -1,11 +1,13 @@
 //! The Raft node of one replica: raft-rs `RawNode` on a `LogStore`, driven by a dedicated
 //! thread (`ready.rs`) that ticks, batches proposals into log entries, handles each `Ready` in
-//! the documented order and applies committed entries to the state machine. `Handle` is how the
+//! the documented order and applies committed entries to the state machine, with the flushes
+//! on a writer thread of its own (`writer.rs`). `Handle` is how the
 //! services talk to it: propose and wait until applied, linearizable read barriers, status.
 
 mod apply;
 mod ready;
 mod waiters;
+mod writer;
 
 use crate::fsm::Fsm;
 use crate::storage::{LogStore, StorageError};
@@ -138,6 +140,10 @@ pub enum Input {
     Unreachable(u64),
     /// The background save of the snapshot at this index ended (with the error, if any).
     Snapshotted(u64, Option<String>),
+    /// Everything staged up to the Ready of this number is durable.
+    Persisted(u64),
+    /// The writer could not make the log durable.
+    WriteFailed(String),
     /// Stop the thread.
     Stop,
 }

@@ -1,19 +1,22 @@
 //! The node's thread: inputs, ticks, and each `Ready` handled in raft-rs' documented order
-//! (applying what it commits is in `apply.rs`):
-//! send messages; apply a snapshot; apply committed entries; persist entries and hard state in
-//! one flushed batch; send the persisted messages; advance, and repeat for what the advance
-//! released.
+//! for asynchronous writes (applying what it commits is in `apply.rs`): send the messages that
+//! need nothing stored; apply a snapshot; apply committed entries (raft-rs gives only entries
+//! this replica holds durably); stage entries and hard state, readable at once; hand the Ready's
+//! number to the writer (`writer.rs`) and advance. Once the writer says the Ready is durable,
+//! its other messages (a follower's acknowledgements and votes) go out and raft-rs counts it.
 
 use super::waiters::Waiters;
+use super::writer::Writer;
 use super::{Inbox, Input, Membership, NodeConfig, NodeError, Shared, Status};
 use crate::codec::{encode_batch, ChangeContext, Proposal};
 use crate::fsm::Fsm;
 use crate::logging::raft_logger;
-use crate::storage::{LogStore, Persist, StorageError};
+use crate::storage::{LogStore, Persist, Staged, StorageError};
 use crate::transport::Transport;
 use qm_core::Outcome;
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, MessageType};
 use raft::{Config, RawNode, ReadOnlyOption};
+use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,6 +35,8 @@ pub(super) enum Fatal {
     Entry { index: u64, reason: String },
     #[error("saving the snapshot at {index}: {reason}")]
     Snapshot { index: u64, reason: String },
+    #[error("making the log durable: {0}")]
+    Write(String),
 }
 
 pub(super) struct Node<S: LogStore, T: Transport> {
@@ -59,6 +64,10 @@ pub(super) struct Node<S: LogStore, T: Transport> {
     pub(super) snapshot_index: u64,
     /// Applied index not yet written to storage (it rides with the next batch).
     pub(super) unsaved_applied: Option<u64>,
+    /// Messages that may go only once their Ready is durable, by Ready number.
+    pub(super) unsent: VecDeque<(u64, Vec<raft::eraftpb::Message>)>,
+    /// Makes staged writes durable; dropped last, so that what was staged is flushed.
+    pub(super) writer: Writer,
 }
 
 impl<S: LogStore, T: Transport> Node<S, T> {
@@ -110,6 +119,8 @@ impl<S: LogStore, T: Transport> Node<S, T> {
             .map_err(|e| StorageError::Decode { what: "raft configuration".into(), reason: e.to_string() })?;
         *shared.fsm.write().unwrap_or_else(|p| p.into_inner()) = fsm;
         let incarnation = config.incarnation;
+        let writer =
+            Writer::start(config.id, raw.store().clone(), inbox.clone()).map_err(|e| StorageError::Io(e.into()))?;
         Ok(Self {
             raw,
             config,
@@ -128,6 +139,8 @@ impl<S: LogStore, T: Transport> Node<S, T> {
             applied_term,
             snapshot_index,
             unsaved_applied: None,
+            unsent: VecDeque::new(),
+            writer,
         })
     }
 
@@ -270,6 +283,8 @@ impl<S: LogStore, T: Transport> Node<S, T> {
                     None => tracing::info!(replica = self.config.id, index, "took a snapshot and compacted the log"),
                 }
             }
+            Input::Persisted(number) => self.persisted(number),
+            Input::WriteFailed(reason) => self.failed = Some(Fatal::Write(reason)),
             Input::Stop => return false,
         }
         true
@@ -317,29 +332,80 @@ impl<S: LogStore, T: Transport> Node<S, T> {
         let mut ready = self.raw.ready();
         self.send(ready.take_messages());
         if !ready.snapshot().is_empty() {
-            self.install_snapshot(ready.snapshot())?;
+            return self.on_snapshot_ready(ready);
         }
         self.apply_entries(ready.take_committed_entries())?;
-        if !ready.entries().is_empty() || ready.hs().is_some() {
+        let staged = if !ready.entries().is_empty() || ready.hs().is_some() {
             let applied = self.unsaved_applied.take();
-            let batch = Persist { entries: ready.entries(), hard_state: ready.hs(), commit: None, applied };
-            self.raw.store().persist(batch)?;
+            self.raw.store().stage(ready.take_entries(), ready.hs().cloned(), None, applied)
+        } else {
+            Staged::default()
+        };
+        let (now, later): (Vec<_>, Vec<_>) = ready
+            .take_persisted_messages()
+            .into_iter()
+            .partition(|m| m.get_msg_type() == MessageType::MsgHeartbeatResponse);
+        self.send(now);
+        if !later.is_empty() {
+            self.unsent.push_back((ready.number(), later));
         }
-        self.send(ready.take_persisted_messages());
         for rs in ready.take_read_states() {
             if let Ok(bytes) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) {
                 self.confirmed_reads.push((rs.index, u64::from_le_bytes(bytes)));
             }
         }
+        // A commit index alone need not be durable for Raft, which learns it again from the
+        // leader. A follower flushes it all the same, because a survivor's backup
+        // (docs/operations.md, the majority lost) keeps only what its stored commit index
+        // covers; the leader, whose commit index changes with every round, does not.
+        let leading = self.raw.raft.state == raft::StateRole::Leader;
+        let sync = ready.must_sync() || (ready.hs().is_some() && !leading);
+        let number = ready.number();
+        self.raw.advance_append_async(ready);
+        self.raw.advance_apply();
+        self.writer.staged(number, staged, sync);
+        self.maybe_snapshot()
+    }
+
+    /// A Ready that installs a leader's snapshot, handled at once: installing it flushes
+    /// everything staged before, so the Ready and all before it are durable, and raft-rs
+    /// applies the snapshot's index only once it counts it persisted.
+    fn on_snapshot_ready(&mut self, mut ready: raft::Ready) -> Result<(), Fatal> {
+        self.writer.drain();
+        self.install_snapshot(ready.snapshot())?;
+        self.apply_entries(ready.take_committed_entries())?;
+        let applied = self.unsaved_applied.take();
+        self.raw.store().persist(Persist {
+            entries: ready.entries(),
+            hard_state: ready.hs(),
+            commit: None,
+            applied,
+        })?;
+        while let Some((_, messages)) = self.unsent.pop_front() {
+            self.send(messages);
+        }
+        self.send(ready.take_persisted_messages());
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
-            let applied = self.unsaved_applied.take();
-            self.raw.store().persist(Persist { commit: Some(commit), applied, ..Persist::default() })?;
+            self.raw.store().persist(Persist { commit: Some(commit), ..Persist::default() })?;
         }
         self.send(light.take_messages());
         self.apply_entries(light.take_committed_entries())?;
         self.raw.advance_apply();
         self.maybe_snapshot()
+    }
+
+    /// The writer made everything up to Ready `number` durable: raft-rs may count it (a
+    /// leader's own acknowledgement, a follower's commit), and the messages that waited for it
+    /// go. A follower's heartbeat responses never wait: they claim nothing about its log, and a
+    /// leader that hears none for an election timeout steps down.
+    fn persisted(&mut self, number: u64) {
+        self.raw.on_persist_ready(number);
+        while self.unsent.front().is_some_and(|(n, _)| *n <= number) {
+            if let Some((_, messages)) = self.unsent.pop_front() {
+                self.send(messages);
+            }
+        }
     }
 
     /// Hands messages to the transport. A snapshot sent is reported finished at once: the

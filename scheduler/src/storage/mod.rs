@@ -26,12 +26,31 @@ pub struct Persist<'a> {
     pub applied: Option<u64>,
 }
 
+/// A batch taken in memory by `LogStore::stage`, for the writer to store.
+#[derive(Debug, Default)]
+pub struct Staged {
+    /// The entries, shared with the store's memory until they are stored.
+    pub entries: Vec<std::sync::Arc<Entry>>,
+    /// The hard state, when it changed.
+    pub hard: Option<HardState>,
+    /// The applied index, written with the batch.
+    pub applied: Option<u64>,
+}
+
 /// Storage of one replica. Reads come through `raft::Storage`; writes are durable when the
 /// call returns. Clones share the storage (a snapshot is saved from another thread while the
 /// Raft loop goes on).
 pub trait LogStore: raft::Storage + Clone + Send + Sync + 'static {
     /// Appends entries and hard state in one flushed batch.
     fn persist(&self, batch: Persist<'_>) -> Result<(), StorageError>;
+    /// Takes entries and a hard state (or only a new commit index) in memory: readable at once
+    /// through `raft::Storage`, stored by `write` and made durable by `sync`, both on another
+    /// thread, in the order they were staged.
+    fn stage(&self, entries: Vec<Entry>, hard: Option<HardState>, commit: Option<u64>, applied: Option<u64>) -> Staged;
+    /// Stores a staged batch (not yet durable); staged batches are written in order.
+    fn write(&self, staged: &Staged) -> Result<(), StorageError>;
+    /// Makes every batch written so far durable (the flush and its barrier).
+    fn sync(&self) -> Result<(), StorageError>;
     /// Replaces everything up to the snapshot's index with it (a follower catching up).
     fn apply_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError>;
     /// Stores a snapshot this replica made of its own state, durably, then drops the log before

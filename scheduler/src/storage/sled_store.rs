@@ -11,11 +11,12 @@
 
 use super::durable::Durable;
 use super::terms::Terms;
-use super::{LogStore, Persist, StorageError};
+use super::{LogStore, Persist, Staged, StorageError};
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io;
 use std::path::Path;
@@ -86,6 +87,17 @@ struct Meta {
     first: u64,
     /// The terms of the entries stored since the store was opened.
     terms: Terms,
+    /// Entries staged and not yet in sled, or stored and not yet applied, by index: a run that
+    /// ends at `last`. Raft reads them from here: the entries it commits and applies are read
+    /// just after they are written, and a read from sled would wait behind the writer's flush.
+    /// Dropped once applied (the applied index rides with the next staged batch).
+    staged: BTreeMap<u64, Arc<Entry>>,
+    /// The last entry's index in sled (past `last` until the writer stores a staged
+    /// truncation).
+    stored_last: u64,
+    /// The entries of `staged` up to this index are in sled as staged (only those are dropped
+    /// once applied).
+    written_through: u64,
 }
 
 /// Raft storage on a sled database. Clones share the database (a snapshot is saved from a
@@ -192,6 +204,8 @@ impl SledStore {
         meta.last = last.unwrap_or(meta.snap.index).max(meta.snap.index);
         meta.first = first.unwrap_or(meta.last + 1);
         meta.terms = Terms::starting_at(meta.last + 1);
+        meta.stored_last = meta.last;
+        meta.written_through = meta.last;
         Ok(Self { tree, snaps, meta: Arc::new(Mutex::new(meta)), durable: None })
     }
 
@@ -217,6 +231,9 @@ impl SledStore {
     }
 
     fn read_entry(&self, index: u64) -> Result<Entry, StorageError> {
+        if let Some(e) = self.meta().staged.get(&index) {
+            return Ok((**e).clone());
+        }
         let what = || format!("log entry {index}");
         let value = self.tree.get(entry_key(index))?.ok_or_else(|| StorageError::Corrupt { what: what() })?;
         decode(&what, &value)
@@ -241,9 +258,10 @@ impl Storage for SledStore {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        let (first, last) = {
+        let (first, last, staged) = {
             let m = self.meta();
-            (m.first, m.last)
+            let staged: Vec<Arc<Entry>> = m.staged.range(low..high).map(|(_, e)| Arc::clone(e)).collect();
+            (m.first, m.last, staged)
         };
         if low < first {
             return Err(raft::Error::Store(raft::StorageError::Compacted));
@@ -254,10 +272,15 @@ impl Storage for SledStore {
         let max = max_size.into();
         let mut out = Vec::with_capacity((high - low).min(1024) as usize);
         let mut size = 0u64;
-        for kv in self.tree.range(entry_key(low)..entry_key(high)) {
+        let stored_end = staged.first().map_or(high, |e| e.index);
+        let sled = (low < stored_end).then(|| self.tree.range(entry_key(low)..entry_key(stored_end)));
+        let stored = sled.into_iter().flatten().map(|kv| -> raft::Result<Entry> {
             let (k, v) = kv.map_err(StorageError::from)?;
             let index = u64::from_be_bytes(k[1..9].try_into().expect("entry keys are 9 bytes"));
-            let entry: Entry = decode(&|| format!("log entry {index}"), &v)?;
+            Ok(decode(&|| format!("log entry {index}"), &v)?)
+        });
+        for entry in stored.chain(staged.iter().map(|e| Ok((**e).clone()))) {
+            let entry = entry?;
             size += u64::from(entry.compute_size());
             if !out.is_empty() && max.is_some_and(|m| size > m) {
                 break;
@@ -304,40 +327,75 @@ impl Storage for SledStore {
 
 impl LogStore for SledStore {
     fn persist(&self, p: Persist<'_>) -> Result<(), StorageError> {
-        let mut m = self.meta();
-        let mut batch = sled::Batch::default();
-        if let Some(first) = p.entries.first() {
-            for stale in first.index.max(m.first)..=m.last {
-                batch.remove(&entry_key(stale));
-            }
-            for e in p.entries {
-                batch.insert(&entry_key(e.index), encode(e));
-            }
-        }
-        let mut hard = p.hard_state.cloned().unwrap_or_else(|| m.hard.clone());
-        if let Some(commit) = p.commit {
-            hard.commit = commit;
-        }
-        if let Some(applied) = p.applied {
-            batch.insert(APPLIED, &applied.to_le_bytes());
-        }
-        let hard_changed = hard != m.hard;
-        if hard_changed {
-            batch.insert(HARD, encode(&hard));
-        }
-        self.tree.apply_batch(batch)?;
-        if !p.entries.is_empty() || p.hard_state.is_some() {
+        let durable = !p.entries.is_empty() || p.hard_state.is_some();
+        let staged = self.stage(p.entries.to_vec(), p.hard_state.cloned(), p.commit, p.applied);
+        self.write(&staged)?;
+        if durable {
             self.flush()?;
         }
-        m.terms.store(p.entries.iter().map(|e| (e.index, e.term)));
-        if let (Some(first), Some(last)) = (p.entries.first(), p.entries.last()) {
+        Ok(())
+    }
+
+    fn stage(&self, entries: Vec<Entry>, hard: Option<HardState>, commit: Option<u64>, applied: Option<u64>) -> Staged {
+        let mut m = self.meta();
+        if let Some(applied) = applied {
+            let from = applied.min(m.written_through) + 1;
+            let keep = m.staged.split_off(&from);
+            m.staged = keep;
+        }
+        let entries: Vec<Arc<Entry>> = entries.into_iter().map(Arc::new).collect();
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+            m.staged.split_off(&first.index);
+            m.staged.extend(entries.iter().map(|e| (e.index, Arc::clone(e))));
+            m.terms.store(entries.iter().map(|e| (e.index, e.term)));
+            m.written_through = m.written_through.min(first.index - 1);
             m.last = last.index;
             if m.first > first.index {
                 m.first = first.index;
             }
         }
-        m.hard = hard;
+        let mut next = hard.unwrap_or_else(|| m.hard.clone());
+        if let Some(commit) = commit {
+            next.commit = commit;
+        }
+        let hard = (next != m.hard).then(|| next.clone());
+        m.hard = next;
+        Staged { entries, hard, applied }
+    }
+
+    fn write(&self, staged: &Staged) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        let (first, stored_last) = {
+            let m = self.meta();
+            (m.first, m.stored_last)
+        };
+        if let Some(e) = staged.entries.first() {
+            for stale in e.index.max(first)..=stored_last {
+                batch.remove(&entry_key(stale));
+            }
+        }
+        for e in &staged.entries {
+            batch.insert(&entry_key(e.index), encode(&**e));
+        }
+        if let Some(applied) = staged.applied {
+            batch.insert(APPLIED, &applied.to_le_bytes());
+        }
+        if let Some(hard) = &staged.hard {
+            batch.insert(HARD, encode(hard));
+        }
+        self.tree.apply_batch(batch)?;
+        if let Some(last) = staged.entries.last() {
+            let mut m = self.meta();
+            m.stored_last = last.index;
+            if m.staged.get(&last.index).is_some_and(|e| Arc::ptr_eq(e, last)) {
+                m.written_through = last.index;
+            }
+        }
         Ok(())
+    }
+
+    fn sync(&self) -> Result<(), StorageError> {
+        self.flush()
     }
 
     fn apply_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
@@ -369,8 +427,11 @@ impl LogStore for SledStore {
         m.conf = md.get_conf_state().clone();
         m.snap = md.clone();
         m.last = md.index;
+        m.stored_last = md.index;
+        m.written_through = md.index;
         m.first = md.index + 1;
         m.terms = Terms::starting_at(md.index + 1);
+        m.staged.clear();
         Ok(())
     }
 

@@ -265,3 +265,34 @@ fn a_format_one_store_is_migrated_and_keeps_its_snapshot() {
     assert!(db.get(SNAP).unwrap().is_none(), "the old copy is gone");
     assert!(db.open_tree(SNAPSHOT_TREE).unwrap().get(SNAP).unwrap().is_some());
 }
+
+/// The Raft thread stages batches in memory and the writer stores them later, in order: staged
+/// entries are read at once (raft-rs requires it before the Ready is advanced), a staged
+/// truncation hides the stored tail it replaces, and once written and synced everything is
+/// there after a reopen, the tail replaced.
+#[test]
+fn staged_batches_read_at_once_and_store_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        let stored: Vec<Entry> = (1..=5).map(|i| entry(i, 1, b"old")).collect();
+        store.persist(Persist { entries: &stored, ..Persist::default() }).unwrap();
+        let first = store.stage(vec![entry(4, 2, b"new"), entry(5, 2, b"new"), entry(6, 2, b"new")], None, None, None);
+        let hs = HardState { term: 2, vote: 1, commit: 6, ..HardState::default() };
+        let second = store.stage(vec![entry(7, 2, b"next")], Some(hs), None, Some(6));
+        let expected = vec![(1, 1), (2, 1), (3, 1), (4, 2), (5, 2), (6, 2), (7, 2)];
+        assert_eq!(entries(&store, 1, 8), expected, "staged entries are read before they are written");
+        assert_eq!(store.term(5).unwrap(), 2);
+        assert_eq!(store.initial_state().unwrap().hard_state.commit, 6);
+        store.write(&first).unwrap();
+        assert_eq!(entries(&store, 1, 8), expected, "and while only some are written");
+        store.write(&second).unwrap();
+        store.sync().unwrap();
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(entries(&store, 1, 8), vec![(1, 1), (2, 1), (3, 1), (4, 2), (5, 2), (6, 2), (7, 2)]);
+    let read = store.entries(4, 5, None, GetEntriesContext::empty(false)).unwrap();
+    assert_eq!(read[0].data.as_ref(), b"new", "the stored tail was replaced");
+    assert_eq!((store.initial_state().unwrap().hard_state.commit, store.applied().unwrap()), (6, 6));
+    assert_eq!(store.verify().unwrap(), 7);
+}
