@@ -324,3 +324,6 @@ fn stop_on_panic(id: u64, shared: &Shared, panic: &(dyn std::any::Any + Send)) {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod power_tests;

@@ -27,7 +27,7 @@ pub struct Persist<'a> {
 }
 
 /// A batch taken in memory by `LogStore::stage`, for the writer to store.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Staged {
     /// The entries, shared with the store's memory until they are stored.
     pub entries: Vec<std::sync::Arc<Entry>>,
