@@ -364,6 +364,9 @@ impl LogStore for SledStore {
     }
 
     fn write(&self, staged: &Staged) -> Result<(), StorageError> {
+        if staged.entries.is_empty() && staged.hard.is_none() && staged.applied.is_none() {
+            return Ok(());
+        }
         let mut batch = sled::Batch::default();
         let (first, stored_last) = {
             let m = self.meta();
