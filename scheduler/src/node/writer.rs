@@ -96,9 +96,3 @@ impl Drop for Writer {
         }
     }
 }
-
-impl std::fmt::Debug for Writer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Writer")
-    }
-}

@@ -217,10 +217,11 @@ impl AgentServer {
             running
                 .is_none_or(|rs| rs.iter().any(|r| r.job_id == job.0 && r.replica == replica && r.attempt == attempt))
         };
+        let at_ms = now_ms();
         for job in fsm.state.jobs().values() {
             let Some(a) = &job.assignment else { continue };
             for (i, r) in a.replicas.iter().enumerate().filter(|(_, r)| &r.node == node) {
-                let (i, attempt, at_ms) = (i as u32, Some(job.attempt), now_ms());
+                let (i, attempt) = (i as u32, Some(job.attempt));
                 let here = runs(job.id, i, job.attempt);
                 match job.state {
                     JobState::Starting if running.is_none() || !here => {
