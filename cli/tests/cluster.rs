@@ -31,7 +31,7 @@ struct Cluster {
 
 impl Cluster {
     fn new() -> Self {
-        let addrs = (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()).collect();
+        let addrs = (0..3).map(|_| qm_benches::nemesis::procs::free_addr().expect("a free port")).collect();
         let mut c = Self { addrs, dir: tempfile::tempdir().unwrap(), procs: BTreeMap::new() };
         for id in 1..=3 {
             c.start(id);

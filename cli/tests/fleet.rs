@@ -21,7 +21,7 @@ struct Fleet {
 }
 
 fn free_addr() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
+    qm_benches::nemesis::procs::free_addr().expect("a free port").to_string()
 }
 
 fn spawn(args: &[&str], log: &Path) -> Child {

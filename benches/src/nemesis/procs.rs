@@ -37,9 +37,27 @@ pub struct Procs {
     agents: Vec<Child>,
 }
 
-/// A free loopback address (the port is free when this returns; nothing else here binds ports).
-fn free_addr() -> std::io::Result<SocketAddr> {
-    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+/// Where `free_addr` looks: below Linux's ephemeral range (32768-60999), which outgoing
+/// connections take their ports from.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A free loopback address for a process that is killed and started again on it. A port the
+/// kernel hands out for port 0 comes from the ephemeral range, and while its replica is down a
+/// client's outgoing connection can take it, so that the restart cannot bind it (a flake of the
+/// cluster tests); this one is drawn below that range, and free when this returns.
+pub fn free_addr() -> std::io::Result<SocketAddr> {
+    static DRAWN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let span = u64::from(PORTS.end - PORTS.start);
+    for _ in 0..span {
+        let n = DRAWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let mix = (u64::from(std::process::id()) << 20 ^ u64::from(nanos) ^ n.wrapping_mul(7_919)) % span;
+        let addr = SocketAddr::from(([127, 0, 0, 1], PORTS.start + mix as u16));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return Ok(addr);
+        }
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "no free loopback port in 20000-31999"))
 }
 
 impl Procs {
