@@ -52,10 +52,37 @@ fn still_quiet(quiet: Option<Quiet>, fsm: &Fsm, policy: &PolicyConfig, now_ms: u
     })
 }
 
+/// The leader's planning between cycles: the policy, the scheduler's scratch space, and the
+/// last quiet cycle.
+#[derive(Debug, Default)]
+pub struct Planner {
+    policy: PolicyConfig,
+    scratch: Scratch,
+    quiet: Option<Quiet>,
+}
+
+impl Planner {
+    /// A planner for `policy`.
+    pub fn new(policy: PolicyConfig) -> Self {
+        Self { policy, scratch: Scratch::default(), quiet: None }
+    }
+
+    /// The plan of a cycle at `now_ms` on `fsm`, as the command to propose; `None` when it
+    /// decides nothing (then remembered, so that the next cycle on the same state at a time
+    /// when no rule's answer changed costs nothing).
+    pub fn plan(&mut self, fsm: &Fsm, now_ms: u64) -> Option<Command> {
+        if still_quiet(self.quiet, fsm, &self.policy, now_ms) {
+            return None;
+        }
+        let decisions = qm_core::schedule_with(&fsm.state, &self.policy, now_ms, &mut self.scratch).decisions;
+        self.quiet = decisions.is_empty().then_some(Quiet { at_ms: now_ms, applied: fsm.applied });
+        (!decisions.is_empty()).then_some(Command::ApplyPlan { decisions, at_ms: now_ms })
+    }
+}
+
 /// Runs until the node stops.
 pub async fn run(node: Handle, config: LeaderConfig) {
-    let mut scratch = Scratch::default();
-    let mut quiet = None;
+    let mut planner = Planner::new(config.policy.clone());
     loop {
         tokio::select! {
             _ = node.shared().work.notified() => {}
@@ -67,7 +94,7 @@ pub async fn run(node: Handle, config: LeaderConfig) {
         }
         let mut gap = config.min_gap;
         if status.leader == status.id {
-            gap = gap.max(cycle(&node, &config.policy, &mut scratch, &mut quiet).await * 3);
+            gap = gap.max(cycle(&node, &mut planner).await * 3);
         }
         tokio::time::sleep(gap).await;
     }
@@ -75,25 +102,13 @@ pub async fn run(node: Handle, config: LeaderConfig) {
 
 /// One cycle: plan on the current state, propose what changed. Returns how long planning held
 /// the state (not the wait for the plan to commit).
-async fn cycle(node: &Handle, policy: &PolicyConfig, scratch: &mut Scratch, quiet: &mut Option<Quiet>) -> Duration {
-    let now = now_ms();
+async fn cycle(node: &Handle, planner: &mut Planner) -> Duration {
     let started = std::time::Instant::now();
-    let decisions = {
-        let fsm = node.fsm();
-        if still_quiet(*quiet, &fsm, policy, now) {
-            return started.elapsed();
-        }
-        let decisions = qm_core::schedule_with(&fsm.state, policy, now, scratch).decisions;
-        *quiet = decisions.is_empty().then_some(Quiet { at_ms: now, applied: fsm.applied });
-        decisions
-    };
+    let command = planner.plan(&node.fsm(), now_ms());
     let planning = started.elapsed();
-    if decisions.is_empty() {
-        return planning;
-    }
-    let placed = decisions.placements.len();
-    match node.propose(Command::ApplyPlan { decisions, at_ms: now }, None).await {
-        Ok(out) => tracing::debug!(placed, rejected = out.rejected.len(), "applied a plan"),
+    let Some(command) = command else { return planning };
+    match node.propose(command, None).await {
+        Ok(out) => tracing::debug!(rejected = out.rejected.len(), "applied a plan"),
         Err(e) => tracing::warn!("a plan was not applied: {e}"),
     }
     planning

@@ -2,7 +2,7 @@
 //! commands) and membership changes; and taking this replica's own snapshots.
 
 use super::ready::{Fatal, Node};
-use super::{Input, JobChange, NodeError};
+use super::{Drive, Input, JobChange, NodeError};
 use crate::codec::{decode_batch, ChangeContext};
 use crate::fsm::Fsm;
 use crate::storage::LogStore;
@@ -110,7 +110,8 @@ impl<S: LogStore, T: Transport> Node<S, T> {
 
     /// Every `snapshot_every` applied entries: takes a consistent cut of the state here (cheap:
     /// it shares the state's data, copied on write), then encodes and saves it and compacts
-    /// the log on a background thread, so that the loop goes on replicating meanwhile.
+    /// the log on a background thread, so that the loop goes on replicating meanwhile (a
+    /// stepped node saves it in the turn).
     pub(super) fn maybe_snapshot(&mut self) -> Result<(), Fatal> {
         if self.saving {
             return Ok(());
@@ -135,29 +136,36 @@ impl<S: LogStore, T: Transport> Node<S, T> {
         self.saving = true;
         self.snapshot_due = false;
         self.snapshot_index = applied;
+        let save = move || {
+            let started = Instant::now();
+            snap.data = cut.encode().into();
+            let encoded_ms = started.elapsed().as_millis() as u64;
+            let error = store.save_snapshot(&snap, compact_to).err().map(|e| e.to_string());
+            tracing::info!(
+                index = applied,
+                bytes = snap.data.len(),
+                cut_us,
+                encoded_ms,
+                saved_ms = started.elapsed().as_millis() as u64 - encoded_ms,
+                "snapshot"
+            );
+            // Closed before the Raft thread hears of it: a stopping replica waits for this
+            // message, then its storage must be free to open again (at low priority, this
+            // thread could otherwise still hold it for a while after sending).
+            drop(store);
+            let _ = inbox.send(Input::Snapshotted(applied, error));
+        };
+        if self.drive == Drive::Stepped {
+            save();
+            return Ok(());
+        }
         std::thread::Builder::new()
             .name(format!("snapshot-{}", self.config.id))
             .spawn(move || {
                 if let Err(e) = thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min) {
                     tracing::debug!("the snapshot thread keeps its priority: {e}");
                 }
-                let started = Instant::now();
-                snap.data = cut.encode().into();
-                let encoded_ms = started.elapsed().as_millis() as u64;
-                let error = store.save_snapshot(&snap, compact_to).err().map(|e| e.to_string());
-                tracing::info!(
-                    index = applied,
-                    bytes = snap.data.len(),
-                    cut_us,
-                    encoded_ms,
-                    saved_ms = started.elapsed().as_millis() as u64 - encoded_ms,
-                    "snapshot"
-                );
-                // Closed before the Raft thread hears of it: a stopping replica waits for this
-                // message, then its storage must be free to open again (at low priority, this
-                // thread could otherwise still hold it for a while after sending).
-                drop(store);
-                let _ = inbox.send(Input::Snapshotted(applied, error));
+                save();
             })
             .map_err(|e| Fatal::Snapshot { index: applied, reason: e.to_string() })?;
         Ok(())

@@ -6,6 +6,7 @@
 
 mod apply;
 mod ready;
+mod stepped;
 mod waiters;
 mod writer;
 
@@ -17,6 +18,7 @@ use raft::eraftpb::Message;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
+pub(crate) use stepped::SteppedNode;
 use tokio::sync::{broadcast, oneshot, Notify};
 
 /// How a node runs.
@@ -76,6 +78,18 @@ fn fresh_incarnation(id: u64) -> u32 {
     h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
     h = (h ^ (h >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     (h ^ (h >> 33)) as u32
+}
+
+/// How a node's work runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Drive {
+    /// A thread of its own on the wall clock, a writer thread, snapshots saved in the
+    /// background.
+    Threads,
+    /// Turned by a driver that owns the clock (the deterministic simulation, `crate::dst`):
+    /// its writes wait until the driver completes them, snapshots are saved in the turn, and
+    /// its election timeout is fixed (raft-rs would draw it from an unseeded generator).
+    Stepped,
 }
 
 /// Why a proposal or read did not go through.
@@ -283,19 +297,11 @@ pub fn spawn<S: LogStore, T: Transport>(
     store: S,
     transport: impl FnOnce(Inbox) -> T,
 ) -> Result<(Handle, std::thread::JoinHandle<()>), StorageError> {
-    let (inbox, rx) = mpsc::channel();
+    let (inbox, rx, shared) = parts(&config);
     let transport = transport(inbox.clone());
-    let (events, _) = broadcast::channel(65_536);
-    let (effects, _) = broadcast::channel(65_536);
-    let shared = Arc::new(Shared {
-        fsm: RwLock::new(Fsm::default()),
-        status: Mutex::new(Status { id: config.id, ..Status::default() }),
-        events,
-        effects,
-        work: Notify::new(),
-    });
     let deadline = config.deadline;
-    let node = ready::Node::new(config, store, transport, (inbox.clone(), rx), Arc::clone(&shared))?;
+    let drive = (Drive::Threads, std::time::Instant::now());
+    let node = ready::Node::new(config, store, transport, (inbox.clone(), rx), Arc::clone(&shared), drive)?;
     let (id, watched) = (node.id(), Arc::clone(&shared));
     let thread = std::thread::Builder::new()
         .name(format!("raft-{id}"))
@@ -306,6 +312,21 @@ pub fn spawn<S: LogStore, T: Transport>(
         })
         .expect("the OS can start a thread");
     Ok((Handle { inbox, shared, deadline }, thread))
+}
+
+/// A node's inbox, the thread's end of it, and the state it shares with the services.
+fn parts(config: &NodeConfig) -> (Inbox, mpsc::Receiver<Input>, Arc<Shared>) {
+    let (inbox, rx) = mpsc::channel();
+    let (events, _) = broadcast::channel(65_536);
+    let (effects, _) = broadcast::channel(65_536);
+    let shared = Arc::new(Shared {
+        fsm: RwLock::new(Fsm::default()),
+        status: Mutex::new(Status { id: config.id, ..Status::default() }),
+        events,
+        effects,
+        work: Notify::new(),
+    });
+    (inbox, rx, shared)
 }
 
 /// A panic on the Raft thread is fatal: the replica can no longer commit or apply, so it says

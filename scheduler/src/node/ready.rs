@@ -7,7 +7,7 @@
 
 use super::waiters::Waiters;
 use super::writer::Writer;
-use super::{Inbox, Input, Membership, NodeConfig, NodeError, Shared, Status};
+use super::{Drive, Inbox, Input, Membership, NodeConfig, NodeError, Shared, Status};
 use crate::codec::{encode_batch, ChangeContext, Proposal};
 use crate::fsm::Fsm;
 use crate::logging::raft_logger;
@@ -66,6 +66,12 @@ pub(super) struct Node<S: LogStore, T: Transport> {
     pub(super) unsaved_applied: Option<u64>,
     /// Messages that may go only once their Ready is durable, by Ready number.
     pub(super) unsent: VecDeque<(u64, Vec<raft::eraftpb::Message>)>,
+    /// How the node is driven.
+    pub(super) drive: Drive,
+    /// The time of this turn of the loop (the driver's, when stepped).
+    pub(super) now: Instant,
+    /// When Raft ticks next.
+    pub(super) next_tick: Instant,
     /// Makes staged writes durable; dropped last, so that what was staged is flushed.
     pub(super) writer: Writer,
 }
@@ -77,6 +83,7 @@ impl<S: LogStore, T: Transport> Node<S, T> {
         mut transport: T,
         (inbox, rx): (Inbox, Receiver<Input>),
         shared: Arc<Shared>,
+        (drive, now): (Drive, Instant),
     ) -> Result<Self, StorageError> {
         store.verify()?;
         let initial =
@@ -101,10 +108,25 @@ impl<S: LogStore, T: Transport> Node<S, T> {
             }
         }
         let snapshot_index = fsm.applied;
+        if initial.hard_state.commit < snapshot_index {
+            // A snapshot holds only applied, so committed, entries; but a leader does not flush
+            // a hard state that only moves the commit index, and its snapshot may be saved
+            // before that write: after a crash, the stored commit index is behind the snapshot,
+            // which raft-rs refuses to start from. The snapshot's index is committed.
+            store.persist(Persist { commit: Some(snapshot_index), ..Persist::default() })?;
+        }
         let applied_term = store.term(snapshot_index).unwrap_or(0);
+        let (min_election_tick, max_election_tick) = match drive {
+            Drive::Threads => (0, 0),
+            // raft-rs draws election timeouts from an unseeded generator: a range of one value
+            // keeps a stepped node deterministic (the driver varies its clock's rate instead).
+            Drive::Stepped => (config.election_ticks, config.election_ticks + 1),
+        };
         let raft_config = Config {
             id: config.id,
             election_tick: config.election_ticks,
+            min_election_tick,
+            max_election_tick,
             heartbeat_tick: config.heartbeat_ticks,
             applied: fsm.applied,
             check_quorum: true,
@@ -119,8 +141,13 @@ impl<S: LogStore, T: Transport> Node<S, T> {
             .map_err(|e| StorageError::Decode { what: "raft configuration".into(), reason: e.to_string() })?;
         *shared.fsm.write().unwrap_or_else(|p| p.into_inner()) = fsm;
         let incarnation = config.incarnation;
-        let writer =
-            Writer::start(config.id, raw.store().clone(), inbox.clone()).map_err(|e| StorageError::Io(e.into()))?;
+        let writer = match drive {
+            Drive::Threads => {
+                Writer::start(config.id, raw.store().clone(), inbox.clone()).map_err(|e| StorageError::Io(e.into()))?
+            }
+            Drive::Stepped => Writer::stepped(raw.store().clone(), inbox.clone()),
+        };
+        let next_tick = now + config.tick;
         Ok(Self {
             raw,
             config,
@@ -140,6 +167,9 @@ impl<S: LogStore, T: Transport> Node<S, T> {
             snapshot_index,
             unsaved_applied: None,
             unsent: VecDeque::new(),
+            drive,
+            now,
+            next_tick,
             writer,
         })
     }
@@ -150,31 +180,41 @@ impl<S: LogStore, T: Transport> Node<S, T> {
 
     /// Runs until told to stop or until storage fails.
     pub fn run(mut self) {
-        let mut next_tick = Instant::now() + self.config.tick;
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            let wait = self.next_tick.saturating_duration_since(Instant::now());
             let first = match self.rx.recv_timeout(wait) {
                 Ok(input) => Some(input),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            if !self.take_inputs(first) {
-                break;
-            }
-            let now = Instant::now();
-            if now >= next_tick {
-                self.raw.tick();
-                next_tick = now + self.config.tick;
-                self.expire(now);
-            }
-            if let Err(e) = self.round() {
-                self.stop_on(e);
+            if !self.turn(first, Instant::now()) {
                 self.await_saving();
                 return;
             }
         }
         self.proposals.fail_all(&NodeError::Stopped("shut down".into()));
         self.await_saving();
+    }
+
+    /// One turn of the loop at `now`: `first` and whatever else is queued, a tick when one is
+    /// due, then every Ready. False once the node stopped: told to, or on a fatal error (which
+    /// its status then says).
+    pub(super) fn turn(&mut self, first: Option<Input>, now: Instant) -> bool {
+        self.now = now;
+        if !self.take_inputs(first) {
+            self.proposals.fail_all(&NodeError::Stopped("shut down".into()));
+            return false;
+        }
+        if now >= self.next_tick {
+            self.raw.tick();
+            self.next_tick = now + self.config.tick;
+            self.expire(now);
+        }
+        if let Err(e) = self.round() {
+            self.stop_on(e);
+            return false;
+        }
+        true
     }
 
     /// Waits (bounded) for a background snapshot save, so that the storage is closed when the
@@ -239,7 +279,7 @@ impl<S: LogStore, T: Transport> Node<S, T> {
     }
 
     fn deadline(&self) -> Instant {
-        Instant::now() + self.config.deadline
+        self.now + self.config.deadline
     }
 
     fn no_leader(&self) -> Option<NodeError> {
@@ -270,6 +310,15 @@ impl<S: LogStore, T: Transport> Node<S, T> {
                 self.raw.read_index(seq.to_le_bytes().to_vec());
             }
             Input::Change { change, reply } => self.propose_change(change, reply),
+            Input::Raft(m) if self.beyond_log(&m) => {
+                tracing::warn!(
+                    replica = self.config.id,
+                    from = m.from,
+                    commit = m.commit,
+                    "dropped a heartbeat that counts entries this replica does not hold (sent to an \
+                     earlier run of this id before it was removed and emptied)"
+                );
+            }
             Input::Raft(m) => {
                 if let Err(e) = self.raw.step(*m) {
                     tracing::debug!(replica = self.config.id, "dropped a raft message: {e}");
@@ -288,6 +337,14 @@ impl<S: LogStore, T: Transport> Node<S, T> {
             Input::Stop => return false,
         }
         true
+    }
+
+    /// A heartbeat whose commit index is past the end of this replica's log. A leader never
+    /// sends one to a follower it counts right, but one sent to the earlier run of a replaced
+    /// replica can arrive after the replacement started empty, and raft-rs would panic on it
+    /// (`to_commit is out of range`).
+    fn beyond_log(&self, m: &raft::eraftpb::Message) -> bool {
+        m.get_msg_type() == MessageType::MsgHeartbeat && m.commit > self.raw.raft.raft_log.last_index()
     }
 
     fn flush_batch(&mut self) {

@@ -312,3 +312,61 @@ async fn a_panic_on_the_raft_thread_stops_the_replica_and_says_why() {
     let refused = handle.propose(submit("after".into()), None).await.unwrap_err();
     assert!(refused.to_string().contains("the Raft thread panicked"), "{refused}");
 }
+
+/// A store as a leader can leave it after a crash: entries 1-10, a snapshot at 10, and a hard
+/// state whose commit index (5) was never flushed past it.
+fn snapshot_ahead_of_commit() -> SledStore {
+    use raft::eraftpb::{Entry, HardState, Snapshot};
+    let store = SledStore::temporary().unwrap();
+    let entries: Vec<Entry> = (1..=10).map(|index| Entry { index, term: 1, ..Entry::default() }).collect();
+    let hard = HardState { term: 1, vote: 1, commit: 5, ..HardState::default() };
+    store
+        .persist(crate::storage::Persist { entries: &entries, hard_state: Some(&hard), ..Default::default() })
+        .unwrap();
+    let mut snap = Snapshot { data: crate::fsm::Fsm::default().snapshot().into(), ..Snapshot::default() };
+    snap.mut_metadata().index = 10;
+    snap.mut_metadata().term = 1;
+    snap.mut_metadata().mut_conf_state().voters = vec![1];
+    store.save_snapshot(&snap, 10).unwrap();
+    store
+}
+
+/// The stored commit index behind the snapshot is raised to it at start: raft-rs refused to
+/// start from it (`applied(10) is out of range`), at every restart (the simulation's seed 1).
+#[test]
+fn a_replica_whose_snapshot_is_ahead_of_its_stored_commit_index_starts() {
+    let net = MemNet::new(1);
+    let (handle, thread) =
+        spawn(NodeConfig::new(1, vec![1]), snapshot_ahead_of_commit(), |_| net.transport(1)).unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while handle.status().commit < 10 || handle.status().leader != 1 {
+        assert!(Instant::now() < until, "the replica did not lead from its snapshot: {:?}", handle.status());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(handle.status().fatal, None);
+    handle.stop();
+    thread.join().unwrap();
+}
+
+/// A heartbeat whose commit index is past the replica's log (one sent to the removed run of a
+/// replaced replica) is dropped: raft-rs panicked on it (`to_commit 100 is out of range
+/// [last_index 0]`; the simulation's seed 6).
+#[test]
+fn a_heartbeat_past_the_end_of_the_log_is_dropped() {
+    let net = MemNet::new(1);
+    let store = SledStore::temporary().unwrap();
+    let (handle, thread) = spawn(NodeConfig::new(4, vec![]), store, |_| net.transport(4)).unwrap();
+    let heartbeat = raft::eraftpb::Message {
+        msg_type: raft::eraftpb::MessageType::MsgHeartbeat,
+        from: 1,
+        to: 4,
+        term: 3,
+        commit: 100,
+        ..Default::default()
+    };
+    handle.inbox().send(Input::Raft(Box::new(heartbeat))).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(handle.status().fatal, None, "the replica survived the heartbeat");
+    handle.stop();
+    thread.join().unwrap();
+}

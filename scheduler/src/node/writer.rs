@@ -4,7 +4,8 @@
 //! entries and hard state in the store's memory, readable at once, and hands the batch and the
 //! Ready's number here; the writer stores the batches in order and answers
 //! `Input::Persisted(n)` once everything up to Ready `n` is durable. Batches queued during a
-//! flush share the next one.
+//! flush share the next one. A stepped node (the deterministic simulation, `crate::dst`) has
+//! no thread: its batches wait until the driver says the disk finished them.
 
 use super::{Inbox, Input};
 use crate::storage::{LogStore, Staged};
@@ -19,10 +20,15 @@ enum Job {
     Drain(mpsc::SyncSender<()>),
 }
 
+/// Stores the jobs handed to it, in order; false once the store failed.
+type Serve = Box<dyn Fn(Vec<Job>) -> bool + Send>;
+
 /// The writer thread and the way to it; dropping it stores what was handed over first.
 pub(super) struct Writer {
     tx: Option<mpsc::Sender<Job>>,
     thread: Option<JoinHandle<()>>,
+    /// A stepped writer's batches not yet stored, and how to store them.
+    stepped: Option<(Vec<Job>, Serve)>,
 }
 
 impl Writer {
@@ -32,30 +38,72 @@ impl Writer {
         let thread = std::thread::Builder::new().name(format!("qm-writer-{id}")).spawn(move || {
             while let Ok(first) = rx.recv() {
                 let jobs: Vec<Job> = std::iter::once(first).chain(rx.try_iter()).collect();
-                if let Err(e) = serve(&store, jobs, &inbox) {
-                    let _ = inbox.send(Input::WriteFailed(e.to_string()));
+                if !serve_or_fail(&store, jobs, &inbox) {
                     return;
                 }
             }
         })?;
-        Ok(Self { tx: Some(tx), thread: Some(thread) })
+        Ok(Self { tx: Some(tx), thread: Some(thread), stepped: None })
+    }
+
+    /// A writer without a thread: batches wait until `complete` stores them.
+    pub fn stepped<S: LogStore>(store: S, inbox: Inbox) -> Self {
+        let serve: Serve = Box::new(move |jobs| serve_or_fail(&store, jobs, &inbox));
+        Self { tx: None, thread: None, stepped: Some((Vec::new(), serve)) }
+    }
+
+    /// A stepped writer's batches not yet stored.
+    pub fn pending(&self) -> usize {
+        self.stepped.as_ref().map_or(0, |(jobs, _)| jobs.len())
+    }
+
+    /// Stores a stepped writer's first `n` pending batches, made durable with one flush if any
+    /// asks for it, as a thread would have (its disk finished them).
+    pub fn complete(&mut self, n: usize) {
+        if let Some((jobs, serve)) = &mut self.stepped {
+            let done: Vec<Job> = jobs.drain(..n.min(jobs.len())).collect();
+            if !done.is_empty() {
+                serve(done);
+            }
+        }
     }
 
     /// Ready `number` is staged as `staged`; `sync` when it holds what must be durable before
     /// it counts (entries, a vote, a term), not only a commit index.
-    pub fn staged(&self, number: u64, staged: Staged, sync: bool) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(Job::Write { number, staged, sync });
+    pub fn staged(&mut self, number: u64, staged: Staged, sync: bool) {
+        let job = Job::Write { number, staged, sync };
+        match (&self.tx, &mut self.stepped) {
+            (Some(tx), _) => {
+                let _ = tx.send(job);
+            }
+            (None, Some((jobs, _))) => jobs.push(job),
+            (None, None) => {}
         }
     }
 
     /// Waits until everything handed over is stored and durable.
-    pub fn drain(&self) {
+    pub fn drain(&mut self) {
         let (done, wait) = mpsc::sync_channel(1);
+        if let Some((jobs, serve)) = &mut self.stepped {
+            jobs.push(Job::Drain(done));
+            serve(std::mem::take(jobs));
+            return;
+        }
         if let Some(tx) = &self.tx {
             if tx.send(Job::Drain(done)).is_ok() {
                 let _ = wait.recv();
             }
+        }
+    }
+}
+
+/// `serve`, telling the node when the store failed; false then.
+fn serve_or_fail<S: LogStore>(store: &S, jobs: Vec<Job>, inbox: &Inbox) -> bool {
+    match serve(store, jobs, inbox) {
+        Ok(()) => true,
+        Err(e) => {
+            let _ = inbox.send(Input::WriteFailed(e.to_string()));
+            false
         }
     }
 }

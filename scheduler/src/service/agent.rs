@@ -8,10 +8,11 @@
 //! `NodeLost` for nodes silent longer than the lease.
 
 use super::readings::Readings;
+use super::sessions;
 use super::{now_ms, status_of};
 use crate::node::{Handle, NodeError};
-use qm_core::{Command, DeviceUsage, Effect, Job, JobId, JobState, NodeId, NodeStatus};
-use qm_proto::convert::{inventory_from, stop_reason_to, stop_signal_to, usage_from};
+use qm_core::{Command, DeviceUsage, Effect, JobId, NodeId};
+use qm_proto::convert::{inventory_from, usage_from};
 use qm_proto::v1::agent_message::Body as Up;
 use qm_proto::v1::agent_service_server::AgentService;
 use qm_proto::v1::scheduler_message::Body as Down;
@@ -53,18 +54,11 @@ pub struct AgentServer {
     readings: Readings,
 }
 
-/// The port replica 0 of a job's attempt offers for the gang's rendezvous (`MASTER_PORT`): in
-/// 29500..39500, spread by job and attempt so that gangs that share a first node rarely collide,
-/// and the same on every replica of the gang.
-pub fn rendezvous_port(job: JobId, attempt: u32) -> u32 {
-    29_500 + ((job.0.wrapping_mul(7_919).wrapping_add(u64::from(attempt))) % 10_000) as u32
-}
-
 type Orders = mpsc::Sender<Result<SchedulerMessage, Status>>;
 type OrderStream = Pin<Box<dyn Stream<Item = Result<SchedulerMessage, Status>> + Send>>;
 
 fn down(body: Down) -> Result<SchedulerMessage, Status> {
-    Ok(SchedulerMessage { body: Some(body) })
+    Ok(sessions::message(body))
 }
 
 impl AgentServer {
@@ -102,17 +96,8 @@ impl AgentServer {
                 continue;
             }
             let since = *leading_since.get_or_insert_with(Instant::now);
-            let silent: Vec<NodeId> = {
-                let fsm = self.node.fsm();
-                let agents = self.agents();
-                let fresh = |id: &NodeId| agents.last_seen.get(id).map_or(since, |t| (*t).max(since)).elapsed() < lease;
-                fsm.state
-                    .nodes()
-                    .iter()
-                    .filter(|(id, n)| n.status == NodeStatus::Ready && !fresh(id))
-                    .map(|(id, _)| id.clone())
-                    .collect()
-            };
+            let silent =
+                sessions::silent(&self.node.fsm().state, &self.agents().last_seen, since, Instant::now(), lease);
             for node in silent {
                 tracing::warn!(node = %node, "no heartbeat within the lease; the node is lost");
                 if let Err(e) = self.node.propose(Command::NodeLost { node, at_ms: now_ms() }, None).await {
@@ -196,129 +181,12 @@ impl AgentServer {
     /// the state has running that the agent does not run was lost, and one told to stop has
     /// stopped; without (effects were missed), only the orders are sent again.
     async fn reconcile(&self, node: &NodeId, running: Option<&[RunningReplica]>, orders: &Orders) {
-        let (out, ended) = self.missed(node, running);
+        let (out, ended) = sessions::missed(&self.node.fsm().state, node, running, now_ms());
         for order in out {
-            let _ = orders.send(order).await;
+            let _ = orders.send(Ok(order)).await;
         }
         for command in ended {
             let _ = self.node.propose(command, None).await;
-        }
-    }
-
-    /// The orders a node missed, and the commands that end the replicas it no longer runs.
-    fn missed(
-        &self,
-        node: &NodeId,
-        running: Option<&[RunningReplica]>,
-    ) -> (Vec<Result<SchedulerMessage, Status>>, Vec<Command>) {
-        let (mut out, mut ended) = (Vec::new(), Vec::new());
-        let fsm = self.node.fsm();
-        let runs = |job: JobId, replica: u32, attempt: u32| {
-            running
-                .is_none_or(|rs| rs.iter().any(|r| r.job_id == job.0 && r.replica == replica && r.attempt == attempt))
-        };
-        let at_ms = now_ms();
-        for job in fsm.state.jobs().values() {
-            let Some(a) = &job.assignment else { continue };
-            for (i, r) in a.replicas.iter().enumerate().filter(|(_, r)| &r.node == node) {
-                let (i, attempt) = (i as u32, Some(job.attempt));
-                let here = runs(job.id, i, job.attempt);
-                match job.state {
-                    JobState::Starting if running.is_none() || !here => {
-                        out.push(Self::start_order(&fsm.state, job, i, &r.devices));
-                    }
-                    JobState::Running if !here => {
-                        let message = "a replica was lost when its agent restarted".to_owned();
-                        ended.push(Command::JobFailed { job: job.id, attempt, message, at_ms });
-                    }
-                    JobState::Stopping | JobState::Preempted if !here => {
-                        ended.push(Command::JobFinished { job: job.id, attempt, at_ms });
-                    }
-                    JobState::Stopping | JobState::Preempted => {
-                        out.push(Self::stop_order(job, job.spec.stop_signal, job.spec.grace_ms, job.stop_reason));
-                    }
-                    _ => {}
-                }
-            }
-        }
-        for r in running.unwrap_or_default() {
-            let placed = fsm.state.job(JobId(r.job_id)).is_some_and(|j| {
-                j.attempt == r.attempt
-                    && j.assignment
-                        .as_ref()
-                        .is_some_and(|a| a.replicas.get(r.replica as usize).is_some_and(|x| &x.node == node))
-            });
-            if !placed {
-                out.push(down(Down::Stop(StopJob {
-                    job_id: r.job_id,
-                    attempt: r.attempt,
-                    signal: StopSignal::Term as i32,
-                    grace_ms: 0,
-                    reason: qm_proto::v1::StopReason::Cancelled as i32,
-                })));
-            }
-        }
-        (out, ended)
-    }
-
-    /// The order to start replica `replica` of `job` on `devices`, with where the gang meets
-    /// (pure: callers hold the state's lock once, never twice, which could deadlock behind a
-    /// waiting writer).
-    fn start_order(
-        state: &qm_core::State,
-        job: &Job,
-        replica: u32,
-        devices: &[qm_core::DeviceId],
-    ) -> Result<SchedulerMessage, Status> {
-        let first = job.assignment.as_ref().and_then(|a| a.replicas.first());
-        let host = first
-            .and_then(|r| state.nodes().get(&r.node))
-            .and_then(|n| n.spec.labels.get(qm_core::resource::ADDRESS_LABEL))
-            .map_or_else(String::new, |a| a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h).to_owned());
-        down(Down::Start(StartReplica {
-            job_id: job.id.0,
-            replica,
-            attempt: job.attempt,
-            devices: devices.iter().map(|d| d.0.to_string()).collect(),
-            command: job.spec.command.clone(),
-            env: job.spec.env.clone().into_iter().collect(),
-            cpu_millis: job.spec.gang.cpu_millis,
-            mem_mib: job.spec.gang.mem_mib,
-            replicas: job.spec.gang.replicas,
-            kind: qm_proto::convert::kind_to(job.spec.gang.devices.kind) as i32,
-            rendezvous_host: host,
-            rendezvous_port: rendezvous_port(job.id, job.attempt),
-            job_name: job.spec.name.clone(),
-            team: job.spec.team.as_str().to_owned(),
-        }))
-    }
-
-    /// The order to stop `job`'s current attempt.
-    fn stop_order(
-        job: &Job,
-        signal: qm_core::StopSignal,
-        grace_ms: u64,
-        reason: Option<qm_core::StopReason>,
-    ) -> Result<SchedulerMessage, Status> {
-        down(Down::Stop(StopJob {
-            job_id: job.id.0,
-            attempt: job.attempt,
-            signal: stop_signal_to(signal) as i32,
-            grace_ms,
-            reason: reason.map_or(0, |r| stop_reason_to(r) as i32),
-        }))
-    }
-
-    fn order_for(&self, node: &NodeId, effect: Effect) -> Option<Result<SchedulerMessage, Status>> {
-        let fsm = self.node.fsm();
-        match effect {
-            Effect::Start { job, replica, node: n, devices } if &n == node => {
-                Some(Self::start_order(&fsm.state, fsm.state.job(job)?, replica, &devices))
-            }
-            Effect::Stop { job, node: n, signal, grace_ms, reason } if &n == node => {
-                Some(Self::stop_order(fsm.state.job(job)?, signal, grace_ms, Some(reason)))
-            }
-            _ => None,
         }
     }
 
@@ -339,6 +207,15 @@ impl AgentServer {
             return None;
         }
         Some(Command::RecordUsage { job: JobId(s.job_id), attempt: s.attempt, replica: s.replica, devices })
+    }
+
+    fn order_for(&self, node: &NodeId, effect: Effect) -> Option<SchedulerMessage> {
+        sessions::order_for(&self.node.fsm().state, node, effect)
+    }
+
+    fn phase_command(&self, node: &NodeId, s: &ReplicaStatus) -> Option<Command> {
+        let state = &self.node.fsm().state;
+        sessions::phase_command(state, &mut self.agents().started, node, s, now_ms())
     }
 
     /// Records a replica's report and, once it is, acknowledges it if the agent numbered it.
@@ -378,44 +255,6 @@ impl AgentServer {
         }
     }
 
-    /// Turns a replica's phase into a command, if it calls for one.
-    fn phase_command(&self, node: &NodeId, s: &ReplicaStatus) -> Option<Command> {
-        let fsm = self.node.fsm();
-        let job = fsm.state.job(JobId(s.job_id))?;
-        let here = job.assignment.as_ref()?.replicas.get(s.replica as usize).is_some_and(|r| &r.node == node);
-        if job.attempt != s.attempt || !here {
-            return None;
-        }
-        let at_ms = now_ms();
-        let id = job.id;
-        match ReplicaPhase::try_from(s.phase).ok()? {
-            ReplicaPhase::Started if job.state == JobState::Starting => {
-                let replicas = job.spec.gang.replicas;
-                let mut agents = self.agents();
-                let set = agents.started.entry((id, s.attempt)).or_default();
-                set.insert(s.replica);
-                (set.len() as u32 >= replicas).then(|| {
-                    agents.started.remove(&(id, s.attempt));
-                    Command::JobStarted { job: id, attempt: Some(s.attempt), at_ms }
-                })
-            }
-            ReplicaPhase::Exited
-                if s.exit_code == 0 || matches!(job.state, JobState::Stopping | JobState::Preempted) =>
-            {
-                Some(Command::JobFinished { job: id, attempt: Some(s.attempt), at_ms })
-            }
-            ReplicaPhase::Exited | ReplicaPhase::FailedToStart => {
-                let message = match (s.signal, s.message.is_empty()) {
-                    (Some(sig), _) => format!("replica {} killed by signal {sig}", s.replica),
-                    (None, false) => format!("replica {}: {}", s.replica, s.message),
-                    (None, true) => format!("replica {} exited with code {}", s.replica, s.exit_code),
-                };
-                Some(Command::JobFailed { job: id, attempt: Some(s.attempt), message, at_ms })
-            }
-            _ => None,
-        }
-    }
-
     /// Serves one registered agent until it hangs up or this replica stops leading.
     async fn serve(
         self,
@@ -434,7 +273,7 @@ impl AgentServer {
                 },
                 r = routed.recv() => match r {
                     Some(Routed::Effect(e)) => if let Some(order) = self.order_for(&node, e) {
-                        if orders.send(order).await.is_err() { break; }
+                        if orders.send(Ok(order)).await.is_err() { break; }
                     },
                     Some(Routed::Reconcile) => self.reconcile(&node, None, &orders).await,
                     None => break,

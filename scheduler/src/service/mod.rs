@@ -9,6 +9,7 @@ pub mod agent;
 pub mod jobs;
 pub mod raft;
 pub mod readings;
+pub mod sessions;
 
 use crate::node::{Handle, NodeError};
 use qm_core::ApplyError;

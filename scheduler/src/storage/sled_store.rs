@@ -239,6 +239,24 @@ impl SledStore {
         decode(&what, &value)
     }
 
+    /// The store as a restarted process finds it on the same database: what was written to
+    /// sled, without what was only staged in memory (the deterministic simulation's crash).
+    pub(crate) fn reopen(&self) -> Result<Self, StorageError> {
+        Self::from_db(self.tree.clone())
+    }
+
+    /// Flips one byte of the stored entry `index` (the byte at `at`, modulo its length), as a
+    /// failing disk would; false when no such entry is stored (the simulation's bit rot).
+    pub(crate) fn flip_entry_byte(&self, index: u64, at: usize) -> Result<bool, StorageError> {
+        let Some(value) = self.tree.get(entry_key(index))? else { return Ok(false) };
+        let mut bytes = value.to_vec();
+        let at = at % bytes.len();
+        bytes[at] ^= 0x5a;
+        self.tree.insert(entry_key(index), bytes)?;
+        self.tree.flush()?;
+        Ok(true)
+    }
+
     /// Bytes on disk, for status and benchmarks.
     pub fn size_on_disk(&self) -> u64 {
         self.tree.size_on_disk().unwrap_or(0)
