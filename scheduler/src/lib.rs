@@ -15,8 +15,11 @@
 //!   (sessions, orders, node liveness) and `RaftService`.
 //! - `restore`: backups: seeding a new cluster, exporting a stopped replica.
 //! - `logging`: raft-rs's slog records into `tracing`.
+//! - `dst`: the deterministic simulation of a cluster (replicas, agents, clients and faults in
+//!   one thread from a seed); `testing`: builders of jobs and teams for it and the tests.
 
 pub mod codec;
+pub mod dst;
 pub mod fsm;
 pub mod leader;
 pub mod logging;
@@ -25,6 +28,5 @@ pub mod restore;
 pub mod server;
 pub mod service;
 pub mod storage;
-#[cfg(test)]
 mod testing;
 pub mod transport;

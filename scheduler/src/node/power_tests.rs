@@ -4,103 +4,27 @@
 //! writer has not made durable, on a majority.
 
 use super::*;
-use crate::storage::{LogStore, Persist, SledStore, Staged, StorageError};
+use crate::dst::disk::Disk;
+use crate::storage::SledStore;
 use crate::testing::{job_spec, setup};
 use crate::transport::mem::MemNet;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
-use raft::{GetEntriesContext, RaftState, Storage};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-/// A store whose written batches reach the disk (the sled store below, flushed) only at a
-/// sync; once the power is cut, they are dropped and no sync succeeds.
-#[derive(Clone)]
-struct PowerCut {
-    inner: SledStore,
-    unsynced: Arc<Mutex<Vec<Staged>>>,
-    cut: Arc<AtomicBool>,
-}
-
-impl Storage for PowerCut {
-    fn initial_state(&self) -> raft::Result<RaftState> {
-        self.inner.initial_state()
-    }
-    fn entries(
-        &self,
-        low: u64,
-        high: u64,
-        max: impl Into<Option<u64>>,
-        c: GetEntriesContext,
-    ) -> raft::Result<Vec<Entry>> {
-        self.inner.entries(low, high, max, c)
-    }
-    fn term(&self, idx: u64) -> raft::Result<u64> {
-        self.inner.term(idx)
-    }
-    fn first_index(&self) -> raft::Result<u64> {
-        self.inner.first_index()
-    }
-    fn last_index(&self) -> raft::Result<u64> {
-        self.inner.last_index()
-    }
-    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        self.inner.snapshot(request_index, to)
-    }
-}
-
-impl LogStore for PowerCut {
-    fn persist(&self, batch: Persist<'_>) -> Result<(), StorageError> {
-        self.inner.persist(batch)
-    }
-    fn stage(&self, entries: Vec<Entry>, hard: Option<HardState>, commit: Option<u64>, applied: Option<u64>) -> Staged {
-        self.inner.stage(entries, hard, commit, applied)
-    }
-    fn write(&self, staged: &Staged) -> Result<(), StorageError> {
-        self.unsynced.lock().unwrap().push(staged.clone());
-        Ok(())
-    }
-    fn sync(&self) -> Result<(), StorageError> {
-        let batches = std::mem::take(&mut *self.unsynced.lock().unwrap());
-        if self.cut.load(Ordering::SeqCst) {
-            return Err(StorageError::Decode { what: "the disk".into(), reason: "the power is cut".into() });
-        }
-        for b in &batches {
-            self.inner.write(b)?;
-        }
-        self.inner.sync()
-    }
-    fn apply_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
-        self.inner.apply_snapshot(snapshot)
-    }
-    fn save_snapshot(&self, snapshot: &Snapshot, compact_to: u64) -> Result<(), StorageError> {
-        self.inner.save_snapshot(snapshot, compact_to)
-    }
-    fn set_conf_state(&self, conf: &ConfState) -> Result<(), StorageError> {
-        self.inner.set_conf_state(conf)
-    }
-    fn applied(&self) -> Result<u64, StorageError> {
-        self.inner.applied()
-    }
-    fn latest_snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
-        self.inner.latest_snapshot()
-    }
-    fn verify(&self) -> Result<u64, StorageError> {
-        self.inner.verify()
-    }
-}
-
-fn start(net: &MemNet, dir: &std::path::Path, id: u64, cut: &Arc<AtomicBool>) -> (Handle, std::thread::JoinHandle<()>) {
+/// Starts replica `id` on a disk (`crate::dst::disk`) whose written batches reach sled only
+/// at a sync; returns the disk too, to cut its power.
+fn start(net: &MemNet, dir: &std::path::Path, id: u64) -> (Handle, std::thread::JoinHandle<()>, Disk) {
     let mut config = NodeConfig::new(id, vec![1, 2, 3]);
     config.tick = Duration::from_millis(10);
     config.deadline = Duration::from_millis(1500);
     let inner = SledStore::open(&dir.join(id.to_string())).unwrap();
-    let store = PowerCut { inner, unsynced: Arc::default(), cut: Arc::clone(cut) };
+    let disk = Disk::new(inner);
     let net = net.clone();
-    spawn(config, store, |inbox| {
+    let (handle, thread) = spawn(config, disk.clone(), |inbox| {
         net.attach(id, inbox);
         net.transport(id)
     })
-    .unwrap()
+    .unwrap();
+    (handle, thread, disk)
 }
 
 async fn leader(replicas: &[Handle]) -> &Handle {
@@ -131,8 +55,10 @@ async fn submit(replicas: &[Handle], name: String) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_acknowledged_before_a_power_cut_of_every_replica_are_kept() {
-    let (net, dir, cut) = (MemNet::new(11), tempfile::tempdir().unwrap(), Arc::new(AtomicBool::new(false)));
-    let (replicas, threads): (Vec<Handle>, Vec<_>) = (1..=3).map(|id| start(&net, dir.path(), id, &cut)).unzip();
+    let (net, dir) = (MemNet::new(11), tempfile::tempdir().unwrap());
+    let started: Vec<_> = (1..=3).map(|id| start(&net, dir.path(), id)).collect();
+    let disks: Vec<Disk> = started.iter().map(|(_, _, d)| d.clone()).collect();
+    let (replicas, threads): (Vec<Handle>, Vec<_>) = started.into_iter().map(|(h, t, _)| (h, t)).unzip();
     for c in setup("t", 8) {
         let until = Instant::now() + Duration::from_secs(10);
         while leader(&replicas).await.propose(c.clone(), None).await.is_err() {
@@ -155,18 +81,19 @@ async fn jobs_acknowledged_before_a_power_cut_of_every_replica_are_kept() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
-    cut.store(true, Ordering::SeqCst);
+    disks.iter().for_each(Disk::cut_power);
     tokio::time::sleep(Duration::from_millis(200)).await;
     replicas.iter().for_each(Handle::stop);
     threads.into_iter().for_each(|t| t.join().unwrap());
+    drop(disks);
     let mut acked = Vec::new();
     for c in clients {
         acked.extend(c.await.unwrap());
     }
     assert!(acked.len() > 10, "the clients were acknowledged before the cut: {}", acked.len());
 
-    let on = Arc::new(AtomicBool::new(false));
-    let (replicas, _threads): (Vec<Handle>, Vec<_>) = (1..=3).map(|id| start(&net, dir.path(), id, &on)).unzip();
+    let (replicas, _threads): (Vec<Handle>, Vec<_>) =
+        (1..=3).map(|id| start(&net, dir.path(), id)).map(|(h, t, _)| (h, t)).unzip();
     let until = Instant::now() + Duration::from_secs(10);
     let lead = leader(&replicas).await;
     loop {
