@@ -54,7 +54,7 @@ fn still_quiet(quiet: Option<Quiet>, fsm: &Fsm, policy: &PolicyConfig, now_ms: u
 
 /// The leader's planning between cycles: the policy, the scheduler's scratch space, and the
 /// last quiet cycle.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Planner {
     policy: PolicyConfig,
     scratch: Scratch,

@@ -8,11 +8,10 @@
 //! (`leader::Planner`) and proposes each plan, one at a time.
 
 use super::world::World;
-use super::Failure;
-use crate::leader::Planner;
+use crate::leader::{LeaderConfig, Planner};
 use crate::node::{Handle, Input, NodeError};
 use crate::service::sessions::{self, Started};
-use qm_core::{AcceleratorKind, Command, Device, DeviceId, Effect, Health, NodeId, NodeSpec, Outcome, PolicyConfig};
+use qm_core::{AcceleratorKind, Command, Device, DeviceId, Effect, Health, NodeId, NodeSpec, Outcome};
 use qm_proto::v1::scheduler_message::Body as Down;
 use qm_proto::v1::{ReplicaPhase, ReplicaStatus, RunningReplica, SchedulerMessage};
 use rand::Rng;
@@ -34,7 +33,8 @@ const CYCLE_MS: u64 = 20;
 
 type Answer = oneshot::Receiver<Result<Outcome, NodeError>>;
 
-/// A replica an agent runs: until when, and whether it was told to stop.
+/// A replica an agent runs: on which devices, when it starts and when it ends (brought
+/// forward when it is told to stop).
 struct Run {
     devices: Vec<String>,
     ends_at: u64,
@@ -164,13 +164,12 @@ fn serving(w: &World, replica: u64) -> Option<Handle> {
 }
 
 /// One step of every agent and of the leader's side.
-pub(super) fn act(w: &mut World) -> Result<(), Failure> {
+pub(super) fn act(w: &mut World) {
     lead(w);
     for i in 0..w.agents.list.len() {
         run_replicas(w, i);
         session(w, i);
     }
-    Ok(())
 }
 
 /// The leader's duties: liveness and the scheduling cycle.
@@ -201,8 +200,7 @@ fn lead(w: &mut World) {
     }
     if now >= memory.next_cycle {
         memory.next_cycle = now + CYCLE_MS;
-        let policy = PolicyConfig { explain: false, ..PolicyConfig::default() };
-        let planner = memory.planner.get_or_insert_with(|| Planner::new(policy));
+        let planner = memory.planner.get_or_insert_with(|| Planner::new(LeaderConfig::default().policy));
         if let Some(command) = planner.plan(&h.fsm(), now) {
             memory.plan = Some(propose(&h, command));
         }

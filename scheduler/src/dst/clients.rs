@@ -122,17 +122,10 @@ fn poll(w: &mut World, i: usize) -> Result<(), Failure> {
     let Some(f) = client.in_flight.as_mut() else { return Ok(()) };
     let (replica, late) = (f.replica, now - f.since > PATIENCE_MS);
     let answer = match &mut f.reply {
-        Reply::Outcome(rx) => match rx.try_recv() {
-            Ok(r) => Some(r.map(Some)),
-            Err(TryRecvError::Empty) if !late => return Ok(()),
-            Err(_) => None,
-        },
-        Reply::Read(rx) => match rx.try_recv() {
-            Ok(r) => Some(r.map(|()| None)),
-            Err(TryRecvError::Empty) if !late => return Ok(()),
-            Err(_) => None,
-        },
+        Reply::Outcome(rx) => take(rx, late).map(|a| a.map(|r| r.map(Some))),
+        Reply::Read(rx) => take(rx, late).map(|a| a.map(|r| r.map(|()| None))),
     };
+    let Some(answer) = answer else { return Ok(()) };
     client.in_flight = None;
     client.idle_until = now + w.rng.random_range(0..20);
     let call = client.calls.front().cloned().expect("a call in flight is first in line");
@@ -148,6 +141,16 @@ fn poll(w: &mut World, i: usize) -> Result<(), Failure> {
     }
 }
 
+/// The answer to a call: `None` while it may still come, `Some(None)` when it never will (the
+/// replica went down, or the client gave up waiting: the outcome is unknown).
+fn take<T>(rx: &mut oneshot::Receiver<Result<T, NodeError>>, late: bool) -> Option<Option<Result<T, NodeError>>> {
+    match rx.try_recv() {
+        Ok(r) => Some(Some(r)),
+        Err(TryRecvError::Empty) if !late => None,
+        Err(_) => Some(None),
+    }
+}
+
 /// A call was applied (or a read confirmed).
 fn decided(w: &mut World, i: usize, replica: u64, call: Call, outcome: Option<Outcome>) -> Result<(), Failure> {
     w.clients.list[i].calls.pop_front();
@@ -160,7 +163,10 @@ fn decided(w: &mut World, i: usize, replica: u64, call: Call, outcome: Option<Ou
             };
             super::check::acknowledged(w, replica, name, job)
         }
-        Call::Cancel(job) => super::check::cancelled(w, replica, job),
+        Call::Cancel(job) => {
+            super::check::cancelled(w, replica, job);
+            Ok(())
+        }
         Call::Read { acked } => super::check::read(w, replica, acked),
     }
 }

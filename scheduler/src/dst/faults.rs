@@ -148,10 +148,9 @@ fn rot(w: &mut World, id: u64, down_ms: u64) -> Result<(), Failure> {
 }
 
 /// Starts the replacement of replica `id`, which refused to start.
-pub(super) fn replace(w: &mut World, id: u64) -> Result<(), Failure> {
+pub(super) fn replace(w: &mut World, id: u64) {
     w.faults.replacing = Some(Replacing { id, removed: false, change: None, retry_at: w.now });
     w.trace(format!("replacing replica {id}: remove it, empty its disk, join, add it"));
-    Ok(())
 }
 
 /// One step of a replacement: ask the leader for the next membership change, or take its
@@ -212,7 +211,7 @@ fn changed(w: &mut World, mut rep: Replacing) -> Result<(), Failure> {
 
 /// Ends every fault: partitions and loss healed, pauses and slow disks over, crashed replicas
 /// started.
-pub(super) fn heal(w: &mut World) -> Result<(), Failure> {
+pub(super) fn heal(w: &mut World) {
     w.net.heal();
     w.net.weather = super::net::Weather::default();
     w.faults.heal_partition_at = None;
@@ -229,5 +228,4 @@ pub(super) fn heal(w: &mut World) -> Result<(), Failure> {
         }
     }
     w.trace("every fault healed".into());
-    Ok(())
 }

@@ -131,7 +131,7 @@ impl World {
         while self.now < self.config.fault_ms {
             self.step()?;
         }
-        super::faults::heal(&mut self)?;
+        super::faults::heal(&mut self);
         self.clients.settle();
         let until = self.now + self.config.settle_ms;
         while !super::check::recovered(&self) {
@@ -154,7 +154,7 @@ impl World {
         super::clients::act(self)?;
         super::faults::act(self)?;
         self.restart_due()?;
-        super::agents::act(self)?;
+        super::agents::act(self);
         self.turn_replicas()?;
         self.trace_leader();
         super::check::after_step(self)?;
@@ -224,7 +224,8 @@ impl World {
             Err(e) if r.rotten => {
                 r.rotten = false;
                 self.trace(format!("replica {id} refused to start: {e}"));
-                super::faults::replace(self, id)
+                super::faults::replace(self, id);
+                Ok(())
             }
             Err(e) => Err(self.failure(format!("replica {id} could not start: {e}"))),
         }

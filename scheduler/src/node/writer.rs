@@ -20,15 +20,19 @@ enum Job {
     Drain(mpsc::SyncSender<()>),
 }
 
-/// Stores the jobs handed to it, in order; false once the store failed.
-type Serve = Box<dyn Fn(Vec<Job>) -> bool + Send>;
+/// Stores the jobs handed to it, in order.
+type Serve = Box<dyn Fn(Vec<Job>) + Send>;
 
-/// The writer thread and the way to it; dropping it stores what was handed over first.
-pub(super) struct Writer {
-    tx: Option<mpsc::Sender<Job>>,
-    thread: Option<JoinHandle<()>>,
-    /// A stepped writer's batches not yet stored, and how to store them.
-    stepped: Option<(Vec<Job>, Serve)>,
+/// The writer: a thread and the way to it, or a stepped node's batches waiting for the driver.
+/// Dropping a thread's writer stores what was handed over first; dropping a stepped one loses
+/// its waiting batches (a crash, in the simulation).
+pub(super) struct Writer(Kind);
+
+enum Kind {
+    /// A thread of its own.
+    Thread { tx: Option<mpsc::Sender<Job>>, thread: Option<JoinHandle<()>> },
+    /// No thread: the batches not yet stored, and how to store them.
+    Stepped { jobs: Vec<Job>, serve: Serve },
 }
 
 impl Writer {
@@ -43,24 +47,29 @@ impl Writer {
                 }
             }
         })?;
-        Ok(Self { tx: Some(tx), thread: Some(thread), stepped: None })
+        Ok(Self(Kind::Thread { tx: Some(tx), thread: Some(thread) }))
     }
 
     /// A writer without a thread: batches wait until `complete` stores them.
     pub fn stepped<S: LogStore>(store: S, inbox: Inbox) -> Self {
-        let serve: Serve = Box::new(move |jobs| serve_or_fail(&store, jobs, &inbox));
-        Self { tx: None, thread: None, stepped: Some((Vec::new(), serve)) }
+        let serve: Serve = Box::new(move |jobs| {
+            serve_or_fail(&store, jobs, &inbox);
+        });
+        Self(Kind::Stepped { jobs: Vec::new(), serve })
     }
 
     /// A stepped writer's batches not yet stored.
     pub fn pending(&self) -> usize {
-        self.stepped.as_ref().map_or(0, |(jobs, _)| jobs.len())
+        match &self.0 {
+            Kind::Thread { .. } => 0,
+            Kind::Stepped { jobs, .. } => jobs.len(),
+        }
     }
 
     /// Stores a stepped writer's first `n` pending batches, made durable with one flush if any
     /// asks for it, as a thread would have (its disk finished them).
     pub fn complete(&mut self, n: usize) {
-        if let Some((jobs, serve)) = &mut self.stepped {
+        if let Kind::Stepped { jobs, serve } = &mut self.0 {
             let done: Vec<Job> = jobs.drain(..n.min(jobs.len())).collect();
             if !done.is_empty() {
                 serve(done);
@@ -72,26 +81,30 @@ impl Writer {
     /// it counts (entries, a vote, a term), not only a commit index.
     pub fn staged(&mut self, number: u64, staged: Staged, sync: bool) {
         let job = Job::Write { number, staged, sync };
-        match (&self.tx, &mut self.stepped) {
-            (Some(tx), _) => {
-                let _ = tx.send(job);
+        match &mut self.0 {
+            Kind::Thread { tx, .. } => {
+                if let Some(tx) = tx {
+                    let _ = tx.send(job);
+                }
             }
-            (None, Some((jobs, _))) => jobs.push(job),
-            (None, None) => {}
+            Kind::Stepped { jobs, .. } => jobs.push(job),
         }
     }
 
-    /// Waits until everything handed over is stored and durable.
+    /// Waits until everything handed over is stored and durable (a stepped writer stores it
+    /// at once).
     pub fn drain(&mut self) {
         let (done, wait) = mpsc::sync_channel(1);
-        if let Some((jobs, serve)) = &mut self.stepped {
-            jobs.push(Job::Drain(done));
-            serve(std::mem::take(jobs));
-            return;
-        }
-        if let Some(tx) = &self.tx {
-            if tx.send(Job::Drain(done)).is_ok() {
-                let _ = wait.recv();
+        match &mut self.0 {
+            Kind::Thread { tx: Some(tx), .. } => {
+                if tx.send(Job::Drain(done)).is_ok() {
+                    let _ = wait.recv();
+                }
+            }
+            Kind::Thread { tx: None, .. } => {}
+            Kind::Stepped { jobs, serve } => {
+                jobs.push(Job::Drain(done));
+                serve(std::mem::take(jobs));
             }
         }
     }
@@ -138,9 +151,11 @@ fn serve<S: LogStore>(store: &S, jobs: Vec<Job>, inbox: &Inbox) -> Result<(), cr
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        self.tx.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Kind::Thread { tx, thread } = &mut self.0 {
+            tx.take();
+            if let Some(t) = thread.take() {
+                let _ = t.join();
+            }
         }
     }
 }

@@ -19,10 +19,6 @@ pub fn message(body: Down) -> SchedulerMessage {
     SchedulerMessage { body: Some(body) }
 }
 
-fn down(body: Down) -> SchedulerMessage {
-    message(body)
-}
-
 /// The port replica 0 of a job's attempt offers for the gang's rendezvous (`MASTER_PORT`): in
 /// 29500..39500, spread by job and attempt so that gangs that share a first node rarely collide,
 /// and the same on every replica of the gang.
@@ -91,7 +87,7 @@ pub fn missed(
                     .is_some_and(|a| a.replicas.get(r.replica as usize).is_some_and(|x| &x.node == node))
         });
         if !placed {
-            out.push(down(Down::Stop(StopJob {
+            out.push(message(Down::Stop(StopJob {
                 job_id: r.job_id,
                 attempt: r.attempt,
                 signal: StopSignal::Term as i32,
@@ -112,7 +108,7 @@ pub fn start_order(state: &qm_core::State, job: &Job, replica: u32, devices: &[q
         .and_then(|r| state.nodes().get(&r.node))
         .and_then(|n| n.spec.labels.get(qm_core::resource::ADDRESS_LABEL))
         .map_or_else(String::new, |a| a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h).to_owned());
-    down(Down::Start(StartReplica {
+    message(Down::Start(StartReplica {
         job_id: job.id.0,
         replica,
         attempt: job.attempt,
@@ -137,7 +133,7 @@ pub fn stop_order(
     grace_ms: u64,
     reason: Option<qm_core::StopReason>,
 ) -> SchedulerMessage {
-    down(Down::Stop(StopJob {
+    message(Down::Stop(StopJob {
         job_id: job.id.0,
         attempt: job.attempt,
         signal: stop_signal_to(signal) as i32,
