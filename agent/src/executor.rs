@@ -10,6 +10,10 @@
 //!
 //! Each running replica has a usage meter over the devices it holds (`observe` feeds it the
 //! node's telemetry); its summary goes out with the replica's exit report.
+//!
+//! A device runs one replica at a time. A start whose devices a replica still holds (one told
+//! to stop and within its grace period, after its node was declared lost and its job placed
+//! again) waits until they are free; a stop of a waiting start drops it and reports it exited.
 
 use crate::cgroup::Cgroups;
 use crate::usage::Meter;
@@ -27,12 +31,22 @@ use tokio::sync::mpsc;
 /// A replica's key: job, replica index, attempt.
 type Key = (u64, u32, u32);
 
-/// A running replica: its process group and the usage of its devices so far.
+/// A running replica: its process group, its devices and their usage so far.
 #[derive(Debug)]
 struct Running {
     pgid: i32,
+    devices: Vec<String>,
     meter: Meter,
 }
+
+impl Running {
+    fn new(pgid: i32, replica: u32, devices: &[String]) -> Self {
+        Self { pgid, devices: devices.to_vec(), meter: Meter::new(replica, devices) }
+    }
+}
+
+/// A start waiting for its devices, with its environment.
+type Waiting = (StartReplica, BTreeMap<String, String>);
 
 /// Where a replica's output goes: `ROOT/logs/JOB/ATTEMPT/REPLICA.log`.
 pub fn log_path(root: &Path, job: u64, attempt: u32, replica: u32) -> PathBuf {
@@ -52,7 +66,12 @@ pub struct Executor {
     boot_id: String,
     cgroups: Option<Cgroups>,
     running: Arc<Mutex<BTreeMap<Key, Running>>>,
+    waiting: Arc<Mutex<Vec<Waiting>>>,
     reports: mpsc::UnboundedSender<ReplicaStatus>,
+}
+
+fn key_of(order: &StartReplica) -> Key {
+    (order.job_id, order.replica, order.attempt)
 }
 
 fn status(key: Key, phase: ReplicaPhase) -> ReplicaStatus {
@@ -63,7 +82,8 @@ impl Executor {
     /// An executor keeping logs, working directories and records under `root`, on the host
     /// boot `boot_id`; phases go to `reports`.
     pub fn new(root: &Path, boot_id: &str, reports: mpsc::UnboundedSender<ReplicaStatus>) -> Self {
-        Self { root: root.to_owned(), boot_id: boot_id.to_owned(), cgroups: None, running: Arc::default(), reports }
+        let (root, boot_id) = (root.to_owned(), boot_id.to_owned());
+        Self { root, boot_id, cgroups: None, running: Arc::default(), waiting: Arc::default(), reports }
     }
 
     /// Replicas get cgroups of their own with CPU and memory limits, under `cgroups`.
@@ -97,6 +117,10 @@ impl Executor {
 
     fn table(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Running>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Vec<Waiting>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The replicas running now, as a registration lists them.
@@ -164,7 +188,7 @@ impl Executor {
             }
             if alive(pgid) {
                 tracing::info!(job, replica, attempt, pgid, "adopted a replica that outlived the agent");
-                self.table().insert(key, Running { pgid, meter: Meter::new(key.1, &devices) });
+                self.table().insert(key, Running::new(pgid, key.1, &devices));
                 tokio::spawn(self.clone().watch_orphan(key, pgid));
             } else {
                 self.ended_unwatched(key, Vec::new());
@@ -180,6 +204,7 @@ impl Executor {
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         let usage = self.remove(key);
         self.ended_unwatched(key, usage);
+        self.start_waiting();
     }
 
     /// Reports a replica that ended while no agent was its parent, from its exit file, with
@@ -206,12 +231,48 @@ impl Executor {
         let _ = self.reports.send(report);
     }
 
-    /// Starts a replica (a start of one already running is ignored: orders may come twice).
+    /// Starts a replica (a start of one already running or waiting is ignored: orders may come
+    /// twice), or, when a replica still holds one of its devices, keeps it until they are free.
     pub fn start(&self, order: &StartReplica, env: BTreeMap<String, String>) {
-        let key = (order.job_id, order.replica, order.attempt);
-        if self.table().contains_key(&key) {
+        let key = key_of(order);
+        let mut waiting = self.waiting();
+        if self.table().contains_key(&key) || waiting.iter().any(|(w, _)| key_of(w) == key) {
             return;
         }
+        if let Some(holder) = self.holder(&order.devices) {
+            tracing::info!(
+                job = key.0,
+                replica = key.1,
+                held_by = holder.0,
+                "start waits: a replica told to stop still holds its devices"
+            );
+            waiting.push((order.clone(), env));
+            return;
+        }
+        drop(waiting);
+        self.spawn_and_watch(order, env);
+    }
+
+    /// A running replica holding one of `devices`.
+    fn holder(&self, devices: &[String]) -> Option<Key> {
+        self.table().iter().find(|(_, r)| r.devices.iter().any(|d| devices.contains(d))).map(|(k, _)| *k)
+    }
+
+    /// Starts the waiting starts whose devices are free now, in the order they came.
+    fn start_waiting(&self) {
+        loop {
+            let next = {
+                let mut waiting = self.waiting();
+                let free = waiting.iter().position(|(w, _)| self.holder(&w.devices).is_none());
+                free.map(|i| waiting.remove(i))
+            };
+            let Some((order, env)) = next else { return };
+            self.spawn_and_watch(&order, env);
+        }
+    }
+
+    fn spawn_and_watch(&self, order: &StartReplica, env: BTreeMap<String, String>) {
+        let key = key_of(order);
         match self.spawn(order, env) {
             Ok(child) => {
                 let pgid = child.id().map_or(0, |p| p as i32);
@@ -224,7 +285,7 @@ impl Executor {
                         record.display()
                     );
                 }
-                self.table().insert(key, Running { pgid, meter: Meter::new(key.1, &order.devices) });
+                self.table().insert(key, Running::new(pgid, key.1, &order.devices));
                 let _ = self.reports.send(status(key, ReplicaPhase::Started));
                 tokio::spawn(self.clone().wait(key, pgid, child));
             }
@@ -291,10 +352,23 @@ impl Executor {
         };
         tracing::info!(job = key.0, replica = key.1, attempt = key.2, code = report.exit_code, signal = ?report.signal, "replica ended");
         let _ = self.reports.send(report);
+        self.start_waiting();
     }
 
-    /// Signals every replica of `job`'s `attempt` here, and kills their groups after `grace`.
+    /// Signals every replica of `job`'s `attempt` here, and kills their groups after `grace`;
+    /// drops its starts still waiting for devices, reported exited (a stop counts any exit).
     pub fn stop(&self, job: u64, attempt: u32, signal: Signal, grace: Duration) {
+        let dropped: Vec<Key> = {
+            let mut waiting = self.waiting();
+            let (dropped, kept) =
+                std::mem::take(&mut *waiting).into_iter().partition(|(w, _)| w.job_id == job && w.attempt == attempt);
+            *waiting = kept;
+            dropped.iter().map(|(w, _): &Waiting| key_of(w)).collect()
+        };
+        for key in dropped {
+            let message = "stopped before it started: its devices were still held".to_owned();
+            let _ = self.reports.send(ReplicaStatus { message, ..status(key, ReplicaPhase::Exited) });
+        }
         let groups: Vec<(Key, i32)> =
             self.table().iter().filter(|(k, _)| k.0 == job && k.2 == attempt).map(|(k, r)| (*k, r.pgid)).collect();
         for (key, pgid) in groups {
@@ -392,6 +466,36 @@ mod tests {
         assert!(log.starts_with("hello\n") && log.contains("/work/3/1/0\n") && log.ends_with("oops\n"), "{log}");
         assert!(ex.running().is_empty());
         assert_eq!(latest_attempt(dir.path(), 3), Some(1));
+    }
+
+    /// A start on a device that a replica still holds (told to stop, within its grace period)
+    /// waits until that replica exits; a stop of a start still waiting drops it, reported
+    /// exited. The agent once started both at once on one GPU.
+    #[tokio::test]
+    async fn a_start_on_a_held_device_waits_for_its_holder_to_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let ex = Executor::new(dir.path(), "boot", tx);
+        ex.start(&order(1, &["sleep", "1"]), BTreeMap::new());
+        let first = next(&mut rx).await;
+        assert_eq!((first.job_id, first.phase), (1, ReplicaPhase::Started as i32));
+        ex.start(&order(2, &["true"]), BTreeMap::new());
+        ex.start(&order(3, &["true"]), BTreeMap::new());
+        ex.stop(3, 1, Signal::SIGTERM, Duration::from_secs(1));
+        let dropped = next(&mut rx).await;
+        assert_eq!((dropped.job_id, dropped.phase), (3, ReplicaPhase::Exited as i32));
+        assert!(dropped.message.contains("before it started"), "{}", dropped.message);
+        let order_of_reports: Vec<(u64, i32)> = {
+            let mut seen = Vec::new();
+            for _ in 0..3 {
+                let r = next(&mut rx).await;
+                seen.push((r.job_id, r.phase));
+            }
+            seen
+        };
+        let (started, exited) = (ReplicaPhase::Started as i32, ReplicaPhase::Exited as i32);
+        assert_eq!(order_of_reports, [(1, exited), (2, started), (2, exited)], "job 2 started once job 1 was gone");
+        assert!(ex.running().is_empty());
     }
 
     #[tokio::test]

@@ -33,8 +33,8 @@ fn every_seed_keeps_every_guarantee_under_faults() {
         finished += report.finished;
         let refused = report.trace.iter().filter(|l| l.contains("refused to start")).count();
         println!(
-            "seed {seed}: {} faults, {refused} refused starts, {} acknowledged, {} finished, {} overlaps",
-            report.faults, report.acknowledged, report.finished, report.overlaps
+            "seed {seed}: {} faults, {refused} refused starts, {} acknowledged, {} finished, {} waited for devices",
+            report.faults, report.acknowledged, report.finished, report.waited
         );
     }
     assert!(faults > 10 && finished > 0 && acknowledged > 0);

@@ -13,7 +13,7 @@ use crate::node::{Handle, Input, NodeError};
 use crate::service::sessions::{self, Started};
 use qm_core::{AcceleratorKind, Command, Device, DeviceId, Effect, Health, NodeId, NodeSpec, Outcome};
 use qm_proto::v1::scheduler_message::Body as Down;
-use qm_proto::v1::{ReplicaPhase, ReplicaStatus, RunningReplica, SchedulerMessage};
+use qm_proto::v1::{ReplicaPhase, ReplicaStatus, RunningReplica, SchedulerMessage, StartReplica};
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -66,6 +66,8 @@ struct Agent {
     /// Cut off from the cluster until then.
     silent_until: u64,
     runs: BTreeMap<(u64, u32, u32), Run>,
+    /// Starts waiting for their devices, in the order they came.
+    waiting: Vec<StartReplica>,
     reports: Vec<Report>,
 }
 
@@ -98,6 +100,7 @@ impl Agents {
                 connect_at: 0,
                 silent_until: 0,
                 runs: BTreeMap::new(),
+                waiting: Vec::new(),
                 reports: Vec::new(),
             })
             .collect();
@@ -120,6 +123,7 @@ impl Agents {
         let a = &mut self.list[i];
         a.session = None;
         a.runs.clear();
+        a.waiting.clear();
         a.reports.clear();
     }
 
@@ -221,17 +225,14 @@ fn run_replicas(w: &mut World, i: usize) {
         }
     }
     let ended: Vec<(u64, u32, u32)> = a.runs.iter().filter(|(_, r)| r.ends_at <= now).map(|(k, _)| *k).collect();
-    for (job, replica, attempt) in ended {
-        a.runs.remove(&(job, replica, attempt));
-        let status = ReplicaStatus {
-            job_id: job,
-            replica,
-            attempt,
-            phase: ReplicaPhase::Exited as i32,
-            ..ReplicaStatus::default()
-        };
-        a.reports.push(Report { status, answer: None });
+    for key in ended {
+        a.runs.remove(&key);
+        a.reports.push(Report { status: exited(key), answer: None });
         w.report.finished += 1;
+    }
+    while let Some(at) = w.agents.list[i].waiting.iter().position(|o| !held(&w.agents.list[i], &o.devices)) {
+        let order = w.agents.list[i].waiting.remove(at);
+        start_run(w, i, order);
     }
 }
 
@@ -338,38 +339,63 @@ fn reconcile(w: &mut World, i: usize, h: &Handle, with_running: bool) {
     }
 }
 
-/// Follows an order: starts a replica for the time its command names, or stops one.
+/// Follows an order: starts a replica for the time its command names, or stops one. As the
+/// agent does (`agent/src/executor.rs`), a start whose devices a replica still holds waits
+/// until they are free, and a stop of a waiting start drops it, reported exited.
 fn obey(w: &mut World, i: usize, order: SchedulerMessage) {
     let now = w.now;
     match order.body {
         Some(Down::Start(s)) => {
+            let a = &mut w.agents.list[i];
             let key = (s.job_id, s.replica, s.attempt);
-            if w.agents.list[i].runs.contains_key(&key) {
+            if a.runs.contains_key(&key) || a.waiting.iter().any(|o| (o.job_id, o.replica, o.attempt) == key) {
                 return;
             }
-            let runtime = s.command.get(1).and_then(|t| t.parse::<u64>().ok()).unwrap_or(100);
-            let started_at = now + w.rng.random_range(5..50);
-            let a = &mut w.agents.list[i];
-            let busy = a.runs.values().flat_map(|r| &r.devices).find(|d| s.devices.contains(d)).cloned();
-            if let Some(d) = busy {
-                w.report
-                    .trace
-                    .push(format!("{now:>6} {}: device {d} still runs a replica as job {} starts", a.node, s.job_id));
-                w.report.overlaps += 1;
+            if held(a, &s.devices) {
+                w.report.trace.push(format!("{now:>6} {}: job {} waits for its devices", a.node, s.job_id));
+                w.report.waited += 1;
+                a.waiting.push(s);
+                return;
             }
-            let run = Run { devices: s.devices, ends_at: started_at + runtime, started_at, reported_started: false };
-            w.agents.list[i].runs.insert(key, run);
+            start_run(w, i, s);
         }
         Some(Down::Stop(s)) => {
             let stop_at = now + w.rng.random_range(1..100);
-            for (key, run) in w.agents.list[i].runs.iter_mut() {
+            let a = &mut w.agents.list[i];
+            for (key, run) in a.runs.iter_mut() {
                 if key.0 == s.job_id && key.2 == s.attempt {
                     run.ends_at = run.ends_at.min(stop_at);
                 }
             }
+            let (dropped, kept) = std::mem::take(&mut a.waiting)
+                .into_iter()
+                .partition(|o| o.job_id == s.job_id && o.attempt == s.attempt);
+            a.waiting = kept;
+            for o in dropped {
+                a.reports.push(Report { status: exited((o.job_id, o.replica, o.attempt)), answer: None });
+            }
         }
         _ => {}
     }
+}
+
+/// Whether a replica the agent runs holds one of `devices`.
+fn held(a: &Agent, devices: &[String]) -> bool {
+    a.runs.values().any(|r| r.devices.iter().any(|d| devices.contains(d)))
+}
+
+/// Starts a replica, to start after 5-50 ms and run for the time its command names.
+fn start_run(w: &mut World, i: usize, s: StartReplica) {
+    let runtime = s.command.get(1).and_then(|t| t.parse::<u64>().ok()).unwrap_or(100);
+    let started_at = w.now + w.rng.random_range(5..50);
+    let key = (s.job_id, s.replica, s.attempt);
+    let run = Run { devices: s.devices, ends_at: started_at + runtime, started_at, reported_started: false };
+    w.agents.list[i].runs.insert(key, run);
+}
+
+/// The report of a replica that exited.
+fn exited((job_id, replica, attempt): (u64, u32, u32)) -> ReplicaStatus {
+    ReplicaStatus { job_id, replica, attempt, phase: ReplicaPhase::Exited as i32, ..ReplicaStatus::default() }
 }
 
 /// Sends each report not yet recorded, and drops those the leader recorded.

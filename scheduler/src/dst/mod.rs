@@ -6,7 +6,8 @@
 //! partitions. The leader runs the real scheduling cycle (`leader::plan`), and simulated
 //! agents hold sessions with it through the real session logic (`service::sessions`):
 //! registration, reconciliation of what they run against the state, reports of started and
-//! exited replicas, and liveness (a silent node is declared lost). Clients submit, cancel
+//! exited replicas, and liveness (a silent node is declared lost); like the real agent, a
+//! simulated one starts a replica only once its devices are free. Clients submit, cancel
 //! and read, retrying with their request ids (`clients.rs`), while `faults.rs` crashes,
 //! restarts, pauses, partitions, slows disks, rots a stored byte (the replica must refuse to
 //! start, and is replaced as `docs/operations.md` says) and cuts every replica's power.
@@ -74,9 +75,9 @@ pub struct Report {
     pub finished: usize,
     /// Raft messages sent.
     pub messages: u64,
-    /// Starts of a replica on a device where an agent still ran a replica told to stop (a node
-    /// declared lost whose replicas outlived the lease; see `docs/reliability.md`).
-    pub overlaps: usize,
+    /// Starts that waited for their devices: an agent still ran a replica told to stop there
+    /// (a node declared lost whose replicas outlived the lease; see `docs/reliability.md`).
+    pub waited: usize,
 }
 
 /// Runs one simulation; a broken guarantee is a `Failure` naming the seed, the time and what
