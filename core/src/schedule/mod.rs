@@ -155,6 +155,8 @@ pub(crate) struct Cycle<'s> {
     candidate_slots: BTreeMap<JobId, usize>,
     /// The device masks of the candidates, by their slot, filled when asked.
     candidate_masks: Vec<preempt::LazyMasks>,
+    /// Per flavor, the state's index of running jobs that may be preempted, per team row.
+    victim_teams: Vec<preempt::VictimTeams<'s>>,
     /// Every running job of a flavor that may be preempted, for least-attained-service searches.
     las_running: BTreeMap<FlavorIx, Rc<[(usize, &'s Job)]>>,
     /// Least-attained-service candidates per (flavor, service level), until a victim is taken.
@@ -171,8 +173,10 @@ pub(crate) struct Cycle<'s> {
 
 impl<'s> Cycle<'s> {
     fn new(state: &'s State, policy: &'s PolicyConfig, now_ms: u64, scratch: &'s mut Scratch) -> Self {
+        let view = View::build(state, scratch);
         Cycle {
-            view: View::build(state, scratch),
+            victim_teams: view.flavors.iter().map(|_| Default::default()).collect(),
+            view,
             policy,
             now_ms,
             plan: Plan { at_ms: now_ms, ..Plan::default() },
@@ -286,7 +290,11 @@ impl<'s> Cycle<'s> {
         if self.place(job, t, &shape) {
             return Ok(());
         }
-        let (counts, never) = self.view.filter_counts(&shape);
+        let (counts, never) = if self.policy.explain {
+            self.view.filter_counts(&shape)
+        } else {
+            (Default::default(), self.view.never_fits(&shape))
+        };
         let outcome = if never { AttemptOutcome::NeverFits(counts) } else { AttemptOutcome::NoFit(counts) };
         self.unfit.get_or_insert_default().insert(shape, outcome.clone());
         Err(outcome)
@@ -329,7 +337,8 @@ impl<'s> Cycle<'s> {
         let mut nodes: Vec<u32> =
             (1..self.view.bucket_count(f)).flat_map(|k| self.view.bucket(f, k)).copied().collect();
         nodes.extend(&self.view.releasing_nodes);
-        nodes.sort_unstable();
+        // Sorted runs (the state keeps each bucket sorted): the stable sort merges them.
+        nodes.sort();
         nodes.dedup();
         nodes
     }

@@ -299,6 +299,35 @@ impl View<'_> {
         };
         (c, never)
     }
+
+    /// Whether the gang could not fit this cluster even with every device free: the answer of
+    /// `filter_counts` without its counts, which a cycle that explains nothing does not need.
+    /// It stops at the first nodes that could hold the gang, usually a few.
+    pub fn never_fits(&self, shape: &Shape) -> bool {
+        let mut replicas_empty = 0u32;
+        let mut per_rack = vec![0u32; if shape.one_rack { self.rack_count() } else { 0 }];
+        for n in 0..self.node_count() {
+            let node = self.node(n);
+            if node.lost || !node.schedulable {
+                continue;
+            }
+            let healthy = (self.mask_of(n, shape.flavor) & node.healthy).count_ones();
+            let empty = replicas_fit(shape, healthy, node.cpu_total, node.mem_total);
+            replicas_empty = replicas_empty.saturating_add(empty);
+            let held = node.rack.and_then(|r| per_rack.get_mut(r as usize));
+            let enough = match held {
+                Some(held) if shape.one_rack => {
+                    *held = held.saturating_add(empty);
+                    *held >= shape.replicas
+                }
+                _ => !shape.one_rack && replicas_empty >= shape.replicas,
+            };
+            if enough {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 #[cfg(test)]
@@ -401,6 +430,33 @@ mod tests {
             prop_assert!(full.starts_with(&fast));
             let free = |_, n: &NodeView| n.free;
             prop_assert_eq!(view.picks(&shape, &fast, strategy, free), view.picks(&shape, &full, strategy, free));
+        }
+
+        /// The early stop of `never_fits` answers what the full count answers, with racks,
+        /// lost and cordoned nodes, and host resources that bind.
+        #[test]
+        fn never_fits_answers_what_the_full_count_answers(
+            nodes in prop::collection::vec((1..9u32, prop::option::of(0..3u8), 0..4u8), 1..12),
+            replicas in 1..12u32,
+            count in 1..9u32,
+            cpu in prop::option::of(1..64_000u64),
+            one_rack in any::<bool>(),
+        ) {
+            let mut s = fleet(&nodes.iter().map(|&(g, r, _)| (g, r)).collect::<Vec<_>>());
+            for (i, &(_, _, fate)) in nodes.iter().enumerate() {
+                let node = crate::ids::NodeId(format!("n{i:02}").into());
+                let command = match fate {
+                    1 => Command::NodeLost { node, at_ms: 0 },
+                    2 => Command::Cordon { node, cordoned: true },
+                    _ => continue,
+                };
+                s.apply(command).unwrap();
+            }
+            let mut scratch = Scratch::default();
+            let view = View::build(&s, &mut scratch);
+            let one_rack = one_rack && view.rack_count() > 0;
+            let shape = Shape { flavor: FlavorIx(0), replicas, count, cpu: cpu.unwrap_or(0), mem: 0, one_rack };
+            prop_assert_eq!(view.never_fits(&shape), view.filter_counts(&shape).1);
         }
     }
 

@@ -13,8 +13,9 @@ use super::view::{FlavorIx, NodeView};
 use super::Cycle;
 use crate::job::Job;
 use crate::plan::{Preemption, PreemptionRule};
+use crate::state::times::VictimKey;
 use std::cell::OnceCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
 /// A chosen victim set and the devices the preemptor will take once they exit.
@@ -25,6 +26,10 @@ pub(crate) struct Found {
 
 /// A candidate's device masks per node index, worked out when a search first asks.
 pub(crate) type LazyMasks = OnceCell<Box<[(u32, u64)]>>;
+
+/// The running jobs of a flavor that may be preempted, per team row (the state's index),
+/// looked up when a search first asks.
+pub(crate) type VictimTeams<'s> = OnceCell<Vec<(usize, &'s BTreeSet<VictimKey>)>>;
 
 /// A list of candidates, and the devices they hold, per node (node index, mask).
 pub(crate) type AllFreed<'s> = (Rc<[Candidate<'s>]>, Rc<BTreeMap<u32, u64>>);
@@ -109,7 +114,8 @@ impl<'s> Cycle<'s> {
             return None;
         }
         let mut nodes: Vec<u32> = base.iter().copied().chain(extra.keys().copied()).collect();
-        nodes.sort_unstable();
+        // Two sorted runs: the stable sort merges them in one pass.
+        nodes.sort();
         nodes.dedup();
         let avail = |n: u32, nv: &NodeView| nv.free | nv.releasing | (extra.get(&n).copied().unwrap_or(0) & nv.healthy);
         self.view.picks(shape, &nodes, self.policy.placement, avail)
@@ -326,20 +332,20 @@ impl<'s> Cycle<'s> {
 /// How many of a shape's replicas some nodes could hold by their devices, CPU and memory, with
 /// the devices of the victims so far freed: what a placement needs at least (it asks more:
 /// locality, racks), kept up to date victim by victim for less than a placement costs.
-struct Room {
-    /// Per node: the devices its victims free, and the replicas it could hold.
+struct Room<'b> {
+    /// The nodes with free or releasing devices of the shape's flavor, sorted.
+    base: &'b [u32],
+    /// Per node a victim touched: the devices its victims free, and the replicas it could hold.
     nodes: BTreeMap<u32, (u64, u32)>,
     total: u64,
 }
 
-impl Room {
-    /// The room on `base`, the nodes with free or releasing devices of the shape's flavor.
-    fn new(cycle: &Cycle<'_>, shape: &Shape, base: &[u32]) -> Self {
-        let mut room = Room { nodes: BTreeMap::new(), total: 0 };
-        for &n in base {
-            room.set(cycle, shape, n, 0);
-        }
-        room
+impl<'b> Room<'b> {
+    /// The room on `base`, the nodes with free or releasing devices of the shape's flavor
+    /// (sorted).
+    fn new(cycle: &Cycle<'_>, shape: &Shape, base: &'b [u32]) -> Self {
+        let total = base.iter().map(|&n| u64::from(Self::fit(cycle, shape, n, 0))).sum();
+        Room { base, nodes: BTreeMap::new(), total }
     }
 
     /// Frees the devices of a victim (node index, mask).
@@ -350,11 +356,20 @@ impl Room {
         }
     }
 
-    fn set(&mut self, cycle: &Cycle<'_>, shape: &Shape, n: u32, freed: u64) {
+    /// Replicas node `n` could hold with `freed` devices freed.
+    fn fit(cycle: &Cycle<'_>, shape: &Shape, n: u32, freed: u64) -> u32 {
         let nv = cycle.view.node(n);
         let avail = (nv.free | nv.releasing | (freed & nv.healthy)) & cycle.view.mask_of(n, shape.flavor);
-        let fit = super::place::replicas_fit(shape, avail.count_ones(), nv.cpu_free, nv.mem_free);
-        let before = self.nodes.insert(n, (freed, fit)).map_or(0, |(_, fit)| fit);
+        super::place::replicas_fit(shape, avail.count_ones(), nv.cpu_free, nv.mem_free)
+    }
+
+    fn set(&mut self, cycle: &Cycle<'_>, shape: &Shape, n: u32, freed: u64) {
+        let fit = Self::fit(cycle, shape, n, freed);
+        let before = match self.nodes.insert(n, (freed, fit)) {
+            Some((_, before)) => before,
+            None if self.base.binary_search(&n).is_ok() => Self::fit(cycle, shape, n, 0),
+            None => 0,
+        };
         self.total = self.total - u64::from(before) + u64::from(fit);
     }
 

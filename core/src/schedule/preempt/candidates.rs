@@ -4,54 +4,96 @@
 //! longer lists and sorts every running job.
 
 use super::{Candidate, Cycle};
+use crate::ids::JobId;
 use crate::job::Job;
 use crate::schedule::view::FlavorIx;
 use crate::state::times::VictimKey;
 use crate::state::State;
 use std::cell::OnceCell;
-use std::collections::btree_set;
+use std::cmp::Reverse;
+use std::collections::{btree_set, BTreeSet};
 use std::iter::Peekable;
+use std::ops::Bound;
 use std::rc::Rc;
 
 /// The running jobs of some teams that may be preempted now, with their team rows, cheapest
 /// first across the teams.
 struct Preemptible<'s> {
     state: &'s State,
-    teams: Vec<(usize, Peekable<btree_set::Iter<'s, VictimKey>>)>,
-    now_ms: u64,
-    min_runtime_ms: u64,
+    teams: Vec<(usize, Peekable<OldEnough<'s>>)>,
 }
 
 impl<'s> Iterator for Preemptible<'s> {
     type Item = (usize, &'s Job);
 
     fn next(&mut self) -> Option<Self::Item> {
+        let heads = self.teams.iter_mut().enumerate().filter_map(|(i, (_, keys))| keys.peek().map(|k| (*k, i)));
+        let (_, i) = heads.min()?;
+        let (row, keys) = &mut self.teams[i];
+        let (_, _, id) = keys.next().expect("peeked");
+        Some((*row, &self.state.jobs()[&id]))
+    }
+}
+
+/// The keys of one team's index whose job started at or before `cutoff` (it ran its minimum run
+/// time) and whose priority is below a bound, in order. Within a priority the index holds the
+/// latest starts first, so the jobs still too young to preempt are a prefix of each priority's
+/// keys: the walk jumps over it with one range query per priority instead of reading every
+/// young job.
+struct OldEnough<'s> {
+    keys: &'s BTreeSet<VictimKey>,
+    range: btree_set::Range<'s, VictimKey>,
+    /// The first key of the priority bound (excluded).
+    end: Bound<VictimKey>,
+    /// `None`: no job has run its minimum run time yet.
+    cutoff: Option<u64>,
+}
+
+impl<'s> OldEnough<'s> {
+    /// The keys of jobs old enough at `now_ms`, of a priority below `below` if given.
+    fn new(keys: &'s BTreeSet<VictimKey>, now_ms: u64, min_runtime_ms: u64, below: Option<i32>) -> Self {
+        let end = below.map_or(Bound::Unbounded, |p| Bound::Excluded((p, Reverse(u64::MAX), JobId(0))));
+        OldEnough { keys, range: keys.range((Bound::Unbounded, end)), end, cutoff: now_ms.checked_sub(min_runtime_ms) }
+    }
+}
+
+impl Iterator for OldEnough<'_> {
+    type Item = VictimKey;
+
+    fn next(&mut self) -> Option<VictimKey> {
+        let cutoff = self.cutoff?;
         loop {
-            let heads = self.teams.iter_mut().enumerate().filter_map(|(i, (_, keys))| keys.peek().map(|k| (**k, i)));
-            let (_, i) = heads.min()?;
-            let (row, keys) = &mut self.teams[i];
-            let (_, _, id) = *keys.next().expect("peeked");
-            let job = &self.state.jobs()[&id];
-            if job.preemptible_at(self.now_ms, self.min_runtime_ms) {
-                return Some((*row, job));
+            let &(priority, Reverse(started), id) = self.range.next()?;
+            if started <= cutoff {
+                return Some((priority, Reverse(started), id));
             }
+            self.range = self.keys.range((Bound::Included((priority, Reverse(cutoff), JobId(0))), self.end));
         }
     }
 }
 
 impl<'s> Cycle<'s> {
     /// The running jobs of flavor `f` that may be preempted now, of the team rows that `take`
-    /// accepts, cheapest first.
-    fn preemptible(&self, f: FlavorIx, take: impl Fn(usize) -> bool) -> Preemptible<'s> {
+    /// accepts, of a priority below `below` if given, cheapest first.
+    fn preemptible(&self, f: FlavorIx, take: impl Fn(usize) -> bool, below: Option<i32>) -> Preemptible<'s> {
         let state = self.view.state;
-        let teams = state
-            .times
-            .victims(&self.view.flavors[f.ix()])
-            .filter_map(|(team, keys)| Some((self.view.team_row(state.accounts.team(team)?)?, keys)))
-            .filter(|&(row, _)| take(row))
-            .map(|(row, keys)| (row, keys.iter().peekable()))
+        let teams = self
+            .victim_teams(f)
+            .iter()
+            .filter(|&&(row, _)| take(row))
+            .map(|&(row, keys)| (row, OldEnough::new(keys, self.now_ms, self.policy.min_runtime_ms, below).peekable()))
             .collect();
-        Preemptible { state, teams, now_ms: self.now_ms, min_runtime_ms: self.policy.min_runtime_ms }
+        Preemptible { state, teams }
+    }
+
+    /// The state's index of running jobs that may be preempted on flavor `f`, per team row,
+    /// looked up once per cycle (finding a team's row goes by its name).
+    fn victim_teams(&self, f: FlavorIx) -> &[(usize, &'s BTreeSet<VictimKey>)] {
+        let state = self.view.state;
+        self.victim_teams[f.ix()].get_or_init(|| {
+            let teams = state.times.victims(&self.view.flavors[f.ix()]);
+            teams.filter_map(|(team, keys)| Some((self.view.team_row(state.accounts.team(team)?)?, keys))).collect()
+        })
     }
 
     /// Every running job of flavor `f` that may be preempted now, of every team, cheapest
@@ -60,7 +102,7 @@ impl<'s> Cycle<'s> {
         if let Some(all) = self.las_running.get(&f) {
             return Rc::clone(all);
         }
-        let all: Rc<[_]> = self.preemptible(f, |_| true).collect();
+        let all: Rc<[_]> = self.preemptible(f, |_| true, None).collect();
         self.las_running.insert(f, Rc::clone(&all));
         all
     }
@@ -93,10 +135,8 @@ impl<'s> Cycle<'s> {
             all.iter().filter(|(_, j)| !self.taken(j) && higher(j)).take(limit).copied().collect()
         } else {
             let lender = |row: usize| self.kept(row, f, &super::Trial::default()) > self.nominal(row, f);
-            let reclaim = self.preemptible(f, |row| row != t && policy.reclaim && lender(row));
-            let own = self
-                .preemptible(f, |row| row == t && policy.within_team_preemption)
-                .take_while(|(_, j)| j.priority < job.priority);
+            let reclaim = self.preemptible(f, |row| row != t && policy.reclaim && lender(row), None);
+            let own = self.preemptible(f, |row| row == t && policy.within_team_preemption, Some(job.priority));
             reclaim.chain(own).filter(|(_, j)| !self.taken(j)).take(limit).collect()
         };
         let found: Rc<[Candidate<'s>]> = found.into_iter().map(|(team, job)| self.candidate(team, job)).collect();
@@ -124,10 +164,36 @@ impl<'s> Cycle<'s> {
         if !self.policy.within_team_preemption {
             return 0;
         }
-        self.preemptible(f, |row| row == t)
-            .take_while(|(_, j)| j.priority < job.priority)
+        self.preemptible(f, |row| row == t, Some(job.priority))
             .filter(|(_, j)| !self.taken(j))
             .map(|(_, j)| j.spec.gang.total_devices())
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Jumping over each priority's young jobs yields exactly the jobs that ran their
+        /// minimum run time, below the priority bound, in the index's order.
+        #[test]
+        fn the_jump_over_young_jobs_keeps_exactly_the_old_enough(
+            jobs in prop::collection::vec((-2..3i32, 0..100u64), 0..40),
+            now in 0..150u64,
+            min_runtime in 0..60u64,
+            below in prop::option::of(-3..4i32),
+        ) {
+            let keys: BTreeSet<VictimKey> =
+                jobs.iter().enumerate().map(|(i, &(p, s))| (p, Reverse(s), JobId(i as u64))).collect();
+            let expected: Vec<VictimKey> = keys
+                .iter()
+                .filter(|(p, Reverse(s), _)| s.saturating_add(min_runtime) <= now && below.is_none_or(|b| *p < b))
+                .copied()
+                .collect();
+            prop_assert_eq!(OldEnough::new(&keys, now, min_runtime, below).collect::<Vec<_>>(), expected);
+        }
     }
 }
