@@ -103,10 +103,16 @@ pub struct PolicyConfig {
     pub rack_placement: RackPlacement,
 }
 
+/// The service level of `attained` devices x ms under `thresholds` (devices x seconds): how many
+/// of them it reached.
+pub fn service_level(thresholds: &[u64], attained_device_ms: u64) -> usize {
+    thresholds.iter().filter(|&&t| attained_device_ms >= t.saturating_mul(1000)).count()
+}
+
 impl PolicyConfig {
     /// The service level of `attained` devices x ms.
     pub fn las_level(&self, attained_device_ms: u64) -> usize {
-        self.las_thresholds_device_s.iter().filter(|&&t| attained_device_ms >= t.saturating_mul(1000)).count()
+        service_level(&self.las_thresholds_device_s, attained_device_ms)
     }
 }
 

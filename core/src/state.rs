@@ -250,6 +250,15 @@ impl State {
         &self.queues
     }
 
+    /// Indexes the pending jobs by least-attained-service level under `thresholds` (devices x
+    /// seconds, the policy's `las_thresholds_device_s`), for a caller that schedules by least
+    /// attained service with them: its cycles then find each level's next job without reading
+    /// the other levels'. The same decisions with or without; not part of the state (equality
+    /// and snapshots ignore it).
+    pub fn index_service_levels(&mut self, thresholds: &[u64]) {
+        self.queues.index_levels(thresholds);
+    }
+
     /// Number of pending jobs.
     pub fn pending_count(&self) -> usize {
         debug_assert_eq!(self.pending, self.queues.iter().map(|(_, q)| q.len()).sum::<usize>());

@@ -221,6 +221,9 @@ impl<'a> Sim<'a> {
             per_node: cluster.max_devices_per_node(),
         };
         sim.out.records = jobs.iter().map(JobRecord::new).collect();
+        if sim.policy.las_preemption && sim.policy.order == qm_core::policy::QueueOrder::LeastAttained {
+            sim.state.index_service_levels(&sim.policy.las_thresholds_device_s);
+        }
         for n in 0..cluster.nodes.len() {
             sim.schedule_failure(n);
         }

@@ -4,8 +4,10 @@
 //!
 //! The state keeps each team's pending jobs of each shape in id order (`TeamQueues::shape_ids`),
 //! so the global queue is the merge of those streams: the next job is the smallest id at the
-//! heads of the streams whose shape has not failed. Once a job's examination fails its shape,
-//! the stream is dropped, and the rest of its jobs are parked without a look: a walk costs
+//! heads of the streams whose shape has not failed (at the walk's level: the state indexes
+//! each stream by level too, when told the thresholds, `State::index_service_levels`; without
+//! that index the walk reads past the other levels' jobs). Once a job's examination fails its
+//! shape, the stream is dropped, and the rest of its jobs are parked without a look: a walk costs
 //! the jobs it examines and places, not the length of the queue. The decisions are those of
 //! the walk that answers every job (`Cycle::walk_global`): a job of a failed shape, without a
 //! maximum runtime, is answered from the cache of failures and changes nothing.
@@ -15,8 +17,7 @@ use super::Cycle;
 use crate::accounts::TeamNo;
 use crate::ids::JobId;
 use crate::job::Job;
-use crate::queues::JobShape;
-use std::collections::BTreeMap;
+use crate::queues::{JobShape, ShapeQueue};
 use std::ops::Bound;
 
 /// One team's pending jobs of one shape, as the walk meets them.
@@ -24,8 +25,10 @@ struct Stream<'s> {
     team: TeamNo,
     row: usize,
     shape: &'s JobShape,
-    /// The jobs in id order, with the service each attained.
-    ids: &'s BTreeMap<JobId, u64>,
+    /// The jobs in id order, with the service each attained, and by level.
+    jobs: &'s ShapeQueue,
+    /// Whether `jobs.leveled` indexes the walk's levels.
+    indexed: bool,
     /// The last job taken at the walk's level.
     after: Option<JobId>,
     /// The next job at the walk's level, once looked for (`Some(None)`: there is none).
@@ -35,17 +38,22 @@ struct Stream<'s> {
 }
 
 impl<'s> Stream<'s> {
-    fn new(team: TeamNo, row: usize, shape: &'s JobShape, ids: &'s BTreeMap<JobId, u64>) -> Self {
-        Self { team, row, shape, ids, after: None, head: None, failed: false }
+    fn new(team: TeamNo, row: usize, shape: &'s JobShape, jobs: &'s ShapeQueue, indexed: bool) -> Self {
+        Self { team, row, shape, jobs, indexed, after: None, head: None, failed: false }
     }
 
     /// The next job at `level` (`level_of` gives the level of a service), found the first
-    /// time it is asked.
+    /// time it is asked: a range query of the level index, or a read of the jobs in id order.
     fn head(&mut self, level: usize, level_of: impl Fn(u64) -> usize) -> Option<JobId> {
-        let (ids, after) = (self.ids, self.after.map_or(Bound::Unbounded, Bound::Excluded));
+        let (jobs, after, indexed) = (self.jobs, self.after, self.indexed);
         *self.head.get_or_insert_with(|| {
-            let mut jobs = ids.range((after, Bound::Unbounded));
-            jobs.find(|(_, &attained)| level_of(attained) == level).map(|(&id, _)| id)
+            if indexed {
+                let from = after.map_or(Bound::Included((level, JobId(0))), |id| Bound::Excluded((level, id)));
+                let next = jobs.leveled.range((from, Bound::Unbounded)).next();
+                return next.filter(|(l, _)| *l == level).map(|&(_, id)| id);
+            }
+            let mut ids = jobs.ids.range((after.map_or(Bound::Unbounded, Bound::Excluded), Bound::Unbounded));
+            ids.find(|(_, &attained)| level_of(attained) == level).map(|(&id, _)| id)
         })
     }
 
@@ -67,12 +75,15 @@ impl<'s> Cycle<'s> {
     /// cycle's bounds; the jobs of failed shapes are parked.
     pub(super) fn walk_shapes(&mut self, las: bool) {
         let (state, policy) = (self.view.state, self.policy);
+        let queues = state.queues();
+        let indexed = las && !queues.levels().is_empty() && queues.levels() == policy.las_thresholds_device_s;
         let mut streams = Vec::new();
-        for (team, _, _) in state.queues().slots() {
+        for (team, _, _) in queues.slots() {
             let Some(row) = self.view.team_row(team) else { continue };
-            streams.extend(state.queues().shape_ids(team).map(|(shape, ids)| Stream::new(team, row, shape, ids)));
+            let shapes = queues.shape_ids(team);
+            streams.extend(shapes.map(|(shape, jobs)| Stream::new(team, row, shape, jobs, indexed)));
         }
-        let queued: usize = streams.iter().map(|s| s.ids.len()).sum();
+        let queued: usize = streams.iter().map(|s| s.jobs.ids.len()).sum();
         let level_of = |attained: u64| if las { policy.las_level(attained) } else { 0 };
         let levels = if las { policy.las_thresholds_device_s.len() + 1 } else { 1 };
         let mut position = 0u32;

@@ -74,6 +74,9 @@ impl State {
         if self.queues != fresh.queues || self.pending != fresh.pending {
             return differs("team queues");
         }
+        if !self.queues.levels_consistent() {
+            return differs("service-level index of the team queues");
+        }
         if self.capacity != fresh.capacity {
             return differs("capacity");
         }

@@ -11,6 +11,7 @@
 use crate::accounts::TeamNo;
 use crate::ids::{JobId, TeamId};
 use crate::job::{GangSpec, Job};
+use crate::policy::service_level;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -67,10 +68,47 @@ struct TeamQueue {
 /// A team's pending jobs of one shape, in queue order and in id (submission) order, with the
 /// service each received (devices x ms, which stays put while a job waits): the global queues
 /// (`QueueOrder::Fifo`, and `LeastAttained` by service level) go by id.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct ShapeQueue {
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ShapeQueue {
     keys: BTreeSet<QueueKey>,
-    ids: BTreeMap<JobId, u64>,
+    pub ids: BTreeMap<JobId, u64>,
+    /// The jobs by service level (under `TeamQueues::levels`), then id; empty when no levels
+    /// are set. A least-attained-service walk finds a level's next job here with one range
+    /// query, instead of reading past the jobs of the other levels.
+    pub leveled: BTreeSet<(usize, JobId)>,
+}
+
+impl PartialEq for ShapeQueue {
+    /// The jobs; the level index is compared by the invariant check on its own.
+    fn eq(&self, other: &Self) -> bool {
+        self.keys == other.keys && self.ids == other.ids
+    }
+}
+
+impl Eq for ShapeQueue {}
+
+impl ShapeQueue {
+    fn insert(&mut self, key: QueueKey, attained: u64, levels: &[u64]) {
+        self.keys.insert(key);
+        self.ids.insert(key.id, attained);
+        if !levels.is_empty() {
+            self.leveled.insert((service_level(levels, attained), key.id));
+        }
+    }
+
+    fn remove(&mut self, key: &QueueKey, levels: &[u64]) {
+        self.keys.remove(key);
+        if let Some(attained) = self.ids.remove(&key.id) {
+            self.leveled.remove(&(service_level(levels, attained), key.id));
+        }
+    }
+
+    fn index_levels(&mut self, levels: &[u64]) {
+        self.leveled.clear();
+        if !levels.is_empty() {
+            self.leveled.extend(self.ids.iter().map(|(&id, &attained)| (service_level(levels, attained), id)));
+        }
+    }
 }
 
 /// Every team's queue, by the team's slot in the state's accounts (so that queueing a job
@@ -81,6 +119,10 @@ pub struct TeamQueues {
     by_slot: Vec<Option<TeamQueue>>,
     /// Slots that have a queue, in team name order.
     order: Vec<TeamNo>,
+    /// The least-attained-service thresholds (devices x seconds) the jobs of each shape are
+    /// indexed by (`ShapeQueue::leveled`); none by default. A local tuning of the index, not part
+    /// of the state: equality ignores it.
+    levels: Vec<u64>,
 }
 
 impl PartialEq for TeamQueues {
@@ -136,9 +178,32 @@ impl TeamQueues {
     }
 
     /// The shapes of the pending jobs of team slot `t`, each with its jobs in id order and the
-    /// service each attained.
-    pub(crate) fn shape_ids(&self, t: TeamNo) -> impl Iterator<Item = (&JobShape, &BTreeMap<JobId, u64>)> {
-        self.at(t).into_iter().flat_map(|q| q.shapes.iter().map(|(s, q)| (s, &q.ids)))
+    /// service each attained (and by level, when levels are set).
+    pub(crate) fn shape_ids(&self, t: TeamNo) -> impl Iterator<Item = (&JobShape, &ShapeQueue)> {
+        self.at(t).into_iter().flat_map(|q| q.shapes.iter())
+    }
+
+    /// The thresholds the jobs are indexed by, per shape, as service levels.
+    pub(crate) fn levels(&self) -> &[u64] {
+        &self.levels
+    }
+
+    /// Indexes every shape's jobs by service level under `thresholds` (devices x seconds); none
+    /// drops the index.
+    pub(crate) fn index_levels(&mut self, thresholds: &[u64]) {
+        self.levels = thresholds.to_vec();
+        for queue in self.by_slot.iter_mut().flatten() {
+            queue.shapes.values_mut().for_each(|q| q.index_levels(thresholds));
+        }
+    }
+
+    /// Whether every shape's level index holds what `index_levels` would build.
+    pub(crate) fn levels_consistent(&self) -> bool {
+        self.by_slot.iter().flatten().flat_map(|q| q.shapes.values()).all(|q| {
+            let mut fresh = q.clone();
+            fresh.index_levels(&self.levels);
+            fresh.leveled == q.leveled
+        })
     }
 
     /// Pending jobs of team slot `t` of `shape`.
@@ -164,8 +229,7 @@ impl TeamQueues {
         let added = queue.jobs.insert(key);
         if added {
             let shape = queue.shapes.entry(JobShape::of(job)).or_default();
-            shape.keys.insert(key);
-            shape.ids.insert(job.id, job.attained_device_ms);
+            shape.insert(key, job.attained_device_ms, &self.levels);
         }
         added
     }
@@ -179,8 +243,7 @@ impl TeamQueues {
         }
         let shape = JobShape::of(job);
         if let Some(jobs) = queue.shapes.get_mut(&shape) {
-            jobs.keys.remove(&key);
-            jobs.ids.remove(&job.id);
+            jobs.remove(&key, &self.levels);
             if jobs.keys.is_empty() {
                 queue.shapes.remove(&shape);
             }
