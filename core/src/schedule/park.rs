@@ -37,6 +37,9 @@ pub(super) struct ShapeCursor {
     failed: Vec<bool>,
     /// Failures the cycle had when `failed` was brought up to date.
     failures: usize,
+    /// Per shape: its first job after `after`, once looked up (`Some(None)`: it has none). Only
+    /// the shape of the job taken moves on; the others' stay their next.
+    next: Vec<Option<Option<QueueKey>>>,
 }
 
 /// What became of a job the walk looked at.
@@ -116,16 +119,21 @@ impl Cycle<'_> {
                 .collect();
             cursor.failures = failures;
         }
+        cursor.next.resize(cursor.failed.len(), None);
         let after = cursor.after.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
-        let next = shapes
-            .shape_queues(t)
-            .zip(&cursor.failed)
-            .filter(|(_, failed)| !**failed)
-            .filter_map(|((_, jobs), _)| jobs.range((after, Bound::Unbounded)).next())
-            .min()
-            .copied();
-        cursor.after = next.or(cursor.after);
-        next
+        let (mut best, mut from) = (None, 0);
+        let live = shapes.shape_queues(t).zip(&cursor.failed).enumerate().filter(|(_, (_, failed))| !**failed);
+        for (i, ((_, jobs), _)) in live {
+            let next = *cursor.next[i].get_or_insert_with(|| jobs.range((after, Bound::Unbounded)).next().copied());
+            if next.is_some() && (best.is_none() || next < best) {
+                (best, from) = (next, i);
+            }
+        }
+        if best.is_some() {
+            cursor.after = best;
+            cursor.next[from] = None;
+        }
+        best
     }
 
     /// Notes that the walk looked at `job` of team slot `t` (row `row`) and what became of it;

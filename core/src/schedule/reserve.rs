@@ -23,7 +23,7 @@ use crate::job::{Job, JobState};
 use crate::plan::{AttemptOutcome, Placement};
 use crate::quota::Admission;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 /// Devices held back this cycle for a reserved job.
 pub(super) struct Held {
@@ -53,6 +53,10 @@ impl Room {
         self.mem = self.mem.saturating_add(more.mem);
     }
 }
+
+/// A node's place in a reservation's order, smallest first: when it has room, its free
+/// devices (most first), its index, and the replicas it can hold.
+type NodeKey = (u64, Reverse<u32>, u32, u32);
 
 /// A reservation made for a job: the devices held, and its start (see `Held`).
 pub(super) struct Reservation {
@@ -95,24 +99,8 @@ impl<'s> Cycle<'s> {
     fn reserved_nodes(&self, shape: &Shape) -> Option<(Vec<Pick>, Option<u64>)> {
         let timed = self.timed_nodes();
         let room_at = |n: u32, replicas: u32| self.room_at(n, shape, replicas, timed.contains(&n));
-        let mut nodes: Vec<(u64, Reverse<u32>, u32, u32)> = (0..self.view.node_count())
-            .filter_map(|n| {
-                let node = self.view.node(n);
-                let mask = self.view.mask_of(n, shape.flavor);
-                if node.lost || !node.schedulable || mask == 0 || self.is_held(n) {
-                    return None;
-                }
-                let fits = replicas_fit(shape, (mask & node.healthy).count_ones(), node.cpu_total, node.mem_total);
-                if fits == 0 {
-                    return None;
-                }
-                let ready = room_at(n, fits.min(shape.replicas)).unwrap_or(u64::MAX);
-                Some((ready, Reverse((mask & node.free).count_ones()), n, fits))
-            })
-            .collect();
-        nodes.sort_unstable();
         let (mut left, mut picks, mut start) = (shape.replicas, Vec::new(), Some(self.now_ms));
-        for (_, _, n, fits) in nodes {
+        for (_, _, n, fits) in self.reservable(shape, &timed) {
             if left == 0 {
                 break;
             }
@@ -124,6 +112,45 @@ impl<'s> Cycle<'s> {
             picks.push(Pick { node: n, mask: lowest_bits(free, replicas * shape.count) });
         }
         (left == 0).then_some((picks, start))
+    }
+
+    /// The nodes a reservation may count on, in its order (see `reserved_nodes`), found lazily:
+    /// a node with no free device of the flavor and nothing ending at a known time has room at
+    /// no known time, so it comes after every other, by index. The others (the nodes with
+    /// free devices, and the `timed` ones) are ordered first, and the rest are read only when
+    /// the gang needs them.
+    fn reservable<'a>(
+        &'a self,
+        shape: &'a Shape,
+        timed: &'a BTreeSet<u32>,
+    ) -> impl Iterator<Item = NodeKey> + use<'a, 's> {
+        let key = |n: u32| self.reservation_key(shape, n, timed.contains(&n));
+        let last = (u64::MAX, Reverse(0), 0, 0);
+        let mut near = self.partial_nodes(shape);
+        near.extend(timed);
+        near.sort();
+        near.dedup();
+        let mut first: BinaryHeap<Reverse<NodeKey>> =
+            near.into_iter().filter_map(key).filter(|k| *k < last).map(Reverse).collect();
+        let rest = (0..self.view.node_count()).filter_map(key).filter(move |k| *k >= last);
+        std::iter::from_fn(move || first.pop().map(|Reverse(k)| k)).chain(rest)
+    }
+
+    /// Where node `n` stands for a reservation of `shape`: when it has room for the replicas
+    /// it can hold (`u64::MAX`: not known), its free devices of the flavor (most first), the
+    /// node, and the replicas it can hold when empty; `None` if it cannot take part.
+    fn reservation_key(&self, shape: &Shape, n: u32, timed: bool) -> Option<NodeKey> {
+        let node = self.view.node(n);
+        let mask = self.view.mask_of(n, shape.flavor);
+        if node.lost || !node.schedulable || mask == 0 || self.is_held(n) {
+            return None;
+        }
+        let fits = replicas_fit(shape, (mask & node.healthy).count_ones(), node.cpu_total, node.mem_total);
+        if fits == 0 {
+            return None;
+        }
+        let ready = self.room_at(n, shape, fits.min(shape.replicas), timed).unwrap_or(u64::MAX);
+        Some((ready, Reverse((mask & node.free).count_ones()), n, fits))
     }
 
     /// Whether an earlier reservation of this cycle counts on node `n` (reservations take
@@ -250,5 +277,43 @@ impl<'s> Cycle<'s> {
             return true;
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::PolicyConfig;
+    use crate::schedule::proptests::{run_with, world};
+    use crate::schedule::view::Scratch;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The lazy order of the nodes a reservation may count on is the order of every node's
+        /// key, sorted: on random clusters with free, releasing, lost and cordoned nodes and
+        /// jobs with and without a maximum runtime, for gangs of every size.
+        #[test]
+        fn the_lazy_reservation_order_is_the_full_sort(w in world(), later_s in 0..7_200u64) {
+            let policy = PolicyConfig { min_runtime_ms: 60_000, ..PolicyConfig::default() };
+            let mut failure = Ok(());
+            run_with(&w, &policy, |_, state, _| {
+                let mut scratch = Scratch::default();
+                let cycle = Cycle::new(state, &policy, later_s * 1000, &mut scratch);
+                let timed = cycle.timed_nodes();
+                for flavor in 0..cycle.view.flavors.len() {
+                    for (replicas, count) in [(1, 1), (1, 8), (2, 4), (3, 2), (4, 8)] {
+                        let shape = Shape { flavor: FlavorIx(flavor as u16), replicas, count, cpu: 0, mem: 0, one_rack: false };
+                        let key = |n: u32| cycle.reservation_key(&shape, n, timed.contains(&n));
+                        let mut full: Vec<NodeKey> = (0..cycle.view.node_count()).filter_map(key).collect();
+                        full.sort_unstable();
+                        let lazy: Vec<NodeKey> = cycle.reservable(&shape, &timed).collect();
+                        if failure.is_ok() && lazy != full {
+                            failure = Err(TestCaseError::fail(format!("{shape:?}: {lazy:?} != {full:?}")));
+                        }
+                    }
+                }
+            });
+            failure?;
+        }
     }
 }
