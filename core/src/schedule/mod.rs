@@ -33,6 +33,7 @@ use crate::state::State;
 use place::{Pick, Shape};
 pub use quiet::{arrivals_inert, same_decisions_between};
 use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 pub use view::Scratch;
@@ -155,8 +156,9 @@ pub(crate) struct Cycle<'s> {
     candidate_slots: BTreeMap<JobId, usize>,
     /// The device masks of the candidates, by their slot, filled when asked.
     candidate_masks: Vec<preempt::LazyMasks>,
-    /// Per flavor, the state's index of running jobs that may be preempted, per team row.
-    victim_teams: Vec<preempt::VictimTeams<'s>>,
+    /// Per flavor, the state's index of running jobs that may be preempted, per team row
+    /// (allocated at a cycle's first search).
+    victim_teams: OnceCell<Box<[preempt::VictimTeams<'s>]>>,
     /// Every running job of a flavor that may be preempted, for least-attained-service searches.
     las_running: BTreeMap<FlavorIx, Rc<[(usize, &'s Job)]>>,
     /// Least-attained-service candidates per (flavor, service level), until a victim is taken.
@@ -173,10 +175,9 @@ pub(crate) struct Cycle<'s> {
 
 impl<'s> Cycle<'s> {
     fn new(state: &'s State, policy: &'s PolicyConfig, now_ms: u64, scratch: &'s mut Scratch) -> Self {
-        let view = View::build(state, scratch);
         Cycle {
-            victim_teams: view.flavors.iter().map(|_| Default::default()).collect(),
-            view,
+            view: View::build(state, scratch),
+            victim_teams: OnceCell::new(),
             policy,
             now_ms,
             plan: Plan { at_ms: now_ms, ..Plan::default() },

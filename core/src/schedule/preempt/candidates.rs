@@ -90,7 +90,8 @@ impl<'s> Cycle<'s> {
     /// looked up once per cycle (finding a team's row goes by its name).
     fn victim_teams(&self, f: FlavorIx) -> &[(usize, &'s BTreeSet<VictimKey>)] {
         let state = self.view.state;
-        self.victim_teams[f.ix()].get_or_init(|| {
+        let flavors = self.victim_teams.get_or_init(|| self.view.flavors.iter().map(|_| OnceCell::new()).collect());
+        flavors[f.ix()].get_or_init(|| {
             let teams = state.times.victims(&self.view.flavors[f.ix()]);
             teams.filter_map(|(team, keys)| Some((self.view.team_row(state.accounts.team(team)?)?, keys))).collect()
         })
