@@ -319,6 +319,14 @@ impl<S: LogStore, T: Transport> Node<S, T> {
                      earlier run of this id before it was removed and emptied)"
                 );
             }
+            Input::Raft(m) if self.sent_by_stranger(&m) => {
+                tracing::warn!(
+                    replica = self.config.id,
+                    from = m.from,
+                    term = m.term,
+                    "dropped a raft message from an id that is not a member of the group"
+                );
+            }
             Input::Raft(m) => {
                 if let Err(e) = self.raw.step(*m) {
                     tracing::debug!(replica = self.config.id, "dropped a raft message: {e}");
@@ -343,6 +351,18 @@ impl<S: LogStore, T: Transport> Node<S, T> {
     /// sends one to a follower it counts right, but one sent to the earlier run of a replaced
     /// replica can arrive after the replacement started empty, and raft-rs would panic on it
     /// (`to_commit is out of range`).
+    /// A message from an id that is neither a voter nor a learner of the configuration this
+    /// replica knows, while it follows (or is) a leader of that configuration: raft-rs would
+    /// take its term, so one forged message with a higher term would depose the leader. A
+    /// replica without a leader takes what comes: one joining (empty) hears first from the
+    /// leader that adds it, and one that lags may not yet know that a new leader was added; a
+    /// lagging follower stops hearing its old leader, so it is soon without one (raft-rs clears
+    /// the leader when the election timeout starts a pre-vote).
+    fn sent_by_stranger(&self, m: &raft::eraftpb::Message) -> bool {
+        let (members, leader) = (self.raw.raft.prs(), self.raw.raft.leader_id);
+        members.get(m.from).is_none() && members.get(leader).is_some()
+    }
+
     fn beyond_log(&self, m: &raft::eraftpb::Message) -> bool {
         m.get_msg_type() == MessageType::MsgHeartbeat && m.commit > self.raw.raft.raft_log.last_index()
     }

@@ -370,3 +370,51 @@ fn a_heartbeat_past_the_end_of_the_log_is_dropped() {
     handle.stop();
     thread.join().unwrap();
 }
+
+/// A heartbeat to replica 1 of the group {1, 2}, from `from` at `term`.
+fn heartbeat(from: u64, term: u64) -> Input {
+    let m = raft::eraftpb::Message {
+        msg_type: raft::eraftpb::MessageType::MsgHeartbeat,
+        from,
+        to: 1,
+        term,
+        ..Default::default()
+    };
+    Input::Raft(Box::new(m))
+}
+
+/// Replica 1 of the group {1, 2} alone, fed `messages`; its term and leader once its term reached
+/// `term` (or after 10 s).
+fn after_heartbeats(messages: Vec<Input>, term: u64) -> (u64, u64) {
+    let net = MemNet::new(2);
+    let store = SledStore::temporary().unwrap();
+    let (handle, thread) = spawn(NodeConfig::new(1, vec![1, 2]), store, |_| net.transport(1)).unwrap();
+    for m in messages {
+        handle.inbox().send(m).unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while handle.status().term < term && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = handle.status();
+    handle.stop();
+    thread.join().unwrap();
+    (status.term, status.leader)
+}
+
+/// A message from an id that is not a member is dropped by a replica that follows a member: one
+/// forged heartbeat with a higher term from a stranger moved a cluster's term and leader. The
+/// stranger's message (term 2,000) comes between two of the leader's (1,000 and 1,500): had it
+/// been taken, the last, of a lower term, would be ignored.
+#[test]
+fn a_message_from_a_non_member_is_dropped() {
+    let messages = vec![heartbeat(2, 1_000), heartbeat(9, 2_000), heartbeat(2, 1_500)];
+    assert_eq!(after_heartbeats(messages, 1_500), (1_500, 2), "the member's heartbeats count, the stranger's does not");
+}
+
+/// A replica without a leader hears a stranger: a lagging follower may not know yet that the
+/// new leader was added.
+#[test]
+fn a_replica_without_a_leader_hears_a_stranger() {
+    assert_eq!(after_heartbeats(vec![heartbeat(9, 2_000)], 2_000), (2_000, 9));
+}
