@@ -341,6 +341,8 @@ async fn a_cluster_that_lost_its_majority_is_rebuilt_as_the_operations_guide_say
     let (data, out) = (data.to_str().unwrap().to_owned(), rescue.to_str().unwrap().to_owned());
     qm_ok(vec!["admin".into(), "snapshot".into(), "export".into(), format!("--data={data}"), format!("--out={out}")])
         .await;
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&rescue).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "a backup holds every job's environment: its owner alone reads it");
     for id in 1..=3 {
         std::fs::remove_dir_all(c.dir.path().join(id.to_string())).unwrap();
         c.start_with(id, &["--restore", &out]);

@@ -111,9 +111,24 @@ pub enum QuotaCommand {
     },
 }
 
+/// Writes a backup readable by its owner only (mode 0600): it holds the whole state, jobs'
+/// environments included. Written aside and renamed, so that a backup is whole or absent.
 fn write_backup(t: &Target, out: &std::path::Path, index: u64, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let partial = out.with_extension("partial");
-    std::fs::write(&partial, data).with_context(|| format!("{}", partial.display()))?;
+    match std::fs::remove_file(&partial) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+    .with_context(|| format!("removing the leftover {}", partial.display()))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)
+        .and_then(|mut f| f.write_all(data).and_then(|()| f.sync_all()))
+        .with_context(|| format!("{}", partial.display()))?;
     std::fs::rename(&partial, out).with_context(|| format!("{}", out.display()))?;
     print_or_json(t, json!({ "index": index, "bytes": data.len(), "file": out }), || {
         format!("snapshot at index {index}: {} bytes written to {}", data.len(), out.display())
