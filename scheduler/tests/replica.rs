@@ -260,7 +260,12 @@ async fn bad_and_oversize_requests_are_refused_naming_the_field() {
     huge.command = vec!["x".repeat(100 * 1024)];
     let err = jobs.submit(SubmitRequest { jobs: vec![huge], request_id: String::new() }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
-    let listed = jobs.list(ListJobsRequest::default()).await.unwrap().into_inner().jobs;
+    let listed = tokio::time::timeout(Duration::from_secs(10), jobs.list(ListJobsRequest::default()))
+        .await
+        .expect("the replica answers while the connections are held")
+        .unwrap()
+        .into_inner()
+        .jobs;
     assert!(listed.is_empty(), "nothing of a refused batch was accepted");
     let err =
         admin.add_member(AddMemberRequest { id: 4, address: "nowhere".into(), learner: false }).await.unwrap_err();
@@ -534,5 +539,52 @@ async fn reports_are_acknowledged_and_an_unrecorded_end_counts_at_the_next_regis
     assert_eq!(r.seqs, [3]);
     wait_state(&mut jobs, ids[0], JobState::Succeeded).await;
     wait_state(&mut jobs, ids[1], JobState::Cancelled).await;
+    replica.stop().await;
+}
+
+/// Hostile bytes on the gRPC port: connections that send random garbage, the HTTP/2 preface
+/// followed by garbage, and 300 held open half-way through the preface (600 descriptors in this
+/// process, both ends, under the usual limit of 1,024). The replica stays
+/// up, keeps answering a real client while they are open, and its state is what it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_port_leaves_the_replica_serving_and_its_state_unchanged() {
+    use rand::{Rng, SeedableRng};
+    use tokio::io::AsyncWriteExt;
+    let replica = Replica::start(&[1], 64 * 1024);
+    let channel = replica.channel().await;
+    let mut admin = AdminServiceClient::new(channel.clone());
+    let mut jobs = JobServiceClient::new(channel);
+    wait_leader(&mut admin).await;
+    set_team(&mut admin).await;
+    jobs.submit(SubmitRequest { jobs: vec![job("kept", 1)], request_id: String::new() }).await.unwrap();
+    let hash = |s: ClusterStatusResponse| (s.leader_id, s.state_hash);
+    let before = hash(admin.cluster_status(ClusterStatusRequest {}).await.unwrap().into_inner());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    for i in 0..70 {
+        let mut garbage = vec![0u8; 4096];
+        rng.fill(&mut garbage[..]);
+        let mut tcp = tokio::net::TcpStream::connect(replica.addr).await.unwrap();
+        if i % 2 == 0 {
+            let _ = tcp.write_all(preface).await;
+        }
+        let _ = tcp.write_all(&garbage).await;
+    }
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        let mut tcp = tokio::net::TcpStream::connect(replica.addr).await.unwrap();
+        tcp.write_all(&preface[..10]).await.unwrap();
+        held.push(tcp);
+    }
+    let listed = tokio::time::timeout(Duration::from_secs(10), jobs.list(ListJobsRequest::default()))
+        .await
+        .expect("the replica answers while the connections are held")
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(listed.len(), 1, "a real client is served while the half-open connections are held");
+    drop(held);
+    let after = hash(admin.cluster_status(ClusterStatusRequest {}).await.unwrap().into_inner());
+    assert_eq!(after, before, "the replica leads with the same state");
     replica.stop().await;
 }
