@@ -83,6 +83,16 @@ impl Replica {
         }
     }
 
+    /// A channel to the replica and its admin and job clients, once it leads and the team
+    /// "research" is set.
+    async fn serving(&self) -> (Channel, AdminServiceClient<Channel>, JobServiceClient<Channel>) {
+        let channel = self.channel().await;
+        let mut admin = AdminServiceClient::new(channel.clone());
+        wait_leader(&mut admin).await;
+        set_team(&mut admin).await;
+        (channel.clone(), admin, JobServiceClient::new(channel))
+    }
+
     async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         self.task.await.unwrap();
@@ -179,11 +189,7 @@ struct WithAgent {
 impl WithAgent {
     async fn start() -> Self {
         let replica = Replica::start(&[1], 4 * 1024 * 1024);
-        let channel = replica.channel().await;
-        let mut admin = AdminServiceClient::new(channel.clone());
-        let jobs = JobServiceClient::new(channel.clone());
-        wait_leader(&mut admin).await;
-        set_team(&mut admin).await;
+        let (channel, admin, jobs) = replica.serving().await;
         let agent = FakeAgent::connect(channel, inventory("node-a", 8)).await;
         Self { replica, admin, jobs, agent }
     }
@@ -240,11 +246,7 @@ async fn the_leader_orders_a_fake_agent_and_records_what_it_reports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_and_oversize_requests_are_refused_naming_the_field() {
     let replica = Replica::start(&[1], 64 * 1024);
-    let channel = replica.channel().await;
-    let mut admin = AdminServiceClient::new(channel.clone());
-    let mut jobs = JobServiceClient::new(channel);
-    wait_leader(&mut admin).await;
-    set_team(&mut admin).await;
+    let (_, mut admin, mut jobs) = replica.serving().await;
     let mut bad = job("bad", 1);
     bad.gang.as_mut().unwrap().replicas = 0;
     let err =
@@ -447,11 +449,7 @@ fn labelled(i: usize) -> NodeInventory {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_larger_than_a_client_decodes_come_page_by_page() {
     let replica = Replica::start(&[1], 16 << 20);
-    let channel = replica.channel().await;
-    let mut admin = AdminServiceClient::new(channel.clone());
-    let mut jobs = JobServiceClient::new(channel.clone());
-    wait_leader(&mut admin).await;
-    set_team(&mut admin).await;
+    let (channel, mut admin, mut jobs) = replica.serving().await;
     for half in 0..2 {
         let batch = (half * 20..half * 20 + 20).map(large_job).collect();
         jobs.submit(SubmitRequest { jobs: batch, request_id: String::new() }).await.unwrap();
@@ -513,10 +511,7 @@ fn numbered(job_id: u64, phase: ReplicaPhase, seq: u64) -> ReplicaStatus {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_are_acknowledged_and_an_unrecorded_end_counts_at_the_next_registration() {
     let replica = Replica::start_leased(&[1], 4 * 1024 * 1024, None, Duration::from_secs(60));
-    let channel = replica.channel().await;
-    let (mut admin, mut jobs) = (AdminServiceClient::new(channel.clone()), JobServiceClient::new(channel.clone()));
-    wait_leader(&mut admin).await;
-    set_team(&mut admin).await;
+    let (channel, _, mut jobs) = replica.serving().await;
     let mut agent = FakeAgent::connect(channel.clone(), inventory("node-a", 8)).await;
     let mut ids = Vec::new();
     for (seq, name) in [(1, "ends-unseen"), (2, "stops-unseen")] {
@@ -551,11 +546,7 @@ async fn garbage_on_the_port_leaves_the_replica_serving_and_its_state_unchanged(
     use rand::{Rng, SeedableRng};
     use tokio::io::AsyncWriteExt;
     let replica = Replica::start(&[1], 64 * 1024);
-    let channel = replica.channel().await;
-    let mut admin = AdminServiceClient::new(channel.clone());
-    let mut jobs = JobServiceClient::new(channel);
-    wait_leader(&mut admin).await;
-    set_team(&mut admin).await;
+    let (_, mut admin, mut jobs) = replica.serving().await;
     jobs.submit(SubmitRequest { jobs: vec![job("kept", 1)], request_id: String::new() }).await.unwrap();
     let hash = |s: ClusterStatusResponse| (s.leader_id, s.state_hash);
     let before = hash(admin.cluster_status(ClusterStatusRequest {}).await.unwrap().into_inner());
