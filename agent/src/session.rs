@@ -51,6 +51,8 @@ pub struct AgentConfig {
     pub rescan: Duration,
     /// The cgroup v2 mount under which replicas get CPU and memory limits; none when absent.
     pub cgroup_root: Option<PathBuf>,
+    /// The bearer token sent to the scheduler (an agent token for this node).
+    pub bearer: qm_proto::auth::Bearer,
 }
 
 /// Why the agent stopped.
@@ -208,7 +210,8 @@ impl Node {
             unrecorded: self.outbox.all(Instant::now()),
         };
         let _ = tx.send(AgentMessage { body: Some(Up::Register(register)) }).await;
-        let mut inbound = match AgentServiceClient::new(channel).session(ReceiverStream::new(rx)).await {
+        let mut client = AgentServiceClient::with_interceptor(channel, self.config.bearer.clone());
+        let mut inbound = match client.session(ReceiverStream::new(rx)).await {
             Ok(r) => r.into_inner(),
             Err(s) => return Ended::Lost(s.message().to_owned()),
         };

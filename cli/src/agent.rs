@@ -128,6 +128,10 @@ struct RunArgs {
     /// Run replicas without cgroups of their own.
     #[arg(long)]
     no_cgroups: bool,
+    /// A file holding the agent's token (`qm admin tokens create NAME --agent NODE`); else
+    /// `QM_TOKEN`, else the file `QM_TOKEN_FILE` names.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
 }
 
 fn host_name() -> String {
@@ -165,6 +169,7 @@ pub fn agent(args: &AgentArgs) -> Result<()> {
         probes: r.probes.probes()?,
         rescan: Duration::from_secs(r.rescan_s.max(1)),
         cgroup_root: (!r.no_cgroups).then(|| r.cgroup_root.clone()),
+        bearer: crate::client::bearer(r.token_file.as_deref())?,
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(run(config, crate::server::ctrl_c(), |_| {})).context("qm agent")

@@ -1,7 +1,7 @@
 //! `qm server` (one replica of a cluster) and `qm dev` (a one-replica scheduler with its data in
 //! a temporary directory).
 
-use crate::client::{set_class, set_team, wait_for_nodes, Target, DEFAULT_CLASSES};
+use crate::client::{agent_token, set_class, set_team, wait_for_nodes, wait_for_token, Target, DEFAULT_CLASSES};
 use crate::out::say;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -14,6 +14,7 @@ use qm_core::NodeSpec;
 use qm_core::PolicyConfig;
 use qm_proto::convert::flavor_to;
 use qm_proto::v1::{FlavorQuota, Team};
+use qm_scheduler::access::bootstrap::TOKEN_FILE;
 use qm_scheduler::leader::LeaderConfig;
 use qm_scheduler::node::NodeConfig;
 use qm_scheduler::server::{run, run_notify, ServerConfig};
@@ -67,6 +68,10 @@ pub struct ServerArgs {
     /// docs/concepts.md (other tables are ignored, so a teams file serves); defaults when absent.
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
+    /// Check no tokens: every caller that reaches the port is an admin. For a network where
+    /// every host is trusted, and for measuring; logged as a warning at start.
+    #[arg(long)]
+    insecure: bool,
 }
 
 /// A file with a `[policy]` table.
@@ -129,6 +134,7 @@ fn config(args: &ServerArgs) -> Result<ServerConfig> {
             Some(path) => Some(std::fs::read(path).with_context(|| format!("--restore {}", path.display()))?),
             None => None,
         },
+        insecure: args.insecure,
     })
 }
 
@@ -219,6 +225,7 @@ async fn local_agent(
     for d in &spec.devices {
         *flavors.entry(d.flavor()).or_default() += 1;
     }
+    let secret = agent_token(target, "dev-node").await?;
     let config = AgentConfig {
         name: "dev-node".into(),
         servers: vec![server.to_string()],
@@ -229,6 +236,7 @@ async fn local_agent(
         probes,
         rescan: Duration::from_secs(10),
         cgroup_root: None,
+        bearer: qm_proto::auth::Bearer::new(Some(&secret))?,
     };
     tokio::spawn(async move {
         if let Err(e) = qm_agent::session::run(config, std::future::pending(), |_| {}).await {
@@ -249,10 +257,12 @@ async fn local_agent(
     Ok(flavors.into_iter().map(|(f, n)| (f.to_string(), n)).collect())
 }
 
-/// Sets the usual priority classes and, with an agent, the team `dev`; then prints how to use
-/// the cluster.
+/// Waits for the bootstrap admin token, sets the usual priority classes and, with an agent
+/// (which gets an agent token of its own), the team `dev`; then prints how to use the cluster.
 async fn welcome(addr: SocketAddr, data: PathBuf, local: Option<Local>) -> Result<()> {
-    let target = Target::new(vec![addr.to_string()]);
+    let token = data.join("server").join(TOKEN_FILE);
+    let target = Target::new(vec![addr.to_string()]).with_token_file(token.clone());
+    wait_for_token(&target, &token, Duration::from_secs(30)).await?;
     for (name, value) in DEFAULT_CLASSES {
         set_class(&target, name, value).await.with_context(|| format!("setting the priority class {name}"))?;
     }
@@ -264,13 +274,14 @@ async fn welcome(addr: SocketAddr, data: PathBuf, local: Option<Local>) -> Resul
     };
     let classes: Vec<String> = DEFAULT_CLASSES.iter().map(|(n, v)| format!("{n} ({v})")).collect();
     say!("qm dev: one replica on {addr}, data in {} (removed on exit).", data.display());
+    say!("The admin token is in {} (mode 0600); every call needs a token.", token.display());
     say!("Priority classes: {}.", classes.join(", "));
     if !flavors.is_empty() {
         let devices: Vec<String> = flavors.iter().map(|(f, n)| format!("{n} x {f}")).collect();
         say!("A local agent runs jobs on {}; team {DEV_TEAM} has quota for them.", devices.join(", "));
     }
     say!("In another terminal:");
-    say!("  export QM_SERVER={addr} QM_TEAM={DEV_TEAM}");
+    say!("  export QM_SERVER={addr} QM_TEAM={DEV_TEAM} QM_TOKEN_FILE={}", token.display());
     if !flavors.is_empty() {
         say!("  qm submit --gpus 1 -- python3 -c 'import os; print(os.environ[\"CUDA_VISIBLE_DEVICES\"])'");
         say!("  qm jobs");
@@ -299,6 +310,7 @@ pub fn dev(args: &DevArgs) -> Result<()> {
         max_message_bytes: 16 * 1024 * 1024,
         node_lease_ms: 10_000,
         policy: None,
+        insecure: false,
     };
     let config = config(&server)?;
     let data = dir.path().to_owned();

@@ -5,6 +5,7 @@
 //! replaced, and a cluster that lost its majority is rebuilt, with the commands and in the
 //! order that docs/operations.md gives.
 
+use qm_proto::auth::{authed, Authed, Bearer};
 use qm_proto::build::{gpu_inventory, gpu_job, gpu_team};
 use qm_proto::v1::admin_service_client::AdminServiceClient;
 use qm_proto::v1::agent_message::Body as Up;
@@ -27,16 +28,52 @@ struct Cluster {
     addrs: Vec<SocketAddr>,
     dir: tempfile::TempDir,
     procs: BTreeMap<u64, Child>,
+    /// The bootstrap admin token, as the operations guide finds it: in the data directory of
+    /// the replica that led first.
+    secret: String,
+}
+
+/// A replica's gRPC endpoint with the token its clients send.
+#[derive(Clone)]
+struct Ep {
+    url: String,
+    bearer: Bearer,
 }
 
 impl Cluster {
-    fn new() -> Self {
+    /// Three replicas, once one of them wrote the bootstrap token and it is accepted.
+    async fn new() -> Self {
         let addrs = (0..3).map(|_| qm_benches::nemesis::procs::free_addr().expect("a free port")).collect();
-        let mut c = Self { addrs, dir: tempfile::tempdir().unwrap(), procs: BTreeMap::new() };
+        let mut c = Self { addrs, dir: tempfile::tempdir().unwrap(), procs: BTreeMap::new(), secret: String::new() };
         for id in 1..=3 {
             c.start(id);
         }
+        c.secret = c.bootstrap_token().await;
         c
+    }
+
+    /// The token of the first `admin.token` file that a replica accepts.
+    async fn bootstrap_token(&self) -> String {
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            for id in 1..=3u64 {
+                let Ok(secret) = std::fs::read_to_string(self.dir.path().join(id.to_string()).join("admin.token"))
+                else {
+                    continue;
+                };
+                let bearer = Bearer::new(Some(&secret)).unwrap();
+                for other in 1..=3u64 {
+                    let ep = Ep { url: format!("http://{}", self.addrs[other as usize - 1]), bearer: bearer.clone() };
+                    if let Some(channel) = connect(&ep).await {
+                        if AdminServiceClient::new(channel).who_am_i(WhoAmIRequest {}).await.is_ok() {
+                            return secret.trim().to_owned();
+                        }
+                    }
+                }
+            }
+            assert!(Instant::now() < until, "no bootstrap token was written and accepted");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn start(&mut self, id: u64) {
@@ -73,8 +110,8 @@ impl Cluster {
         child.wait().unwrap();
     }
 
-    fn endpoint(&self, id: u64) -> String {
-        format!("http://{}", self.addrs[id as usize - 1])
+    fn endpoint(&self, id: u64) -> Ep {
+        Ep { url: format!("http://{}", self.addrs[id as usize - 1]), bearer: Bearer::new(Some(&self.secret)).unwrap() }
     }
 }
 
@@ -87,11 +124,12 @@ impl Drop for Cluster {
     }
 }
 
-async fn connect(endpoint: &str) -> Option<Channel> {
-    Channel::from_shared(endpoint.to_owned()).ok()?.connect_timeout(Duration::from_millis(300)).connect().await.ok()
+async fn connect(endpoint: &Ep) -> Option<Authed> {
+    let channel = Channel::from_shared(endpoint.url.clone()).ok()?.connect_timeout(Duration::from_millis(300));
+    Some(authed(channel.connect().await.ok()?, endpoint.bearer.clone()))
 }
 
-async fn status(endpoint: &str) -> Option<ClusterStatusResponse> {
+async fn status(endpoint: &Ep) -> Option<ClusterStatusResponse> {
     let mut admin = AdminServiceClient::new(connect(endpoint).await?);
     admin.cluster_status(ClusterStatusRequest {}).await.ok().map(|r| r.into_inner())
 }
@@ -114,7 +152,7 @@ async fn leader(c: &Cluster) -> u64 {
 /// Submits until acknowledged, rotating over the replicas; the request id makes retries safe.
 /// A request in flight to the replica that is killed ends `Cancelled` (its connection closed)
 /// or `Unknown`; one to a replica without a leader ends `Unavailable`: all are retried.
-async fn submit(endpoints: &[String], name: String, start: usize) -> u64 {
+async fn submit(endpoints: &[Ep], name: String, start: usize) -> u64 {
     use tonic::Code::{Cancelled, Unavailable, Unknown};
     let req = SubmitRequest { jobs: vec![gpu_job(&name, "research", 1, &["train"])], request_id: name.clone() };
     for attempt in 0..400 {
@@ -131,7 +169,7 @@ async fn submit(endpoints: &[String], name: String, start: usize) -> u64 {
     panic!("{name} was never acknowledged")
 }
 
-async fn register_node(endpoint: &str, name: &str) {
+async fn register_node(endpoint: &Ep, name: &str) {
     let inventory = gpu_inventory(name, 8, MODEL);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(AgentMessage { body: Some(Up::Register(Register { inventory: Some(inventory), ..Register::default() })) })
@@ -142,7 +180,7 @@ async fn register_node(endpoint: &str, name: &str) {
     assert!(down.message().await.unwrap().is_some(), "registered");
 }
 
-async fn all_jobs(endpoint: &str) -> Vec<Job> {
+async fn all_jobs(endpoint: &Ep) -> Vec<Job> {
     let mut jobs = JobServiceClient::new(connect(endpoint).await.unwrap());
     let (mut out, mut token) = (Vec::new(), String::new());
     loop {
@@ -169,20 +207,25 @@ async fn with_team(c: &Cluster) -> u64 {
     first
 }
 
-/// `qm ARGS` (a client command), which must succeed.
-async fn qm_ok(args: Vec<String>) {
-    let out = tokio::task::spawn_blocking(move || Command::new(env!("CARGO_BIN_EXE_qm")).args(&args).output())
-        .await
-        .unwrap()
-        .expect("qm runs");
+/// `qm ARGS` (a client command) with the admin token in `QM_TOKEN`, which must succeed.
+async fn qm_ok(c: &Cluster, args: Vec<String>) {
+    let token = c.secret.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_qm")).args(&args).env("QM_TOKEN", token).output()
+    })
+    .await
+    .unwrap()
+    .expect("qm runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// `qm status --json` through the replica at `addr`: whether each member answered.
-async fn qm_status_reachable(addr: &str) -> BTreeMap<u64, bool> {
+async fn qm_status_reachable(c: &Cluster, addr: &str) -> BTreeMap<u64, bool> {
     let server = format!("--server={addr}");
+    let token = c.secret.clone();
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_qm")).args(["status", "--json", &server]).output().expect("qm runs")
+        let mut qm = Command::new(env!("CARGO_BIN_EXE_qm"));
+        qm.args(["status", "--json", &server]).env("QM_TOKEN", token).output().expect("qm runs")
     })
     .await
     .unwrap();
@@ -194,7 +237,7 @@ async fn qm_status_reachable(addr: &str) -> BTreeMap<u64, bool> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_processes_survive_a_leader_killed_mid_stream() {
-    let mut c = Cluster::new();
+    let mut c = Cluster::new().await;
     let first = leader(&c).await;
     let lead = c.endpoint(first);
     let mut admin = AdminServiceClient::new(connect(&lead).await.unwrap());
@@ -202,7 +245,7 @@ async fn three_processes_survive_a_leader_killed_mid_stream() {
     register_node(&lead, "node-a").await;
     register_node(&lead, "node-b").await;
 
-    let endpoints: Vec<String> = (1..=3).map(|id| c.endpoint(id)).collect();
+    let endpoints: Vec<Ep> = (1..=3).map(|id| c.endpoint(id)).collect();
     let acked = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
     let count = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::new();
@@ -224,7 +267,7 @@ async fn three_processes_survive_a_leader_killed_mid_stream() {
     let at_kill = count.load(Ordering::Relaxed);
     let second = leader(&c).await;
     assert_ne!(second, first);
-    let reachable = qm_status_reachable(&c.addrs[second as usize - 1].to_string()).await;
+    let reachable = qm_status_reachable(&c, &c.addrs[second as usize - 1].to_string()).await;
     let expected: BTreeMap<u64, bool> = (1..=3).map(|id| (id, id != first)).collect();
     assert_eq!(reachable, expected, "qm status marks the killed replica unreachable");
     for client in clients {
@@ -281,20 +324,20 @@ async fn three_processes_survive_a_leader_killed_mid_stream() {
 /// order; the replacement catches up to the others' state and serves writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_whose_disk_is_lost_is_replaced_as_the_operations_guide_says() {
-    let mut c = Cluster::new();
+    let mut c = Cluster::new().await;
     let first = with_team(&c).await;
-    let endpoints: Vec<String> = (1..=3).map(|id| c.endpoint(id)).collect();
+    let endpoints: Vec<Ep> = (1..=3).map(|id| c.endpoint(id)).collect();
     for i in 0..300 {
         submit(&endpoints, format!("before-{i}"), i).await;
     }
     let lost = (1..=3).find(|&id| id != first).unwrap();
     c.kill(lost);
     let servers = format!("--server={}", c.addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
-    qm_ok(vec!["admin".into(), "members".into(), "remove".into(), format!("--id={lost}"), servers.clone()]).await;
+    qm_ok(&c, vec!["admin".into(), "members".into(), "remove".into(), format!("--id={lost}"), servers.clone()]).await;
     std::fs::remove_dir_all(c.dir.path().join(lost.to_string())).unwrap();
     c.start_with(lost, &["--join"]);
     let address = format!("--address={}", c.addrs[lost as usize - 1]);
-    qm_ok(vec!["admin".into(), "members".into(), "add".into(), format!("--id={lost}"), address, servers]).await;
+    qm_ok(&c, vec!["admin".into(), "members".into(), "add".into(), format!("--id={lost}"), address, servers]).await;
 
     let until = Instant::now() + Duration::from_secs(30);
     loop {
@@ -322,9 +365,9 @@ async fn a_replica_whose_disk_is_lost_is_replaced_as_the_operations_guide_says()
 /// before the loss is in the new cluster, which serves writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_that_lost_its_majority_is_rebuilt_as_the_operations_guide_says() {
-    let mut c = Cluster::new();
+    let mut c = Cluster::new().await;
     let first = with_team(&c).await;
-    let endpoints: Vec<String> = (1..=3).map(|id| c.endpoint(id)).collect();
+    let endpoints: Vec<Ep> = (1..=3).map(|id| c.endpoint(id)).collect();
     let mut acked = BTreeSet::new();
     for i in 0..50 {
         submit(&endpoints, format!("acked-{i}"), i).await;
@@ -334,13 +377,16 @@ async fn a_cluster_that_lost_its_majority_is_rebuilt_as_the_operations_guide_say
     for id in (1..=3).filter(|&id| id != survivor) {
         c.kill(id);
     }
-    qm_ok(vec!["status".into(), format!("--server={}", c.addrs[survivor as usize - 1])]).await;
+    qm_ok(&c, vec!["status".into(), format!("--server={}", c.addrs[survivor as usize - 1])]).await;
     c.kill(survivor);
     let rescue = c.dir.path().join("rescue.qmrs");
     let data = c.dir.path().join(survivor.to_string());
     let (data, out) = (data.to_str().unwrap().to_owned(), rescue.to_str().unwrap().to_owned());
-    qm_ok(vec!["admin".into(), "snapshot".into(), "export".into(), format!("--data={data}"), format!("--out={out}")])
-        .await;
+    qm_ok(
+        &c,
+        vec!["admin".into(), "snapshot".into(), "export".into(), format!("--data={data}"), format!("--out={out}")],
+    )
+    .await;
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&rescue).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "a backup holds every job's environment: its owner alone reads it");
     for id in 1..=3 {
@@ -351,6 +397,45 @@ async fn a_cluster_that_lost_its_majority_is_rebuilt_as_the_operations_guide_say
     let names: BTreeSet<String> =
         all_jobs(&c.endpoint(second)).await.into_iter().map(|j| j.spec.unwrap().name).collect();
     assert!(acked.is_subset(&names), "every acknowledged job is in the new cluster");
-    let endpoints: Vec<String> = (1..=3).map(|id| c.endpoint(id)).collect();
+    let endpoints: Vec<Ep> = (1..=3).map(|id| c.endpoint(id)).collect();
     submit(&endpoints, "after".into(), 0).await;
+}
+
+/// A token created through one replica is accepted at once by every replica (a replica that
+/// has not applied it yet looks again after a read barrier); a token revoked through one
+/// replica is refused at once by every replica, for reads and for writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_created_and_revoked_through_one_replica_hold_on_every_replica_at_once() {
+    let c = Cluster::new().await;
+    let first = with_team(&c).await;
+    let follower = (1..=3).find(|&id| id != first).unwrap();
+    let mut admin = AdminServiceClient::new(connect(&c.endpoint(follower)).await.unwrap());
+    let req = CreateTokenRequest {
+        name: "ci".into(),
+        role: Role::Member as i32,
+        teams: vec!["research".into()],
+        node: "".into(),
+    };
+    let secret = admin.create_token(req).await.unwrap().into_inner().secret;
+    let as_ci = |id: u64| Ep { bearer: Bearer::new(Some(&secret)).unwrap(), ..c.endpoint(id) };
+    for id in 1..=3 {
+        let mut jobs = JobServiceClient::new(connect(&as_ci(id)).await.unwrap());
+        let job = SubmitRequest {
+            jobs: vec![gpu_job(&format!("ci-{id}"), "research", 1, &["t"])],
+            request_id: String::new(),
+        };
+        jobs.submit(job).await.unwrap_or_else(|s| panic!("replica {id}: {s:?}"));
+    }
+    admin.revoke_token(RevokeTokenRequest { name: "ci".into() }).await.unwrap();
+    for id in 1..=3 {
+        let mut jobs = JobServiceClient::new(connect(&as_ci(id)).await.unwrap());
+        let read = jobs.list(ListJobsRequest::default()).await.unwrap_err();
+        assert_eq!(read.code(), tonic::Code::Unauthenticated, "replica {id}: {read:?}");
+        let job = SubmitRequest { jobs: vec![gpu_job("late", "research", 1, &["t"])], request_id: String::new() };
+        let write = jobs.submit(job).await.unwrap_err();
+        assert_eq!(write.code(), tonic::Code::Unauthenticated, "replica {id}: {write:?}");
+    }
+    let names: BTreeSet<String> =
+        all_jobs(&c.endpoint(first)).await.into_iter().map(|j| j.spec.unwrap().name).collect();
+    assert_eq!(names, ["ci-1", "ci-2", "ci-3"].map(String::from).into());
 }

@@ -18,6 +18,8 @@ struct Fleet {
     dir: tempfile::TempDir,
     servers: Vec<(String, Option<Child>)>,
     agents: Vec<Option<Child>>,
+    /// The bootstrap admin token's file, in the data directory of the replica that led first.
+    token: std::cell::RefCell<Option<PathBuf>>,
 }
 
 fn free_addr() -> String {
@@ -53,8 +55,8 @@ impl Fleet {
             let child = spawn(&args, &dir.path().join(format!("server{}.log", i + 1)));
             servers.push((addr.clone(), Some(child)));
         }
-        let mut fleet = Self { dir, servers, agents: Vec::new() };
-        fleet.wait(|f| f.qm(&["status"]).status.success(), "the replicas serve");
+        let mut fleet = Self { dir, servers, agents: Vec::new(), token: Default::default() };
+        fleet.wait(|f| f.find_token(), "the replicas serve and accept the bootstrap token");
         let applied = fleet.qm(&["apply", "-f", "examples/teams.toml"]);
         assert!(applied.status.success(), "{}", text(&applied.stderr));
         for team in ["research", "product"] {
@@ -66,6 +68,18 @@ impl Fleet {
         }
         fleet.wait(|f| f.json(&["nodes", "--json"]).as_array().is_some_and(|n| n.len() == agents), "agents registered");
         fleet
+    }
+
+    /// Whether a replica's `admin.token` is accepted (the first one that is becomes the fleet's).
+    fn find_token(&self) -> bool {
+        for i in 1..=3 {
+            let file = self.dir.path().join(format!("server{i}")).join("admin.token");
+            *self.token.borrow_mut() = Some(file.clone());
+            if file.exists() && self.qm(&["admin", "tokens", "whoami"]).status.success() {
+                return true;
+            }
+        }
+        false
     }
 
     fn inventory(&self, n: usize) -> PathBuf {
@@ -83,8 +97,24 @@ impl Fleet {
         std::fs::write(self.inventory(n), devices).unwrap();
     }
 
+    /// Starts agent `n`, with an agent token of its own (created the first time), as the
+    /// operations guide says.
     fn start_agent(&mut self, n: usize) {
         self.write_inventory(n, &[]);
+        let token = self.dir.path().join(format!("agent{n}.token"));
+        if !token.exists() {
+            let name = format!("node{n}");
+            self.ok(&[
+                "admin",
+                "tokens",
+                "create",
+                &format!("agent-{name}"),
+                "--agent",
+                &name,
+                "--out",
+                token.to_str().unwrap(),
+            ]);
+        }
         let servers: Vec<&str> = self.servers.iter().map(|(a, _)| a.as_str()).collect();
         let server = format!("--server={}", servers.join(","));
         let (name, data) = (format!("node{n}"), self.dir.path().join(format!("agent{n}")));
@@ -105,6 +135,8 @@ impl Fleet {
             "--no-nvml",
             "--no-pci",
             "--no-cgroups",
+            "--token-file",
+            token.to_str().unwrap(),
         ];
         self.agents[n] = Some(spawn(&args, &self.dir.path().join(format!("agent{n}.log"))));
     }
@@ -118,7 +150,8 @@ impl Fleet {
 
     fn qm(&self, args: &[&str]) -> std::process::Output {
         let live: Vec<&str> = self.servers.iter().filter(|(_, c)| c.is_some()).map(|(a, _)| a.as_str()).collect();
-        qm_env(args, &[("QM_SERVER", &live.join(","))])
+        let token = self.token.borrow().clone().unwrap_or_default();
+        qm_env(args, &[("QM_SERVER", &live.join(",")), ("QM_TOKEN_FILE", token.to_str().unwrap())])
     }
 
     fn ok(&self, args: &[&str]) -> String {

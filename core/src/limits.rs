@@ -48,7 +48,9 @@ fn host(cpu_field: &str, cpu_millis: u64, mem_field: &str, mem_mib: u64) -> Resu
     Ok(())
 }
 
-pub(crate) fn name(field: &str, value: &str) -> Result<(), FieldError> {
+/// Checks a name (of a job, team, node, ...): not blank, at most `MAX_NAME_BYTES`, no control
+/// characters.
+pub fn name(field: &str, value: &str) -> Result<(), FieldError> {
     // Bytewise for an ASCII name (every job has two): blankness is decided by the first byte
     // that is not white space, usually the first.
     let (blank, control) = if value.is_ascii() {

@@ -5,8 +5,10 @@
 //!   servers for `JobService`, `AdminService`, `AgentService` and `RaftService`).
 //! - [`convert`]: proto to core (validating: bad input becomes a `ConvertError` naming the
 //!   field and the reason) and core to proto.
+//! - [`auth`]: the client's bearer token (an interceptor) and the channel type that carries it.
 //! - [`build`]: builders of common messages (a GPU job, a node inventory, a team).
 
+pub mod auth;
 pub mod build;
 pub mod convert;
 

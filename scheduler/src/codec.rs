@@ -1,18 +1,35 @@
 //! What travels inside Raft: a log entry's data is a batch of proposals (format version byte,
 //! then postcard), and a snapshot's data is the replica's state machine (magic, version, then
-//! postcard of the core state's own snapshot and the request-id table).
+//! postcard of the core state's own snapshot, the request-id table, the members and the tokens).
+//! Version 1 of both (before tokens) is still read.
 
+use crate::access::tokens::{AccessCommand, Digest, Tokens};
 use qm_core::{Command, JobId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// Version of the entry format this release writes and reads.
-pub const ENTRY_VERSION: u8 = 1;
+/// Version of the entry format this release writes; it reads this one and 1 (whose proposals
+/// carry core commands only).
+pub const ENTRY_VERSION: u8 = 2;
+/// The first entry format.
+const ENTRY_V1: u8 = 1;
 /// Magic of a state-machine snapshot.
 pub const SNAPSHOT_MAGIC: &[u8; 4] = b"QMRS";
-/// Version of the state-machine snapshot format.
-pub const SNAPSHOT_VERSION: u16 = 1;
+/// Version of the state-machine snapshot format this release writes; it reads this one and 1
+/// (which holds no tokens).
+pub const SNAPSHOT_VERSION: u16 = 2;
+/// The first snapshot format.
+const SNAPSHOT_V1: u16 = 1;
+
+/// What a proposal changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// The scheduler's state.
+    Core(Command),
+    /// The tokens.
+    Access(AccessCommand),
+}
 
 /// One client command in a log entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,8 +40,27 @@ pub struct Proposal {
     pub seq: u64,
     /// The client's token for retries of a submission.
     pub request_id: Option<String>,
-    /// The command.
-    pub command: Command,
+    /// The hash of the bearer token the change was asked with: refused when the token is
+    /// revoked by the time the change applies (so a replica that admitted it before it heard of
+    /// the revocation cannot slip it in). None for the replicas' own changes and insecure ones.
+    pub by: Option<Digest>,
+    /// The change.
+    pub op: Op,
+}
+
+/// A proposal of the first entry format.
+#[derive(Serialize, Deserialize)]
+struct ProposalV1 {
+    origin: u64,
+    seq: u64,
+    request_id: Option<String>,
+    command: Command,
+}
+
+impl From<ProposalV1> for Proposal {
+    fn from(p: ProposalV1) -> Self {
+        Proposal { origin: p.origin, seq: p.seq, request_id: p.request_id, by: None, op: Op::Core(p.command) }
+    }
 }
 
 /// Why entry or snapshot data does not decode.
@@ -85,9 +121,12 @@ impl postcard::ser_flavors::Flavor for Appender {
 
 /// Decodes entry data.
 pub fn decode_batch(data: &[u8]) -> Result<Vec<Proposal>, CodecError> {
+    let bad = |e: postcard::Error| CodecError::Decode { what: "log entry", reason: e.to_string() };
     match data.split_first() {
-        Some((&ENTRY_VERSION, body)) => {
-            postcard::from_bytes(body).map_err(|e| CodecError::Decode { what: "log entry", reason: e.to_string() })
+        Some((&ENTRY_VERSION, body)) => postcard::from_bytes(body).map_err(bad),
+        Some((&ENTRY_V1, body)) => {
+            let v1: Vec<ProposalV1> = postcard::from_bytes(body).map_err(bad)?;
+            Ok(v1.into_iter().map(Proposal::from).collect())
         }
         Some((&v, _)) => {
             Err(CodecError::Version { what: "log entry", found: u32::from(v), known: u32::from(ENTRY_VERSION) })
@@ -219,6 +258,7 @@ struct SnapshotBodyRef<'a> {
     state: &'a [u8],
     dedup: &'a Dedup,
     members: &'a Members,
+    tokens: &'a Tokens,
 }
 
 /// A snapshot's body as read.
@@ -228,6 +268,27 @@ struct SnapshotBody<'a> {
     state: &'a [u8],
     dedup: Dedup,
     members: Members,
+    tokens: Tokens,
+}
+
+/// A snapshot's body of the first format.
+#[derive(Deserialize)]
+struct SnapshotBodyV1<'a> {
+    #[serde(borrow)]
+    state: &'a [u8],
+    dedup: Dedup,
+    members: Members,
+}
+
+/// What a snapshot holds besides the core state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Replicated {
+    /// Request ids seen.
+    pub dedup: Dedup,
+    /// Voters and their addresses.
+    pub members: Members,
+    /// Bearer tokens.
+    pub tokens: Tokens,
 }
 
 /// Bytes as one length and a copy (postcard writes a `Vec<u8>` the same way, byte by byte).
@@ -239,26 +300,34 @@ fn as_bytes<S: serde::Serializer>(bytes: &&[u8], serializer: S) -> Result<S::Ok,
 pub type Members = BTreeMap<u64, String>;
 
 /// Encodes a state-machine snapshot from a cut of the core state.
-pub fn encode_snapshot(state: &qm_core::StateCut, dedup: &Dedup, members: &Members) -> Vec<u8> {
+pub fn encode_snapshot(state: &qm_core::StateCut, rest: &Replicated) -> Vec<u8> {
     let mut out = SNAPSHOT_MAGIC.to_vec();
     out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-    let body = SnapshotBodyRef { state: &state.to_bytes(), dedup, members };
+    let body =
+        SnapshotBodyRef { state: &state.to_bytes(), dedup: &rest.dedup, members: &rest.members, tokens: &rest.tokens };
     encode_after(out, &body)
 }
 
 /// Decodes a state-machine snapshot.
-pub fn decode_snapshot(data: &[u8]) -> Result<(qm_core::State, Dedup, Members), CodecError> {
+pub fn decode_snapshot(data: &[u8]) -> Result<(qm_core::State, Replicated), CodecError> {
     let bad = |reason: String| CodecError::Decode { what: "snapshot", reason };
     if data.len() < 6 || &data[..4] != SNAPSHOT_MAGIC {
         return Err(bad("it does not start with QMRS".into()));
     }
     let found = u16::from_le_bytes([data[4], data[5]]);
-    if found != SNAPSHOT_VERSION {
-        return Err(CodecError::Version { what: "snapshot", found: found.into(), known: SNAPSHOT_VERSION.into() });
-    }
-    let body: SnapshotBody = postcard::from_bytes(&data[6..]).map_err(|e| bad(e.to_string()))?;
-    let state = qm_core::State::from_bytes(body.state).map_err(|e| bad(e.to_string()))?;
-    Ok((state, body.dedup, body.members))
+    let (state, rest) = match found {
+        SNAPSHOT_VERSION => {
+            let b: SnapshotBody = postcard::from_bytes(&data[6..]).map_err(|e| bad(e.to_string()))?;
+            (b.state, Replicated { dedup: b.dedup, members: b.members, tokens: b.tokens })
+        }
+        SNAPSHOT_V1 => {
+            let b: SnapshotBodyV1 = postcard::from_bytes(&data[6..]).map_err(|e| bad(e.to_string()))?;
+            (b.state, Replicated { dedup: b.dedup, members: b.members, tokens: Tokens::default() })
+        }
+        _ => return Err(CodecError::Version { what: "snapshot", found: found.into(), known: SNAPSHOT_VERSION.into() }),
+    };
+    let state = qm_core::State::from_bytes(state).map_err(|e| bad(e.to_string()))?;
+    Ok((state, rest))
 }
 
 #[cfg(test)]
@@ -267,12 +336,22 @@ mod tests {
 
     #[test]
     fn batches_round_trip_and_unknown_versions_are_refused() {
-        let batch = vec![Proposal {
-            origin: 2,
-            seq: 7,
-            request_id: Some("r1".into()),
-            command: Command::Cancel { job: JobId(3), at_ms: 9 },
-        }];
+        let batch = vec![
+            Proposal {
+                origin: 2,
+                seq: 7,
+                request_id: Some("r1".into()),
+                by: None,
+                op: Op::Core(Command::Cancel { job: JobId(3), at_ms: 9 }),
+            },
+            Proposal {
+                origin: 2,
+                seq: 8,
+                request_id: None,
+                by: Some([1; 32]),
+                op: Op::Access(AccessCommand::Revoke { name: "ci".into() }),
+            },
+        ];
         let data = encode_batch(&batch);
         assert_eq!(decode_batch(&data).unwrap(), batch);
         let stored = postcard::to_extend(&batch, vec![ENTRY_VERSION]).unwrap();
@@ -282,6 +361,15 @@ mod tests {
         assert!(decode_batch(&future).unwrap_err().to_string().contains("format version 9"));
         assert!(decode_batch(&data[..data.len() - 1]).is_err());
         assert!(decode_batch(&[]).unwrap().is_empty(), "raft's empty entries carry no proposals");
+    }
+
+    #[test]
+    fn entries_of_the_first_format_read_as_core_commands() {
+        let command = Command::Cancel { job: JobId(3), at_ms: 9 };
+        let v1 = vec![ProposalV1 { origin: 2, seq: 7, request_id: Some("r1".into()), command: command.clone() }];
+        let data = postcard::to_extend(&v1, vec![ENTRY_V1]).unwrap();
+        let want = Proposal { origin: 2, seq: 7, request_id: Some("r1".into()), by: None, op: Op::Core(command) };
+        assert_eq!(decode_batch(&data).unwrap(), vec![want]);
     }
 
     /// The request-id table as the first format held it (an ordered map), for both directions.
@@ -310,21 +398,19 @@ mod tests {
     }
 
     #[test]
-    fn snapshots_read_as_the_first_format_and_read_it() {
+    fn snapshots_of_the_first_format_read_with_no_tokens() {
         let mut dedup = Dedup::default();
         for (id, job) in [("b", 1), ("a", 2), ("c", 3)] {
             dedup.insert(id.into(), vec![JobId(job)]);
         }
         let state = qm_core::State::new();
         let members = Members::from([(1, "127.0.0.1:7000".to_owned()), (2, "127.0.0.1:7001".to_owned())]);
-        let ours = encode_snapshot(&state.cut(), &dedup, &members);
-        let read_by_first: FirstBody = postcard::from_bytes(&ours[6..]).unwrap();
-        assert_eq!(read_by_first, first_body(&state, &members));
         let mut first = SNAPSHOT_MAGIC.to_vec();
-        first.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        first.extend_from_slice(&SNAPSHOT_V1.to_le_bytes());
         let first = postcard::to_extend(&first_body(&state, &members), first).unwrap();
-        let (back, d, m) = decode_snapshot(&first).unwrap();
-        assert_eq!((back.hash(), d, m), (state.hash(), dedup, members));
+        let (back, rest) = decode_snapshot(&first).unwrap();
+        assert_eq!(back.hash(), state.hash());
+        assert_eq!(rest, Replicated { dedup, members, tokens: Tokens::default() });
     }
 
     #[test]
@@ -374,14 +460,18 @@ mod tests {
         dedup.insert("r".into(), vec![JobId(1)]);
         let state = qm_core::State::new();
         let members = Members::from([(1, "127.0.0.1:7000".to_owned())]);
-        let data = encode_snapshot(&state.cut(), &dedup, &members);
-        let (back, d, m) = decode_snapshot(&data).unwrap();
+        let mut tokens = Tokens::default();
+        tokens.apply(AccessCommand::Bootstrap { hash: [7; 32], at_ms: 5 }).unwrap();
+        let rest = Replicated { dedup, members, tokens };
+        let data = encode_snapshot(&state.cut(), &rest);
+        let (back, read) = decode_snapshot(&data).unwrap();
         assert_eq!(back.hash(), state.hash());
-        assert_eq!((d, m), (dedup, members));
+        assert_eq!(read, rest);
+        assert_eq!(read.tokens.find(&[7; 32]).map(|r| r.name.as_str()), Some("bootstrap"), "the hash index is rebuilt");
         assert!(decode_snapshot(b"nope").is_err());
         let mut newer = data.clone();
-        newer[4] = 2;
-        assert!(decode_snapshot(&newer).unwrap_err().to_string().contains("format version 2"));
+        newer[4] = 3;
+        assert!(decode_snapshot(&newer).unwrap_err().to_string().contains("format version 3"));
     }
 
     #[test]

@@ -1,8 +1,21 @@
-//! The replicated state machine: committed proposals applied to `qm_core::State`, in log order,
-//! on every replica alike. A retried submission (same request id) gets the first answer.
+//! The replicated state machine: committed proposals applied to `qm_core::State` (or to the
+//! tokens), in log order, on every replica alike. A retried submission (same request id) gets
+//! the first answer.
 
-use crate::codec::{decode_snapshot, encode_snapshot, CodecError, Dedup, Members, Proposal};
+use crate::access::tokens::{AccessError, Tokens};
+use crate::codec::{decode_snapshot, encode_snapshot, CodecError, Dedup, Members, Op, Proposal, Replicated};
 use qm_core::{ApplyError, Command, JobId, JobSpec, Outcome, State};
+
+/// Why a proposal was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// By the scheduler's state.
+    #[error(transparent)]
+    Core(#[from] ApplyError),
+    /// By the tokens.
+    #[error(transparent)]
+    Access(#[from] AccessError),
+}
 
 /// What applying one proposal gave, for the replica that proposed it.
 #[derive(Debug)]
@@ -11,8 +24,8 @@ pub struct Applied {
     pub origin: u64,
     /// Its sequence number.
     pub seq: u64,
-    /// The command's outcome, or why the state refused it.
-    pub result: Result<Outcome, ApplyError>,
+    /// The command's outcome, or why it was refused.
+    pub result: Result<Outcome, Refused>,
     /// When the command happened, when it carries its time.
     pub at_ms: Option<u64>,
 }
@@ -28,28 +41,29 @@ pub struct Fsm {
     pub applied: u64,
     /// Voters and their addresses.
     pub members: Members,
+    /// Bearer tokens.
+    pub tokens: Tokens,
 }
 
 /// What a snapshot holds, as of the moment `Fsm::cut` was called.
 #[derive(Clone, Debug)]
 pub struct FsmCut {
     state: qm_core::StateCut,
-    dedup: Dedup,
-    members: Members,
+    rest: Replicated,
 }
 
 impl FsmCut {
     /// The snapshot bytes.
     pub fn encode(&self) -> Vec<u8> {
-        encode_snapshot(&self.state, &self.dedup, &self.members)
+        encode_snapshot(&self.state, &self.rest)
     }
 }
 
 impl Fsm {
     /// The state machine a snapshot holds, as of log index `index`.
     pub fn restore(data: &[u8], index: u64) -> Result<Self, CodecError> {
-        let (state, dedup, members) = decode_snapshot(data)?;
-        Ok(Self { state, dedup, applied: index, members })
+        let (state, rest) = decode_snapshot(data)?;
+        Ok(Self { state, dedup: rest.dedup, applied: index, members: rest.members, tokens: rest.tokens })
     }
 
     /// Encodes the state machine for a snapshot.
@@ -60,7 +74,8 @@ impl Fsm {
     /// A consistent copy of what a snapshot holds, cheap to take (it shares jobs, nodes and
     /// request ids with the live state), to encode without holding the state's lock.
     pub fn cut(&self) -> FsmCut {
-        FsmCut { state: self.state.cut(), dedup: self.dedup.clone(), members: self.members.clone() }
+        let rest = Replicated { dedup: self.dedup.clone(), members: self.members.clone(), tokens: self.tokens.clone() };
+        FsmCut { state: self.state.cut(), rest }
     }
 
     /// Records a membership change applied at `index`: the member's address is added or
@@ -81,8 +96,18 @@ impl Fsm {
     }
 
     fn apply_one(&mut self, p: Proposal) -> Applied {
-        let at_ms = p.command.at_ms();
-        let seen = match (&p.request_id, &p.command) {
+        if p.by.is_some_and(|h| self.tokens.find(&h).is_none()) {
+            return Applied { origin: p.origin, seq: p.seq, result: Err(AccessError::Revoked.into()), at_ms: None };
+        }
+        let command = match p.op {
+            Op::Core(c) => c,
+            Op::Access(c) => {
+                let result = self.tokens.apply(c).map(|()| Outcome::default()).map_err(Refused::from);
+                return Applied { origin: p.origin, seq: p.seq, result, at_ms: None };
+            }
+        };
+        let at_ms = command.at_ms();
+        let seen = match (&p.request_id, &command) {
             (Some(id), Command::Submit { jobs, .. }) => {
                 self.dedup.get(id).map(|first| (id, first, self.same_jobs(first, jobs)))
             }
@@ -91,10 +116,10 @@ impl Fsm {
         let result = match seen {
             Some((_, first, true)) => Ok(Outcome { submitted: first.to_vec(), ..Outcome::default() }),
             Some((id, first, false)) => {
-                Err(ApplyError::RequestIdReused { request_id: id.clone(), jobs: first.to_vec() })
+                Err(ApplyError::RequestIdReused { request_id: id.clone(), jobs: first.to_vec() }.into())
             }
             None => {
-                let result = self.state.apply(p.command);
+                let result = self.state.apply(command).map_err(Refused::from);
                 if let (Some(id), Ok(out)) = (p.request_id, &result) {
                     if !out.submitted.is_empty() {
                         self.dedup.insert(id, out.submitted.clone());
@@ -129,8 +154,9 @@ mod tests {
         Proposal {
             origin: 1,
             seq,
+            by: None,
             request_id: request_id.map(str::to_owned),
-            command: Command::Submit { jobs: vec![spec], at_ms: seq },
+            op: Op::Core(Command::Submit { jobs: vec![spec], at_ms: seq }),
         }
     }
 
@@ -164,13 +190,31 @@ mod tests {
         let before = f.state.hash();
         let out = f.apply(2, vec![submit_named(2, Some("r"), "eval")]);
         let err = out[0].result.as_ref().unwrap_err();
-        assert_eq!(err, &ApplyError::RequestIdReused { request_id: "r".into(), jobs: vec![JobId(1)] });
+        assert_eq!(err, &Refused::Core(ApplyError::RequestIdReused { request_id: "r".into(), jobs: vec![JobId(1)] }));
         assert!(err.to_string().starts_with("request_id: \"r\" was used for a different submission"), "{err}");
         assert_eq!(f.state.hash(), before);
         let mut two = submit_named(3, Some("r"), "train");
-        let Command::Submit { jobs, .. } = &mut two.command else { unreachable!() };
+        let Op::Core(Command::Submit { jobs, .. }) = &mut two.op else { unreachable!() };
         jobs.push(jobs[0].clone());
         assert!(f.apply(3, vec![two])[0].result.is_err(), "more jobs than the first submission");
+    }
+
+    #[test]
+    fn a_change_asked_with_a_token_revoked_before_it_applies_is_refused() {
+        use crate::access::tokens::{digest, AccessCommand, TokenRecord};
+        let mut f = fsm();
+        let role = crate::access::Role::Member { teams: ["t".to_owned()].into() };
+        let ci = TokenRecord { name: "ci".into(), role, hash: digest("s"), created_ms: 0, created_by: String::new() };
+        let access = |c| Proposal { origin: 1, seq: 0, request_id: None, by: None, op: Op::Access(c) };
+        f.apply(1, vec![access(AccessCommand::Create(ci))]);
+        let by_ci = |seq| Proposal { by: Some(digest("s")), ..submit(seq, None) };
+        assert!(f.apply(2, vec![by_ci(2)])[0].result.is_ok());
+        let out = f.apply(3, vec![access(AccessCommand::Revoke { name: "ci".into() }), by_ci(3)]);
+        let before = f.state.hash();
+        assert_eq!(out[1].result, Err(Refused::Access(AccessError::Revoked)));
+        assert_eq!(f.state.jobs().len(), 1, "only the submission before the revocation");
+        assert_eq!(f.apply(4, vec![by_ci(4)])[0].result, Err(Refused::Access(AccessError::Revoked)));
+        assert_eq!(f.state.hash(), before);
     }
 
     #[test]
@@ -180,10 +224,11 @@ mod tests {
         let out = f.apply(
             1,
             vec![Proposal {
+                by: None,
                 origin: 3,
                 seq: 9,
                 request_id: None,
-                command: Command::Cancel { job: JobId(42), at_ms: 1 },
+                op: Op::Core(Command::Cancel { job: JobId(42), at_ms: 1 }),
             }],
         );
         assert_eq!((out[0].origin, out[0].seq), (3, 9));

@@ -2,6 +2,8 @@
 //! machine around `qm_core::State`, the leader's loops and the gRPC services.
 //!
 //! Module map:
+//! - `access`: bearer tokens and roles, the table of who may call what, and the layer that
+//!   checks every call; the cluster's first admin token.
 //! - `server`: a replica as a process: storage, node, transport, loops and one tonic server.
 //! - `node`: the raft-rs `RawNode` on its own thread (the Ready loop, batching, read barriers,
 //!   snapshots, membership) and `Handle`, through which everything else talks to it.
@@ -18,6 +20,7 @@
 //! - `dst`: the deterministic simulation of a cluster (replicas, agents, clients and faults in
 //!   one thread from a seed); `testing`: builders of jobs and teams for it and the tests.
 
+pub mod access;
 pub mod codec;
 pub mod dst;
 pub mod fsm;

@@ -121,10 +121,11 @@ mod tests {
             let members = vec![(1, "a:1".to_owned())];
             seed(&store, &backup(), &members).unwrap();
             let more = crate::codec::encode_batch(&[crate::codec::Proposal {
+                by: None,
                 origin: 1,
                 seq: 1,
                 request_id: None,
-                command: Command::Submit { jobs: vec![crate::testing::job_spec("t")], at_ms: 2 },
+                op: crate::codec::Op::Core(Command::Submit { jobs: vec![crate::testing::job_spec("t")], at_ms: 2 }),
             }]);
             let entry =
                 |index| raft::eraftpb::Entry { index, term: 1, data: more.clone().into(), ..Default::default() };

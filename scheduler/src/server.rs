@@ -1,7 +1,10 @@
 //! A replica as a process: sled storage in a data directory, the Raft node with the gRPC
 //! transport, the leader loop, node liveness, and one tonic server for `JobService`,
-//! `AdminService`, `AgentService` and `RaftService`. `run` returns when `shutdown` completes or the node stops on an error.
+//! `AdminService`, `AgentService` and `RaftService` behind the access layer (bearer tokens,
+//! unless `insecure`). `run` returns when `shutdown` completes or the node stops on an error.
 
+use crate::access::bootstrap;
+use crate::access::layer::{AccessLayer, Gate};
 use crate::leader::{self, LeaderConfig};
 use crate::node::{self, NodeConfig};
 use crate::service::admin::AdminServer;
@@ -44,6 +47,8 @@ pub struct ServerConfig {
     pub node_lease: Duration,
     /// A backup to start a new cluster from (the data directory must be empty).
     pub restore: Option<Vec<u8>>,
+    /// Serve every caller as an admin, without tokens (`--insecure`).
+    pub insecure: bool,
 }
 
 /// Why a replica stopped.
@@ -123,6 +128,13 @@ pub async fn run_notify(
     let agents = AgentServiceServer::new(agents).max_decoding_message_size(max);
     let raft = RaftServiceServer::new(RaftServer::new(id, cluster_id, handle.inbox().clone()))
         .max_decoding_message_size(64 * 1024 * 1024);
+    let gate = if config.insecure {
+        tracing::warn!("--insecure: every caller that reaches {bound} is an admin; no token is checked");
+        Gate::Open
+    } else {
+        Gate::Tokens(handle.clone())
+    };
+    let bootstrap = (!config.insecure).then(|| tokio::spawn(bootstrap::run(handle.clone(), config.data_dir.clone())));
     let watched = handle.clone();
     let fatal = async move {
         loop {
@@ -135,6 +147,7 @@ pub async fn run_notify(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serve = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(AccessLayer(gate))
         .add_service(jobs)
         .add_service(admin)
         .add_service(agents)
@@ -152,6 +165,9 @@ pub async fn run_notify(
     leader.abort();
     liveness.abort();
     dispatch.abort();
+    if let Some(b) = bootstrap {
+        b.abort();
+    }
     handle.stop();
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     match tokio::time::timeout(SHUTDOWN_GRACE, serving).await {

@@ -2,6 +2,10 @@
 //! leader's orders and reports back; bad requests are refused with the field named; a replica
 //! without a quorum answers `Unavailable` instead of hanging.
 
+mod common;
+
+use common::Replica;
+use qm_proto::auth::Authed;
 use qm_proto::build::{gpu_inventory, gpu_job, gpu_team};
 use qm_proto::v1::admin_service_client::AdminServiceClient;
 use qm_proto::v1::agent_message::Body as Up;
@@ -9,94 +13,20 @@ use qm_proto::v1::agent_service_client::AgentServiceClient;
 use qm_proto::v1::job_service_client::JobServiceClient;
 use qm_proto::v1::scheduler_message::Body as Down;
 use qm_proto::v1::*;
-use qm_scheduler::leader::LeaderConfig;
-use qm_scheduler::node::NodeConfig;
-use qm_scheduler::server::{run, ServerConfig};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 const MODEL: &str = "nvidia-h100-80gb-hbm3";
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-struct Replica {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
-}
-
-impl Replica {
-    /// Replica 1 of a cluster of `voters` (the others are not started).
-    fn start(voters: &[u64], max_message_bytes: usize) -> Self {
-        Self::start_from(voters, max_message_bytes, None)
-    }
-
-    /// Replica 1, restored from a backup when one is given.
-    fn start_from(voters: &[u64], max_message_bytes: usize, restore: Option<Vec<u8>>) -> Self {
-        Self::start_leased(voters, max_message_bytes, restore, Duration::from_millis(600))
-    }
-
-    /// Replica 1, whose nodes are lost after `node_lease` without a message from their agent.
-    fn start_leased(voters: &[u64], max_message_bytes: usize, restore: Option<Vec<u8>>, node_lease: Duration) -> Self {
-        let addr = free_addr();
-        let dir = tempfile::tempdir().unwrap();
-        let mut node = NodeConfig::new(1, voters.to_vec());
-        node.peers = voters.iter().map(|id| (*id, if *id == 1 { addr } else { free_addr() }.to_string())).collect();
-        node.tick = Duration::from_millis(10);
-        node.deadline = Duration::from_millis(800);
-        let config = ServerConfig {
-            node,
-            cluster_id: 1,
-            listen: addr,
-            data_dir: dir.path().to_owned(),
-            leader: LeaderConfig::default(),
-            max_message_bytes,
-            heartbeat: Duration::from_millis(100),
-            node_lease,
-            restore,
-        };
-        let (stop, rx) = oneshot::channel();
-        let task = tokio::spawn(async move {
-            run(config, async move {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        });
-        Self { addr, stop: Some(stop), task, _dir: dir }
-    }
-
-    async fn channel(&self) -> Channel {
-        let until = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Ok(c) = Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await {
-                return c;
-            }
-            assert!(Instant::now() < until, "the replica did not listen");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// A channel to the replica and its admin and job clients, once it leads and the team
-    /// "research" is set.
-    async fn serving(&self) -> (Channel, AdminServiceClient<Channel>, JobServiceClient<Channel>) {
-        let channel = self.channel().await;
-        let mut admin = AdminServiceClient::new(channel.clone());
-        wait_leader(&mut admin).await;
-        set_team(&mut admin).await;
-        (channel.clone(), admin, JobServiceClient::new(channel))
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap();
-    }
+/// A channel to the replica and its admin and job clients, once it leads and the team
+/// "research" is set.
+async fn serving(replica: &Replica) -> (Authed, AdminServiceClient<Authed>, JobServiceClient<Authed>) {
+    let channel = replica.channel().await;
+    let mut admin = AdminServiceClient::new(channel.clone());
+    wait_leader(&mut admin).await;
+    set_team(&mut admin).await;
+    (channel.clone(), admin, JobServiceClient::new(channel))
 }
 
 fn job(name: &str, gpus: u32) -> JobSpec {
@@ -107,7 +37,7 @@ fn inventory(name: &str, gpus: u32) -> NodeInventory {
     gpu_inventory(name, gpus, MODEL)
 }
 
-async fn wait_leader(admin: &mut AdminServiceClient<Channel>) {
+async fn wait_leader(admin: &mut AdminServiceClient<Authed>) {
     let until = Instant::now() + Duration::from_secs(5);
     while admin.cluster_status(ClusterStatusRequest {}).await.unwrap().into_inner().leader_id != 1 {
         assert!(Instant::now() < until, "no leader");
@@ -115,16 +45,16 @@ async fn wait_leader(admin: &mut AdminServiceClient<Channel>) {
     }
 }
 
-async fn set_team(admin: &mut AdminServiceClient<Channel>) {
+async fn set_team(admin: &mut AdminServiceClient<Authed>) {
     admin.set_team(SetTeamRequest { team: Some(gpu_team("research", MODEL, 8)) }).await.unwrap();
 }
 
-async fn state_of(jobs: &mut JobServiceClient<Channel>, id: u64) -> JobState {
+async fn state_of(jobs: &mut JobServiceClient<Authed>, id: u64) -> JobState {
     let job = jobs.get(GetJobRequest { job_id: id, consistency: 0 }).await.unwrap().into_inner().job.unwrap();
     JobState::try_from(job.state).unwrap()
 }
 
-async fn wait_state(jobs: &mut JobServiceClient<Channel>, id: u64, want: JobState) {
+async fn wait_state(jobs: &mut JobServiceClient<Authed>, id: u64, want: JobState) {
     let until = Instant::now() + Duration::from_secs(5);
     loop {
         let s = state_of(jobs, id).await;
@@ -142,11 +72,11 @@ struct FakeAgent {
 }
 
 impl FakeAgent {
-    async fn connect(channel: Channel, inv: NodeInventory) -> Self {
+    async fn connect(channel: Authed, inv: NodeInventory) -> Self {
         Self::register(channel, Register { inventory: Some(inv), ..Register::default() }).await
     }
 
-    async fn register(channel: Channel, register: Register) -> Self {
+    async fn register(channel: Authed, register: Register) -> Self {
         let (up, rx) = mpsc::channel(16);
         up.send(AgentMessage { body: Some(Up::Register(register)) }).await.unwrap();
         let down = AgentServiceClient::new(channel).session(ReceiverStream::new(rx)).await.unwrap().into_inner();
@@ -181,15 +111,15 @@ impl FakeAgent {
 /// One replica leading, the team set, and a fake agent of node-a (8 GPUs) registered.
 struct WithAgent {
     replica: Replica,
-    admin: AdminServiceClient<Channel>,
-    jobs: JobServiceClient<Channel>,
+    admin: AdminServiceClient<Authed>,
+    jobs: JobServiceClient<Authed>,
     agent: FakeAgent,
 }
 
 impl WithAgent {
     async fn start() -> Self {
         let replica = Replica::start(&[1], 4 * 1024 * 1024);
-        let (channel, admin, jobs) = replica.serving().await;
+        let (channel, admin, jobs) = serving(&replica).await;
         let agent = FakeAgent::connect(channel, inventory("node-a", 8)).await;
         Self { replica, admin, jobs, agent }
     }
@@ -246,7 +176,7 @@ async fn the_leader_orders_a_fake_agent_and_records_what_it_reports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_and_oversize_requests_are_refused_naming_the_field() {
     let replica = Replica::start(&[1], 64 * 1024);
-    let (_, mut admin, mut jobs) = replica.serving().await;
+    let (_, mut admin, mut jobs) = serving(&replica).await;
     let mut bad = job("bad", 1);
     bad.gang.as_mut().unwrap().replicas = 0;
     let err =
@@ -277,7 +207,8 @@ async fn bad_and_oversize_requests_are_refused_naming_the_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_without_quorum_answers_unavailable_within_its_deadline() {
-    let replica = Replica::start(&[1, 2, 3], 4 * 1024 * 1024);
+    // Insecure: a cluster that never had a leader has no token yet.
+    let replica = Replica::start_insecure(&[1, 2, 3], 4 * 1024 * 1024);
     let channel = replica.channel().await;
     let mut jobs = JobServiceClient::new(channel.clone());
     let started = Instant::now();
@@ -307,14 +238,17 @@ async fn a_backup_starts_a_new_cluster_with_the_same_state() {
         backup.extend(chunk.data);
     }
     let old_hash = admin.cluster_status(ClusterStatusRequest {}).await.unwrap().into_inner().state_hash;
+    let token = old.token().await;
     old.stop().await;
 
-    let new = Replica::start_from(&[1], 4 * 1024 * 1024, Some(backup));
+    let mut new = Replica::start_from(&[1], 4 * 1024 * 1024, Some(backup));
+    new.token = Some(token);
     let channel = new.channel().await;
     let mut admin = AdminServiceClient::new(channel.clone());
     wait_leader(&mut admin).await;
     let status = admin.cluster_status(ClusterStatusRequest {}).await.unwrap().into_inner();
     assert_eq!(status.state_hash, old_hash);
+    assert!(!new.dir.path().join("admin.token").exists(), "the tokens came with the backup: no new bootstrap");
     let listed = JobServiceClient::new(channel).list(ListJobsRequest::default()).await.unwrap().into_inner().jobs;
     assert_eq!(listed.len(), 50);
     let mut jobs = JobServiceClient::new(new.channel().await);
@@ -385,7 +319,7 @@ async fn reads_during_writes() -> (u64, u64) {
 }
 
 /// A job started on the fake agent's node, running.
-async fn running_job(jobs: &mut JobServiceClient<Channel>, agent: &mut FakeAgent, name: &str) -> (u64, Vec<String>) {
+async fn running_job(jobs: &mut JobServiceClient<Authed>, agent: &mut FakeAgent, name: &str) -> (u64, Vec<String>) {
     let id = jobs.submit(SubmitRequest { jobs: vec![job(name, 1)], request_id: String::new() }).await.unwrap();
     let id = id.into_inner().job_ids[0];
     let Down::Start(start) = agent.next().await else { panic!("expected a start order") };
@@ -449,7 +383,7 @@ fn labelled(i: usize) -> NodeInventory {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_larger_than_a_client_decodes_come_page_by_page() {
     let replica = Replica::start(&[1], 16 << 20);
-    let (channel, mut admin, mut jobs) = replica.serving().await;
+    let (channel, mut admin, mut jobs) = serving(&replica).await;
     for half in 0..2 {
         let batch = (half * 20..half * 20 + 20).map(large_job).collect();
         jobs.submit(SubmitRequest { jobs: batch, request_id: String::new() }).await.unwrap();
@@ -511,7 +445,7 @@ fn numbered(job_id: u64, phase: ReplicaPhase, seq: u64) -> ReplicaStatus {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_are_acknowledged_and_an_unrecorded_end_counts_at_the_next_registration() {
     let replica = Replica::start_leased(&[1], 4 * 1024 * 1024, None, Duration::from_secs(60));
-    let (channel, _, mut jobs) = replica.serving().await;
+    let (channel, _, mut jobs) = serving(&replica).await;
     let mut agent = FakeAgent::connect(channel.clone(), inventory("node-a", 8)).await;
     let mut ids = Vec::new();
     for (seq, name) in [(1, "ends-unseen"), (2, "stops-unseen")] {
@@ -546,7 +480,7 @@ async fn garbage_on_the_port_leaves_the_replica_serving_and_its_state_unchanged(
     use rand::{Rng, SeedableRng};
     use tokio::io::AsyncWriteExt;
     let replica = Replica::start(&[1], 64 * 1024);
-    let (_, mut admin, mut jobs) = replica.serving().await;
+    let (_, mut admin, mut jobs) = serving(&replica).await;
     jobs.submit(SubmitRequest { jobs: vec![job("kept", 1)], request_id: String::new() }).await.unwrap();
     let hash = |s: ClusterStatusResponse| (s.leader_id, s.state_hash);
     let before = hash(admin.cluster_status(ClusterStatusRequest {}).await.unwrap().into_inner());

@@ -145,6 +145,7 @@ async fn main() {
     let data = dir.path().join("data");
     let mut server = Command::new(&a.qm)
         .args(["server", "--id", "1", "--listen", &addr.to_string(), "--data", data.to_str().expect("utf-8")])
+        .arg("--insecure")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -43,7 +43,7 @@ struct Replicas {
 impl Replicas {
     fn spawn(&mut self, id: usize, join: bool) {
         let mut cmd = Command::new(&self.qm);
-        cmd.args(["server", "--id", &id.to_string(), "--listen", &self.addrs[id - 1].to_string()]);
+        cmd.args(["server", "--id", &id.to_string(), "--listen", &self.addrs[id - 1].to_string(), "--insecure"]);
         for (i, a) in self.addrs.iter().enumerate() {
             cmd.args(["--peer", &format!("{}={a}", i + 1)]);
         }

@@ -108,6 +108,7 @@ async fn main() {
                         .map(String::from)
                         .to_vec();
                 args.extend(peers.iter().cloned());
+                args.push("--insecure".into());
                 start(&a.qm, &args)
             })
             .collect(),

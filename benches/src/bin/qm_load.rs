@@ -17,8 +17,14 @@
 //! - with `--phases large`: twelve clients submitting 15 MB each at once (125 jobs whose command
 //!   and environment hold 60,000 bytes each), half through a follower: the time until all are
 //!   acknowledged, the retries, and the elections meanwhile (there should be none).
+//! - with `--phases access`: the 64-client submission rate with tokens checked and with
+//!   `--insecure`, on fresh clusters taken in turn (three rounds), and the ratio of the medians.
+//!
+//! The replicas check tokens (the default of `qm server`; the driver sends the bootstrap admin
+//! token) unless `--insecure` is given.
 
 use qm_benches::procfs::{cpu_seconds, percentile, rss_kib};
+use qm_proto::auth::{authed, Authed, Bearer};
 use qm_proto::build::{gpu_inventory, gpu_job, gpu_team};
 use qm_proto::v1::admin_service_client::AdminServiceClient;
 use qm_proto::v1::agent_message::Body as Up;
@@ -59,6 +65,9 @@ struct Args {
     /// Keep each replica's log (stderr) in this directory, as `PORT.log`; discarded otherwise.
     #[arg(long)]
     logs: Option<std::path::PathBuf>,
+    /// Start the replicas with `--insecure` (no tokens checked).
+    #[arg(long)]
+    insecure: bool,
 }
 
 /// A group of measurements, each on its own fresh cluster.
@@ -72,6 +81,15 @@ enum Phase {
     Memory,
     /// Twelve clients submitting 15 MB each at once, half of them through a follower.
     Large,
+    /// The 64-client submission rate with and without token checks.
+    Access,
+}
+
+/// A replica's gRPC endpoint and the token its clients send.
+#[derive(Clone, Debug)]
+struct Ep {
+    url: String,
+    bearer: Bearer,
 }
 
 struct Cluster {
@@ -80,17 +98,45 @@ struct Cluster {
     addrs: Vec<SocketAddr>,
     dir: tempfile::TempDir,
     procs: BTreeMap<u64, Child>,
+    insecure: bool,
+    bearer: Bearer,
 }
 
 impl Cluster {
-    fn start(a: &Args, base_port: u16) -> Self {
+    /// Three replicas, with tokens unless `insecure`; ready once the bootstrap admin token (in
+    /// the first leader's data directory) is accepted.
+    async fn start(a: &Args, base_port: u16, insecure: bool) -> Self {
         let addrs = (0..3).map(|i| SocketAddr::from(([127, 0, 0, 1], base_port + i))).collect();
         let dir = tempfile::tempdir().expect("a temp dir");
-        let mut c = Self { qm: a.qm.clone(), logs: a.logs.clone(), addrs, dir, procs: BTreeMap::new() };
+        let (qm, logs, procs, bearer) = (a.qm.clone(), a.logs.clone(), BTreeMap::new(), Bearer::default());
+        let mut c = Self { qm, logs, addrs, dir, procs, insecure, bearer };
         for id in 1..=3 {
             c.spawn(id);
         }
+        if !insecure {
+            c.bearer = c.bootstrap_token().await;
+        }
         c
+    }
+
+    /// The bearer of the first `admin.token` a replica accepts.
+    async fn bootstrap_token(&self) -> Bearer {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            for id in 1..=3u64 {
+                let file = self.dir.path().join(id.to_string()).join("admin.token");
+                let Ok(secret) = std::fs::read_to_string(file) else { continue };
+                let bearer = Bearer::new(Some(&secret)).expect("an ASCII token");
+                let ep = Ep { url: format!("http://{}", self.addrs[id as usize - 1]), bearer: bearer.clone() };
+                if let Some(ch) = connect(&ep).await {
+                    if AdminServiceClient::new(ch).who_am_i(WhoAmIRequest {}).await.is_ok() {
+                        return bearer;
+                    }
+                }
+            }
+            assert!(Instant::now() < until, "no bootstrap token accepted within 30 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn spawn(&mut self, id: u64) {
@@ -101,6 +147,9 @@ impl Cluster {
         }
         let data = self.dir.path().join(id.to_string());
         cmd.args(["--data", data.to_str().expect("utf-8 temp path"), "--node-lease-ms", "3600000"]);
+        if self.insecure {
+            cmd.arg("--insecure");
+        }
         let stderr = match &self.logs {
             Some(dir) => {
                 let path = dir.join(format!("{}.log", self.addrs[id as usize - 1].port()));
@@ -114,8 +163,8 @@ impl Cluster {
         self.procs.insert(id, child);
     }
 
-    fn endpoint(&self, id: u64) -> String {
-        format!("http://{}", self.addrs[id as usize - 1])
+    fn endpoint(&self, id: u64) -> Ep {
+        Ep { url: format!("http://{}", self.addrs[id as usize - 1]), bearer: self.bearer.clone() }
     }
 
     fn kill(&mut self, id: u64) {
@@ -159,17 +208,18 @@ impl Drop for Cluster {
     }
 }
 
-async fn connect(endpoint: &str) -> Option<Channel> {
-    Channel::from_shared(endpoint.to_owned())
+async fn connect(endpoint: &Ep) -> Option<Authed> {
+    let channel = Channel::from_shared(endpoint.url.clone())
         .ok()?
         .connect_timeout(Duration::from_millis(300))
         .tcp_nodelay(true)
         .connect()
         .await
-        .ok()
+        .ok()?;
+    Some(authed(channel, endpoint.bearer.clone()))
 }
 
-async fn status(endpoint: &str) -> Option<ClusterStatusResponse> {
+async fn status(endpoint: &Ep) -> Option<ClusterStatusResponse> {
     AdminServiceClient::new(connect(endpoint).await?)
         .cluster_status(ClusterStatusRequest {})
         .await
@@ -222,21 +272,21 @@ enum Ask {
 
 /// Sends `ask` from `clients` connections for `seconds`, to every replica in turn.
 async fn load(c: &Cluster, clients: usize, ask: Ask, seconds: u64, tag: &str) -> Run {
-    let endpoints: Vec<String> = c.procs.keys().map(|id| c.endpoint(*id)).collect();
+    let endpoints: Vec<Ep> = c.procs.keys().map(|id| c.endpoint(*id)).collect();
     load_on(c, endpoints, clients, ask, seconds, tag).await
 }
 
 /// `load` on the given replicas only. Every client connects before the clock starts: opening
 /// a thousand connections at once is measured on its own (`qm_TAG_connect_s`), not as part of
 /// the rate.
-async fn load_on(c: &Cluster, endpoints: Vec<String>, clients: usize, ask: Ask, seconds: u64, tag: &str) -> Run {
+async fn load_on(c: &Cluster, endpoints: Vec<Ep>, clients: usize, ask: Ask, seconds: u64, tag: &str) -> Run {
     let connecting = Instant::now();
     let mut opening = tokio::task::JoinSet::new();
     for client in 0..clients {
         let endpoint = endpoints[client % endpoints.len()].clone();
         opening.spawn(async move { (client, connect_patiently(&endpoint).await) });
     }
-    let mut channels: Vec<(usize, Channel)> = Vec::new();
+    let mut channels: Vec<(usize, Authed)> = Vec::new();
     while let Some(opened) = opening.join_next().await {
         let (client, channel) = opened.expect("a connecting task");
         channels.push((client, channel.unwrap_or_else(|| panic!("client {client}: no replica answered within 10 s"))));
@@ -276,12 +326,12 @@ async fn load_on(c: &Cluster, endpoints: Vec<String>, clients: usize, ask: Ask, 
 
 /// A connection to `endpoint`, waiting out a dropped SYN (the kernel sends it again after 1 s):
 /// attempts of 3 s each for 10 s.
-async fn connect_patiently(endpoint: &str) -> Option<Channel> {
+async fn connect_patiently(endpoint: &Ep) -> Option<Authed> {
     let until = Instant::now() + Duration::from_secs(10);
     while Instant::now() < until {
-        let e = Channel::from_shared(endpoint.to_owned()).ok()?;
+        let e = Channel::from_shared(endpoint.url.clone()).ok()?;
         if let Ok(c) = e.connect_timeout(Duration::from_secs(3)).tcp_nodelay(true).connect().await {
-            return Some(c);
+            return Some(authed(c, endpoint.bearer.clone()));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -289,7 +339,7 @@ async fn connect_patiently(endpoint: &str) -> Option<Channel> {
 }
 
 /// Sends one request; true when it was answered with success.
-async fn send(jobs: &mut JobServiceClient<Channel>, ask: Ask, name: &str) -> bool {
+async fn send(jobs: &mut JobServiceClient<Authed>, ask: Ask, name: &str) -> bool {
     match ask {
         Ask::Submit(per_request) => {
             let batch = (0..per_request).map(|i| job(format!("{name}-{i}"))).collect();
@@ -302,13 +352,13 @@ async fn send(jobs: &mut JobServiceClient<Channel>, ask: Ask, name: &str) -> boo
     }
 }
 
-async fn set_team(endpoint: &str, nominal: u32) {
+async fn set_team(endpoint: &Ep, nominal: u32) {
     let team = gpu_team("bench", MODEL, nominal);
     let mut admin = AdminServiceClient::new(connect(endpoint).await.expect("leader answers"));
     admin.set_team(SetTeamRequest { team: Some(team) }).await.expect("set team");
 }
 
-async fn register_nodes(endpoint: &str, nodes: usize) {
+async fn register_nodes(endpoint: &Ep, nodes: usize) {
     let mut agent = AgentServiceClient::new(connect(endpoint).await.expect("leader answers"));
     for n in 0..nodes {
         let inventory = gpu_inventory(&format!("node-{n:05}"), 8, MODEL);
@@ -326,7 +376,7 @@ async fn register_nodes(endpoint: &str, nodes: usize) {
 
 /// Submits at `rate` per second for `seconds` and measures, from the Watch stream, the time
 /// from sending each submission to its placement (state `Starting`).
-async fn placement_latency(endpoint: &str, rate: u64, seconds: u64) -> Vec<Duration> {
+async fn placement_latency(endpoint: &Ep, rate: u64, seconds: u64) -> Vec<Duration> {
     let channel = connect(endpoint).await.expect("leader answers");
     let mut watch =
         JobServiceClient::new(channel.clone()).watch(WatchJobsRequest::default()).await.expect("watch").into_inner();
@@ -374,7 +424,7 @@ async fn placement_latency(endpoint: &str, rate: u64, seconds: u64) -> Vec<Durat
 
 async fn failover(c: &mut Cluster) -> f64 {
     let leader = c.leader().await;
-    let endpoints: Vec<String> = c.procs.keys().filter(|id| **id != leader).map(|id| c.endpoint(*id)).collect();
+    let endpoints: Vec<Ep> = c.procs.keys().filter(|id| **id != leader).map(|id| c.endpoint(*id)).collect();
     c.kill(leader);
     let killed = Instant::now();
     let mut n = 0;
@@ -408,10 +458,38 @@ async fn main() {
     if a.phases.contains(&Phase::Large) {
         large(&a).await;
     }
+    if a.phases.contains(&Phase::Access) {
+        access(&a).await;
+    }
+}
+
+/// The 64-client submission rate with tokens and with `--insecure`, on fresh clusters in turn
+/// (tokens first, then insecure, three rounds): each rate, and the medians' ratio.
+async fn access(a: &Args) {
+    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..3u16 {
+        for (i, insecure) in [false, true].into_iter().enumerate() {
+            let c = Cluster::start(a, a.base_port + 40 + 10 * (2 * round + i as u16), insecure).await;
+            set_team(&c.endpoint(c.leader().await), 1_000_000).await;
+            let tag = if insecure { "access_insecure" } else { "access_tokens" };
+            let run = load(&c, a.clients, Ask::Submit(1), a.seconds, tag).await;
+            report(tag, &run, 1);
+            rates[i].push(run.latencies.len() as f64 / run.wall);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (tokens, insecure) = (median(&mut rates[0]), median(&mut rates[1]));
+    println!(
+        "qm_access_tokens_median={tokens:.0} qm_access_insecure_median={insecure:.0} qm_access_cost_pct={:.1}",
+        (1.0 - tokens / insecure) * 100.0
+    );
 }
 
 async fn throughput(a: &Args) {
-    let mut c = Cluster::start(a, a.base_port);
+    let mut c = Cluster::start(a, a.base_port, a.insecure).await;
     let leader = c.leader().await;
     set_team(&c.endpoint(leader), 1_000_000).await;
 
@@ -428,7 +506,7 @@ async fn throughput(a: &Args) {
 }
 
 async fn placement(a: &Args) {
-    let c = Cluster::start(a, a.base_port + 10);
+    let c = Cluster::start(a, a.base_port + 10, a.insecure).await;
     let leader = c.leader().await;
     let endpoint = c.endpoint(leader);
     let need = (a.rate * a.seconds) as usize;
@@ -444,7 +522,7 @@ async fn placement(a: &Args) {
 }
 
 async fn memory(a: &Args) {
-    let c = Cluster::start(a, a.base_port + 20);
+    let c = Cluster::start(a, a.base_port + 20, a.insecure).await;
     let leader = c.leader().await;
     let endpoint = c.endpoint(leader);
     set_team(&endpoint, 1_000_000).await;
@@ -458,7 +536,7 @@ async fn memory(a: &Args) {
 }
 
 async fn large(a: &Args) {
-    let c = Cluster::start(a, a.base_port + 30);
+    let c = Cluster::start(a, a.base_port + 30, a.insecure).await;
     let leader = c.leader().await;
     let lead = c.endpoint(leader);
     set_team(&lead, 16).await;
@@ -486,7 +564,7 @@ async fn large(a: &Args) {
 
 /// Submits one 15 MB request until acknowledged (retrying with its request id while the
 /// replica answers `Unavailable`); returns the retries.
-async fn submit_large(endpoint: &str, client: usize) -> u32 {
+async fn submit_large(endpoint: &Ep, client: usize) -> u32 {
     let jobs = (0..125)
         .map(|i| {
             let mut job = job(format!("large-{client}-{i}"));

@@ -118,7 +118,7 @@ impl Procs {
         }
         let data = self.dir.path().join(id.to_string());
         cmd.arg("--data").arg(data).args(["--tick-ms", &self.tick_ms.to_string()]);
-        cmd.args(["--snapshot-every", "300", "--keep-entries", "50"]);
+        cmd.args(["--snapshot-every", "300", "--keep-entries", "50", "--insecure"]);
         let log = self.log(&format!("{id}.log"))?;
         self.replicas[i] = Some(cmd.stdout(Stdio::null()).stderr(log).spawn()?);
         self.paused[i] = false;

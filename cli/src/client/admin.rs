@@ -6,6 +6,7 @@ use super::{admin_client, print_or_json, Target};
 use crate::out::{say, Failure};
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use qm_proto::auth::{authed, Bearer};
 use qm_proto::convert::flavor_to;
 use qm_proto::v1::*;
 use serde_json::json;
@@ -35,6 +36,9 @@ pub enum AdminCommand {
     /// Backups of the replicated state.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Bearer tokens: create, list, revoke, and which one this command sends.
+    #[command(subcommand)]
+    Tokens(super::tokens::TokensCommand),
 }
 
 /// `qm admin snapshot`.
@@ -114,6 +118,16 @@ pub enum QuotaCommand {
 /// Writes a backup readable by its owner only (mode 0600): it holds the whole state, jobs'
 /// environments included. Written aside and renamed, so that a backup is whole or absent.
 fn write_backup(t: &Target, out: &std::path::Path, index: u64, data: &[u8]) -> Result<()> {
+    write_private(out, data)?;
+    print_or_json(t, json!({ "index": index, "bytes": data.len(), "file": out }), || {
+        format!("snapshot at index {index}: {} bytes written to {}", data.len(), out.display())
+    });
+    Ok(())
+}
+
+/// Writes `data` to `out` readable by its owner only (mode 0600): to a new file beside it
+/// first (a leftover one is removed), synced, then renamed over `out`.
+pub(super) fn write_private(out: &std::path::Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let partial = out.with_extension("partial");
@@ -130,9 +144,6 @@ fn write_backup(t: &Target, out: &std::path::Path, index: u64, data: &[u8]) -> R
         .and_then(|mut f| f.write_all(data).and_then(|()| f.sync_all()))
         .with_context(|| format!("{}", partial.display()))?;
     std::fs::rename(&partial, out).with_context(|| format!("{}", out.display()))?;
-    print_or_json(t, json!({ "index": index, "bytes": data.len(), "file": out }), || {
-        format!("snapshot at index {index}: {} bytes written to {}", data.len(), out.display())
-    });
     Ok(())
 }
 
@@ -152,6 +163,7 @@ async fn save_snapshot(t: &Target, out: &std::path::Path) -> Result<()> {
 
 pub(super) async fn admin(t: &Target, cmd: &AdminCommand) -> Result<()> {
     let members = match cmd {
+        AdminCommand::Tokens(c) => return super::tokens::tokens(t, c).await,
         AdminCommand::Snapshot(SnapshotCommand::Save { out }) => return save_snapshot(t, out).await,
         AdminCommand::Snapshot(SnapshotCommand::Export { data, out }) => {
             let (index, bytes) = qm_scheduler::restore::export(data)?;
@@ -382,11 +394,11 @@ pub async fn set_team(t: &Target, team: Team) -> Result<()> {
 }
 
 /// Whether the replica at `address` answers a status request within a short time.
-async fn answers(address: &str) -> bool {
+async fn answers(address: &str, bearer: &Bearer) -> bool {
     let Ok(endpoint) = endpoint(address) else { return false };
     let endpoint = endpoint.connect_timeout(Duration::from_millis(500)).timeout(Duration::from_secs(1));
     match endpoint.connect().await {
-        Ok(c) => admin_client(c).cluster_status(ClusterStatusRequest {}).await.is_ok(),
+        Ok(c) => admin_client(authed(c, bearer.clone())).cluster_status(ClusterStatusRequest {}).await.is_ok(),
         Err(_) => false,
     }
 }
@@ -395,8 +407,9 @@ pub(super) async fn status(t: &Target) -> Result<()> {
     let r = call(t, |c| async move { admin_client(c).cluster_status(ClusterStatusRequest {}).await }).await?;
     let hash: String = r.state_hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
     let mut reachable = Vec::new();
+    let bearer = t.bearer()?;
     for m in &r.members {
-        reachable.push(m.id == r.replica_id || answers(&m.address).await);
+        reachable.push(m.id == r.replica_id || answers(&m.address, &bearer).await);
     }
     let role = |m: &Member| if m.id == r.leader_id { "leader" } else { "follower" };
     let members: Vec<serde_json::Value> = r

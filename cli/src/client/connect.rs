@@ -10,10 +10,11 @@
 use super::Target;
 use crate::out::{Exit, Failure};
 use anyhow::Result;
+use qm_proto::auth::{authed, Authed};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 /// How long a call keeps trying replicas that answer but cannot serve (no leader, no quorum).
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -100,7 +101,7 @@ fn root_message(e: &(dyn std::error::Error + 'static)) -> String {
 /// again. When no replica could even be connected to, it fails at once.
 pub async fn call<T, F, Fut>(t: &Target, f: F) -> Result<T>
 where
-    F: Fn(Channel) -> Fut,
+    F: Fn(Authed) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
     call_with(t, Resend::Safe, f).await
@@ -109,9 +110,10 @@ where
 /// `call`, saying whether the request may be sent again after a connection failed under it.
 pub async fn call_with<T, F, Fut>(t: &Target, resend: Resend, f: F) -> Result<T>
 where
-    F: Fn(Channel) -> Fut,
+    F: Fn(Authed) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
+    let bearer = t.bearer()?;
     let endpoints = t.servers().iter().map(|a| Ok((a.as_str(), endpoint(a)?))).collect::<Result<Vec<_>>>()?;
     let until = Instant::now() + PATIENCE;
     let mut causes: BTreeMap<usize, String> = BTreeMap::new();
@@ -129,7 +131,7 @@ where
                 }
             };
             reached = true;
-            let status = match f(channel).await {
+            let status = match f(authed(channel, bearer.clone())).await {
                 Ok(r) => {
                     t.seen().answered(i);
                     return Ok(r.into_inner());
@@ -143,6 +145,7 @@ where
                     causes.insert(i, format!("no answer: {}", root_message(&s)))
                 }
                 s if connection_lost(&s) => return Err(outcome_unknown(addr, &s)),
+                s if s.code() == tonic::Code::Unauthenticated => return Err(unauthenticated(&s)),
                 s => return Err(Failure::new(Exit::of_status(s.code()), s.message()).into()),
             };
         }
@@ -155,6 +158,14 @@ where
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The replica wants a token it did not get or does not know: say how to give one.
+fn unauthenticated(s: &tonic::Status) -> anyhow::Error {
+    let hint = "give a token with `export QM_TOKEN=...`, `--token-file FILE` or `export QM_TOKEN_FILE=FILE` \
+                (`qm dev` prints one; a new cluster's first admin token is in the leader's data directory, \
+                admin.token)";
+    Failure::new(Exit::of_status(s.code()), format!("{}; {hint}", s.message())).into()
 }
 
 /// A change whose connection failed before its answer came, which is not sent twice.

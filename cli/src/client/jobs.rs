@@ -97,11 +97,6 @@ pub struct JobRef {
     pub id: u64,
 }
 
-/// The wall clock in ms, to print relative times.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Runs `qm submit`.
 pub async fn submit(t: &Target, args: &SubmitArgs) -> Result<()> {
     let specs = match &args.file {
@@ -244,7 +239,7 @@ pub async fn jobs(t: &Target, args: &JobsArgs) -> Result<()> {
         say!("{}", Value::Array(all.iter().map(job_row).collect()));
         return Ok(());
     }
-    let now = now_ms();
+    let now = words::now_ms();
     let wide = args.output.is_some();
     let mut header = vec!["ID", "NAME", "TEAM", "STATE", "PRIORITY", "FLAVOR", "DEVICES", "NODE", "AGE"];
     if wide {
@@ -322,7 +317,7 @@ pub async fn job(t: &Target, id: u64) -> Result<()> {
         say!("{row}");
         return Ok(());
     }
-    let now = now_ms();
+    let now = words::now_ms();
     let spec = j.spec.clone().unwrap_or_default();
     let gang = spec.gang.clone().unwrap_or_default();
     let state = words::state(j.state);

@@ -5,6 +5,7 @@
 //! - `connect`: addresses, one call tried on each replica in turn, failover, fast refusal.
 //! - `jobs`: the ML engineer's commands (`submit`, `jobs`, `job`, `cancel`, `why`).
 //! - `admin`: the operators' commands (nodes, teams and quotas, status, members, backups).
+//! - `tokens`: `qm admin tokens` (create, list, revoke, whoami).
 //! - `classes`: priority classes, and `qm apply` of a teams file.
 //! - `logs`: `qm logs`, a replica's output read from its node's agent.
 //! - `usage`: how a job used its devices, as `qm job` shows it.
@@ -15,21 +16,24 @@ mod classes;
 mod connect;
 mod jobs;
 mod logs;
+mod tokens;
 mod usage;
 pub(crate) mod words;
 
 pub use admin::{set_team, wait_for_nodes};
 pub use classes::{set_class, DEFAULT_CLASSES};
+pub use tokens::{agent_token, wait_for_token};
 
 use crate::out::say;
+use crate::out::Failure;
 use admin::{AdminCommand, QuotaCommand};
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use classes::{ApplyArgs, ClassCommand};
 use jobs::{JobRef, JobsArgs, SubmitArgs};
+use qm_proto::auth::{Authed, Bearer};
 use qm_proto::v1::admin_service_client::AdminServiceClient;
 use qm_proto::v1::job_service_client::JobServiceClient;
-use tonic::transport::Channel;
 
 /// Where the replicas are, and how to print: the flags every client command takes.
 #[derive(Debug, Args, Clone)]
@@ -38,6 +42,9 @@ pub struct Target {
     /// turn.
     #[arg(long, env = "QM_SERVER", value_delimiter = ',', default_value = "127.0.0.1:7070", global = true)]
     server: Vec<String>,
+    /// A file holding the bearer token (else `QM_TOKEN`, else the file `QM_TOKEN_FILE` names).
+    #[arg(long, value_name = "FILE", global = true)]
+    token_file: Option<std::path::PathBuf>,
     /// Print JSON instead of a table (errors too, on stderr).
     #[arg(long, global = true)]
     pub json: bool,
@@ -49,7 +56,18 @@ pub struct Target {
 impl Target {
     /// A target of these addresses, printing tables.
     pub fn new(server: Vec<String>) -> Self {
-        Self { server, json: false, seen: Default::default() }
+        Self { server, token_file: None, json: false, seen: Default::default() }
+    }
+
+    /// This target, sending the token in `file`.
+    pub fn with_token_file(self, file: std::path::PathBuf) -> Self {
+        Self { token_file: Some(file), ..self }
+    }
+
+    /// The token to send: from `--token-file`, else `QM_TOKEN`, else the file `QM_TOKEN_FILE`
+    /// names; none when none is set.
+    pub fn bearer(&self) -> Result<Bearer> {
+        bearer(self.token_file.as_deref())
     }
 
     /// The replica addresses, as given.
@@ -160,11 +178,41 @@ async fn dispatch(command: &ClientCommand) -> Result<()> {
     }
 }
 
-fn jobs_client(c: Channel) -> JobServiceClient<Channel> {
+/// The bearer of [`token`].
+pub fn bearer(flag: Option<&std::path::Path>) -> Result<Bearer> {
+    let (token, source) = token(flag)?;
+    Bearer::new(token.as_deref()).map_err(|e| Failure::usage(format!("{source}: {e}")))
+}
+
+/// The token to send and where it came from: the file `flag` names (`--token-file`), else
+/// `QM_TOKEN`, else the file `QM_TOKEN_FILE` names; none when none is set.
+fn token(flag: Option<&std::path::Path>) -> Result<(Option<String>, &'static str)> {
+    if let Some(file) = flag {
+        return Ok((Some(read_token(file, "--token-file")?), "--token-file"));
+    }
+    if let Some(t) = std::env::var("QM_TOKEN").ok().filter(|t| !t.trim().is_empty()) {
+        return Ok((Some(t.trim().to_owned()), "QM_TOKEN"));
+    }
+    match std::env::var_os("QM_TOKEN_FILE").filter(|f| !f.is_empty()) {
+        Some(file) => Ok((Some(read_token(std::path::Path::new(&file), "QM_TOKEN_FILE")?), "QM_TOKEN_FILE")),
+        None => Ok((None, "")),
+    }
+}
+
+/// The token in `file` (`what` names where the path came from).
+fn read_token(file: &std::path::Path, what: &str) -> Result<String> {
+    let text = std::fs::read_to_string(file).map_err(|e| Failure::usage(format!("{what} {}: {e}", file.display())))?;
+    match text.trim() {
+        "" => Err(Failure::usage(format!("{what} {}: the file is empty", file.display()))),
+        t => Ok(t.to_owned()),
+    }
+}
+
+fn jobs_client(c: Authed) -> JobServiceClient<Authed> {
     JobServiceClient::new(c)
 }
 
-fn admin_client(c: Channel) -> AdminServiceClient<Channel> {
+fn admin_client(c: Authed) -> AdminServiceClient<Authed> {
     AdminServiceClient::new(c)
 }
 

@@ -15,6 +15,16 @@ pub fn state(raw: i32) -> String {
     JobState::try_from(raw).map_or_else(|_| raw.to_string(), |s| word(s.as_str_name(), "JOB_STATE_"))
 }
 
+/// A token role's word.
+pub fn role(raw: i32) -> String {
+    Role::try_from(raw).map_or_else(|_| raw.to_string(), |r| word(r.as_str_name(), "ROLE_"))
+}
+
+/// The wall clock in ms, to print relative times.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// An accelerator kind's word.
 pub fn kind(raw: i32) -> String {
     AcceleratorKind::try_from(raw).map_or_else(|_| raw.to_string(), |k| word(k.as_str_name(), "ACCELERATOR_KIND_"))

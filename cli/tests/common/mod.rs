@@ -17,14 +17,27 @@ pub fn qm(args: &[&str]) -> Output {
     qm_env(args, &[])
 }
 
-/// `qm ARGS` with these environment variables.
+/// `qm ARGS` with these environment variables. A call that names the address of a running
+/// `Dev` (in its arguments or its environment) sends that `Dev`'s admin token, through
+/// `QM_TOKEN_FILE`, as a user following its banner would; an explicit `QM_TOKEN*` in `env` wins.
 pub fn qm_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_qm"));
-    c.args(args).current_dir(root()).env_remove("QM_SERVER");
+    c.args(args).current_dir(root()).env_remove("QM_SERVER").env_remove("QM_TOKEN").env_remove("QM_TOKEN_FILE");
+    let named = |addr: &str| args.iter().chain(env.iter().map(|(_, v)| v)).any(|a| a.contains(addr));
+    let token = tokens().iter().find(|(addr, _)| named(addr)).map(|(_, file)| file.clone());
+    if let Some(file) = token {
+        c.env("QM_TOKEN_FILE", file);
+    }
     for (k, v) in env {
         c.env(k, v);
     }
     c.output().expect("qm runs")
+}
+
+/// The admin token files of the running `Dev`s, by address.
+fn tokens() -> std::sync::MutexGuard<'static, Vec<(String, PathBuf)>> {
+    static TOKENS: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    TOKENS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Bytes as text.
@@ -39,6 +52,8 @@ pub struct Dev {
     pub addr: String,
     /// The banner it printed.
     pub banner: String,
+    /// Its admin token's file.
+    pub token_file: PathBuf,
     child: Child,
     _stdout: std::io::BufReader<ChildStdout>,
 }
@@ -80,7 +95,13 @@ impl Dev {
             .expect("the banner names the address")
             .trim_end_matches(',')
             .to_owned();
-        Self { addr, banner, child, _stdout: stdout }
+        let token_file = banner
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("QM_TOKEN_FILE="))
+            .map(PathBuf::from)
+            .expect("the banner names the token file");
+        tokens().push((addr.clone(), token_file.clone()));
+        Self { addr, banner, token_file, child, _stdout: stdout }
     }
 
     /// `--server=ADDR`.
@@ -91,6 +112,7 @@ impl Dev {
 
 impl Drop for Dev {
     fn drop(&mut self) {
+        tokens().retain(|(addr, _)| *addr != self.addr);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

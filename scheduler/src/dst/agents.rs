@@ -157,7 +157,7 @@ fn spec(node: &NodeId, devices: u32) -> NodeSpec {
 
 fn propose(h: &Handle, command: Command) -> Answer {
     let (reply, rx) = oneshot::channel();
-    let _ = h.inbox().send(Input::Propose { command, request_id: None, reply });
+    let _ = h.inbox().send(Input::Propose { op: crate::codec::Op::Core(command), request_id: None, by: None, reply });
     rx
 }
 

@@ -4,7 +4,7 @@
 use super::ready::{Fatal, Node};
 use super::{Drive, Input, JobChange, NodeError};
 use crate::codec::{decode_batch, ChangeContext};
-use crate::fsm::Fsm;
+use crate::fsm::{Fsm, Refused};
 use crate::storage::LogStore;
 use crate::transport::Transport;
 use protobuf::Message as PbMessage;
@@ -71,7 +71,13 @@ impl<S: LogStore, T: Transport> Node<S, T> {
                 }
             }
             if r.origin == self.config.id {
-                self.proposals.answer(r.seq, r.result.map_err(NodeError::Rejected));
+                self.proposals.answer(
+                    r.seq,
+                    r.result.map_err(|e| match e {
+                        Refused::Core(e) => NodeError::Rejected(e),
+                        Refused::Access(e) => NodeError::Access(e),
+                    }),
+                );
             }
         }
         Ok(any)

@@ -10,6 +10,8 @@ mod stepped;
 mod waiters;
 mod writer;
 
+use crate::access::tokens::{AccessCommand, AccessError, Digest};
+use crate::codec::Op;
 use crate::fsm::Fsm;
 use crate::storage::{LogStore, StorageError};
 use crate::transport::Transport;
@@ -101,6 +103,9 @@ pub enum NodeError {
     /// The state machine refused the command.
     #[error(transparent)]
     Rejected(#[from] ApplyError),
+    /// The tokens refused the change.
+    #[error(transparent)]
+    Access(#[from] AccessError),
     /// The node stopped, possibly on a storage error.
     #[error("replica stopped: {0}")]
     Stopped(String),
@@ -128,10 +133,12 @@ pub enum Membership {
 pub enum Input {
     /// A command to replicate.
     Propose {
-        /// The command.
-        command: Command,
+        /// The change.
+        op: Op,
         /// A client's retry token.
         request_id: Option<String>,
+        /// The hash of the caller's token.
+        by: Option<Digest>,
         /// Answered once applied.
         reply: oneshot::Sender<Result<Outcome, NodeError>>,
     },
@@ -219,9 +226,25 @@ pub struct Handle {
 impl Handle {
     /// Replicates a command and waits until it is applied here.
     pub async fn propose(&self, command: Command, request_id: Option<String>) -> Result<Outcome, NodeError> {
+        self.propose_by(None, Op::Core(command), request_id).await
+    }
+
+    /// Replicates a change asked with the token of hash `by` (refused if the token is revoked
+    /// when the change applies), and waits until it is applied here.
+    pub async fn propose_by(
+        &self,
+        by: Option<Digest>,
+        op: Op,
+        request_id: Option<String>,
+    ) -> Result<Outcome, NodeError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Input::Propose { command, request_id, reply })?;
+        self.send(Input::Propose { op, request_id, by, reply })?;
         self.wait(rx).await?
+    }
+
+    /// Replicates a change to the tokens and waits until it is applied here.
+    pub async fn propose_access(&self, command: AccessCommand) -> Result<(), NodeError> {
+        self.propose_by(None, Op::Access(command), None).await.map(drop)
     }
 
     /// Waits until reads here see every write committed before the call.

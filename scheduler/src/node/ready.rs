@@ -290,13 +290,13 @@ impl<S: LogStore, T: Transport> Node<S, T> {
 
     fn handle(&mut self, input: Input) -> bool {
         match input {
-            Input::Propose { command, request_id, reply } => {
+            Input::Propose { op, request_id, by, reply } => {
                 if let Some(e) = self.no_leader() {
                     let _ = reply.send(Err(e));
                     return true;
                 }
                 let seq = self.proposals.add(reply, self.deadline());
-                self.batch.push(Proposal { origin: self.config.id, seq, request_id, command });
+                self.batch.push(Proposal { origin: self.config.id, seq, request_id, by, op });
                 if self.batch.len() >= self.config.max_batch {
                     self.flush_batch();
                 }

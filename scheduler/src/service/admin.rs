@@ -1,7 +1,10 @@
-//! `AdminService`: teams and quotas, priority classes, nodes, cluster status and membership.
+//! `AdminService`: teams and quotas, priority classes, nodes, cluster status, membership and
+//! (in `tokens`) bearer tokens.
 
 use super::readings::Readings;
 use super::{before_read, status_of};
+use crate::access::Caller;
+use crate::codec::Op;
 use crate::fsm::Fsm;
 use crate::node::{Handle, Membership};
 use qm_core::{Command, JobState, NodeId};
@@ -30,8 +33,9 @@ impl AdminServer {
         wire
     }
 
-    async fn write(&self, command: Command) -> Result<(), Status> {
-        self.node.propose(command, None).await.map(|_| ()).map_err(status_of)
+    /// Replicates `command`, asked by `caller`.
+    async fn write(&self, caller: &Caller, command: Command) -> Result<(), Status> {
+        self.node.propose_by(caller.hash, Op::Core(command), None).await.map(|_| ()).map_err(status_of)
     }
 
     fn node_response(&self, name: &str) -> Result<Response<NodeResponse>, Status> {
@@ -41,11 +45,19 @@ impl AdminServer {
         Ok(Response::new(NodeResponse { node: Some(self.node_of(node, fsm.state.alloc(&id))) }))
     }
 
-    async fn node_command(&self, name: String, command: Command) -> Result<Response<NodeResponse>, Status> {
+    /// Replicates a command about the node of `request`, and answers with the node.
+    async fn node_command(
+        &self,
+        request: Request<NodeRequest>,
+        command: impl FnOnce(NodeId) -> Command,
+    ) -> Result<Response<NodeResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let name = request.into_inner().node;
+        let command = command(NodeId::from(name.as_str()));
         if name.is_empty() {
             return Err(Status::invalid_argument("node: required"));
         }
-        self.write(command).await?;
+        self.write(&caller, command).await?;
         self.node_response(&name)
     }
 
@@ -78,11 +90,36 @@ const CHUNK_BYTES: usize = 1024 * 1024;
 impl AdminService for AdminServer {
     type SaveSnapshotStream = ChunkStream;
 
+    async fn create_token(
+        &self,
+        request: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        super::tokens::create(&self.node, &caller, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn list_tokens(&self, request: Request<ListTokensRequest>) -> Result<Response<ListTokensResponse>, Status> {
+        super::tokens::list(&self.node, &*Caller::of(&request)?).await.map(Response::new)
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<RevokeTokenRequest>,
+    ) -> Result<Response<RevokeTokenResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        super::tokens::revoke(&self.node, &caller, request.into_inner().name).await?;
+        Ok(Response::new(RevokeTokenResponse {}))
+    }
+
+    async fn who_am_i(&self, request: Request<WhoAmIRequest>) -> Result<Response<TokenInfo>, Status> {
+        Ok(Response::new(super::tokens::who(&self.node, &*Caller::of(&request)?)))
+    }
+
     async fn save_snapshot(
         &self,
-        _request: Request<SaveSnapshotRequest>,
+        request: Request<SaveSnapshotRequest>,
     ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
-        self.node.read_barrier().await.map_err(status_of)?;
+        before_read(&self.node, 0, &*Caller::of(&request)?).await?;
         let (index, cut) = {
             let fsm = self.node.fsm();
             (fsm.applied, fsm.cut())
@@ -96,10 +133,11 @@ impl AdminService for AdminServer {
     }
 
     async fn set_team(&self, request: Request<SetTeamRequest>) -> Result<Response<SetTeamResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let team = request.into_inner().team.ok_or_else(|| Status::invalid_argument("team: required"))?;
         let team = team_from(&team).map_err(|e| Status::invalid_argument(format!("team.{e}")))?;
         let flavors: Vec<qm_core::Flavor> = team.quotas.keys().cloned().collect();
-        self.write(Command::SetTeam { team }).await?;
+        self.write(&caller, Command::SetTeam { team }).await?;
         let fsm = self.node.fsm();
         let warnings = fsm
             .state
@@ -112,7 +150,8 @@ impl AdminService for AdminServer {
     }
 
     async fn list_teams(&self, request: Request<ListTeamsRequest>) -> Result<Response<ListTeamsResponse>, Status> {
-        before_read(&self.node, request.into_inner().consistency).await?;
+        let caller = Caller::of(&request)?;
+        before_read(&self.node, request.into_inner().consistency, &caller).await?;
         let fsm = self.node.fsm();
         let s = &fsm.state;
         let teams = s
@@ -136,9 +175,10 @@ impl AdminService for AdminServer {
         &self,
         request: Request<SetPriorityClassRequest>,
     ) -> Result<Response<SetPriorityClassResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let class = priority_class_from(request.into_inner().class.as_ref())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.write(Command::SetPriorityClass { class }).await?;
+        self.write(&caller, Command::SetPriorityClass { class }).await?;
         Ok(Response::new(SetPriorityClassResponse {}))
     }
 
@@ -146,11 +186,12 @@ impl AdminService for AdminServer {
         &self,
         request: Request<DeletePriorityClassRequest>,
     ) -> Result<Response<DeletePriorityClassResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let name = request.into_inner().name;
         if name.trim().is_empty() {
             return Err(Status::invalid_argument("name: required"));
         }
-        match self.write(Command::DeletePriorityClass { name }).await {
+        match self.write(&caller, Command::DeletePriorityClass { name }).await {
             Err(s) if s.code() == tonic::Code::InvalidArgument => Err(Status::not_found(s.message().to_owned())),
             other => other.map(|_| Response::new(DeletePriorityClassResponse {})),
         }
@@ -158,9 +199,9 @@ impl AdminService for AdminServer {
 
     async fn list_priority_classes(
         &self,
-        _request: Request<ListPriorityClassesRequest>,
+        request: Request<ListPriorityClassesRequest>,
     ) -> Result<Response<ListPriorityClassesResponse>, Status> {
-        self.node.read_barrier().await.map_err(status_of)?;
+        before_read(&self.node, 0, &*Caller::of(&request)?).await?;
         let fsm = self.node.fsm();
         let classes = fsm
             .state
@@ -172,8 +213,9 @@ impl AdminService for AdminServer {
     }
 
     async fn list_nodes(&self, request: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
-        before_read(&self.node, req.consistency).await?;
+        before_read(&self.node, req.consistency, &caller).await?;
         let fsm = self.node.fsm();
         let from = match req.page_token.as_str() {
             "" => std::ops::Bound::Unbounded,
@@ -190,18 +232,15 @@ impl AdminService for AdminServer {
     }
 
     async fn cordon(&self, request: Request<NodeRequest>) -> Result<Response<NodeResponse>, Status> {
-        let name = request.into_inner().node;
-        self.node_command(name.clone(), Command::Cordon { node: NodeId::from(name), cordoned: true }).await
+        self.node_command(request, |node| Command::Cordon { node, cordoned: true }).await
     }
 
     async fn uncordon(&self, request: Request<NodeRequest>) -> Result<Response<NodeResponse>, Status> {
-        let name = request.into_inner().node;
-        self.node_command(name.clone(), Command::Cordon { node: NodeId::from(name), cordoned: false }).await
+        self.node_command(request, |node| Command::Cordon { node, cordoned: false }).await
     }
 
     async fn drain(&self, request: Request<NodeRequest>) -> Result<Response<NodeResponse>, Status> {
-        let name = request.into_inner().node;
-        self.node_command(name.clone(), Command::Drain { node: NodeId::from(name) }).await
+        self.node_command(request, |node| Command::Drain { node }).await
     }
 
     async fn cluster_status(

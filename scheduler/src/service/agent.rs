@@ -10,6 +10,7 @@
 use super::readings::Readings;
 use super::sessions;
 use super::{now_ms, status_of};
+use crate::access::Caller;
 use crate::node::{Handle, NodeError};
 use qm_core::{Command, DeviceUsage, Effect, JobId, NodeId};
 use qm_proto::convert::{inventory_from, usage_from};
@@ -255,9 +256,11 @@ impl AgentServer {
         }
     }
 
-    /// Serves one registered agent until it hangs up or this replica stops leading.
+    /// Serves one registered agent until it hangs up, this replica stops leading, or the
+    /// caller's token is revoked (checked after each event).
     async fn serve(
         self,
+        caller: Arc<Caller>,
         node: NodeId,
         session: u64,
         mut inbound: Streaming<AgentMessage>,
@@ -266,6 +269,10 @@ impl AgentServer {
     ) {
         let mut check = tokio::time::interval(self.heartbeat);
         loop {
+            if let Err(revoked) = caller.current(&self.node) {
+                let _ = orders.send(Err(revoked)).await;
+                break;
+            }
             tokio::select! {
                 msg = inbound.message() => match msg {
                     Ok(Some(m)) => self.on_message(&node, m, &orders).await,
@@ -293,7 +300,14 @@ impl AgentServer {
             Some(Up::Heartbeat(h)) => self.readings.put(node, h.telemetry),
             None => {}
             Some(Up::Register(r)) => {
-                if let Err(e) = self.register(r, orders).await {
+                let result = match Self::registering(&r) {
+                    Ok(spec) if &spec.id != node => {
+                        Err(Status::invalid_argument("register.inventory.name: a session serves one node"))
+                    }
+                    Ok(_) => self.register(r, orders).await.map(drop),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = result {
                     let _ = orders.send(Err(e)).await;
                 }
             }
@@ -327,6 +341,7 @@ impl AgentService for AgentServer {
             let _ = orders.send(down(Down::NotLeader(NotLeader { leader_address: self.leader_address() }))).await;
             return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
         }
+        let caller = Caller::of(&request)?;
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -335,7 +350,9 @@ impl AgentService for AgentServer {
         let Some(Up::Register(r)) = first.body else {
             return Err(Status::invalid_argument("body: the first message must be register"));
         };
-        let (session, routed) = self.open_session(&Self::registering(&r)?.id);
+        let id = Self::registering(&r)?.id;
+        caller.must_be_node(&id.0)?;
+        let (session, routed) = self.open_session(&id);
         let node = match self.register(r, &orders).await {
             Ok(node) => node,
             Err(e) => {
@@ -343,7 +360,7 @@ impl AgentService for AgentServer {
                 return Err(e);
             }
         };
-        tokio::spawn(self.clone().serve(node, session, inbound, routed, orders));
+        tokio::spawn(self.clone().serve(caller, node, session, inbound, routed, orders));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

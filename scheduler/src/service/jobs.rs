@@ -1,6 +1,8 @@
 //! `JobService`: submit, look up, list, cancel, explain and watch jobs.
 
 use super::{before_read, now_ms, status_of};
+use crate::access::Caller;
+use crate::codec::Op;
 use crate::node::Handle;
 use qm_core::{Command, JobId, PolicyConfig};
 use qm_proto::convert::{job_to, report_to, state_filter_from, submit_from};
@@ -26,10 +28,27 @@ impl JobServer {
         Self { node, policy }
     }
 
-    fn job(&self, id: u64) -> Result<Job, Status> {
+    fn job(&self, id: u64, caller: &Caller) -> Result<Job, Status> {
         let fsm = self.node.fsm();
-        fsm.state.job(JobId(id)).map(job_to).ok_or_else(|| Status::not_found(format!("job_id: no job {id}")))
+        fsm.state
+            .job(JobId(id))
+            .map(|j| shown(j, caller))
+            .ok_or_else(|| Status::not_found(format!("job_id: no job {id}")))
     }
+}
+
+/// A job as `caller` may see it: without its command and environment unless the caller owns
+/// its team (they may hold secrets).
+pub fn shown(job: &qm_core::Job, caller: &Caller) -> Job {
+    let mut wire = job_to(job);
+    if !caller.owns(&job.spec.team.0) {
+        if let Some(spec) = wire.spec.as_mut() {
+            spec.command.clear();
+            spec.env.clear();
+        }
+        wire.redacted = true;
+    }
+    wire
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;
@@ -37,8 +56,14 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;
 #[tonic::async_trait]
 impl JobService for JobServer {
     async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let jobs = submit_from(&req).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        for (i, j) in jobs.iter().enumerate() {
+            caller
+                .must_own(&j.team.0, "submit jobs")
+                .map_err(|s| Status::permission_denied(format!("jobs[{i}].team: {}", s.message())))?;
+        }
         {
             let fsm = self.node.fsm();
             let unknown = jobs.iter().enumerate().find_map(|(i, j)| fsm.state.unknown_model(j).map(|e| (i, e)));
@@ -47,17 +72,20 @@ impl JobService for JobServer {
             }
         }
         let request_id = (!req.request_id.is_empty()).then_some(req.request_id);
-        let out = self.node.propose(Command::Submit { jobs, at_ms: now_ms() }, request_id).await.map_err(status_of)?;
+        let submit = Op::Core(Command::Submit { jobs, at_ms: now_ms() });
+        let out = self.node.propose_by(caller.hash, submit, request_id).await.map_err(status_of)?;
         Ok(Response::new(SubmitResponse { job_ids: out.submitted.iter().map(|j| j.0).collect() }))
     }
 
     async fn get(&self, request: Request<GetJobRequest>) -> Result<Response<GetJobResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
-        before_read(&self.node, req.consistency).await?;
-        Ok(Response::new(GetJobResponse { job: Some(self.job(req.job_id)?) }))
+        before_read(&self.node, req.consistency, &caller).await?;
+        Ok(Response::new(GetJobResponse { job: Some(self.job(req.job_id, &caller)?) }))
     }
 
     async fn list(&self, request: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let mut states = Vec::new();
         for (i, s) in req.states.iter().enumerate() {
@@ -73,7 +101,7 @@ impl JobService for JobServer {
             0 => 100,
             n => n.min(MAX_PAGE),
         };
-        before_read(&self.node, req.consistency).await?;
+        before_read(&self.node, req.consistency, &caller).await?;
         let fsm = self.node.fsm();
         let matching = fsm
             .state
@@ -81,7 +109,7 @@ impl JobService for JobServer {
             .after(JobId(after))
             .filter(|j| req.team.is_empty() || j.spec.team.0.as_ref() == req.team)
             .filter(|j| states.is_empty() || states.contains(&j.state))
-            .map(job_to);
+            .map(|j| shown(j, &caller));
         let (jobs, more) = super::page(matching, page);
         let next_page_token = match jobs.last() {
             Some(last) if more => last.id.to_string(),
@@ -91,15 +119,22 @@ impl JobService for JobServer {
     }
 
     async fn cancel(&self, request: Request<CancelJobRequest>) -> Result<Response<CancelJobResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let id = JobId(request.into_inner().job_id);
-        self.node.propose(Command::Cancel { job: id, at_ms: now_ms() }, None).await.map_err(status_of)?;
-        let state = self.job(id.0)?.state;
+        let team = self.node.fsm().state.job(id).map(|j| j.spec.team.clone());
+        if let Some(team) = team {
+            caller.must_own(&team.0, "cancel jobs")?;
+        }
+        let cancel = Op::Core(Command::Cancel { job: id, at_ms: now_ms() });
+        self.node.propose_by(caller.hash, cancel, None).await.map_err(status_of)?;
+        let state = self.job(id.0, &caller)?.state;
         Ok(Response::new(CancelJobResponse { state }))
     }
 
     type WatchStream = EventStream;
 
     async fn watch(&self, request: Request<WatchJobsRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let node = self.node.clone();
         let rx = tokio_stream::wrappers::BroadcastStream::new(self.node.subscribe());
@@ -108,6 +143,9 @@ impl JobService for JobServer {
                 Ok(c) => c,
                 Err(_) => return Some(Err(Status::data_loss("the watcher fell behind; watch again"))),
             };
+            if let Err(revoked) = caller.current(&node) {
+                return Some(Err(revoked));
+            }
             if !req.job_ids.is_empty() && !req.job_ids.contains(&change.job.0) {
                 return None;
             }
@@ -130,9 +168,10 @@ impl JobService for JobServer {
     }
 
     async fn why(&self, request: Request<WhyRequest>) -> Result<Response<WhyResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let id = request.into_inner().job_id;
-        self.node.read_barrier().await.map_err(status_of)?;
-        let job = self.job(id)?;
+        before_read(&self.node, 0, &caller).await?;
+        let job = self.job(id, &caller)?;
         let fsm = self.node.fsm();
         let now = now_ms();
         let policy = PolicyConfig { explain: true, ..self.policy.clone() };

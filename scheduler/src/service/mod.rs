@@ -10,7 +10,10 @@ pub mod jobs;
 pub mod raft;
 pub mod readings;
 pub mod sessions;
+pub mod tokens;
 
+use crate::access::tokens::AccessError;
+use crate::access::Caller;
 use crate::node::{Handle, NodeError};
 use qm_core::ApplyError;
 use qm_proto::v1::ReadConsistency;
@@ -57,14 +60,23 @@ pub fn status_of(e: NodeError) -> Status {
             ApplyError::RequestIdReused { .. } => Status::already_exists(e.to_string()),
             _ => Status::failed_precondition(e.to_string()),
         },
+        NodeError::Access(e) => match e {
+            AccessError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+            AccessError::NameTaken(_) => Status::already_exists(e.to_string()),
+            AccessError::Unknown(_) => Status::not_found(e.to_string()),
+            AccessError::Bootstrapped => Status::failed_precondition(e.to_string()),
+            AccessError::Revoked => Status::unauthenticated(e.to_string()),
+        },
     }
 }
 
-/// Waits for a read barrier unless the request asked for a stale read.
-pub async fn before_read(node: &Handle, consistency: i32) -> Result<(), Status> {
+/// Waits for a read barrier unless the request asked for a stale read; then checks that the
+/// caller's token was not revoked meanwhile.
+pub async fn before_read(node: &Handle, consistency: i32, caller: &Caller) -> Result<(), Status> {
     match ReadConsistency::try_from(consistency) {
         Ok(ReadConsistency::Stale) => Ok(()),
         Ok(_) => node.read_barrier().await.map_err(status_of),
         Err(_) => Err(Status::invalid_argument(format!("consistency: unknown value {consistency}"))),
-    }
+    }?;
+    caller.current(node)
 }

@@ -1,0 +1,162 @@
+//! The tower layer in front of every service of a replica. For each call it finds the RPC's
+//! rule (no rule: `PermissionDenied`), reads the bearer token from the `authorization`
+//! metadata, looks its hash up in the replicated tokens (missing or unknown:
+//! `Unauthenticated`), checks the role against the rule (`PermissionDenied`, naming role and
+//! RPC), and puts the `Caller` in the request's extensions for the service. A refused call is
+//! answered here, before its body is read or decoded.
+//!
+//! A token this replica does not know may be one created a moment ago that it has not applied
+//! yet (a follower behind, a replica that just joined): it is looked up again after a read
+//! barrier before it is refused, and a replica that cannot reach the leader for the barrier
+//! answers `Unavailable`, so that clients try another replica.
+
+use super::rules::{rule, Rule};
+use super::tokens::{digest, Digest};
+use super::Caller;
+use crate::node::Handle;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tonic::codegen::http;
+use tonic::Status;
+
+/// An RPC's service, method and rule.
+type Rpc = (&'static str, &'static str, Rule);
+
+/// Where callers come from.
+#[derive(Clone, Debug)]
+pub enum Gate {
+    /// Bearer tokens, looked up in the state of this replica.
+    Tokens(Handle),
+    /// `--insecure`: every caller is an admin.
+    Open,
+}
+
+/// What the gate says of a call at once.
+#[derive(Debug)]
+pub enum Admission {
+    /// Admitted, as this caller.
+    Caller(Caller),
+    /// Refused.
+    Refused(Status),
+    /// The token is not in this replica's state: look again after a read barrier.
+    Unknown(Handle, Digest, Rpc),
+}
+
+impl Gate {
+    /// What the gate says of a request to `path` with these headers.
+    pub fn admit(&self, path: &str, headers: &http::HeaderMap) -> Admission {
+        let Some(rpc) = rule(path) else {
+            return Admission::Refused(Status::permission_denied(format!(
+                "{path}: no such RPC, or it has no access rule"
+            )));
+        };
+        let handle = match self {
+            Gate::Open => return Admission::Caller(Caller::insecure()),
+            Gate::Tokens(_) if rpc.2 == Rule::Peer => return Admission::Caller(Caller::insecure()),
+            Gate::Tokens(handle) => handle,
+        };
+        let hash = match bearer(headers) {
+            Ok(token) => digest(token),
+            Err(s) => return Admission::Refused(s),
+        };
+        match lookup(handle, hash, rpc) {
+            Ok(Some(caller)) => Admission::Caller(caller),
+            Ok(None) => Admission::Unknown(handle.clone(), hash, rpc),
+            Err(s) => Admission::Refused(s),
+        }
+    }
+}
+
+/// The caller whose token hashes to `hash`, checked against the RPC's rule; `None` when this
+/// replica does not know the token.
+fn lookup(handle: &Handle, hash: Digest, (service, method, rule): Rpc) -> Result<Option<Caller>, Status> {
+    let found = handle.fsm().tokens.find(&hash).map(|r| (r.name.clone(), r.role.clone()));
+    let Some((name, role)) = found else { return Ok(None) };
+    if !rule.admits(&role) {
+        let word = role.word();
+        return Err(Status::permission_denied(format!("{word} token {name:?} may not call {service}/{method}")));
+    }
+    Ok(Some(Caller { name, role, hash: Some(hash) }))
+}
+
+/// Looks an unknown token up again once this replica has applied everything committed.
+async fn confirm(handle: Handle, hash: Digest, rpc: Rpc) -> Result<Caller, Status> {
+    let barrier = handle.read_barrier().await;
+    barrier.map_err(|e| Status::unavailable(format!("this replica cannot check the token now: {e}")))?;
+    lookup(&handle, hash, rpc)?.ok_or_else(|| Status::unauthenticated("the token is unknown or revoked"))
+}
+
+/// The secret of an `authorization: Bearer SECRET` header.
+fn bearer(headers: &http::HeaderMap) -> Result<&str, Status> {
+    let expected = || Status::unauthenticated("authorization: expected \"Bearer <token>\"");
+    let value = headers
+        .get(qm_proto::auth::AUTHORIZATION)
+        .ok_or_else(|| Status::unauthenticated("no token: send \"authorization: Bearer <token>\""))?;
+    let text = value.to_str().map_err(|_| expected())?;
+    let (scheme, secret) = text.split_once(' ').ok_or_else(expected)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || secret.trim().is_empty() {
+        return Err(expected());
+    }
+    Ok(secret.trim())
+}
+
+/// The layer, for `tonic::transport::Server::layer`.
+#[derive(Clone, Debug)]
+pub struct AccessLayer(pub Gate);
+
+impl<S> tower_layer::Layer<S> for AccessLayer {
+    type Service = Access<S>;
+
+    fn layer(&self, inner: S) -> Access<S> {
+        Access { gate: self.0.clone(), inner }
+    }
+}
+
+/// The service the layer wraps around the router.
+#[derive(Clone, Debug)]
+pub struct Access<S> {
+    gate: Gate,
+    inner: S,
+}
+
+type Boxed<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B> tower_service::Service<http::Request<B>> for Access<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = Boxed<Self::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // The clone is ready only after its own poll_ready; the one that was polled serves
+        // this call, the clone the next (tower's documented pattern).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        match self.gate.admit(request.uri().path(), request.headers()) {
+            Admission::Caller(caller) => {
+                request.extensions_mut().insert(Arc::new(caller));
+                Box::pin(inner.call(request))
+            }
+            Admission::Refused(status) => Box::pin(async move { Ok(status.into_http()) }),
+            Admission::Unknown(handle, hash, rpc) => Box::pin(async move {
+                match confirm(handle, hash, rpc).await {
+                    Ok(caller) => {
+                        request.extensions_mut().insert(Arc::new(caller));
+                        inner.call(request).await
+                    }
+                    Err(status) => Ok(status.into_http()),
+                }
+            }),
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! Who may do what, over real gRPC against one replica with tokens: every RPC of the `.proto`
+//! files has a row in the access table; every RPC against every kind of caller is admitted or
+//! refused as its row says; members act on their own teams only and see other teams' jobs
+//! without command and environment; an agent token registers its own node only; a revoked token
+//! is refused at once; the bootstrap token file is private.
+
+mod common;
+
+use common::Replica;
+use qm_proto::auth::Authed;
+use qm_proto::build::{gpu_inventory, gpu_job, gpu_team};
+use qm_proto::v1::admin_service_client::AdminServiceClient;
+use qm_proto::v1::agent_message::Body as Up;
+use qm_proto::v1::agent_service_client::AgentServiceClient;
+use qm_proto::v1::job_service_client::JobServiceClient;
+use qm_proto::v1::*;
+use qm_scheduler::access::rules::{Rule, PACKAGE, RULES};
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const MODEL: &str = "nvidia-h100-80gb-hbm3";
+
+/// Services of the `.proto` files that agents serve, not replicas.
+const SERVED_BY_AGENTS: &[&str] = &["ReplicaLogs"];
+
+/// Replica 1 of a one-replica cluster with tokens, and its bootstrap admin token once it is
+/// accepted.
+async fn replica() -> (Replica, String) {
+    let replica = Replica::start(&[1], 4 << 20);
+    replica.channel().await;
+    let token = replica.token().await;
+    (replica, token)
+}
+
+/// Creates a token and returns its secret.
+async fn create(admin: &mut AdminServiceClient<Authed>, name: &str, role: Role, teams: &[&str], node: &str) -> String {
+    let req = CreateTokenRequest {
+        name: name.into(),
+        role: role as i32,
+        teams: teams.iter().map(|t| (*t).to_owned()).collect(),
+        node: node.into(),
+    };
+    admin.create_token(req).await.unwrap().into_inner().secret
+}
+
+/// The `(service, method)` of every `rpc` in the `.proto` files.
+fn rpcs_in_protos() -> BTreeSet<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/proto/quartermaster/v1");
+    let mut found = BTreeSet::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        let mut service = None;
+        for line in text.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix("service ") {
+                service = rest.split_whitespace().next().map(str::to_owned);
+            } else if let (Some(rest), Some(s)) = (line.strip_prefix("rpc "), &service) {
+                found.insert((s.clone(), rest.split('(').next().unwrap().trim().to_owned()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn every_rpc_of_the_protos_has_exactly_one_access_rule() {
+    let protos: BTreeSet<_> =
+        rpcs_in_protos().into_iter().filter(|(s, _)| !SERVED_BY_AGENTS.contains(&s.as_str())).collect();
+    assert!(protos.len() >= 20, "the parser found the RPCs: {protos:?}");
+    let rules: Vec<(String, String)> = RULES.iter().map(|(s, m, _)| ((*s).to_owned(), (*m).to_owned())).collect();
+    let distinct: BTreeSet<_> = rules.iter().cloned().collect();
+    assert_eq!(distinct.len(), rules.len(), "a row twice");
+    let missing: Vec<_> = protos.difference(&distinct).collect();
+    let stale: Vec<_> = distinct.difference(&protos).collect();
+    assert!(missing.is_empty() && stale.is_empty(), "without a rule: {missing:?}; rules of no RPC: {stale:?}");
+}
+
+/// Calls `path` with one empty message (a valid encoding of every request type): the code the
+/// call ends with when it is refused before a response starts, or `Ok`.
+async fn call(channel: Channel, token: Option<&str>, path: &str) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(tokio_stream::iter([()]));
+    if let Some(t) = token {
+        request.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    let parsed = path.parse().unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), grpc.streaming(request, parsed, codec)).await {
+        Ok(Ok(_)) => tonic::Status::ok(""),
+        Ok(Err(s)) => s,
+        Err(_) => panic!("{path} did not answer"),
+    }
+}
+
+/// What each rule means, written out apart from the code that enforces it.
+fn admits(rule: Rule, who: &str) -> bool {
+    matches!(
+        (rule, who),
+        (Rule::Peer, _)
+            | (_, "admin")
+            | (Rule::Member, "member")
+            | (Rule::Agent, "agent")
+            | (Rule::AnyToken, "member" | "agent")
+    )
+}
+
+/// Whether the access layer refused the call (a service's own refusals name their field).
+fn refused_by_access(s: &tonic::Status) -> bool {
+    s.code() == Code::Unauthenticated || (s.code() == Code::PermissionDenied && s.message().contains("may not call"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_admits_exactly_the_roles_its_rule_names() {
+    let (replica, admin_secret) = replica().await;
+    let mut admin = AdminServiceClient::new(replica.with(Some(&admin_secret)).await);
+    admin.set_team(SetTeamRequest { team: Some(gpu_team("research", MODEL, 8)) }).await.unwrap();
+    let member = create(&mut admin, "alice", Role::Member, &["research"], "").await;
+    let agent = create(&mut admin, "node-a", Role::Agent, &[], "node-a").await;
+    let callers: [(&str, Option<&str>); 5] = [
+        ("admin", Some(&admin_secret)),
+        ("member", Some(&member)),
+        ("agent", Some(&agent)),
+        ("no token", None),
+        ("unknown token", Some("qm_0000")),
+    ];
+    let mut cells = 0;
+    for (service, method, rule) in RULES {
+        let path = format!("/{PACKAGE}.{service}/{method}");
+        for (who, token) in &callers {
+            let status = call(replica.connect().await, *token, &path).await;
+            assert_eq!(!refused_by_access(&status), admits(*rule, who), "{who} calling {path}: {status:?}");
+            if who.ends_with("token") && *rule != Rule::Peer {
+                assert_eq!(status.code(), Code::Unauthenticated, "{who} calling {path}");
+            }
+            cells += 1;
+        }
+    }
+    assert_eq!(cells, RULES.len() * callers.len());
+    let unknown = call(replica.connect().await, Some(&admin_secret), "/quartermaster.v1.JobService/Drop").await;
+    assert_eq!(unknown.code(), Code::PermissionDenied, "an RPC without a rule is refused to everyone: {unknown:?}");
+    let denied = call(replica.connect().await, Some(&member), "/quartermaster.v1.AdminService/SetTeam").await;
+    assert_eq!(denied.message(), "member token \"alice\" may not call AdminService/SetTeam");
+    replica.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_act_on_their_own_teams_and_see_no_other_teams_secrets() {
+    let (replica, admin_secret) = replica().await;
+    let mut admin = AdminServiceClient::new(replica.with(Some(&admin_secret)).await);
+    for team in ["research", "prod"] {
+        admin.set_team(SetTeamRequest { team: Some(gpu_team(team, MODEL, 8)) }).await.unwrap();
+    }
+    let alice = create(&mut admin, "alice", Role::Member, &["research"], "").await;
+    let mut as_admin = JobServiceClient::new(replica.with(Some(&admin_secret)).await);
+    let mut secret_job = gpu_job("deploy", "prod", 1, &["serve", "--key=hunter2"]);
+    secret_job.env.insert("API_KEY".into(), "hunter2".into());
+    let prod = as_admin.submit(SubmitRequest { jobs: vec![secret_job], request_id: String::new() }).await.unwrap();
+    let prod = prod.into_inner().job_ids[0];
+
+    let mut jobs = JobServiceClient::new(replica.with(Some(&alice)).await);
+    let own = jobs
+        .submit(SubmitRequest { jobs: vec![gpu_job("train", "research", 1, &["python"])], request_id: String::new() });
+    let own = own.await.unwrap().into_inner().job_ids[0];
+    let other = jobs.submit(SubmitRequest {
+        jobs: vec![gpu_job("a", "research", 1, &["x"]), gpu_job("b", "prod", 1, &["x"])],
+        request_id: String::new(),
+    });
+    let other = other.await.unwrap_err();
+    assert_eq!(other.code(), Code::PermissionDenied);
+    assert_eq!(other.message(), "jobs[1].team: member token \"alice\" may not submit jobs of team \"prod\"");
+    let cancel = jobs.cancel(CancelJobRequest { job_id: prod }).await.unwrap_err();
+    assert_eq!(cancel.code(), Code::PermissionDenied, "{cancel:?}");
+    let listed = jobs.list(ListJobsRequest::default()).await.unwrap().into_inner().jobs;
+    assert_eq!(listed.len(), 2, "the cluster-wide view, without the refused batch");
+    let theirs = listed.iter().find(|j| j.id == prod).unwrap();
+    let spec = theirs.spec.as_ref().unwrap();
+    assert!(theirs.redacted && spec.command.is_empty() && spec.env.is_empty(), "{theirs:?}");
+    assert!(!format!("{listed:?}").contains("hunter2"));
+    let mine = listed.iter().find(|j| j.id == own).unwrap();
+    assert!(!mine.redacted && mine.spec.as_ref().unwrap().command == ["python"]);
+    let got = jobs.get(GetJobRequest { job_id: prod, consistency: 0 }).await.unwrap().into_inner().job.unwrap();
+    assert!(got.redacted && !format!("{got:?}").contains("hunter2"));
+    let why = jobs.why(WhyRequest { job_id: prod }).await.unwrap().into_inner();
+    assert!(!format!("{:?}", why.job).contains("hunter2"));
+    let full = as_admin.get(GetJobRequest { job_id: prod, consistency: 0 }).await.unwrap().into_inner().job.unwrap();
+    assert!(!full.redacted && full.spec.unwrap().env["API_KEY"] == "hunter2", "admins see everything");
+    jobs.cancel(CancelJobRequest { job_id: own }).await.unwrap();
+    replica.stop().await;
+}
+
+/// Opens an agent session that registers `node`: the first message from the scheduler, or the
+/// refusal.
+async fn register(channel: Authed, node: &str) -> Result<SchedulerMessage, tonic::Status> {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let register = Register { inventory: Some(gpu_inventory(node, 8, MODEL)), ..Register::default() };
+    tx.send(AgentMessage { body: Some(Up::Register(register)) }).await.unwrap();
+    let mut down = AgentServiceClient::new(channel).session(tokio_stream::wrappers::ReceiverStream::new(rx)).await?;
+    let first = down.get_mut().message().await?.expect("an answer");
+    std::mem::forget(tx);
+    Ok(first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_token_registers_its_own_node_only() {
+    let (replica, admin_secret) = replica().await;
+    let mut admin = AdminServiceClient::new(replica.with(Some(&admin_secret)).await);
+    let a = create(&mut admin, "agent-a", Role::Agent, &[], "node-a").await;
+    let as_b = register(replica.with(Some(&a)).await, "node-b").await.unwrap_err();
+    assert_eq!(as_b.code(), Code::PermissionDenied);
+    assert_eq!(as_b.message(), "agent token \"agent-a\" may not report for node \"node-b\"");
+    let nodes = admin.list_nodes(ListNodesRequest::default()).await.unwrap().into_inner().nodes;
+    assert!(nodes.is_empty(), "the refused registration left no node: {nodes:?}");
+    let as_a = register(replica.with(Some(&a)).await, "node-a").await.unwrap();
+    assert!(matches!(as_a.body, Some(scheduler_message::Body::Registered(_))), "{as_a:?}");
+    let mut jobs = JobServiceClient::new(replica.with(Some(&a)).await);
+    let err = jobs.list(ListJobsRequest::default()).await.unwrap_err();
+    assert_eq!(err.message(), "agent token \"agent-a\" may not call JobService/List");
+    replica.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_refused_at_once_and_the_bootstrap_file_is_private() {
+    let (replica, admin_secret) = replica().await;
+    let mode = std::fs::metadata(replica.dir.path().join("admin.token")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let mut admin = AdminServiceClient::new(replica.with(Some(&admin_secret)).await);
+    admin.set_team(SetTeamRequest { team: Some(gpu_team("research", MODEL, 8)) }).await.unwrap();
+    let ci = create(&mut admin, "ci", Role::Member, &["research"], "").await;
+    let mut jobs = JobServiceClient::new(replica.with(Some(&ci)).await);
+    jobs.list(ListJobsRequest::default()).await.unwrap();
+    let again =
+        admin.create_token(CreateTokenRequest { name: "ci".into(), role: Role::Admin as i32, ..Default::default() });
+    assert_eq!(again.await.unwrap_err().code(), Code::AlreadyExists);
+    let listed = admin.list_tokens(ListTokensRequest {}).await.unwrap().into_inner().tokens;
+    let names: Vec<&str> = listed.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["bootstrap", "ci"]);
+    assert_eq!(listed[1].created_by, "bootstrap");
+    assert!(!format!("{listed:?}").contains(&ci), "listings never hold secrets");
+    admin.revoke_token(RevokeTokenRequest { name: "ci".into() }).await.unwrap();
+    let refused = jobs.list(ListJobsRequest::default()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    let gone = admin.revoke_token(RevokeTokenRequest { name: "ci".into() }).await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    let bad =
+        admin.create_token(CreateTokenRequest { name: "x".into(), role: Role::Member as i32, ..Default::default() });
+    assert_eq!(bad.await.unwrap_err().message(), "teams: a member token needs at least one team");
+    replica.stop().await;
+}

@@ -1,0 +1,148 @@
+//! What the replica tests share: replica 1 of a cluster, served over gRPC on loopback from a
+//! temporary data directory, and channels to it that carry its admin token.
+
+// Each test binary uses a part of these helpers.
+#![allow(dead_code)]
+
+use qm_proto::auth::{authed, Authed, Bearer};
+use qm_proto::v1::admin_service_client::AdminServiceClient;
+use qm_proto::v1::WhoAmIRequest;
+use qm_scheduler::leader::LeaderConfig;
+use qm_scheduler::node::NodeConfig;
+use qm_scheduler::server::{run, ServerConfig};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+/// A free loopback address.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+pub struct Replica {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    pub dir: tempfile::TempDir,
+    insecure: bool,
+    /// The admin token, when it is not the bootstrap file of this replica's data directory.
+    pub token: Option<String>,
+}
+
+impl Replica {
+    /// Replica 1 of a cluster of `voters` (the others are not started).
+    pub fn start(voters: &[u64], max_message_bytes: usize) -> Self {
+        Self::start_from(voters, max_message_bytes, None)
+    }
+
+    /// Replica 1, restored from a backup when one is given.
+    pub fn start_from(voters: &[u64], max_message_bytes: usize, restore: Option<Vec<u8>>) -> Self {
+        Self::start_leased(voters, max_message_bytes, restore, Duration::from_millis(600))
+    }
+
+    /// Replica 1, whose nodes are lost after `node_lease` without a message from their agent.
+    pub fn start_leased(
+        voters: &[u64],
+        max_message_bytes: usize,
+        restore: Option<Vec<u8>>,
+        node_lease: Duration,
+    ) -> Self {
+        Self::launch(voters, max_message_bytes, restore, node_lease, false)
+    }
+
+    /// Replica 1 of `voters`, checking no tokens.
+    pub fn start_insecure(voters: &[u64], max_message_bytes: usize) -> Self {
+        Self::launch(voters, max_message_bytes, None, Duration::from_millis(600), true)
+    }
+
+    fn launch(
+        voters: &[u64],
+        max_message_bytes: usize,
+        restore: Option<Vec<u8>>,
+        node_lease: Duration,
+        insecure: bool,
+    ) -> Self {
+        let addr = free_addr();
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = NodeConfig::new(1, voters.to_vec());
+        node.peers = voters.iter().map(|id| (*id, if *id == 1 { addr } else { free_addr() }.to_string())).collect();
+        node.tick = Duration::from_millis(10);
+        node.deadline = Duration::from_millis(800);
+        let config = ServerConfig {
+            node,
+            cluster_id: 1,
+            listen: addr,
+            data_dir: dir.path().to_owned(),
+            leader: LeaderConfig::default(),
+            max_message_bytes,
+            heartbeat: Duration::from_millis(100),
+            node_lease,
+            restore,
+            insecure,
+        };
+        let (stop, rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            run(config, async move {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self { addr, stop: Some(stop), task, dir, insecure, token: None }
+    }
+
+    /// The admin token: the one given, else the bootstrap token the replica wrote.
+    pub async fn token(&self) -> String {
+        if let Some(t) = &self.token {
+            return t.clone();
+        }
+        let file = self.dir.path().join("admin.token");
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(t) = std::fs::read_to_string(&file) {
+                return t.trim().to_owned();
+            }
+            assert!(Instant::now() < until, "no bootstrap token was written");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A plain channel to the replica, once it listens.
+    pub async fn connect(&self) -> Channel {
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(c) = Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await {
+                return c;
+            }
+            assert!(Instant::now() < until, "the replica did not listen");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A channel to the replica that sends `token`.
+    pub async fn with(&self, token: Option<&str>) -> Authed {
+        authed(self.connect().await, Bearer::new(token).unwrap())
+    }
+
+    /// A channel to the replica carrying the admin token (none when insecure), once the token
+    /// is accepted.
+    pub async fn channel(&self) -> Authed {
+        if self.insecure {
+            return self.with(None).await;
+        }
+        let until = Instant::now() + Duration::from_secs(5);
+        let channel = self.with(Some(&self.token().await)).await;
+        let mut admin = AdminServiceClient::new(channel.clone());
+        while let Err(s) = admin.who_am_i(WhoAmIRequest {}).await {
+            assert!(Instant::now() < until, "the admin token is not accepted: {s:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        channel
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap();
+    }
+}
