@@ -249,3 +249,20 @@ async fn a_revoked_token_is_refused_at_once_and_the_bootstrap_file_is_private() 
     assert_eq!(bad.await.unwrap_err().message(), "teams: a member token needs at least one team");
     replica.stop().await;
 }
+
+#[test]
+fn the_security_guide_lists_every_rule_as_the_table_has_it() {
+    let guide = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/security.md"));
+    let guide = guide.unwrap();
+    for (service, method, rule) in RULES {
+        let word = match rule {
+            Rule::Admin => "admin",
+            Rule::Member => "member",
+            Rule::Agent => "agent",
+            Rule::AnyToken => "any token",
+            Rule::Peer => "peer",
+        };
+        let row = format!("| `{service}/{method}` | {word} |");
+        assert!(guide.contains(&row), "docs/security.md has no row {row}");
+    }
+}
