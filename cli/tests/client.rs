@@ -217,3 +217,42 @@ fn a_paused_replica_costs_one_wait_per_command_and_every_address_is_explained() 
         "{err}"
     );
 }
+
+/// Tokens and the audit trail from the command line: a member token written 0600, used for its
+/// own team, refused for an admin command (exit code 5, naming the role and the call), listed
+/// without its secret, seen in the audit trail, and refused once revoked.
+#[test]
+fn tokens_and_the_audit_trail_from_the_command_line() {
+    let dev = Dev::start();
+    let team = ["quota", "set", "--team", "dev", "--flavor", "gpu/nvidia-h100-80gb-hbm3", "--nominal", "8"];
+    assert!(qm(&[&team[..], &[&dev.flag()]].concat()).status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("alice.token");
+    let file = file.to_str().unwrap();
+    let created = qm(&["admin", "tokens", "create", "alice", "--team", "dev", "--out", file, &dev.flag()]);
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(file).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let secret = std::fs::read_to_string(file).unwrap();
+    let as_alice = |args: &[&str]| qm_env(args, &[("QM_TOKEN_FILE", file)]);
+    let who = json(&as_alice(&["admin", "tokens", "whoami", "--json", &dev.flag()]));
+    assert_eq!((who["name"].as_str(), who["role"].as_str()), (Some("alice"), Some("member")));
+    let submitted = as_alice(&["submit", "--team", "dev", "--gpus", "1", &dev.flag(), "--", "true"]);
+    assert!(submitted.status.success(), "{}", text(&submitted.stderr));
+    let quota = as_alice(&["quota", "set", "--team", "dev", "--flavor", "gpu/x", "--nominal", "1", &dev.flag()]);
+    assert_eq!(quota.status.code(), Some(5));
+    assert!(
+        text(&quota.stderr).contains("member token \"alice\" may not call AdminService/SetTeam"),
+        "{}",
+        text(&quota.stderr)
+    );
+    let listed = text(&qm(&["admin", "tokens", "list", &dev.flag()]).stdout);
+    assert!(listed.contains("alice") && listed.contains("teams dev") && !listed.contains(secret.trim()), "{listed}");
+    let trail = json(&qm(&["admin", "audit", "--token", "alice", "--json", &dev.flag()]));
+    let what: Vec<&str> = trail["records"].as_array().unwrap().iter().filter_map(|r| r["what"].as_str()).collect();
+    assert_eq!(what, ["submit 1 job(s) of team dev: job 1"]);
+    assert!(qm(&["admin", "tokens", "revoke", "alice", &dev.flag()]).status.success());
+    let refused = as_alice(&["jobs", &dev.flag()]);
+    assert_eq!(refused.status.code(), Some(5));
+    assert!(text(&refused.stderr).contains("the token is unknown or revoked"), "{}", text(&refused.stderr));
+}

@@ -3,7 +3,8 @@
 //! postcard of the core state's own snapshot, the request-id table, the members and the tokens).
 //! Version 1 of both (before tokens) is still read.
 
-use crate::access::tokens::{AccessCommand, Digest, Tokens};
+use crate::access::tokens::{AccessCommand, Tokens};
+use crate::audit::{Asker, Audit};
 use qm_core::{Command, JobId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -40,10 +41,11 @@ pub struct Proposal {
     pub seq: u64,
     /// The client's token for retries of a submission.
     pub request_id: Option<String>,
-    /// The hash of the bearer token the change was asked with: refused when the token is
-    /// revoked by the time the change applies (so a replica that admitted it before it heard of
-    /// the revocation cannot slip it in). None for the replicas' own changes and insecure ones.
-    pub by: Option<Digest>,
+    /// Who asked for the change, for the audit trail; with the hash of their token, so that the
+    /// change is refused when the token is revoked by the time it applies (a replica that
+    /// admitted it before it heard of the revocation cannot slip it in). None for the replicas'
+    /// own changes and agents' reports.
+    pub asker: Option<Asker>,
     /// The change.
     pub op: Op,
 }
@@ -59,7 +61,7 @@ struct ProposalV1 {
 
 impl From<ProposalV1> for Proposal {
     fn from(p: ProposalV1) -> Self {
-        Proposal { origin: p.origin, seq: p.seq, request_id: p.request_id, by: None, op: Op::Core(p.command) }
+        Proposal { origin: p.origin, seq: p.seq, request_id: p.request_id, asker: None, op: Op::Core(p.command) }
     }
 }
 
@@ -145,6 +147,16 @@ pub struct ChangeContext {
     pub seq: u64,
     /// The added member's replication address (empty for a removal).
     pub address: String,
+    /// Who asked for it (absent in contexts of the first release).
+    pub asker: Option<Asker>,
+}
+
+/// A `ChangeContext` of the first release.
+#[derive(Deserialize)]
+struct ChangeContextV1 {
+    origin: u64,
+    seq: u64,
+    address: String,
 }
 
 impl ChangeContext {
@@ -153,9 +165,12 @@ impl ChangeContext {
         postcard::to_allocvec(self).expect("encoding to a Vec cannot fail")
     }
 
-    /// Decodes a `ConfChange::context`.
+    /// Decodes a `ConfChange::context`, of this release or the first.
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        postcard::from_bytes(bytes).map_err(|e| CodecError::Decode { what: "membership change", reason: e.to_string() })
+        postcard::from_bytes(bytes).or_else(|e| match postcard::from_bytes::<ChangeContextV1>(bytes) {
+            Ok(v1) => Ok(ChangeContext { origin: v1.origin, seq: v1.seq, address: v1.address, asker: None }),
+            Err(_) => Err(CodecError::Decode { what: "membership change", reason: e.to_string() }),
+        })
     }
 }
 
@@ -259,6 +274,7 @@ struct SnapshotBodyRef<'a> {
     dedup: &'a Dedup,
     members: &'a Members,
     tokens: &'a Tokens,
+    audit: &'a Audit,
 }
 
 /// A snapshot's body as read.
@@ -269,6 +285,7 @@ struct SnapshotBody<'a> {
     dedup: Dedup,
     members: Members,
     tokens: Tokens,
+    audit: Audit,
 }
 
 /// A snapshot's body of the first format.
@@ -289,6 +306,8 @@ pub struct Replicated {
     pub members: Members,
     /// Bearer tokens.
     pub tokens: Tokens,
+    /// The audit trail.
+    pub audit: Audit,
 }
 
 /// Bytes as one length and a copy (postcard writes a `Vec<u8>` the same way, byte by byte).
@@ -303,8 +322,8 @@ pub type Members = BTreeMap<u64, String>;
 pub fn encode_snapshot(state: &qm_core::StateCut, rest: &Replicated) -> Vec<u8> {
     let mut out = SNAPSHOT_MAGIC.to_vec();
     out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-    let body =
-        SnapshotBodyRef { state: &state.to_bytes(), dedup: &rest.dedup, members: &rest.members, tokens: &rest.tokens };
+    let (dedup, members, tokens, audit) = (&rest.dedup, &rest.members, &rest.tokens, &rest.audit);
+    let body = SnapshotBodyRef { state: &state.to_bytes(), dedup, members, tokens, audit };
     encode_after(out, &body)
 }
 
@@ -318,11 +337,11 @@ pub fn decode_snapshot(data: &[u8]) -> Result<(qm_core::State, Replicated), Code
     let (state, rest) = match found {
         SNAPSHOT_VERSION => {
             let b: SnapshotBody = postcard::from_bytes(&data[6..]).map_err(|e| bad(e.to_string()))?;
-            (b.state, Replicated { dedup: b.dedup, members: b.members, tokens: b.tokens })
+            (b.state, Replicated { dedup: b.dedup, members: b.members, tokens: b.tokens, audit: b.audit })
         }
         SNAPSHOT_V1 => {
             let b: SnapshotBodyV1 = postcard::from_bytes(&data[6..]).map_err(|e| bad(e.to_string()))?;
-            (b.state, Replicated { dedup: b.dedup, members: b.members, tokens: Tokens::default() })
+            (b.state, Replicated { dedup: b.dedup, members: b.members, ..Replicated::default() })
         }
         _ => return Err(CodecError::Version { what: "snapshot", found: found.into(), known: SNAPSHOT_VERSION.into() }),
     };
@@ -341,14 +360,14 @@ mod tests {
                 origin: 2,
                 seq: 7,
                 request_id: Some("r1".into()),
-                by: None,
+                asker: None,
                 op: Op::Core(Command::Cancel { job: JobId(3), at_ms: 9 }),
             },
             Proposal {
                 origin: 2,
                 seq: 8,
                 request_id: None,
-                by: Some([1; 32]),
+                asker: Some(Asker { name: "ops".into(), role: "admin".into(), hash: Some([1; 32]), at_ms: 5 }),
                 op: Op::Access(AccessCommand::Revoke { name: "ci".into() }),
             },
         ];
@@ -368,7 +387,7 @@ mod tests {
         let command = Command::Cancel { job: JobId(3), at_ms: 9 };
         let v1 = vec![ProposalV1 { origin: 2, seq: 7, request_id: Some("r1".into()), command: command.clone() }];
         let data = postcard::to_extend(&v1, vec![ENTRY_V1]).unwrap();
-        let want = Proposal { origin: 2, seq: 7, request_id: Some("r1".into()), by: None, op: Op::Core(command) };
+        let want = Proposal { origin: 2, seq: 7, request_id: Some("r1".into()), asker: None, op: Op::Core(command) };
         assert_eq!(decode_batch(&data).unwrap(), vec![want]);
     }
 
@@ -410,7 +429,7 @@ mod tests {
         let first = postcard::to_extend(&first_body(&state, &members), first).unwrap();
         let (back, rest) = decode_snapshot(&first).unwrap();
         assert_eq!(back.hash(), state.hash());
-        assert_eq!(rest, Replicated { dedup, members, tokens: Tokens::default() });
+        assert_eq!(rest, Replicated { dedup, members, ..Replicated::default() });
     }
 
     #[test]
@@ -462,7 +481,17 @@ mod tests {
         let members = Members::from([(1, "127.0.0.1:7000".to_owned())]);
         let mut tokens = Tokens::default();
         tokens.apply(AccessCommand::Bootstrap { hash: [7; 32], at_ms: 5 }).unwrap();
-        let rest = Replicated { dedup, members, tokens };
+        let mut audit = Audit::default();
+        let what = "cancel job 1".to_owned();
+        audit.push(crate::audit::AuditRecord {
+            index: 3,
+            at_ms: 4,
+            name: "ops".into(),
+            role: "admin".into(),
+            what,
+            error: None,
+        });
+        let rest = Replicated { dedup, members, tokens, audit };
         let data = encode_snapshot(&state.cut(), &rest);
         let (back, read) = decode_snapshot(&data).unwrap();
         assert_eq!(back.hash(), state.hash());

@@ -3,6 +3,7 @@
 //! the first answer.
 
 use crate::access::tokens::{AccessError, Tokens};
+use crate::audit::{describe, describe_change, Asker, Audit, AuditRecord};
 use crate::codec::{decode_snapshot, encode_snapshot, CodecError, Dedup, Members, Op, Proposal, Replicated};
 use qm_core::{ApplyError, Command, JobId, JobSpec, Outcome, State};
 
@@ -43,6 +44,8 @@ pub struct Fsm {
     pub members: Members,
     /// Bearer tokens.
     pub tokens: Tokens,
+    /// The changes callers asked for.
+    pub audit: Audit,
 }
 
 /// What a snapshot holds, as of the moment `Fsm::cut` was called.
@@ -63,7 +66,8 @@ impl Fsm {
     /// The state machine a snapshot holds, as of log index `index`.
     pub fn restore(data: &[u8], index: u64) -> Result<Self, CodecError> {
         let (state, rest) = decode_snapshot(data)?;
-        Ok(Self { state, dedup: rest.dedup, applied: index, members: rest.members, tokens: rest.tokens })
+        let Replicated { dedup, members, tokens, audit } = rest;
+        Ok(Self { state, dedup, applied: index, members, tokens, audit })
     }
 
     /// Encodes the state machine for a snapshot.
@@ -74,14 +78,23 @@ impl Fsm {
     /// A consistent copy of what a snapshot holds, cheap to take (it shares jobs, nodes and
     /// request ids with the live state), to encode without holding the state's lock.
     pub fn cut(&self) -> FsmCut {
-        let rest = Replicated { dedup: self.dedup.clone(), members: self.members.clone(), tokens: self.tokens.clone() };
+        let rest = Replicated {
+            dedup: self.dedup.clone(),
+            members: self.members.clone(),
+            tokens: self.tokens.clone(),
+            audit: self.audit.clone(),
+        };
         FsmCut { state: self.state.cut(), rest }
     }
 
     /// Records a membership change applied at `index`: the member's address is added or
     /// dropped.
-    pub fn record_change(&mut self, index: u64, removed: bool, id: u64, address: String) {
+    pub fn record_change(&mut self, index: u64, removed: bool, id: u64, address: String, asker: Option<Asker>) {
         self.applied = index;
+        if let Some(a) = asker {
+            let what = describe_change(removed, id, &address);
+            self.audit.push(AuditRecord { index, at_ms: a.at_ms, name: a.name, role: a.role, what, error: None });
+        }
         if removed {
             self.members.remove(&id);
         } else {
@@ -92,19 +105,30 @@ impl Fsm {
     /// Applies the proposals of the entry at `index`.
     pub fn apply(&mut self, index: u64, proposals: Vec<Proposal>) -> Vec<Applied> {
         self.applied = index;
-        proposals.into_iter().map(|p| self.apply_one(p)).collect()
+        proposals.into_iter().map(|p| self.apply_one(index, p)).collect()
     }
 
-    fn apply_one(&mut self, p: Proposal) -> Applied {
-        if p.by.is_some_and(|h| self.tokens.find(&h).is_none()) {
-            return Applied { origin: p.origin, seq: p.seq, result: Err(AccessError::Revoked.into()), at_ms: None };
+    /// Applies one proposal, and records it in the audit trail when a caller asked for it.
+    fn apply_one(&mut self, index: u64, mut p: Proposal) -> Applied {
+        let (origin, seq) = (p.origin, p.seq);
+        let asked = p.asker.take().map(|a| (describe(&p.op), a));
+        let revoked = asked.as_ref().and_then(|(_, a)| a.hash).is_some_and(|h| self.tokens.find(&h).is_none());
+        let (result, at_ms) = if revoked { (Err(AccessError::Revoked.into()), None) } else { self.decide(p) };
+        if let Some((what, a)) = asked {
+            let (what, error) = match &result {
+                Ok(out) => (with_jobs(what, &out.submitted), None),
+                Err(e) => (what, Some(e.to_string())),
+            };
+            self.audit.push(AuditRecord { index, at_ms: a.at_ms, name: a.name, role: a.role, what, error });
         }
+        Applied { origin, seq, result, at_ms }
+    }
+
+    /// What a proposal gives, and the time its command carries.
+    fn decide(&mut self, p: Proposal) -> (Result<Outcome, Refused>, Option<u64>) {
         let command = match p.op {
             Op::Core(c) => c,
-            Op::Access(c) => {
-                let result = self.tokens.apply(c).map(|()| Outcome::default()).map_err(Refused::from);
-                return Applied { origin: p.origin, seq: p.seq, result, at_ms: None };
-            }
+            Op::Access(c) => return (self.tokens.apply(c).map(|()| Outcome::default()).map_err(Refused::from), None),
         };
         let at_ms = command.at_ms();
         let seen = match (&p.request_id, &command) {
@@ -128,7 +152,7 @@ impl Fsm {
                 result
             }
         };
-        Applied { origin: p.origin, seq: p.seq, result, at_ms }
+        (result, at_ms)
     }
 
     /// Whether a retried submission of `jobs` is the one that created `first`: the same
@@ -137,6 +161,17 @@ impl Fsm {
     fn same_jobs(&self, first: &[JobId], jobs: &[JobSpec]) -> bool {
         first.len() == jobs.len()
             && first.iter().zip(jobs).all(|(id, spec)| self.state.job(*id).is_none_or(|j| j.spec == *spec))
+    }
+}
+
+/// `what` with the ids of the jobs a submission created: all of them up to five, else the
+/// first and the last (a batch's ids are consecutive).
+fn with_jobs(what: String, jobs: &[JobId]) -> String {
+    match jobs {
+        [] => what,
+        [one] => format!("{what}: job {}", one.0),
+        [first, .., last] if jobs.len() > 5 => format!("{what}: jobs {}..={}", first.0, last.0),
+        _ => format!("{what}: jobs {}", jobs.iter().map(|j| j.0.to_string()).collect::<Vec<_>>().join(", ")),
     }
 }
 
@@ -154,7 +189,7 @@ mod tests {
         Proposal {
             origin: 1,
             seq,
-            by: None,
+            asker: None,
             request_id: request_id.map(str::to_owned),
             op: Op::Core(Command::Submit { jobs: vec![spec], at_ms: seq }),
         }
@@ -205,16 +240,68 @@ mod tests {
         let mut f = fsm();
         let role = crate::access::Role::Member { teams: ["t".to_owned()].into() };
         let ci = TokenRecord { name: "ci".into(), role, hash: digest("s"), created_ms: 0, created_by: String::new() };
-        let access = |c| Proposal { origin: 1, seq: 0, request_id: None, by: None, op: Op::Access(c) };
+        let access = |c| Proposal { origin: 1, seq: 0, request_id: None, asker: None, op: Op::Access(c) };
         f.apply(1, vec![access(AccessCommand::Create(ci))]);
-        let by_ci = |seq| Proposal { by: Some(digest("s")), ..submit(seq, None) };
+        let asker = Asker { name: "ci".into(), role: "member".into(), hash: Some(digest("s")), at_ms: 9 };
+        let by_ci = |seq| Proposal { asker: Some(asker.clone()), ..submit(seq, None) };
         assert!(f.apply(2, vec![by_ci(2)])[0].result.is_ok());
         let out = f.apply(3, vec![access(AccessCommand::Revoke { name: "ci".into() }), by_ci(3)]);
         let before = f.state.hash();
         assert_eq!(out[1].result, Err(Refused::Access(AccessError::Revoked)));
         assert_eq!(f.state.jobs().len(), 1, "only the submission before the revocation");
         assert_eq!(f.apply(4, vec![by_ci(4)])[0].result, Err(Refused::Access(AccessError::Revoked)));
+        let last = f.audit.records().last().unwrap();
+        assert_eq!((&*last.name, last.error.as_deref()), ("ci", Some("the token was revoked")));
         assert_eq!(f.state.hash(), before);
+    }
+
+    #[test]
+    fn the_trail_records_what_callers_asked_for_and_how_it_ended() {
+        let mut f = fsm();
+        let asker = |name: &str| Asker { name: name.into(), role: "admin".into(), hash: None, at_ms: 7 };
+        let batch = |seq, n| {
+            let Op::Core(Command::Submit { jobs, at_ms }) = submit(seq, None).op else { unreachable!() };
+            let op = Op::Core(Command::Submit { jobs: vec![jobs[0].clone(); n], at_ms });
+            Proposal { asker: Some(asker("ops")), op, ..submit(seq, None) }
+        };
+        let cancel = |job| Proposal {
+            asker: Some(asker("ci")),
+            op: Op::Core(Command::Cancel { job: JobId(job), at_ms: 8 }),
+            ..submit(0, None)
+        };
+        f.apply(1, vec![batch(1, 1), batch(2, 7), submit(3, None), cancel(42)]);
+        f.record_change(2, false, 4, "10.0.0.4:7070".into(), Some(asker("ops")));
+        f.record_change(3, true, 4, String::new(), None);
+        let trail: Vec<(u64, &str, &str, Option<&str>)> =
+            f.audit.records().map(|r| (r.index, &*r.name, &*r.what, r.error.as_deref())).collect();
+        assert_eq!(
+            trail,
+            [
+                (1, "ops", "submit 1 job(s) of team t: job 1", None),
+                (1, "ops", "submit 7 job(s) of team t: jobs 2..=8", None),
+                (1, "ci", "cancel job 42", Some("unknown job 42")),
+                (2, "ops", "add replica 4 at 10.0.0.4:7070", None),
+            ],
+            "changes nobody asked for (the replicas' own) are not in the trail"
+        );
+        assert!(f.audit.records().all(|r| r.at_ms == 7 && r.role == "admin"));
+        let back = Fsm::restore(&f.snapshot(), 3).unwrap();
+        assert_eq!(back.audit, f.audit, "a snapshot carries the trail");
+    }
+
+    #[test]
+    fn the_trail_forgets_its_oldest_records_beyond_its_capacity() {
+        let mut f = Fsm::default();
+        let asker = Asker { name: "ops".into(), role: "admin".into(), hash: None, at_ms: 1 };
+        for i in 0..=crate::audit::CAPACITY as u64 {
+            let cancel = Op::Core(Command::Cancel { job: JobId(i), at_ms: 1 });
+            f.apply(
+                i + 1,
+                vec![Proposal { origin: 1, seq: i, request_id: None, asker: Some(asker.clone()), op: cancel }],
+            );
+        }
+        assert_eq!(f.audit.len(), crate::audit::CAPACITY);
+        assert_eq!(f.audit.records().next().map(|r| r.what.as_str()), Some("cancel job 1"));
     }
 
     #[test]
@@ -224,7 +311,7 @@ mod tests {
         let out = f.apply(
             1,
             vec![Proposal {
-                by: None,
+                asker: None,
                 origin: 3,
                 seq: 9,
                 request_id: None,

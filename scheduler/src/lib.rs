@@ -4,6 +4,7 @@
 //! Module map:
 //! - `access`: bearer tokens and roles, the table of who may call what, and the layer that
 //!   checks every call; the cluster's first admin token.
+//! - `audit`: the audit trail of the changes callers asked for, kept in the replicated state.
 //! - `server`: a replica as a process: storage, node, transport, loops and one tonic server.
 //! - `node`: the raft-rs `RawNode` on its own thread (the Ready loop, batching, read barriers,
 //!   snapshots, membership) and `Handle`, through which everything else talks to it.
@@ -21,6 +22,7 @@
 //!   one thread from a seed); `testing`: builders of jobs and teams for it and the tests.
 
 pub mod access;
+pub mod audit;
 pub mod codec;
 pub mod dst;
 pub mod fsm;

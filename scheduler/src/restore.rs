@@ -52,9 +52,9 @@ pub fn export(dir: &Path) -> Result<(u64, Vec<u8>), RestoreError> {
                 }
                 _ => {
                     let cc = ConfChange::parse_from_bytes(&e.data).map_err(|err| RestoreError::Log(err.to_string()))?;
-                    let address = ChangeContext::decode(&cc.context)?.address;
+                    let context = ChangeContext::decode(&cc.context)?;
                     let removed = cc.get_change_type() == ConfChangeType::RemoveNode;
-                    fsm.record_change(e.index, removed, cc.node_id, address);
+                    fsm.record_change(e.index, removed, cc.node_id, context.address, context.asker);
                 }
             }
         }
@@ -121,7 +121,7 @@ mod tests {
             let members = vec![(1, "a:1".to_owned())];
             seed(&store, &backup(), &members).unwrap();
             let more = crate::codec::encode_batch(&[crate::codec::Proposal {
-                by: None,
+                asker: None,
                 origin: 1,
                 seq: 1,
                 request_id: None,

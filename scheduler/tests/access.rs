@@ -266,3 +266,72 @@ fn the_security_guide_lists_every_rule_as_the_table_has_it() {
         assert!(guide.contains(&row), "docs/security.md has no row {row}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_names_who_asked_for_each_change_and_how_it_ended() {
+    let (replica, admin_secret) = replica().await;
+    let mut admin = AdminServiceClient::new(replica.with(Some(&admin_secret)).await);
+    admin.set_team(SetTeamRequest { team: Some(gpu_team("research", MODEL, 8)) }).await.unwrap();
+    let alice = create(&mut admin, "alice", Role::Member, &["research"], "").await;
+    let mut jobs = JobServiceClient::new(replica.with(Some(&alice)).await);
+    let batch = (0..3).map(|i| gpu_job(&format!("j{i}"), "research", 1, &["x"])).collect();
+    jobs.submit(SubmitRequest { jobs: batch, request_id: String::new() }).await.unwrap();
+    jobs.cancel(CancelJobRequest { job_id: 77 }).await.unwrap_err();
+    let denied = jobs.submit(SubmitRequest { jobs: vec![gpu_job("p", "prod", 1, &["x"])], request_id: String::new() });
+    denied.await.unwrap_err();
+
+    let all = admin.list_audit(ListAuditRequest::default()).await.unwrap().into_inner();
+    let trail: Vec<(&str, &str, &str, Option<&str>)> =
+        all.records.iter().map(|r| (&*r.token, &*r.role, &*r.what, r.error.as_deref())).collect();
+    assert_eq!(
+        trail,
+        [
+            ("bootstrap", "admin", "set team research", None),
+            ("bootstrap", "admin", "create token alice (member of research)", None),
+            ("alice", "member", "submit 3 job(s) of team research: jobs 1, 2, 3", None),
+            ("alice", "member", "cancel job 77", Some("unknown job 77")),
+        ],
+        "a call refused before it reaches the log (another team) is not a change"
+    );
+    assert!(all.records.windows(2).all(|w| w[0].index < w[1].index && w[0].at_ms <= w[1].at_ms));
+    let ask = |req: ListAuditRequest| {
+        let mut admin = admin.clone();
+        async move { admin.list_audit(req).await.map(|r| r.into_inner().records) }
+    };
+    let hers = ask(ListAuditRequest { token: "alice".into(), ..Default::default() }).await.unwrap();
+    assert_eq!(hers.len(), 2);
+    let refused = ask(ListAuditRequest { refused_only: true, ..Default::default() }).await.unwrap();
+    assert_eq!(refused.iter().map(|r| r.what.as_str()).collect::<Vec<_>>(), ["cancel job 77"]);
+    let newest = ask(ListAuditRequest { limit: 1, ..Default::default() }).await.unwrap();
+    assert_eq!(newest[0].what, "cancel job 77");
+    let later = ask(ListAuditRequest { since_ms: all.records[3].at_ms + 1, ..Default::default() }).await.unwrap();
+    assert!(later.is_empty());
+    let bad = ask(ListAuditRequest { limit: 10_001, ..Default::default() }).await.unwrap_err();
+    assert_eq!(bad.message(), "limit: at most 10000, got 10001");
+    replica.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_registering_an_absurd_inventory_is_refused_and_changes_nothing() {
+    let (replica, admin_secret) = replica().await;
+    let mut admin = AdminServiceClient::new(replica.with(Some(&admin_secret)).await);
+    let a = create(&mut admin, "agent-a", Role::Agent, &[], "node-a").await;
+    let before = admin.cluster_status(ClusterStatusRequest {}).await.unwrap().into_inner().state_hash;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut inventory = gpu_inventory("node-a", 10_000, MODEL);
+    inventory.labels = (0..1_000).map(|i| (format!("k{i}"), "v".repeat(100))).collect();
+    tx.send(AgentMessage { body: Some(Up::Register(Register { inventory: Some(inventory), ..Register::default() })) })
+        .await
+        .unwrap();
+    let mut agent = AgentServiceClient::new(replica.with(Some(&a)).await);
+    let refused = agent.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().starts_with("register.inventory."), "the field is named: {}", refused.message());
+    let after = admin.cluster_status(ClusterStatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(after.state_hash, before, "nothing of the inventory was accepted");
+    assert!(
+        register(replica.with(Some(&a)).await, "node-a").await.is_ok(),
+        "the replica serves the node's next session"
+    );
+    replica.stop().await;
+}

@@ -39,6 +39,8 @@ pub enum AdminCommand {
     /// Bearer tokens: create, list, revoke, and which one this command sends.
     #[command(subcommand)]
     Tokens(super::tokens::TokensCommand),
+    /// The audit trail: who asked for which change, when, and whether it was applied.
+    Audit(super::audit::AuditArgs),
 }
 
 /// `qm admin snapshot`.
@@ -164,6 +166,7 @@ async fn save_snapshot(t: &Target, out: &std::path::Path) -> Result<()> {
 pub(super) async fn admin(t: &Target, cmd: &AdminCommand) -> Result<()> {
     let members = match cmd {
         AdminCommand::Tokens(c) => return super::tokens::tokens(t, c).await,
+        AdminCommand::Audit(args) => return super::audit::audit(t, args).await,
         AdminCommand::Snapshot(SnapshotCommand::Save { out }) => return save_snapshot(t, out).await,
         AdminCommand::Snapshot(SnapshotCommand::Export { data, out }) => {
             let (index, bytes) = qm_scheduler::restore::export(data)?;

@@ -6,12 +6,14 @@
 //! - `jobs`: the ML engineer's commands (`submit`, `jobs`, `job`, `cancel`, `why`).
 //! - `admin`: the operators' commands (nodes, teams and quotas, status, members, backups).
 //! - `tokens`: `qm admin tokens` (create, list, revoke, whoami).
+//! - `audit`: `qm admin audit`, the audit trail.
 //! - `classes`: priority classes, and `qm apply` of a teams file.
 //! - `logs`: `qm logs`, a replica's output read from its node's agent.
 //! - `usage`: how a job used its devices, as `qm job` shows it.
 //! - `words`: the words, times and tables the commands print.
 
 mod admin;
+mod audit;
 mod classes;
 mod connect;
 mod jobs;

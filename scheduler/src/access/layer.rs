@@ -147,14 +147,20 @@ where
                 request.extensions_mut().insert(Arc::new(caller));
                 Box::pin(inner.call(request))
             }
-            Admission::Refused(status) => Box::pin(async move { Ok(status.into_http()) }),
+            Admission::Refused(status) => {
+                tracing::info!(path = request.uri().path(), code = ?status.code(), "refused a call: {}", status.message());
+                Box::pin(async move { Ok(status.into_http()) })
+            }
             Admission::Unknown(handle, hash, rpc) => Box::pin(async move {
                 match confirm(handle, hash, rpc).await {
                     Ok(caller) => {
                         request.extensions_mut().insert(Arc::new(caller));
                         inner.call(request).await
                     }
-                    Err(status) => Ok(status.into_http()),
+                    Err(status) => {
+                        tracing::info!(code = ?status.code(), "refused a call: {}", status.message());
+                        Ok(status.into_http())
+                    }
                 }
             }),
         }

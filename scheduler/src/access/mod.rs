@@ -16,6 +16,7 @@ pub mod layer;
 pub mod rules;
 pub mod tokens;
 
+use crate::audit::Asker;
 use crate::node::Handle;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -67,6 +68,12 @@ impl Caller {
     /// The caller of an insecure replica.
     pub fn insecure() -> Self {
         Self { name: "insecure".into(), role: Role::Admin, hash: None }
+    }
+
+    /// The caller as a change it asks for carries it (the time is now, on this replica).
+    pub fn asker(&self) -> Asker {
+        let (name, role, hash) = (self.name.clone(), self.role.word().to_owned(), self.hash);
+        Asker { name, role, hash, at_ms: crate::service::now_ms() }
     }
 
     /// `Unauthenticated` when the caller's token is no longer in this replica's state: checked

@@ -62,6 +62,7 @@ pub const RULES: &[(&str, &str, Rule)] = &[
     ("AdminService", "ListTokens", Rule::Admin),
     ("AdminService", "RevokeToken", Rule::Admin),
     ("AdminService", "WhoAmI", Rule::AnyToken),
+    ("AdminService", "ListAudit", Rule::Admin),
     ("AgentService", "Session", Rule::Agent),
     ("RaftService", "Stream", Rule::Peer),
     ("RaftService", "Received", Rule::Peer),

@@ -157,7 +157,8 @@ fn spec(node: &NodeId, devices: u32) -> NodeSpec {
 
 fn propose(h: &Handle, command: Command) -> Answer {
     let (reply, rx) = oneshot::channel();
-    let _ = h.inbox().send(Input::Propose { op: crate::codec::Op::Core(command), request_id: None, by: None, reply });
+    let _ =
+        h.inbox().send(Input::Propose { op: crate::codec::Op::Core(command), request_id: None, asker: None, reply });
     rx
 }
 

@@ -208,7 +208,7 @@ fn send(w: &mut World, i: usize) {
 
 fn propose(inbox: &crate::node::Inbox, command: Command, request_id: Option<String>) -> Reply {
     let (reply, rx) = oneshot::channel();
-    let _ = inbox.send(Input::Propose { op: crate::codec::Op::Core(command), request_id, by: None, reply });
+    let _ = inbox.send(Input::Propose { op: crate::codec::Op::Core(command), request_id, asker: None, reply });
     Reply::Outcome(rx)
 }
 

@@ -182,7 +182,7 @@ fn drive_replacement(w: &mut World) -> Result<(), Failure> {
                 true => Membership::Add { id: rep.id, address: format!("sim-{}", rep.id) },
             };
             let (reply, rx) = oneshot::channel();
-            let _ = h.inbox().send(Input::Change { change, reply });
+            let _ = h.inbox().send(Input::Change { change, asker: None, reply });
             rep.change = Some(rx);
         }
     }

@@ -86,7 +86,7 @@ impl<S: LogStore, T: Transport> Node<S, T> {
     fn apply_conf_change(&mut self, e: &Entry) -> Result<(), Fatal> {
         let bad = |reason: String| Fatal::Entry { index: e.index, reason };
         let cc = ConfChange::parse_from_bytes(&e.data).map_err(|err| bad(err.to_string()))?;
-        let ChangeContext { origin, seq, address } =
+        let ChangeContext { origin, seq, address, asker } =
             ChangeContext::decode(&cc.context).map_err(|err| bad(err.to_string()))?;
         let result = self.raw.apply_conf_change(&cc);
         let answer = match result {
@@ -100,7 +100,7 @@ impl<S: LogStore, T: Transport> Node<S, T> {
                     self.transport.set_peer(cc.node_id, &address);
                 }
                 let mut fsm = self.shared.fsm.write().unwrap_or_else(|p| p.into_inner());
-                fsm.record_change(e.index, removed, cc.node_id, address);
+                fsm.record_change(e.index, removed, cc.node_id, address, asker);
                 Ok(())
             }
             Err(err) => {

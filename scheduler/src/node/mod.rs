@@ -10,7 +10,8 @@ mod stepped;
 mod waiters;
 mod writer;
 
-use crate::access::tokens::{AccessCommand, AccessError, Digest};
+use crate::access::tokens::{AccessCommand, AccessError};
+use crate::audit::Asker;
 use crate::codec::Op;
 use crate::fsm::Fsm;
 use crate::storage::{LogStore, StorageError};
@@ -137,8 +138,8 @@ pub enum Input {
         op: Op,
         /// A client's retry token.
         request_id: Option<String>,
-        /// The hash of the caller's token.
-        by: Option<Digest>,
+        /// Who asked for it.
+        asker: Option<Asker>,
         /// Answered once applied.
         reply: oneshot::Sender<Result<Outcome, NodeError>>,
     },
@@ -152,6 +153,8 @@ pub enum Input {
     Change {
         /// The change.
         change: Membership,
+        /// Who asked for it.
+        asker: Option<Asker>,
         /// Answered once applied.
         reply: oneshot::Sender<Result<(), NodeError>>,
     },
@@ -226,25 +229,25 @@ pub struct Handle {
 impl Handle {
     /// Replicates a command and waits until it is applied here.
     pub async fn propose(&self, command: Command, request_id: Option<String>) -> Result<Outcome, NodeError> {
-        self.propose_by(None, Op::Core(command), request_id).await
+        self.propose_as(None, Op::Core(command), request_id).await
     }
 
-    /// Replicates a change asked with the token of hash `by` (refused if the token is revoked
-    /// when the change applies), and waits until it is applied here.
-    pub async fn propose_by(
+    /// Replicates a change asked for by `asker` (recorded in the audit trail; refused if the
+    /// asker's token is revoked when the change applies), and waits until it is applied here.
+    pub async fn propose_as(
         &self,
-        by: Option<Digest>,
+        asker: Option<Asker>,
         op: Op,
         request_id: Option<String>,
     ) -> Result<Outcome, NodeError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Input::Propose { op, request_id, by, reply })?;
+        self.send(Input::Propose { op, request_id, asker, reply })?;
         self.wait(rx).await?
     }
 
     /// Replicates a change to the tokens and waits until it is applied here.
     pub async fn propose_access(&self, command: AccessCommand) -> Result<(), NodeError> {
-        self.propose_by(None, Op::Access(command), None).await.map(drop)
+        self.propose_as(None, Op::Access(command), None).await.map(drop)
     }
 
     /// Waits until reads here see every write committed before the call.
@@ -255,9 +258,9 @@ impl Handle {
     }
 
     /// Adds or removes a voter.
-    pub async fn change(&self, change: Membership) -> Result<(), NodeError> {
+    pub async fn change(&self, change: Membership, asker: Option<Asker>) -> Result<(), NodeError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Input::Change { change, reply })?;
+        self.send(Input::Change { change, asker, reply })?;
         self.wait(rx).await?
     }
 

@@ -290,13 +290,13 @@ impl<S: LogStore, T: Transport> Node<S, T> {
 
     fn handle(&mut self, input: Input) -> bool {
         match input {
-            Input::Propose { op, request_id, by, reply } => {
+            Input::Propose { op, request_id, asker, reply } => {
                 if let Some(e) = self.no_leader() {
                     let _ = reply.send(Err(e));
                     return true;
                 }
                 let seq = self.proposals.add(reply, self.deadline());
-                self.batch.push(Proposal { origin: self.config.id, seq, request_id, by, op });
+                self.batch.push(Proposal { origin: self.config.id, seq, request_id, asker, op });
                 if self.batch.len() >= self.config.max_batch {
                     self.flush_batch();
                 }
@@ -309,7 +309,7 @@ impl<S: LogStore, T: Transport> Node<S, T> {
                 let seq = self.reads.add(reply, self.deadline());
                 self.raw.read_index(seq.to_le_bytes().to_vec());
             }
-            Input::Change { change, reply } => self.propose_change(change, reply),
+            Input::Change { change, asker, reply } => self.propose_change(change, asker, reply),
             Input::Raft(m) if self.beyond_log(&m) => {
                 tracing::warn!(
                     replica = self.config.id,
@@ -380,7 +380,12 @@ impl<S: LogStore, T: Transport> Node<S, T> {
         }
     }
 
-    fn propose_change(&mut self, change: Membership, reply: tokio::sync::oneshot::Sender<Result<(), NodeError>>) {
+    fn propose_change(
+        &mut self,
+        change: Membership,
+        asker: Option<crate::audit::Asker>,
+        reply: tokio::sync::oneshot::Sender<Result<(), NodeError>>,
+    ) {
         if let Some(e) = self.no_leader() {
             let _ = reply.send(Err(e));
             return;
@@ -399,7 +404,7 @@ impl<S: LogStore, T: Transport> Node<S, T> {
                 String::new()
             }
         };
-        cc.context = ChangeContext { origin: self.config.id, seq, address }.encode().into();
+        cc.context = ChangeContext { origin: self.config.id, seq, address, asker }.encode().into();
         if let Err(e) = self.raw.propose_conf_change(vec![], cc) {
             self.changes.answer(seq, Err(NodeError::Unavailable(format!("the change was refused: {e}"))));
         }

@@ -265,7 +265,7 @@ async fn members_are_added_and_removed_through_raft() {
         submit_acked(c.handle(leader), format!("before-{i:02}")).await;
     }
     c.start_with(4, vec![]);
-    c.handle(leader).change(Membership::Add { id: 4, address: "127.0.0.1:7004".into() }).await.unwrap();
+    c.handle(leader).change(Membership::Add { id: 4, address: "127.0.0.1:7004".into() }, None).await.unwrap();
     c.converged().await;
     assert_eq!(names(c.handle(4)).len(), 15, "the new member caught up");
     let members: Vec<u64> = c.handle(leader).fsm().members.keys().copied().collect();
@@ -273,7 +273,7 @@ async fn members_are_added_and_removed_through_raft() {
     assert_eq!(c.handle(4).fsm().members.get(&4).map(String::as_str), Some("127.0.0.1:7004"));
 
     let gone = (1..=3).find(|id| *id != leader).unwrap();
-    c.handle(leader).change(Membership::Remove { id: gone }).await.unwrap();
+    c.handle(leader).change(Membership::Remove { id: gone }, None).await.unwrap();
     c.stop(gone);
     c.stop((1..=3).find(|id| *id != leader && *id != gone).unwrap());
     submit_acked(c.handle(leader), "after".into()).await;

@@ -35,7 +35,7 @@ impl AdminServer {
 
     /// Replicates `command`, asked by `caller`.
     async fn write(&self, caller: &Caller, command: Command) -> Result<(), Status> {
-        self.node.propose_by(caller.hash, Op::Core(command), None).await.map(|_| ()).map_err(status_of)
+        self.node.propose_as(Some(caller.asker()), Op::Core(command), None).await.map(|_| ()).map_err(status_of)
     }
 
     fn node_response(&self, name: &str) -> Result<Response<NodeResponse>, Status> {
@@ -109,6 +109,11 @@ impl AdminService for AdminServer {
         let caller = Caller::of(&request)?;
         super::tokens::revoke(&self.node, &caller, request.into_inner().name).await?;
         Ok(Response::new(RevokeTokenResponse {}))
+    }
+
+    async fn list_audit(&self, request: Request<ListAuditRequest>) -> Result<Response<ListAuditResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        super::audit::list(&self.node, &caller, request.into_inner()).await.map(Response::new)
     }
 
     async fn who_am_i(&self, request: Request<WhoAmIRequest>) -> Result<Response<TokenInfo>, Status> {
@@ -274,6 +279,7 @@ impl AdminService for AdminServer {
     }
 
     async fn add_member(&self, request: Request<AddMemberRequest>) -> Result<Response<MembersResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         if req.id == 0 {
             return Err(Status::invalid_argument("id: must not be 0"));
@@ -284,16 +290,18 @@ impl AdminService for AdminServer {
         if req.learner {
             return Err(Status::unimplemented("learner: learners are not supported; add a voter"));
         }
-        self.node.change(Membership::Add { id: req.id, address: req.address }).await.map_err(status_of)?;
+        let add = Membership::Add { id: req.id, address: req.address };
+        self.node.change(add, Some(caller.asker())).await.map_err(status_of)?;
         Ok(Response::new(MembersResponse { members: self.members() }))
     }
 
     async fn remove_member(&self, request: Request<RemoveMemberRequest>) -> Result<Response<MembersResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let id = request.into_inner().id;
         if !self.node.fsm().members.contains_key(&id) {
             return Err(Status::not_found(format!("id: {id} is not a member")));
         }
-        self.node.change(Membership::Remove { id }).await.map_err(status_of)?;
+        self.node.change(Membership::Remove { id }, Some(caller.asker())).await.map_err(status_of)?;
         Ok(Response::new(MembersResponse { members: self.members() }))
     }
 }

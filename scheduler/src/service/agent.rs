@@ -11,6 +11,8 @@ use super::readings::Readings;
 use super::sessions;
 use super::{now_ms, status_of};
 use crate::access::Caller;
+use crate::audit::Asker;
+use crate::codec::Op;
 use crate::node::{Handle, NodeError};
 use qm_core::{Command, DeviceUsage, Effect, JobId, NodeId};
 use qm_proto::convert::{inventory_from, usage_from};
@@ -156,10 +158,13 @@ impl AgentServer {
         inventory_from(inventory).map_err(|e| Status::invalid_argument(format!("register.inventory.{e}")))
     }
 
-    async fn register(&self, r: Register, orders: &Orders) -> Result<NodeId, Status> {
+    /// Registers the node of `r`; `asker`, the caller that opened the session, goes into the
+    /// audit trail (a registration again within the session does not).
+    async fn register(&self, r: Register, orders: &Orders, asker: Option<Asker>) -> Result<NodeId, Status> {
         let spec = Self::registering(&r)?;
         let id = spec.id.clone();
-        self.node.propose(Command::RegisterNode { node: spec, at_ms: now_ms() }, None).await.map_err(status_of)?;
+        let register = Op::Core(Command::RegisterNode { node: spec, at_ms: now_ms() });
+        self.node.propose_as(asker, register, None).await.map_err(status_of)?;
         self.agents().last_seen.insert(id.clone(), Instant::now());
         let interval = self.heartbeat.as_millis() as u64;
         let _ = orders.send(down(Down::Registered(Registered { heartbeat_interval_ms: interval }))).await;
@@ -304,7 +309,7 @@ impl AgentServer {
                     Ok(spec) if &spec.id != node => {
                         Err(Status::invalid_argument("register.inventory.name: a session serves one node"))
                     }
-                    Ok(_) => self.register(r, orders).await.map(drop),
+                    Ok(_) => self.register(r, orders, None).await.map(drop),
                     Err(e) => Err(e),
                 };
                 if let Err(e) = result {
@@ -353,7 +358,7 @@ impl AgentService for AgentServer {
         let id = Self::registering(&r)?.id;
         caller.must_be_node(&id.0)?;
         let (session, routed) = self.open_session(&id);
-        let node = match self.register(r, &orders).await {
+        let node = match self.register(r, &orders, Some(caller.asker())).await {
             Ok(node) => node,
             Err(e) => {
                 self.agents().sessions.retain(|_, (id, _)| *id != session);

@@ -73,7 +73,7 @@ impl JobService for JobServer {
         }
         let request_id = (!req.request_id.is_empty()).then_some(req.request_id);
         let submit = Op::Core(Command::Submit { jobs, at_ms: now_ms() });
-        let out = self.node.propose_by(caller.hash, submit, request_id).await.map_err(status_of)?;
+        let out = self.node.propose_as(Some(caller.asker()), submit, request_id).await.map_err(status_of)?;
         Ok(Response::new(SubmitResponse { job_ids: out.submitted.iter().map(|j| j.0).collect() }))
     }
 
@@ -126,7 +126,7 @@ impl JobService for JobServer {
             caller.must_own(&team.0, "cancel jobs")?;
         }
         let cancel = Op::Core(Command::Cancel { job: id, at_ms: now_ms() });
-        self.node.propose_by(caller.hash, cancel, None).await.map_err(status_of)?;
+        self.node.propose_as(Some(caller.asker()), cancel, None).await.map_err(status_of)?;
         let state = self.job(id.0, &caller)?.state;
         Ok(Response::new(CancelJobResponse { state }))
     }

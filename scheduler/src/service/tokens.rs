@@ -58,7 +58,7 @@ pub async fn create(node: &Handle, caller: &Caller, req: CreateTokenRequest) -> 
         created_by: caller.name.clone(),
     };
     let token = info(&record);
-    node.propose_by(caller.hash, Op::Access(AccessCommand::Create(record)), None).await.map_err(status_of)?;
+    node.propose_as(Some(caller.asker()), Op::Access(AccessCommand::Create(record)), None).await.map_err(status_of)?;
     tracing::info!(token = %token.name, by = %caller.name, "created a token");
     Ok(CreateTokenResponse { token: Some(token), secret })
 }
@@ -73,7 +73,7 @@ pub async fn list(node: &Handle, caller: &Caller) -> Result<ListTokensResponse, 
 pub async fn revoke(node: &Handle, caller: &Caller, name: String) -> Result<(), Status> {
     check_name(&name).map_err(invalid)?;
     let revoke = Op::Access(AccessCommand::Revoke { name: name.clone() });
-    node.propose_by(caller.hash, revoke, None).await.map_err(status_of)?;
+    node.propose_as(Some(caller.asker()), revoke, None).await.map_err(status_of)?;
     tracing::info!(token = %name, by = %caller.name, "revoked a token");
     Ok(())
 }
