@@ -526,3 +526,7 @@ pub fn stop_signal_to(s: StopSignal) -> v1::StopSignal {
 #[cfg(test)]
 #[path = "convert_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "convert_props.rs"]
+mod props;

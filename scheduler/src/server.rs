@@ -87,6 +87,11 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
 /// (4096 on current kernels).
 pub const LISTEN_BACKLOG: u32 = 4096;
 
+/// Streams one connection may hold open at once (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`): a
+/// client that opens more waits for one to end. Enough for a dashboard's or a script's
+/// watches; a client opening streams without end holds one connection's worth of them.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1_024;
+
 /// A listener on `addr` with a backlog of [`LISTEN_BACKLOG`].
 fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
@@ -147,6 +152,7 @@ pub async fn run_notify(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serve = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .layer(AccessLayer(gate))
         .add_service(jobs)
         .add_service(admin)

@@ -513,3 +513,45 @@ async fn garbage_on_the_port_leaves_the_replica_serving_and_its_state_unchanged(
     assert_eq!(after, before, "the replica leads with the same state");
     replica.stop().await;
 }
+
+/// Thousands of streams held open (4,000 watches over four connections, then one connection
+/// filled to its cap) leave the replica serving a real client, whose change every watcher
+/// hears; a stream past a connection's cap waits rather than being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_open_streams_leave_the_replica_serving_and_a_connection_is_capped() {
+    use qm_scheduler::server::MAX_STREAMS_PER_CONNECTION;
+    let replica = Replica::start(&[1], 64 * 1024);
+    let (_, _, mut jobs) = serving(&replica).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut watcher = JobServiceClient::new(replica.channel().await);
+        for _ in 0..1_000 {
+            held.push(watcher.watch(WatchJobsRequest::default()).await.unwrap().into_inner());
+        }
+    }
+    let mut full = JobServiceClient::new(replica.channel().await);
+    for _ in 0..MAX_STREAMS_PER_CONNECTION {
+        held.push(full.watch(WatchJobsRequest::default()).await.unwrap().into_inner());
+    }
+    let past_cap = tokio::time::timeout(Duration::from_millis(500), full.watch(WatchJobsRequest::default())).await;
+    assert!(past_cap.is_err(), "a stream past the connection's cap waits");
+    let submitted = tokio::time::timeout(
+        Duration::from_secs(10),
+        jobs.submit(SubmitRequest { jobs: vec![job("heard", 1)], request_id: String::new() }),
+    )
+    .await
+    .expect("the replica answers a real client meanwhile")
+    .unwrap()
+    .into_inner()
+    .job_ids[0];
+    let last = held.len() - 1;
+    for i in [0, last] {
+        let stream = &mut held[i];
+        let event = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap().unwrap().unwrap();
+        assert_eq!(event.job_id, submitted, "the watchers hear the change");
+    }
+    drop(held);
+    let listed = jobs.list(ListJobsRequest::default()).await.unwrap().into_inner().jobs;
+    assert_eq!(listed.len(), 1);
+    replica.stop().await;
+}
