@@ -18,6 +18,7 @@ use qm_scheduler::access::bootstrap::TOKEN_FILE;
 use qm_scheduler::leader::LeaderConfig;
 use qm_scheduler::node::NodeConfig;
 use qm_scheduler::server::{run, run_notify, ServerConfig};
+use qm_scheduler::service::admission::Admission;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -72,6 +73,65 @@ pub struct ServerArgs {
     /// every host is trusted, and for measuring; logged as a warning at start.
     #[arg(long)]
     insecure: bool,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Admission limits of `qm server`: each may only lower the fixed ceiling it names.
+#[derive(Debug, Args)]
+struct LimitArgs {
+    /// Most jobs in one submission (ceiling 10,000).
+    #[arg(long, default_value_t = Admission::default().max_batch)]
+    max_batch: usize,
+    /// Most replicas of one job (ceiling 4,096).
+    #[arg(long, default_value_t = Admission::default().max_replicas)]
+    max_replicas: u32,
+    /// Most bytes of one job's command and arguments (ceiling 65,536).
+    #[arg(long, default_value_t = Admission::default().max_command_bytes)]
+    max_command_bytes: usize,
+    /// Most bytes of one job's environment, names and values (ceiling 65,536).
+    #[arg(long, default_value_t = Admission::default().max_env_bytes)]
+    max_env_bytes: usize,
+    /// Most pending jobs of one team.
+    #[arg(long, default_value_t = Admission::default().max_pending_per_team)]
+    max_pending_per_team: usize,
+    /// Most teams.
+    #[arg(long, default_value_t = Admission::default().max_teams)]
+    max_teams: usize,
+    /// Most nodes.
+    #[arg(long, default_value_t = Admission::default().max_nodes)]
+    max_nodes: usize,
+}
+
+impl Default for LimitArgs {
+    fn default() -> Self {
+        let a = Admission::default();
+        Self {
+            max_batch: a.max_batch,
+            max_replicas: a.max_replicas,
+            max_command_bytes: a.max_command_bytes,
+            max_env_bytes: a.max_env_bytes,
+            max_pending_per_team: a.max_pending_per_team,
+            max_teams: a.max_teams,
+            max_nodes: a.max_nodes,
+        }
+    }
+}
+
+impl LimitArgs {
+    fn admission(&self) -> Result<Admission> {
+        let a = Admission {
+            max_batch: self.max_batch,
+            max_replicas: self.max_replicas,
+            max_command_bytes: self.max_command_bytes,
+            max_env_bytes: self.max_env_bytes,
+            max_pending_per_team: self.max_pending_per_team,
+            max_teams: self.max_teams,
+            max_nodes: self.max_nodes,
+        };
+        a.check().map_err(|e| crate::out::Failure::usage(e.to_string()))?;
+        Ok(a)
+    }
 }
 
 /// A file with a `[policy]` table.
@@ -135,6 +195,7 @@ fn config(args: &ServerArgs) -> Result<ServerConfig> {
             None => None,
         },
         insecure: args.insecure,
+        admission: args.limits.admission()?,
     })
 }
 
@@ -311,6 +372,7 @@ pub fn dev(args: &DevArgs) -> Result<()> {
         node_lease_ms: 10_000,
         policy: None,
         insecure: false,
+        limits: LimitArgs::default(),
     };
     let config = config(&server)?;
     let data = dir.path().to_owned();

@@ -8,6 +8,7 @@ use crate::access::layer::{AccessLayer, Gate};
 use crate::leader::{self, LeaderConfig};
 use crate::node::{self, NodeConfig};
 use crate::service::admin::AdminServer;
+use crate::service::admission::Admission;
 use crate::service::agent::AgentServer;
 use crate::service::jobs::JobServer;
 use crate::service::raft::RaftServer;
@@ -49,6 +50,8 @@ pub struct ServerConfig {
     pub restore: Option<Vec<u8>>,
     /// Serve every caller as an admin, without tokens (`--insecure`).
     pub insecure: bool,
+    /// Limits on what the API admits.
+    pub admission: Admission,
 }
 
 /// Why a replica stopped.
@@ -74,6 +77,9 @@ pub enum ServerError {
     /// The backup could not be restored.
     #[error(transparent)]
     Restore(#[from] crate::restore::RestoreError),
+    /// An admission limit is out of its range.
+    #[error(transparent)]
+    Limit(#[from] crate::service::admission::BadLimit),
 }
 
 /// Runs a replica until `shutdown` completes.
@@ -107,6 +113,7 @@ pub async fn run_notify(
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), ServerError> {
+    config.admission.check()?;
     let listener = listen(config.listen).map_err(|source| ServerError::Listen { addr: config.listen, source })?;
     let bound = listener.local_addr().map_err(|source| ServerError::Listen { addr: config.listen, source })?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| StorageError::Io(e.into()))?;
@@ -122,12 +129,13 @@ pub async fn run_notify(
     tracing::info!(replica = id, listen = %bound, data = %config.data_dir.display(), "replica started");
     let leader = tokio::spawn(leader::run(handle.clone(), config.leader.clone()));
     let max = config.max_message_bytes;
-    let jobs = JobServiceServer::new(JobServer::new(handle.clone(), config.leader.policy.clone()))
+    let admission = std::sync::Arc::new(config.admission.clone());
+    let jobs = JobServiceServer::new(JobServer::new(handle.clone(), config.leader.policy.clone(), admission.clone()))
         .max_decoding_message_size(max);
     let readings = Readings::default();
-    let admin =
-        AdminServiceServer::new(AdminServer::new(handle.clone(), readings.clone())).max_decoding_message_size(max);
-    let agents = AgentServer::new(handle.clone(), config.heartbeat, readings);
+    let admin = AdminServiceServer::new(AdminServer::new(handle.clone(), readings.clone(), admission.clone()))
+        .max_decoding_message_size(max);
+    let agents = AgentServer::new(handle.clone(), config.heartbeat, readings, admission);
     let liveness = tokio::spawn(agents.clone().liveness(config.node_lease));
     let dispatch = tokio::spawn(agents.clone().dispatch());
     let agents = AgentServiceServer::new(agents).max_decoding_message_size(max);

@@ -339,3 +339,61 @@ async fn an_agent_registering_an_absurd_inventory_is_refused_and_changes_nothing
     );
     replica.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_limits_refuse_what_passes_them_naming_field_and_flag() {
+    use qm_scheduler::service::admission::Admission;
+    let limits = Admission {
+        max_batch: 3,
+        max_replicas: 2,
+        max_command_bytes: 20,
+        max_env_bytes: 10,
+        max_pending_per_team: 4,
+        max_teams: 2,
+        max_nodes: 1,
+    };
+    let replica = Replica::start_admitting(&[1], limits);
+    let mut admin = AdminServiceClient::new(replica.channel().await);
+    let jobs = JobServiceClient::new(replica.channel().await);
+    for team in ["research", "prod", "research"] {
+        admin.set_team(SetTeamRequest { team: Some(gpu_team(team, MODEL, 8)) }).await.unwrap();
+    }
+    let third = admin.set_team(SetTeamRequest { team: Some(gpu_team("third", MODEL, 8)) }).await.unwrap_err();
+    assert_eq!(third.code(), Code::ResourceExhausted);
+    assert_eq!(third.message(), "team.name: the cluster has 2 teams, the most it admits (--max-teams)");
+    let submit = |specs: Vec<JobSpec>| {
+        let mut jobs = jobs.clone();
+        async move { jobs.submit(SubmitRequest { jobs: specs, request_id: String::new() }).await }
+    };
+    let job = |name: &str| gpu_job(name, "research", 1, &["python"]);
+    let refused = |r: Result<tonic::Response<SubmitResponse>, tonic::Status>| r.unwrap_err().message().to_owned();
+    let four = refused(submit(vec![job("a"), job("b"), job("c"), job("d")]).await);
+    assert_eq!(four, "jobs: 4 jobs in one submission, more than the 3 this cluster admits (--max-batch)");
+    let mut wide = job("wide");
+    wide.gang.as_mut().unwrap().replicas = 3;
+    let wide = refused(submit(vec![job("a"), wide]).await);
+    assert_eq!(wide, "jobs[1].gang.replicas: 3 replicas, more than the 2 this cluster admits (--max-replicas)");
+    let long = refused(submit(vec![gpu_job("long", "research", 1, &["python", "train-for-a-long-while.py"])]).await);
+    assert!(long.starts_with("jobs[0].command: 31 bytes, more than the 20"), "{long}");
+    let mut noisy = job("env");
+    noisy.env.insert("SEED".into(), "1234567".into());
+    let noisy = refused(submit(vec![noisy]).await);
+    assert!(noisy.starts_with("jobs[0].env: 11 bytes, more than the 10"), "{noisy}");
+    submit(vec![job("a"), job("b"), job("c")]).await.unwrap();
+    let before = admin.cluster_status(ClusterStatusRequest {}).await.unwrap().into_inner().state_hash;
+    let full = submit(vec![job("d"), job("e")]).await.unwrap_err();
+    assert_eq!(full.code(), Code::ResourceExhausted);
+    assert!(
+        full.message().starts_with("jobs: team \"research\" has 3 pending job(s); 2 more would pass the 4"),
+        "{}",
+        full.message()
+    );
+    let after = admin.cluster_status(ClusterStatusRequest {}).await.unwrap().into_inner().state_hash;
+    assert_eq!(after, before, "a refused submission changes nothing");
+    submit(vec![job("d")]).await.unwrap();
+    assert!(register(replica.channel().await, "node-a").await.is_ok());
+    let second = register(replica.channel().await, "node-b").await.unwrap_err();
+    assert_eq!(second.message(), "register.inventory.name: the cluster has 1 nodes, the most it admits (--max-nodes)");
+    assert!(register(replica.channel().await, "node-a").await.is_ok(), "a known node registers again");
+    replica.stop().await;
+}

@@ -38,13 +38,17 @@ async fn leader(replicas: &[Handle]) -> &Handle {
     }
 }
 
-/// Proposes until acknowledged or refused for good; the name when acknowledged.
+/// Proposes until acknowledged or refused for good; the name when acknowledged. Proposes to
+/// the replica that says it leads, else to any (which answers `Unavailable` while there is no
+/// leader, and `Stopped` once the replicas are stopped: the client ends then, instead of
+/// waiting for a leader that stopped replicas never elect).
 async fn submit(replicas: &[Handle], name: String) -> Option<String> {
     let mut spec = job_spec("t");
     spec.name.clone_from(&name);
     for _ in 0..50 {
         let command = Command::Submit { jobs: vec![spec.clone()], at_ms: 1 };
-        match leader(replicas).await.propose(command, Some(name.clone())).await {
+        let to = replicas.iter().find(|h| h.status().leader == h.status().id).unwrap_or(&replicas[0]);
+        match to.propose(command, Some(name.clone())).await {
             Ok(_) => return Some(name),
             Err(NodeError::Unavailable(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
             Err(_) => return None,

@@ -1,6 +1,7 @@
 //! `AdminService`: teams and quotas, priority classes, nodes, cluster status, membership and
 //! (in `tokens`) bearer tokens.
 
+use super::admission::Admission;
 use super::readings::Readings;
 use super::{before_read, status_of};
 use crate::access::Caller;
@@ -11,6 +12,7 @@ use qm_core::{Command, JobState, NodeId};
 use qm_proto::convert::{flavor_to, node_to, priority_class_from, team_from, team_to};
 use qm_proto::v1::admin_service_server::AdminService;
 use qm_proto::v1::*;
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 /// The admin service of one replica.
@@ -18,12 +20,13 @@ use tonic::{Request, Response, Status};
 pub struct AdminServer {
     node: Handle,
     readings: Readings,
+    admission: Arc<Admission>,
 }
 
 impl AdminServer {
-    /// Serves `node`, showing the devices' telemetry from `readings`.
-    pub fn new(node: Handle, readings: Readings) -> Self {
-        Self { node, readings }
+    /// Serves `node`, showing the devices' telemetry from `readings`; `admission` limits teams.
+    pub fn new(node: Handle, readings: Readings, admission: Arc<Admission>) -> Self {
+        Self { node, readings, admission }
     }
 
     /// A node's wire form with its devices' latest readings.
@@ -141,6 +144,7 @@ impl AdminService for AdminServer {
         let caller = Caller::of(&request)?;
         let team = request.into_inner().team.ok_or_else(|| Status::invalid_argument("team: required"))?;
         let team = team_from(&team).map_err(|e| Status::invalid_argument(format!("team.{e}")))?;
+        self.admission.team(&self.node.fsm(), &team)?;
         let flavors: Vec<qm_core::Flavor> = team.quotas.keys().cloned().collect();
         self.write(&caller, Command::SetTeam { team }).await?;
         let fsm = self.node.fsm();

@@ -7,6 +7,7 @@
 //! and on registration whatever the agent missed (reconciliation). A liveness task proposes
 //! `NodeLost` for nodes silent longer than the lease.
 
+use super::admission::Admission;
 use super::readings::Readings;
 use super::sessions;
 use super::{now_ms, status_of};
@@ -55,6 +56,7 @@ pub struct AgentServer {
     agents: Arc<Mutex<Agents>>,
     heartbeat: Duration,
     readings: Readings,
+    admission: Arc<Admission>,
 }
 
 type Orders = mpsc::Sender<Result<SchedulerMessage, Status>>;
@@ -66,8 +68,8 @@ fn down(body: Down) -> Result<SchedulerMessage, Status> {
 
 impl AgentServer {
     /// Serves `node`; agents heartbeat every `heartbeat`, and their readings go to `readings`.
-    pub fn new(node: Handle, heartbeat: Duration, readings: Readings) -> Self {
-        Self { node, agents: Arc::default(), heartbeat, readings }
+    pub fn new(node: Handle, heartbeat: Duration, readings: Readings, admission: Arc<Admission>) -> Self {
+        Self { node, agents: Arc::default(), heartbeat, readings, admission }
     }
 
     fn agents(&self) -> std::sync::MutexGuard<'_, Agents> {
@@ -162,6 +164,7 @@ impl AgentServer {
     /// audit trail (a registration again within the session does not).
     async fn register(&self, r: Register, orders: &Orders, asker: Option<Asker>) -> Result<NodeId, Status> {
         let spec = Self::registering(&r)?;
+        self.admission.node(&self.node.fsm(), &spec)?;
         let id = spec.id.clone();
         let register = Op::Core(Command::RegisterNode { node: spec, at_ms: now_ms() });
         self.node.propose_as(asker, register, None).await.map_err(status_of)?;

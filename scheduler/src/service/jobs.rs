@@ -1,5 +1,6 @@
 //! `JobService`: submit, look up, list, cancel, explain and watch jobs.
 
+use super::admission::Admission;
 use super::{before_read, now_ms, status_of};
 use crate::access::Caller;
 use crate::codec::Op;
@@ -9,6 +10,7 @@ use qm_proto::convert::{job_to, report_to, state_filter_from, submit_from};
 use qm_proto::v1::job_service_server::JobService;
 use qm_proto::v1::*;
 use std::pin::Pin;
+use std::sync::Arc;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
@@ -20,12 +22,13 @@ const MAX_PAGE: usize = 1_000;
 pub struct JobServer {
     node: Handle,
     policy: PolicyConfig,
+    admission: Arc<Admission>,
 }
 
 impl JobServer {
-    /// Serves `node`; `policy` is what `Why` explains with.
-    pub fn new(node: Handle, policy: PolicyConfig) -> Self {
-        Self { node, policy }
+    /// Serves `node`; `policy` is what `Why` explains with; `admission` limits submissions.
+    pub fn new(node: Handle, policy: PolicyConfig, admission: Arc<Admission>) -> Self {
+        Self { node, policy, admission }
     }
 
     fn job(&self, id: u64, caller: &Caller) -> Result<Job, Status> {
@@ -66,6 +69,7 @@ impl JobService for JobServer {
         }
         {
             let fsm = self.node.fsm();
+            self.admission.submit(&fsm, &jobs)?;
             let unknown = jobs.iter().enumerate().find_map(|(i, j)| fsm.state.unknown_model(j).map(|e| (i, e)));
             if let Some((i, e)) = unknown {
                 return Err(Status::invalid_argument(e.within(&format!("jobs[{i}]")).to_string()));

@@ -1,11 +1,13 @@
 //! The gRPC services of a replica: `JobService` and `AdminService` (any replica serves them:
 //! writes are proposed through Raft, which forwards them to the leader; reads are linearizable
 //! unless the request asks for a stale one), `AgentService` for node agents (leader only), and
-//! `RaftService` for peers; `tokens` and `audit` hold the token and audit-trail RPCs of the
+//! `RaftService` for peers; `admission` holds the limits an operator sets on what the API
+//! admits; `tokens` and `audit` hold the token and audit-trail RPCs of the
 //! admin service. `readings` holds the devices' latest telemetry that the agent
 //! service hears and the admin service shows.
 
 pub mod admin;
+pub mod admission;
 pub mod agent;
 pub mod audit;
 pub mod jobs;

@@ -10,6 +10,7 @@ use qm_proto::v1::WhoAmIRequest;
 use qm_scheduler::leader::LeaderConfig;
 use qm_scheduler::node::NodeConfig;
 use qm_scheduler::server::{run, ServerConfig};
+use qm_scheduler::service::admission::Admission;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -63,6 +64,22 @@ impl Replica {
         node_lease: Duration,
         insecure: bool,
     ) -> Self {
+        Self::launch_with(voters, max_message_bytes, restore, node_lease, insecure, Admission::default())
+    }
+
+    /// Replica 1 of `voters` with tokens and these admission limits.
+    pub fn start_admitting(voters: &[u64], admission: Admission) -> Self {
+        Self::launch_with(voters, 4 << 20, None, Duration::from_millis(600), false, admission)
+    }
+
+    fn launch_with(
+        voters: &[u64],
+        max_message_bytes: usize,
+        restore: Option<Vec<u8>>,
+        node_lease: Duration,
+        insecure: bool,
+        admission: Admission,
+    ) -> Self {
         let addr = free_addr();
         let dir = tempfile::tempdir().unwrap();
         let mut node = NodeConfig::new(1, voters.to_vec());
@@ -80,6 +97,7 @@ impl Replica {
             node_lease,
             restore,
             insecure,
+            admission,
         };
         let (stop, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
