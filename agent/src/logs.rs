@@ -1,9 +1,17 @@
 //! `ReplicaLogs`: an agent serves the logs of the replicas it ran, from an offset, and with
 //! `follow` keeps the stream open for new output until the replica ends.
+//!
+//! A replica's output may hold what its environment holds, so the agent serves it only to a
+//! caller who may see the job's command and environment: it asks the scheduler for the job
+//! with the caller's own bearer token (`JobService/Get`) and serves the log when the job comes
+//! back whole (the caller's token is an admin's or a member's of the job's team), refuses it
+//! when the job comes back redacted (another team's job) or the scheduler refuses the token.
+//! The scheduler's table stays the one place that decides.
 
 use crate::executor::{latest_attempt, log_path, Executor};
+use qm_proto::v1::job_service_client::JobServiceClient;
 use qm_proto::v1::replica_logs_server::ReplicaLogs;
-use qm_proto::v1::{LogChunk, ReadLogRequest};
+use qm_proto::v1::{GetJobRequest, LogChunk, ReadLogRequest};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
@@ -11,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::{Request, Response, Status};
 
 /// Bytes per chunk.
@@ -23,12 +32,55 @@ const POLL: Duration = Duration::from_millis(100);
 pub struct LogServer {
     root: PathBuf,
     executor: Executor,
+    servers: Vec<String>,
 }
 
 impl LogServer {
-    /// Serves the logs under `root` of the replicas `executor` runs.
-    pub fn new(root: PathBuf, executor: Executor) -> Self {
-        Self { root, executor }
+    /// Serves the logs under `root` of the replicas `executor` runs, to callers the scheduler
+    /// replicas at `servers` say may read them.
+    pub fn new(root: PathBuf, executor: Executor, servers: Vec<String>) -> Self {
+        Self { root, executor, servers }
+    }
+
+    /// Whether the caller whose `authorization` this is may read job `job`'s output.
+    async fn may_read(&self, authorization: Option<MetadataValue<Ascii>>, job: u64) -> Result<(), Status> {
+        let mut unreachable = Vec::new();
+        for server in &self.servers {
+            let host = server.trim_start_matches("http://");
+            let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{host}")) else { continue };
+            let channel = match endpoint
+                .connect_timeout(Duration::from_secs(1))
+                .timeout(Duration::from_secs(4))
+                .connect()
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    unreachable.push(format!("{server}: {e}"));
+                    continue;
+                }
+            };
+            let mut request = Request::new(GetJobRequest { job_id: job, consistency: 0 });
+            if let Some(value) = &authorization {
+                request.metadata_mut().insert(qm_proto::auth::AUTHORIZATION, value.clone());
+            }
+            match JobServiceClient::new(channel).get(request).await {
+                Ok(r) if r.get_ref().job.as_ref().is_some_and(|j| !j.redacted) => return Ok(()),
+                Ok(_) => {
+                    return Err(Status::permission_denied(format!(
+                        "job_id: the token may not read the output of job {job} (another team's job)"
+                    )))
+                }
+                Err(s) if s.code() == tonic::Code::Unavailable => {
+                    unreachable.push(format!("{server}: {}", s.message()))
+                }
+                Err(s) => return Err(s),
+            }
+        }
+        Err(Status::unavailable(format!(
+            "cannot check the token: no scheduler replica answered ({})",
+            unreachable.join("; ")
+        )))
     }
 }
 
@@ -39,6 +91,8 @@ impl ReplicaLogs for LogServer {
     type ReadStream = Chunks;
 
     async fn read(&self, request: Request<ReadLogRequest>) -> Result<Response<Chunks>, Status> {
+        let authorization = request.metadata().get(qm_proto::auth::AUTHORIZATION).cloned();
+        self.may_read(authorization, request.get_ref().job_id).await?;
         let r = request.into_inner();
         let attempt = match r.attempt {
             0 => latest_attempt(&self.root, r.job_id)

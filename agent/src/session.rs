@@ -107,7 +107,8 @@ pub async fn run(
         }
     }
     executor.recover(&boot_id());
-    let logs = ReplicaLogsServer::new(LogServer::new(config.data_dir.clone(), executor.clone()));
+    let logs =
+        ReplicaLogsServer::new(LogServer::new(config.data_dir.clone(), executor.clone(), config.servers.clone()));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let serving = tokio::spawn(tonic::transport::Server::builder().add_service(logs).serve_with_incoming(incoming));
     let mut labels = config.labels.clone();

@@ -5,6 +5,9 @@
 mod common;
 
 use common::{qm, qm_env, text, Dev};
+use qm_proto::v1::admin_service_client::AdminServiceClient;
+use qm_proto::v1::replica_logs_client::ReplicaLogsClient;
+use qm_proto::v1::{ListNodesRequest, ReadLogRequest};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -51,6 +54,36 @@ fn a_job_runs_with_its_devices_and_its_output_is_read_back() {
         .map(|k| env[*k].as_str())
         .collect();
     assert_eq!(ids, [id.to_string().as_str(), "0", "1", "0", "1", "127.0.0.1"]);
+
+    // The agent serves the output only to a token that may see the job's environment.
+    let dir = tempfile::tempdir().unwrap();
+    for (name, team) in [("own", "dev"), ("other", "research")] {
+        let file = dir.path().join(name);
+        let args = ["admin", "tokens", "create", name, "--team", team, "--out", file.to_str().unwrap(), &dev.flag()];
+        assert!(qm(&args).status.success());
+    }
+    let logs_as = |name: &str| {
+        let file = dir.path().join(name);
+        qm_env(&["logs", &id.to_string(), &dev.flag()], &[("QM_TOKEN_FILE", file.to_str().unwrap())])
+    };
+    assert_eq!(text(&logs_as("own").stdout), text(&logs.stdout), "a member of the job's team reads it");
+    let other = logs_as("other");
+    assert_eq!(other.status.code(), Some(5), "{}", text(&other.stderr));
+    assert!(text(&other.stderr).contains("may not read the output of job"), "{}", text(&other.stderr));
+    assert!(other.stdout.is_empty());
+    let forged = qm_env(&["logs", &id.to_string(), &dev.flag()], &[("QM_TOKEN", "qm_forged")]);
+    assert_eq!(forged.status.code(), Some(5), "{}", text(&forged.stderr));
+    let (server, token) = (format!("http://{}", dev.addr), std::fs::read_to_string(&dev.token_file).unwrap());
+    let asked = tokio::runtime::Runtime::new().unwrap().block_on(async move {
+        let channel = tonic::transport::Channel::from_shared(server).unwrap().connect().await.unwrap();
+        let bearer = qm_proto::auth::Bearer::new(Some(&token)).unwrap();
+        let mut admin = AdminServiceClient::with_interceptor(channel, bearer);
+        let nodes = admin.list_nodes(ListNodesRequest::default()).await.unwrap().into_inner().nodes;
+        let agent = nodes[0].inventory.as_ref().unwrap().labels["qm/address"].clone();
+        let mut logs = ReplicaLogsClient::connect(format!("http://{agent}")).await.unwrap();
+        logs.read(ReadLogRequest { job_id: id, ..ReadLogRequest::default() }).await.map(drop)
+    });
+    assert_eq!(asked.unwrap_err().code(), tonic::Code::Unauthenticated, "the agent's port without a token");
 }
 
 #[test]

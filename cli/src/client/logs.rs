@@ -66,7 +66,7 @@ pub async fn logs(t: &Target, args: &LogsArgs) -> Result<()> {
                 continue;
             }
         };
-        match ReplicaLogsClient::new(channel).read(req).await {
+        match ReplicaLogsClient::with_interceptor(channel, t.bearer()?).read(req).await {
             Ok(stream) => {
                 let mut stream = stream.into_inner();
                 while let Some(chunk) =
@@ -77,6 +77,9 @@ pub async fn logs(t: &Target, args: &LogsArgs) -> Result<()> {
                 return Ok(());
             }
             Err(s) if s.code() == tonic::Code::NotFound => tried.push(format!("{node}: {}", s.message())),
+            Err(s) if matches!(s.code(), tonic::Code::PermissionDenied | tonic::Code::Unauthenticated) => {
+                return Err(Failure::new(Exit::of_status(s.code()), format!("{node}: {}", s.message())).into());
+            }
             Err(s) => tried.push(format!("{node} ({address}): {}", s.message())),
         }
     }
