@@ -192,12 +192,7 @@ async fn bad_and_oversize_requests_are_refused_naming_the_field() {
     huge.command = vec!["x".repeat(100 * 1024)];
     let err = jobs.submit(SubmitRequest { jobs: vec![huge], request_id: String::new() }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
-    let listed = tokio::time::timeout(Duration::from_secs(10), jobs.list(ListJobsRequest::default()))
-        .await
-        .expect("the replica answers while the connections are held")
-        .unwrap()
-        .into_inner()
-        .jobs;
+    let listed = jobs.list(ListJobsRequest::default()).await.unwrap().into_inner().jobs;
     assert!(listed.is_empty(), "nothing of a refused batch was accepted");
     let err =
         admin.add_member(AddMemberRequest { id: 4, address: "nowhere".into(), learner: false }).await.unwrap_err();
