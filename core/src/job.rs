@@ -106,6 +106,18 @@ pub struct JobSpec {
     pub runtime_estimate_ms: Option<u64>,
 }
 
+impl JobSpec {
+    /// Bytes of the command and its arguments together, as the limits count them.
+    pub fn command_bytes(&self) -> usize {
+        self.command.iter().map(String::len).sum()
+    }
+
+    /// Bytes of the environment, names and values, as the limits count them.
+    pub fn env_bytes(&self) -> usize {
+        self.env.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+}
+
 /// Where a job is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

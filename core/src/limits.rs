@@ -118,11 +118,11 @@ pub(crate) fn validate_job_with(spec: &JobSpec, team_known: bool) -> Result<(), 
     if spec.max_retries > MAX_RETRIES {
         return Err(FieldError::new("max_retries", format!("must be at most {MAX_RETRIES}")));
     }
-    let command_bytes: usize = spec.command.iter().map(String::len).sum();
+    let command_bytes = spec.command_bytes();
     if command_bytes > MAX_COMMAND_BYTES {
         return Err(FieldError::new("command", format!("{command_bytes} bytes, more than {MAX_COMMAND_BYTES}")));
     }
-    let env_bytes: usize = spec.env.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let env_bytes = spec.env_bytes();
     if env_bytes > MAX_ENV_BYTES {
         return Err(FieldError::new("env", format!("{env_bytes} bytes, more than {MAX_ENV_BYTES}")));
     }

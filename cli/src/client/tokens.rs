@@ -99,12 +99,7 @@ pub async fn tokens(t: &Target, cmd: &TokensCommand) -> Result<()> {
 }
 
 async fn create(t: &Target, args: &CreateArgs) -> Result<()> {
-    let req = args.request();
-    let r = call_with(t, Resend::Never, |c| {
-        let req = req.clone();
-        async move { admin_client(c).create_token(req).await }
-    })
-    .await?;
+    let r = create_token(t, args.request()).await?;
     let token = r.token.unwrap_or_default();
     match &args.out {
         Some(out) => {
@@ -124,6 +119,15 @@ async fn create(t: &Target, args: &CreateArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Asks for a token; not sent twice (a second would be refused, the name taken).
+async fn create_token(t: &Target, req: CreateTokenRequest) -> Result<CreateTokenResponse> {
+    call_with(t, Resend::Never, |c| {
+        let req = req.clone();
+        async move { admin_client(c).create_token(req).await }
+    })
+    .await
 }
 
 fn role(k: &TokenInfo) -> String {
@@ -189,10 +193,5 @@ pub async fn agent_token(t: &Target, node: &str) -> Result<String> {
         teams: vec![],
         node: node.to_owned(),
     };
-    let r = call_with(t, Resend::Never, |c| {
-        let req = req.clone();
-        async move { admin_client(c).create_token(req).await }
-    })
-    .await?;
-    Ok(r.secret)
+    Ok(create_token(t, req).await?.secret)
 }

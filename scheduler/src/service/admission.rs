@@ -87,7 +87,7 @@ impl Admission {
                 let (n, max) = (j.gang.replicas as usize, self.max_replicas as usize);
                 return Err(too_many(&field("gang.replicas"), n, max, "replicas", "--max-replicas"));
             }
-            let command: usize = j.command.iter().map(String::len).sum();
+            let command = j.command_bytes();
             if command > self.max_command_bytes {
                 return Err(too_many(
                     &field("command"),
@@ -97,7 +97,7 @@ impl Admission {
                     "--max-command-bytes",
                 ));
             }
-            let env: usize = j.env.iter().map(|(k, v)| k.len() + v.len()).sum();
+            let env = j.env_bytes();
             if env > self.max_env_bytes {
                 return Err(too_many(&field("env"), env, self.max_env_bytes, "bytes", "--max-env-bytes"));
             }
@@ -118,26 +118,23 @@ impl Admission {
     /// Whether `team` may be set now (a new team must leave room under `max_teams`).
     pub fn team(&self, fsm: &Fsm, team: &TeamSpec) -> Result<(), Status> {
         let teams = fsm.state.teams();
-        if !teams.contains_key(&team.name) && teams.len() >= self.max_teams {
-            let max = self.max_teams;
-            return Err(Status::resource_exhausted(format!(
-                "team.name: the cluster has {max} teams, the most it admits (--max-teams)"
-            )));
-        }
-        Ok(())
+        room(teams.contains_key(&team.name), teams.len(), self.max_teams, "team.name", "teams", "--max-teams")
     }
 
     /// Whether `node` may register now (a new node must leave room under `max_nodes`).
     pub fn node(&self, fsm: &Fsm, node: &NodeSpec) -> Result<(), Status> {
         let nodes = fsm.state.nodes();
-        if !nodes.contains_key(&node.id) && nodes.len() >= self.max_nodes {
-            let max = self.max_nodes;
-            return Err(Status::resource_exhausted(format!(
-                "register.inventory.name: the cluster has {max} nodes, the most it admits (--max-nodes)"
-            )));
-        }
-        Ok(())
+        let known = nodes.contains_key(&node.id);
+        room(known, nodes.len(), self.max_nodes, "register.inventory.name", "nodes", "--max-nodes")
     }
+}
+
+/// `ResourceExhausted` when a new entry (not `known`) would pass `max` of `what` held now.
+fn room(known: bool, held: usize, max: usize, field: &str, what: &str, flag: &str) -> Result<(), Status> {
+    if known || held < max {
+        return Ok(());
+    }
+    Err(Status::resource_exhausted(format!("{field}: the cluster has {held} {what}, the most it admits ({flag})")))
 }
 
 /// `InvalidArgument`: `field` holds `n` of `what`, more than `max` (`flag`).
