@@ -6,11 +6,16 @@
 //! - [`convert`]: proto to core (validating: bad input becomes a `ConvertError` naming the
 //!   field and the reason) and core to proto.
 //! - [`auth`]: the client's bearer token (an interceptor) and the channel type that carries it.
+//! - [`tls`]: certificate files, the identity a certificate names (`qm://replica/ID`,
+//!   `qm://node/NAME`), and how a process dials another (plaintext or TLS).
+//! - [`certs`]: a cluster's certificate authority (`qm admin certs`, `qm dev`).
 //! - [`build`]: builders of common messages (a GPU job, a node inventory, a team).
 
 pub mod auth;
 pub mod build;
+pub mod certs;
 pub mod convert;
+pub mod tls;
 
 /// Generated code of package `quartermaster.v1`.
 #[allow(missing_docs, missing_debug_implementations, clippy::all, clippy::pedantic)]
