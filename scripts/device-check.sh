@@ -51,8 +51,8 @@ check "inventory matches nvidia-smi (count, UUIDs, memory, MIG mode)" $? "$(tail
 "$QM" dev --listen 127.0.0.1:0 > "$WORK/dev.out" 2> "$WORK/dev.err" &
 DEV_PID=$!
 for _ in $(seq 100); do grep -q 'Ctrl-C stops' "$WORK/dev.out" && break; sleep 0.1; done
-ADDR=$(grep -o 'QM_SERVER=[^ ]*' "$WORK/dev.out" | head -1 | cut -d= -f2)
-export QM_SERVER=$ADDR QM_TEAM=dev
+# The banner's export line: QM_SERVER, QM_TLS_CA, QM_TEAM, QM_TOKEN_FILE.
+eval "$(grep -o 'export QM_SERVER=.*' "$WORK/dev.out" | head -1)"
 ID=$("$QM" submit --json --gpus 1 -- sh -c 'nvidia-smi -L; echo "CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES"' 2>"$WORK/submit.err" \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["job_ids"][0])')
 STATE=

@@ -9,6 +9,7 @@
 //! The scheduler's table stays the one place that decides.
 
 use crate::executor::{latest_attempt, log_path, Executor};
+use qm_proto::tls::Dialer;
 use qm_proto::v1::job_service_client::JobServiceClient;
 use qm_proto::v1::replica_logs_server::ReplicaLogs;
 use qm_proto::v1::{GetJobRequest, LogChunk, ReadLogRequest};
@@ -33,21 +34,21 @@ pub struct LogServer {
     root: PathBuf,
     executor: Executor,
     servers: Vec<String>,
+    dialer: Dialer,
 }
 
 impl LogServer {
     /// Serves the logs under `root` of the replicas `executor` runs, to callers the scheduler
-    /// replicas at `servers` say may read them.
-    pub fn new(root: PathBuf, executor: Executor, servers: Vec<String>) -> Self {
-        Self { root, executor, servers }
+    /// replicas at `servers` (dialled with `dialer`) say may read them.
+    pub fn new(root: PathBuf, executor: Executor, servers: Vec<String>, dialer: Dialer) -> Self {
+        Self { root, executor, servers, dialer }
     }
 
     /// Whether the caller whose `authorization` this is may read job `job`'s output.
     async fn may_read(&self, authorization: Option<MetadataValue<Ascii>>, job: u64) -> Result<(), Status> {
         let mut unreachable = Vec::new();
         for server in &self.servers {
-            let host = server.trim_start_matches("http://");
-            let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{host}")) else { continue };
+            let Ok(endpoint) = self.dialer.endpoint(server) else { continue };
             let channel = match endpoint
                 .connect_timeout(Duration::from_secs(1))
                 .timeout(Duration::from_secs(4))
@@ -56,7 +57,7 @@ impl LogServer {
             {
                 Ok(c) => c,
                 Err(e) => {
-                    unreachable.push(format!("{server}: {e}"));
+                    unreachable.push(format!("{server}: {}", qm_proto::tls::causes(&e)));
                     continue;
                 }
             };

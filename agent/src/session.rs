@@ -15,6 +15,7 @@ use nix::sys::signal::Signal;
 use qm_core::resource::ADDRESS_LABEL;
 use qm_core::NodeSpec;
 use qm_proto::convert::inventory_to;
+use qm_proto::tls::{causes, Dialer, Identity, Loaded};
 use qm_proto::v1::agent_message::Body as Up;
 use qm_proto::v1::agent_service_client::AgentServiceClient;
 use qm_proto::v1::replica_logs_server::ReplicaLogsServer;
@@ -53,6 +54,9 @@ pub struct AgentConfig {
     pub cgroup_root: Option<PathBuf>,
     /// The bearer token sent to the scheduler (an agent token for this node).
     pub bearer: qm_proto::auth::Bearer,
+    /// This node's certificate and the cluster's CA: the agent dials the scheduler and serves
+    /// logs over TLS with it. Plaintext without (a scheduler started `--insecure`).
+    pub tls: Option<Loaded>,
 }
 
 /// Why the agent stopped.
@@ -66,6 +70,9 @@ pub enum AgentError {
         /// Why.
         source: std::io::Error,
     },
+    /// The certificate does not name this node, or TLS cannot be set up with it.
+    #[error("--tls-cert: {0}")]
+    Tls(String),
     /// The data directory could not be made.
     #[error("{path}: {source}")]
     DataDir {
@@ -107,18 +114,32 @@ pub async fn run(
         }
     }
     executor.recover(&boot_id());
-    let logs =
-        ReplicaLogsServer::new(LogServer::new(config.data_dir.clone(), executor.clone(), config.servers.clone()));
+    let dialer = config.tls.as_ref().map_or_else(Dialer::plain, Loaded::dialer);
+    let logs = LogServer::new(config.data_dir.clone(), executor.clone(), config.servers.clone(), dialer);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let serving = tokio::spawn(tonic::transport::Server::builder().add_service(logs).serve_with_incoming(incoming));
+    let serving =
+        tokio::spawn(log_server(&config)?.add_service(ReplicaLogsServer::new(logs)).serve_with_incoming(incoming));
     let mut labels = config.labels.clone();
     labels.insert(ADDRESS_LABEL.to_owned(), config.advertise.clone().unwrap_or_else(|| bound.to_string()));
     tracing::info!(node = %config.name, logs = %bound, "agent started");
     ready(bound);
-    let node = Node { config, labels, executor, reports, outbox: Outbox::default() };
+    let dialer = config.tls.as_ref().map_or_else(Dialer::plain, Loaded::dialer);
+    let node = Node { config, dialer, labels, executor, reports, outbox: Outbox::default() };
     node.sessions(Box::pin(shutdown)).await;
     serving.abort();
     Ok(())
+}
+
+/// The log service's server: over TLS with the node's certificate, which must name the node.
+fn log_server(config: &AgentConfig) -> Result<tonic::transport::Server, AgentError> {
+    let builder = tonic::transport::Server::builder();
+    let Some(tls) = &config.tls else { return Ok(builder) };
+    let me = Identity::Node(config.name.clone());
+    if tls.identity() != Some(&me) {
+        let names = tls.identity().map_or_else(|| "no node".to_owned(), ToString::to_string);
+        return Err(AgentError::Tls(format!("names {names}, but this agent is {me} (its URI must be {})", me.uri())));
+    }
+    builder.tls_config(tls.server()).map_err(|e| AgentError::Tls(e.to_string()))
 }
 
 /// How a session ended.
@@ -131,6 +152,7 @@ enum Ended {
 
 struct Node {
     config: AgentConfig,
+    dialer: Dialer,
     labels: BTreeMap<String, String>,
     executor: Executor,
     reports: mpsc::UnboundedReceiver<ReplicaStatus>,
@@ -185,18 +207,17 @@ impl Node {
 
     /// One session with the replica at `addr`.
     async fn session(&mut self, addr: &str, shutdown: &mut Shutdown) -> Ended {
-        let host = addr.trim_start_matches("http://");
-        let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{host}")) {
+        let endpoint = match self.dialer.endpoint(addr) {
             Ok(e) => e
                 .connect_timeout(Duration::from_secs(1))
                 .http2_keep_alive_interval(KEEPALIVE)
                 .keep_alive_timeout(KEEPALIVE)
                 .keep_alive_while_idle(true),
-            Err(e) => return Ended::Lost(format!("{addr:?} is not HOST:PORT: {e}")),
+            Err(e) => return Ended::Lost(e.to_string()),
         };
         let channel = match endpoint.connect().await {
             Ok(c) => c,
-            Err(e) => return Ended::Lost(format!("connect: {e}")),
+            Err(e) => return Ended::Lost(format!("connect: {}", causes(&e))),
         };
         let (tx, rx) = mpsc::channel::<AgentMessage>(1024);
         let (mut spec, notes) = self.inventory();

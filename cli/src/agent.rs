@@ -1,5 +1,6 @@
 //! `qm agent` (a node agent) and `qm agent probe` (the local inventory, printed).
 
+use crate::certs::TlsArgs;
 use crate::client::words::table;
 use crate::out::{say, Failure};
 use anyhow::{Context, Result};
@@ -98,7 +99,8 @@ impl ProbeArgs {
 /// Flags of `qm agent`.
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Scheduler replicas (HOST:PORT), comma-separated or repeated; tried in turn.
+    /// Scheduler replicas (HOST:PORT; https:// or, with --insecure, http:// may be written),
+    /// comma-separated or repeated; tried in turn.
     #[arg(long, env = "QM_SERVER", value_delimiter = ',', default_value = "127.0.0.1:7070")]
     server: Vec<String>,
     /// The node's name, unique in the cluster (default: the host name).
@@ -132,6 +134,11 @@ struct RunArgs {
     /// `QM_TOKEN`, else the file `QM_TOKEN_FILE` names.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Dial the scheduler and serve logs in plaintext, for a scheduler started --insecure.
+    #[arg(long)]
+    insecure: bool,
 }
 
 fn host_name() -> String {
@@ -170,6 +177,7 @@ pub fn agent(args: &AgentArgs) -> Result<()> {
         rescan: Duration::from_secs(r.rescan_s.max(1)),
         cgroup_root: (!r.no_cgroups).then(|| r.cgroup_root.clone()),
         bearer: crate::client::bearer(r.token_file.as_deref())?,
+        tls: r.tls.load(r.insecure)?,
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(run(config, crate::server::ctrl_c(), |_| {})).context("qm agent")

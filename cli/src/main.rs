@@ -6,9 +6,11 @@
 //! - `server`: `qm server` (one replica) and `qm dev` (a one-replica scheduler in a temp dir).
 //! - `client`: the gRPC client commands (`qm submit`, `qm jobs`, `qm status`, ...).
 //! - `agent`: `qm agent` (a node agent) and `qm agent probe`.
+//! - `certs`: `qm admin certs` and the certificate flags of `qm server` and `qm agent`.
 //! - `out`: stdout that ends quietly on a closed pipe, exit codes, errors as text or JSON.
 
 mod agent;
+mod certs;
 mod client;
 mod out;
 mod plan;

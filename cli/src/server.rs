@@ -1,6 +1,7 @@
 //! `qm server` (one replica of a cluster) and `qm dev` (a one-replica scheduler with its data in
 //! a temporary directory).
 
+use crate::certs::TlsArgs;
 use crate::client::{agent_token, set_class, set_team, wait_for_nodes, wait_for_token, Target, DEFAULT_CLASSES};
 use crate::out::say;
 use anyhow::{bail, Context, Result};
@@ -13,6 +14,7 @@ use qm_agent::sysfs::SysfsProbe;
 use qm_core::NodeSpec;
 use qm_core::PolicyConfig;
 use qm_proto::convert::flavor_to;
+use qm_proto::tls::TlsFiles;
 use qm_proto::v1::{FlavorQuota, Team};
 use qm_scheduler::access::bootstrap::TOKEN_FILE;
 use qm_scheduler::leader::LeaderConfig;
@@ -69,10 +71,12 @@ pub struct ServerArgs {
     /// docs/concepts.md (other tables are ignored, so a teams file serves); defaults when absent.
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
-    /// Check no tokens: every caller that reaches the port is an admin. For a network where
-    /// every host is trusted, and for measuring; logged as a warning at start.
+    /// Plaintext, and no tokens checked: every caller that reaches the port is an admin. For a
+    /// network where every host is trusted, and for measuring; logged as a warning at start.
     #[arg(long)]
     insecure: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -195,6 +199,7 @@ fn config(args: &ServerArgs) -> Result<ServerConfig> {
             None => None,
         },
         insecure: args.insecure,
+        tls: args.tls.files(),
         admission: args.limits.admission()?,
     })
 }
@@ -217,6 +222,7 @@ pub(crate) async fn ctrl_c() {
 
 /// Runs `qm server`.
 pub fn serve(args: &ServerArgs) -> Result<()> {
+    args.tls.load(args.insecure)?;
     let config = config(args)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(run(config, ctrl_c()))?;
@@ -248,7 +254,7 @@ type Local = (Vec<Box<dyn Probe>>, NodeSpec);
 /// found; none with `--fake-gpus 0`.
 fn dev_probes(args: &DevArgs) -> Result<Option<Local>> {
     let read = |probes: Vec<Box<dyn Probe>>| {
-        let (spec, _) = collect("dev-node", &BTreeMap::new(), &probes, (0, 0));
+        let (spec, _) = collect(DEV_NODE, &BTreeMap::new(), &probes, (0, 0));
         Some((probes, spec))
     };
     if let Some(path) = &args.nvml_capture {
@@ -273,22 +279,24 @@ fn dev_probes(args: &DevArgs) -> Result<Option<Local>> {
 
 /// The team `qm dev` creates, with quota for the local agent's GPUs.
 const DEV_TEAM: &str = "dev";
+/// The local agent's node.
+const DEV_NODE: &str = "dev-node";
 
 /// Starts the local agent, gives the team `dev` quota for every flavor it has, and waits until
 /// its node is registered; returns the flavors with their device counts.
 async fn local_agent(
     target: &Target,
     server: SocketAddr,
-    data: PathBuf,
+    (data, tls): (PathBuf, TlsFiles),
     (probes, spec): Local,
 ) -> Result<Vec<(String, u32)>> {
     let mut flavors: BTreeMap<qm_core::Flavor, u32> = BTreeMap::new();
     for d in &spec.devices {
         *flavors.entry(d.flavor()).or_default() += 1;
     }
-    let secret = agent_token(target, "dev-node").await?;
+    let secret = agent_token(target, DEV_NODE).await?;
     let config = AgentConfig {
-        name: "dev-node".into(),
+        name: DEV_NODE.into(),
         servers: vec![server.to_string()],
         labels: BTreeMap::new(),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -298,6 +306,7 @@ async fn local_agent(
         rescan: Duration::from_secs(10),
         cgroup_root: None,
         bearer: qm_proto::auth::Bearer::new(Some(&secret))?,
+        tls: Some(tls.load()?),
     };
     tokio::spawn(async move {
         if let Err(e) = qm_agent::session::run(config, std::future::pending(), |_| {}).await {
@@ -320,29 +329,35 @@ async fn local_agent(
 
 /// Waits for the bootstrap admin token, sets the usual priority classes and, with an agent
 /// (which gets an agent token of its own), the team `dev`; then prints how to use the cluster.
-async fn welcome(addr: SocketAddr, data: PathBuf, local: Option<Local>) -> Result<()> {
+async fn welcome(addr: SocketAddr, data: PathBuf, agent_tls: TlsFiles, local: Option<Local>) -> Result<()> {
     let token = data.join("server").join(TOKEN_FILE);
-    let target = Target::new(vec![addr.to_string()]).with_token_file(token.clone());
+    let ca = agent_tls.ca.clone();
+    let target = Target::new(vec![addr.to_string()]).with_token_file(token.clone()).with_tls_ca(ca.clone());
     wait_for_token(&target, &token, Duration::from_secs(30)).await?;
     for (name, value) in DEFAULT_CLASSES {
         set_class(&target, name, value).await.with_context(|| format!("setting the priority class {name}"))?;
     }
     let flavors = match local {
         None => vec![],
-        Some(probes) => {
-            local_agent(&target, addr, data.join("agent"), probes).await.context("starting the local agent")?
-        }
+        Some(probes) => local_agent(&target, addr, (data.join("agent"), agent_tls), probes)
+            .await
+            .context("starting the local agent")?,
     };
     let classes: Vec<String> = DEFAULT_CLASSES.iter().map(|(n, v)| format!("{n} ({v})")).collect();
     say!("qm dev: one replica on {addr}, data in {} (removed on exit).", data.display());
     say!("The admin token is in {} (mode 0600); every call needs a token.", token.display());
+    say!("Every link is TLS; certificates are checked against the CA {}.", ca.display());
     say!("Priority classes: {}.", classes.join(", "));
     if !flavors.is_empty() {
         let devices: Vec<String> = flavors.iter().map(|(f, n)| format!("{n} x {f}")).collect();
         say!("A local agent runs jobs on {}; team {DEV_TEAM} has quota for them.", devices.join(", "));
     }
     say!("In another terminal:");
-    say!("  export QM_SERVER={addr} QM_TEAM={DEV_TEAM} QM_TOKEN_FILE={}", token.display());
+    say!(
+        "  export QM_SERVER=https://{addr} QM_TLS_CA={} QM_TEAM={DEV_TEAM} QM_TOKEN_FILE={}",
+        ca.display(),
+        token.display()
+    );
     if !flavors.is_empty() {
         say!("  qm submit --gpus 1 -- python3 -c 'import os; print(os.environ[\"CUDA_VISIBLE_DEVICES\"])'");
         say!("  qm jobs");
@@ -372,9 +387,11 @@ pub fn dev(args: &DevArgs) -> Result<()> {
         node_lease_ms: 10_000,
         policy: None,
         insecure: false,
+        tls: TlsArgs::default(),
         limits: LimitArgs::default(),
     };
-    let config = config(&server)?;
+    let (replica_tls, agent_tls) = crate::certs::dev(&dir.path().join("tls"), DEV_NODE)?;
+    let config = ServerConfig { tls: Some(replica_tls), ..config(&server)? };
     let data = dir.path().to_owned();
     let local = dev_probes(args)?;
     let rt = tokio::runtime::Runtime::new()?;
@@ -386,7 +403,7 @@ pub fn dev(args: &DevArgs) -> Result<()> {
         tokio::pin!(server);
         let greeting = async move {
             let addr = bound_rx.await.context("the replica stopped before it served")?;
-            welcome(addr, data, local).await
+            welcome(addr, data, agent_tls, local).await
         };
         // A replica that cannot set its classes is not the one the banner promises: stop.
         tokio::select! {

@@ -73,14 +73,15 @@ fn a_job_runs_with_its_devices_and_its_output_is_read_back() {
     assert!(other.stdout.is_empty());
     let forged = qm_env(&["logs", &id.to_string(), &dev.flag()], &[("QM_TOKEN", "qm_forged")]);
     assert_eq!(forged.status.code(), Some(5), "{}", text(&forged.stderr));
-    let (server, token) = (format!("http://{}", dev.addr), std::fs::read_to_string(&dev.token_file).unwrap());
+    let token = std::fs::read_to_string(&dev.token_file).unwrap();
+    let dialer = qm_proto::tls::Dialer::trusting(Some(&std::fs::read(&dev.ca).unwrap()));
     let asked = tokio::runtime::Runtime::new().unwrap().block_on(async move {
-        let channel = tonic::transport::Channel::from_shared(server).unwrap().connect().await.unwrap();
+        let channel = dialer.endpoint(&dev.addr).unwrap().connect().await.unwrap();
         let bearer = qm_proto::auth::Bearer::new(Some(&token)).unwrap();
         let mut admin = AdminServiceClient::with_interceptor(channel, bearer);
         let nodes = admin.list_nodes(ListNodesRequest::default()).await.unwrap().into_inner().nodes;
         let agent = nodes[0].inventory.as_ref().unwrap().labels["qm/address"].clone();
-        let mut logs = ReplicaLogsClient::connect(format!("http://{agent}")).await.unwrap();
+        let mut logs = ReplicaLogsClient::new(dialer.endpoint(&agent).unwrap().connect().await.unwrap());
         logs.read(ReadLogRequest { job_id: id, ..ReadLogRequest::default() }).await.map(drop)
     });
     assert_eq!(asked.unwrap_err().code(), tonic::Code::Unauthenticated, "the agent's port without a token");

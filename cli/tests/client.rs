@@ -17,7 +17,8 @@ fn json(o: &Output) -> Value {
 fn dev_serves_the_client_commands() {
     let dev = Dev::start();
     let server = dev.flag();
-    assert!(dev.banner.contains(&format!("export QM_SERVER={} QM_TEAM=dev", dev.addr)), "{}", dev.banner);
+    let export = format!("export QM_SERVER=https://{} QM_TLS_CA={} QM_TEAM=dev", dev.addr, dev.ca.display());
+    assert!(dev.banner.contains(&export), "{}", dev.banner);
     let quota =
         ["quota", "set", &server, "--team", "research", "--flavor", "gpu/nvidia-h100-80gb-hbm3", "--nominal", "8"];
     let set = qm(&quota);
@@ -113,9 +114,17 @@ fn kinds_and_models_are_checked_against_the_quota_with_the_flavors_named() {
 #[test]
 fn the_address_comes_from_qm_server_and_a_refusal_is_immediate_and_says_what_to_do() {
     let dev = Dev::start();
-    let url = format!("http://{}", dev.addr);
+    let url = format!("https://{}", dev.addr);
     let status = qm_env(&["status", "--json"], &[("QM_SERVER", &url)]);
-    assert_eq!(json(&status)["leader"], 1, "QM_SERVER with an http:// address");
+    assert_eq!(json(&status)["leader"], 1, "QM_SERVER with an https:// address");
+    let other_ca = tempfile::tempdir().unwrap();
+    let made = qm(&["admin", "certs", "--dir", other_ca.path().to_str().unwrap(), "--agent", "x=127.0.0.1"]);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let ca = other_ca.path().join("ca.pem");
+    let wrong = qm_env(&["jobs", &dev.flag()], &[("QM_TLS_CA", ca.to_str().unwrap())]);
+    assert_eq!(wrong.status.code(), Some(4), "a replica whose certificate the CA given does not vouch for");
+    let err = text(&wrong.stderr);
+    assert!(err.contains("UnknownIssuer") && err.contains("not signed by the CA given"), "{err}");
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
     let refused = qm_env(&["jobs"], &[("QM_SERVER", &closed)]);
     assert_eq!(refused.status.code(), Some(4));
@@ -134,21 +143,47 @@ fn the_address_comes_from_qm_server_and_a_refusal_is_immediate_and_says_what_to_
     assert_eq!(not_an_address.status.code(), Some(2));
 }
 
-/// A replica that dies under a request: it takes each connection, reads what the client sends
-/// (the request included) until the client has waited 500 ms for the answer, and closes the
-/// connection.
-fn dying_replica() -> String {
+/// A replica that dies under a request: it takes each connection, completes the TLS handshake
+/// with a certificate of `dev`'s CA, reads what the client sends (the request included) until
+/// the client has waited 500 ms for the answer, and closes the connection.
+fn dying_replica(dev: &Dev) -> String {
     use std::io::Read;
+    let config = tls_server(dev);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     std::thread::spawn(move || {
-        for mut conn in listener.incoming().flatten() {
+        for conn in listener.incoming().flatten() {
             conn.set_read_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
+            let tls = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut stream = rustls::StreamOwned::new(tls, conn);
             let mut buf = [0u8; 4096];
-            while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+            while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
         }
     });
     addr
+}
+
+/// A TLS server's settings with a certificate of `dev`'s CA (whose key is beside its ca.pem).
+fn tls_server(dev: &Dev) -> std::sync::Arc<rustls::ServerConfig> {
+    use qm_proto::certs::{Authority, Validity};
+    use rustls_pki_types::pem::PemObject;
+    let ca = Authority::open_or_create(dev.ca.parent().unwrap(), "", Validity::days(1)).unwrap();
+    let who = qm_proto::tls::Identity::Replica(2);
+    let (cert, key) = ca.issue(&who, &["127.0.0.1".into()], Validity::days(1)).unwrap();
+    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<_, _>>().unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    // The provider the replicas' TLS uses (tonic's `tls-ring`); rustls deprecates it for its
+    // lack of post-quantum key exchange (docs/decisions.md).
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    std::sync::Arc::new(config)
 }
 
 /// A request whose replica dies under it goes to the next `--server` when sending it twice is
@@ -157,7 +192,7 @@ fn dying_replica() -> String {
 #[test]
 fn a_request_whose_replica_dies_under_it_goes_to_the_next() {
     let dev = Dev::start();
-    let dying = dying_replica();
+    let dying = dying_replica(&dev);
     let both = format!("--server={dying},{}", dev.addr);
     let set =
         qm(&["quota", "set", &both, "--team", "research", "--flavor", "gpu/nvidia-h100-80gb-hbm3", "--nominal", "8"]);

@@ -7,6 +7,7 @@
 
 use qm_proto::auth::{authed, Authed, Bearer};
 use qm_proto::build::{gpu_inventory, gpu_job, gpu_team};
+use qm_proto::tls::Dialer;
 use qm_proto::v1::admin_service_client::AdminServiceClient;
 use qm_proto::v1::agent_message::Body as Up;
 use qm_proto::v1::agent_service_client::AgentServiceClient;
@@ -18,7 +19,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
 const JOBS: usize = 1_000;
 const CLIENTS: usize = 8;
@@ -33,18 +33,28 @@ struct Cluster {
     secret: String,
 }
 
-/// A replica's gRPC endpoint with the token its clients send.
+/// A replica's address with the token its clients send and how they dial it.
 #[derive(Clone)]
 struct Ep {
-    url: String,
+    addr: String,
     bearer: Bearer,
+    dialer: Dialer,
 }
 
 impl Cluster {
-    /// Three replicas, once one of them wrote the bootstrap token and it is accepted.
+    /// Three replicas with the certificates `qm admin certs` makes, once one of them wrote the
+    /// bootstrap token and it is accepted.
     async fn new() -> Self {
-        let addrs = (0..3).map(|_| qm_benches::nemesis::procs::free_addr().expect("a free port")).collect();
+        let addrs: Vec<SocketAddr> =
+            (0..3).map(|_| qm_benches::nemesis::procs::free_addr().expect("a free port")).collect();
         let mut c = Self { addrs, dir: tempfile::tempdir().unwrap(), procs: BTreeMap::new(), secret: String::new() };
+        let mut certs = Command::new(env!("CARGO_BIN_EXE_qm"));
+        certs.args(["admin", "certs", "--dir", c.certs().to_str().unwrap()]);
+        for (i, a) in c.addrs.iter().enumerate() {
+            certs.args(["--replica", &format!("{}={}", i + 1, a.ip())]);
+        }
+        let made = certs.output().expect("qm admin certs runs");
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
         for id in 1..=3 {
             c.start(id);
         }
@@ -63,7 +73,7 @@ impl Cluster {
                 };
                 let bearer = Bearer::new(Some(&secret)).unwrap();
                 for other in 1..=3u64 {
-                    let ep = Ep { url: format!("http://{}", self.addrs[other as usize - 1]), bearer: bearer.clone() };
+                    let ep = Ep { bearer: bearer.clone(), ..self.endpoint(other) };
                     if let Some(channel) = connect(&ep).await {
                         if AdminServiceClient::new(channel).who_am_i(WhoAmIRequest {}).await.is_ok() {
                             return secret.trim().to_owned();
@@ -98,6 +108,10 @@ impl Cluster {
             "--keep-entries",
             "20",
         ]);
+        let certs = self.certs();
+        let file = |name: String| certs.join(name).to_str().unwrap().to_owned();
+        cmd.args(["--tls-cert", &file(format!("replica-{id}.pem")), "--tls-key", &file(format!("replica-{id}.key"))]);
+        cmd.args(["--tls-ca", &file("ca.pem".into())]);
         cmd.args(["--node-lease-ms", "600000"]).args(extra);
         let log = std::fs::File::create(self.dir.path().join(format!("{id}.log"))).unwrap();
         let child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("qm server starts");
@@ -111,7 +125,19 @@ impl Cluster {
     }
 
     fn endpoint(&self, id: u64) -> Ep {
-        Ep { url: format!("http://{}", self.addrs[id as usize - 1]), bearer: Bearer::new(Some(&self.secret)).unwrap() }
+        let dialer = Dialer::trusting(Some(&std::fs::read(self.ca()).unwrap()));
+        let bearer = Bearer::new(Some(&self.secret)).unwrap();
+        Ep { addr: self.addrs[id as usize - 1].to_string(), bearer, dialer }
+    }
+
+    /// Where the certificates are.
+    fn certs(&self) -> std::path::PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    /// The CA's certificate, which clients check the replicas against.
+    fn ca(&self) -> std::path::PathBuf {
+        self.certs().join("ca.pem")
     }
 }
 
@@ -125,7 +151,7 @@ impl Drop for Cluster {
 }
 
 async fn connect(endpoint: &Ep) -> Option<Authed> {
-    let channel = Channel::from_shared(endpoint.url.clone()).ok()?.connect_timeout(Duration::from_millis(300));
+    let channel = endpoint.dialer.endpoint(&endpoint.addr).ok()?.connect_timeout(Duration::from_millis(300));
     Some(authed(channel.connect().await.ok()?, endpoint.bearer.clone()))
 }
 
@@ -209,9 +235,9 @@ async fn with_team(c: &Cluster) -> u64 {
 
 /// `qm ARGS` (a client command) with the admin token in `QM_TOKEN`, which must succeed.
 async fn qm_ok(c: &Cluster, args: Vec<String>) {
-    let token = c.secret.clone();
+    let (token, ca) = (c.secret.clone(), c.ca());
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_qm")).args(&args).env("QM_TOKEN", token).output()
+        Command::new(env!("CARGO_BIN_EXE_qm")).args(&args).env("QM_TOKEN", token).env("QM_TLS_CA", ca).output()
     })
     .await
     .unwrap()
@@ -222,10 +248,10 @@ async fn qm_ok(c: &Cluster, args: Vec<String>) {
 /// `qm status --json` through the replica at `addr`: whether each member answered.
 async fn qm_status_reachable(c: &Cluster, addr: &str) -> BTreeMap<u64, bool> {
     let server = format!("--server={addr}");
-    let token = c.secret.clone();
+    let (token, ca) = (c.secret.clone(), c.ca());
     let out = tokio::task::spawn_blocking(move || {
         let mut qm = Command::new(env!("CARGO_BIN_EXE_qm"));
-        qm.args(["status", "--json", &server]).env("QM_TOKEN", token).output().expect("qm runs")
+        qm.args(["status", "--json", &server]).env("QM_TOKEN", token).env("QM_TLS_CA", ca).output().expect("qm runs")
     })
     .await
     .unwrap();

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{qm_env, text};
+use common::{qm, qm_env, text};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -37,6 +37,22 @@ fn spawn(args: &[&str], log: &Path) -> Child {
         .expect("qm starts")
 }
 
+/// A path as a string.
+fn path(p: &Path) -> String {
+    p.to_str().unwrap().to_owned()
+}
+
+/// `--tls-cert`, `--tls-key` and `--tls-ca` of the certificate `stem` that `qm admin certs`
+/// wrote in `certs`.
+fn tls_flags(certs: &Path, stem: &str) -> Vec<String> {
+    let file = |name: &str| path(&certs.join(name));
+    vec![
+        format!("--tls-cert={}", file(&format!("{stem}.pem"))),
+        format!("--tls-key={}", file(&format!("{stem}.key"))),
+        format!("--tls-ca={}", file("ca.pem")),
+    ]
+}
+
 impl Fleet {
     /// Three replicas (a node lost after 1.5 s of silence) and `agents` agents of 4 GPUs each.
     fn start(agents: usize) -> Self {
@@ -45,11 +61,19 @@ impl Fleet {
         let peers: Vec<String> = addrs.iter().enumerate().map(|(i, a)| format!("--peer={}={a}", i + 1)).collect();
         let policy = dir.path().join("policy.toml");
         std::fs::write(&policy, "[policy]\nmin_runtime_ms = 0\n").unwrap();
+        let certs = dir.path().join("certs");
+        let mut made = vec!["admin".to_owned(), "certs".into(), "--dir".into(), certs.to_str().unwrap().into()];
+        made.extend((1..=3).map(|id| format!("--replica={id}=127.0.0.1")));
+        made.extend((0..agents).map(|n| format!("--agent=node{n}=127.0.0.1")));
+        let made = qm(&made.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(made.status.success(), "{}", text(&made.stderr));
         let mut servers = Vec::new();
         for (i, addr) in addrs.iter().enumerate() {
             let data = dir.path().join(format!("server{}", i + 1));
             let id = (i + 1).to_string();
             let mut args = vec!["server", "--id", &id, "--listen", addr, "--data", data.to_str().unwrap()];
+            let tls = tls_flags(&certs, &format!("replica-{id}"));
+            args.extend(tls.iter().map(String::as_str));
             args.extend(["--tick-ms", "20", "--node-lease-ms", "1500", "--policy", policy.to_str().unwrap()]);
             args.extend(peers.iter().map(String::as_str));
             let child = spawn(&args, &dir.path().join(format!("server{}.log", i + 1)));
@@ -138,6 +162,8 @@ impl Fleet {
             "--token-file",
             token.to_str().unwrap(),
         ];
+        let tls = tls_flags(&self.dir.path().join("certs"), &format!("agent-{name}"));
+        let args = [&args[..], &tls.iter().map(String::as_str).collect::<Vec<_>>()].concat();
         self.agents[n] = Some(spawn(&args, &self.dir.path().join(format!("agent{n}.log"))));
     }
 
@@ -151,7 +177,9 @@ impl Fleet {
     fn qm(&self, args: &[&str]) -> std::process::Output {
         let live: Vec<&str> = self.servers.iter().filter(|(_, c)| c.is_some()).map(|(a, _)| a.as_str()).collect();
         let token = self.token.borrow().clone().unwrap_or_default();
-        qm_env(args, &[("QM_SERVER", &live.join(",")), ("QM_TOKEN_FILE", token.to_str().unwrap())])
+        let ca = self.dir.path().join("certs").join("ca.pem");
+        let env = [("QM_SERVER", live.join(",")), ("QM_TOKEN_FILE", path(&token)), ("QM_TLS_CA", path(&ca))];
+        qm_env(args, &env.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>())
     }
 
     fn ok(&self, args: &[&str]) -> String {

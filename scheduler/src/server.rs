@@ -1,7 +1,9 @@
 //! A replica as a process: sled storage in a data directory, the Raft node with the gRPC
 //! transport, the leader loop, node liveness, and one tonic server for `JobService`,
 //! `AdminService`, `AgentService` and `RaftService` behind the access layer (bearer tokens,
-//! unless `insecure`). `run` returns when `shutdown` completes or the node stops on an error.
+//! unless `insecure`). A secure replica serves TLS only, with client certificates checked
+//! against the cluster's CA, and dials its peers with its own certificate; an insecure one
+//! speaks plaintext. `run` returns when `shutdown` completes or the node stops on an error.
 
 use crate::access::bootstrap;
 use crate::access::layer::{AccessLayer, Gate};
@@ -15,6 +17,7 @@ use crate::service::raft::RaftServer;
 use crate::service::readings::Readings;
 use crate::storage::{SledStore, StorageError};
 use crate::transport::grpc::GrpcTransport;
+use qm_proto::tls::{Dialer, Identity, Loaded, TlsFiles};
 use qm_proto::v1::admin_service_server::AdminServiceServer;
 use qm_proto::v1::agent_service_server::AgentServiceServer;
 use qm_proto::v1::job_service_server::JobServiceServer;
@@ -48,8 +51,10 @@ pub struct ServerConfig {
     pub node_lease: Duration,
     /// A backup to start a new cluster from (the data directory must be empty).
     pub restore: Option<Vec<u8>>,
-    /// Serve every caller as an admin, without tokens (`--insecure`).
+    /// Serve every caller as an admin, without tokens or TLS (`--insecure`).
     pub insecure: bool,
+    /// This replica's certificate, key and the cluster's CA; required unless `insecure`.
+    pub tls: Option<TlsFiles>,
     /// Limits on what the API admits.
     pub admission: Admission,
 }
@@ -80,6 +85,12 @@ pub enum ServerError {
     /// An admission limit is out of its range.
     #[error(transparent)]
     Limit(#[from] crate::service::admission::BadLimit),
+    /// A certificate file is missing, unreadable or wrong for this replica.
+    #[error(transparent)]
+    Tls(#[from] qm_proto::tls::TlsError),
+    /// TLS is asked for and refused at once, or neither.
+    #[error("{0}")]
+    Security(String),
 }
 
 /// Runs a replica until `shutdown` completes.
@@ -98,6 +109,46 @@ pub const LISTEN_BACKLOG: u32 = 4096;
 /// watches; a client opening streams without end holds one connection's worth of them.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 1_024;
 
+/// A certificate that expires sooner than this is warned of at start.
+const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
+
+/// The certificate files, loaded and checked against this replica's id; `None` for an insecure
+/// replica.
+fn load_tls(config: &ServerConfig) -> Result<Option<Loaded>, ServerError> {
+    let files = match (&config.tls, config.insecure) {
+        (None, true) => return Ok(None),
+        (Some(_), true) => {
+            return Err(ServerError::Security(
+                "--insecure: serves plaintext without tokens; it cannot be given with --tls-cert".into(),
+            ))
+        }
+        (None, false) => {
+            return Err(ServerError::Security(
+                "--tls-cert, --tls-key and --tls-ca: required unless --insecure (`qm admin certs` makes a CA and \
+                 certificates; see docs/security.md)"
+                    .into(),
+            ))
+        }
+        (Some(files), false) => files,
+    };
+    let loaded = files.load()?;
+    let me = Identity::Replica(config.node.id);
+    if loaded.identity() != Some(&me) {
+        let names = loaded.identity().map_or_else(|| "no replica".to_owned(), ToString::to_string);
+        return Err(qm_proto::tls::TlsError {
+            flag: "--tls-cert",
+            path: files.cert.display().to_string(),
+            why: format!("names {names}, but this is {me} (its URI must be {})", me.uri()),
+        }
+        .into());
+    }
+    if loaded.expires_in() < EXPIRY_WARNING {
+        let days = loaded.expires_in().as_secs() / 86_400;
+        tracing::warn!(cert = %files.cert.display(), "the replica's certificate expires in {days} days");
+    }
+    Ok(Some(loaded))
+}
+
 /// A listener on `addr` with a backlog of [`LISTEN_BACKLOG`].
 fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
@@ -114,6 +165,8 @@ pub async fn run_notify(
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), ServerError> {
     config.admission.check()?;
+    let tls = load_tls(&config)?;
+    let dialer = tls.as_ref().map_or_else(Dialer::plain, Loaded::dialer);
     let listener = listen(config.listen).map_err(|source| ServerError::Listen { addr: config.listen, source })?;
     let bound = listener.local_addr().map_err(|source| ServerError::Listen { addr: config.listen, source })?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| StorageError::Io(e.into()))?;
@@ -125,7 +178,7 @@ pub async fn run_notify(
     let runtime = tokio::runtime::Handle::current();
     let (id, cluster_id) = (config.node.id, config.cluster_id);
     let (handle, thread) =
-        node::spawn(config.node.clone(), store, |inbox| GrpcTransport::new(id, cluster_id, inbox, runtime))?;
+        node::spawn(config.node.clone(), store, |inbox| GrpcTransport::new(id, cluster_id, inbox, runtime, dialer))?;
     tracing::info!(replica = id, listen = %bound, data = %config.data_dir.display(), "replica started");
     let leader = tokio::spawn(leader::run(handle.clone(), config.leader.clone()));
     let max = config.max_message_bytes;
@@ -142,7 +195,7 @@ pub async fn run_notify(
     let raft = RaftServiceServer::new(RaftServer::new(id, cluster_id, handle.inbox().clone()))
         .max_decoding_message_size(64 * 1024 * 1024);
     let gate = if config.insecure {
-        tracing::warn!("--insecure: every caller that reaches {bound} is an admin; no token is checked");
+        tracing::warn!("--insecure: plaintext, and every caller that reaches {bound} is an admin; no token is checked");
         Gate::Open
     } else {
         Gate::Tokens(handle.clone())
@@ -158,7 +211,11 @@ pub async fn run_notify(
         }
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serve = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        builder = builder.tls_config(tls.server())?;
+    }
+    let serve = builder
         .tcp_nodelay(true)
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .layer(AccessLayer(gate))

@@ -7,17 +7,22 @@
 mod common;
 
 use common::Replica;
-use qm_proto::auth::Authed;
+use protobuf::Message as _;
+use qm_proto::auth::{authed, Authed, Bearer};
 use qm_proto::build::{gpu_inventory, gpu_job, gpu_team};
+use qm_proto::certs::{Authority, Validity};
+use qm_proto::tls::{Dialer, Identity, TlsFiles};
 use qm_proto::v1::admin_service_client::AdminServiceClient;
 use qm_proto::v1::agent_message::Body as Up;
 use qm_proto::v1::agent_service_client::AgentServiceClient;
 use qm_proto::v1::job_service_client::JobServiceClient;
+use qm_proto::v1::raft_service_client::RaftServiceClient;
 use qm_proto::v1::*;
 use qm_scheduler::access::rules::{Rule, PACKAGE, RULES};
+use raft::eraftpb::{Message, MessageType};
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -99,8 +104,8 @@ async fn call(channel: Channel, token: Option<&str>, path: &str) -> tonic::Statu
 fn admits(rule: Rule, who: &str) -> bool {
     matches!(
         (rule, who),
-        (Rule::Peer, _)
-            | (_, "admin")
+        (Rule::Peer, "peer")
+            | (Rule::Admin | Rule::Member | Rule::Agent | Rule::AnyToken, "admin")
             | (Rule::Member, "member")
             | (Rule::Agent, "agent")
             | (Rule::AnyToken, "member" | "agent")
@@ -119,20 +124,24 @@ async fn every_rpc_admits_exactly_the_roles_its_rule_names() {
     admin.set_team(SetTeamRequest { team: Some(gpu_team("research", MODEL, 8)) }).await.unwrap();
     let member = create(&mut admin, "alice", Role::Member, &["research"], "").await;
     let agent = create(&mut admin, "node-a", Role::Agent, &[], "node-a").await;
-    let callers: [(&str, Option<&str>); 5] = [
-        ("admin", Some(&admin_secret)),
-        ("member", Some(&member)),
-        ("agent", Some(&agent)),
-        ("no token", None),
-        ("unknown token", Some("qm_0000")),
+    let user = replica.connect().await;
+    let (node_a, peer) =
+        (replica.connect_as(&Identity::Node("node-a".into())).await, replica.connect_as(&Identity::Replica(2)).await);
+    let callers: [(&str, Option<&str>, &Channel); 6] = [
+        ("admin", Some(&admin_secret), &user),
+        ("member", Some(&member), &user),
+        ("agent", Some(&agent), &node_a),
+        ("peer", None, &peer),
+        ("no token", None, &user),
+        ("unknown token", Some("qm_0000"), &user),
     ];
     let mut cells = 0;
     for (service, method, rule) in RULES {
         let path = format!("/{PACKAGE}.{service}/{method}");
-        for (who, token) in &callers {
-            let status = call(replica.connect().await, *token, &path).await;
+        for (who, token, channel) in &callers {
+            let status = call((*channel).clone(), *token, &path).await;
             assert_eq!(!refused_by_access(&status), admits(*rule, who), "{who} calling {path}: {status:?}");
-            if who.ends_with("token") && *rule != Rule::Peer {
+            if who.ends_with("token") || (*rule == Rule::Peer && *who != "peer") {
                 assert_eq!(status.code(), Code::Unauthenticated, "{who} calling {path}");
             }
             cells += 1;
@@ -208,12 +217,22 @@ async fn an_agent_token_registers_its_own_node_only() {
     let (replica, admin_secret) = replica().await;
     let mut admin = AdminServiceClient::new(replica.with(Some(&admin_secret)).await);
     let a = create(&mut admin, "agent-a", Role::Agent, &[], "node-a").await;
-    let as_b = register(replica.with(Some(&a)).await, "node-b").await.unwrap_err();
+    let as_b = register(replica.agent("node-a", &a).await, "node-b").await.unwrap_err();
     assert_eq!(as_b.code(), Code::PermissionDenied);
     assert_eq!(as_b.message(), "agent token \"agent-a\" may not report for node \"node-b\"");
+    let with_b_cert = register(replica.agent("node-b", &a).await, "node-b").await.unwrap_err();
+    assert_eq!(with_b_cert.code(), Code::PermissionDenied);
+    assert_eq!(
+        with_b_cert.message(),
+        "agent token \"agent-a\" of node \"node-a\" may call AgentService/Session only over a connection whose \
+         certificate names that node (this one's names node \"node-b\")"
+    );
+    let no_cert = register(replica.with(Some(&a)).await, "node-a").await.unwrap_err();
+    assert_eq!(no_cert.code(), Code::PermissionDenied);
+    assert!(no_cert.message().ends_with("(this one's names no one)"), "{no_cert:?}");
     let nodes = admin.list_nodes(ListNodesRequest::default()).await.unwrap().into_inner().nodes;
     assert!(nodes.is_empty(), "the refused registration left no node: {nodes:?}");
-    let as_a = register(replica.with(Some(&a)).await, "node-a").await.unwrap();
+    let as_a = register(replica.agent("node-a", &a).await, "node-a").await.unwrap();
     assert!(matches!(as_a.body, Some(scheduler_message::Body::Registered(_))), "{as_a:?}");
     let mut jobs = JobServiceClient::new(replica.with(Some(&a)).await);
     let err = jobs.list(ListJobsRequest::default()).await.unwrap_err();
@@ -323,7 +342,7 @@ async fn an_agent_registering_an_absurd_inventory_is_refused_and_changes_nothing
     tx.send(AgentMessage { body: Some(Up::Register(Register { inventory: Some(inventory), ..Register::default() })) })
         .await
         .unwrap();
-    let mut agent = AgentServiceClient::new(replica.with(Some(&a)).await);
+    let mut agent = AgentServiceClient::new(replica.agent("node-a", &a).await);
     let refused = agent.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     assert!(
@@ -334,7 +353,7 @@ async fn an_agent_registering_an_absurd_inventory_is_refused_and_changes_nothing
     let after = admin.cluster_status(ClusterStatusRequest {}).await.unwrap().into_inner();
     assert_eq!(after.state_hash, before, "nothing of the inventory was accepted");
     assert!(
-        register(replica.with(Some(&a)).await, "node-a").await.is_ok(),
+        register(replica.agent("node-a", &a).await, "node-a").await.is_ok(),
         "the replica serves the node's next session"
     );
     replica.stop().await;
@@ -395,5 +414,97 @@ async fn admission_limits_refuse_what_passes_them_naming_field_and_flag() {
     let second = register(replica.channel().await, "node-b").await.unwrap_err();
     assert_eq!(second.message(), "register.inventory.name: the cluster has 1 nodes, the most it admits (--max-nodes)");
     assert!(register(replica.channel().await, "node-a").await.is_ok(), "a known node registers again");
+    replica.stop().await;
+}
+
+/// Sends one batch of `messages` as replica `from` over `channel`: the answer, or why the call
+/// or the connection failed.
+async fn raft_batch(channel: Result<Channel, String>, from: u64, messages: Vec<Message>) -> Result<(), String> {
+    let channel = channel?;
+    let messages = messages.iter().map(|m| m.write_to_bytes().unwrap()).collect();
+    let batch = RaftBatch { cluster_id: 1, from, to: 1, messages, chunk: None };
+    let mut client = RaftServiceClient::new(channel);
+    let answer = client.stream(tokio_stream::iter([batch])).await;
+    answer.map(drop).map_err(|s| match std::error::Error::source(&s) {
+        Some(cause) => format!("{:?}: {}", s.code(), qm_proto::tls::causes(cause)),
+        None => format!("{:?}: {}", s.code(), s.message()),
+    })
+}
+
+/// A heartbeat of a far higher term, from `from`.
+fn heartbeat(from: u64) -> Message {
+    let mut m = Message::default();
+    (m.msg_type, m.from, m.to, m.term, m.commit) = (MessageType::MsgHeartbeat, from, 1, 1_000, 0);
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_replica_certificate_of_the_cluster_ca_speaks_raft_and_only_as_itself() {
+    let (replica, admin_secret) = replica().await;
+    let admin = AdminServiceClient::new(replica.with(Some(&admin_secret)).await);
+    let term = || {
+        let mut admin = admin.clone();
+        async move { admin.cluster_status(ClusterStatusRequest {}).await.unwrap().into_inner().term }
+    };
+    let before = term().await;
+    let dir = replica.certs.path();
+    let other = Authority::open_or_create(&dir.join("other"), "another CA", Validity::days(1)).unwrap();
+    let foreign = other.issue_to(&dir.join("other"), &Identity::Replica(2), &common::local(), Validity::days(1));
+    let expired = Validity { from: SystemTime::now() - 2 * DAY, until: SystemTime::now() - DAY };
+    let stale = replica.ca.issue_to(&dir.join("expired"), &Identity::Replica(2), &common::local(), expired).unwrap();
+    let attempts = [
+        ("no certificate", Ok(replica.connect().await), "Unauthenticated: RaftService/Stream: only a replica"),
+        ("an agent's certificate", Ok(replica.connect_as(&Identity::Node("n".into())).await), "only a replica"),
+        ("a certificate of another CA", presenting(&replica, &foreign.unwrap()).await, "UnknownCA"),
+        ("an expired certificate", presenting(&replica, &stale).await, "Expired"),
+    ];
+    for (what, channel, why) in attempts {
+        let err = raft_batch(channel, 1, vec![heartbeat(1)]).await.unwrap_err();
+        assert!(err.contains(why), "{what}: {err}");
+    }
+    let two = replica.connect_as(&Identity::Replica(2)).await;
+    let forged = raft_batch(Ok(two.clone()), 1, vec![heartbeat(1)]).await.unwrap_err();
+    assert_eq!(forged, "PermissionDenied: from: replica 2 may not send as replica 1");
+    let inner = raft_batch(Ok(two), 2, vec![heartbeat(1)]).await.unwrap_err();
+    assert_eq!(inner, "InvalidArgument: messages: a message from 1 in a batch from 2");
+    assert_eq!(term().await, before, "no refused message moved the term");
+    replica.stop().await;
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// A channel that checks the replica against the cluster's CA and presents the certificate in
+/// `files` as it is (loading would refuse an expired one).
+async fn presenting(replica: &Replica, files: &TlsFiles) -> Result<Channel, String> {
+    let (cert, key) = (std::fs::read(&files.cert).unwrap(), std::fs::read(&files.key).unwrap());
+    let config = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(replica.ca.cert_pem()))
+        .identity(tonic::transport::Identity::from_pem(cert, key));
+    let url = format!("https://{}", replica.addr);
+    let endpoint = tonic::transport::Endpoint::from_shared(url).unwrap().tls_config(config).unwrap();
+    endpoint.connect().await.map_err(|e| qm_proto::tls::causes(&e))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plaintext_client_and_one_trusting_another_ca_reach_nothing() {
+    let (replica, admin_secret) = replica().await;
+    let who_am_i = |dialer: Dialer| {
+        let (addr, secret) = (replica.addr.to_string(), admin_secret.clone());
+        async move {
+            let channel = dialer.endpoint(&addr).unwrap().connect().await.map_err(|e| qm_proto::tls::causes(&e))?;
+            let mut admin = AdminServiceClient::new(authed(channel, Bearer::new(Some(&secret)).unwrap()));
+            admin.who_am_i(WhoAmIRequest {}).await.map(drop).map_err(|s| match std::error::Error::source(&s) {
+                Some(cause) => format!("the connection failed: {}", qm_proto::tls::causes(cause)),
+                None => format!("answered {:?}: {}", s.code(), s.message()),
+            })
+        }
+    };
+    let plain = who_am_i(Dialer::plain()).await.unwrap_err();
+    assert!(plain.starts_with("the connection failed"), "the replica hangs up on plaintext: {plain}");
+    let other = Authority::new("another CA", Validity::days(1)).unwrap();
+    let wrong = who_am_i(Dialer::trusting(Some(other.cert_pem().as_bytes()))).await.unwrap_err();
+    assert!(wrong.contains("UnknownIssuer"), "the client does not trust the replica: {wrong}");
+    let right = Dialer::trusting(Some(replica.ca.cert_pem().as_bytes()));
+    assert_eq!(who_am_i(right).await, Ok(()), "the same call with the cluster's CA");
     replica.stop().await;
 }

@@ -140,7 +140,7 @@ async fn main() {
                 ];
                 let mut args: Vec<String> = args.map(String::from).to_vec();
                 args.extend(
-                    ["--no-nvml", "--no-pci", "--no-cgroups", "--listen", "127.0.0.1:0", "--data", &data]
+                    ["--no-nvml", "--no-pci", "--no-cgroups", "--insecure", "--listen", "127.0.0.1:0", "--data", &data]
                         .map(String::from),
                 );
                 start(&a.qm, &args)

@@ -17,15 +17,19 @@
 //! - with `--phases large`: twelve clients submitting 15 MB each at once (125 jobs whose command
 //!   and environment hold 60,000 bytes each), half through a follower: the time until all are
 //!   acknowledged, the retries, and the elections meanwhile (there should be none).
-//! - with `--phases access`: the 64-client submission rate with tokens checked and with
-//!   `--insecure`, on fresh clusters taken in turn (three rounds), and the ratio of the medians.
+//! - with `--phases access`: the 64-client submission rate secure (TLS on every link, tokens
+//!   checked) and `--insecure`, on fresh clusters taken in turn (three rounds), and the ratio
+//!   of the medians.
 //!
-//! The replicas check tokens (the default of `qm server`; the driver sends the bootstrap admin
-//! token) unless `--insecure` is given.
+//! The replicas are secure (the default of `qm server`: TLS with certificates the driver makes
+//! for them, and tokens; the driver sends the bootstrap admin token) unless `--insecure` is
+//! given.
 
 use qm_benches::procfs::{cpu_seconds, percentile, rss_kib};
 use qm_proto::auth::{authed, Authed, Bearer};
 use qm_proto::build::{gpu_inventory, gpu_job, gpu_team};
+use qm_proto::certs::{Authority, Validity};
+use qm_proto::tls::{Dialer, Identity};
 use qm_proto::v1::admin_service_client::AdminServiceClient;
 use qm_proto::v1::agent_message::Body as Up;
 use qm_proto::v1::agent_service_client::AgentServiceClient;
@@ -37,7 +41,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
-use tonic::transport::Channel;
 
 const MODEL: &str = "nvidia-h100-80gb-hbm3";
 
@@ -85,11 +88,12 @@ enum Phase {
     Access,
 }
 
-/// A replica's gRPC endpoint and the token its clients send.
+/// A replica's address, the token its clients send and how they dial it.
 #[derive(Clone, Debug)]
 struct Ep {
-    url: String,
+    addr: String,
     bearer: Bearer,
+    dialer: Dialer,
 }
 
 struct Cluster {
@@ -100,16 +104,30 @@ struct Cluster {
     procs: BTreeMap<u64, Child>,
     insecure: bool,
     bearer: Bearer,
+    dialer: Dialer,
+}
+
+/// A CA and the three replicas' certificates in `dir/certs`; the clients' dialer, trusting the
+/// CA.
+fn certificates(dir: &std::path::Path, addrs: &[SocketAddr]) -> Dialer {
+    let certs = dir.join("certs");
+    let ca = Authority::open_or_create(&certs, "qm_load CA", Validity::days(1)).expect("a CA");
+    for (i, a) in addrs.iter().enumerate() {
+        let who = Identity::Replica(i as u64 + 1);
+        ca.issue_to(&certs, &who, &[a.ip().to_string()], Validity::days(1)).expect("a certificate");
+    }
+    Dialer::trusting(Some(ca.cert_pem().as_bytes()))
 }
 
 impl Cluster {
     /// Three replicas, with tokens unless `insecure`; ready once the bootstrap admin token (in
     /// the first leader's data directory) is accepted.
     async fn start(a: &Args, base_port: u16, insecure: bool) -> Self {
-        let addrs = (0..3).map(|i| SocketAddr::from(([127, 0, 0, 1], base_port + i))).collect();
+        let addrs: Vec<SocketAddr> = (0..3).map(|i| SocketAddr::from(([127, 0, 0, 1], base_port + i))).collect();
         let dir = tempfile::tempdir().expect("a temp dir");
         let (qm, logs, procs, bearer) = (a.qm.clone(), a.logs.clone(), BTreeMap::new(), Bearer::default());
-        let mut c = Self { qm, logs, addrs, dir, procs, insecure, bearer };
+        let dialer = if insecure { Dialer::plain() } else { certificates(dir.path(), &addrs) };
+        let mut c = Self { qm, logs, addrs, dir, procs, insecure, bearer, dialer };
         for id in 1..=3 {
             c.spawn(id);
         }
@@ -127,7 +145,7 @@ impl Cluster {
                 let file = self.dir.path().join(id.to_string()).join("admin.token");
                 let Ok(secret) = std::fs::read_to_string(file) else { continue };
                 let bearer = Bearer::new(Some(&secret)).expect("an ASCII token");
-                let ep = Ep { url: format!("http://{}", self.addrs[id as usize - 1]), bearer: bearer.clone() };
+                let ep = Ep { bearer: bearer.clone(), ..self.endpoint(id) };
                 if let Some(ch) = connect(&ep).await {
                     if AdminServiceClient::new(ch).who_am_i(WhoAmIRequest {}).await.is_ok() {
                         return bearer;
@@ -149,6 +167,16 @@ impl Cluster {
         cmd.args(["--data", data.to_str().expect("utf-8 temp path"), "--node-lease-ms", "3600000"]);
         if self.insecure {
             cmd.arg("--insecure");
+        } else {
+            let certs = self.dir.path().join("certs");
+            let file = |name: String| certs.join(name).display().to_string();
+            cmd.args([
+                "--tls-cert",
+                &file(format!("replica-{id}.pem")),
+                "--tls-key",
+                &file(format!("replica-{id}.key")),
+            ]);
+            cmd.args(["--tls-ca", &file("ca.pem".into())]);
         }
         let stderr = match &self.logs {
             Some(dir) => {
@@ -164,7 +192,8 @@ impl Cluster {
     }
 
     fn endpoint(&self, id: u64) -> Ep {
-        Ep { url: format!("http://{}", self.addrs[id as usize - 1]), bearer: self.bearer.clone() }
+        let addr = self.addrs[id as usize - 1].to_string();
+        Ep { addr, bearer: self.bearer.clone(), dialer: self.dialer.clone() }
     }
 
     fn kill(&mut self, id: u64) {
@@ -209,7 +238,9 @@ impl Drop for Cluster {
 }
 
 async fn connect(endpoint: &Ep) -> Option<Authed> {
-    let channel = Channel::from_shared(endpoint.url.clone())
+    let channel = endpoint
+        .dialer
+        .endpoint(&endpoint.addr)
         .ok()?
         .connect_timeout(Duration::from_millis(300))
         .tcp_nodelay(true)
@@ -329,7 +360,7 @@ async fn load_on(c: &Cluster, endpoints: Vec<Ep>, clients: usize, ask: Ask, seco
 async fn connect_patiently(endpoint: &Ep) -> Option<Authed> {
     let until = Instant::now() + Duration::from_secs(10);
     while Instant::now() < until {
-        let e = Channel::from_shared(endpoint.url.clone()).ok()?;
+        let e = endpoint.dialer.endpoint(&endpoint.addr).ok()?;
         if let Ok(c) = e.connect_timeout(Duration::from_secs(3)).tcp_nodelay(true).connect().await {
             return Some(authed(c, endpoint.bearer.clone()));
         }
@@ -463,15 +494,15 @@ async fn main() {
     }
 }
 
-/// The 64-client submission rate with tokens and with `--insecure`, on fresh clusters in turn
-/// (tokens first, then insecure, three rounds): each rate, and the medians' ratio.
+/// The 64-client submission rate secure (TLS and tokens) and `--insecure`, on fresh clusters in
+/// turn (secure first, then insecure, three rounds): each rate, and the medians' ratio.
 async fn access(a: &Args) {
     let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     for round in 0..3u16 {
         for (i, insecure) in [false, true].into_iter().enumerate() {
             let c = Cluster::start(a, a.base_port + 40 + 10 * (2 * round + i as u16), insecure).await;
             set_team(&c.endpoint(c.leader().await), 1_000_000).await;
-            let tag = if insecure { "access_insecure" } else { "access_tokens" };
+            let tag = if insecure { "access_insecure" } else { "access_secure" };
             let run = load(&c, a.clients, Ask::Submit(1), a.seconds, tag).await;
             report(tag, &run, 1);
             rates[i].push(run.latencies.len() as f64 / run.wall);
@@ -481,10 +512,10 @@ async fn access(a: &Args) {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let (tokens, insecure) = (median(&mut rates[0]), median(&mut rates[1]));
+    let (secure, insecure) = (median(&mut rates[0]), median(&mut rates[1]));
     println!(
-        "qm_access_tokens_median={tokens:.0} qm_access_insecure_median={insecure:.0} qm_access_cost_pct={:.1}",
-        (1.0 - tokens / insecure) * 100.0
+        "qm_access_secure_median={secure:.0} qm_access_insecure_median={insecure:.0} qm_access_cost_pct={:.1}",
+        (1.0 - secure / insecure) * 100.0
     );
 }
 

@@ -135,7 +135,8 @@ impl Procs {
         let data = self.dir.path().join(format!("agent-{n}"));
         let child = Command::new(&self.qm)
             .args(["agent", "--server", &servers, "--name", &format!("node-{n}"), "--listen", "127.0.0.1:0"])
-            .args(["--fake-gpus", &GPUS_PER_AGENT.to_string(), "--no-nvml", "--no-pci", "--no-cgroups", "--data"])
+            .args(["--fake-gpus", &GPUS_PER_AGENT.to_string(), "--no-nvml", "--no-pci", "--no-cgroups", "--insecure"])
+            .arg("--data")
             .arg(data)
             .stdout(Stdio::null())
             .stderr(self.log(&format!("agent-{n}.log"))?)

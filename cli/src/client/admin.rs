@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use qm_proto::auth::{authed, Bearer};
 use qm_proto::convert::flavor_to;
+use qm_proto::tls::Dialer;
 use qm_proto::v1::*;
 use serde_json::json;
 use std::time::Duration;
@@ -41,6 +42,9 @@ pub enum AdminCommand {
     Tokens(super::tokens::TokensCommand),
     /// The audit trail: who asked for which change, when, and whether it was applied.
     Audit(super::audit::AuditArgs),
+    /// Makes a CA and certificates for replicas and agents (offline; for a test or small
+    /// cluster, or to see what a certificate must hold).
+    Certs(crate::certs::CertsArgs),
 }
 
 /// `qm admin snapshot`.
@@ -167,6 +171,7 @@ pub(super) async fn admin(t: &Target, cmd: &AdminCommand) -> Result<()> {
     let members = match cmd {
         AdminCommand::Tokens(c) => return super::tokens::tokens(t, c).await,
         AdminCommand::Audit(args) => return super::audit::audit(t, args).await,
+        AdminCommand::Certs(args) => return crate::certs::certs(args),
         AdminCommand::Snapshot(SnapshotCommand::Save { out }) => return save_snapshot(t, out).await,
         AdminCommand::Snapshot(SnapshotCommand::Export { data, out }) => {
             let (index, bytes) = qm_scheduler::restore::export(data)?;
@@ -397,8 +402,8 @@ pub async fn set_team(t: &Target, team: Team) -> Result<()> {
 }
 
 /// Whether the replica at `address` answers a status request within a short time.
-async fn answers(address: &str, bearer: &Bearer) -> bool {
-    let Ok(endpoint) = endpoint(address) else { return false };
+async fn answers(dialer: &Dialer, address: &str, bearer: &Bearer) -> bool {
+    let Ok(endpoint) = endpoint(dialer, address) else { return false };
     let endpoint = endpoint.connect_timeout(Duration::from_millis(500)).timeout(Duration::from_secs(1));
     match endpoint.connect().await {
         Ok(c) => admin_client(authed(c, bearer.clone())).cluster_status(ClusterStatusRequest {}).await.is_ok(),
@@ -410,9 +415,9 @@ pub(super) async fn status(t: &Target) -> Result<()> {
     let r = call(t, |c| async move { admin_client(c).cluster_status(ClusterStatusRequest {}).await }).await?;
     let hash: String = r.state_hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
     let mut reachable = Vec::new();
-    let bearer = t.bearer()?;
+    let (bearer, dialer) = (t.bearer()?, t.dialer()?);
     for m in &r.members {
-        reachable.push(m.id == r.replica_id || answers(&m.address, &bearer).await);
+        reachable.push(m.id == r.replica_id || answers(&dialer, &m.address, &bearer).await);
     }
     let role = |m: &Member| if m.id == r.leader_id { "leader" } else { "follower" };
     let members: Vec<serde_json::Value> = r

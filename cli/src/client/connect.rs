@@ -11,6 +11,7 @@ use super::Target;
 use crate::out::{Exit, Failure};
 use anyhow::Result;
 use qm_proto::auth::{authed, Authed};
+use qm_proto::tls::Dialer;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -68,22 +69,10 @@ pub enum Resend {
     Never,
 }
 
-/// A replica's address as a gRPC endpoint: `HOST:PORT` or `http://HOST:PORT`.
-pub fn endpoint(addr: &str) -> Result<Endpoint> {
-    let trimmed = addr.trim().trim_end_matches('/');
-    let hostport = trimmed.strip_prefix("http://").unwrap_or(trimmed);
-    if hostport.contains("://") {
-        return Err(Failure::usage(format!(
-            "--server: {addr:?}: only plain http:// addresses are served (TLS is not configured)"
-        )));
-    }
-    if hostport.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
-        return Err(Failure::usage(format!("--server: {addr:?} is not HOST:PORT or http://HOST:PORT")));
-    }
-    Ok(Endpoint::from_shared(format!("http://{hostport}"))
-        .map_err(|e| Failure::usage(format!("--server: {addr:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(REQUEST_TIMEOUT))
+/// A replica's or an agent's address as a gRPC endpoint, dialled as `dialer` says.
+pub fn endpoint(dialer: &Dialer, addr: &str) -> Result<Endpoint> {
+    let endpoint = dialer.endpoint(addr).map_err(|e| Failure::usage(format!("--server: {e}")))?;
+    Ok(endpoint.connect_timeout(Duration::from_secs(1)).timeout(REQUEST_TIMEOUT))
 }
 
 /// The innermost error of a chain: the operating system's words ("Connection refused").
@@ -114,7 +103,8 @@ where
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
     let bearer = t.bearer()?;
-    let endpoints = t.servers().iter().map(|a| Ok((a.as_str(), endpoint(a)?))).collect::<Result<Vec<_>>>()?;
+    let dialer = t.dialer()?;
+    let endpoints = t.servers().iter().map(|a| Ok((a.as_str(), endpoint(&dialer, a)?))).collect::<Result<Vec<_>>>()?;
     let until = Instant::now() + PATIENCE;
     let mut causes: BTreeMap<usize, String> = BTreeMap::new();
     loop {
@@ -150,11 +140,12 @@ where
             };
         }
         if !reached {
-            return Err(unreachable(t, &causes));
+            return Err(unreachable(t, &dialer, &causes));
         }
         if Instant::now() >= until {
             let each = listed(t, &causes);
-            return Err(Failure::new(Exit::Unavailable, format!("no replica answered: {each}")).into());
+            let hint = tls_hint(&dialer, &causes).map_or_else(String::new, |h| format!("; {h}"));
+            return Err(Failure::new(Exit::Unavailable, format!("no replica answered: {each}{hint}")).into());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -185,10 +176,12 @@ fn listed(t: &Target, causes: &BTreeMap<usize, String>) -> String {
 }
 
 /// No replica accepted a connection: say where the client looked, what each address said,
-/// and how to point it elsewhere.
-fn unreachable(t: &Target, causes: &BTreeMap<usize, String>) -> anyhow::Error {
-    let hint = "start a scheduler with `qm dev`, or name yours with --server HOST:PORT or \
-                `export QM_SERVER=HOST:PORT[,HOST:PORT...]`";
+/// and how to point it elsewhere (or how to trust its certificate).
+fn unreachable(t: &Target, dialer: &Dialer, causes: &BTreeMap<usize, String>) -> anyhow::Error {
+    let hint = tls_hint(dialer, causes).unwrap_or(
+        "start a scheduler with `qm dev`, or name yours with --server HOST:PORT or \
+         `export QM_SERVER=HOST:PORT[,HOST:PORT...]`",
+    );
     let each = listed(t, causes);
     let message = if t.servers().len() == 1 {
         format!("cannot reach a Quartermaster replica at {each}; {hint}")
@@ -196,6 +189,22 @@ fn unreachable(t: &Target, causes: &BTreeMap<usize, String>) -> anyhow::Error {
         format!("cannot reach any Quartermaster replica ({each}); {hint}")
     };
     Failure::new(Exit::Unavailable, message).into()
+}
+
+/// What to do when TLS is what failed: a certificate the CA given does not vouch for, or a
+/// plaintext client that a TLS replica hangs up on.
+fn tls_hint(dialer: &Dialer, causes: &BTreeMap<usize, String>) -> Option<&'static str> {
+    if dialer.is_tls() {
+        causes.values().any(|c| c.contains("certificate")).then_some(
+            "the replica's certificate is not signed by the CA given (--tls-ca, QM_TLS_CA) or does not name the \
+             address dialled",
+        )
+    } else {
+        causes.values().any(|c| c.contains("no answer")).then_some(
+            "a replica not started --insecure serves TLS only and closes plaintext connections: give the \
+             cluster's CA with --tls-ca FILE or `export QM_TLS_CA=FILE`",
+        )
+    }
 }
 
 /// Whether a status is this client's own report of a connection that failed under the request

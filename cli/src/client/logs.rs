@@ -58,8 +58,9 @@ pub async fn logs(t: &Target, args: &LogsArgs) -> Result<()> {
         follow: args.follow,
     };
     let mut tried = Vec::new();
+    let dialer = t.dialer()?;
     for (node, address) in &candidates {
-        let channel = match endpoint(address)?.connect().await {
+        let channel = match endpoint(&dialer, address)?.connect().await {
             Ok(c) => c,
             Err(e) => {
                 tried.push(format!("{node} ({address}): {e}"));

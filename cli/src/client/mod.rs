@@ -34,16 +34,22 @@ use clap::{Args, Subcommand};
 use classes::{ApplyArgs, ClassCommand};
 use jobs::{JobRef, JobsArgs, SubmitArgs};
 use qm_proto::auth::{Authed, Bearer};
+use qm_proto::tls::Dialer;
 use qm_proto::v1::admin_service_client::AdminServiceClient;
 use qm_proto::v1::job_service_client::JobServiceClient;
 
 /// Where the replicas are, and how to print: the flags every client command takes.
 #[derive(Debug, Args, Clone)]
 pub struct Target {
-    /// Replica addresses (HOST:PORT or http://HOST:PORT), comma-separated or repeated; tried in
-    /// turn.
+    /// Replica addresses (HOST:PORT, https://HOST:PORT or, for an insecure cluster,
+    /// http://HOST:PORT), comma-separated or repeated; tried in turn.
     #[arg(long, env = "QM_SERVER", value_delimiter = ',', default_value = "127.0.0.1:7070", global = true)]
     server: Vec<String>,
+    /// The CA certificate (PEM) the replicas' certificates are checked against; HOST:PORT
+    /// addresses are then dialled with TLS. Without it, https:// addresses are checked against
+    /// the system's roots, and others dialled in plaintext (an --insecure cluster).
+    #[arg(long, env = "QM_TLS_CA", value_name = "FILE", global = true)]
+    tls_ca: Option<std::path::PathBuf>,
     /// A file holding the bearer token (else `QM_TOKEN`, else the file `QM_TOKEN_FILE` names).
     #[arg(long, value_name = "FILE", global = true)]
     token_file: Option<std::path::PathBuf>,
@@ -58,7 +64,25 @@ pub struct Target {
 impl Target {
     /// A target of these addresses, printing tables.
     pub fn new(server: Vec<String>) -> Self {
-        Self { server, token_file: None, json: false, seen: Default::default() }
+        Self { server, token_file: None, tls_ca: None, json: false, seen: Default::default() }
+    }
+
+    /// This target, checking the replicas' certificates against the CA in `file`.
+    pub fn with_tls_ca(self, file: std::path::PathBuf) -> Self {
+        Self { tls_ca: Some(file), ..self }
+    }
+
+    /// How to dial the replicas and agents: TLS trusting `--tls-ca` when given, TLS trusting the
+    /// system's roots when an address says https://, else plaintext.
+    pub fn dialer(&self) -> Result<Dialer> {
+        if let Some(file) = &self.tls_ca {
+            let pem = std::fs::read(file).map_err(|e| Failure::usage(format!("--tls-ca {}: {e}", file.display())))?;
+            return Ok(Dialer::trusting(Some(&pem)));
+        }
+        if self.server.iter().any(|s| s.trim().starts_with("https://")) {
+            return Ok(Dialer::trusting(None));
+        }
+        Ok(Dialer::plain())
     }
 
     /// This target, sending the token in `file`.

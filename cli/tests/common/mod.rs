@@ -18,15 +18,19 @@ pub fn qm(args: &[&str]) -> Output {
 }
 
 /// `qm ARGS` with these environment variables. A call that names the address of a running
-/// `Dev` (in its arguments or its environment) sends that `Dev`'s admin token, through
-/// `QM_TOKEN_FILE`, as a user following its banner would; an explicit `QM_TOKEN*` in `env` wins.
+/// `Dev` (in its arguments or its environment) sends that `Dev`'s admin token and trusts its CA,
+/// through `QM_TOKEN_FILE` and `QM_TLS_CA`, as a user following its banner would; an explicit
+/// value in `env` wins.
 pub fn qm_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_qm"));
-    c.args(args).current_dir(root()).env_remove("QM_SERVER").env_remove("QM_TOKEN").env_remove("QM_TOKEN_FILE");
+    c.args(args).current_dir(root());
+    for var in ["QM_SERVER", "QM_TOKEN", "QM_TOKEN_FILE", "QM_TLS_CA"] {
+        c.env_remove(var);
+    }
     let named = |addr: &str| args.iter().chain(env.iter().map(|(_, v)| v)).any(|a| a.contains(addr));
-    let token = tokens().iter().find(|(addr, _)| named(addr)).map(|(_, file)| file.clone());
-    if let Some(file) = token {
-        c.env("QM_TOKEN_FILE", file);
+    let dev = tokens().iter().find(|(addr, ..)| named(addr)).map(|(_, file, ca)| (file.clone(), ca.clone()));
+    if let Some((file, ca)) = dev {
+        c.env("QM_TOKEN_FILE", file).env("QM_TLS_CA", ca);
     }
     for (k, v) in env {
         c.env(k, v);
@@ -34,9 +38,9 @@ pub fn qm_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     c.output().expect("qm runs")
 }
 
-/// The admin token files of the running `Dev`s, by address.
-fn tokens() -> std::sync::MutexGuard<'static, Vec<(String, PathBuf)>> {
-    static TOKENS: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+/// The admin token files and CAs of the running `Dev`s, by address.
+fn tokens() -> std::sync::MutexGuard<'static, Vec<(String, PathBuf, PathBuf)>> {
+    static TOKENS: std::sync::Mutex<Vec<(String, PathBuf, PathBuf)>> = std::sync::Mutex::new(Vec::new());
     TOKENS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -54,6 +58,8 @@ pub struct Dev {
     pub banner: String,
     /// Its admin token's file.
     pub token_file: PathBuf,
+    /// Its CA's certificate.
+    pub ca: PathBuf,
     child: Child,
     _stdout: std::io::BufReader<ChildStdout>,
 }
@@ -95,13 +101,14 @@ impl Dev {
             .expect("the banner names the address")
             .trim_end_matches(',')
             .to_owned();
-        let token_file = banner
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("QM_TOKEN_FILE="))
-            .map(PathBuf::from)
-            .expect("the banner names the token file");
-        tokens().push((addr.clone(), token_file.clone()));
-        Self { addr, banner, token_file, child, _stdout: stdout }
+        let named = |var: &str| {
+            let prefix = format!("{var}=");
+            let path = banner.split_whitespace().find_map(|w| w.strip_prefix(prefix.as_str()).map(PathBuf::from));
+            path.unwrap_or_else(|| panic!("the banner names {var}: {banner}"))
+        };
+        let (token_file, ca) = (named("QM_TOKEN_FILE"), named("QM_TLS_CA"));
+        tokens().push((addr.clone(), token_file.clone(), ca.clone()));
+        Self { addr, banner, token_file, ca, child, _stdout: stdout }
     }
 
     /// `--server=ADDR`.
@@ -112,7 +119,7 @@ impl Dev {
 
 impl Drop for Dev {
     fn drop(&mut self) {
-        tokens().retain(|(addr, _)| *addr != self.addr);
+        tokens().retain(|(addr, ..)| *addr != self.addr);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -5,6 +5,11 @@
 //! RPC), and puts the `Caller` in the request's extensions for the service. A refused call is
 //! answered here, before its body is read or decoded.
 //!
+//! Two rules also ask for the client certificate of the connection (mutual TLS): `RaftService`
+//! admits only a peer whose certificate names a replica (the service is handed its id as a
+//! [`Peer`] and drops messages claiming another sender), and `AgentService` only an agent token
+//! for node N over a connection whose certificate names node N.
+//!
 //! A token this replica does not know may be one created a moment ago that it has not applied
 //! yet (a follower behind, a replica that just joined): it is looked up again after a read
 //! barrier before it is refused, and a replica that cannot reach the leader for the barrier
@@ -12,13 +17,15 @@
 
 use super::rules::{rule, Rule};
 use super::tokens::{digest, Digest};
-use super::Caller;
+use super::{Caller, Role};
 use crate::node::Handle;
+use qm_proto::tls::Identity;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tonic::codegen::http;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::Status;
 
 /// An RPC's service, method and rule.
@@ -40,13 +47,20 @@ pub enum Admission {
     Caller(Caller),
     /// Refused.
     Refused(Status),
+    /// A Raft peer, by the replica id its certificate names.
+    Peer(Peer),
     /// The token is not in this replica's state: look again after a read barrier.
-    Unknown(Handle, Digest, Rpc),
+    Unknown(Handle, Digest, Rpc, Option<Identity>),
 }
 
+/// The replica a `RaftService` call comes from, as its certificate says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer(pub u64);
+
 impl Gate {
-    /// What the gate says of a request to `path` with these headers.
-    pub fn admit(&self, path: &str, headers: &http::HeaderMap) -> Admission {
+    /// What the gate says of a request to `path` with these headers, over a connection whose
+    /// client certificate names `certified`.
+    pub fn admit(&self, path: &str, headers: &http::HeaderMap, certified: Option<Identity>) -> Admission {
         let Some(rpc) = rule(path) else {
             return Admission::Refused(Status::permission_denied(format!(
                 "{path}: no such RPC, or it has no access rule"
@@ -54,38 +68,76 @@ impl Gate {
         };
         let handle = match self {
             Gate::Open => return Admission::Caller(Caller::insecure()),
-            Gate::Tokens(_) if rpc.2 == Rule::Peer => return Admission::Caller(Caller::insecure()),
+            Gate::Tokens(_) if rpc.2 == Rule::Peer => return peer(rpc, certified),
             Gate::Tokens(handle) => handle,
         };
         let hash = match bearer(headers) {
             Ok(token) => digest(token),
             Err(s) => return Admission::Refused(s),
         };
-        match lookup(handle, hash, rpc) {
+        match lookup(handle, hash, rpc, certified.as_ref()) {
             Ok(Some(caller)) => Admission::Caller(caller),
-            Ok(None) => Admission::Unknown(handle.clone(), hash, rpc),
+            Ok(None) => Admission::Unknown(handle.clone(), hash, rpc, certified),
             Err(s) => Admission::Refused(s),
         }
     }
 }
 
-/// The caller whose token hashes to `hash`, checked against the RPC's rule; `None` when this
-/// replica does not know the token.
-fn lookup(handle: &Handle, hash: Digest, (service, method, rule): Rpc) -> Result<Option<Caller>, Status> {
+/// A Raft peer is known by its certificate alone.
+fn peer((service, method, _): Rpc, certified: Option<Identity>) -> Admission {
+    match certified {
+        Some(Identity::Replica(id)) => Admission::Peer(Peer(id)),
+        other => Admission::Refused(Status::unauthenticated(format!(
+            "{service}/{method}: only a replica may call it, with a certificate of the cluster's CA naming it \
+             (this connection's names {})",
+            named(other.as_ref())
+        ))),
+    }
+}
+
+fn named(who: Option<&Identity>) -> String {
+    who.map_or_else(|| "no one".to_owned(), Identity::to_string)
+}
+
+/// The identity the client certificate of the connection a request came on names.
+pub fn certified<B>(request: &http::Request<B>) -> Option<Identity> {
+    let info = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>()?;
+    let certs = info.peer_certs()?;
+    Identity::of_certificate(certs.first()?)
+}
+
+/// The caller whose token hashes to `hash`, checked against the RPC's rule (and an agent's
+/// against the connection's certificate); `None` when this replica does not know the token.
+fn lookup(
+    handle: &Handle,
+    hash: Digest,
+    (service, method, rule): Rpc,
+    certified: Option<&Identity>,
+) -> Result<Option<Caller>, Status> {
     let found = handle.fsm().tokens.find(&hash).map(|r| (r.name.clone(), r.role.clone()));
     let Some((name, role)) = found else { return Ok(None) };
     if !rule.admits(&role) {
         let word = role.word();
         return Err(Status::permission_denied(format!("{word} token {name:?} may not call {service}/{method}")));
     }
+    if let (Rule::Agent, Role::Agent { node }) = (rule, &role) {
+        if certified != Some(&Identity::Node(node.clone())) {
+            return Err(Status::permission_denied(format!(
+                "agent token {name:?} of node {node:?} may call {service}/{method} only over a connection whose \
+                 certificate names that node (this one's names {})",
+                named(certified)
+            )));
+        }
+    }
     Ok(Some(Caller { name, role, hash: Some(hash) }))
 }
 
 /// Looks an unknown token up again once this replica has applied everything committed.
-async fn confirm(handle: Handle, hash: Digest, rpc: Rpc) -> Result<Caller, Status> {
+async fn confirm(handle: Handle, hash: Digest, rpc: Rpc, certified: Option<Identity>) -> Result<Caller, Status> {
     let barrier = handle.read_barrier().await;
     barrier.map_err(|e| Status::unavailable(format!("this replica cannot check the token now: {e}")))?;
-    lookup(&handle, hash, rpc)?.ok_or_else(|| Status::unauthenticated("the token is unknown or revoked"))
+    lookup(&handle, hash, rpc, certified.as_ref())?
+        .ok_or_else(|| Status::unauthenticated("the token is unknown or revoked"))
 }
 
 /// The secret of an `authorization: Bearer SECRET` header.
@@ -142,17 +194,25 @@ where
         // this call, the clone the next (tower's documented pattern).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        match self.gate.admit(request.uri().path(), request.headers()) {
+        let certified = match self.gate {
+            Gate::Tokens(_) => certified(&request),
+            Gate::Open => None,
+        };
+        match self.gate.admit(request.uri().path(), request.headers(), certified) {
             Admission::Caller(caller) => {
                 request.extensions_mut().insert(Arc::new(caller));
+                Box::pin(inner.call(request))
+            }
+            Admission::Peer(peer) => {
+                request.extensions_mut().insert(peer);
                 Box::pin(inner.call(request))
             }
             Admission::Refused(status) => {
                 tracing::info!(path = request.uri().path(), code = ?status.code(), "refused a call: {}", status.message());
                 Box::pin(async move { Ok(status.into_http()) })
             }
-            Admission::Unknown(handle, hash, rpc) => Box::pin(async move {
-                match confirm(handle, hash, rpc).await {
+            Admission::Unknown(handle, hash, rpc, certified) => Box::pin(async move {
+                match confirm(handle, hash, rpc, certified).await {
                     Ok(caller) => {
                         request.extensions_mut().insert(Arc::new(caller));
                         inner.call(request).await

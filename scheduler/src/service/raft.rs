@@ -2,7 +2,11 @@
 //! large for one batch (a snapshot of a large state) comes in pieces (`RaftChunk`), kept per
 //! sender until whole; a sender whose stream broke asks how much is held (`Received`) and goes
 //! on from there.
+//!
+//! Over mutual TLS the access layer hands each call the replica its certificate names (a
+//! [`Peer`]): a batch or a message that claims another sender is refused.
 
+use crate::access::layer::Peer;
 use crate::node::{Inbox, Input};
 use protobuf::Message as PbMessage;
 use qm_proto::v1::raft_service_server::RaftService;
@@ -40,7 +44,13 @@ impl RaftServer {
         Self { id, cluster_id, inbox: Mutex::new(inbox), partial: Mutex::new(BTreeMap::new()) }
     }
 
-    fn check(&self, cluster_id: u64, to: u64) -> Result<(), Status> {
+    fn check(&self, cluster_id: u64, to: u64, from: u64, peer: Option<Peer>) -> Result<(), Status> {
+        if peer.is_some_and(|Peer(id)| id != from) {
+            return Err(Status::permission_denied(format!(
+                "from: replica {} may not send as replica {from}",
+                peer.map_or(0, |p| p.0)
+            )));
+        }
         if cluster_id != self.cluster_id {
             return Err(Status::permission_denied(format!(
                 "cluster_id: batch of cluster {cluster_id} sent to cluster {}",
@@ -92,24 +102,33 @@ impl RaftServer {
     }
 }
 
+/// A message of a batch is from the batch's sender.
+fn same_sender(m: Message, from: u64) -> Result<Message, Status> {
+    if m.from != from {
+        return Err(Status::invalid_argument(format!("messages: a message from {} in a batch from {from}", m.from)));
+    }
+    Ok(m)
+}
+
 #[tonic::async_trait]
 impl RaftService for RaftServer {
     async fn stream(&self, request: Request<Streaming<RaftBatch>>) -> Result<Response<RaftAck>, Status> {
+        let peer = request.extensions().get::<Peer>().copied();
         let mut stream = request.into_inner();
         let inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let deliver =
             |m: Message| inbox.send(Input::Raft(Box::new(m))).map_err(|_| Status::unavailable("replica stopped"));
         let mut batches = 0;
         while let Some(batch) = stream.message().await? {
-            self.check(batch.cluster_id, batch.to)?;
+            self.check(batch.cluster_id, batch.to, batch.from, peer)?;
             for (i, bytes) in batch.messages.iter().enumerate() {
                 let m = Message::parse_from_bytes(bytes)
                     .map_err(|e| Status::invalid_argument(format!("messages[{i}]: not a raft message: {e}")))?;
-                deliver(m)?;
+                deliver(same_sender(m, batch.from)?)?;
             }
             if let Some(chunk) = batch.chunk {
                 if let Some(m) = self.piece(batch.from, chunk)? {
-                    deliver(m)?;
+                    deliver(same_sender(m, batch.from)?)?;
                 }
             }
             batches += 1;
@@ -118,8 +137,9 @@ impl RaftService for RaftServer {
     }
 
     async fn received(&self, request: Request<ChunkQuery>) -> Result<Response<ChunkProgress>, Status> {
+        let peer = request.extensions().get::<Peer>().copied();
         let q = request.into_inner();
-        self.check(q.cluster_id, q.to)?;
+        self.check(q.cluster_id, q.to, q.from, peer)?;
         let partial = self.partial.lock().unwrap_or_else(|p| p.into_inner());
         let held = partial.get(&q.from).filter(|p| p.crc == q.crc && p.total == q.total);
         Ok(Response::new(ChunkProgress { received: held.map_or(0, |p| p.data.len() as u64) }))

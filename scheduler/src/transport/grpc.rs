@@ -8,10 +8,14 @@
 //! receiver's decode limit whatever the size of the state. Before the first piece the sender
 //! asks the receiver how much of that message it holds (`Received`): a transfer whose stream
 //! broke goes on where it stopped.
+//!
+//! Peers are dialled with the replica's `Dialer`: over TLS, the replica presents its own
+//! certificate (which names its id) and checks the peer's against the cluster's CA.
 
 use super::Transport;
 use crate::node::{Inbox, Input};
 use protobuf::Message as PbMessage;
+use qm_proto::tls::Dialer;
 use qm_proto::v1::raft_service_client::RaftServiceClient;
 use qm_proto::v1::{ChunkQuery, RaftBatch, RaftChunk};
 use raft::eraftpb::Message;
@@ -45,13 +49,15 @@ pub struct GrpcTransport {
     cluster_id: u64,
     inbox: Inbox,
     runtime: tokio::runtime::Handle,
+    dialer: Dialer,
     peers: BTreeMap<u64, Peer>,
 }
 
 impl GrpcTransport {
-    /// A transport for replica `id` of cluster `cluster_id`, whose tasks run on `runtime`.
-    pub fn new(id: u64, cluster_id: u64, inbox: Inbox, runtime: tokio::runtime::Handle) -> Self {
-        Self { id, cluster_id, inbox, runtime, peers: BTreeMap::new() }
+    /// A transport for replica `id` of cluster `cluster_id`, whose tasks run on `runtime` and
+    /// dial peers with `dialer`.
+    pub fn new(id: u64, cluster_id: u64, inbox: Inbox, runtime: tokio::runtime::Handle, dialer: Dialer) -> Self {
+        Self { id, cluster_id, inbox, runtime, dialer, peers: BTreeMap::new() }
     }
 }
 
@@ -73,7 +79,13 @@ impl Transport for GrpcTransport {
         }
         self.remove_peer(id);
         let (queue, rx) = mpsc::unbounded_channel();
-        let link = Link { from: self.id, to: id, cluster_id: self.cluster_id, address: address.to_owned() };
+        let link = Link {
+            from: self.id,
+            to: id,
+            cluster_id: self.cluster_id,
+            address: address.to_owned(),
+            dialer: self.dialer.clone(),
+        };
         let task = self.runtime.spawn(link.run(rx, self.inbox.clone()));
         self.peers.insert(id, Peer { address: address.to_owned(), queue, task });
     }
@@ -98,20 +110,28 @@ struct Link {
     to: u64,
     cluster_id: u64,
     address: String,
+    dialer: Dialer,
 }
 
 impl Link {
     async fn run(self, mut rx: mpsc::UnboundedReceiver<Message>, inbox: Inbox) {
         let mut backoff = MIN_BACKOFF;
+        let mut last: Option<String> = None;
         loop {
             match self.connect().await {
                 Ok(client) => {
-                    backoff = MIN_BACKOFF;
+                    (backoff, last) = (MIN_BACKOFF, None);
                     if self.forward(client, &mut rx).await.is_none() {
                         return;
                     }
                 }
-                Err(e) => tracing::debug!(peer = self.to, address = %self.address, "cannot reach a raft peer: {e}"),
+                Err(e) if last.as_ref() == Some(&e) => {
+                    tracing::debug!(peer = self.to, address = %self.address, "cannot reach a raft peer: {e}")
+                }
+                Err(e) => {
+                    tracing::warn!(peer = self.to, address = %self.address, "cannot reach a raft peer: {e}");
+                    last = Some(e);
+                }
             }
             if inbox.send(Input::Unreachable(self.to)).is_err() {
                 return;
@@ -122,11 +142,11 @@ impl Link {
         }
     }
 
-    async fn connect(&self) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", self.address))?
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true);
-        Ok(RaftServiceClient::new(endpoint.connect().await?))
+    async fn connect(&self) -> Result<RaftServiceClient<Channel>, String> {
+        let endpoint = self.dialer.endpoint(&self.address).map_err(|e| e.to_string())?;
+        let endpoint = endpoint.connect_timeout(Duration::from_millis(500)).tcp_nodelay(true);
+        let channel = endpoint.connect().await.map_err(|e| qm_proto::tls::causes(&e))?;
+        Ok(RaftServiceClient::new(channel))
     }
 
     /// Streams batches until the stream breaks (`Some`) or the transport is gone (`None`).

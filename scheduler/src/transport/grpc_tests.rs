@@ -5,6 +5,7 @@ use super::{GrpcTransport, CHUNK_BYTES};
 use crate::node::Input;
 use crate::service::raft::RaftServer;
 use crate::transport::Transport;
+use qm_proto::tls::Dialer;
 use qm_proto::v1::raft_service_client::RaftServiceClient;
 use qm_proto::v1::raft_service_server::RaftServiceServer;
 use qm_proto::v1::{RaftBatch, RaftChunk};
@@ -60,7 +61,7 @@ async fn next(rx: mpsc::Receiver<Input>, wait: Duration) -> (Option<Message>, mp
 
 fn transport() -> (GrpcTransport, mpsc::Receiver<Input>) {
     let (inbox, rx) = mpsc::channel();
-    (GrpcTransport::new(1, CLUSTER, inbox, tokio::runtime::Handle::current()), rx)
+    (GrpcTransport::new(1, CLUSTER, inbox, tokio::runtime::Handle::current(), Dialer::plain()), rx)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,10 +1,13 @@
 //! What the replica tests share: replica 1 of a cluster, served over gRPC on loopback from a
-//! temporary data directory, and channels to it that carry its admin token.
+//! temporary data directory (over TLS with certificates of a test CA unless insecure), and
+//! channels to it that carry its admin token or present a node's certificate.
 
 // Each test binary uses a part of these helpers.
 #![allow(dead_code)]
 
 use qm_proto::auth::{authed, Authed, Bearer};
+use qm_proto::certs::{Authority, Validity};
+use qm_proto::tls::{Dialer, Identity};
 use qm_proto::v1::admin_service_client::AdminServiceClient;
 use qm_proto::v1::WhoAmIRequest;
 use qm_scheduler::leader::LeaderConfig;
@@ -15,6 +18,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
+
+/// The names a test certificate is valid for.
+pub fn local() -> Vec<String> {
+    vec!["127.0.0.1".to_owned(), "localhost".to_owned()]
+}
 
 /// A free loopback address.
 pub fn free_addr() -> SocketAddr {
@@ -27,6 +35,9 @@ pub struct Replica {
     task: tokio::task::JoinHandle<()>,
     pub dir: tempfile::TempDir,
     insecure: bool,
+    /// The test CA and where its certificates are written.
+    pub ca: Authority,
+    pub certs: tempfile::TempDir,
     /// The admin token, when it is not the bootstrap file of this replica's data directory.
     pub token: Option<String>,
 }
@@ -82,6 +93,10 @@ impl Replica {
     ) -> Self {
         let addr = free_addr();
         let dir = tempfile::tempdir().unwrap();
+        let certs = tempfile::tempdir().unwrap();
+        let ca = Authority::open_or_create(certs.path(), "test CA", Validity::days(1)).unwrap();
+        let tls =
+            (!insecure).then(|| ca.issue_to(certs.path(), &Identity::Replica(1), &local(), Validity::days(1)).unwrap());
         let mut node = NodeConfig::new(1, voters.to_vec());
         node.peers = voters.iter().map(|id| (*id, if *id == 1 { addr } else { free_addr() }.to_string())).collect();
         node.tick = Duration::from_millis(10);
@@ -97,6 +112,7 @@ impl Replica {
             node_lease,
             restore,
             insecure,
+            tls,
             admission,
         };
         let (stop, rx) = oneshot::channel();
@@ -107,7 +123,7 @@ impl Replica {
             .await
             .unwrap();
         });
-        Self { addr, stop: Some(stop), task, dir, insecure, token: None }
+        Self { addr, stop: Some(stop), task, dir, insecure, ca, certs, token: None }
     }
 
     /// The admin token: the one given, else the bootstrap token the replica wrote.
@@ -126,16 +142,37 @@ impl Replica {
         }
     }
 
-    /// A plain channel to the replica, once it listens.
+    /// A channel to the replica as a user's client (checking its certificate, presenting
+    /// none), once it listens.
     pub async fn connect(&self) -> Channel {
+        let dialer = match self.insecure {
+            true => Dialer::plain(),
+            false => Dialer::trusting(Some(self.ca.cert_pem().as_bytes())),
+        };
+        self.connect_with(&dialer).await
+    }
+
+    /// A channel to the replica presenting a certificate of the test CA naming `who`.
+    pub async fn connect_as(&self, who: &Identity) -> Channel {
+        let files = self.ca.issue_to(self.certs.path(), who, &local(), Validity::days(1)).unwrap();
+        self.connect_with(&files.load().unwrap().dialer()).await
+    }
+
+    /// A channel to the replica dialled with `dialer`, once it listens.
+    pub async fn connect_with(&self, dialer: &Dialer) -> Channel {
         let until = Instant::now() + Duration::from_secs(5);
         loop {
-            if let Ok(c) = Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await {
+            if let Ok(c) = dialer.endpoint(&self.addr.to_string()).unwrap().connect().await {
                 return c;
             }
             assert!(Instant::now() < until, "the replica did not listen");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// A channel for the agent of `node`: its certificate, and `token`.
+    pub async fn agent(&self, node: &str, token: &str) -> Authed {
+        authed(self.connect_as(&Identity::Node(node.to_owned())).await, Bearer::new(Some(token)).unwrap())
     }
 
     /// A channel to the replica that sends `token`.
