@@ -1,5 +1,6 @@
 //! Generates the Rust code of `proto/quartermaster/v1/*.proto` with protox (a pure-Rust
-//! protobuf compiler), so no system `protoc` is needed.
+//! protobuf compiler), so no system `protoc` is needed, and writes the encoded descriptor set
+//! that server reflection serves.
 
 const FILES: [&str; 5] = [
     "proto/quartermaster/v1/types.proto",
@@ -14,6 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let descriptors = protox::compile(FILES, ["proto"])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("quartermaster_v1.bin"), prost::Message::encode_to_vec(&descriptors))?;
     tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(descriptors)?;
     Ok(())
 }

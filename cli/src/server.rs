@@ -77,6 +77,10 @@ pub struct ServerArgs {
     insecure: bool,
     #[command(flatten)]
     tls: TlsArgs,
+    /// Serve Prometheus metrics (`/metrics`), `/healthz` and `/readyz` over HTTP on this
+    /// address (no token: bind it where only monitoring reaches); not served when absent.
+    #[arg(long, value_name = "HOST:PORT")]
+    http_listen: Option<SocketAddr>,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -201,6 +205,7 @@ fn config(args: &ServerArgs) -> Result<ServerConfig> {
         insecure: args.insecure,
         tls: args.tls.files(),
         admission: args.limits.admission()?,
+        http: args.http_listen,
     })
 }
 
@@ -388,6 +393,7 @@ pub fn dev(args: &DevArgs) -> Result<()> {
         policy: None,
         insecure: false,
         tls: TlsArgs::default(),
+        http_listen: None,
         limits: LimitArgs::default(),
     };
     let (replica_tls, agent_tls) = crate::certs::dev(&dir.path().join("tls"), DEV_NODE)?;

@@ -17,6 +17,9 @@ pub mod certs;
 pub mod convert;
 pub mod tls;
 
+/// The encoded `FileDescriptorSet` of package `quartermaster.v1`, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/quartermaster_v1.bin"));
+
 /// Generated code of package `quartermaster.v1`.
 #[allow(missing_docs, missing_debug_implementations, clippy::all, clippy::pedantic)]
 pub mod v1 {

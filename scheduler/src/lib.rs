@@ -17,6 +17,8 @@
 //! - `leader`: the scheduling loop; `service`: `JobService`, `AdminService`, `AgentService`
 //!   (sessions, orders, node liveness) and `RaftService`.
 //! - `restore`: backups: seeding a new cluster, exporting a stopped replica.
+//! - `observe`: the gRPC health service, and the HTTP address with Prometheus metrics,
+//!   `/healthz` and `/readyz`.
 //! - `logging`: raft-rs's slog records into `tracing`.
 //! - `dst`: the deterministic simulation of a cluster (replicas, agents, clients and faults in
 //!   one thread from a seed); `testing`: builders of jobs and teams for it and the tests.
@@ -29,6 +31,7 @@ pub mod fsm;
 pub mod leader;
 pub mod logging;
 pub mod node;
+pub mod observe;
 pub mod restore;
 pub mod server;
 pub mod service;

@@ -9,6 +9,7 @@ use crate::access::bootstrap;
 use crate::access::layer::{AccessLayer, Gate};
 use crate::leader::{self, LeaderConfig};
 use crate::node::{self, NodeConfig};
+use crate::observe;
 use crate::service::admin::AdminServer;
 use crate::service::admission::Admission;
 use crate::service::agent::AgentServer;
@@ -26,6 +27,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use tonic_reflection::server::v1::{ServerReflection as ServesV1, ServerReflectionServer as ReflectionV1};
+use tonic_reflection::server::v1alpha::{
+    ServerReflection as ServesV1alpha, ServerReflectionServer as ReflectionV1alpha,
+};
 
 /// How long a stopping replica lets open streams (watches, agent sessions) finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -57,6 +62,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// Limits on what the API admits.
     pub admission: Admission,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served over HTTP; nowhere when absent.
+    pub http: Option<SocketAddr>,
 }
 
 /// Why a replica stopped.
@@ -108,6 +115,40 @@ pub const LISTEN_BACKLOG: u32 = 4096;
 /// client that opens more waits for one to end. Enough for a dashboard's or a script's
 /// watches; a client opening streams without end holds one connection's worth of them.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 1_024;
+
+/// Server reflection (v1 and v1alpha, which older `grpcurl` asks for) of our services and the
+/// health service.
+fn reflection() -> Result<(ReflectionV1<impl ServesV1>, ReflectionV1alpha<impl ServesV1alpha>), ServerError> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(qm_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = builder().build_v1().map_err(|e| ServerError::Security(format!("reflection: {e}")))?;
+    let v1alpha = builder().build_v1alpha().map_err(|e| ServerError::Security(format!("reflection: {e}")))?;
+    Ok((v1, v1alpha))
+}
+
+/// The replica's storage in its data directory, seeded with the backup when one is given.
+fn open_store(config: &ServerConfig) -> Result<SledStore, ServerError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| StorageError::Io(e.into()))?;
+    let store = SledStore::open(&config.data_dir)?;
+    if let Some(backup) = &config.restore {
+        let index = crate::restore::seed(&store, backup, &config.node.peers)?;
+        tracing::info!(index, "restored a backup");
+    }
+    Ok(store)
+}
+
+/// Completes with the reason once the node stops on an error.
+async fn fatal(handle: node::Handle) -> String {
+    loop {
+        if let Some(why) = handle.status().fatal {
+            return why;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 
 /// A certificate that expires sooner than this is warned of at start.
 const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
@@ -169,18 +210,17 @@ pub async fn run_notify(
     let dialer = tls.as_ref().map_or_else(Dialer::plain, Loaded::dialer);
     let listener = listen(config.listen).map_err(|source| ServerError::Listen { addr: config.listen, source })?;
     let bound = listener.local_addr().map_err(|source| ServerError::Listen { addr: config.listen, source })?;
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| StorageError::Io(e.into()))?;
-    let store = SledStore::open(&config.data_dir)?;
-    if let Some(backup) = &config.restore {
-        let index = crate::restore::seed(&store, backup, &config.node.peers)?;
-        tracing::info!(index, "restored a backup");
-    }
+    let http = match config.http {
+        Some(addr) => Some(listen(addr).map_err(|source| ServerError::Listen { addr, source })?),
+        None => None,
+    };
+    let store = open_store(&config)?;
     let runtime = tokio::runtime::Handle::current();
     let (id, cluster_id) = (config.node.id, config.cluster_id);
     let (handle, thread) =
         node::spawn(config.node.clone(), store, |inbox| GrpcTransport::new(id, cluster_id, inbox, runtime, dialer))?;
     tracing::info!(replica = id, listen = %bound, data = %config.data_dir.display(), "replica started");
-    let leader = tokio::spawn(leader::run(handle.clone(), config.leader.clone()));
+    let mut tasks = vec![tokio::spawn(leader::run(handle.clone(), config.leader.clone()))];
     let max = config.max_message_bytes;
     let admission = std::sync::Arc::new(config.admission.clone());
     let jobs = JobServiceServer::new(JobServer::new(handle.clone(), config.leader.policy.clone(), admission.clone()))
@@ -189,8 +229,8 @@ pub async fn run_notify(
     let admin = AdminServiceServer::new(AdminServer::new(handle.clone(), readings.clone(), admission.clone()))
         .max_decoding_message_size(max);
     let agents = AgentServer::new(handle.clone(), config.heartbeat, readings, admission);
-    let liveness = tokio::spawn(agents.clone().liveness(config.node_lease));
-    let dispatch = tokio::spawn(agents.clone().dispatch());
+    tasks.push(tokio::spawn(agents.clone().liveness(config.node_lease)));
+    tasks.push(tokio::spawn(agents.clone().dispatch()));
     let agents = AgentServiceServer::new(agents).max_decoding_message_size(max);
     let raft = RaftServiceServer::new(RaftServer::new(id, cluster_id, handle.inbox().clone()))
         .max_decoding_message_size(64 * 1024 * 1024);
@@ -200,16 +240,13 @@ pub async fn run_notify(
     } else {
         Gate::Tokens(handle.clone())
     };
-    let bootstrap = (!config.insecure).then(|| tokio::spawn(bootstrap::run(handle.clone(), config.data_dir.clone())));
-    let watched = handle.clone();
-    let fatal = async move {
-        loop {
-            if let Some(why) = watched.status().fatal {
-                return why;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
+    if !config.insecure {
+        tasks.push(tokio::spawn(bootstrap::run(handle.clone(), config.data_dir.clone())));
+    }
+    let (reporter, health) = tonic_health::server::health_reporter();
+    tasks.push(tokio::spawn(observe::health::report(handle.clone(), reporter)));
+    tasks.extend(http.map(|listener| tokio::spawn(observe::http::serve(listener, handle.clone()))));
+    let reflection = reflection()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &tls {
@@ -223,6 +260,9 @@ pub async fn run_notify(
         .add_service(admin)
         .add_service(agents)
         .add_service(raft)
+        .add_service(health)
+        .add_service(reflection.0)
+        .add_service(reflection.1)
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
             let _ = stop_rx.await;
         });
@@ -230,14 +270,11 @@ pub async fn run_notify(
     ready(bound);
     let result = tokio::select! {
         _ = shutdown => Ok(()),
-        why = fatal => Err(ServerError::Node(why)),
+        why = fatal(handle.clone()) => Err(ServerError::Node(why)),
     };
     let _ = stop_tx.send(());
-    leader.abort();
-    liveness.abort();
-    dispatch.abort();
-    if let Some(b) = bootstrap {
-        b.abort();
+    for task in &tasks {
+        task.abort();
     }
     handle.stop();
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;

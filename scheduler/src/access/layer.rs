@@ -49,6 +49,8 @@ pub enum Admission {
     Refused(Status),
     /// A Raft peer, by the replica id its certificate names.
     Peer(Peer),
+    /// An open RPC (health): anyone, with no caller.
+    Open,
     /// The token is not in this replica's state: look again after a read barrier.
     Unknown(Handle, Digest, Rpc, Option<Identity>),
 }
@@ -69,6 +71,7 @@ impl Gate {
         let handle = match self {
             Gate::Open => return Admission::Caller(Caller::insecure()),
             Gate::Tokens(_) if rpc.2 == Rule::Peer => return peer(rpc, certified),
+            Gate::Tokens(_) if rpc.2 == Rule::Open => return Admission::Open,
             Gate::Tokens(handle) => handle,
         };
         let hash = match bearer(headers) {
@@ -207,6 +210,7 @@ where
                 request.extensions_mut().insert(peer);
                 Box::pin(inner.call(request))
             }
+            Admission::Open => Box::pin(inner.call(request)),
             Admission::Refused(status) => {
                 tracing::info!(path = request.uri().path(), code = ?status.code(), "refused a call: {}", status.message());
                 Box::pin(async move { Ok(status.into_http()) })

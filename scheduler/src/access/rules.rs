@@ -1,6 +1,8 @@
 //! Who may call what: one table with a row for every RPC a replica serves. The access layer
 //! refuses a call whose path has no row, so that an RPC added without one is refused to
-//! everyone (and the test that reads the `.proto` files fails) rather than open to all.
+//! everyone (and the test that reads the `.proto` files fails) rather than open to all. Rows of
+//! our package name the service alone (`JobService`); rows of the ecosystem's standard services
+//! (health, reflection) name it in full (`grpc.health.v1.Health`).
 
 use super::Role;
 
@@ -22,6 +24,8 @@ pub enum Rule {
     /// Raft peers: no token (a peer is known by its replica id and, with mutual TLS, by its
     /// certificate).
     Peer,
+    /// Anyone, without a token: the health service, which probes and load balancers call.
+    Open,
 }
 
 impl Rule {
@@ -66,11 +70,30 @@ pub const RULES: &[(&str, &str, Rule)] = &[
     ("AgentService", "Session", Rule::Agent),
     ("RaftService", "Stream", Rule::Peer),
     ("RaftService", "Received", Rule::Peer),
+    ("grpc.health.v1.Health", "Check", Rule::Open),
+    ("grpc.health.v1.Health", "Watch", Rule::Open),
+    ("grpc.reflection.v1.ServerReflection", "ServerReflectionInfo", Rule::AnyToken),
+    ("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo", Rule::AnyToken),
 ];
+
+/// The request path of a row's RPC.
+pub fn path(service: &str, method: &str) -> String {
+    if service.contains('.') {
+        format!("/{service}/{method}")
+    } else {
+        format!("/{PACKAGE}.{service}/{method}")
+    }
+}
 
 /// The rule of a request path (`/quartermaster.v1.JobService/Submit`), if it has one.
 pub fn rule(path: &str) -> Option<(&'static str, &'static str, Rule)> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-    let service = service.strip_prefix(PACKAGE)?.strip_prefix('.')?;
+    let ours = service.strip_prefix(PACKAGE).and_then(|s| s.strip_prefix('.'));
+    let service = match ours {
+        Some(name) if !name.contains('.') => name,
+        Some(_) => return None,
+        None if service.contains('.') => service,
+        None => return None,
+    };
     RULES.iter().find(|(s, m, _)| *s == service && *m == method).copied()
 }

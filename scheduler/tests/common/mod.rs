@@ -31,6 +31,8 @@ pub fn free_addr() -> SocketAddr {
 
 pub struct Replica {
     pub addr: SocketAddr,
+    /// Its HTTP address (`/metrics`, `/healthz`, `/readyz`).
+    pub http: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
     pub dir: tempfile::TempDir,
@@ -91,7 +93,7 @@ impl Replica {
         insecure: bool,
         admission: Admission,
     ) -> Self {
-        let addr = free_addr();
+        let (addr, http) = (free_addr(), free_addr());
         let dir = tempfile::tempdir().unwrap();
         let certs = tempfile::tempdir().unwrap();
         let ca = Authority::open_or_create(certs.path(), "test CA", Validity::days(1)).unwrap();
@@ -114,6 +116,7 @@ impl Replica {
             insecure,
             tls,
             admission,
+            http: Some(http),
         };
         let (stop, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
@@ -123,7 +126,7 @@ impl Replica {
             .await
             .unwrap();
         });
-        Self { addr, stop: Some(stop), task, dir, insecure, ca, certs, token: None }
+        Self { addr, http, stop: Some(stop), task, dir, insecure, ca, certs, token: None }
     }
 
     /// The admin token: the one given, else the bootstrap token the replica wrote.
@@ -194,6 +197,26 @@ impl Replica {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         channel
+    }
+
+    /// `GET path` on the replica's HTTP address, once it listens: the status code and the body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let until = Instant::now() + Duration::from_secs(5);
+        let mut stream = loop {
+            match tokio::net::TcpStream::connect(self.http).await {
+                Ok(s) => break s,
+                Err(e) => assert!(Instant::now() < until, "the replica's HTTP address never listened: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.http);
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (code, body.to_owned())
     }
 
     pub async fn stop(mut self) {
