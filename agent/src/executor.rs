@@ -128,6 +128,12 @@ impl Executor {
         self.table().keys().map(|&(job_id, replica, attempt)| RunningReplica { job_id, replica, attempt }).collect()
     }
 
+    /// The job holding each device a running replica holds, by device id.
+    pub fn holders(&self) -> BTreeMap<String, u64> {
+        let table = self.table();
+        table.iter().flat_map(|(&(job, ..), r)| r.devices.iter().map(move |d| (d.clone(), job))).collect()
+    }
+
     /// Adds one telemetry sample to the meter of every running replica.
     pub fn observe(&self, samples: &[DeviceTelemetry]) {
         for r in self.table().values_mut() {

@@ -19,12 +19,14 @@
 //!   devices without a driver) under a configurable root.
 //! - [`pci_ids`]: the one table of accelerator vendors and device models.
 //! - [`usage`]: a running replica's usage meter (telemetry of its devices, summed).
+//! - [`metrics`]: the agent's Prometheus metrics and its HTTP address.
 
 pub mod cgroup;
 pub mod env;
 pub mod executor;
 pub mod inventory;
 pub mod logs;
+pub mod metrics;
 pub mod nvml;
 pub mod nvml_real;
 pub mod outbox;

@@ -10,6 +10,7 @@ use crate::env::replica_env;
 use crate::executor::Executor;
 use crate::inventory::{collect, host_resources, Probe};
 use crate::logs::LogServer;
+use crate::metrics::Observed;
 use crate::outbox::Outbox;
 use nix::sys::signal::Signal;
 use qm_core::resource::ADDRESS_LABEL;
@@ -57,6 +58,8 @@ pub struct AgentConfig {
     /// This node's certificate and the cluster's CA: the agent dials the scheduler and serves
     /// logs over TLS with it. Plaintext without (a scheduler started `--insecure`).
     pub tls: Option<Loaded>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served over HTTP; nowhere when absent.
+    pub http: Option<SocketAddr>,
 }
 
 /// Why the agent stopped.
@@ -104,6 +107,12 @@ pub async fn run(
         .await
         .map_err(|source| AgentError::Listen { addr: config.listen, source })?;
     let bound = listener.local_addr().map_err(|source| AgentError::Listen { addr: config.listen, source })?;
+    let http = match config.http {
+        Some(addr) => {
+            Some(tokio::net::TcpListener::bind(addr).await.map_err(|source| AgentError::Listen { addr, source })?)
+        }
+        None => None,
+    };
     let (reports_tx, reports) = mpsc::unbounded_channel();
     let mut executor = Executor::new(&config.data_dir, &boot_id(), reports_tx);
     if let Some(mount) = &config.cgroup_root {
@@ -124,9 +133,14 @@ pub async fn run(
     tracing::info!(node = %config.name, logs = %bound, "agent started");
     ready(bound);
     let dialer = config.tls.as_ref().map_or_else(Dialer::plain, Loaded::dialer);
-    let node = Node { config, dialer, labels, executor, reports, outbox: Outbox::default() };
+    let observed = Observed::default();
+    let http = http.map(|l| tokio::spawn(crate::metrics::serve(l, observed.clone(), executor.clone())));
+    let node = Node { config, dialer, labels, executor, reports, outbox: Outbox::default(), observed };
     node.sessions(Box::pin(shutdown)).await;
     serving.abort();
+    if let Some(h) = http {
+        h.abort();
+    }
     Ok(())
 }
 
@@ -153,6 +167,8 @@ enum Ended {
 struct Node {
     config: AgentConfig,
     dialer: Dialer,
+    /// What the HTTP address shows.
+    observed: Observed,
     labels: BTreeMap<String, String>,
     executor: Executor,
     reports: mpsc::UnboundedReceiver<ReplicaStatus>,
@@ -182,7 +198,9 @@ impl Node {
             let mut targets: Vec<String> = leader.take().into_iter().collect();
             targets.extend(self.config.servers.iter().cloned());
             for addr in targets {
-                match self.session(&addr, &mut shutdown).await {
+                let ended = self.session(&addr, &mut shutdown).await;
+                self.observed.registered(false);
+                match ended {
                     Ended::Shutdown => return,
                     Ended::NotLeader(at) if !at.is_empty() => {
                         leader = Some(at);
@@ -221,6 +239,7 @@ impl Node {
         };
         let (tx, rx) = mpsc::channel::<AgentMessage>(1024);
         let (mut spec, notes) = self.inventory();
+        self.observed.inventory(&spec);
         for n in &notes {
             tracing::info!(node = %self.config.name, "probe: {n}");
         }
@@ -246,6 +265,7 @@ impl Node {
             Err(s) => return Ended::Lost(s.message().to_owned()),
         };
         tracing::info!(node = %self.config.name, server = %addr, "registered");
+        self.observed.registered(true);
         let mut beat = tokio::time::interval(heartbeat);
         let mut rescan = tokio::time::interval(self.config.rescan);
         rescan.tick().await;
@@ -257,6 +277,7 @@ impl Node {
                     seq += 1;
                     let telemetry = self.telemetry();
                     self.executor.observe(&telemetry);
+                    self.observed.telemetry(&telemetry);
                     if tx.send(AgentMessage { body: Some(Up::Heartbeat(Heartbeat { seq, telemetry })) }).await.is_err() {
                         return Ended::Lost("the stream to the scheduler closed".into());
                     }
@@ -271,6 +292,7 @@ impl Node {
                     if now != spec {
                         tracing::info!(node = %self.config.name, devices = now.devices.len(), "inventory changed");
                         let _ = tx.send(AgentMessage { body: Some(Up::Inventory(inventory_to(&now))) }).await;
+                        self.observed.inventory(&now);
                         spec = now;
                     }
                 }

@@ -136,6 +136,10 @@ struct RunArgs {
     token_file: Option<PathBuf>,
     #[command(flatten)]
     tls: TlsArgs,
+    /// Serve Prometheus metrics of the node's devices (`/metrics`), `/healthz` and `/readyz`
+    /// over HTTP on this address (no token); not served when absent.
+    #[arg(long, value_name = "HOST:PORT")]
+    http_listen: Option<SocketAddr>,
     /// Dial the scheduler and serve logs in plaintext, for a scheduler started --insecure.
     #[arg(long)]
     insecure: bool,
@@ -178,6 +182,7 @@ pub fn agent(args: &AgentArgs) -> Result<()> {
         cgroup_root: (!r.no_cgroups).then(|| r.cgroup_root.clone()),
         bearer: crate::client::bearer(r.token_file.as_deref())?,
         tls: r.tls.load(r.insecure)?,
+        http: r.http_listen,
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(run(config, crate::server::ctrl_c(), |_| {})).context("qm agent")

@@ -312,6 +312,7 @@ async fn local_agent(
         cgroup_root: None,
         bearer: qm_proto::auth::Bearer::new(Some(&secret))?,
         tls: Some(tls.load()?),
+        http: None,
     };
     tokio::spawn(async move {
         if let Err(e) = qm_agent::session::run(config, std::future::pending(), |_| {}).await {

@@ -18,6 +18,8 @@ struct Fleet {
     dir: tempfile::TempDir,
     servers: Vec<(String, Option<Child>)>,
     agents: Vec<Option<Child>>,
+    /// Each agent's HTTP address (`/metrics`, `/readyz`).
+    agent_http: Vec<String>,
     /// The bootstrap admin token's file, in the data directory of the replica that led first.
     token: std::cell::RefCell<Option<PathBuf>>,
 }
@@ -79,7 +81,8 @@ impl Fleet {
             let child = spawn(&args, &dir.path().join(format!("server{}.log", i + 1)));
             servers.push((addr.clone(), Some(child)));
         }
-        let mut fleet = Self { dir, servers, agents: Vec::new(), token: Default::default() };
+        let agent_http = (0..agents).map(|_| free_addr()).collect();
+        let mut fleet = Self { dir, servers, agents: Vec::new(), agent_http, token: Default::default() };
         fleet.wait(|f| f.find_token(), "the replicas serve and accept the bootstrap token");
         let applied = fleet.qm(&["apply", "-f", "examples/teams.toml"]);
         assert!(applied.status.success(), "{}", text(&applied.stderr));
@@ -162,9 +165,21 @@ impl Fleet {
             "--token-file",
             token.to_str().unwrap(),
         ];
-        let tls = tls_flags(&self.dir.path().join("certs"), &format!("agent-{name}"));
-        let args = [&args[..], &tls.iter().map(String::as_str).collect::<Vec<_>>()].concat();
+        let mut extra = tls_flags(&self.dir.path().join("certs"), &format!("agent-{name}"));
+        extra.push(format!("--http-listen={}", self.agent_http[n]));
+        let args = [&args[..], &extra.iter().map(String::as_str).collect::<Vec<_>>()].concat();
         self.agents[n] = Some(spawn(&args, &self.dir.path().join(format!("agent{n}.log"))));
+    }
+
+    /// `GET path` on agent `n`'s HTTP address: the status line and the body.
+    fn agent_get(&self, n: usize, path: &str) -> (String, String) {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.agent_http[n]).expect("the agent's HTTP address");
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        (head.lines().next().unwrap().to_owned(), body.to_owned())
     }
 
     fn kill(child: &mut Option<Child>) {
@@ -320,6 +335,13 @@ fn an_agent_that_restarts_keeps_its_running_replicas() {
     let mut fleet = Fleet::start(1);
     let job = fleet.submit("research", 1, 2, &format!("{STARTED}; sleep 3; echo done > $OUT/done-$QM_JOB_ID"));
     fleet.wait_state(job, "running");
+    let (status, metrics) = fleet.agent_get(0, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let held =
+        metrics.lines().filter(|l| l.starts_with("qm_device_allocated{") && l.contains(&format!("job=\"{job}\"")));
+    assert_eq!(held.count(), 2, "the job's two devices: {metrics}");
+    assert!(metrics.contains("\nqm_agent_registered 1\n"), "{metrics}");
+    assert_eq!(fleet.agent_get(0, "/readyz").0, "HTTP/1.1 200 OK");
     Fleet::kill(&mut fleet.agents[0]);
     fleet.start_agent(0);
     let done = fleet.wait_state(job, "succeeded");
