@@ -12,8 +12,11 @@
 
 use crate::fsm::Fsm;
 use crate::node::Handle;
+use crate::observe::metrics::Metrics;
 use crate::service::now_ms;
+use qm_core::plan::Decisions;
 use qm_core::{Command, PolicyConfig, Scratch};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How the loop runs.
@@ -59,19 +62,22 @@ pub struct Planner {
     policy: PolicyConfig,
     scratch: Scratch,
     quiet: Option<Quiet>,
+    /// Whether the last `plan` ran the scheduler (rather than finding the state quiet).
+    ran: bool,
 }
 
 impl Planner {
     /// A planner for `policy`.
     pub fn new(policy: PolicyConfig) -> Self {
-        Self { policy, scratch: Scratch::default(), quiet: None }
+        Self { policy, scratch: Scratch::default(), quiet: None, ran: false }
     }
 
     /// The plan of a cycle at `now_ms` on `fsm`, as the command to propose; `None` when it
     /// decides nothing (then remembered, so that the next cycle on the same state at a time
     /// when no rule's answer changed costs nothing).
     pub fn plan(&mut self, fsm: &Fsm, now_ms: u64) -> Option<Command> {
-        if still_quiet(self.quiet, fsm, &self.policy, now_ms) {
+        self.ran = !still_quiet(self.quiet, fsm, &self.policy, now_ms);
+        if !self.ran {
             return None;
         }
         let decisions = qm_core::schedule_with(&fsm.state, &self.policy, now_ms, &mut self.scratch).decisions;
@@ -81,7 +87,7 @@ impl Planner {
 }
 
 /// Runs until the node stops.
-pub async fn run(node: Handle, config: LeaderConfig) {
+pub async fn run(node: Handle, config: LeaderConfig, metrics: Arc<Metrics>) {
     let mut planner = Planner::new(config.policy.clone());
     loop {
         tokio::select! {
@@ -94,7 +100,7 @@ pub async fn run(node: Handle, config: LeaderConfig) {
         }
         let mut gap = config.min_gap;
         if status.leader == status.id {
-            gap = gap.max(cycle(&node, &mut planner).await * 3);
+            gap = gap.max(cycle(&node, &mut planner, &metrics).await * 3);
         }
         tokio::time::sleep(gap).await;
     }
@@ -102,13 +108,23 @@ pub async fn run(node: Handle, config: LeaderConfig) {
 
 /// One cycle: plan on the current state, propose what changed. Returns how long planning held
 /// the state (not the wait for the plan to commit).
-async fn cycle(node: &Handle, planner: &mut Planner) -> Duration {
+async fn cycle(node: &Handle, planner: &mut Planner, metrics: &Metrics) -> Duration {
     let started = std::time::Instant::now();
     let command = planner.plan(&node.fsm(), now_ms());
     let planning = started.elapsed();
+    if planner.ran {
+        metrics.cycle(planning);
+    }
     let Some(command) = command else { return planning };
+    let decisions = match &command {
+        Command::ApplyPlan { decisions, .. } => decisions.clone(),
+        _ => Decisions::default(),
+    };
     match node.propose(command, None).await {
-        Ok(out) => tracing::debug!(rejected = out.rejected.len(), "applied a plan"),
+        Ok(out) => {
+            tracing::debug!(rejected = out.rejected.len(), "applied a plan");
+            metrics.applied(&decisions, &out.rejected.iter().map(|r| r.job).collect());
+        }
         Err(e) => tracing::warn!("a plan was not applied: {e}"),
     }
     planning

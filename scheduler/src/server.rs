@@ -220,7 +220,8 @@ pub async fn run_notify(
     let (handle, thread) =
         node::spawn(config.node.clone(), store, |inbox| GrpcTransport::new(id, cluster_id, inbox, runtime, dialer))?;
     tracing::info!(replica = id, listen = %bound, data = %config.data_dir.display(), "replica started");
-    let mut tasks = vec![tokio::spawn(leader::run(handle.clone(), config.leader.clone()))];
+    let metrics = std::sync::Arc::new(observe::metrics::Metrics::default());
+    let mut tasks = vec![tokio::spawn(leader::run(handle.clone(), config.leader.clone(), metrics.clone()))];
     let max = config.max_message_bytes;
     let admission = std::sync::Arc::new(config.admission.clone());
     let jobs = JobServiceServer::new(JobServer::new(handle.clone(), config.leader.policy.clone(), admission.clone()))
@@ -245,7 +246,7 @@ pub async fn run_notify(
     }
     let (reporter, health) = tonic_health::server::health_reporter();
     tasks.push(tokio::spawn(observe::health::report(handle.clone(), reporter)));
-    tasks.extend(http.map(|listener| tokio::spawn(observe::http::serve(listener, handle.clone()))));
+    tasks.extend(http.map(|listener| tokio::spawn(observe::http::serve(listener, handle.clone(), metrics))));
     let reflection = reflection()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut builder = tonic::transport::Server::builder();

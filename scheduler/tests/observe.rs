@@ -60,9 +60,10 @@ async fn metrics_agree_with_the_api_and_the_probes_say_ready() {
     let scrape = loop {
         let (code, body) = replica.get("/metrics").await;
         assert_eq!(code, 200);
-        if sample(&body, r#"qm_team_devices_allocated{team="research",flavor="gpu/nvidia-h100-80gb-hbm3"}"#)
-            == Some(7.0)
-        {
+        // The leader counts a plan once its proposal returns, a moment after it applied.
+        let allocated =
+            sample(&body, r#"qm_team_devices_allocated{team="research",flavor="gpu/nvidia-h100-80gb-hbm3"}"#);
+        if allocated == Some(7.0) && sample(&body, "qm_admissions_total") == Some(2.0) {
             break body;
         }
         assert!(Instant::now() < until, "the jobs were never placed: {body}");
@@ -72,6 +73,8 @@ async fn metrics_agree_with_the_api_and_the_probes_say_ready() {
     assert_eq!(sample(&scrape, "qm_raft_term"), Some(status.term as f64));
     assert_eq!(sample(&scrape, "qm_raft_is_leader"), Some(1.0));
     assert_eq!(sample(&scrape, "qm_ready"), Some(1.0));
+    assert!(sample(&scrape, "qm_scheduling_cycle_seconds_count").is_some_and(|n| n >= 1.0), "{scrape}");
+    assert_eq!(sample(&scrape, "qm_scheduling_placements_per_cycle_sum"), Some(2.0));
     assert!(sample(&scrape, "qm_raft_applied_index").is_some_and(|a| a >= 1.0 && a <= status.applied_index as f64));
     let listed = jobs.list(ListJobsRequest::default()).await.unwrap().into_inner().jobs;
     let starting = listed.iter().filter(|j| j.state == JobState::Starting as i32).count();

@@ -23,12 +23,12 @@ struct Shared {
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Serves the HTTP address on `listener` until the task is aborted; a failure is logged.
-pub async fn serve(listener: tokio::net::TcpListener, handle: Handle) {
+pub async fn serve(listener: tokio::net::TcpListener, handle: Handle, metrics: Arc<Metrics>) {
     let addr = listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
     tracing::info!(http = %addr, "serving /metrics, /healthz and /readyz");
-    let shared = Shared { handle, metrics: Arc::new(Metrics::default()) };
+    let shared = Shared { handle, metrics };
     let router = axum::Router::new()
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(scrape))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(shared);
@@ -37,7 +37,7 @@ pub async fn serve(listener: tokio::net::TcpListener, handle: Handle) {
     }
 }
 
-async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
+async fn scrape(State(s): State<Shared>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, OPENMETRICS)], s.metrics.scrape(&s.handle))
 }
 

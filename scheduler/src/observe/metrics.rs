@@ -5,11 +5,16 @@
 
 use crate::node::Handle;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use qm_core::JobState;
+use qm_core::plan::{Decisions, PreemptionRule};
+use qm_core::{JobId, JobState};
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::time::Duration;
 
 /// A team and a flavor.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -24,9 +29,61 @@ struct StateLabel {
     state: String,
 }
 
+/// A preemption rule.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabel {
+    rule: String,
+}
+
+/// What the scheduling loop counts on the replica while it leads.
+#[derive(Debug)]
+struct Scheduling {
+    cycle_seconds: Histogram,
+    placements: Histogram,
+    admissions: Counter,
+    preemptions: Family<RuleLabel, Counter>,
+    expired: Counter,
+    stale: Counter,
+}
+
+impl Scheduling {
+    fn register(registry: &mut Registry) -> Self {
+        let cycle_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        let placements = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        let s = Self {
+            cycle_seconds,
+            placements,
+            admissions: Counter::default(),
+            preemptions: Family::default(),
+            expired: Counter::default(),
+            stale: Counter::default(),
+        };
+        registry.register(
+            "scheduling_cycle_seconds",
+            "Time a scheduling cycle planned on the state (while leading)",
+            s.cycle_seconds.clone(),
+        );
+        registry.register(
+            "scheduling_placements_per_cycle",
+            "Jobs placed by a cycle that decided something",
+            s.placements.clone(),
+        );
+        registry.register("admissions", "Jobs placed by this replica's plans, as applied", s.admissions.clone());
+        registry.register("preemptions", "Jobs preempted by this replica's plans, by rule", s.preemptions.clone());
+        registry.register(
+            "expired",
+            "Jobs stopped at their maximum runtime by this replica's plans",
+            s.expired.clone(),
+        );
+        registry.register("stale_decisions", "Decisions refused at apply because the state had moved", s.stale.clone());
+        s
+    }
+}
+
 /// The replica's metrics.
 #[derive(Debug)]
 pub struct Metrics {
+    scheduling: Scheduling,
     registry: Registry,
     ready: Gauge,
     term: Gauge,
@@ -83,11 +140,43 @@ impl Default for Metrics {
             "Devices of a flavor a team holds beyond its nominal quota",
             Family::clone(&borrowed),
         );
-        Self { registry, ready, term, is_leader, commit, applied, snapshot, jobs, nominal, allocated, borrowed }
+        let scheduling = Scheduling::register(&mut registry);
+        Self {
+            scheduling,
+            registry,
+            ready,
+            term,
+            is_leader,
+            commit,
+            applied,
+            snapshot,
+            jobs,
+            nominal,
+            allocated,
+            borrowed,
+        }
     }
 }
 
 impl Metrics {
+    /// A cycle that planned for `took`.
+    pub fn cycle(&self, took: Duration) {
+        self.scheduling.cycle_seconds.observe(took.as_secs_f64());
+    }
+
+    /// A plan applied, of which the decisions about the jobs in `rejected` were refused.
+    pub fn applied(&self, decisions: &Decisions, rejected: &BTreeSet<JobId>) {
+        let s = &self.scheduling;
+        let placed = decisions.placements.iter().filter(|p| !rejected.contains(&p.job)).count() as u64;
+        s.placements.observe(placed as f64);
+        s.admissions.inc_by(placed);
+        for p in decisions.preemptions.iter().filter(|p| !rejected.contains(&p.victim)) {
+            s.preemptions.get_or_create(&RuleLabel { rule: rule_word(p.rule).to_owned() }).inc();
+        }
+        s.expired.inc_by(decisions.expired.iter().filter(|j| !rejected.contains(j)).count() as u64);
+        s.stale.inc_by(rejected.len() as u64);
+    }
+
     /// The metrics of the replica behind `handle` now, in Prometheus' text format.
     pub fn scrape(&self, handle: &Handle) -> String {
         self.refresh(handle);
@@ -128,7 +217,57 @@ impl Metrics {
     }
 }
 
+fn rule_word(rule: PreemptionRule) -> &'static str {
+    match rule {
+        PreemptionRule::Reclaim => "reclaim",
+        PreemptionRule::WithinTeam => "within_team",
+        PreemptionRule::LeastAttained => "least_attained",
+    }
+}
+
 /// A counter of the state as a gauge's value.
 fn gauge(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qm_core::job::Assignment;
+    use qm_core::plan::{Placement, Preemption};
+    use qm_core::resource::{AcceleratorKind, Flavor};
+
+    fn placed(job: u64) -> Placement {
+        let flavor = Flavor::new(AcceleratorKind::Gpu, "m");
+        Placement { job: JobId(job), assignment: Assignment { flavor, replicas: vec![] } }
+    }
+
+    fn preempted(victim: u64, rule: PreemptionRule) -> Preemption {
+        Preemption { victim: JobId(victim), preemptor: JobId(1), rule }
+    }
+
+    #[test]
+    fn applied_plans_count_what_was_not_refused_by_rule() {
+        let m = Metrics::default();
+        let decisions = Decisions {
+            placements: vec![placed(1), placed(2), placed(3)],
+            preemptions: vec![preempted(7, PreemptionRule::Reclaim), preempted(8, PreemptionRule::WithinTeam)],
+            expired: vec![JobId(9)],
+        };
+        m.applied(&decisions, &BTreeSet::from([JobId(3), JobId(8)]));
+        m.cycle(Duration::from_micros(300));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &m.registry).unwrap();
+        for line in [
+            "qm_admissions_total 2",
+            "qm_preemptions_total{rule=\"reclaim\"} 1",
+            "qm_expired_total 1",
+            "qm_stale_decisions_total 2",
+            "qm_scheduling_placements_per_cycle_sum 2.0",
+            "qm_scheduling_cycle_seconds_count 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
+        assert!(!text.contains("within_team"), "the refused preemption is not counted: {text}");
+    }
 }
