@@ -20,6 +20,9 @@
 //! - with `--phases access`: the 64-client submission rate secure (TLS on every link, tokens
 //!   checked) and `--insecure`, on fresh clusters taken in turn (three rounds), and the ratio
 //!   of the medians.
+//! - with `--phases scrape`: the same rate with a scraper reading the leader's `/metrics` once a
+//!   second and without, on fresh clusters taken in turn (three rounds), and the ratio of the
+//!   medians. Every replica serves its HTTP address on its port plus 3.
 //!
 //! The replicas are secure (the default of `qm server`: TLS with certificates the driver makes
 //! for them, and tokens; the driver sends the bootstrap admin token) unless `--insecure` is
@@ -59,7 +62,8 @@ struct Args {
     /// Submissions per second of the placement phase.
     #[arg(long, default_value_t = 1000)]
     rate: u64,
-    /// First of the loopback ports the replicas listen on (each cluster takes 3, 10 apart).
+    /// First of the loopback ports the replicas listen on (each cluster takes 3 and their HTTP
+    /// addresses 3 more, 10 apart).
     #[arg(long, default_value_t = 7301)]
     base_port: u16,
     /// Which phases to run.
@@ -86,6 +90,9 @@ enum Phase {
     Large,
     /// The 64-client submission rate with and without token checks.
     Access,
+    /// The 64-client submission rate with a scraper reading the leader's `/metrics` each
+    /// second and without.
+    Scrape,
 }
 
 /// A replica's address, the token its clients send and how they dial it.
@@ -165,6 +172,7 @@ impl Cluster {
         }
         let data = self.dir.path().join(id.to_string());
         cmd.args(["--data", data.to_str().expect("utf-8 temp path"), "--node-lease-ms", "3600000"]);
+        cmd.args(["--http-listen", &self.http(id).to_string()]);
         if self.insecure {
             cmd.arg("--insecure");
         } else {
@@ -194,6 +202,12 @@ impl Cluster {
     fn endpoint(&self, id: u64) -> Ep {
         let addr = self.addrs[id as usize - 1].to_string();
         Ep { addr, bearer: self.bearer.clone(), dialer: self.dialer.clone() }
+    }
+
+    /// Replica `id`'s HTTP address: its port plus 3 (a cluster takes ten ports).
+    fn http(&self, id: u64) -> SocketAddr {
+        let a = self.addrs[id as usize - 1];
+        SocketAddr::new(a.ip(), a.port() + 3)
     }
 
     fn kill(&mut self, id: u64) {
@@ -492,6 +506,56 @@ async fn main() {
     if a.phases.contains(&Phase::Access) {
         access(&a).await;
     }
+    if a.phases.contains(&Phase::Scrape) {
+        scrape(&a).await;
+    }
+}
+
+/// The 64-client submission rate without and with a scraper reading the leader's `/metrics`
+/// once a second, on fresh clusters in turn (three rounds): each rate, and the medians' ratio.
+async fn scrape(a: &Args) {
+    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..3u16 {
+        for (i, scraping) in [false, true].into_iter().enumerate() {
+            let c = Cluster::start(a, a.base_port + 110 + 10 * (2 * round + i as u16), a.insecure).await;
+            let leader = c.leader().await;
+            set_team(&c.endpoint(leader), 1_000_000).await;
+            let scraper = scraping.then(|| tokio::spawn(scrape_every_second(c.http(leader))));
+            let tag = if scraping { "scrape_on" } else { "scrape_off" };
+            let run = load(&c, a.clients, Ask::Submit(1), a.seconds, tag).await;
+            if let Some(s) = scraper {
+                s.abort();
+            }
+            report(tag, &run, 1);
+            rates[i].push(run.latencies.len() as f64 / run.wall);
+        }
+    }
+    let (off, on) = (median(&mut rates[0]), median(&mut rates[1]));
+    println!(
+        "qm_scrape_off_median={off:.0} qm_scrape_on_median={on:.0} qm_scrape_cost_pct={:.1}",
+        (1.0 - on / off) * 100.0
+    );
+}
+
+/// `GET /metrics` on `addr` once a second, reading each answer whole, until aborted.
+async fn scrape_every_second(addr: SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else { continue };
+        let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        if stream.write_all(request.as_bytes()).await.is_ok() {
+            let mut body = Vec::new();
+            let _ = stream.read_to_end(&mut body).await;
+        }
+    }
+}
+
+/// The median of `v` (sorted in place).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// The 64-client submission rate secure (TLS and tokens) and `--insecure`, on fresh clusters in
@@ -508,10 +572,6 @@ async fn access(a: &Args) {
             rates[i].push(run.latencies.len() as f64 / run.wall);
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let (secure, insecure) = (median(&mut rates[0]), median(&mut rates[1]));
     println!(
         "qm_access_secure_median={secure:.0} qm_access_insecure_median={insecure:.0} qm_access_cost_pct={:.1}",
