@@ -21,6 +21,17 @@ use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
+/// Every metric an agent serves.
+pub const NAMES: &[&str] = &[
+    "qm_agent_registered",
+    "qm_device_healthy",
+    "qm_device_utilization_ratio",
+    "qm_device_memory_used_bytes",
+    "qm_device_power_watts",
+    "qm_device_temperature_celsius",
+    "qm_device_allocated",
+];
+
 /// A device.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeviceLabel {

@@ -34,6 +34,9 @@ fn a_busy_h100_shows_its_readings_in_base_units_and_its_job() {
     let held = format!(r#"qm_device_allocated{{device="{id}",flavor="gpu/nvidia-h100-80gb-hbm3",job="17"}}"#);
     assert_eq!(sample(&scrape, &held), Some(1.0), "{scrape}");
     assert_eq!(sample(&scrape, "qm_agent_registered"), Some(1.0));
+    let types: Vec<&str> =
+        scrape.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split_whitespace().next()).collect();
+    assert_eq!(types, NAMES, "the list of names is every family, in order");
     observed.registered(false);
     assert_eq!(sample(&observed.render(&BTreeMap::new()), "qm_agent_registered"), Some(0.0));
     assert!(!observed.render(&BTreeMap::new()).contains("qm_device_allocated{"), "no holder, no series");

@@ -305,3 +305,35 @@ fn qm_plan_warns_when_nominal_quotas_add_up_past_the_cluster() {
                     the cluster has: not every team can have its nominal at once\n";
     assert_eq!(text(&out.stderr), expected);
 }
+
+/// The metric a PromQL token names: a counter's samples end in `_total`, a histogram's in
+/// `_bucket`, `_sum` and `_count`; its family does not.
+fn family(token: &str) -> &str {
+    ["_total", "_bucket", "_sum", "_count"].iter().find_map(|s| token.strip_suffix(s)).unwrap_or(token)
+}
+
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_that_exist() {
+    let (server, agent) = (qm_scheduler::observe::metrics::NAMES, qm_agent::metrics::NAMES);
+    let known: std::collections::BTreeSet<&str> = server.iter().chain(agent).copied().collect();
+    let file = std::fs::read_to_string(root().join("docs/grafana/quartermaster.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&file).expect("the dashboard is JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let exprs: Vec<&str> = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .filter_map(|t| t["expr"].as_str())
+        .collect();
+    assert!(exprs.len() >= 15, "the dashboard has its queries: {exprs:?}");
+    let mut named = std::collections::BTreeSet::new();
+    for expr in &exprs {
+        let tokens = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+        for token in tokens.filter(|t| t.starts_with("qm_")) {
+            assert!(known.contains(family(token)), "{token} in {expr:?} is not a metric of qm server or qm agent");
+            named.insert(family(token));
+        }
+    }
+    for metric in ["qm_team_devices_allocated", "qm_device_utilization_ratio", "qm_scheduling_cycle_seconds"] {
+        assert!(named.contains(metric), "the dashboard shows {metric}");
+    }
+}

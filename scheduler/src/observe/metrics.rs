@@ -16,6 +16,27 @@ use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+/// Every metric a replica serves (a family's name: a counter's samples add `_total`, a
+/// histogram's `_bucket`, `_sum` and `_count`).
+pub const NAMES: &[&str] = &[
+    "qm_ready",
+    "qm_raft_term",
+    "qm_raft_is_leader",
+    "qm_raft_commit_index",
+    "qm_raft_applied_index",
+    "qm_raft_snapshot_index",
+    "qm_jobs",
+    "qm_team_devices_nominal",
+    "qm_team_devices_allocated",
+    "qm_team_devices_borrowed",
+    "qm_scheduling_cycle_seconds",
+    "qm_scheduling_placements_per_cycle",
+    "qm_admissions",
+    "qm_preemptions",
+    "qm_expired",
+    "qm_stale_decisions",
+];
+
 /// A team and a flavor.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TeamFlavor {
@@ -269,5 +290,22 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line} in {text}");
         }
         assert!(!text.contains("within_team"), "the refused preemption is not counted: {text}");
+    }
+
+    #[test]
+    fn the_list_of_names_is_every_family_registered() {
+        let m = Metrics::default();
+        let labels = TeamFlavor { team: "t".into(), flavor: "f".into() };
+        for family in [&m.nominal, &m.allocated, &m.borrowed] {
+            family.get_or_create(&labels).set(1);
+        }
+        m.jobs.get_or_create(&StateLabel { state: "pending".into() }).set(1);
+        let decisions = Decisions { preemptions: vec![preempted(7, PreemptionRule::Reclaim)], ..Decisions::default() };
+        m.applied(&decisions, &BTreeSet::new());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &m.registry).unwrap();
+        let types: BTreeSet<&str> =
+            text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split_whitespace().next()).collect();
+        assert_eq!(types, NAMES.iter().copied().collect::<BTreeSet<_>>());
     }
 }
