@@ -291,3 +291,51 @@ fn tokens_and_the_audit_trail_from_the_command_line() {
     assert_eq!(refused.status.code(), Some(5));
     assert!(text(&refused.stderr).contains("the token is unknown or revoked"), "{}", text(&refused.stderr));
 }
+
+/// `qm ARGS` against `dev`, started in the background with its output piped, once it said on
+/// stderr that it is watching.
+fn watching(dev: &Dev, args: &[&str]) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qm"))
+        .args(args)
+        .arg(dev.flag())
+        .env("QM_TOKEN_FILE", &dev.token_file)
+        .env("QM_TLS_CA", &dev.ca)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert_eq!(line, "qm: watching job changes\n");
+    child
+}
+
+#[test]
+fn events_and_the_watched_job_table_follow_changes_as_they_happen() {
+    use std::io::BufRead;
+    let dev = Dev::start();
+    let quota =
+        ["quota", "set", &dev.flag(), "--team", "research", "--flavor", "gpu/nvidia-h100-80gb-hbm3", "--nominal", "8"];
+    assert!(qm(&quota).status.success());
+    let events = watching(&dev, &["events", "--json", "--count", "2", "--team", "research"]);
+    let mut table = watching(&dev, &["jobs", "--watch"]);
+    for name in ["first", "second"] {
+        let submitted = qm(&["submit", &dev.flag(), "--team", "research", "--name", name, "--", "true"]);
+        assert!(submitted.status.success(), "{}", text(&submitted.stderr));
+    }
+    let out = events.wait_with_output().unwrap();
+    let lines: Vec<Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let seen: Vec<(u64, &str)> =
+        lines.iter().map(|e| (e["job_id"].as_u64().unwrap(), e["state"].as_str().unwrap())).collect();
+    assert_eq!(seen, [(1, "pending"), (2, "pending")], "{lines:?}");
+    let mut stdout = std::io::BufReader::new(table.stdout.take().unwrap());
+    let mut shown = String::new();
+    while !shown.contains("second") {
+        assert!(stdout.read_line(&mut shown).unwrap() > 0, "the watched table ended: {shown}");
+    }
+    assert!(shown.matches("ID  NAME").count() >= 2, "the table was printed again: {shown}");
+    let _ = table.kill();
+    let _ = table.wait();
+}

@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::Args;
 use qm_proto::v1::*;
 use serde_json::json;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Flags of `qm admin audit`.
 #[derive(Debug, Args)]
@@ -44,11 +44,6 @@ fn when(flag: &str, text: &str) -> Result<u64> {
     Ok(at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
 }
 
-/// A time in ms since the Unix epoch, as RFC 3339 in UTC to the second.
-fn shown(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
-
 /// Runs `qm admin audit`.
 pub async fn audit(t: &Target, args: &AuditArgs) -> Result<()> {
     let req = ListAuditRequest {
@@ -68,7 +63,7 @@ pub async fn audit(t: &Target, args: &AuditArgs) -> Result<()> {
         "records": r.records.iter().map(|a| json!({
             "index": a.index,
             "at_ms": a.at_ms,
-            "at": shown(a.at_ms),
+            "at": super::words::time(a.at_ms),
             "token": a.token,
             "role": a.role,
             "what": a.what,
@@ -78,7 +73,7 @@ pub async fn audit(t: &Target, args: &AuditArgs) -> Result<()> {
     print_or_json(t, json, || {
         let rows = r.records.iter().map(|a| {
             let result = a.error.as_ref().map_or_else(|| "ok".to_owned(), |e| format!("refused: {e}"));
-            vec![shown(a.at_ms), a.token.clone(), a.role.clone(), a.what.clone(), result]
+            vec![super::words::time(a.at_ms), a.token.clone(), a.role.clone(), a.what.clone(), result]
         });
         table(&["TIME", "TOKEN", "ROLE", "WHAT", "RESULT"], &[], rows)
     });

@@ -88,6 +88,16 @@ pub struct JobsArgs {
     /// `wide` adds the replicas, devices per replica, attempts and the message.
     #[arg(long, short = 'o', value_parser = ["wide"])]
     output: Option<String>,
+    /// Print the table again after each burst of changes, until interrupted.
+    #[arg(long, short = 'w')]
+    pub watch: bool,
+}
+
+impl JobsArgs {
+    /// The team asked for, if any.
+    pub fn team(&self) -> Option<&str> {
+        self.team.as_deref()
+    }
 }
 
 /// A job named by its id.

@@ -9,6 +9,7 @@
 //! - `audit`: `qm admin audit`, the audit trail.
 //! - `classes`: priority classes, and `qm apply` of a teams file.
 //! - `logs`: `qm logs`, a replica's output read from its node's agent.
+//! - `live`: `qm events` and `qm jobs --watch`, on the stream of job changes.
 //! - `usage`: how a job used its devices, as `qm job` shows it.
 //! - `words`: the words, times and tables the commands print.
 
@@ -17,6 +18,7 @@ mod audit;
 mod classes;
 mod connect;
 mod jobs;
+mod live;
 mod logs;
 mod tokens;
 mod usage;
@@ -141,6 +143,8 @@ pub enum ClientCommand {
     Cancel(On<JobRef>),
     /// Says why a job waits: the root cause first, then each flavor tried.
     Why(On<JobRef>),
+    /// Prints each job's change of state as it happens (`--team`, `--job`, `--count`).
+    Events(On<live::EventsArgs>),
     /// Prints a replica's output (stdout and stderr), read from the agent that ran it.
     Logs(On<logs::LogsArgs>),
     /// Lists nodes, their flavors and whether they take work.
@@ -168,6 +172,7 @@ impl ClientCommand {
         match self {
             Self::Submit(c) => &c.target,
             Self::Jobs(c) => &c.target,
+            Self::Events(c) => &c.target,
             Self::Job(c) | Self::Cancel(c) | Self::Why(c) => &c.target,
             Self::Logs(c) => &c.target,
             Self::Nodes(c) | Self::Teams(c) | Self::Status(c) => &c.target,
@@ -189,7 +194,9 @@ async fn dispatch(command: &ClientCommand) -> Result<()> {
     let t = command.target();
     match command {
         ClientCommand::Submit(c) => jobs::submit(t, &c.args).await,
+        ClientCommand::Jobs(c) if c.args.watch => live::watch_jobs(t, &c.args).await,
         ClientCommand::Jobs(c) => jobs::jobs(t, &c.args).await,
+        ClientCommand::Events(c) => live::events(t, &c.args).await,
         ClientCommand::Job(c) => jobs::job(t, c.args.id).await,
         ClientCommand::Cancel(c) => jobs::cancel(t, c.args.id).await,
         ClientCommand::Why(c) => jobs::why(t, c.args.id).await,

@@ -25,6 +25,12 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A time in ms since the Unix epoch, as RFC 3339 in UTC to the second.
+pub fn time(ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
 /// An accelerator kind's word.
 pub fn kind(raw: i32) -> String {
     AcceleratorKind::try_from(raw).map_or_else(|_| raw.to_string(), |k| word(k.as_str_name(), "ACCELERATOR_KIND_"))
