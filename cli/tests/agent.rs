@@ -184,3 +184,36 @@ fn agent_probe_shows_each_devices_readings_and_times_both_scans() {
             .unwrap();
     assert!(once["telemetry_us_per_device"].is_null(), "one read times nothing: {once}");
 }
+
+#[test]
+fn top_shows_the_teams_and_how_busy_each_jobs_devices_are() {
+    let dev = Dev::with_capture("agent/testdata/nvml/h100-80gb-hbm3-busy/nvml-busy-query.csv");
+    let id = submit(&dev, &["--gpus", "1", "--name", "busy", "--", "sleep", "30"]);
+    wait_for(&dev, id, &["running"]);
+    let until = Instant::now() + Duration::from_secs(10);
+    let frame = loop {
+        let out = qm(&["top", "--iterations", "1", "--json", &dev.flag()]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let frame: Value = serde_json::from_slice(&out.stdout).unwrap();
+        if frame["jobs"][0]["utilization_pct"] == 100.0 {
+            break frame;
+        }
+        assert!(Instant::now() < until, "no reading of the job's GPU reached the leader: {frame}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let job = &frame["jobs"][0];
+    assert_eq!(
+        (job["id"].as_u64(), job["devices"].as_u64(), job["nodes"][0].as_str()),
+        (Some(id), Some(1), Some("dev-node"))
+    );
+    let team = &frame["teams"][0];
+    assert_eq!(
+        (team["team"].as_str(), team["used"].as_u64(), team["nominal"].as_u64()),
+        (Some("dev"), Some(1), Some(1))
+    );
+    assert_eq!((frame["running_jobs"].as_u64(), frame["leader"].as_u64()), (Some(1), Some(1)));
+    let shown = text(&qm(&["top", "--iterations", "1", &dev.flag()]).stdout);
+    let row = shown.lines().find(|l| l.contains("busy")).unwrap_or_else(|| panic!("{shown}"));
+    assert_eq!(row.split_whitespace().collect::<Vec<_>>(), [&id.to_string(), "busy", "dev", "1", "100%", "dev-node"]);
+    assert!(qm(&["cancel", &id.to_string(), &dev.flag()]).status.success());
+}

@@ -284,12 +284,12 @@ pub(super) async fn nodes(t: &Target) -> Result<()> {
     Ok(())
 }
 
-async fn list_teams(t: &Target) -> Result<Vec<TeamStatus>> {
+pub(super) async fn list_teams(t: &Target) -> Result<Vec<TeamStatus>> {
     Ok(call(t, |c| async move { admin_client(c).list_teams(ListTeamsRequest { consistency: 0 }).await }).await?.teams)
 }
 
 /// One row per team and flavor: quota, usage and pending jobs.
-fn quota_rows(teams: &[TeamStatus]) -> Vec<serde_json::Value> {
+pub(super) fn quota_rows(teams: &[TeamStatus]) -> Vec<serde_json::Value> {
     let mut rows = Vec::new();
     for ts in teams {
         let team = ts.team.clone().unwrap_or_default();

@@ -199,7 +199,7 @@ fn fresh_request_id() -> String {
     format!("qm-{}-{nanos}", std::process::id())
 }
 
-async fn list_all(t: &Target, team: Option<&str>, states: Vec<i32>) -> Result<Vec<Job>> {
+pub(super) async fn list_all(t: &Target, team: Option<&str>, states: Vec<i32>) -> Result<Vec<Job>> {
     let mut all = Vec::new();
     let mut token = String::new();
     loop {

@@ -10,6 +10,7 @@
 //! - `classes`: priority classes, and `qm apply` of a teams file.
 //! - `logs`: `qm logs`, a replica's output read from its node's agent.
 //! - `live`: `qm events` and `qm jobs --watch`, on the stream of job changes.
+//! - `top`: `qm top`, the cluster, teams and the jobs holding the most devices, refreshed.
 //! - `usage`: how a job used its devices, as `qm job` shows it.
 //! - `words`: the words, times and tables the commands print.
 
@@ -21,6 +22,7 @@ mod jobs;
 mod live;
 mod logs;
 mod tokens;
+mod top;
 mod usage;
 pub(crate) mod words;
 
@@ -145,6 +147,9 @@ pub enum ClientCommand {
     Why(On<JobRef>),
     /// Prints each job's change of state as it happens (`--team`, `--job`, `--count`).
     Events(On<live::EventsArgs>),
+    /// The cluster, the teams against quota and the jobs holding the most devices, with how
+    /// much they use them; refreshed.
+    Top(On<top::TopArgs>),
     /// Prints a replica's output (stdout and stderr), read from the agent that ran it.
     Logs(On<logs::LogsArgs>),
     /// Lists nodes, their flavors and whether they take work.
@@ -173,6 +178,7 @@ impl ClientCommand {
             Self::Submit(c) => &c.target,
             Self::Jobs(c) => &c.target,
             Self::Events(c) => &c.target,
+            Self::Top(c) => &c.target,
             Self::Job(c) | Self::Cancel(c) | Self::Why(c) => &c.target,
             Self::Logs(c) => &c.target,
             Self::Nodes(c) | Self::Teams(c) | Self::Status(c) => &c.target,
@@ -197,6 +203,7 @@ async fn dispatch(command: &ClientCommand) -> Result<()> {
         ClientCommand::Jobs(c) if c.args.watch => live::watch_jobs(t, &c.args).await,
         ClientCommand::Jobs(c) => jobs::jobs(t, &c.args).await,
         ClientCommand::Events(c) => live::events(t, &c.args).await,
+        ClientCommand::Top(c) => top::top(t, &c.args).await,
         ClientCommand::Job(c) => jobs::job(t, c.args.id).await,
         ClientCommand::Cancel(c) => jobs::cancel(t, c.args.id).await,
         ClientCommand::Why(c) => jobs::why(t, c.args.id).await,
