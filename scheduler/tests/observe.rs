@@ -54,7 +54,11 @@ async fn metrics_agree_with_the_api_and_the_probes_say_ready() {
     admin.set_team(SetTeamRequest { team: Some(gpu_team("research", MODEL, 8)) }).await.unwrap();
     let _agent = register(channel.clone(), "node-a").await;
     let mut jobs = JobServiceClient::new(channel.clone());
-    let batch = vec![gpu_job("big", "research", 6, &["x"]), gpu_job("small", "research", 1, &["x"])];
+    let batch = vec![
+        gpu_job("big", "research", 6, &["x"]),
+        gpu_job("small", "research", 1, &["x"]),
+        gpu_job("waits", "research", 4, &["x"]),
+    ];
     jobs.submit(SubmitRequest { jobs: batch, request_id: String::new() }).await.unwrap();
     let until = Instant::now() + Duration::from_secs(5);
     let scrape = loop {
@@ -80,6 +84,10 @@ async fn metrics_agree_with_the_api_and_the_probes_say_ready() {
     let starting = listed.iter().filter(|j| j.state == JobState::Starting as i32).count();
     assert_eq!(sample(&scrape, r#"qm_jobs{state="starting"}"#), Some(starting as f64), "{scrape}");
     assert_eq!(sample(&scrape, r#"qm_jobs{state="failed"}"#), Some(0.0), "every state has a series");
+    assert_eq!(sample(&scrape, r#"qm_jobs{state="pending"}"#), Some(1.0));
+    assert_eq!(sample(&scrape, r#"qm_team_jobs_pending{team="research"}"#), Some(1.0));
+    let waited = sample(&scrape, r#"qm_team_pending_oldest_seconds{team="research"}"#);
+    assert!(waited.is_some_and(|s| (0.0..60.0).contains(&s)), "{scrape}");
     let research = r#"{team="research",flavor="gpu/nvidia-h100-80gb-hbm3"}"#;
     assert_eq!(sample(&scrape, &format!("qm_team_devices_nominal{research}")), Some(8.0));
     assert_eq!(sample(&scrape, &format!("qm_team_devices_borrowed{research}")), Some(0.0));

@@ -38,7 +38,7 @@ pub async fn serve(listener: tokio::net::TcpListener, handle: Handle, metrics: A
 }
 
 async fn scrape(State(s): State<Shared>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, OPENMETRICS)], s.metrics.scrape(&s.handle))
+    ([(header::CONTENT_TYPE, OPENMETRICS)], s.metrics.scrape(&s.handle, crate::service::now_ms()))
 }
 
 async fn healthz(State(s): State<Shared>) -> (StatusCode, String) {

@@ -14,6 +14,7 @@ use qm_core::plan::{Decisions, PreemptionRule};
 use qm_core::{JobId, JobState};
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 /// Every metric a replica serves (a family's name: a counter's samples add `_total`, a
@@ -26,6 +27,8 @@ pub const NAMES: &[&str] = &[
     "qm_raft_applied_index",
     "qm_raft_snapshot_index",
     "qm_jobs",
+    "qm_team_jobs_pending",
+    "qm_team_pending_oldest_seconds",
     "qm_team_devices_nominal",
     "qm_team_devices_allocated",
     "qm_team_devices_borrowed",
@@ -42,6 +45,12 @@ pub const NAMES: &[&str] = &[
 struct TeamFlavor {
     team: String,
     flavor: String,
+}
+
+/// A team.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TeamLabel {
+    team: String,
 }
 
 /// A job state.
@@ -113,6 +122,8 @@ pub struct Metrics {
     applied: Gauge,
     snapshot: Gauge,
     jobs: Family<StateLabel, Gauge>,
+    pending: Family<TeamLabel, Gauge>,
+    oldest: Family<TeamLabel, Gauge<f64, AtomicU64>>,
     nominal: Family<TeamFlavor, Gauge>,
     allocated: Family<TeamFlavor, Gauge>,
     borrowed: Family<TeamFlavor, Gauge>,
@@ -144,6 +155,14 @@ impl Default for Metrics {
         registry.register("raft_snapshot_index", "The log index of the replica's latest snapshot", snapshot.clone());
         let jobs = Family::<StateLabel, Gauge>::default();
         registry.register("jobs", "Jobs in the replicated state, by state", jobs.clone());
+        let pending = Family::<TeamLabel, Gauge>::default();
+        registry.register("team_jobs_pending", "A team's jobs waiting for devices", pending.clone());
+        let oldest = Family::<TeamLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "team_pending_oldest_seconds",
+            "How long a team's longest-waiting pending job has waited since its submission",
+            oldest.clone(),
+        );
         let family = Family::<TeamFlavor, Gauge>::default;
         let (nominal, allocated, borrowed) = (family(), family(), family());
         registry.register(
@@ -164,6 +183,8 @@ impl Default for Metrics {
         let scheduling = Scheduling::register(&mut registry);
         Self {
             scheduling,
+            pending,
+            oldest,
             registry,
             ready,
             term,
@@ -198,15 +219,16 @@ impl Metrics {
         s.stale.inc_by(rejected.len() as u64);
     }
 
-    /// The metrics of the replica behind `handle` now, in Prometheus' text format.
-    pub fn scrape(&self, handle: &Handle) -> String {
-        self.refresh(handle);
+    /// The metrics of the replica behind `handle` now (`now_ms` on the wall clock, for the
+    /// pending jobs' age), in Prometheus' text format.
+    pub fn scrape(&self, handle: &Handle, now_ms: u64) -> String {
+        self.refresh(handle, now_ms);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 
-    fn refresh(&self, handle: &Handle) {
+    fn refresh(&self, handle: &Handle, now_ms: u64) {
         let status = handle.status();
         self.ready.set(i64::from(super::health::can_serve(&status)));
         self.term.set(gauge(status.term));
@@ -217,8 +239,20 @@ impl Metrics {
         let fsm = handle.fsm();
         let state = &fsm.state;
         let mut by_state: BTreeMap<&str, i64> = STATES.iter().map(|s| (s.as_str(), 0)).collect();
+        let mut waiting: BTreeMap<&str, (i64, u64)> = state.teams().keys().map(|t| (t.as_str(), (0, now_ms))).collect();
         for job in state.jobs().values() {
             *by_state.entry(job.state.as_str()).or_default() += 1;
+            if job.state == JobState::Pending {
+                let w = waiting.entry(job.spec.team.as_str()).or_insert((0, now_ms));
+                (w.0, w.1) = (w.0 + 1, w.1.min(job.submitted_ms));
+            }
+        }
+        self.pending.clear();
+        self.oldest.clear();
+        for (team, (count, since)) in waiting {
+            let label = TeamLabel { team: team.to_owned() };
+            self.pending.get_or_create(&label).set(count);
+            self.oldest.get_or_create(&label).set(now_ms.saturating_sub(since) as f64 / 1000.0);
         }
         for (name, count) in by_state {
             self.jobs.get_or_create(&StateLabel { state: name.to_owned() }).set(count);
@@ -300,6 +334,8 @@ mod tests {
             family.get_or_create(&labels).set(1);
         }
         m.jobs.get_or_create(&StateLabel { state: "pending".into() }).set(1);
+        m.pending.get_or_create(&TeamLabel { team: "t".into() }).set(1);
+        m.oldest.get_or_create(&TeamLabel { team: "t".into() }).set(1.0);
         let decisions = Decisions { preemptions: vec![preempted(7, PreemptionRule::Reclaim)], ..Decisions::default() };
         m.applied(&decisions, &BTreeSet::new());
         let mut text = String::new();
