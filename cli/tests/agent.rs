@@ -217,3 +217,30 @@ fn top_shows_the_teams_and_how_busy_each_jobs_devices_are() {
     assert_eq!(row.split_whitespace().collect::<Vec<_>>(), [&id.to_string(), "busy", "dev", "1", "100%", "dev-node"]);
     assert!(qm(&["cancel", &id.to_string(), &dev.flag()]).status.success());
 }
+
+#[test]
+fn usage_reports_device_hours_allocated_used_and_idle_against_quota() {
+    let dev = Dev::with_capture("agent/testdata/nvml/h100-80gb-hbm3-busy/nvml-busy-query.csv");
+    let id = submit(&dev, &["--gpus", "1", "--name", "busy", "--", "sleep", "2.5"]);
+    assert_eq!(wait_for(&dev, id, &["succeeded", "failed"])["state"], "succeeded");
+    let out = qm(&["usage", "--since", "1h", "--json", &dev.flag()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = &rows[0];
+    let names = (row["team"].as_str(), row["flavor"].as_str());
+    assert_eq!(names, (Some("dev"), Some("gpu/nvidia-h100-80gb-hbm3")), "{rows}");
+    let hours = |k: &str| row[k].as_f64().unwrap_or_else(|| panic!("{k}: {row}"));
+    let allocated = hours("allocated_device_hours");
+    assert!((2.0 / 3600.0..30.0 / 3600.0).contains(&allocated), "one GPU for about 2.5 s: {row}");
+    assert_eq!((hours("used_device_hours"), hours("idle_device_hours")), (allocated, 0.0), "at 100%: {row}");
+    assert_eq!((hours("unmeasured_device_hours"), &row["utilization_pct"]), (0.0, &Value::from(100.0)));
+    assert!((hours("quota_device_hours") - 1.0).abs() < 1e-3, "a nominal of 1 device over the hour: {row}");
+    let before = qm(&["usage", "--since", "2h", "--until", "1h", "--json", &dev.flag()]);
+    assert_eq!(text(&before.stdout).trim(), "[]", "the job ended after the window");
+    let csv = text(&qm(&["usage", "--by", "job", "--csv", &dev.flag()]).stdout);
+    let lines: Vec<&str> = csv.lines().collect();
+    let header = "job,name,team,flavor,allocated_device_hours,used_device_hours,idle_device_hours,\
+                  unmeasured_device_hours,utilization_pct";
+    assert_eq!(lines[0], header);
+    assert!(lines[1].starts_with(&format!("{id},busy,dev,gpu/nvidia-h100-80gb-hbm3,")), "{csv}");
+}

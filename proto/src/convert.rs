@@ -256,6 +256,7 @@ pub fn job_to(j: &Job) -> v1::Job {
         usage: j.usage.iter().flat_map(|u| &u.devices).map(usage_to).collect(),
         usage_attempt: j.usage.as_ref().map_or(0, |u| u.attempt),
         redacted: false,
+        attained_device_ms: j.attained_device_ms,
     }
 }
 

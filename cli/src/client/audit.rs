@@ -32,7 +32,7 @@ pub struct AuditArgs {
 }
 
 /// A time given as a duration ago or an RFC 3339 time, in ms since the Unix epoch.
-fn when(flag: &str, text: &str) -> Result<u64> {
+pub(super) fn when(flag: &str, text: &str) -> Result<u64> {
     let at = match humantime::parse_duration(text) {
         Ok(ago) => SystemTime::now().checked_sub(ago).unwrap_or(UNIX_EPOCH),
         Err(_) => humantime::parse_rfc3339_weak(text).map_err(|_| {

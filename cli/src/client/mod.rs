@@ -10,10 +10,12 @@
 //! - `classes`: priority classes, and `qm apply` of a teams file.
 //! - `logs`: `qm logs`, a replica's output read from its node's agent.
 //! - `live`: `qm events` and `qm jobs --watch`, on the stream of job changes.
+//! - `accounting`: `qm usage`, device-hours allocated, used and idle per team and flavor.
 //! - `top`: `qm top`, the cluster, teams and the jobs holding the most devices, refreshed.
 //! - `usage`: how a job used its devices, as `qm job` shows it.
 //! - `words`: the words, times and tables the commands print.
 
+mod accounting;
 mod admin;
 mod audit;
 mod classes;
@@ -150,6 +152,9 @@ pub enum ClientCommand {
     /// The cluster, the teams against quota and the jobs holding the most devices, with how
     /// much they use them; refreshed.
     Top(On<top::TopArgs>),
+    /// Device-hours allocated, used and idle per team and flavor (or `--by flavor|job`), against
+    /// quota, for the jobs that ended in a window and those running.
+    Usage(On<accounting::UsageArgs>),
     /// Prints a replica's output (stdout and stderr), read from the agent that ran it.
     Logs(On<logs::LogsArgs>),
     /// Lists nodes, their flavors and whether they take work.
@@ -179,6 +184,7 @@ impl ClientCommand {
             Self::Jobs(c) => &c.target,
             Self::Events(c) => &c.target,
             Self::Top(c) => &c.target,
+            Self::Usage(c) => &c.target,
             Self::Job(c) | Self::Cancel(c) | Self::Why(c) => &c.target,
             Self::Logs(c) => &c.target,
             Self::Nodes(c) | Self::Teams(c) | Self::Status(c) => &c.target,
@@ -204,6 +210,7 @@ async fn dispatch(command: &ClientCommand) -> Result<()> {
         ClientCommand::Jobs(c) => jobs::jobs(t, &c.args).await,
         ClientCommand::Events(c) => live::events(t, &c.args).await,
         ClientCommand::Top(c) => top::top(t, &c.args).await,
+        ClientCommand::Usage(c) => accounting::usage(t, &c.args).await,
         ClientCommand::Job(c) => jobs::job(t, c.args.id).await,
         ClientCommand::Cancel(c) => jobs::cancel(t, c.args.id).await,
         ClientCommand::Why(c) => jobs::why(t, c.args.id).await,
