@@ -68,12 +68,39 @@ async fn step(handle: &Handle, path: &Path) -> Result<bool, String> {
     }
 }
 
-/// Writes a new secret to `path`, readable by its owner only.
+/// Writes a new secret to `path`, readable by its owner only, whole or not at all: it is
+/// written to a file of its own first and then linked as `path` (which fails if `path`
+/// exists), so that whoever reads `path` never sees it empty or cut short.
 fn write_new(path: &Path) -> std::io::Result<String> {
     let secret = new_secret().map_err(std::io::Error::other)?;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let partial = path.with_extension(format!("token.{}.partial", std::process::id()));
+    let _ = std::fs::remove_file(&partial);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&partial)?;
     f.write_all(secret.as_bytes())?;
     f.write_all(b"\n")?;
     f.sync_all()?;
+    let linked = std::fs::hard_link(&partial, path);
+    std::fs::remove_file(&partial)?;
+    linked?;
     Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_token_file_appears_whole_private_and_only_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(TOKEN_FILE);
+        let secret = write_new(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{secret}\n"));
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let again = write_new(&path).unwrap_err();
+        assert_eq!(again.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{secret}\n"), "the first stays");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, [std::ffi::OsString::from(TOKEN_FILE)], "no partial file is left behind");
+    }
 }
