@@ -123,8 +123,8 @@ pub async fn run(
         }
     }
     executor.recover(&boot_id());
-    let dialer = config.tls.as_ref().map_or_else(Dialer::plain, Loaded::dialer);
-    let logs = LogServer::new(config.data_dir.clone(), executor.clone(), config.servers.clone(), dialer);
+    let dialer = Dialer::of(config.tls.as_ref());
+    let logs = LogServer::new(config.data_dir.clone(), executor.clone(), config.servers.clone(), dialer.clone());
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let serving =
         tokio::spawn(log_server(&config)?.add_service(ReplicaLogsServer::new(logs)).serve_with_incoming(incoming));
@@ -132,7 +132,6 @@ pub async fn run(
     labels.insert(ADDRESS_LABEL.to_owned(), config.advertise.clone().unwrap_or_else(|| bound.to_string()));
     tracing::info!(node = %config.name, logs = %bound, "agent started");
     ready(bound);
-    let dialer = config.tls.as_ref().map_or_else(Dialer::plain, Loaded::dialer);
     let observed = Observed::default();
     let http = http.map(|l| tokio::spawn(crate::metrics::serve(l, observed.clone(), executor.clone())));
     let node = Node { config, dialer, labels, executor, reports, outbox: Outbox::default(), observed };

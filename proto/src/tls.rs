@@ -189,6 +189,11 @@ impl Dialer {
         Self::default()
     }
 
+    /// With `tls`'s CA and certificate when given (a secure replica or agent), else plaintext.
+    pub fn of(tls: Option<&Loaded>) -> Self {
+        tls.map_or_else(Self::plain, Loaded::dialer)
+    }
+
     /// TLS trusting the CA in `ca_pem`, or the system's roots without one; no certificate of
     /// its own (a user's client, which a token identifies).
     pub fn trusting(ca_pem: Option<&[u8]>) -> Self {

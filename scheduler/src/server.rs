@@ -207,7 +207,7 @@ pub async fn run_notify(
 ) -> Result<(), ServerError> {
     config.admission.check()?;
     let tls = load_tls(&config)?;
-    let dialer = tls.as_ref().map_or_else(Dialer::plain, Loaded::dialer);
+    let dialer = Dialer::of(tls.as_ref());
     let listener = listen(config.listen).map_err(|source| ServerError::Listen { addr: config.listen, source })?;
     let bound = listener.local_addr().map_err(|source| ServerError::Listen { addr: config.listen, source })?;
     let http = match config.http {

@@ -514,14 +514,24 @@ async fn main() {
 /// The 64-client submission rate without and with a scraper reading the leader's `/metrics`
 /// once a second, on fresh clusters in turn (three rounds): each rate, and the medians' ratio.
 async fn scrape(a: &Args) {
+    let variants = [("scrape_off", a.insecure, false), ("scrape_on", a.insecure, true)];
+    let (off, on) = paired(a, 110, variants).await;
+    println!(
+        "qm_scrape_off_median={off:.0} qm_scrape_on_median={on:.0} qm_scrape_cost_pct={:.1}",
+        (1.0 - on / off) * 100.0
+    );
+}
+
+/// Three rounds of the 64-client submission rate on fresh clusters, the two `variants` (tag,
+/// `--insecure`, a scraper of the leader's `/metrics`) in turn; the two medians.
+async fn paired(a: &Args, offset: u16, variants: [(&str, bool, bool); 2]) -> (f64, f64) {
     let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     for round in 0..3u16 {
-        for (i, scraping) in [false, true].into_iter().enumerate() {
-            let c = Cluster::start(a, a.base_port + 110 + 10 * (2 * round + i as u16), a.insecure).await;
+        for (i, (tag, insecure, scraping)) in variants.into_iter().enumerate() {
+            let c = Cluster::start(a, a.base_port + offset + 10 * (2 * round + i as u16), insecure).await;
             let leader = c.leader().await;
             set_team(&c.endpoint(leader), 1_000_000).await;
             let scraper = scraping.then(|| tokio::spawn(scrape_every_second(c.http(leader))));
-            let tag = if scraping { "scrape_on" } else { "scrape_off" };
             let run = load(&c, a.clients, Ask::Submit(1), a.seconds, tag).await;
             if let Some(s) = scraper {
                 s.abort();
@@ -530,11 +540,7 @@ async fn scrape(a: &Args) {
             rates[i].push(run.latencies.len() as f64 / run.wall);
         }
     }
-    let (off, on) = (median(&mut rates[0]), median(&mut rates[1]));
-    println!(
-        "qm_scrape_off_median={off:.0} qm_scrape_on_median={on:.0} qm_scrape_cost_pct={:.1}",
-        (1.0 - on / off) * 100.0
-    );
+    (median(&mut rates[0]), median(&mut rates[1]))
 }
 
 /// `GET /metrics` on `addr` once a second, reading each answer whole, until aborted.
@@ -561,18 +567,8 @@ fn median(v: &mut [f64]) -> f64 {
 /// The 64-client submission rate secure (TLS and tokens) and `--insecure`, on fresh clusters in
 /// turn (secure first, then insecure, three rounds): each rate, and the medians' ratio.
 async fn access(a: &Args) {
-    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
-    for round in 0..3u16 {
-        for (i, insecure) in [false, true].into_iter().enumerate() {
-            let c = Cluster::start(a, a.base_port + 40 + 10 * (2 * round + i as u16), insecure).await;
-            set_team(&c.endpoint(c.leader().await), 1_000_000).await;
-            let tag = if insecure { "access_insecure" } else { "access_secure" };
-            let run = load(&c, a.clients, Ask::Submit(1), a.seconds, tag).await;
-            report(tag, &run, 1);
-            rates[i].push(run.latencies.len() as f64 / run.wall);
-        }
-    }
-    let (secure, insecure) = (median(&mut rates[0]), median(&mut rates[1]));
+    let variants = [("access_secure", false, false), ("access_insecure", true, false)];
+    let (secure, insecure) = paired(a, 40, variants).await;
     println!(
         "qm_access_secure_median={secure:.0} qm_access_insecure_median={insecure:.0} qm_access_cost_pct={:.1}",
         (1.0 - secure / insecure) * 100.0
