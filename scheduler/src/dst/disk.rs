@@ -4,7 +4,7 @@
 //! as a running process does through the page cache.
 
 use crate::storage::{LogStore, Persist, SledStore, Staged, StorageError};
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -110,9 +110,12 @@ impl LogStore for Disk {
         self.flush_cache()?;
         self.inner.apply_snapshot(snapshot)
     }
-    fn save_snapshot(&self, snapshot: &Snapshot, compact_to: u64) -> Result<(), StorageError> {
+    fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
         self.flush_cache()?;
-        self.inner.save_snapshot(snapshot, compact_to)
+        self.inner.save_snapshot(snapshot)
+    }
+    fn compact(&self, snapshot: &SnapshotMetadata, compact_to: u64) -> Result<(), StorageError> {
+        self.inner.compact(snapshot, compact_to)
     }
     fn set_conf_state(&self, conf: &ConfState) -> Result<(), StorageError> {
         self.flush_cache()?;

@@ -115,9 +115,9 @@ impl<S: LogStore, T: Transport> Node<S, T> {
     }
 
     /// Every `snapshot_every` applied entries: takes a consistent cut of the state here (cheap:
-    /// it shares the state's data, copied on write), then encodes and saves it and compacts
-    /// the log on a background thread, so that the loop goes on replicating meanwhile (a
-    /// stepped node saves it in the turn).
+    /// it shares the state's data, copied on write), then encodes and saves it on a background
+    /// thread, so that the loop goes on replicating meanwhile (a stepped node saves it in the
+    /// turn). The log is compacted once the save is reported (`compacted`), on this thread.
     pub(super) fn maybe_snapshot(&mut self) -> Result<(), Fatal> {
         if self.saving {
             return Ok(());
@@ -138,7 +138,7 @@ impl<S: LogStore, T: Transport> Node<S, T> {
         md.term = self.applied_term;
         md.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
         let (store, inbox) = (self.raw.store().clone(), self.inbox.clone());
-        let compact_to = applied.saturating_sub(self.config.keep_entries);
+        self.compaction = Some((snap.get_metadata().clone(), applied.saturating_sub(self.config.keep_entries)));
         self.saving = true;
         self.snapshot_due = false;
         self.snapshot_index = applied;
@@ -146,7 +146,7 @@ impl<S: LogStore, T: Transport> Node<S, T> {
             let started = Instant::now();
             snap.data = cut.encode().into();
             let encoded_ms = started.elapsed().as_millis() as u64;
-            let error = store.save_snapshot(&snap, compact_to).err().map(|e| e.to_string());
+            let error = store.save_snapshot(&snap).err().map(|e| e.to_string());
             tracing::info!(
                 index = applied,
                 bytes = snap.data.len(),
@@ -175,6 +175,24 @@ impl<S: LogStore, T: Transport> Node<S, T> {
             })
             .map_err(|e| Fatal::Snapshot { index: applied, reason: e.to_string() })?;
         Ok(())
+    }
+
+    /// The background save of the snapshot at `index` ended, with `error` if it failed: the
+    /// log is compacted up to it (see `LogStore::compact` for why only here).
+    pub(super) fn saved(&mut self, index: u64, error: Option<String>) {
+        self.saving = false;
+        let compaction = self.compaction.take();
+        if let Some(reason) = error {
+            self.failed = Some(Fatal::Snapshot { index, reason });
+            return;
+        }
+        if let Some((md, compact_to)) = compaction {
+            if let Err(e) = self.raw.store().compact(&md, compact_to) {
+                self.failed = Some(Fatal::Snapshot { index, reason: format!("compacting the log: {e}") });
+                return;
+            }
+        }
+        tracing::info!(replica = self.config.id, index, "took a snapshot and compacted the log");
     }
 }
 

@@ -48,6 +48,8 @@ pub(super) struct Node<S: LogStore, T: Transport> {
     pub(super) inbox: Inbox,
     /// A snapshot is being saved in the background.
     pub(super) saving: bool,
+    /// The snapshot being saved, and where to compact the log once it is.
+    pub(super) compaction: Option<(raft::eraftpb::SnapshotMetadata, u64)>,
     /// Take a snapshot at the next chance (the membership changed: a new member can only
     /// install a snapshot whose configuration names it).
     pub(super) snapshot_due: bool,
@@ -155,6 +157,7 @@ impl<S: LogStore, T: Transport> Node<S, T> {
             rx,
             inbox,
             saving: false,
+            compaction: None,
             snapshot_due: false,
             failed: None,
             shared,
@@ -333,13 +336,7 @@ impl<S: LogStore, T: Transport> Node<S, T> {
                 }
             }
             Input::Unreachable(id) => self.raw.report_unreachable(id),
-            Input::Snapshotted(index, error) => {
-                self.saving = false;
-                match error {
-                    Some(reason) => self.failed = Some(Fatal::Snapshot { index, reason }),
-                    None => tracing::info!(replica = self.config.id, index, "took a snapshot and compacted the log"),
-                }
-            }
+            Input::Snapshotted(index, error) => self.saved(index, error),
             Input::Persisted(number) => self.persisted(number),
             Input::WriteFailed(reason) => self.failed = Some(Fatal::Write(reason)),
             Input::Stop => return false,

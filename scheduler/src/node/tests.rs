@@ -327,7 +327,8 @@ fn snapshot_ahead_of_commit() -> SledStore {
     snap.mut_metadata().index = 10;
     snap.mut_metadata().term = 1;
     snap.mut_metadata().mut_conf_state().voters = vec![1];
-    store.save_snapshot(&snap, 10).unwrap();
+    store.save_snapshot(&snap).unwrap();
+    store.compact(snap.get_metadata(), 10).unwrap();
     store
 }
 

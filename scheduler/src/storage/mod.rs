@@ -8,7 +8,7 @@ mod terms;
 
 pub use sled_store::SledStore;
 
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 
 /// What one Ready asks to make durable, written in one batch and flushed before the Ready's
 /// persisted messages are sent.
@@ -53,11 +53,16 @@ pub trait LogStore: raft::Storage + Clone + Send + Sync + 'static {
     fn sync(&self) -> Result<(), StorageError>;
     /// Replaces everything up to the snapshot's index with it (a follower catching up).
     fn apply_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError>;
-    /// Stores a snapshot this replica made of its own state, durably, then drops the log before
-    /// `compact_to` (entries at and after it stay for lagging followers). Safe to call while
-    /// the Raft loop appends: reads of dropped entries answer `Compacted` from the moment the
-    /// snapshot is durable.
-    fn save_snapshot(&self, snapshot: &Snapshot, compact_to: u64) -> Result<(), StorageError>;
+    /// Stores a snapshot this replica made of its own state, durably, and leaves the log as it
+    /// is. Safe to call from another thread while the Raft loop appends and reads.
+    fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError>;
+    /// Makes the saved snapshot of `snapshot` the log's base and drops the entries before
+    /// `compact_to` (entries at and after it stay for lagging followers); reads of dropped
+    /// entries answer `Compacted` from then on. Only on the Raft thread, between two steps:
+    /// raft-rs reads the entries to send and the term of the one before them in two calls, and
+    /// a compaction between the two made it send a new member an append whose previous term
+    /// read 0, which the member took as matching its empty log (and panicked).
+    fn compact(&self, snapshot: &SnapshotMetadata, compact_to: u64) -> Result<(), StorageError>;
     /// Sets the conf state (after a membership change is applied).
     fn set_conf_state(&self, conf: &ConfState) -> Result<(), StorageError>;
     /// The applied index recorded last.

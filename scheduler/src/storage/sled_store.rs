@@ -456,12 +456,26 @@ impl LogStore for SledStore {
         Ok(())
     }
 
-    fn save_snapshot(&self, snapshot: &Snapshot, compact_to: u64) -> Result<(), StorageError> {
-        self.snaps.insert(SNAP, encode(snapshot))?;
-        self.flush()?;
-        let md = snapshot.get_metadata();
+    /// A snapshot older than the log's base is not stored: a leader's snapshot installed
+    /// while this one was being encoded is newer, and stays.
+    fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        let value = encode(snapshot);
+        {
+            let m = self.meta();
+            if snapshot.get_metadata().index <= m.snap.index {
+                return Ok(());
+            }
+            self.snaps.insert(SNAP, value)?;
+        }
+        self.flush()
+    }
+
+    fn compact(&self, md: &SnapshotMetadata, compact_to: u64) -> Result<(), StorageError> {
         let stale = {
             let mut m = self.meta();
+            if md.index <= m.snap.index {
+                return Ok(());
+            }
             let compact_to = compact_to.min(md.index + 1).min(m.last + 1).max(m.first);
             let stale = m.first..compact_to;
             m.snap = md.clone();

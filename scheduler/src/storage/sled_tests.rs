@@ -81,12 +81,30 @@ fn max_size_returns_at_least_one_entry() {
     assert_eq!(store.entries(1, 6, 250, GetEntriesContext::empty(false)).unwrap().len(), 2);
 }
 
+/// A replica's own snapshot whose save ends after a leader's newer one was installed neither
+/// replaces it nor moves the log's base back.
+#[test]
+fn an_older_snapshot_saved_late_leaves_the_installed_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = stored(dir.path(), 10, b"");
+    let own = snapshot(8, 1, vec![1, 2, 3]);
+    store.apply_snapshot(&snapshot(20, 2, vec![1, 2, 3])).unwrap();
+    store.save_snapshot(&own).unwrap();
+    store.compact(own.get_metadata(), 6).unwrap();
+    assert_eq!(store.latest_snapshot().unwrap().unwrap().get_metadata().index, 20);
+    assert_eq!((store.first_index().unwrap(), store.term(20).unwrap()), (21, 2));
+}
+
 #[test]
 fn saving_a_snapshot_compacts_the_log_and_keeps_the_tail() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = stored(dir.path(), 10, b"");
-        store.save_snapshot(&snapshot(8, 1, vec![1, 2, 3]), 6).unwrap();
+        let snap = snapshot(8, 1, vec![1, 2, 3]);
+        store.save_snapshot(&snap).unwrap();
+        assert_eq!(store.first_index().unwrap(), 1, "saving alone leaves the log to the Raft thread");
+        assert_eq!(store.term(4).unwrap(), 1);
+        store.compact(snap.get_metadata(), 6).unwrap();
         assert_eq!(store.first_index().unwrap(), 6);
         assert!(matches!(store.term(4), Err(raft::Error::Store(raft::StorageError::Compacted))));
         assert!(matches!(
@@ -174,7 +192,9 @@ fn a_damaged_hard_state_configuration_or_snapshot_is_refused_by_name() {
             let hard = HardState { term: 1, commit: 3, ..HardState::default() };
             store.persist(Persist { hard_state: Some(&hard), ..Persist::default() }).unwrap();
             store.set_conf_state(&snapshot(0, 0, vec![1, 2, 3]).get_metadata().get_conf_state().clone()).unwrap();
-            store.save_snapshot(&snapshot(2, 1, vec![1, 2, 3]), 2).unwrap();
+            let snap = snapshot(2, 1, vec![1, 2, 3]);
+            store.save_snapshot(&snap).unwrap();
+            store.compact(snap.get_metadata(), 2).unwrap();
         }
         {
             let db = open_db(dir.path(), LOCK_WAIT).unwrap();
