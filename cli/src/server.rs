@@ -77,8 +77,9 @@ pub struct ServerArgs {
     insecure: bool,
     #[command(flatten)]
     tls: TlsArgs,
-    /// Serve Prometheus metrics (`/metrics`), `/healthz` and `/readyz` over HTTP on this
-    /// address (no token: bind it where only monitoring reaches); not served when absent.
+    /// Serve Prometheus metrics (`/metrics`), `/healthz` and `/readyz` (no token), and the
+    /// dashboard at `/ui/` (sign in with a token), over plain HTTP on this address: bind it
+    /// where only monitoring and operators reach, or behind a TLS proxy; not served when absent.
     #[arg(long, value_name = "HOST:PORT")]
     http_listen: Option<SocketAddr>,
     #[command(flatten)]
@@ -240,6 +241,10 @@ pub struct DevArgs {
     /// Address for clients (port 0 picks a free port; the banner prints it).
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
+    /// HTTP address for the dashboard (/ui/), /metrics and the probes (port 0 picks a free
+    /// port; the banner prints it).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7071")]
+    http_listen: SocketAddr,
     /// The local agent reports this many fake GPUs (model `fake-gpu`) instead of the machine's
     /// own; 0 runs no agent. By default it runs on the NVIDIA GPUs NVML finds, or on 4 fake GPUs
     /// when there are none.
@@ -335,7 +340,12 @@ async fn local_agent(
 
 /// Waits for the bootstrap admin token, sets the usual priority classes and, with an agent
 /// (which gets an agent token of its own), the team `dev`; then prints how to use the cluster.
-async fn welcome(addr: SocketAddr, data: PathBuf, agent_tls: TlsFiles, local: Option<Local>) -> Result<()> {
+async fn welcome(
+    (addr, http): (SocketAddr, Option<SocketAddr>),
+    data: PathBuf,
+    agent_tls: TlsFiles,
+    local: Option<Local>,
+) -> Result<()> {
     let token = data.join("server").join(TOKEN_FILE);
     let ca = agent_tls.ca.clone();
     let target = Target::new(vec![addr.to_string()]).with_token_file(token.clone()).with_tls_ca(ca.clone());
@@ -354,6 +364,9 @@ async fn welcome(addr: SocketAddr, data: PathBuf, agent_tls: TlsFiles, local: Op
     say!("The admin token is in {} (mode 0600); every call needs a token.", token.display());
     say!("Every link is TLS; certificates are checked against the CA {}.", ca.display());
     say!("Priority classes: {}.", classes.join(", "));
+    if let Some(http) = http {
+        say!("Dashboard: http://{http}/ui/ (sign in with the admin token); metrics at http://{http}/metrics.");
+    }
     if !flavors.is_empty() {
         let devices: Vec<String> = flavors.iter().map(|(f, n)| format!("{n} x {f}")).collect();
         say!("A local agent runs jobs on {}; team {DEV_TEAM} has quota for them.", devices.join(", "));
@@ -394,7 +407,7 @@ pub fn dev(args: &DevArgs) -> Result<()> {
         policy: None,
         insecure: false,
         tls: TlsArgs::default(),
-        http_listen: None,
+        http_listen: Some(args.http_listen),
         limits: LimitArgs::default(),
     };
     let (replica_tls, agent_tls) = crate::certs::dev(&dir.path().join("tls"), DEV_NODE)?;
@@ -404,8 +417,8 @@ pub fn dev(args: &DevArgs) -> Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-        let server = run_notify(config, ctrl_c(), move |addr| {
-            let _ = bound_tx.send(addr);
+        let server = run_notify(config, ctrl_c(), move |addr, http| {
+            let _ = bound_tx.send((addr, http));
         });
         tokio::pin!(server);
         let greeting = async move {

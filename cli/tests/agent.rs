@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{qm, qm_env, text, Dev};
+use common::{qm, qm_env, submit, text, wait_for, Dev};
 use qm_proto::v1::admin_service_client::AdminServiceClient;
 use qm_proto::v1::replica_logs_client::ReplicaLogsClient;
 use qm_proto::v1::{ListNodesRequest, ReadLogRequest};
@@ -12,26 +12,6 @@ use serde_json::Value;
 use std::time::{Duration, Instant};
 
 /// `qm job ID --json` once its state is one of `states` (within 30 s).
-fn wait_for(dev: &Dev, id: u64, states: &[&str]) -> Value {
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = qm(&["job", &id.to_string(), "--json", &dev.flag()]);
-        let job: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        if states.iter().any(|s| job["state"] == *s) {
-            return job;
-        }
-        assert!(Instant::now() < until, "job {id} never reached {states:?}: {job}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn submit(dev: &Dev, args: &[&str]) -> u64 {
-    let out = qm_env(&[&["submit", "--json", &dev.flag()], args].concat(), &[("QM_TEAM", "dev")]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let ids: Value = serde_json::from_slice(&out.stdout).unwrap();
-    ids["job_ids"][0].as_u64().unwrap()
-}
-
 #[test]
 fn a_job_runs_with_its_devices_and_its_output_is_read_back() {
     let dev = Dev::with_agent(4);

@@ -102,7 +102,7 @@ pub enum ServerError {
 
 /// Runs a replica until `shutdown` completes.
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
-    run_notify(config, shutdown, |_| {}).await
+    run_notify(config, shutdown, |_, _| {}).await
 }
 
 /// Connections the kernel completes and queues before the server accepts them. Tokio's `bind`
@@ -198,12 +198,12 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// `run`, calling `ready` with the address bound (the port chosen when `listen` asked for
-/// port 0) once the replica serves requests.
+/// `run`, calling `ready` with the addresses bound (the ports chosen where port 0 was asked
+/// for): the API's, and the HTTP address's if there is one, once the replica serves requests.
 pub async fn run_notify(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    ready: impl FnOnce(SocketAddr),
+    ready: impl FnOnce(SocketAddr, Option<SocketAddr>),
 ) -> Result<(), ServerError> {
     config.admission.check()?;
     let tls = load_tls(&config)?;
@@ -214,6 +214,7 @@ pub async fn run_notify(
         Some(addr) => Some(listen(addr).map_err(|source| ServerError::Listen { addr, source })?),
         None => None,
     };
+    let http_bound = http.as_ref().and_then(|l| l.local_addr().ok());
     let store = open_store(&config)?;
     let runtime = tokio::runtime::Handle::current();
     let (id, cluster_id) = (config.node.id, config.cluster_id);
@@ -229,6 +230,7 @@ pub async fn run_notify(
     let readings = Readings::default();
     let admin = AdminServiceServer::new(AdminServer::new(handle.clone(), readings.clone(), admission.clone()))
         .max_decoding_message_size(max);
+    let dashboard_readings = readings.clone();
     let agents = AgentServer::new(handle.clone(), config.heartbeat, readings, admission);
     tasks.push(tokio::spawn(agents.clone().liveness(config.node_lease)));
     tasks.push(tokio::spawn(agents.clone().dispatch()));
@@ -246,7 +248,14 @@ pub async fn run_notify(
     }
     let (reporter, health) = tonic_health::server::health_reporter();
     tasks.push(tokio::spawn(observe::health::report(handle.clone(), reporter)));
-    tasks.extend(http.map(|listener| tokio::spawn(observe::http::serve(listener, handle.clone(), metrics))));
+    let dashboard = observe::dashboard::Dashboard {
+        handle: handle.clone(),
+        readings: dashboard_readings,
+        insecure: config.insecure,
+        reasons: observe::dashboard::reasons::Reasons::new(config.leader.policy.clone()),
+        dialer: Dialer::of(tls.as_ref()),
+    };
+    tasks.extend(http.map(|listener| tokio::spawn(observe::http::serve(listener, metrics, dashboard))));
     let reflection = reflection()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut builder = tonic::transport::Server::builder();
@@ -268,7 +277,7 @@ pub async fn run_notify(
             let _ = stop_rx.await;
         });
     let serving = tokio::spawn(serve);
-    ready(bound);
+    ready(bound, http_bound);
     let result = tokio::select! {
         _ = shutdown => Ok(()),
         why = fatal(handle.clone()) => Err(ServerError::Node(why)),

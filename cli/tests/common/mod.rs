@@ -54,6 +54,8 @@ pub fn text(b: &[u8]) -> String {
 pub struct Dev {
     /// Its address, HOST:PORT.
     pub addr: String,
+    /// Its HTTP address (dashboard, metrics), HOST:PORT.
+    pub http: String,
     /// The banner it printed.
     pub banner: String,
     /// Its admin token's file.
@@ -82,7 +84,7 @@ impl Dev {
 
     fn launch(args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_qm"))
-            .args(["dev", "--listen", "127.0.0.1:0"])
+            .args(["dev", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
             .args(args)
             .current_dir(root())
             .stdout(Stdio::piped())
@@ -107,8 +109,12 @@ impl Dev {
             path.unwrap_or_else(|| panic!("the banner names {var}: {banner}"))
         };
         let (token_file, ca) = (named("QM_TOKEN_FILE"), named("QM_TLS_CA"));
+        let http = banner
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("http://")?.strip_suffix("/ui/").map(str::to_owned))
+            .unwrap_or_else(|| panic!("the banner names the dashboard: {banner}"));
         tokens().push((addr.clone(), token_file.clone(), ca.clone()));
-        Self { addr, banner, token_file, ca, child, _stdout: stdout }
+        Self { addr, http, banner, token_file, ca, child, _stdout: stdout }
     }
 
     /// `--server=ADDR`.
@@ -123,4 +129,26 @@ impl Drop for Dev {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits (30 s at most) until job `id` is in one of `states`; its `qm job --json`.
+pub fn wait_for(dev: &Dev, id: u64, states: &[&str]) -> serde_json::Value {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = qm(&["job", &id.to_string(), "--json", &dev.flag()]);
+        let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        if states.iter().any(|s| job["state"] == *s) {
+            return job;
+        }
+        assert!(std::time::Instant::now() < until, "job {id} never reached {states:?}: {job}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Submits a job of team `dev` with `args`; its id.
+pub fn submit(dev: &Dev, args: &[&str]) -> u64 {
+    let out = qm_env(&[&["submit", "--json", &dev.flag()], args].concat(), &[("QM_TEAM", "dev")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ids: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    ids["job_ids"][0].as_u64().unwrap()
 }

@@ -1,8 +1,10 @@
 //! The replica's HTTP address (`qm server --http-listen`): `/metrics` (Prometheus, OpenMetrics
 //! text), `/healthz` (200 while the process and its Raft node run) and `/readyz` (200 while the
-//! replica can serve). Read-only, no token: bind it to an address only the monitoring system
-//! reaches.
+//! replica can serve), without a token; and the dashboard under `/ui/`, which asks for one.
+//! Plain HTTP: bind it to an address only the monitoring system and the operators reach, or
+//! put a TLS proxy in front of it (docs/observability.md).
 
+use super::dashboard::Dashboard;
 use super::health::can_serve;
 use super::metrics::Metrics;
 use crate::node::Handle;
@@ -23,15 +25,16 @@ struct Shared {
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Serves the HTTP address on `listener` until the task is aborted; a failure is logged.
-pub async fn serve(listener: tokio::net::TcpListener, handle: Handle, metrics: Arc<Metrics>) {
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, dashboard: Dashboard) {
     let addr = listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
-    tracing::info!(http = %addr, "serving /metrics, /healthz and /readyz");
-    let shared = Shared { handle, metrics };
+    tracing::info!(http = %addr, "serving /metrics, /healthz, /readyz and the dashboard at /ui/");
+    let shared = Shared { handle: dashboard.handle.clone(), metrics };
     let router = axum::Router::new()
         .route("/metrics", get(scrape))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(shared);
+        .with_state(shared)
+        .merge(super::dashboard::routes(dashboard));
     if let Err(e) = axum::serve(listener, router).await {
         tracing::error!(http = %addr, "the HTTP address stopped: {e}");
     }

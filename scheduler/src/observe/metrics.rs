@@ -32,6 +32,7 @@ pub const NAMES: &[&str] = &[
     "qm_team_devices_nominal",
     "qm_team_devices_allocated",
     "qm_team_devices_borrowed",
+    "qm_team_devices_lent",
     "qm_scheduling_cycle_seconds",
     "qm_scheduling_placements_per_cycle",
     "qm_admissions",
@@ -127,6 +128,7 @@ pub struct Metrics {
     nominal: Family<TeamFlavor, Gauge>,
     allocated: Family<TeamFlavor, Gauge>,
     borrowed: Family<TeamFlavor, Gauge>,
+    lent: Family<TeamFlavor, Gauge>,
 }
 
 /// Every job state, so that a state with no job reads 0 rather than vanishing.
@@ -164,7 +166,7 @@ impl Default for Metrics {
             oldest.clone(),
         );
         let family = Family::<TeamFlavor, Gauge>::default;
-        let (nominal, allocated, borrowed) = (family(), family(), family());
+        let (nominal, allocated, borrowed, lent) = (family(), family(), family(), family());
         registry.register(
             "team_devices_nominal",
             "A team's nominal quota of a flavor, in devices",
@@ -179,6 +181,11 @@ impl Default for Metrics {
             "team_devices_borrowed",
             "Devices of a flavor a team holds beyond its nominal quota",
             Family::clone(&borrowed),
+        );
+        registry.register(
+            "team_devices_lent",
+            "Devices of a team's idle nominal quota of a flavor that other teams hold now (docs/observability.md)",
+            Family::clone(&lent),
         );
         let scheduling = Scheduling::register(&mut registry);
         Self {
@@ -196,6 +203,7 @@ impl Default for Metrics {
             nominal,
             allocated,
             borrowed,
+            lent,
         }
     }
 }
@@ -257,17 +265,15 @@ impl Metrics {
         for (name, count) in by_state {
             self.jobs.get_or_create(&StateLabel { state: name.to_owned() }).set(count);
         }
-        for family in [&self.nominal, &self.allocated, &self.borrowed] {
+        for family in [&self.nominal, &self.allocated, &self.borrowed, &self.lent] {
             family.clear();
         }
-        for (id, spec) in state.teams() {
-            for (flavor, quota) in &spec.quotas {
-                let labels = TeamFlavor { team: id.as_str().to_owned(), flavor: flavor.to_string() };
-                let used = state.usage(id, flavor);
-                self.nominal.get_or_create(&labels).set(i64::from(quota.nominal));
-                self.allocated.get_or_create(&labels).set(i64::from(used));
-                self.borrowed.get_or_create(&labels).set(i64::from(used.saturating_sub(quota.nominal)));
-            }
+        for row in super::teams::rows(state) {
+            let labels = TeamFlavor { team: row.team.as_str().to_owned(), flavor: row.flavor.to_string() };
+            self.nominal.get_or_create(&labels).set(i64::from(row.nominal));
+            self.allocated.get_or_create(&labels).set(i64::from(row.allocated));
+            self.borrowed.get_or_create(&labels).set(i64::from(row.borrowed));
+            self.lent.get_or_create(&labels).set(i64::from(row.lent));
         }
     }
 }
@@ -330,7 +336,7 @@ mod tests {
     fn the_list_of_names_is_every_family_registered() {
         let m = Metrics::default();
         let labels = TeamFlavor { team: "t".into(), flavor: "f".into() };
-        for family in [&m.nominal, &m.allocated, &m.borrowed] {
+        for family in [&m.nominal, &m.allocated, &m.borrowed, &m.lent] {
             family.get_or_create(&labels).set(1);
         }
         m.jobs.get_or_create(&StateLabel { state: "pending".into() }).set(1);

@@ -27,6 +27,12 @@ impl Readings {
         }
     }
 
+    /// `f` of every node's latest readings and when they came, under the lock (the dashboard
+    /// reads them without copying).
+    pub fn visit<R>(&self, f: impl FnOnce(&HashMap<NodeId, (Instant, Vec<DeviceTelemetry>)>) -> R) -> R {
+        f(&self.map())
+    }
+
     /// Adds the latest readings of `node`'s devices to its wire form.
     pub fn fill(&self, node: &mut Node) {
         let Some(name) = node.inventory.as_ref().map(|i| i.name.as_str()) else { return };
