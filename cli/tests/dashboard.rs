@@ -132,10 +132,17 @@ async fn until_shown(c: &Client, url: &str, key: &str, want: impl Fn(&str) -> bo
     }
 }
 
+/// Signs in through the form, and waits until the browser landed on the cluster page (the
+/// cookie is set by then).
 async fn sign_in(c: &Client, base: &str, secret: &str) {
     c.goto(&format!("{base}/ui/login")).await.unwrap();
     c.find(Locator::Css("#token")).await.unwrap().send_keys(secret).await.unwrap();
     c.find(Locator::Css("button[type=submit]")).await.unwrap().click().await.unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while c.current_url().await.unwrap().path() != "/ui/" || c.find(Locator::Css("nav .who")).await.is_err() {
+        assert!(Instant::now() < until, "signing in did not lead to the cluster page: {}", c.source().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,7 +164,6 @@ async fn each_page_shows_what_the_api_says_to_whom_may_see_it() {
     screenshot(&c, "sign-in").await;
     let admin = std::fs::read_to_string(&dev.token_file).unwrap();
     sign_in(&c, &base, admin.trim()).await;
-    assert_eq!(c.current_url().await.unwrap().path(), "/ui/");
 
     // The cluster: devices, jobs and the team against quota, as the API counts them.
     until_shown(&c, &format!("{base}/ui/"), &format!("team:dev:{FLAVOR}:utilization"), |t| t == "100%").await;
@@ -213,6 +219,11 @@ async fn each_page_shows_what_the_api_says_to_whom_may_see_it() {
 
     // Signed out, the pages ask for a token again.
     c.find(Locator::Css("nav form button")).await.unwrap().click().await.unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while c.current_url().await.unwrap().path() != "/ui/login" {
+        assert!(Instant::now() < until, "signing out did not lead to the sign-in page");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     c.goto(&format!("{base}/ui/")).await.unwrap();
     assert!(c.find(Locator::Css("#token")).await.is_ok(), "signed out");
 
@@ -225,7 +236,7 @@ async fn each_page_shows_what_the_api_says_to_whom_may_see_it() {
     sign_in(&c, &base, std::fs::read_to_string(&file).unwrap().trim()).await;
     c.goto(&format!("{base}/ui/jobs/{running}")).await.unwrap();
     let page = c.source().await.unwrap();
-    assert!(page.contains("another team's job") && !page.contains("sleep 120"), "the command is hidden");
+    assert!(page.contains("another team's job") && !page.contains("sleep 120"), "the command is hidden: {page}");
     assert!(page.contains("its output is theirs") && !page.contains("epoch 1"), "the output is hidden");
 
     // Revoked, the token opens nothing more.
