@@ -69,6 +69,15 @@ impl State {
                 self.check_attempt(job, Some(attempt))?;
                 self.record_usage(job, attempt, replica, devices)?
             }
+            Command::SetIdlePolicy { team, policy } => self.set_idle_policy(team, policy)?,
+            Command::MarkIdle { job, attempt, since_ms } => {
+                self.check_attempt(job, Some(attempt))?;
+                self.mark_idle(job, since_ms, out)?
+            }
+            Command::StopIdle { job, attempt } => {
+                self.check_attempt(job, Some(attempt))?;
+                self.stop_idle(job, out)?
+            }
         }
         Ok(())
     }
@@ -353,7 +362,9 @@ impl State {
         job.attained_device_ms = job.attained_at(at_ms);
         let next = match (job.state, job.stop_reason) {
             (JobState::Preempted, _)
-            | (_, Some(StopReason::Drained | StopReason::Preempted | StopReason::DeviceUnhealthy)) => JobState::Pending,
+            | (_, Some(StopReason::Drained | StopReason::Preempted | StopReason::DeviceUnhealthy | StopReason::Idle)) => {
+                JobState::Pending
+            }
             (_, Some(StopReason::Cancelled)) => JobState::Cancelled,
             (_, Some(StopReason::MaxRuntime)) => JobState::Failed,
             (_, Some(StopReason::NodeLost)) => count_failure(job),
@@ -368,6 +379,7 @@ impl State {
         job.state = next;
         job.assignment = None;
         job.stop_reason = None;
+        job.idle_since_ms = None;
         job.placed_ms = None;
         job.started_ms = None;
         if next.is_terminal() {

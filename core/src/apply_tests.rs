@@ -361,6 +361,24 @@ fn a_cut_encodes_the_state_as_it_was_when_taken() {
     assert!(State::from_bytes(&cut.to_bytes()).unwrap().job(JobId(2)).is_none());
 }
 
+/// A cut made whole again (what the dashboard explains a cycle on, off the live state's
+/// lock) is the state it was cut from: the same bytes, and the same plan.
+#[test]
+fn a_cut_turned_back_into_a_state_schedules_as_the_state_did() {
+    let mut s = cluster(2, &[("vision", 8, None), ("audio", 4, Some(4))]);
+    submit(&mut s, job("vision", 1, 8), 0);
+    cycle(&mut s, &PolicyConfig::default(), 1);
+    for (team, count) in [("audio", 4), ("vision", 8), ("audio", 8)] {
+        submit(&mut s, job(team, 1, count), 2);
+    }
+    let copy = s.cut().into_state();
+    assert_eq!(copy.to_bytes(), s.to_bytes());
+    let policy = PolicyConfig { explain: true, ..PolicyConfig::default() };
+    let (live, copied) = (crate::schedule(&s, &policy, 3), crate::schedule(&copy, &policy, 3));
+    assert_eq!(copied.decisions, live.decisions);
+    assert_eq!(copied.reports, live.reports);
+}
+
 #[test]
 fn a_report_about_an_old_attempt_is_refused_and_changes_nothing() {
     let mut s = cluster(1, &[("vision", 8, None)]);

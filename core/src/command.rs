@@ -1,6 +1,7 @@
 //! Commands: every change to the replicated state, and what applying one produced.
 
-use crate::ids::{DeviceId, JobId, NodeId};
+use crate::idle::IdlePolicy;
+use crate::ids::{DeviceId, JobId, NodeId, TeamId};
 use crate::job::{JobSpec, JobState, StopReason, StopSignal};
 use crate::plan::Decisions;
 use crate::resource::NodeSpec;
@@ -121,6 +122,31 @@ pub enum Command {
         /// One entry per device it held.
         devices: Vec<DeviceUsage>,
     },
+    /// Set or clear a team's idle policy (`idle.rs`). Appended last.
+    SetIdlePolicy {
+        /// The team.
+        team: TeamId,
+        /// The policy; `None` removes it.
+        policy: Option<IdlePolicy>,
+    },
+    /// The leader saw every device of a running job read under the idle threshold since
+    /// `since_ms` for its team's time (`None`: busy again). Appended last.
+    MarkIdle {
+        /// The job.
+        job: JobId,
+        /// The attempt it saw; another is refused as stale.
+        attempt: u32,
+        /// Since when, ms; `None` clears the flag.
+        since_ms: Option<u64>,
+    },
+    /// The leader stops a flagged job whose team requeues idle jobs, after the warning.
+    /// Appended last.
+    StopIdle {
+        /// The job.
+        job: JobId,
+        /// The attempt it saw; another is refused as stale.
+        attempt: u32,
+    },
 }
 
 impl Command {
@@ -140,7 +166,10 @@ impl Command {
             | Self::Cordon { .. }
             | Self::Drain { .. }
             | Self::DeletePriorityClass { .. }
-            | Self::RecordUsage { .. } => None,
+            | Self::RecordUsage { .. }
+            | Self::SetIdlePolicy { .. }
+            | Self::MarkIdle { .. }
+            | Self::StopIdle { .. } => None,
         }
     }
 }

@@ -183,6 +183,9 @@ pub enum StopReason {
     /// A device it holds turned unhealthy; requeued once it exits, without counting a failure
     /// (the device failed, not the job). Appended last: the log encodes variants by position.
     DeviceUnhealthy,
+    /// Its devices stayed idle past its team's policy and warning; requeued once it exits,
+    /// without counting a failure. Appended last.
+    Idle,
 }
 
 /// The devices of one replica.
@@ -246,6 +249,10 @@ pub struct Job {
     /// format.
     #[serde(skip)]
     pub usage: Option<Arc<JobUsage>>,
+    /// While its devices are flagged idle (see `idle.rs`), since when, ms; cleared when they
+    /// get busy or the attempt ends. Encoded in the snapshot's trailer, as `usage`.
+    #[serde(skip)]
+    pub idle_since_ms: Option<u64>,
     /// Its team's slot in the state's accounts, set on admission: spares looking the team up
     /// by name whenever the job takes or frees devices (not encoded, and no part of the job's
     /// value).
@@ -273,6 +280,7 @@ impl Job {
             attained_device_ms: 0,
             message: "submitted".into(),
             usage: None,
+            idle_since_ms: None,
             team_slot: PositionHint::default(),
         }
     }

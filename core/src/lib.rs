@@ -87,6 +87,7 @@
 pub mod cause;
 pub mod command;
 pub mod error;
+pub mod idle;
 pub mod ids;
 pub mod job;
 pub mod limits;

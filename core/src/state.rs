@@ -5,6 +5,7 @@
 //! `jobset`, `nodes` (the node index) and `rows` (the team rows); `invariants` checks them.
 
 use crate::accounts::{Accounts, FlavorNo};
+use crate::idle::IdlePolicy;
 use crate::ids::{DeviceId, JobId, NodeId, TeamId};
 use crate::job::{GangSpec, Job, JobState};
 use crate::jobset::JobSet;
@@ -34,11 +35,15 @@ pub mod table;
 pub(crate) mod times;
 
 /// Newest snapshot format version; bump on any change of `Persistent`'s encoding. Version 2
-/// is version 1 followed by a trailer of job usage records; a state without usage is written
-/// as version 1, so that releases that know only version 1 read it.
-pub const SNAPSHOT_VERSION: u16 = 2;
+/// is version 1 followed by a trailer of job usage records; version 3 adds a second trailer,
+/// the teams' idle policies and the jobs flagged idle. A state is written in the oldest
+/// version that holds it (version 1 without usage or idle data), so that older releases read
+/// what they can.
+pub const SNAPSHOT_VERSION: u16 = 3;
 /// The first snapshot format: the persistent state alone.
 const FIRST_VERSION: u16 = 1;
+/// The format with the usage trailer.
+const USAGE_VERSION: u16 = 2;
 const SNAPSHOT_MAGIC: &[u8; 4] = b"QMSS";
 
 /// Order of pending jobs in the shortest-first queue: (runtime estimate, age, id).
@@ -53,7 +58,13 @@ pub(crate) struct Persistent {
     pub teams: BTreeMap<TeamId, TeamSpec>,
     pub classes: BTreeMap<String, PriorityClass>,
     pub next_job: u64,
+    /// Teams' idle policies, encoded in the version 3 trailer.
+    #[serde(skip)]
+    pub idle: BTreeMap<TeamId, IdlePolicy>,
 }
+
+/// The version 3 trailer: idle policies, and the jobs flagged idle with since when.
+type IdleTrailer = (Vec<(TeamId, IdlePolicy)>, Vec<(JobId, u64)>);
 
 impl Persistent {
     /// The nodes, to change (copied first if a cut shares them).
@@ -64,15 +75,27 @@ impl Persistent {
     fn to_bytes(&self) -> Vec<u8> {
         let usage: Vec<(JobId, &JobUsage)> =
             self.jobs.values().filter_map(|j| Some((j.id, j.usage.as_deref()?))).collect();
-        let version = if usage.is_empty() { FIRST_VERSION } else { SNAPSHOT_VERSION };
+        let idle: IdleTrailer = (
+            self.idle.iter().map(|(t, p)| (t.clone(), *p)).collect(),
+            self.jobs.values().filter_map(|j| Some((j.id, j.idle_since_ms?))).collect(),
+        );
+        let version = match (usage.is_empty(), idle.0.is_empty() && idle.1.is_empty()) {
+            (_, false) => SNAPSHOT_VERSION,
+            (false, true) => USAGE_VERSION,
+            (true, true) => FIRST_VERSION,
+        };
         let mut out = Vec::with_capacity(64 * 1024);
         out.extend_from_slice(SNAPSHOT_MAGIC);
         out.extend_from_slice(&version.to_le_bytes());
         let out = postcard::to_extend(self, out).expect("encoding to a Vec cannot fail");
-        if usage.is_empty() {
+        if version == FIRST_VERSION {
             return out;
         }
-        postcard::to_extend(&usage, out).expect("encoding to a Vec cannot fail")
+        let out = postcard::to_extend(&usage, out).expect("encoding to a Vec cannot fail");
+        if version == USAGE_VERSION {
+            return out;
+        }
+        postcard::to_extend(&idle, out).expect("encoding to a Vec cannot fail")
     }
 
     /// Decodes a body of format `version`: the persistent state, then, from version 2, the
@@ -83,15 +106,34 @@ impl Persistent {
             return postcard::from_bytes(body).map_err(corrupt);
         }
         let (mut data, trailer): (Self, _) = postcard::take_from_bytes(body).map_err(corrupt)?;
-        let usage: Vec<(JobId, JobUsage)> = postcard::from_bytes(trailer).map_err(corrupt)?;
+        let (usage, trailer): (Vec<(JobId, JobUsage)>, _) = postcard::take_from_bytes(trailer).map_err(corrupt)?;
         for (id, u) in usage {
-            let job = data
-                .jobs
-                .get_mut(&id)
-                .ok_or_else(|| SnapshotError::Corrupt(format!("usage of job {id}, which is not in the table")))?;
-            job.usage = Some(Arc::new(u));
+            data.job_in_trailer(id, "usage")?.usage = Some(Arc::new(u));
+        }
+        if version == USAGE_VERSION {
+            return Ok(data);
+        }
+        let (policies, flagged): IdleTrailer = postcard::from_bytes(trailer).map_err(corrupt)?;
+        for (team, policy) in policies {
+            if !data.teams.contains_key(&team) {
+                return Err(SnapshotError::Corrupt(format!(
+                    "idle policy of team {:?}, which is not set",
+                    team.as_str()
+                )));
+            }
+            data.idle.insert(team, policy);
+        }
+        for (id, since) in flagged {
+            data.job_in_trailer(id, "idle flag")?.idle_since_ms = Some(since);
         }
         Ok(data)
+    }
+
+    /// Job `id`, which a trailer's `what` names.
+    fn job_in_trailer(&mut self, id: JobId, what: &str) -> Result<&mut Job, SnapshotError> {
+        self.jobs
+            .get_mut(&id)
+            .ok_or_else(|| SnapshotError::Corrupt(format!("{what} of job {id}, which is not in the table")))
     }
 }
 
@@ -104,6 +146,12 @@ impl StateCut {
     /// The snapshot bytes, the same as `State::to_bytes` gave when the cut was taken.
     pub fn to_bytes(&self) -> Vec<u8> {
         self.0.to_bytes()
+    }
+
+    /// The state as it was when the cut was taken, its indexes built again (as a restore
+    /// builds them): a copy to work on without holding up the live state.
+    pub fn into_state(self) -> State {
+        State::rebuild(self.0)
     }
 }
 

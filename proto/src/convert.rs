@@ -516,6 +516,7 @@ pub fn stop_reason_to(r: StopReason) -> v1::StopReason {
         StopReason::MaxRuntime => v1::StopReason::MaxRuntime,
         StopReason::NodeLost => v1::StopReason::NodeLost,
         StopReason::DeviceUnhealthy => v1::StopReason::DeviceUnhealthy,
+        StopReason::Idle => v1::StopReason::Idle,
     }
 }
 
