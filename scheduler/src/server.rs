@@ -254,6 +254,7 @@ pub async fn run_notify(
         insecure: config.insecure,
         reasons: observe::dashboard::reasons::Reasons::new(config.leader.policy.clone()),
         dialer: Dialer::of(tls.as_ref()),
+        cache: observe::dashboard::Cache::default(),
     };
     tasks.extend(http.map(|listener| tokio::spawn(observe::http::serve(listener, metrics, dashboard))));
     let reflection = reflection()?;

@@ -6,6 +6,11 @@
 //! It prints `qm_agents_*=` lines: the time to register them all; the leader's CPU share and
 //! resident memory while the cluster idles; and, under `--rate` one-GPU submissions per second
 //! for `--seconds`, placement to start (the job's `starting` to its `running` event) p50 and p99.
+//! With `--dashboard-jobs N`, it then queues N jobs and loads the dashboard's pages
+//! (`pages.rs`).
+
+#[path = "qm_agents/pages.rs"]
+mod pages;
 
 use qm_benches::procfs::{cpu_seconds, percentile, rss_kib};
 use qm_proto::v1::admin_service_client::AdminServiceClient;
@@ -48,6 +53,15 @@ struct Args {
     /// How long a simulated job runs, ms.
     #[arg(long, default_value_t = 5_000)]
     run_ms: u64,
+    /// Jobs to queue for the dashboard phase (none: no dashboard phase).
+    #[arg(long, default_value_t = 0)]
+    dashboard_jobs: usize,
+    /// Clients loading the dashboard's pages.
+    #[arg(long, default_value_t = 8)]
+    page_clients: usize,
+    /// Seconds of the dashboard phase.
+    #[arg(long, default_value_t = 20)]
+    page_seconds: u64,
 }
 
 async fn connect(addr: SocketAddr) -> Channel {
@@ -141,10 +155,12 @@ async fn agent(channel: Channel, n: usize, run: Duration, registered: Arc<Atomic
 async fn main() {
     let a: Args = clap::Parser::parse();
     let dir = tempfile::tempdir().expect("a temp dir");
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
+    let (addr, http) = (free(), free());
     let data = dir.path().join("data");
     let mut server = Command::new(&a.qm)
         .args(["server", "--id", "1", "--listen", &addr.to_string(), "--data", data.to_str().expect("utf-8")])
+        .args(["--http-listen", &http.to_string()])
         .arg("--insecure")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -184,7 +200,7 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(a.idle_s)).await;
     let idle = (cpu_seconds(&pid.to_string()) - before) / a.idle_s as f64;
     println!("qm_agents_idle_leader_core_share={idle:.3} qm_agents_leader_rss_mib={}", rss_kib(pid) / 1024);
-    let latencies = loaded(channel, a.rate, a.seconds).await;
+    let latencies = loaded(channel.clone(), a.rate, a.seconds).await;
     println!(
         "qm_agents_placed_to_started_ms p50={:.1} p99={:.1} n={} (at {}/s for {} s)",
         percentile(&latencies, 0.5),
@@ -193,6 +209,11 @@ async fn main() {
         a.rate,
         a.seconds
     );
+    if a.dashboard_jobs > 0 {
+        pages::queue(channel, MODEL, a.dashboard_jobs).await;
+        let jobs = a.rate * a.seconds + a.dashboard_jobs as u64;
+        pages::load(http, pid, (a.agents, jobs), (a.page_clients, a.page_seconds)).await;
+    }
     let _ = server.kill();
     let _ = server.wait();
 }

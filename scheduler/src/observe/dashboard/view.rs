@@ -62,22 +62,8 @@ pub struct TeamRow {
     pub oldest_wait_ms: u64,
 }
 
-/// The utilization each (node, device) reads now.
-fn utilization(latest: &Latest) -> HashMap<(&str, &str), u32> {
-    let mut out = HashMap::new();
-    for (node, (_, readings)) in latest {
-        for r in readings {
-            if let Some(pct) = r.utilization_pct {
-                out.insert((node.as_str(), r.device.as_str()), pct);
-            }
-        }
-    }
-    out
-}
-
 /// The overview at `now_ms`.
 pub fn overview(state: &State, latest: &Latest, now_ms: u64) -> Overview {
-    let util = utilization(latest);
     let mut flavors: BTreeMap<(AcceleratorKind, &str), FlavorRow> = BTreeMap::new();
     let mut held_by_team: HashMap<&TeamId, (u64, u64)> = HashMap::new();
     let (mut ready, mut out_of_service) = (0, 0);
@@ -85,11 +71,16 @@ pub fn overview(state: &State, latest: &Latest, now_ms: u64) -> Overview {
         ready += u64::from(node.status == NodeStatus::Ready);
         out_of_service += u64::from(node.cordoned || node.draining);
         let alloc = state.alloc(id);
+        let readings = latest.get(id).map_or(&[][..], |(_, r)| r.as_slice());
         for (i, d) in node.spec.devices.iter().enumerate() {
             let row = flavors.entry((d.kind, d.model.as_str())).or_default();
             row.total += 1;
             let holder = alloc.and_then(|a| a.holders.get(i).copied().flatten());
-            let pct = util.get(&(id.as_str(), d.id.as_str())).copied();
+            let reading = readings
+                .get(i)
+                .filter(|r| r.device == d.id.as_str())
+                .or_else(|| readings.iter().find(|r| r.device == d.id.as_str()));
+            let pct = reading.and_then(|r| r.utilization_pct);
             match holder {
                 Some(job) => {
                     row.allocated += 1;
