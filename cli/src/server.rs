@@ -82,6 +82,11 @@ pub struct ServerArgs {
     /// where only monitoring and operators reach, or behind a TLS proxy; not served when absent.
     #[arg(long, value_name = "HOST:PORT")]
     http_listen: Option<SocketAddr>,
+    /// A device reading under this utilization (percent) is idle: a job whose devices all stay
+    /// so for its team's idle time is flagged (`qm quota idle`, docs/observability.md).
+    #[arg(long, value_name = "PCT", default_value_t = qm_scheduler::leader::idle::DEFAULT_BELOW_PCT,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    idle_below_pct: u32,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -207,6 +212,7 @@ fn config(args: &ServerArgs) -> Result<ServerConfig> {
         tls: args.tls.files(),
         admission: args.limits.admission()?,
         http: args.http_listen,
+        idle_below_pct: args.idle_below_pct,
     })
 }
 
@@ -408,6 +414,7 @@ pub fn dev(args: &DevArgs) -> Result<()> {
         insecure: false,
         tls: TlsArgs::default(),
         http_listen: Some(args.http_listen),
+        idle_below_pct: qm_scheduler::leader::idle::DEFAULT_BELOW_PCT,
         limits: LimitArgs::default(),
     };
     let (replica_tls, agent_tls) = crate::certs::dev(&dir.path().join("tls"), DEV_NODE)?;

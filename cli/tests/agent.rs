@@ -224,3 +224,77 @@ fn usage_reports_device_hours_allocated_used_and_idle_against_quota() {
     assert_eq!(lines[0], header);
     assert!(lines[1].starts_with(&format!("{id},busy,dev,gpu/nvidia-h100-80gb-hbm3,")), "{csv}");
 }
+
+/// Polls `qm jobs --idle --json` until it lists `id`, or 20 s pass; the job's row.
+fn flagged(dev: &Dev, id: u64) -> Option<Value> {
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        let out = qm(&["jobs", "--idle", "--json", &dev.flag()]);
+        let rows: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if let Some(row) = rows.as_array().and_then(|r| r.iter().find(|j| j["id"] == id)) {
+            return Some(row.clone());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    None
+}
+
+/// A job on a GPU that reads 0% (the idle H100's capture) is flagged after its team's idle
+/// time, with an event, a metric and `qm jobs --idle`; after the warning it is stopped and
+/// requeued, not failed, and runs again.
+#[test]
+fn an_idle_job_is_flagged_then_requeued_under_its_teams_policy() {
+    let dev = Dev::with_capture("agent/testdata/nvml/h100-80gb-hbm3/nvidia-smi-query.csv");
+    let set = qm(&["quota", "idle", "dev", "--after", "2s", "--requeue-after-warning", "2s", &dev.flag()]);
+    assert!(set.status.success(), "{}", text(&set.stderr));
+    assert_eq!(text(&set.stdout).trim(), "team dev: idle jobs reported after 2s, then stopped and requeued 2s later");
+    let teams: Value = serde_json::from_slice(&qm(&["teams", "--json", &dev.flag()]).stdout).unwrap();
+    assert_eq!(teams[0]["idle"], serde_json::json!({ "after_ms": 2000, "requeue_after_warning_ms": 2000 }));
+    let events = std::process::Command::new(env!("CARGO_BIN_EXE_qm"))
+        .args(["events", "--json", "--count", "5", &dev.flag()])
+        .env("QM_TOKEN_FILE", &dev.token_file)
+        .env("QM_TLS_CA", &dev.ca)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = submit(&dev, &["--gpus", "1", "--name", "idle", "--", "sleep", "600"]);
+    let job = wait_for(&dev, id, &["running"]);
+    let row = flagged(&dev, id).expect("flagged idle within 20 s");
+    let since = row["idle_since_ms"].as_u64().unwrap();
+    assert!(since >= job["started_ms"].as_u64().unwrap_or(0), "idle counts from the start: {row}");
+    let (_, metrics) = common::http_get(&dev.http, "/metrics");
+    assert!(metrics.contains("qm_team_jobs_idle{team=\"dev\"} 1"), "{metrics}");
+    let requeued = wait_for(&dev, id, &["pending", "starting", "running"]);
+    let until = Instant::now() + Duration::from_secs(20);
+    let mut job = requeued;
+    while job["attempt"].as_u64() < Some(2) {
+        assert!(Instant::now() < until, "never stopped and placed again: {job}");
+        std::thread::sleep(Duration::from_millis(200));
+        job = wait_for(&dev, id, &["pending", "starting", "running"]);
+    }
+    assert_eq!(job["failures"].as_u64(), Some(0), "requeued, not failed: {job}");
+    let out = events.wait_with_output().unwrap();
+    let lines: Vec<Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let said: Vec<String> = lines.iter().map(|e| format!("{} {}", e["state"], e["message"])).collect();
+    assert!(said.iter().any(|s| s.contains("idle:")), "an event on the job says it is idle: {said:?}");
+    assert!(said.iter().any(|s| s.contains("stopping")), "then that it is stopped: {said:?}");
+}
+
+/// A busy GPU is never flagged, and a team that only reports keeps its idle job running.
+#[test]
+fn a_busy_job_is_not_flagged_and_a_reporting_team_keeps_its_idle_job() {
+    let busy = Dev::with_capture("agent/testdata/nvml/h100-80gb-hbm3-busy/nvml-busy-query.csv");
+    assert!(qm(&["quota", "idle", "dev", "--after", "1s", &busy.flag()]).status.success());
+    let id = submit(&busy, &["--gpus", "1", "--", "sleep", "600"]);
+    wait_for(&busy, id, &["running"]);
+    let idle = Dev::with_capture("agent/testdata/nvml/h100-80gb-hbm3/nvidia-smi-query.csv");
+    assert!(qm(&["quota", "idle", "dev", "--after", "1s", &idle.flag()]).status.success());
+    let quiet = submit(&idle, &["--gpus", "1", "--", "sleep", "600"]);
+    wait_for(&idle, quiet, &["running"]);
+    flagged(&idle, quiet).expect("the idle GPU's job is flagged");
+    std::thread::sleep(Duration::from_secs(2));
+    let kept = wait_for(&idle, quiet, &["running"]);
+    assert_eq!(kept["attempt"].as_u64(), Some(1), "reported, not stopped: {kept}");
+    let rows: Value = serde_json::from_slice(&qm(&["jobs", "--idle", "--json", &busy.flag()]).stdout).unwrap();
+    assert_eq!(rows, serde_json::json!([]), "the busy GPU's job, running as long, is not flagged");
+}

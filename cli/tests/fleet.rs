@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{qm, qm_env, text};
+use common::{http_get, qm, qm_env, text};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -173,13 +173,7 @@ impl Fleet {
 
     /// `GET path` on agent `n`'s HTTP address: the status line and the body.
     fn agent_get(&self, n: usize, path: &str) -> (String, String) {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(&self.agent_http[n]).expect("the agent's HTTP address");
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        (head.lines().next().unwrap().to_owned(), body.to_owned())
+        http_get(&self.agent_http[n], path)
     }
 
     fn kill(child: &mut Option<Child>) {

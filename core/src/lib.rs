@@ -83,6 +83,7 @@
 //! - [`render`]: plain-text rendering of plans and placement reports.
 //! - [`cause`]: the root cause of a waiting job in one line (`qm why`'s first line).
 //! - [`usage`]: how a job used its devices (telemetry summed per replica and device).
+//! - [`idle`]: teams' idle policies, and the flag and stop of jobs whose devices sit idle.
 
 pub mod cause;
 pub mod command;

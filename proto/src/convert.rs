@@ -257,6 +257,7 @@ pub fn job_to(j: &Job) -> v1::Job {
         usage_attempt: j.usage.as_ref().map_or(0, |u| u.attempt),
         redacted: false,
         attained_device_ms: j.attained_device_ms,
+        idle_since_ms: j.idle_since_ms,
     }
 }
 
@@ -404,6 +405,27 @@ pub fn team_from(p: &v1::Team) -> Result<TeamSpec> {
 }
 
 /// The wire form of a team.
+/// A team's idle policy from its wire form.
+pub fn idle_policy_from(p: &v1::IdlePolicy) -> Result<qm_core::idle::IdlePolicy> {
+    use qm_core::idle::{IdleAction, IdlePolicy};
+    let action = match p.requeue_after_warning_ms {
+        None => IdleAction::Report,
+        Some(warn_ms) => IdleAction::Requeue { warn_ms },
+    };
+    let policy = IdlePolicy { after_ms: p.after_ms, action };
+    policy.validate().map_err(|e| ConvertError(e.within("policy")))?;
+    Ok(policy)
+}
+
+/// The wire form of a team's idle policy.
+pub fn idle_policy_to(p: &qm_core::idle::IdlePolicy) -> v1::IdlePolicy {
+    let requeue_after_warning_ms = match p.action {
+        qm_core::idle::IdleAction::Report => None,
+        qm_core::idle::IdleAction::Requeue { warn_ms } => Some(warn_ms),
+    };
+    v1::IdlePolicy { after_ms: p.after_ms, requeue_after_warning_ms }
+}
+
 pub fn team_to(t: &TeamSpec) -> v1::Team {
     v1::Team {
         name: t.name.0.to_string(),

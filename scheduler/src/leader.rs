@@ -10,6 +10,8 @@
 //! (`qm_core::schedule::same_decisions_between`), decides nothing either and is not planned, so
 //! a leader with a backlog that cannot run idles instead of walking the queue every second.
 
+pub mod idle;
+
 use crate::fsm::Fsm;
 use crate::node::Handle;
 use crate::observe::metrics::Metrics;

@@ -14,7 +14,7 @@
 //!   tests that drops, delays and partitions.
 //! - `fsm`: the replicated state machine (core state, retry tokens, members); `codec`: what log
 //!   entries and snapshots hold, versioned.
-//! - `leader`: the scheduling loop; `service`: `JobService`, `AdminService`, `AgentService`
+//! - `leader`: the scheduling loop, and the watch on idle accelerators (`leader::idle`); `service`: `JobService`, `AdminService`, `AgentService`
 //!   (sessions, orders, node liveness) and `RaftService`.
 //! - `restore`: backups: seeding a new cluster, exporting a stopped replica.
 //! - `observe`: the gRPC health service, and the HTTP address with Prometheus metrics,

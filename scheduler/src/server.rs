@@ -64,6 +64,8 @@ pub struct ServerConfig {
     pub admission: Admission,
     /// Where `/metrics`, `/healthz` and `/readyz` are served over HTTP; nowhere when absent.
     pub http: Option<SocketAddr>,
+    /// A device reading under this utilization, percent, is idle (`leader::idle`).
+    pub idle_below_pct: u32,
 }
 
 /// Why a replica stopped.
@@ -227,7 +229,8 @@ pub async fn run_notify(
     let admission = std::sync::Arc::new(config.admission.clone());
     let jobs = JobServiceServer::new(JobServer::new(handle.clone(), config.leader.policy.clone(), admission.clone()))
         .max_decoding_message_size(max);
-    let readings = Readings::default();
+    let readings = Readings::new(config.idle_below_pct);
+    tasks.push(tokio::spawn(leader::idle::run(handle.clone(), readings.clone())));
     let admin = AdminServiceServer::new(AdminServer::new(handle.clone(), readings.clone(), admission.clone()))
         .max_decoding_message_size(max);
     let dashboard_readings = readings.clone();

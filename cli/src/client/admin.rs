@@ -119,6 +119,24 @@ pub enum QuotaCommand {
         /// The team.
         team: String,
     },
+    /// Sets a team's idle policy: its running jobs whose devices all read under the idle
+    /// threshold (`qm server --idle-below-pct`, 5% by default) for `--after` are flagged (an
+    /// event on the job, `qm jobs --idle`, a metric); with `--requeue-after-warning`, they are
+    /// then stopped and requeued that long later unless their devices got busy again.
+    Idle {
+        /// The team.
+        team: String,
+        /// How long every device must read idle before the job is flagged (`30m`, `2h`).
+        #[arg(long, value_parser = humantime::parse_duration, required_unless_present = "off")]
+        after: Option<std::time::Duration>,
+        /// Stop and requeue a flagged job this long after the flag (`10m`); report only when
+        /// absent.
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "off")]
+        requeue_after_warning: Option<std::time::Duration>,
+        /// Remove the team's own policy (it gets the default: report after 30 minutes).
+        #[arg(long, conflicts_with = "after")]
+        off: bool,
+    },
 }
 
 /// Writes a backup readable by its owner only (mode 0600): it holds the whole state, jobs'
@@ -298,7 +316,8 @@ pub(super) fn quota_rows(teams: &[TeamStatus]) -> Vec<serde_json::Value> {
             let used = ts.usage.iter().find(|u| words::flavor(u.flavor.as_ref()) == flavor).map_or(0, |u| u.used);
             rows.push(json!({"team": team.name, "weight": team.weight, "flavor": flavor, "nominal": q.nominal,
                 "borrowing_limit": q.borrowing_limit, "lending_limit": q.lending_limit, "used": used,
-                "borrowed": used.saturating_sub(q.nominal), "pending_jobs": ts.pending_jobs}));
+                "borrowed": used.saturating_sub(q.nominal), "pending_jobs": ts.pending_jobs,
+                "idle": ts.idle.as_ref().map(idle_json)}));
         }
     }
     rows
@@ -355,7 +374,39 @@ pub(super) async fn quota(t: &Target, cmd: &QuotaCommand) -> Result<()> {
             };
             quota_set(t, team, q, *weight).await
         }
+        QuotaCommand::Idle { team, after, requeue_after_warning, off: _ } => {
+            let ms = |d: &std::time::Duration| d.as_millis() as u64;
+            let policy = after.as_ref().map(|a| IdlePolicy {
+                after_ms: ms(a),
+                requeue_after_warning_ms: requeue_after_warning.as_ref().map(ms),
+            });
+            let req = SetIdlePolicyRequest { team: team.clone(), policy };
+            call(t, |c| {
+                let req = req.clone();
+                async move { admin_client(c).set_idle_policy(req).await }
+            })
+            .await?;
+            let span = |d: &std::time::Duration| humantime::format_duration(*d).to_string();
+            let said = match (after, requeue_after_warning) {
+                (None, _) => format!("team {team}: no idle policy of its own (reported after 30m)"),
+                (Some(a), None) => format!("team {team}: idle jobs reported after {}", span(a)),
+                (Some(a), Some(w)) => {
+                    format!(
+                        "team {team}: idle jobs reported after {}, then stopped and requeued {} later",
+                        span(a),
+                        span(w)
+                    )
+                }
+            };
+            print_or_json(t, json!({ "team": team, "idle": policy.as_ref().map(idle_json) }), || said);
+            Ok(())
+        }
     }
+}
+
+/// An idle policy in JSON.
+pub(super) fn idle_json(p: &IdlePolicy) -> serde_json::Value {
+    json!({ "after_ms": p.after_ms, "requeue_after_warning_ms": p.requeue_after_warning_ms })
 }
 
 async fn quota_set(t: &Target, team: &str, quota: FlavorQuota, weight: Option<f64>) -> Result<()> {

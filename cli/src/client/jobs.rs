@@ -91,6 +91,10 @@ pub struct JobsArgs {
     /// Print the table again after each burst of changes, until interrupted.
     #[arg(long, short = 'w')]
     pub watch: bool,
+    /// Only running jobs flagged idle (every device they hold read under the idle threshold
+    /// for their team's idle time), with since when.
+    #[arg(long, conflicts_with = "state")]
+    idle: bool,
 }
 
 impl JobsArgs {
@@ -234,17 +238,21 @@ fn job_row(j: &Job) -> Value {
         "priority_class": spec.priority_class, "priority": j.priority, "flavor": job_flavor(j),
         "replicas": gang.replicas, "devices_per_replica": gang.devices.map_or(0, |d| d.count),
         "devices": devices(j), "nodes": nodes(j), "submitted_ms": j.submitted_ms, "attempt": j.attempt,
-        "message": j.message })
+        "message": j.message, "idle_since_ms": j.idle_since_ms })
 }
 
 /// Runs `qm jobs`.
 pub async fn jobs(t: &Target, args: &JobsArgs) -> Result<()> {
-    let states = match &args.state {
-        None => vec![],
-        Some(s) => vec![JobState::from_str_name(&format!("JOB_STATE_{}", s.to_uppercase()))
+    let states = match (&args.state, args.idle) {
+        (_, true) => vec![JobState::Running as i32],
+        (None, false) => vec![],
+        (Some(s), false) => vec![JobState::from_str_name(&format!("JOB_STATE_{}", s.to_uppercase()))
             .with_context(|| format!("--state: unknown state {s:?}"))? as i32],
     };
-    let all = list_all(t, args.team.as_deref(), states).await?;
+    let mut all = list_all(t, args.team.as_deref(), states).await?;
+    if args.idle {
+        all.retain(|j| j.idle_since_ms.is_some());
+    }
     if t.json {
         say!("{}", Value::Array(all.iter().map(job_row).collect()));
         return Ok(());
@@ -252,6 +260,9 @@ pub async fn jobs(t: &Target, args: &JobsArgs) -> Result<()> {
     let now = words::now_ms();
     let wide = args.output.is_some();
     let mut header = vec!["ID", "NAME", "TEAM", "STATE", "PRIORITY", "FLAVOR", "DEVICES", "NODE", "AGE"];
+    if args.idle {
+        header.push("IDLE FOR");
+    }
     if wide {
         header.extend(["REPLICAS", "ATTEMPT", "MESSAGE"]);
     }
@@ -274,6 +285,9 @@ pub async fn jobs(t: &Target, args: &JobsArgs) -> Result<()> {
             node,
             words::short_duration(now.saturating_sub(j.submitted_ms)),
         ];
+        if args.idle {
+            row.push(j.idle_since_ms.map_or_else(String::new, |s| words::short_duration(now.saturating_sub(s))));
+        }
         if wide {
             let replicas = spec.gang.map_or(0, |g| g.replicas);
             row.extend([replicas.to_string(), j.attempt.to_string(), j.message.clone()]);

@@ -152,3 +152,14 @@ pub fn submit(dev: &Dev, args: &[&str]) -> u64 {
     let ids: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     ids["job_ids"][0].as_u64().unwrap()
 }
+
+/// GETs `path` from the plain HTTP address `addr`: the status line and the body.
+pub fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("the HTTP address");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}

@@ -67,6 +67,7 @@ pub const RULES: &[(&str, &str, Rule)] = &[
     ("AdminService", "RevokeToken", Rule::Admin),
     ("AdminService", "WhoAmI", Rule::AnyToken),
     ("AdminService", "ListAudit", Rule::Admin),
+    ("AdminService", "SetIdlePolicy", Rule::Admin),
     ("AgentService", "Session", Rule::Agent),
     ("RaftService", "Stream", Rule::Peer),
     ("RaftService", "Received", Rule::Peer),

@@ -28,6 +28,7 @@ pub const NAMES: &[&str] = &[
     "qm_raft_snapshot_index",
     "qm_jobs",
     "qm_team_jobs_pending",
+    "qm_team_jobs_idle",
     "qm_team_pending_oldest_seconds",
     "qm_team_devices_nominal",
     "qm_team_devices_allocated",
@@ -124,6 +125,7 @@ pub struct Metrics {
     snapshot: Gauge,
     jobs: Family<StateLabel, Gauge>,
     pending: Family<TeamLabel, Gauge>,
+    idle: Family<TeamLabel, Gauge>,
     oldest: Family<TeamLabel, Gauge<f64, AtomicU64>>,
     nominal: Family<TeamFlavor, Gauge>,
     allocated: Family<TeamFlavor, Gauge>,
@@ -159,6 +161,12 @@ impl Default for Metrics {
         registry.register("jobs", "Jobs in the replicated state, by state", jobs.clone());
         let pending = Family::<TeamLabel, Gauge>::default();
         registry.register("team_jobs_pending", "A team's jobs waiting for devices", pending.clone());
+        let idle = Family::<TeamLabel, Gauge>::default();
+        registry.register(
+            "team_jobs_idle",
+            "A team's running jobs flagged idle: every device they hold read under the idle threshold for the team's idle time",
+            idle.clone(),
+        );
         let oldest = Family::<TeamLabel, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "team_pending_oldest_seconds",
@@ -191,6 +199,7 @@ impl Default for Metrics {
         Self {
             scheduling,
             pending,
+            idle,
             oldest,
             registry,
             ready,
@@ -248,8 +257,12 @@ impl Metrics {
         let state = &fsm.state;
         let mut by_state: BTreeMap<&str, i64> = STATES.iter().map(|s| (s.as_str(), 0)).collect();
         let mut waiting: BTreeMap<&str, (i64, u64)> = state.teams().keys().map(|t| (t.as_str(), (0, now_ms))).collect();
+        let mut idle: BTreeMap<&str, i64> = state.teams().keys().map(|t| (t.as_str(), 0)).collect();
         for job in state.jobs().values() {
             *by_state.entry(job.state.as_str()).or_default() += 1;
+            if job.idle_since_ms.is_some() {
+                *idle.entry(job.spec.team.as_str()).or_default() += 1;
+            }
             if job.state == JobState::Pending {
                 let w = waiting.entry(job.spec.team.as_str()).or_insert((0, now_ms));
                 (w.0, w.1) = (w.0 + 1, w.1.min(job.submitted_ms));
@@ -257,6 +270,10 @@ impl Metrics {
         }
         self.pending.clear();
         self.oldest.clear();
+        self.idle.clear();
+        for (team, count) in idle {
+            self.idle.get_or_create(&TeamLabel { team: team.to_owned() }).set(count);
+        }
         for (team, (count, since)) in waiting {
             let label = TeamLabel { team: team.to_owned() };
             self.pending.get_or_create(&label).set(count);
@@ -341,6 +358,7 @@ mod tests {
         }
         m.jobs.get_or_create(&StateLabel { state: "pending".into() }).set(1);
         m.pending.get_or_create(&TeamLabel { team: "t".into() }).set(1);
+        m.idle.get_or_create(&TeamLabel { team: "t".into() }).set(1);
         m.oldest.get_or_create(&TeamLabel { team: "t".into() }).set(1.0);
         let decisions = Decisions { preemptions: vec![preempted(7, PreemptionRule::Reclaim)], ..Decisions::default() };
         m.applied(&decisions, &BTreeSet::new());

@@ -9,7 +9,9 @@ use crate::codec::Op;
 use crate::fsm::Fsm;
 use crate::node::{Handle, Membership};
 use qm_core::{Command, JobState, NodeId};
-use qm_proto::convert::{flavor_to, node_to, priority_class_from, team_from, team_to};
+use qm_proto::convert::{
+    flavor_to, idle_policy_from, idle_policy_to, node_to, priority_class_from, team_from, team_to,
+};
 use qm_proto::v1::admin_service_server::AdminService;
 use qm_proto::v1::*;
 use std::sync::Arc;
@@ -158,6 +160,25 @@ impl AdminService for AdminServer {
         Ok(Response::new(SetTeamResponse { warnings }))
     }
 
+    async fn set_idle_policy(
+        &self,
+        request: Request<SetIdlePolicyRequest>,
+    ) -> Result<Response<SetIdlePolicyResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let req = request.into_inner();
+        if req.team.trim().is_empty() {
+            return Err(Status::invalid_argument("team: required"));
+        }
+        let policy = req.policy.as_ref().map(idle_policy_from).transpose()?;
+        let command = Command::SetIdlePolicy { team: qm_core::TeamId::from(req.team.as_str()), policy };
+        match self.write(&caller, command).await {
+            Err(s) if s.code() == tonic::Code::InvalidArgument && s.message().contains("unknown team") => {
+                Err(Status::not_found(s.message().to_owned()))
+            }
+            other => other.map(|_| Response::new(SetIdlePolicyResponse {})),
+        }
+    }
+
     async fn list_teams(&self, request: Request<ListTeamsRequest>) -> Result<Response<ListTeamsResponse>, Status> {
         let caller = Caller::of(&request)?;
         before_read(&self.node, request.into_inner().consistency, &caller).await?;
@@ -175,6 +196,7 @@ impl AdminService for AdminServer {
                     .collect(),
                 pending_jobs: s.jobs().values().filter(|j| &j.spec.team == id && j.state == JobState::Pending).count()
                     as u32,
+                idle: s.idle_policy(id).map(idle_policy_to),
             })
             .collect();
         Ok(Response::new(ListTeamsResponse { teams }))

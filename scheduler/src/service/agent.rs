@@ -105,6 +105,7 @@ impl AgentServer {
                 sessions::silent(&self.node.fsm().state, &self.agents().last_seen, since, Instant::now(), lease);
             for node in silent {
                 tracing::warn!(node = %node, "no heartbeat within the lease; the node is lost");
+                self.readings.forget(&node);
                 if let Err(e) = self.node.propose(Command::NodeLost { node, at_ms: now_ms() }, None).await {
                     tracing::warn!("could not mark a node lost: {e}");
                 }
@@ -305,7 +306,7 @@ impl AgentServer {
     async fn on_message(&self, node: &NodeId, m: AgentMessage, orders: &Orders) {
         self.agents().last_seen.insert(node.clone(), Instant::now());
         match m.body {
-            Some(Up::Heartbeat(h)) => self.readings.put(node, h.telemetry),
+            Some(Up::Heartbeat(h)) => self.readings.put(node, h.telemetry, now_ms()),
             None => {}
             Some(Up::Register(r)) => {
                 let result = match Self::registering(&r) {

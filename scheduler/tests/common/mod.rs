@@ -117,6 +117,7 @@ impl Replica {
             tls,
             admission,
             http: Some(http),
+            idle_below_pct: qm_scheduler::leader::idle::DEFAULT_BELOW_PCT,
         };
         let (stop, rx) = oneshot::channel();
         let task = tokio::spawn(async move {

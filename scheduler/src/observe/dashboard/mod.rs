@@ -137,7 +137,8 @@ async fn overview(State(d): State<Dashboard>, headers: HeaderMap) -> Response {
     };
     let o = d.cache.overview(|| {
         let fsm = d.handle.fsm();
-        d.readings.visit(|latest| view::overview(&fsm.state, latest, crate::service::now_ms()))
+        let below = d.readings.below_pct();
+        d.readings.visit(|latest| view::overview(&fsm.state, latest, crate::service::now_ms(), below))
     });
     let body = pages::overview(&o);
     d.page(&caller, "Cluster", body)
@@ -186,7 +187,7 @@ async fn nodes(State(d): State<Dashboard>, headers: HeaderMap, Query(q): Query<N
     };
     let body = {
         let fsm = d.handle.fsm();
-        let (rows, next) = d.readings.visit(|latest| view::nodes(&fsm.state, latest, &q.from));
+        let (rows, next) = d.readings.visit(|latest| view::nodes(&fsm.state, latest, &q.from, d.readings.below_pct()));
         pages::nodes(&rows, next.as_deref())
     };
     d.page(&caller, "Nodes", body)
@@ -208,7 +209,8 @@ async fn job(State(d): State<Dashboard>, headers: HeaderMap, Path(id): Path<Stri
             let why = format!("job {id} does not exist (or this replica has not applied it yet)");
             return (StatusCode::NOT_FOUND, Html(pages::problem("No such job", &why).into_string())).into_response();
         };
-        let held = d.readings.visit(|latest| held(&fsm.state, j, latest));
+        let below = d.readings.below_pct();
+        let held = d.readings.visit(|latest| held(&fsm.state, j, latest, below));
         (j.clone(), held, events(j, &fsm.audit), agent_of(&fsm.state, j))
     };
     let owner = view::owns(&caller, &job);
@@ -238,11 +240,11 @@ fn agent_of(state: &qm_core::State, job: &qm_core::Job) -> Option<String> {
 }
 
 /// The devices `job` holds, with their live readings and the attempt's means.
-fn held(state: &qm_core::State, job: &qm_core::Job, latest: &view::Latest) -> Vec<Held> {
+fn held(state: &qm_core::State, job: &qm_core::Job, latest: &view::Latest, below_pct: u32) -> Vec<Held> {
     let Some(assignment) = &job.assignment else { return Vec::new() };
     let mut out = Vec::new();
     for (r, replica) in assignment.replicas.iter().enumerate() {
-        let devices = view::node(state, latest, &replica.node).map(|n| n.devices).unwrap_or_default();
+        let devices = view::node(state, latest, &replica.node, below_pct).map(|n| n.devices).unwrap_or_default();
         for d in devices.into_iter().filter(|d| replica.devices.iter().any(|x| x.as_str() == d.id)) {
             let attempt = job.usage.as_ref().and_then(|u| {
                 let du = u.devices.iter().find(|x| x.node == replica.node && x.device.as_str() == d.id)?;
@@ -261,6 +263,7 @@ fn events(job: &qm_core::Job, audit: &crate::audit::Audit) -> Vec<(u64, String)>
     out.extend(job.placed_ms.map(|ms| (ms, format!("placed (attempt {})", job.attempt))));
     out.extend(job.started_ms.map(|ms| (ms, "running".to_owned())));
     out.extend(job.finished_ms.map(|ms| (ms, format!("ended {}: {}", job.state.as_str(), job.message))));
+    out.extend(job.idle_since_ms.map(|ms| (ms, "every device it holds idle from here on (flagged)".to_owned())));
     let named = format!("job {}", job.id.0);
     for record in audit.records().filter(|r| r.what.strip_prefix("cancel ").is_some_and(|w| w == named)) {
         let outcome = record.error.as_deref().map_or_else(String::new, |e| format!(" (refused: {e})"));

@@ -78,7 +78,7 @@ pub fn overview(o: &Overview) -> Markup {
         section {
             h2 { "Devices by flavor" }
             table {
-                tr { th { "Flavor" } th { "Total" } th { "Allocated" } th title="Allocated, and reading under 5% utilization now" { "Idle" }
+                tr { th { "Flavor" } th { "Total" } th { "Allocated" } th title={"Allocated, and reading under " (o.below_pct) "% utilization now"} { "Idle" }
                      th { "Free" } th { "Unhealthy" } }
                 @for f in &o.flavors { (flavor_row(f)) }
             }
@@ -92,7 +92,7 @@ pub fn overview(o: &Overview) -> Markup {
             table {
                 tr { th { "Team" } th { "Flavor" } th { "Nominal" } th { "Allocated" } th { "Borrowed" } th { "Lent" }
                      th { "Utilization now" } th { "Pending" } th { "Oldest wait" } }
-                @for t in &o.teams { (team_row(t)) }
+                @for t in &o.teams { (team_row(t, o.below_pct)) }
             }
         }
     }
@@ -109,7 +109,7 @@ fn flavor_row(f: &FlavorRow) -> Markup {
     }
 }
 
-fn team_row(t: &TeamRow) -> Markup {
+fn team_row(t: &TeamRow, below_pct: u32) -> Markup {
     let q = &t.quota;
     let k = |c: &str| format!("team:{}:{}:{c}", q.team.as_str(), q.flavor);
     html! {
@@ -118,7 +118,7 @@ fn team_row(t: &TeamRow) -> Markup {
             td { (q.flavor.to_string()) }
             (num(&k("nominal"), q.nominal)) (num(&k("allocated"), q.allocated))
             (num(&k("borrowed"), q.borrowed)) (num(&k("lent"), q.lent))
-            td.num data-k=(k("utilization")) { @match t.utilization_pct { Some(p) => { (bar(p)) }, None => { "–" } } }
+            td.num data-k=(k("utilization")) { @match t.utilization_pct { Some(p) => { (bar(p, p < below_pct)) }, None => { "–" } } }
             (num(&k("pending"), t.pending))
             td.num { @if t.pending > 0 { (span(t.oldest_wait_ms)) } }
         }
@@ -126,8 +126,8 @@ fn team_row(t: &TeamRow) -> Markup {
 }
 
 /// A utilization bar with its number.
-fn bar(pct: u32) -> Markup {
-    let class = if pct < super::view::IDLE_BELOW_PCT { "bar idle" } else { "bar" };
+fn bar(pct: u32, idle: bool) -> Markup {
+    let class = if idle { "bar idle" } else { "bar" };
     html! { span class=(class) { span.fill style={"width:" (pct.min(100)) "%"} {} } " " (pct) "%" }
 }
 
@@ -209,7 +209,7 @@ fn device(node: &str, d: &DeviceRow) -> Markup {
             code { (d.id) } " "
             span data-k=(k("health")) { @if d.healthy { "healthy" } @else { "unhealthy" } } " · "
             @match d.job { Some(j) => { a data-k=(k("job")) href={"/ui/jobs/" (j.0)} { "job " (j.0) } }, None => { "free" } }
-            @if let Some(p) = r.and_then(|r| r.utilization_pct) { " · " span data-k=(k("utilization")) { (bar(p)) } }
+            @if let Some(p) = r.and_then(|r| r.utilization_pct) { " · " span data-k=(k("utilization")) { (bar(p, d.idle)) } }
             @if let Some(m) = r.and_then(|r| r.memory_used_mib) { " · " (m) " MiB" }
             @if let Some(t) = r.and_then(|r| r.temperature_c) { " · " (t) " °C" }
         }
@@ -239,6 +239,7 @@ pub fn job(j: &Job, owner: bool, held: &[Held], events: &[(u64, String)], output
             tr { th { "Devices" } td { (j.spec.gang.replicas) " × " (j.spec.gang.devices.count) " " (j.spec.gang.devices.kind) } }
             tr { th { "Attempt" } td { (j.attempt) ", " (j.preemptions) " preemption(s), " (j.failures) " failure(s)" } }
             tr { th { "Latest" } td { (j.message) } }
+            @if let Some(ms) = j.idle_since_ms { tr { th { "Idle" } td data-k="job:idle" { "every device under the threshold since " (at(ms)) } } }
             tr { th { "Command" } td { @if owner { code { (j.spec.command.join(" ")) } } @else { i { "another team's job" } } } }
         }
         h2 { "Devices" }

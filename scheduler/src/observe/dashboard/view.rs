@@ -8,16 +8,11 @@ use qm_core::state::State;
 use qm_core::{AcceleratorKind, Health, Job, JobId, JobState, NodeId, NodeStatus, TeamId};
 use qm_proto::v1::DeviceTelemetry;
 use std::collections::{BTreeMap, HashMap};
-use std::time::Instant;
-
-/// An allocated device whose utilization reads under this percentage is idle now.
-pub const IDLE_BELOW_PCT: u32 = 5;
 
 /// Rows in a page of the queue or of the nodes.
 pub const PAGE: usize = 50;
 
-/// The latest readings of each node, as `Readings` keeps them.
-pub type Latest = HashMap<NodeId, (Instant, Vec<DeviceTelemetry>)>;
+pub use crate::service::readings::Latest;
 
 /// One flavor's devices.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -28,7 +23,7 @@ pub struct FlavorRow {
     pub total: u64,
     /// Held by jobs.
     pub allocated: u64,
-    /// Held, and reading under `IDLE_BELOW_PCT` now.
+    /// Held, and reading under the idle threshold now.
     pub idle: u64,
     /// Neither held nor unhealthy, on nodes that are ready.
     pub free: u64,
@@ -47,6 +42,8 @@ pub struct Overview {
     pub jobs: BTreeMap<&'static str, u64>,
     /// Nodes: all, ready, cordoned or draining.
     pub nodes: (u64, u64, u64),
+    /// The idle threshold, percent.
+    pub below_pct: u32,
 }
 
 /// A team on one flavor, with its queue.
@@ -63,7 +60,7 @@ pub struct TeamRow {
 }
 
 /// The overview at `now_ms`.
-pub fn overview(state: &State, latest: &Latest, now_ms: u64) -> Overview {
+pub fn overview(state: &State, latest: &Latest, now_ms: u64, below_pct: u32) -> Overview {
     let mut flavors: BTreeMap<(AcceleratorKind, &str), FlavorRow> = BTreeMap::new();
     let mut held_by_team: HashMap<&TeamId, (u64, u64)> = HashMap::new();
     let (mut ready, mut out_of_service) = (0, 0);
@@ -84,7 +81,7 @@ pub fn overview(state: &State, latest: &Latest, now_ms: u64) -> Overview {
             match holder {
                 Some(job) => {
                     row.allocated += 1;
-                    row.idle += u64::from(pct.is_some_and(|p| p < IDLE_BELOW_PCT));
+                    row.idle += u64::from(pct.is_some_and(|p| p < below_pct));
                     if let (Some(team), Some(p)) = (state.job(job).map(|j| &j.spec.team), pct) {
                         let t = held_by_team.entry(team).or_default();
                         (t.0, t.1) = (t.0 + u64::from(p), t.1 + 1);
@@ -110,7 +107,7 @@ pub fn overview(state: &State, latest: &Latest, now_ms: u64) -> Overview {
     for job in state.jobs().values() {
         *jobs.entry(job.state.as_str()).or_default() += 1;
     }
-    Overview { flavors, teams, jobs, nodes: (state.nodes().len() as u64, ready, out_of_service) }
+    Overview { flavors, teams, jobs, nodes: (state.nodes().len() as u64, ready, out_of_service), below_pct }
 }
 
 /// A page of the queue: pending jobs in submission order after `after`, of `team` if given.
@@ -140,6 +137,8 @@ pub struct DeviceRow {
     pub job: Option<JobId>,
     /// What it reads now.
     pub reading: Option<DeviceTelemetry>,
+    /// Held, and reading under the idle threshold now.
+    pub idle: bool,
 }
 
 /// One node with its devices.
@@ -157,7 +156,7 @@ pub struct NodeRow {
 
 /// A page of nodes from the one named `from` (the first when empty), and the name the next
 /// page starts from.
-pub fn nodes(state: &State, latest: &Latest, from: &str) -> (Vec<NodeRow>, Option<String>) {
+pub fn nodes(state: &State, latest: &Latest, from: &str, below_pct: u32) -> (Vec<NodeRow>, Option<String>) {
     let start = match from {
         "" => std::ops::Bound::Unbounded,
         name => std::ops::Bound::Included(NodeId::from(name)),
@@ -167,17 +166,17 @@ pub fn nodes(state: &State, latest: &Latest, from: &str) -> (Vec<NodeRow>, Optio
         if rows.len() == PAGE {
             return (rows, Some(id.as_str().to_owned()));
         }
-        rows.push(row(state, latest, id, node));
+        rows.push(row(state, latest, (id, node), below_pct));
     }
     (rows, None)
 }
 
 /// The node named `name`, if there is one.
-pub fn node(state: &State, latest: &Latest, name: &NodeId) -> Option<NodeRow> {
-    state.nodes().get(name).map(|node| row(state, latest, name, node))
+pub fn node(state: &State, latest: &Latest, name: &NodeId, below_pct: u32) -> Option<NodeRow> {
+    state.nodes().get(name).map(|node| row(state, latest, (name, node), below_pct))
 }
 
-fn row(state: &State, latest: &Latest, id: &NodeId, node: &qm_core::Node) -> NodeRow {
+fn row(state: &State, latest: &Latest, (id, node): (&NodeId, &qm_core::Node), below_pct: u32) -> NodeRow {
     let alloc = state.alloc(id);
     let latest = latest.get(id);
     let reading = |device: &str| latest.and_then(|(_, r)| r.iter().find(|t| t.device == device)).cloned();
@@ -186,12 +185,17 @@ fn row(state: &State, latest: &Latest, id: &NodeId, node: &qm_core::Node) -> Nod
         .devices
         .iter()
         .enumerate()
-        .map(|(i, d)| DeviceRow {
-            id: d.id.as_str().to_owned(),
-            model: d.model.clone(),
-            healthy: d.health == Health::Healthy,
-            job: alloc.and_then(|a| a.holders.get(i).copied().flatten()),
-            reading: reading(d.id.as_str()),
+        .map(|(i, d)| {
+            let (job, reading) = (alloc.and_then(|a| a.holders.get(i).copied().flatten()), reading(d.id.as_str()));
+            let idle = job.is_some() && reading.as_ref().and_then(|r| r.utilization_pct).is_some_and(|p| p < below_pct);
+            DeviceRow {
+                id: d.id.as_str().to_owned(),
+                model: d.model.clone(),
+                healthy: d.health == Health::Healthy,
+                job,
+                reading,
+                idle,
+            }
         })
         .collect();
     NodeRow {
