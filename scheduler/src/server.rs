@@ -223,7 +223,7 @@ pub async fn run_notify(
     let (handle, thread) =
         node::spawn(config.node.clone(), store, |inbox| GrpcTransport::new(id, cluster_id, inbox, runtime, dialer))?;
     tracing::info!(replica = id, listen = %bound, data = %config.data_dir.display(), "replica started");
-    let metrics = std::sync::Arc::new(observe::metrics::Metrics::default());
+    let metrics = std::sync::Arc::new(observe::metrics::Metrics::of(&handle.shared().measures));
     let mut tasks = vec![tokio::spawn(leader::run(handle.clone(), config.leader.clone(), metrics.clone()))];
     let max = config.max_message_bytes;
     let admission = std::sync::Arc::new(config.admission.clone());

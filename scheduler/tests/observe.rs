@@ -91,6 +91,13 @@ async fn metrics_agree_with_the_api_and_the_probes_say_ready() {
     let research = r#"{team="research",flavor="gpu/nvidia-h100-80gb-hbm3"}"#;
     assert_eq!(sample(&scrape, &format!("qm_team_devices_nominal{research}")), Some(8.0));
     assert_eq!(sample(&scrape, &format!("qm_team_devices_borrowed{research}")), Some(0.0));
+    assert_eq!(sample(&scrape, &format!("qm_team_devices_lent{research}")), Some(0.0));
+    assert_eq!(sample(&scrape, r#"qm_team_jobs_idle{team="research"}"#), Some(0.0));
+    // The submissions and the team were proposed here, each applied in a batch or more.
+    let proposals = sample(&scrape, "qm_raft_proposal_seconds_count").unwrap_or(0.0);
+    assert!(proposals >= 3.0, "the team, the node and the submissions: {scrape}");
+    assert!(sample(&scrape, "qm_raft_apply_seconds_count").is_some_and(|n| n >= 1.0), "{scrape}");
+    assert_eq!(sample(&scrape, "qm_requeues_total"), Some(0.0), "nothing went back to the queue");
     assert!(scrape.contains("# HELP qm_team_devices_allocated ") && scrape.ends_with("# EOF\n"), "{scrape}");
     assert_eq!(replica.get("/healthz").await.0, 200);
     let (code, body) = replica.get("/readyz").await;

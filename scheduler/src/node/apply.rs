@@ -1,6 +1,7 @@
 //! Applying what Raft committed: snapshots from the leader, normal entries (batches of client
 //! commands) and membership changes; and taking this replica's own snapshots.
 
+use super::measures::Measures;
 use super::ready::{Fatal, Node};
 use super::{Drive, Input, JobChange, NodeError};
 use crate::codec::{decode_batch, ChangeContext};
@@ -34,6 +35,7 @@ impl<S: LogStore, T: Transport> Node<S, T> {
         if entries.is_empty() {
             return Ok(());
         }
+        let started = Instant::now();
         let mut changes = Vec::new();
         let mut touched = false;
         for e in entries {
@@ -47,6 +49,7 @@ impl<S: LogStore, T: Transport> Node<S, T> {
             self.applied_term = e.term;
         }
         self.unsaved_applied = Some(self.shared.fsm.read().unwrap_or_else(|p| p.into_inner()).applied);
+        Measures::time(&self.shared.measures.apply, started.elapsed());
         for c in changes {
             let _ = self.shared.events.send(c);
         }
@@ -66,6 +69,11 @@ impl<S: LogStore, T: Transport> Node<S, T> {
             if let Ok(out) = &r.result {
                 let at_ms = r.at_ms;
                 changes.extend(out.changed.iter().map(|&(job, state)| JobChange { index: e.index, job, state, at_ms }));
+                let requeued = out
+                    .changed
+                    .iter()
+                    .filter(|(job, s)| *s == qm_core::JobState::Pending && !out.submitted.contains(job));
+                self.shared.measures.requeues.inc_by(requeued.count() as u64);
                 for effect in &out.effects {
                     let _ = self.shared.effects.send(effect.clone());
                 }
@@ -137,7 +145,7 @@ impl<S: LogStore, T: Transport> Node<S, T> {
         md.index = applied;
         md.term = self.applied_term;
         md.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
-        let (store, inbox) = (self.raw.store().clone(), self.inbox.clone());
+        let (store, inbox, measures) = (self.raw.store().clone(), self.inbox.clone(), self.shared.measures.clone());
         self.compaction = Some((snap.get_metadata().clone(), applied.saturating_sub(self.config.keep_entries)));
         self.saving = true;
         self.snapshot_due = false;
@@ -147,6 +155,8 @@ impl<S: LogStore, T: Transport> Node<S, T> {
             snap.data = cut.encode().into();
             let encoded_ms = started.elapsed().as_millis() as u64;
             let error = store.save_snapshot(&snap).err().map(|e| e.to_string());
+            Measures::time(&measures.snapshot_save, started.elapsed());
+            measures.snapshot_bytes.set(snap.data.len() as i64);
             tracing::info!(
                 index = applied,
                 bytes = snap.data.len(),

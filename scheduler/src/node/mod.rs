@@ -5,6 +5,7 @@
 //! services talk to it: propose and wait until applied, linearizable read barriers, status.
 
 mod apply;
+pub mod measures;
 mod ready;
 mod stepped;
 mod waiters;
@@ -216,6 +217,8 @@ pub struct Shared {
     effects: broadcast::Sender<Effect>,
     /// Woken when applied entries may have changed work or capacity.
     pub work: Notify,
+    /// What the node measures of its work, for the metrics.
+    pub measures: measures::Measures,
 }
 
 /// The services' handle on a node.
@@ -241,8 +244,13 @@ impl Handle {
         request_id: Option<String>,
     ) -> Result<Outcome, NodeError> {
         let (reply, rx) = oneshot::channel();
+        let started = std::time::Instant::now();
         self.send(Input::Propose { op, request_id, asker, reply })?;
-        self.wait(rx).await?
+        let outcome = self.wait(rx).await?;
+        if outcome.is_ok() {
+            measures::Measures::time(&self.shared.measures.proposal, started.elapsed());
+        }
+        outcome
     }
 
     /// Replicates a change to the tokens and waits until it is applied here.
@@ -351,6 +359,7 @@ fn parts(config: &NodeConfig) -> (Inbox, mpsc::Receiver<Input>, Arc<Shared>) {
         events,
         effects,
         work: Notify::new(),
+        measures: measures::Measures::default(),
     });
     (inbox, rx, shared)
 }

@@ -268,6 +268,8 @@ async fn members_are_added_and_removed_through_raft() {
     c.handle(leader).change(Membership::Add { id: 4, address: "127.0.0.1:7004".into() }, None).await.unwrap();
     c.converged().await;
     assert_eq!(names(c.handle(4)).len(), 15, "the new member caught up");
+    let measures = &c.handle(leader).shared().measures;
+    assert!(measures.snapshot_bytes.get() > 0, "the leader measured its snapshots");
     let members: Vec<u64> = c.handle(leader).fsm().members.keys().copied().collect();
     assert_eq!(members, vec![1, 2, 3, 4]);
     assert_eq!(c.handle(4).fsm().members.get(&4).map(String::as_str), Some("127.0.0.1:7004"));

@@ -3,6 +3,7 @@
 //! nothing is counted twice and a scrape sees one moment of the state. Names follow
 //! Prometheus' conventions (`docs/observability.md` lists them).
 
+use crate::node::measures::Measures;
 use crate::node::Handle;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -40,6 +41,11 @@ pub const NAMES: &[&str] = &[
     "qm_preemptions",
     "qm_expired",
     "qm_stale_decisions",
+    "qm_raft_proposal_seconds",
+    "qm_raft_apply_seconds",
+    "qm_snapshot_save_seconds",
+    "qm_snapshot_bytes",
+    "qm_requeues",
 ];
 
 /// A team and a flavor.
@@ -147,7 +153,36 @@ const STATES: [JobState; 8] = [
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::of(&Measures::default())
+    }
+}
+
+/// Registers what the node measures of its own work.
+fn register_node(registry: &mut Registry, m: &Measures) {
+    registry.register(
+        "raft_proposal_seconds",
+        "Time from a proposal made on this replica to its outcome applied here (Raft round trip, flush and apply)",
+        m.proposal.clone(),
+    );
+    registry.register("raft_apply_seconds", "Time to apply one batch of committed log entries", m.apply.clone());
+    registry.register(
+        "snapshot_save_seconds",
+        "Time to encode and save one snapshot of the state",
+        m.snapshot_save.clone(),
+    );
+    registry.register("snapshot_bytes", "Size of the last snapshot this replica saved", m.snapshot_bytes.clone());
+    registry.register(
+        "requeues",
+        "Jobs that went back to the queue (preempted, drained, node lost, failed and retried, idle), as applied here",
+        m.requeues.clone(),
+    );
+}
+
+impl Metrics {
+    /// The metrics of a replica whose node measures into `measures`.
+    pub fn of(measures: &Measures) -> Self {
         let mut registry = Registry::with_prefix("qm");
+        register_node(&mut registry, measures);
         let gauge = Gauge::default;
         let (ready, term, is_leader, commit, applied, snapshot) =
             (gauge(), gauge(), gauge(), gauge(), gauge(), gauge());
