@@ -273,6 +273,8 @@ fn an_idle_job_is_flagged_then_requeued_under_its_teams_policy() {
         job = wait_for(&dev, id, &["pending", "starting", "running"]);
     }
     assert_eq!(job["failures"].as_u64(), Some(0), "requeued, not failed: {job}");
+    let (_, metrics) = common::http_get(&dev.http, "/metrics");
+    assert!(metrics.contains("qm_requeues_total 1\n"), "the requeue is counted: {metrics}");
     let out = events.wait_with_output().unwrap();
     let lines: Vec<Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let said: Vec<String> = lines.iter().map(|e| format!("{} {}", e["state"], e["message"])).collect();

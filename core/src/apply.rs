@@ -11,6 +11,7 @@ use crate::limits::{validate_job_with, validate_node, validate_team, MAX_BATCH};
 use crate::resource::{Health, Node, NodeSpec, NodeStatus};
 use crate::state::{NodeLayout, State};
 use crate::team::{PriorityClass, TeamSpec};
+use crate::usage::AttemptRecord;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A job that passed the submission checks: the state's id of its team (which the job will
@@ -360,6 +361,7 @@ impl State {
         self.release(id);
         let job = self.data.jobs.get_mut(&id).expect("caller checked the job exists");
         job.attained_device_ms = job.attained_at(at_ms);
+        record_attempt(job, at_ms);
         let next = match (job.state, job.stop_reason) {
             (JobState::Preempted, _)
             | (_, Some(StopReason::Drained | StopReason::Preempted | StopReason::DeviceUnhealthy | StopReason::Idle)) => {
@@ -449,6 +451,22 @@ impl State {
         }
         Ok(())
     }
+}
+
+/// Keeps the attempt that ends at `at_ms` on the job's record, if it ran.
+fn record_attempt(job: &mut Job, at_ms: u64) {
+    let (Some(started_ms), Some(a)) = (job.started_ms, &job.assignment) else { return };
+    let utilization = job.usage.as_ref().filter(|u| u.attempt == job.attempt).map_or((0, 0), |u| u.utilization());
+    let devices = a.replicas.iter().map(|r| r.devices.len() as u32).sum();
+    let record = AttemptRecord {
+        attempt: job.attempt,
+        started_ms,
+        ended_ms: at_ms,
+        devices,
+        flavor: a.flavor.clone(),
+        utilization,
+    };
+    job.attempts.push(record);
 }
 
 /// Counts a failure; the job requeues until it passes its retry limit.

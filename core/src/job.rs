@@ -253,6 +253,10 @@ pub struct Job {
     /// get busy or the attempt ends. Encoded in the snapshot's trailer, as `usage`.
     #[serde(skip)]
     pub idle_since_ms: Option<u64>,
+    /// The attempts that ran and ended, oldest first (`usage::AttemptRecord`). Encoded in the
+    /// snapshot's trailer, as `usage`.
+    #[serde(skip)]
+    pub attempts: Vec<crate::usage::AttemptRecord>,
     /// Its team's slot in the state's accounts, set on admission: spares looking the team up
     /// by name whenever the job takes or frees devices (not encoded, and no part of the job's
     /// value).
@@ -281,6 +285,7 @@ impl Job {
             message: "submitted".into(),
             usage: None,
             idle_since_ms: None,
+            attempts: Vec::new(),
             team_slot: PositionHint::default(),
         }
     }

@@ -15,11 +15,12 @@ use crate::quota::Ledger;
 use crate::resource::{Flavor, Health, Node};
 use crate::table::JobTable;
 use crate::team::{PriorityClass, TeamSpec};
-use crate::usage::JobUsage;
+use crate::usage::{AttemptRecord, JobUsage};
 use nodes::NodeIndex;
 use rows::TeamRows;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
 use thiserror::Error;
@@ -36,9 +37,9 @@ pub(crate) mod times;
 
 /// Newest snapshot format version; bump on any change of `Persistent`'s encoding. Version 2
 /// is version 1 followed by a trailer of job usage records; version 3 adds a second trailer,
-/// the teams' idle policies and the jobs flagged idle. A state is written in the oldest
-/// version that holds it (version 1 without usage or idle data), so that older releases read
-/// what they can.
+/// the teams' idle policies, the jobs flagged idle and the jobs' ended attempts. A state is
+/// written in the oldest version that holds it (version 1 without any of these), so that older
+/// releases read what they can.
 pub const SNAPSHOT_VERSION: u16 = 3;
 /// The first snapshot format: the persistent state alone.
 const FIRST_VERSION: u16 = 1;
@@ -63,8 +64,9 @@ pub(crate) struct Persistent {
     pub idle: BTreeMap<TeamId, IdlePolicy>,
 }
 
-/// The version 3 trailer: idle policies, and the jobs flagged idle with since when.
-type IdleTrailer = (Vec<(TeamId, IdlePolicy)>, Vec<(JobId, u64)>);
+/// The version 3 trailer: idle policies, the jobs flagged idle with since when, and the jobs'
+/// ended attempts.
+type Trailer3<'a> = (Vec<(TeamId, IdlePolicy)>, Vec<(JobId, u64)>, Vec<(JobId, Cow<'a, [AttemptRecord]>)>);
 
 impl Persistent {
     /// The nodes, to change (copied first if a cut shares them).
@@ -75,11 +77,12 @@ impl Persistent {
     fn to_bytes(&self) -> Vec<u8> {
         let usage: Vec<(JobId, &JobUsage)> =
             self.jobs.values().filter_map(|j| Some((j.id, j.usage.as_deref()?))).collect();
-        let idle: IdleTrailer = (
+        let third: Trailer3 = (
             self.idle.iter().map(|(t, p)| (t.clone(), *p)).collect(),
             self.jobs.values().filter_map(|j| Some((j.id, j.idle_since_ms?))).collect(),
+            self.jobs.values().filter(|j| !j.attempts.is_empty()).map(|j| (j.id, Cow::from(&j.attempts[..]))).collect(),
         );
-        let version = match (usage.is_empty(), idle.0.is_empty() && idle.1.is_empty()) {
+        let version = match (usage.is_empty(), third.0.is_empty() && third.1.is_empty() && third.2.is_empty()) {
             (_, false) => SNAPSHOT_VERSION,
             (false, true) => USAGE_VERSION,
             (true, true) => FIRST_VERSION,
@@ -95,7 +98,7 @@ impl Persistent {
         if version == USAGE_VERSION {
             return out;
         }
-        postcard::to_extend(&idle, out).expect("encoding to a Vec cannot fail")
+        postcard::to_extend(&third, out).expect("encoding to a Vec cannot fail")
     }
 
     /// Decodes a body of format `version`: the persistent state, then, from version 2, the
@@ -113,7 +116,7 @@ impl Persistent {
         if version == USAGE_VERSION {
             return Ok(data);
         }
-        let (policies, flagged): IdleTrailer = postcard::from_bytes(trailer).map_err(corrupt)?;
+        let (policies, flagged, attempts): Trailer3 = postcard::from_bytes(trailer).map_err(corrupt)?;
         for (team, policy) in policies {
             if !data.teams.contains_key(&team) {
                 return Err(SnapshotError::Corrupt(format!(
@@ -125,6 +128,9 @@ impl Persistent {
         }
         for (id, since) in flagged {
             data.job_in_trailer(id, "idle flag")?.idle_since_ms = Some(since);
+        }
+        for (id, ended) in attempts {
+            data.job_in_trailer(id, "attempts")?.attempts = ended.into_owned();
         }
         Ok(data)
     }

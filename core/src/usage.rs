@@ -5,6 +5,7 @@
 use crate::error::{ApplyError, FieldError};
 use crate::ids::{DeviceId, JobId, NodeId};
 use crate::limits::{name, MAX_DEVICES_PER_REPLICA};
+use crate::resource::Flavor;
 use crate::state::State;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -41,6 +42,32 @@ impl DeviceUsage {
     /// Mean memory in use, MiB; `None` without samples.
     pub fn mean_memory_used_mib(&self) -> Option<f64> {
         (self.memory_samples > 0).then(|| self.memory_used_mib_sum as f64 / self.memory_samples as f64)
+    }
+}
+
+/// One attempt that ran and ended, kept on the job's record for accounting: when it ran, on
+/// how many devices of which flavor, and how busy its agents measured them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// The attempt.
+    pub attempt: u32,
+    /// When it was confirmed running, ms.
+    pub started_ms: u64,
+    /// When it exited (or its node was lost), ms.
+    pub ended_ms: u64,
+    /// Devices it held.
+    pub devices: u32,
+    /// Their flavor.
+    pub flavor: Flavor,
+    /// Utilization samples its replicas reported, and their sum in percent (0 and 0 when
+    /// none reported: unmeasured).
+    pub utilization: (u64, u64),
+}
+
+impl JobUsage {
+    /// Utilization samples over every device, and their sum in percent.
+    pub fn utilization(&self) -> (u64, u64) {
+        self.devices.iter().fold((0, 0), |(n, s), d| (n + d.utilization_samples, s + d.utilization_pct_sum))
     }
 }
 
@@ -95,6 +122,9 @@ impl State {
         usage.devices.retain(|d| d.replica != replica);
         usage.devices.extend(devices.into_iter().map(|d| DeviceUsage { replica, ..d }));
         usage.devices.sort_by(|a, b| (a.replica, &a.device).cmp(&(b.replica, &b.device)));
+        if let Some(ended) = job.attempts.last_mut().filter(|a| a.attempt == attempt) {
+            ended.utilization = usage.utilization();
+        }
         job.usage = Some(Arc::new(usage));
         Ok(())
     }
@@ -137,6 +167,35 @@ mod tests {
         let id = submit(&mut s, job("a", 2, 1), 0);
         cycle(&mut s, &PolicyConfig::default(), 1);
         (s, id)
+    }
+
+    /// Each attempt that ran is kept when it ends, with its devices, flavor and times; a
+    /// replica's report that comes after the exit still measures it; a requeued job's next
+    /// attempt adds a record; and the records travel in the snapshot's third format.
+    #[test]
+    fn an_ended_attempt_is_kept_with_its_times_devices_and_measured_use() {
+        let (mut s, id) = running_gang();
+        record(&mut s, id, 1, 0, vec![used(0, "GPU-a", &[90, 70], &[1])]).unwrap();
+        s.apply(Command::Drain { node: NodeId("n0".into()) }).unwrap();
+        s.apply(Command::JobFinished { job: id, attempt: Some(1), at_ms: 61 }).unwrap();
+        record(&mut s, id, 1, 1, vec![used(1, "GPU-b", &[20, 20], &[1])]).unwrap();
+        let first = s.job(id).unwrap().attempts.clone();
+        assert_eq!(first.len(), 1);
+        let a = &first[0];
+        assert_eq!((a.attempt, a.started_ms, a.ended_ms, a.devices), (1, 1, 61, 2));
+        assert_eq!(a.utilization, (4, 200), "both replicas' samples, the late one included");
+        assert_eq!(a.flavor.to_string(), "gpu/nvidia-h100-80gb-hbm3");
+        s.apply(Command::Cordon { node: NodeId("n0".into()), cordoned: false }).unwrap();
+        cycle(&mut s, &PolicyConfig::default(), 100);
+        s.apply(Command::JobFinished { job: id, attempt: Some(2), at_ms: 160 }).unwrap();
+        let both = &s.job(id).unwrap().attempts;
+        assert_eq!(
+            both.iter().map(|a| (a.attempt, a.utilization)).collect::<Vec<_>>(),
+            vec![(1, (4, 200)), (2, (0, 0))]
+        );
+        let bytes = s.to_bytes();
+        assert_eq!(&bytes[4..6], &3u16.to_le_bytes());
+        assert_eq!(State::from_bytes(&bytes).unwrap().job(id).unwrap().attempts, *both);
     }
 
     #[test]

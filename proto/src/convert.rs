@@ -258,6 +258,19 @@ pub fn job_to(j: &Job) -> v1::Job {
         redacted: false,
         attained_device_ms: j.attained_device_ms,
         idle_since_ms: j.idle_since_ms,
+        attempts: j
+            .attempts
+            .iter()
+            .map(|a| v1::AttemptRecord {
+                attempt: a.attempt,
+                started_ms: a.started_ms,
+                ended_ms: a.ended_ms,
+                devices: a.devices,
+                flavor: Some(flavor_to(&a.flavor)),
+                utilization_samples: a.utilization.0,
+                utilization_pct_sum: a.utilization.1,
+            })
+            .collect(),
     }
 }
 

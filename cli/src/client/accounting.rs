@@ -1,14 +1,14 @@
 //! `qm usage`: device-hours per team and flavor (or per flavor, or per job), against quota, as
-//! a table, `--json` or `--csv` (what `sreport` gives Slurm users). For each job that ended in
-//! the window, and each job running now when the window reaches now:
+//! a table, `--json` or `--csv` (what `sreport` gives Slurm users). Each attempt of a job that
+//! held devices (`Job.attempts`, kept on the replicated record when it ends, and the running
+//! one up to now) counts for the part of it within the window, on the flavor it ran on:
 //!
-//! - allocated: the device-time its replicas ran (`Job.attained_device_ms`, summed over its
-//!   attempts; a running attempt counts its devices x the time since it started);
-//! - utilization: the mean its agents measured (over the devices of its latest attempt whose
-//!   replicas exited; a running job has none yet);
-//! - used = allocated x utilization, idle = allocated - used, for measured jobs; unmeasured:
-//!   the allocated device-hours of jobs without a measurement (devices without telemetry, or
-//!   still running);
+//! - allocated: its devices x that time;
+//! - utilization: the mean its agents measured over the attempt (a running attempt has none
+//!   until its replicas exit);
+//! - used = allocated x utilization, idle = allocated - used, for measured attempts;
+//!   unmeasured: the allocated device-hours of attempts without a measurement (devices without
+//!   telemetry, or still running);
 //! - quota: for `--by team`, the team's nominal quota of the flavor over the window.
 
 use super::admin::list_teams;
@@ -53,39 +53,71 @@ struct Account {
     used: f64,
 }
 
-/// A job's device-milliseconds, `now` ending a running attempt.
-fn account(j: &Job, now: u64) -> Account {
-    let devices = words::devices(j);
-    let running = match (JobState::try_from(j.state), j.started_ms) {
-        (Ok(JobState::Running | JobState::Preempted | JobState::Stopping), Some(s)) => now.saturating_sub(s),
-        _ => 0,
+/// A stretch of time a job held devices: one attempt.
+#[derive(Debug, Clone)]
+struct Stretch {
+    start: u64,
+    end: u64,
+    devices: u32,
+    flavor: String,
+    /// Utilization samples and their sum in percent; (0, 0) unmeasured.
+    utilization: (u64, u64),
+}
+
+impl Stretch {
+    /// What the part of it within [`since`, `until`) accounts for.
+    fn within(&self, since: u64, until: u64) -> Option<Account> {
+        let overlap = self.end.min(until).checked_sub(self.start.max(since)).filter(|o| *o > 0)?;
+        let allocated = overlap as f64 * f64::from(self.devices);
+        Some(match self.utilization {
+            (0, _) => Account { allocated, ..Account::default() },
+            (n, sum) => Account { allocated, measured: allocated, used: allocated * sum as f64 / n as f64 / 100.0 },
+        })
+    }
+}
+
+/// Each attempt of `j` that held devices, the running one ending `now`. A job that ended
+/// before its record kept attempts counts as one stretch ending when it ended, as long as its
+/// device-time, on the flavor its team's quotas let it run.
+fn stretches(j: &Job, now: u64, quotas: &Quotas) -> Vec<Stretch> {
+    let mut out: Vec<Stretch> = j
+        .attempts
+        .iter()
+        .map(|a| Stretch {
+            start: a.started_ms,
+            end: a.ended_ms,
+            devices: a.devices,
+            flavor: words::flavor(a.flavor.as_ref()),
+            utilization: (a.utilization_samples, a.utilization_pct_sum),
+        })
+        .collect();
+    let measured = |attempt: u32| -> (u64, u64) {
+        if j.usage_attempt != attempt {
+            return (0, 0);
+        }
+        j.usage.iter().fold((0, 0), |(n, s), d| (n + d.utilization_samples, s + d.utilization_pct_sum))
     };
-    let allocated = (j.attained_device_ms + running * u64::from(devices)) as f64;
-    let (samples, sum) =
-        j.usage.iter().fold((0, 0), |(n, s), d| (n + d.utilization_samples, s + d.utilization_pct_sum));
-    match samples {
-        0 => Account { allocated, ..Account::default() },
-        _ => Account { allocated, measured: allocated, used: allocated * sum as f64 / samples as f64 / 100.0 },
+    let devices = words::devices(j);
+    match (JobState::try_from(j.state), j.started_ms, j.finished_ms) {
+        (Ok(JobState::Running | JobState::Preempted | JobState::Stopping), Some(start), _) => {
+            let flavor = words::job_flavor(j);
+            out.push(Stretch { start, end: now, devices, flavor, utilization: measured(j.attempt) });
+        }
+        (_, _, Some(end)) if out.is_empty() && j.attained_device_ms > 0 && devices > 0 => {
+            let start = end.saturating_sub(j.attained_device_ms / u64::from(devices));
+            let flavor = flavor(j, quotas);
+            out.push(Stretch { start, end, devices, flavor, utilization: measured(j.attempt) });
+        }
+        _ => {}
     }
+    out
 }
 
-/// Whether a job counts in the window: it ended in it, or it has not ended, has run (now or in
-/// an earlier attempt) and the window reaches now.
-fn counts(j: &Job, since: u64, until: u64, now: u64) -> bool {
-    match j.finished_ms {
-        Some(end) => since <= end && end < until,
-        None => until >= now && (j.started_ms.is_some() || j.attained_device_ms > 0),
-    }
-}
-
-/// The flavor a job ran on: its assignment's while it holds devices; once it ended, the one
-/// flavor of its team's quotas that its request accepts, or the request when it accepts several.
+/// The flavor a job that ended ran on, for a record without attempts: the one flavor of its
+/// team's quotas that its request accepts, or the request when it accepts several.
 fn flavor(j: &Job, quotas: &Quotas) -> String {
     let asked = words::job_flavor(j);
     let Some(d) = j.spec.as_ref().and_then(|s| s.gang.as_ref()).and_then(|g| g.devices.as_ref()) else { return asked };
-    if j.assignment.is_some() {
-        return asked;
-    }
     let team = j.spec.as_ref().map(|s| s.team.as_str()).unwrap_or_default();
     let kind = format!("{}/", words::kind(d.kind));
     let accepts = |f: &&String| {
@@ -101,10 +133,9 @@ fn flavor(j: &Job, quotas: &Quotas) -> String {
 /// Each team's and flavor's nominal quota in device-milliseconds over the window.
 type Quotas = BTreeMap<Vec<String>, f64>;
 
-/// The row a job counts in.
-fn key(j: &Job, by: &str, quotas: &Quotas) -> Vec<String> {
+/// The row a job's stretch on `flavor` counts in.
+fn key(j: &Job, by: &str, flavor: String) -> Vec<String> {
     let spec = j.spec.clone().unwrap_or_default();
-    let flavor = flavor(j, quotas);
     match by {
         "flavor" => vec![flavor],
         "job" => vec![j.id.to_string(), spec.name, spec.team, flavor],
@@ -119,10 +150,13 @@ pub async fn usage(t: &Target, args: &UsageArgs) -> Result<()> {
     let until = args.until.as_deref().map(|u| when("--until", u)).transpose()?.unwrap_or(now);
     let quota = quotas(t, until.saturating_sub(since)).await?;
     let mut rows: BTreeMap<Vec<String>, Account> = BTreeMap::new();
-    for j in list_all(t, args.team.as_deref(), vec![]).await?.iter().filter(|j| counts(j, since, until, now)) {
-        let (a, row) = (account(j, now), rows.entry(key(j, &args.by, &quota)).or_default());
-        (row.allocated, row.measured, row.used) =
-            (row.allocated + a.allocated, row.measured + a.measured, row.used + a.used);
+    for j in list_all(t, args.team.as_deref(), vec![]).await? {
+        for stretch in stretches(&j, now, &quota) {
+            let Some(a) = stretch.within(since, until) else { continue };
+            let row = rows.entry(key(&j, &args.by, stretch.flavor)).or_default();
+            (row.allocated, row.measured, row.used) =
+                (row.allocated + a.allocated, row.measured + a.measured, row.used + a.used);
+        }
     }
     let names: &[&str] = match args.by.as_str() {
         "flavor" => &["flavor"],
@@ -213,5 +247,50 @@ fn csv_field(s: &str) -> String {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qm_proto::v1::{AttemptRecord, Flavor, JobSpec};
+
+    fn h100() -> Option<Flavor> {
+        Some(Flavor { kind: qm_proto::v1::AcceleratorKind::Gpu as i32, model: "h100".into() })
+    }
+
+    /// A job of team `t` whose first attempt ran on 2 GPUs from 1 s to 5 s at 50%, and whose
+    /// second has run on 4 since 8 s.
+    fn requeued() -> Job {
+        let first = AttemptRecord {
+            attempt: 1,
+            started_ms: 1_000,
+            ended_ms: 5_000,
+            devices: 2,
+            flavor: h100(),
+            utilization_samples: 4,
+            utilization_pct_sum: 200,
+        };
+        Job {
+            id: 7,
+            spec: Some(JobSpec { team: "t".into(), ..JobSpec::default() }),
+            state: JobState::Running as i32,
+            attempt: 2,
+            started_ms: Some(8_000),
+            attempts: vec![first],
+            ..Job::default()
+        }
+    }
+
+    #[test]
+    fn each_attempt_counts_for_its_part_of_the_window_on_its_flavor() {
+        let spans = stretches(&requeued(), 10_000, &Quotas::new());
+        assert_eq!(spans.len(), 2, "the ended attempt and the running one");
+        assert_eq!((spans[0].flavor.as_str(), spans[0].utilization), ("gpu/h100", (4, 200)));
+        let part = spans[0].within(3_000, 20_000).unwrap();
+        assert_eq!((part.allocated, part.measured, part.used), (4_000.0, 4_000.0, 2_000.0), "2 s of 2 GPUs, half used");
+        assert!(spans[0].within(5_000, 8_000).is_none(), "it ended when the window starts");
+        assert_eq!((spans[1].start, spans[1].end), (8_000, 10_000), "the running attempt, up to now");
+        assert_eq!(spans[1].within(0, 20_000).unwrap().measured, 0.0, "unmeasured until its replicas exit");
     }
 }
