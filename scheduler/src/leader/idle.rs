@@ -78,9 +78,9 @@ fn idle_since(job: &Job, quiet: &Quiet) -> Option<u64> {
     let assignment = job.assignment.as_ref()?;
     let mut since = job.started_ms.unwrap_or(0);
     for replica in &assignment.replicas {
+        let node = quiet.get(&replica.node)?;
         for device in replica.devices.iter() {
-            let key = (replica.node.clone(), device.as_str().to_owned());
-            since = since.max(*quiet.get(&key)?);
+            since = since.max(*node.get(device.as_str())?);
         }
     }
     Some(since)

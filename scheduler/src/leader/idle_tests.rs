@@ -40,6 +40,15 @@ fn device_of(s: &State, job: JobId) -> (NodeId, String) {
     (r.node.clone(), r.devices[0].as_str().to_owned())
 }
 
+/// Devices quiet since 0.
+fn quiet(devices: &[(NodeId, String)]) -> Quiet {
+    let mut q = Quiet::new();
+    for (node, device) in devices {
+        q.entry(node.clone()).or_default().insert(device.clone(), 0);
+    }
+    q
+}
+
 fn apply(s: &mut State, commands: Vec<Command>) {
     for c in commands {
         s.apply(c).unwrap();
@@ -51,7 +60,7 @@ fn a_job_is_flagged_once_all_its_devices_read_idle_for_its_teams_time() {
     let (mut s, [a, b]) = two_running();
     let policy = IdlePolicy { after_ms: 10 * MINUTE, action: IdleAction::Report };
     s.apply(Command::SetIdlePolicy { team: "t".into(), policy: Some(policy) }).unwrap();
-    let quiet = Quiet::from([(device_of(&s, a), 0)]);
+    let quiet = quiet(&[device_of(&s, a)]);
     assert!(decide(&s, &quiet, 10 * MINUTE).is_empty(), "idle since the start (1 s), not 10 min yet");
     let flag = decide(&s, &quiet, 10 * MINUTE + 1_000);
     assert_eq!(flag, vec![Command::MarkIdle { job: a, attempt: 1, since_ms: Some(1_000) }], "b has no reading");
@@ -69,7 +78,7 @@ fn a_job_is_flagged_once_all_its_devices_read_idle_for_its_teams_time() {
 fn a_requeueing_team_stops_the_job_after_the_warning_and_others_get_the_default() {
     let (mut s, [a, b]) = two_running();
     let policy = IdlePolicy { after_ms: 5 * MINUTE, action: IdleAction::Requeue { warn_ms: 2 * MINUTE } };
-    let quiet = Quiet::from([(device_of(&s, a), 0), (device_of(&s, b), 0)]);
+    let quiet = quiet(&[device_of(&s, a), device_of(&s, b)]);
     let later = DEFAULT_POLICY.after_ms + 1_000;
     assert_eq!(decide(&s, &quiet, later).len(), 2, "without a policy, both are reported after 30 min");
     s.apply(Command::SetIdlePolicy { team: "t".into(), policy: Some(policy) }).unwrap();

@@ -13,9 +13,9 @@ use std::time::Instant;
 /// Each node's latest readings, with when they came.
 pub type Latest = HashMap<NodeId, (Instant, Vec<DeviceTelemetry>)>;
 
-/// Since when (ms since the Unix epoch) each (node, device) has read under the threshold, for
-/// the devices whose last reading did.
-pub type Quiet = HashMap<(NodeId, String), u64>;
+/// Since when (ms since the Unix epoch) each device of each node has read under the threshold,
+/// for the devices whose last reading did.
+pub type Quiet = HashMap<NodeId, HashMap<String, u64>>;
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -59,14 +59,16 @@ impl Readings {
             return;
         }
         let mut inner = self.inner();
+        let quiet = inner.quiet.entry(node.clone()).or_default();
         for r in &readings {
-            let key = (node.clone(), r.device.clone());
             match r.utilization_pct {
                 Some(pct) if pct < self.below_pct => {
-                    inner.quiet.entry(key).or_insert(now_ms);
+                    if !quiet.contains_key(&r.device) {
+                        quiet.insert(r.device.clone(), now_ms);
+                    }
                 }
                 _ => {
-                    inner.quiet.remove(&key);
+                    quiet.remove(&r.device);
                 }
             }
         }
@@ -77,7 +79,7 @@ impl Readings {
     pub fn forget(&self, node: &NodeId) {
         let mut inner = self.inner();
         inner.latest.remove(node);
-        inner.quiet.retain(|(n, _), _| n != node);
+        inner.quiet.remove(node);
     }
 
     /// `f` of every node's latest readings and when they came, under the lock (the dashboard
@@ -115,7 +117,7 @@ mod tests {
         let n = NodeId::from("n1");
         r.put(&n, vec![reading("g0", Some(0)), reading("g1", Some(90)), reading("g2", None)], 1_000);
         r.put(&n, vec![reading("g0", Some(4)), reading("g1", Some(3)), reading("g2", None)], 2_000);
-        let since = |d: &str| r.quiet(|q| q.get(&(n.clone(), d.to_owned())).copied());
+        let since = |d: &str| r.quiet(|q| q.get(&n).and_then(|m| m.get(d)).copied());
         assert_eq!((since("g0"), since("g1"), since("g2")), (Some(1_000), Some(2_000), None));
         r.put(&n, vec![reading("g0", Some(5))], 3_000);
         assert_eq!(since("g0"), None, "at the threshold is busy");
