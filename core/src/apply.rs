@@ -361,7 +361,9 @@ impl State {
         self.release(id);
         let job = self.data.jobs.get_mut(&id).expect("caller checked the job exists");
         job.attained_device_ms = job.attained_at(at_ms);
-        record_attempt(job, at_ms);
+        if !self.forget_attempts {
+            record_attempt(job, at_ms);
+        }
         let next = match (job.state, job.stop_reason) {
             (JobState::Preempted, _)
             | (_, Some(StopReason::Drained | StopReason::Preempted | StopReason::DeviceUnhealthy | StopReason::Idle)) => {
@@ -466,6 +468,8 @@ fn record_attempt(job: &mut Job, at_ms: u64) {
         flavor: a.flavor.clone(),
         utilization,
     };
+    // Exactly one more: a first push would reserve room for four, and most jobs run once.
+    job.attempts.reserve_exact(1);
     job.attempts.push(record);
 }
 

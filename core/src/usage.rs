@@ -198,6 +198,16 @@ mod tests {
         assert_eq!(State::from_bytes(&bytes).unwrap().job(id).unwrap().attempts, *both);
     }
 
+    /// A simulation keeps no attempts, and otherwise the same state.
+    #[test]
+    fn a_state_told_to_forget_attempts_keeps_none() {
+        let (mut s, id) = running_gang();
+        s.forget_attempts();
+        s.apply(Command::JobFinished { job: id, attempt: Some(1), at_ms: 61 }).unwrap();
+        let j = s.job(id).unwrap();
+        assert_eq!((j.state, j.attempts.len()), (crate::JobState::Succeeded, 0));
+    }
+
     #[test]
     fn replicas_report_their_devices_and_a_new_attempt_starts_a_new_record() {
         let (mut s, id) = running_gang();

@@ -175,6 +175,7 @@ impl<'a> Sim<'a> {
         config: &'a RunConfig,
     ) -> Result<Self, SimError> {
         let mut state = State::new();
+        state.forget_attempts();
         state.apply(Command::SetPriorityClass { class: PriorityClass { name: "default".into(), value: 0 } })?;
         let devices: u64 = cluster.capacity().values().map(|&c| u64::from(c)).sum();
         let nominal = teams.iter().map(|t| t.quotas.values().map(|q| u64::from(q.nominal)).sum()).collect();
