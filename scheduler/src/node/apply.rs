@@ -69,11 +69,12 @@ impl<S: LogStore, T: Transport> Node<S, T> {
             if let Ok(out) = &r.result {
                 let at_ms = r.at_ms;
                 changes.extend(out.changed.iter().map(|&(job, state)| JobChange { index: e.index, job, state, at_ms }));
-                let requeued = out
-                    .changed
-                    .iter()
-                    .filter(|(job, s)| *s == qm_core::JobState::Pending && !out.submitted.contains(job));
-                self.shared.measures.requeues.inc_by(requeued.count() as u64);
+                // A submission's changes are its new jobs, and only a submission has any: every
+                // other change to pending is a job back in the queue.
+                if out.submitted.is_empty() {
+                    let requeued = out.changed.iter().filter(|(_, s)| *s == qm_core::JobState::Pending);
+                    self.shared.measures.requeues.inc_by(requeued.count() as u64);
+                }
                 for effect in &out.effects {
                     let _ = self.shared.effects.send(effect.clone());
                 }
